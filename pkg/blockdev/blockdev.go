@@ -1,0 +1,65 @@
+// Package blockdev is Ferry's view of a disk: a fixed-size array of bytes
+// read and written at offsets. Implementations are a file (a raw image or a
+// block device) and a sparse in-memory disk.
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// BlockSize is the unit of change tracking and of the replication stream.
+// Every replicated write covers whole blocks.
+const BlockSize = 4096
+
+// Device is a disk. ReadAt and WriteAt follow io.ReaderAt and io.WriterAt:
+// they transfer all of p or return an error. Accesses beyond Size fail with
+// ErrOutOfRange. Implementations are safe for concurrent use; concurrent
+// writes to overlapping ranges leave one of them in place, in no set order.
+type Device interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	WriteAt(ctx context.Context, p []byte, off int64) (int, error)
+	// Size is the disk's size in bytes; it does not change.
+	Size() int64
+	// Sync makes every completed write durable.
+	Sync(ctx context.Context) error
+}
+
+// Extents is a capability of devices that know which ranges hold data.
+// DataExtents calls fn for ranges that may hold non-zero bytes, in order;
+// everything outside them reads as zeros.
+type Extents interface {
+	DataExtents(ctx context.Context, fn func(off, length int64) error) error
+}
+
+var (
+	// ErrOutOfRange is returned for an access that does not fit in the device.
+	ErrOutOfRange = errors.New("access beyond the end of the device")
+	// ErrClosed is returned by a device that has been closed.
+	ErrClosed = errors.New("device is closed")
+)
+
+// checkRange reports whether [off, off+n) lies within a device of size size.
+func checkRange(op string, off int64, n int, size int64) error {
+	if off < 0 || int64(n) > size || off > size-int64(n) {
+		return fmt.Errorf("%s %d bytes at offset %d of a %d-byte device: %w", op, n, off, size, ErrOutOfRange)
+	}
+	return nil
+}
+
+// IsZero reports whether b holds only zero bytes.
+func IsZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,376 @@
+// Package journal is Ferry's store of replicated writes and recovery points,
+// kept in one bbolt file. Per VM it holds the ordered stream of writes (the
+// metadata of each record apart from its payload, so that indexes are built
+// without reading data), the recovery points cut in that stream, and the
+// VM's replication state. Every stored write carries the xxhash64 of its
+// bytes, and every read checks it.
+package journal
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketVMs    = []byte("vms")
+	bucketMeta   = []byte("meta")
+	bucketData   = []byte("data")
+	bucketPoints = []byte("points")
+)
+
+func vmBucketName(vm VMID) []byte { return []byte("vm/" + string(vm)) }
+
+// Options tune the bbolt file.
+type Options struct {
+	// InitialMmapSize avoids remapping while the file grows (default 1 GiB of
+	// address space; it costs no memory until used).
+	InitialMmapSize int
+	// AllocSize is how much the file grows at once (default 64 MiB); each
+	// growth is a truncate and an fsync.
+	AllocSize int
+	// NoSync skips fsync: for tests of logic only, never for real data.
+	NoSync bool
+}
+
+// Journal is one bbolt file holding the journals of many VMs. All methods
+// are safe for concurrent use. Appends are serialized by bbolt; callers
+// batch records (group commit) because every Append is one fsync.
+type Journal struct {
+	db   *bolt.DB
+	path string
+
+	mu     sync.Mutex
+	failed error // sticky: set when a commit failed
+}
+
+// Open opens or creates the journal file at path.
+func Open(path string, opts Options) (*Journal, error) {
+	if opts.InitialMmapSize == 0 {
+		opts.InitialMmapSize = 1 << 30
+	}
+	if opts.AllocSize == 0 {
+		opts.AllocSize = 64 << 20
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         2 * time.Second,
+		FreelistType:    bolt.FreelistMapType,
+		NoFreelistSync:  true,
+		InitialMmapSize: opts.InitialMmapSize,
+		NoSync:          opts.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	db.AllocSize = opts.AllocSize
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketVMs)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	return &Journal{db: db, path: path}, nil
+}
+
+// Close closes the file.
+func (j *Journal) Close() error { return j.db.Close() }
+
+// Path is the journal file's path.
+func (j *Journal) Path() string { return j.path }
+
+// Size is the journal file's size in bytes.
+func (j *Journal) Size() int64 {
+	fi, err := os.Stat(j.path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// Err returns the sticky error of a failed commit, or nil.
+func (j *Journal) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.failed
+}
+
+// update runs fn in a read-write transaction. A failed commit makes the
+// journal refuse every later update: after an fsync error the file's state
+// is unknown, so nothing may be acknowledged from it again.
+func (j *Journal) update(fn func(tx *bolt.Tx) error) error {
+	if err := j.Err(); err != nil {
+		return err
+	}
+	tx, err := j.db.Begin(true)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		j.mu.Lock()
+		j.failed = fmt.Errorf("%w: %v", ErrFailed, err)
+		j.mu.Unlock()
+		return j.failed
+	}
+	return nil
+}
+
+// CreateVM registers a new VM with its disks and epoch.
+func (j *Journal) CreateVM(ctx context.Context, vm VM) error {
+	if vm.Name == "" {
+		return fmt.Errorf("create vm: %w: empty name", ErrInvalid)
+	}
+	if len(vm.Disks) == 0 {
+		return fmt.Errorf("create vm %s: %w: no disks", vm.Name, ErrInvalid)
+	}
+	vm.LastSeq, vm.Consistent, vm.Points = 0, false, 0
+	if vm.Created.IsZero() {
+		vm.Created = time.Now().UTC()
+	}
+	return j.update(func(tx *bolt.Tx) error {
+		vms := tx.Bucket(bucketVMs)
+		if vms.Get([]byte(vm.Name)) != nil {
+			return fmt.Errorf("create vm %s: %w", vm.Name, ErrVMExists)
+		}
+		b, err := tx.CreateBucket(vmBucketName(vm.Name))
+		if err != nil {
+			return fmt.Errorf("create vm %s: %w", vm.Name, err)
+		}
+		for _, name := range [][]byte{bucketMeta, bucketData, bucketPoints} {
+			if _, err := b.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		return putVM(tx, &vm)
+	})
+}
+
+func putVM(tx *bolt.Tx, vm *VM) error {
+	buf, err := json.Marshal(vm)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketVMs).Put([]byte(vm.Name), buf)
+}
+
+func getVM(tx *bolt.Tx, name VMID) (*VM, error) {
+	buf := tx.Bucket(bucketVMs).Get([]byte(name))
+	if buf == nil {
+		return nil, fmt.Errorf("vm %s: %w", name, ErrNoVM)
+	}
+	vm := new(VM)
+	if err := json.Unmarshal(buf, vm); err != nil {
+		return nil, fmt.Errorf("vm %s: decode state: %w", name, err)
+	}
+	return vm, nil
+}
+
+// VM returns the state of one VM.
+func (j *Journal) VM(ctx context.Context, name VMID) (VM, error) {
+	var vm *VM
+	err := j.db.View(func(tx *bolt.Tx) (err error) {
+		vm, err = getVM(tx, name)
+		return err
+	})
+	if err != nil {
+		return VM{}, err
+	}
+	return *vm, nil
+}
+
+// VMs returns the state of every VM, by name.
+func (j *Journal) VMs(ctx context.Context) ([]VM, error) {
+	var out []VM
+	err := j.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
+			var vm VM
+			if err := json.Unmarshal(v, &vm); err != nil {
+				return fmt.Errorf("vm %s: decode state: %w", k, err)
+			}
+			out = append(out, vm)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Append stores records of one or more VMs in one transaction and returns
+// once they are durable. Each VM's records must continue its stream without
+// a gap; a marker must not fall inside a drain. Either every record is
+// stored or none is.
+func (j *Journal) Append(ctx context.Context, recs []Record) error {
+	return j.update(func(tx *bolt.Tx) error {
+		vms := map[VMID]*VM{}
+		for i := range recs {
+			r := &recs[i]
+			vm := vms[r.VM]
+			if vm == nil {
+				var err error
+				if vm, err = getVM(tx, r.VM); err != nil {
+					return fmt.Errorf("append: %w", err)
+				}
+				vms[r.VM] = vm
+			}
+			if err := appendRecord(tx, vm, r); err != nil {
+				return fmt.Errorf("append: %w", err)
+			}
+		}
+		for _, vm := range vms {
+			if err := putVM(tx, vm); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
+	if r.Seq != vm.LastSeq+1 {
+		return fmt.Errorf("vm %s: record %d: %w %d", vm.Name, r.Seq, ErrSequence, vm.LastSeq)
+	}
+	b := tx.Bucket(vmBucketName(vm.Name))
+	key := seqKey(r.Seq)
+	switch r.Kind {
+	case KindWrite:
+		if r.Disk < 0 || r.Disk >= len(vm.Disks) {
+			return fmt.Errorf("vm %s: record %d: %w: disk %d", vm.Name, r.Seq, ErrInvalid, r.Disk)
+		}
+		if r.Offset < 0 || r.Length <= 0 || r.Offset+int64(r.Length) > vm.Disks[r.Disk].Size {
+			return fmt.Errorf("vm %s: record %d: %w: %d bytes at %d beyond disk", vm.Name, r.Seq, ErrInvalid, r.Length, r.Offset)
+		}
+		if r.Codec != CodecZero {
+			if err := b.Bucket(bucketData).Put(key, r.Payload); err != nil {
+				return err
+			}
+		}
+		vm.LogicalBytes += uint64(r.Length)
+		vm.StoredBytes += uint64(len(r.Payload))
+	case KindMarker:
+		if !vm.Consistent {
+			return fmt.Errorf("vm %s: marker %d: %w", vm.Name, r.Seq, ErrInconsistent)
+		}
+		p := Point{VM: vm.Name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time}
+		if err := putPoint(b, vm, &p); err != nil {
+			return err
+		}
+	case KindDrainBegin:
+		vm.Consistent = false
+	case KindDrainEnd:
+		vm.Consistent = true
+	default:
+		return fmt.Errorf("vm %s: record %d: %w: kind %d", vm.Name, r.Seq, ErrInvalid, r.Kind)
+	}
+	if err := b.Bucket(bucketMeta).Put(key, encodeMeta(r)); err != nil {
+		return err
+	}
+	vm.LastSeq = r.Seq
+	return nil
+}
+
+func putPoint(b *bolt.Bucket, vm *VM, p *Point) error {
+	if p.Time.IsZero() {
+		p.Time = time.Now().UTC()
+	}
+	pts := b.Bucket(bucketPoints)
+	if pts.Get(seqKey(p.ID)) == nil {
+		vm.Points++
+	}
+	if err := pts.Put(seqKey(p.ID), encodePoint(p)); err != nil {
+		return err
+	}
+	if p.Time.After(vm.LatestPoint) {
+		vm.LatestPoint = p.Time
+	}
+	return nil
+}
+
+// CutPoint makes a crash-consistent point at the VM's last durable record,
+// so that it holds everything received. It returns the existing point if
+// one is already there. It fails with ErrInconsistent inside a drain.
+func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.Time) (Point, error) {
+	var p Point
+	err := j.update(func(tx *bolt.Tx) error {
+		vm, err := getVM(tx, name)
+		if err != nil {
+			return err
+		}
+		if !vm.Consistent {
+			return fmt.Errorf("vm %s: cut point: %w", name, ErrInconsistent)
+		}
+		b := tx.Bucket(vmBucketName(name))
+		if v := b.Bucket(bucketPoints).Get(seqKey(vm.LastSeq)); v != nil {
+			p, err = decodePoint(name, vm.LastSeq, v)
+			return err
+		}
+		p = Point{VM: name, ID: vm.LastSeq, Consistency: Crash, Tag: tag, Time: at.UTC()}
+		if err := putPoint(b, vm, &p); err != nil {
+			return err
+		}
+		return putVM(tx, vm)
+	})
+	return p, err
+}
+
+// Points returns the VM's recovery points, oldest first.
+func (j *Journal) Points(ctx context.Context, name VMID) ([]Point, error) {
+	var out []Point
+	err := j.db.View(func(tx *bolt.Tx) error {
+		if _, err := getVM(tx, name); err != nil {
+			return err
+		}
+		return tx.Bucket(vmBucketName(name)).Bucket(bucketPoints).ForEach(func(k, v []byte) error {
+			p, err := decodePoint(name, keySeq(k), v)
+			out = append(out, p)
+			return err
+		})
+	})
+	return out, err
+}
+
+// Point returns one recovery point.
+func (j *Journal) Point(ctx context.Context, name VMID, id Seq) (Point, error) {
+	var p Point
+	err := j.db.View(func(tx *bolt.Tx) error {
+		if _, err := getVM(tx, name); err != nil {
+			return err
+		}
+		v := tx.Bucket(vmBucketName(name)).Bucket(bucketPoints).Get(seqKey(id))
+		if v == nil {
+			return fmt.Errorf("vm %s: point %d: %w", name, id, ErrNoPoint)
+		}
+		var err error
+		p, err = decodePoint(name, id, v)
+		return err
+	})
+	return p, err
+}
+
+// LatestPoint returns the VM's newest recovery point.
+func (j *Journal) LatestPoint(ctx context.Context, name VMID) (Point, error) {
+	var p Point
+	err := j.db.View(func(tx *bolt.Tx) error {
+		if _, err := getVM(tx, name); err != nil {
+			return err
+		}
+		k, v := tx.Bucket(vmBucketName(name)).Bucket(bucketPoints).Cursor().Last()
+		if k == nil {
+			return fmt.Errorf("vm %s: %w: the VM has no recovery point yet", name, ErrNoPoint)
+		}
+		var err error
+		p, err = decodePoint(name, keySeq(k), v)
+		return err
+	})
+	return p, err
+}
+
+var errStop = errors.New("stop")

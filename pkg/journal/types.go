@@ -1,0 +1,182 @@
+package journal
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// VMID names a protected VM.
+type VMID string
+
+// DiskID names one disk of a VM.
+type DiskID string
+
+// Seq numbers the records of one VM's stream, from 1, without gaps.
+type Seq uint64
+
+// Epoch numbers the replication directions of a VM; it grows on every
+// failover and failback so that an agent of an older direction is refused.
+type Epoch uint64
+
+// Consistency is the kind of a recovery point.
+type Consistency uint8
+
+const (
+	// Crash is a cut in write order: what a disk holds after a power loss.
+	Crash Consistency = 1
+	// App is a cut taken while the application was quiesced.
+	App Consistency = 2
+)
+
+func (c Consistency) String() string {
+	switch c {
+	case Crash:
+		return "crash-consistent"
+	case App:
+		return "app-consistent"
+	}
+	return fmt.Sprintf("consistency(%d)", uint8(c))
+}
+
+// Kind is the kind of a stream record.
+type Kind uint8
+
+const (
+	KindWrite      Kind = 1
+	KindMarker     Kind = 2
+	KindDrainBegin Kind = 3
+	KindDrainEnd   Kind = 4
+)
+
+// Disk is one disk of a VM.
+type Disk struct {
+	Name DiskID `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// VM is what the journal keeps about one protected VM.
+type VM struct {
+	Name      VMID   `json:"name"`
+	Disks     []Disk `json:"disks"`
+	Epoch     Epoch  `json:"epoch"`
+	BlockSize int    `json:"block_size"`
+	// LastSeq is the highest durable sequence; 0 before the first record.
+	LastSeq Seq `json:"last_seq"`
+	// Consistent is false while a drain is open, and before the first one
+	// (the initial replication) has ended.
+	Consistent   bool      `json:"consistent"`
+	Points       int       `json:"points"`
+	LatestPoint  time.Time `json:"latest_point"`
+	LogicalBytes uint64    `json:"logical_bytes"`
+	StoredBytes  uint64    `json:"stored_bytes"`
+	Created      time.Time `json:"created"`
+}
+
+// DiskIndex returns the index of the named disk.
+func (v *VM) DiskIndex(name DiskID) (int, error) {
+	for i, d := range v.Disks {
+		if d.Name == name {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("vm %s: %w %q", v.Name, ErrNoDisk, name)
+}
+
+// Record is one entry of a VM's stream as the journal stores it.
+type Record struct {
+	VM   VMID
+	Seq  Seq
+	Kind Kind
+
+	// Writes.
+	Disk    int
+	Offset  int64
+	Length  int
+	Sum     uint64 // xxhash64 of the Length decoded bytes
+	Codec   Codec
+	Payload []byte // encoded by Codec; must stay unchanged until Append returns
+
+	// Markers.
+	Consistency Consistency
+	Tag         string
+	Time        time.Time
+
+	// Drains.
+	DrainReason uint8
+}
+
+// Point is a recovery point: the state of a VM's disks after every write
+// with a sequence up to and including ID, and none after it.
+type Point struct {
+	VM          VMID
+	ID          Seq
+	Consistency Consistency
+	Tag         string
+	Time        time.Time
+}
+
+const metaFixed = 34
+
+func encodeMeta(r *Record) []byte {
+	b := make([]byte, metaFixed, metaFixed+len(r.Tag))
+	b[0] = byte(r.Kind)
+	b[1] = byte(r.Codec)
+	binary.BigEndian.PutUint16(b[2:], uint16(r.Disk))
+	binary.BigEndian.PutUint64(b[4:], uint64(r.Offset))
+	binary.BigEndian.PutUint32(b[12:], uint32(r.Length))
+	binary.BigEndian.PutUint64(b[16:], r.Sum)
+	if !r.Time.IsZero() {
+		binary.BigEndian.PutUint64(b[24:], uint64(r.Time.UnixNano()))
+	}
+	b[32] = byte(r.Consistency)
+	b[33] = r.DrainReason
+	return append(b, r.Tag...)
+}
+
+func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
+	if len(b) < metaFixed {
+		return Record{}, fmt.Errorf("vm %s: record %d: %w: metadata is %d bytes", vm, seq, ErrInvalid, len(b))
+	}
+	r := Record{
+		VM:          vm,
+		Seq:         seq,
+		Kind:        Kind(b[0]),
+		Codec:       Codec(b[1]),
+		Disk:        int(binary.BigEndian.Uint16(b[2:])),
+		Offset:      int64(binary.BigEndian.Uint64(b[4:])),
+		Length:      int(binary.BigEndian.Uint32(b[12:])),
+		Sum:         binary.BigEndian.Uint64(b[16:]),
+		Consistency: Consistency(b[32]),
+		DrainReason: b[33],
+		Tag:         string(b[metaFixed:]),
+	}
+	if ns := int64(binary.BigEndian.Uint64(b[24:])); ns != 0 {
+		r.Time = time.Unix(0, ns).UTC()
+	}
+	return r, nil
+}
+
+func encodePoint(p *Point) []byte {
+	b := make([]byte, 9, 9+len(p.Tag))
+	b[0] = byte(p.Consistency)
+	binary.BigEndian.PutUint64(b[1:], uint64(p.Time.UnixNano()))
+	return append(b, p.Tag...)
+}
+
+func decodePoint(vm VMID, id Seq, b []byte) (Point, error) {
+	if len(b) < 9 {
+		return Point{}, fmt.Errorf("vm %s: point %d: %w: %d bytes", vm, id, ErrInvalid, len(b))
+	}
+	return Point{
+		VM:          vm,
+		ID:          id,
+		Consistency: Consistency(b[0]),
+		Time:        time.Unix(0, int64(binary.BigEndian.Uint64(b[1:]))).UTC(),
+		Tag:         string(b[9:]),
+	}, nil
+}
+
+func seqKey(s Seq) []byte { return binary.BigEndian.AppendUint64(nil, uint64(s)) }
+
+func keySeq(k []byte) Seq { return Seq(binary.BigEndian.Uint64(k)) }
