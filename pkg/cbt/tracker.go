@@ -92,6 +92,9 @@ func (t *Tracker) Device(i int) blockdev.Device { return &splitter{t: t, disk: i
 // recorded.
 func (t *Tracker) Notify() <-chan struct{} { return t.notify }
 
+// Wake makes Notify fire, for a consumer that has other work to look at.
+func (t *Tracker) Wake() { t.signal() }
+
 func (t *Tracker) signal() {
 	select {
 	case t.notify <- struct{}{}:

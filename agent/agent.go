@@ -1,0 +1,360 @@
+// Package agent is Ferry's source-side mobility agent. It protects one VM:
+// it captures every change of the VM's disks (through a write splitter, or
+// by scanning disks that other processes write), streams the changes in
+// order to a receiver over one gRPC stream, resumes after reconnecting from
+// the last acknowledged sequence, and falls back to a dirty bitmap when its
+// bounded queue overflows, so memory stays bounded however long an outage
+// lasts.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cbt"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Version is reported to the receiver in every hello.
+const Version = "0.1.0"
+
+// ChunkSize is the unit of hash comparison (scan mode and resync).
+const ChunkSize = 64 << 10
+
+// maxWrite is the largest write one record carries.
+const maxWrite = 1 << 20
+
+// need is work the agent must do before the stream is write-ordered.
+type need int
+
+const (
+	needNone need = iota
+	needInitial
+	needResync
+)
+
+func (n need) String() string {
+	return [...]string{"none", "initial replication", "resync"}[n]
+}
+
+// sentBatch is a batch in the window: sent (or about to be) and not yet
+// acknowledged.
+type sentBatch struct {
+	recs  []*ferryv1.Record
+	bytes int64
+	last  uint64
+}
+
+// Agent protects one VM. Create it with New, start it with Open, stop it
+// with Close.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	tr   *cbt.Tracker
+	m    *metrics
+	conn *grpc.ClientConn
+
+	// Owned by the replication goroutine.
+	nextSeq   uint64 // 0 until the first hello answer
+	drainOpen bool
+	sweepDisk int
+	sweepOff  int64
+	scanTable [][]uint64
+	lastMark  time.Time
+	readBuf   []byte
+	// savedAcked is the receiver's durable sequence when the agent last
+	// shut down cleanly.
+	savedAcked uint64
+
+	need      atomic.Int32
+	connected atomic.Bool
+	progress  atomic.Uint64 // float64 bits; NaN when nothing is in progress
+	scanDue   atomic.Bool
+
+	mu          sync.Mutex
+	window      []*sentBatch
+	windowBytes int64
+	acked       uint64
+	windowFree  chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	done   chan struct{}
+	errMu  sync.Mutex
+	err    error
+}
+
+// New validates cfg and builds an agent.
+func New(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	devs := make([]blockdev.Device, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		devs[i] = d.Device
+	}
+	a := &Agent{
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "agent", "vm", cfg.VM),
+		tr:         cbt.NewTracker(devs, cfg.QueueBytes),
+		windowFree: make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		readBuf:    make([]byte, maxWrite),
+	}
+	a.m = newMetrics(cfg.Registerer, a)
+	a.progress.Store(math.Float64bits(math.NaN()))
+	return a, nil
+}
+
+// Disk returns the write splitter of disk i: the device the protected
+// machine must write through (splitter mode).
+func (a *Agent) Disk(i int) blockdev.Device { return a.tr.Device(i) }
+
+// Mark asks for a recovery point at the current place in the write stream.
+// It returns false when no point can be cut now (the agent is draining its
+// bitmap, or the queue is full).
+func (a *Agent) Mark(app bool, tag string) bool {
+	return a.tr.Mark(cbt.MarkRequest{App: app, Tag: tag, Time: time.Now()})
+}
+
+// Done is closed when the agent stops on its own after an error the
+// receiver says cannot be retried; Err then returns it.
+func (a *Agent) Done() <-chan struct{} { return a.done }
+
+// Err returns the error that stopped the agent, or nil.
+func (a *Agent) Err() error {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	return a.err
+}
+
+// Open loads the agent's state, connects and starts replicating.
+func (a *Agent) Open(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("open agent: %w", err)
+	}
+	st, ok, err := a.loadState()
+	if err != nil {
+		return err
+	}
+	a.scanTable = make([][]uint64, len(a.cfg.Disks))
+	switch {
+	case !ok:
+		a.need.Store(int32(needInitial)) // or a resync, if the receiver already has data
+		a.log.Info("no saved state: replication starts from scratch")
+	case !st.Clean:
+		a.need.Store(int32(needResync))
+		a.log.Warn("the agent did not shut down cleanly: changes may be lost, resyncing by hash")
+	default:
+		a.savedAcked = st.Acked
+		if err := a.tr.LoadBitmaps(a.bitmapPath); err != nil {
+			a.need.Store(int32(needResync))
+			a.log.Warn("saved bitmap unusable, resyncing by hash", "err", err)
+		}
+		if a.cfg.Mode == ModeScan {
+			for i, d := range a.cfg.Disks {
+				n := int((d.Device.Size() + ChunkSize - 1) / ChunkSize)
+				if a.scanTable[i], err = loadHashes(a.hashPath(i), n); err != nil {
+					a.need.Store(int32(needResync))
+					a.log.Warn("saved scan table unusable, resyncing by hash", "err", err)
+				}
+			}
+		}
+	}
+	// From here until a clean Close, a crash must lead to a resync.
+	if err := a.saveState(false); err != nil {
+		return fmt.Errorf("open agent: %w", err)
+	}
+	opts := append([]grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(16<<20), grpc.MaxCallRecvMsgSize(16<<20)),
+		grpc.WithInitialWindowSize(4 << 20),
+		grpc.WithInitialConnWindowSize(8 << 20),
+	}, a.cfg.DialOptions...)
+	a.conn, err = grpc.NewClient(a.cfg.Target, opts...)
+	if err != nil {
+		return fmt.Errorf("open agent: connect %s: %w", a.cfg.Target, err)
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.run(a.ctx) }()
+	if a.cfg.Mode == ModeSplitter && a.cfg.CrashInterval > 0 {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.tick(a.ctx, a.cfg.CrashInterval, func() { a.Mark(false, "") }) }()
+	}
+	if a.cfg.Mode == ModeScan {
+		a.scanDue.Store(true)
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.tick(a.ctx, a.cfg.ScanInterval, func() { a.scanDue.Store(true); a.tr.Wake() }) }()
+	}
+	return nil
+}
+
+func (a *Agent) tick(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			fn()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Close waits up to ShutdownTimeout for what was captured to be
+// acknowledged, stops, and saves every change not acknowledged as a dirty
+// bitmap so that the next run sends it without a full resync.
+func (a *Agent) Close(ctx context.Context) error {
+	if a.cancel == nil {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.ShutdownTimeout)
+	if err := a.WaitSynced(wctx); err != nil {
+		a.log.Warn("shutting down with unacknowledged changes; they are kept in the bitmap", "err", err)
+	}
+	cancel()
+	a.cancel()
+	a.wg.Wait()
+	a.conn.Close()
+	// Everything not acknowledged goes into the bitmaps.
+	a.tr.EnterBitmap()
+	a.mu.Lock()
+	for _, b := range a.window {
+		for _, r := range b.recs {
+			if w := r.GetWrite(); w != nil {
+				a.tr.MarkDirty(int(w.GetDisk()), int64(w.GetOffset()), int64(w.GetLength()))
+			}
+		}
+	}
+	a.window, a.windowBytes = nil, 0
+	a.mu.Unlock()
+	if err := a.tr.SaveBitmaps(a.bitmapPath); err != nil {
+		return fmt.Errorf("close agent: %w", err)
+	}
+	if a.cfg.Mode == ModeScan {
+		for i, t := range a.scanTable {
+			if t != nil {
+				if err := saveHashes(a.hashPath(i), t); err != nil {
+					return fmt.Errorf("close agent: %w", err)
+				}
+			}
+		}
+	}
+	// An unfinished initial replication or resync is redone by hash.
+	clean := need(a.need.Load()) == needNone
+	if err := a.saveState(clean); err != nil {
+		return fmt.Errorf("close agent: %w", err)
+	}
+	a.log.Info("agent stopped", "clean", clean, "dirty_blocks", a.tr.Stats().DirtyBlocks)
+	return nil
+}
+
+// Synced reports whether everything captured so far is acknowledged and the
+// stream is write-ordered.
+func (a *Agent) Synced() bool {
+	st := a.tr.Stats()
+	a.mu.Lock()
+	empty := len(a.window) == 0
+	a.mu.Unlock()
+	return a.connected.Load() && need(a.need.Load()) == needNone && st.Mode == cbt.ModeQueue &&
+		st.QueueLen == 0 && empty && !a.scanDue.Load()
+}
+
+// WaitSynced waits until Synced holds.
+func (a *Agent) WaitSynced(ctx context.Context) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for !a.Synced() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for sync: %w", ctx.Err())
+		case <-a.done:
+			return a.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Stats is a snapshot of the agent.
+type Stats struct {
+	Tracker     cbt.Stats
+	Acked       uint64
+	WindowBytes int64
+	Connected   bool
+	Need        string
+}
+
+// Stats returns a snapshot of the agent's state.
+func (a *Agent) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return Stats{Tracker: a.tr.Stats(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
+}
+
+// run keeps a stream open, reconnecting with backoff, until ctx ends or the
+// receiver refuses the agent for good.
+func (a *Agent) run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.session(ctx)
+		a.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if permanent(err) {
+			a.errMu.Lock()
+			a.err = err
+			a.errMu.Unlock()
+			a.log.Error("receiver refused the agent; stopping", "err", err)
+			close(a.done)
+			return
+		}
+		a.m.reconnects.Inc()
+		if time.Since(start) > 5*time.Second {
+			backoff = 50 * time.Millisecond
+		}
+		a.log.Warn("stream ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// permanent reports whether the receiver refused the agent in a way that
+// retrying cannot fix.
+func permanent(err error) bool {
+	switch status.Code(err) {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.PermissionDenied, codes.Unauthenticated:
+		return true
+	}
+	return errors.Is(err, errFatal)
+}
+
+var errFatal = errors.New("agent cannot continue")
+
+func (a *Agent) setProgress(p float64) { a.progress.Store(math.Float64bits(p)) }
+
+func (a *Agent) progressValue() (float64, bool) {
+	p := math.Float64frombits(a.progress.Load())
+	return p, !math.IsNaN(p)
+}

@@ -1,0 +1,121 @@
+// Command ferry-agent protects one VM's disks: it replicates their changes
+// to a Ferry process server.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
+)
+
+const usage = `
+ferry-agent replicates one VM's disks to a Ferry process server.
+
+Usage:
+  ferry-agent run [flags]    protect the disks until stopped
+
+Run 'ferry-agent run --help' for the flags.
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "run" {
+		cli.Usage(usage)
+	}
+	cfg := agent.DefaultConfig()
+	cfg.Mode = agent.ModeScan
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	var disks cli.Repeated
+	fs.StringVar(&cfg.Target, "ps", "", "process server address (host:port)")
+	fs.StringVar(&cfg.VM, "vm", "", "name of the protected VM")
+	fs.Var(&disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
+	fs.StringVar(&cfg.StateDir, "state", "", "directory for the agent's state (bitmaps, scan tables)")
+	fs.DurationVar(&cfg.CrashInterval, "crash-interval", cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more)")
+	fs.DurationVar(&cfg.ScanInterval, "scan-interval", cfg.ScanInterval, "time between scans of the disks for changes")
+	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
+	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
+	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
+
+Replicates the disks to the process server. The first run copies every disk
+(skipping all-zero blocks and holes); later runs send only changes. The disks
+are scanned every --scan-interval: each 64 KiB chunk whose hash changed is
+sent, and a recovery point is cut after every pass that found changes (and
+every --crash-interval when nothing changed). A point holds the disks as the
+pass read them: quiesce the writer (fsfreeze) for a point that is exactly one
+moment of a disk being written.
+
+SIGTERM or SIGINT waits up to 10s for acknowledgements, then saves what is
+unsent so that the next run continues without a full resync.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.Parse(os.Args[2:])
+	log, err := cli.Logger(*level)
+	if err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+	cfg.Logger = log
+	for _, d := range disks {
+		name, path, ok := strings.Cut(d, "=")
+		if !ok || name == "" || path == "" {
+			cli.Fatal("ferry-agent", fmt.Errorf("disk %q: want NAME=PATH", d))
+		}
+		dev, err := blockdev.OpenFile(path, true)
+		if err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
+		defer dev.Close()
+		cfg.Disks = append(cfg.Disks, agent.Disk{Name: name, Device: dev})
+	}
+	cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	a, err := agent.New(cfg)
+	if err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+	if *metrics != "" {
+		l, err := net.Listen("tcp", *metrics)
+		if err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		go http.Serve(l, mux)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := a.Open(ctx); err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case <-a.Done():
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cerr := a.Close(cctx)
+	if err := errors.Join(a.Err(), cerr); err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+}

@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+)
+
+// Mode says how the agent learns of changes.
+type Mode int
+
+const (
+	// ModeSplitter captures every write made through the agent's devices
+	// (Agent.Disk), in order. Recovery points are crash-consistent.
+	ModeSplitter Mode = iota
+	// ModeScan finds changes by hashing the disks every ScanInterval and
+	// comparing with the hashes it sent last; for disks that other
+	// processes write. A point holds the disks as one scan pass read them.
+	ModeScan
+)
+
+// Disk is one disk of the protected VM.
+type Disk struct {
+	Name   string
+	Device blockdev.Device
+}
+
+// Config configures an Agent.
+type Config struct {
+	// VM is the protected VM's name.
+	VM    string
+	Disks []Disk
+	// StateDir keeps the agent's state across restarts.
+	StateDir string
+	// Target is the receiver's gRPC address.
+	Target      string
+	DialOptions []grpc.DialOption
+	Mode        Mode
+	// Epoch of the replication direction (default 1).
+	Epoch uint64
+	// CrashInterval cuts a crash-consistent point this often (splitter
+	// mode); 0 leaves it to Mark.
+	CrashInterval time.Duration
+	// ScanInterval is the time between scan passes (scan mode).
+	ScanInterval time.Duration
+	// QueueBytes bounds the change queue; beyond it the agent falls back to
+	// the dirty bitmap (default 64 MiB).
+	QueueBytes int64
+	// WindowBytes bounds the data sent and not yet acknowledged (default
+	// 32 MiB).
+	WindowBytes int64
+	// BatchBytes is the target data size of one message (default 1 MiB).
+	BatchBytes int
+	// ShutdownTimeout bounds how long Close waits for acknowledgements
+	// before saving what is unsent as a dirty bitmap (default 10s).
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	Registerer      prometheus.Registerer
+}
+
+// DefaultConfig returns the defaults ferry-agent starts from.
+func DefaultConfig() Config {
+	return Config{
+		Epoch:           1,
+		CrashInterval:   5 * time.Minute,
+		ScanInterval:    time.Minute,
+		QueueBytes:      64 << 20,
+		WindowBytes:     32 << 20,
+		BatchBytes:      1 << 20,
+		ShutdownTimeout: 10 * time.Second,
+	}
+}
+
+func (c *Config) setDefaults() {
+	d := DefaultConfig()
+	if c.Epoch == 0 {
+		c.Epoch = d.Epoch
+	}
+	if c.ScanInterval == 0 {
+		c.ScanInterval = d.ScanInterval
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = d.QueueBytes
+	}
+	if c.WindowBytes == 0 {
+		c.WindowBytes = d.WindowBytes
+	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = d.BatchBytes
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first field that is wrong.
+func (c *Config) Validate() error {
+	if c.VM == "" {
+		return errors.New("vm: a VM name is required")
+	}
+	if len(c.Disks) == 0 {
+		return errors.New("disk: at least one disk is required")
+	}
+	seen := map[string]bool{}
+	for _, d := range c.Disks {
+		if d.Name == "" || seen[d.Name] {
+			return fmt.Errorf("disk: names must be unique and not empty (%q)", d.Name)
+		}
+		seen[d.Name] = true
+		if d.Device == nil {
+			return fmt.Errorf("disk %s: no device", d.Name)
+		}
+		if d.Device.Size() == 0 || d.Device.Size()%blockdev.BlockSize != 0 {
+			return fmt.Errorf("disk %s: size %d is not a positive multiple of %d bytes", d.Name, d.Device.Size(), blockdev.BlockSize)
+		}
+	}
+	if c.StateDir == "" {
+		return errors.New("state: a state directory is required")
+	}
+	if c.Target == "" {
+		return errors.New("ps: a receiver address is required")
+	}
+	if c.CrashInterval < 0 || (c.CrashInterval > 0 && c.CrashInterval < time.Second) {
+		return fmt.Errorf("crash-interval: %v is below the 1s minimum", c.CrashInterval)
+	}
+	if c.Mode == ModeScan && c.ScanInterval < 100*time.Millisecond {
+		return fmt.Errorf("scan-interval: %v is below the 100ms minimum", c.ScanInterval)
+	}
+	if c.BatchBytes < blockdev.BlockSize || c.BatchBytes > 4<<20 {
+		return fmt.Errorf("batch bytes: %d is outside 4 KiB to 4 MiB", c.BatchBytes)
+	}
+	if c.WindowBytes < int64(c.BatchBytes) {
+		return fmt.Errorf("window bytes: %d is below one batch (%d)", c.WindowBytes, c.BatchBytes)
+	}
+	return nil
+}

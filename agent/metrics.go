@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferrydr/ferry/pkg/cbt"
+)
+
+type metrics struct {
+	sentBytes  prometheus.Counter
+	acked      prometheus.Gauge
+	unacked    prometheus.Gauge
+	reconnects prometheus.Counter
+}
+
+func nan() float64 { return math.NaN() }
+
+func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
+	labels := prometheus.Labels{"vm": a.cfg.VM}
+	m := &metrics{
+		sentBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_sent_bytes_total", Help: "Write payload bytes sent to the receiver.", ConstLabels: labels}),
+		acked:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_acked_seq", Help: "Highest sequence the receiver acknowledged as durable.", ConstLabels: labels}),
+		unacked:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_unacked_bytes", Help: "Payload bytes sent and not yet acknowledged.", ConstLabels: labels}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_reconnects_total", Help: "Streams that ended and were opened again.", ConstLabels: labels}),
+	}
+	if reg == nil {
+		return m
+	}
+	gauge := func(name, help string, fn func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
+	}
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects,
+		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
+		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
+		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {
+			if a.tr.Stats().Mode == cbt.ModeBitmap {
+				return 1
+			}
+			return 0
+		}),
+		gauge("ferry_agent_overflows", "Times the change queue overflowed into the bitmap.", func() float64 { return float64(a.tr.Stats().Overflows) }),
+		gauge("ferry_agent_resync_progress_ratio", "Progress of an initial replication or resync (0 to 1; absent when none runs).", func() float64 {
+			p, _ := a.progressValue()
+			return p
+		}),
+		gauge("ferry_agent_connected", "1 while a stream to the receiver is open.", func() float64 {
+			if a.connected.Load() {
+				return 1
+			}
+			return 0
+		}),
+	)
+	return m
+}

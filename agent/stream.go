@@ -1,0 +1,261 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cbt"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// sender builds batches on one open stream. Only the replication goroutine
+// uses it.
+type sender struct {
+	a      *Agent
+	ctx    context.Context
+	stream ferryv1.Replication_ReplicateClient
+	batch  []*ferryv1.Record
+	bytes  int
+}
+
+// session runs one stream: hello, reconcile the window with what the
+// receiver holds, resend what it lacks, then stream new changes.
+func (a *Agent) session(parent context.Context) error {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	stream, err := ferryv1.NewReplicationClient(a.conn).Replicate(ctx)
+	if err != nil {
+		return err
+	}
+	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version}
+	for _, d := range a.cfg.Disks {
+		hello.Disks = append(hello.Disks, &ferryv1.DiskInfo{Name: d.Name, SizeBytes: uint64(d.Device.Size())})
+	}
+	a.mu.Lock()
+	hello.AckedSeq = a.acked
+	a.mu.Unlock()
+	if err := stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	msg, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ha := msg.GetHelloAck()
+	if ha == nil {
+		return fmt.Errorf("%w: receiver answered the hello with %T", errFatal, msg.GetMsg())
+	}
+	resend := a.reconcile(ha)
+	a.connected.Store(true)
+	a.log.Info("stream open", "durable_seq", ha.GetDurableSeq(), "next_seq", a.nextSeq, "resend_batches", len(resend), "need", need(a.need.Load()))
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- a.receiveAcks(stream) }()
+	s := &sender{a: a, ctx: ctx, stream: stream}
+	sendErr := make(chan error, 1)
+	go func() {
+		err := s.resend(resend)
+		if err == nil {
+			err = a.replicate(s)
+		}
+		s.park()
+		sendErr <- err
+	}()
+	select {
+	case err = <-recvErr:
+		cancel()
+		<-sendErr
+	case err = <-sendErr:
+		cancel()
+		<-recvErr
+	}
+	return err
+}
+
+// reconcile trims the window to what the receiver lacks and decides whether
+// a resync is needed. It returns the batches to send again.
+func (a *Agent) reconcile(ha *ferryv1.HelloAck) []*sentBatch {
+	d := ha.GetDurableSeq()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.trimLocked(d)
+	first := a.nextSeq // what the receiver must expect next, if the window is empty
+	if len(a.window) > 0 {
+		first = a.window[0].recs[0].GetSeq()
+	}
+	fresh := a.nextSeq == 0
+	switch {
+	case fresh && d == 0:
+		// An empty replica: copy everything (all-zero blocks are skipped).
+		a.need.Store(int32(needInitial))
+	case fresh && need(a.need.Load()) == needInitial:
+		// A new agent for a replica that already has data: compare, don't copy.
+		a.need.Store(int32(needResync))
+	case fresh && need(a.need.Load()) == needNone && d != a.savedAcked:
+		// The receiver does not hold exactly what it acknowledged before
+		// this agent shut down (it lost data, or another agent wrote).
+		a.log.Warn("receiver's stream is not where the agent left it; resyncing by hash", "durable_seq", d, "acked_at_shutdown", a.savedAcked)
+		a.need.Store(int32(needResync))
+	case !fresh && first != d+1:
+		// The receiver lost or gained records this agent cannot account for.
+		a.log.Warn("receiver's stream does not continue the agent's; resyncing by hash", "durable_seq", d, "agent_next", first)
+		a.window, a.windowBytes = nil, 0
+		a.need.Store(int32(needResync))
+	}
+	if len(a.window) == 0 {
+		a.nextSeq = d + 1
+	}
+	if fresh {
+		a.drainOpen = !ha.GetConsistent() && d > 0
+	}
+	a.acked = d
+	return append([]*sentBatch(nil), a.window...)
+}
+
+// trimLocked drops what the receiver holds durably (sequences up to d).
+func (a *Agent) trimLocked(d uint64) {
+	i := 0
+	for i < len(a.window) && a.window[i].last <= d {
+		a.windowBytes -= a.window[i].bytes
+		i++
+	}
+	a.window = a.window[i:]
+	if len(a.window) > 0 && a.window[0].recs[0].GetSeq() <= d {
+		b := a.window[0]
+		j := 0
+		for j < len(b.recs) && b.recs[j].GetSeq() <= d {
+			j++
+		}
+		b.recs = b.recs[j:]
+	}
+}
+
+func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		ack := msg.GetAck()
+		if ack == nil {
+			return fmt.Errorf("%w: unexpected %T from the receiver", errFatal, msg.GetMsg())
+		}
+		a.mu.Lock()
+		if ack.GetDurableSeq() > a.acked {
+			a.acked = ack.GetDurableSeq()
+			a.trimLocked(a.acked)
+		}
+		a.m.acked.Set(float64(a.acked))
+		a.m.unacked.Set(float64(a.windowBytes))
+		a.mu.Unlock()
+		select {
+		case a.windowFree <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// resend sends the window's batches again, in order.
+func (s *sender) resend(batches []*sentBatch) error {
+	for _, b := range batches {
+		if err := s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// add gives the next sequence to rec and appends it to the batch, sending
+// the batch first when rec would take it past the target size.
+func (s *sender) add(rec *ferryv1.Record) error {
+	n := len(rec.GetWrite().GetData())
+	if len(s.batch) > 0 && s.bytes+n > s.a.cfg.BatchBytes {
+		if err := s.flush(); err != nil {
+			return err
+		}
+	}
+	rec.Seq = s.a.nextSeq
+	s.a.nextSeq++
+	s.batch = append(s.batch, rec)
+	s.bytes += n
+	return nil
+}
+
+// flush waits for room in the window, puts the batch in it and sends it.
+func (s *sender) flush() error {
+	if len(s.batch) == 0 {
+		return nil
+	}
+	a := s.a
+	b := &sentBatch{recs: s.batch, bytes: int64(s.bytes), last: s.batch[len(s.batch)-1].GetSeq()}
+	for {
+		a.mu.Lock()
+		if a.windowBytes == 0 || a.windowBytes+b.bytes <= a.cfg.WindowBytes {
+			a.window = append(a.window, b)
+			a.windowBytes += b.bytes
+			a.m.unacked.Set(float64(a.windowBytes))
+			a.mu.Unlock()
+			break
+		}
+		a.mu.Unlock()
+		select {
+		case <-a.windowFree:
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		}
+	}
+	s.batch, s.bytes = nil, 0
+	a.m.sentBytes.Add(float64(b.bytes))
+	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}})
+}
+
+// park moves a batch that was being built into the window unsent, so that
+// its sequences are not lost when the stream ends; the next stream sends it.
+func (s *sender) park() {
+	if len(s.batch) == 0 {
+		return
+	}
+	a := s.a
+	a.mu.Lock()
+	a.window = append(a.window, &sentBatch{recs: s.batch, bytes: int64(s.bytes), last: s.batch[len(s.batch)-1].GetSeq()})
+	a.windowBytes += int64(s.bytes)
+	a.mu.Unlock()
+	s.batch, s.bytes = nil, 0
+}
+
+func writeRecord(disk int, off int64, data []byte) *ferryv1.Record {
+	w := &ferryv1.Write{Disk: uint32(disk), Offset: uint64(off), Length: uint32(len(data)), Xxhash: xxhash.Sum64(data)}
+	if blockdev.IsZero(data) {
+		w.Zero = true
+	} else {
+		w.Data = data
+	}
+	return &ferryv1.Record{Body: &ferryv1.Record_Write{Write: w}}
+}
+
+func markerRecord(m cbt.MarkRequest) *ferryv1.Record {
+	c := ferryv1.Consistency_CONSISTENCY_CRASH
+	if m.App {
+		c = ferryv1.Consistency_CONSISTENCY_APP
+	}
+	if m.Time.IsZero() {
+		m.Time = time.Now()
+	}
+	return &ferryv1.Record{Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Consistency: c, Tag: m.Tag, TimeUnixNano: m.Time.UnixNano()}}}
+}
+
+func drainRecord(begin bool, reason ferryv1.DrainReason) *ferryv1.Record {
+	return &ferryv1.Record{Body: &ferryv1.Record_Drain{Drain: &ferryv1.Drain{Begin: begin, Reason: reason}}}
+}
+
+func (s *sender) heartbeat() error {
+	hb := &ferryv1.Heartbeat{TimeUnixNano: time.Now().UnixNano()}
+	if p, ok := s.a.progressValue(); ok {
+		hb.ResyncProgress = &p
+	}
+	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Heartbeat{Heartbeat: hb}})
+}

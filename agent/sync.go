@@ -1,0 +1,400 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cbt"
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// replicate is the stream's main loop: it does whatever work makes the
+// stream write-ordered (initial copy, resync, bitmap drain), then sends the
+// queue's changes as they come.
+func (a *Agent) replicate(s *sender) error {
+	hb := time.NewTicker(5 * time.Second)
+	defer hb.Stop()
+	for {
+		if err := s.ctx.Err(); err != nil {
+			return err
+		}
+		var err error
+		switch {
+		case need(a.need.Load()) == needInitial:
+			err = a.initial(s)
+		case need(a.need.Load()) == needResync:
+			err = a.resync(s)
+		case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
+			// Also when a drain was left open (the agent stopped inside it)
+			// and the bitmap is already empty: the drain must still end.
+			a.tr.EnterBitmap()
+			err = a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
+		case a.cfg.Mode == ModeScan && a.scanDue.Load():
+			err = a.scan(s)
+		default:
+			changes := a.tr.Pop(int64(a.cfg.BatchBytes))
+			if len(changes) == 0 {
+				if err := s.flush(); err != nil {
+					return err
+				}
+				select {
+				case <-a.tr.Notify():
+				case <-hb.C:
+					err = s.heartbeat()
+				case <-s.ctx.Done():
+					return s.ctx.Err()
+				}
+				break
+			}
+			for _, c := range changes {
+				if err = a.sendChange(s, c); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (a *Agent) sendChange(s *sender, c cbt.Change) error {
+	if c.Mark != nil {
+		a.lastMark = time.Now()
+		return s.add(markerRecord(*c.Mark))
+	}
+	for off := 0; off < len(c.Data); off += maxWrite {
+		data := c.Data[off:min(off+maxWrite, len(c.Data))]
+		if err := s.add(writeRecord(c.Disk, c.Off+int64(off), data)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// beginDrain opens a drain on the stream if none is open.
+func (a *Agent) beginDrain(s *sender, reason ferryv1.DrainReason) error {
+	if a.drainOpen {
+		return nil
+	}
+	a.drainOpen = true
+	return s.add(drainRecord(true, reason))
+}
+
+// drain sends the current content of every dirty block until the bitmap is
+// empty, then closes the drain and cuts a crash-consistent point: at the
+// moment the bitmap was found empty every block sent held the disk's
+// content, so the cut is a real state of the disks.
+func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
+	if err := a.beginDrain(s, reason); err != nil {
+		return err
+	}
+	total := max(a.tr.Stats().DirtyBlocks, 1)
+	done := int64(0)
+	hb := time.Now()
+	for {
+		disk, off, length, ok := a.tr.TakeDirty(maxWrite)
+		if !ok {
+			if err := s.flush(); err != nil {
+				return err
+			}
+			if !a.tr.FinishDrain() {
+				continue
+			}
+			break
+		}
+		// Each record owns its data: it stays in the window until acked.
+		buf := make([]byte, length)
+		if _, err := a.cfg.Disks[disk].Device.ReadAt(s.ctx, buf, off); err != nil {
+			a.tr.MarkDirty(disk, off, length)
+			return fmt.Errorf("%w: read disk %s at %d: %v", errFatal, a.cfg.Disks[disk].Name, off, err)
+		}
+		if err := s.add(writeRecord(disk, off, buf)); err != nil {
+			a.tr.MarkDirty(disk, off, length)
+			return err
+		}
+		done += length / blockdev.BlockSize
+		if reason != ferryv1.DrainReason_DRAIN_REASON_INITIAL && reason != ferryv1.DrainReason_DRAIN_REASON_SCAN {
+			a.setProgress(min(1, float64(done)/float64(total)))
+		}
+		if time.Since(hb) > 5*time.Second {
+			hb = time.Now()
+			if err := s.heartbeat(); err != nil {
+				return err
+			}
+		}
+	}
+	a.drainOpen = false
+	if err := s.add(drainRecord(false, reason)); err != nil {
+		return err
+	}
+	a.lastMark = time.Now()
+	if err := s.add(markerRecord(cbt.MarkRequest{Tag: "drain-end", Time: a.lastMark})); err != nil {
+		return err
+	}
+	a.setProgress(nan())
+	a.log.Info("drain finished", "reason", reason.String(), "blocks", done)
+	return s.flush()
+}
+
+// initial copies every disk once, skipping all-zero blocks (the empty
+// replica already holds zeros) and the holes of sparse files. Writes made
+// meanwhile are tracked in the bitmap and drained at the end.
+func (a *Agent) initial(s *sender) error {
+	a.tr.EnterBitmap()
+	if err := a.beginDrain(s, ferryv1.DrainReason_DRAIN_REASON_INITIAL); err != nil {
+		return err
+	}
+	var total, before int64
+	for i, d := range a.cfg.Disks {
+		total += d.Device.Size()
+		if i < a.sweepDisk {
+			before += d.Device.Size()
+		}
+	}
+	hb := time.Now()
+	for ; a.sweepDisk < len(a.cfg.Disks); a.sweepDisk, a.sweepOff = a.sweepDisk+1, 0 {
+		i := a.sweepDisk
+		dev := a.cfg.Disks[i].Device
+		if a.cfg.Mode == ModeScan && a.scanTable[i] == nil {
+			a.scanTable[i] = zeroTable(dev.Size())
+		}
+		err := extents(s.ctx, dev, func(off, length int64) error {
+			for pos := max(off, a.sweepOff); pos < off+length; {
+				n := min(int64(maxWrite), off+length-pos)
+				buf := make([]byte, n)
+				if _, err := dev.ReadAt(s.ctx, buf, pos); err != nil {
+					return fmt.Errorf("%w: read disk %s at %d: %v", errFatal, a.cfg.Disks[i].Name, pos, err)
+				}
+				if a.cfg.Mode == ModeScan {
+					hashChunks(a.scanTable[i], buf, pos)
+				}
+				if err := a.sendNonZero(s, i, pos, buf); err != nil {
+					return err
+				}
+				pos += n
+				a.sweepOff = pos
+				a.setProgress(float64(before+pos) / float64(total))
+				if time.Since(hb) > 5*time.Second {
+					hb = time.Now()
+					if err := s.heartbeat(); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		before += dev.Size()
+	}
+	a.need.Store(int32(needNone))
+	a.scanDue.Store(false)
+	a.log.Info("initial copy finished; draining changes made meanwhile")
+	return a.drain(s, ferryv1.DrainReason_DRAIN_REASON_INITIAL)
+}
+
+// sendNonZero sends the runs of non-zero blocks of buf, read at off.
+func (a *Agent) sendNonZero(s *sender, disk int, off int64, buf []byte) error {
+	const bs = blockdev.BlockSize
+	for i := 0; i < len(buf); {
+		if blockdev.IsZero(buf[i:min(i+bs, len(buf))]) {
+			i += bs
+			continue
+		}
+		j := i + bs
+		for j < len(buf) && !blockdev.IsZero(buf[j:min(j+bs, len(buf))]) {
+			j += bs
+		}
+		if err := s.add(writeRecord(disk, off+int64(i), buf[i:min(j, len(buf))])); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// resync compares every chunk's hash with the receiver's replica and sends
+// the chunks that differ: after a crash of the agent, a lost bitmap, or a
+// receiver that does not hold what it acknowledged.
+func (a *Agent) resync(s *sender) error {
+	a.tr.EnterBitmap()
+	if err := a.beginDrain(s, ferryv1.DrainReason_DRAIN_REASON_RESYNC); err != nil {
+		return err
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
+	client := ferryv1.NewReplicationClient(a.conn)
+	var differ, chunks int64
+	for i, d := range a.cfg.Disks {
+		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, d.Device.Size())
+		if err != nil {
+			return fmt.Errorf("resync disk %s: %w", d.Name, err)
+		}
+		local, err := localHashes(s.ctx, d.Device, func(p float64) { a.setProgress(p / 2) })
+		if err != nil {
+			return fmt.Errorf("%w: resync disk %s: %v", errFatal, d.Name, err)
+		}
+		for c := range local {
+			if local[c] != remote[c] {
+				a.tr.MarkDirty(i, int64(c)*ChunkSize, ChunkSize)
+				differ++
+			}
+		}
+		chunks += int64(len(local))
+		if a.cfg.Mode == ModeScan {
+			a.scanTable[i] = local
+		}
+	}
+	a.log.Info("resync compared hashes", "chunks", chunks, "differ", differ)
+	a.need.Store(int32(needNone))
+	a.scanDue.Store(false)
+	return a.drain(s, ferryv1.DrainReason_DRAIN_REASON_RESYNC)
+}
+
+// scan hashes every chunk, marks those that changed since the last pass
+// dirty and drains them, then cuts a point (scan mode).
+func (a *Agent) scan(s *sender) error {
+	a.scanDue.Store(false)
+	changed := int64(0)
+	for i, d := range a.cfg.Disks {
+		local, err := localHashes(s.ctx, d.Device, nil)
+		if err != nil {
+			return fmt.Errorf("%w: scan disk %s: %v", errFatal, d.Name, err)
+		}
+		if a.scanTable[i] == nil {
+			a.scanTable[i] = zeroTable(d.Device.Size())
+		}
+		for c := range local {
+			if local[c] != a.scanTable[i][c] {
+				a.tr.MarkDirty(i, int64(c)*ChunkSize, ChunkSize)
+				changed++
+			}
+		}
+		a.scanTable[i] = local
+	}
+	if changed == 0 {
+		if a.cfg.CrashInterval > 0 && time.Since(a.lastMark) >= a.cfg.CrashInterval {
+			a.lastMark = time.Now()
+			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "scan", Time: a.lastMark})); err != nil {
+				return err
+			}
+			return s.flush()
+		}
+		return nil
+	}
+	a.tr.EnterBitmap()
+	return a.drain(s, ferryv1.DrainReason_DRAIN_REASON_SCAN)
+}
+
+func zeroTable(size int64) []uint64 {
+	n := (size + ChunkSize - 1) / ChunkSize
+	t := make([]uint64, n)
+	full := journal.ZeroSum(ChunkSize)
+	for i := range t {
+		t[i] = full
+	}
+	t[n-1] = journal.ZeroSum(int(size - (n-1)*ChunkSize))
+	return t
+}
+
+// hashChunks sets the table's entries for the whole chunks in buf, read at
+// off (a multiple of ChunkSize).
+func hashChunks(table []uint64, buf []byte, off int64) {
+	for i := 0; i < len(buf); i += ChunkSize {
+		table[(off+int64(i))/ChunkSize] = xxhash.Sum64(buf[i:min(i+ChunkSize, len(buf))])
+	}
+}
+
+// localHashes reads a disk and returns the hash of every chunk; holes of a
+// sparse file are not read.
+func localHashes(ctx context.Context, dev blockdev.Device, progress func(float64)) ([]uint64, error) {
+	t := zeroTable(dev.Size())
+	buf := make([]byte, 4<<20)
+	err := extents(ctx, dev, func(off, length int64) error {
+		// Extents from the file system need not be chunk aligned.
+		start := off / ChunkSize * ChunkSize
+		end := min((off+length+ChunkSize-1)/ChunkSize*ChunkSize, dev.Size())
+		for pos := start; pos < end; pos += int64(len(buf)) {
+			n := min(int64(len(buf)), end-pos)
+			if _, err := dev.ReadAt(ctx, buf[:n], pos); err != nil {
+				return err
+			}
+			hashChunks(t, buf[:n], pos)
+			if progress != nil {
+				progress(float64(pos+n) / float64(dev.Size()))
+			}
+		}
+		return nil
+	})
+	return t, err
+}
+
+// extents calls fn for the ranges of dev that may hold data, chunk aligned.
+func extents(ctx context.Context, dev blockdev.Device, fn func(off, length int64) error) error {
+	ex, ok := dev.(blockdev.Extents)
+	if !ok {
+		return fn(0, dev.Size())
+	}
+	var pending [2]int64
+	has := false
+	err := ex.DataExtents(ctx, func(off, length int64) error {
+		s := off / ChunkSize * ChunkSize
+		e := min((off+length+ChunkSize-1)/ChunkSize*ChunkSize, dev.Size())
+		if has && s <= pending[1] {
+			pending[1] = max(pending[1], e)
+			return nil
+		}
+		if has {
+			if err := fn(pending[0], pending[1]-pending[0]); err != nil {
+				return err
+			}
+		}
+		pending, has = [2]int64{s, e}, true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if has {
+		return fn(pending[0], pending[1]-pending[0])
+	}
+	return nil
+}
+
+// fetchHashes asks the receiver for a disk's chunk hashes.
+func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk string, epoch uint64, size int64) ([]uint64, error) {
+	stream, err := client.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: vm, Disk: disk, ChunkSize: ChunkSize, Epoch: epoch})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, (size+ChunkSize-1)/ChunkSize)
+	got := 0
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		first := int(msg.GetFirstChunk())
+		if first+len(msg.GetHashes()) > len(out) {
+			return nil, fmt.Errorf("receiver sent %d hashes for a disk of %d chunks", first+len(msg.GetHashes()), len(out))
+		}
+		copy(out[first:], msg.GetHashes())
+		got += len(msg.GetHashes())
+	}
+	if got != len(out) {
+		return nil, fmt.Errorf("receiver sent %d hashes for a disk of %d chunks", got, len(out))
+	}
+	return out, nil
+}

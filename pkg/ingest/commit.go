@@ -1,0 +1,97 @@
+package ingest
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+)
+
+// commitItem is one verified batch of one session, or a barrier.
+type commitItem struct {
+	sess    *session
+	recs    []journal.Record
+	bufs    []*[]byte // pooled payload buffers to return after the commit
+	bytes   int
+	recv    time.Time
+	barrier chan struct{} // closed once everything before it is committed
+}
+
+// committer is the one goroutine that writes the journal. It takes every
+// batch that is waiting and commits them in one transaction (group commit),
+// up to commitBytes, so that one fsync covers many batches under load and a
+// lone batch is not held back waiting for company.
+type committer struct {
+	j           *journal.Journal
+	in          chan commitItem
+	commitBytes int
+	pool        *sync.Pool
+	m           *metrics
+}
+
+func (c *committer) run(ctx context.Context) {
+	var items []commitItem
+	for {
+		items = items[:0]
+		select {
+		case it := <-c.in:
+			items = append(items, it)
+		case <-ctx.Done():
+			return
+		}
+		n := items[0].bytes
+	more:
+		for n < c.commitBytes {
+			select {
+			case it := <-c.in:
+				items = append(items, it)
+				n += it.bytes
+			default:
+				break more
+			}
+		}
+		c.commit(ctx, items)
+	}
+}
+
+func (c *committer) commit(ctx context.Context, items []commitItem) {
+	var recs []journal.Record
+	for _, it := range items {
+		if it.sess != nil && it.sess.ctx.Err() == nil {
+			recs = append(recs, it.recs...)
+		}
+	}
+	var err error
+	if len(recs) > 0 {
+		start := time.Now()
+		err = c.j.Append(ctx, recs)
+		c.m.commitSeconds.Observe(time.Since(start).Seconds())
+	}
+	now := time.Now()
+	for _, it := range items {
+		switch {
+		case it.barrier != nil:
+			close(it.barrier)
+		case it.sess.ctx.Err() != nil:
+			// The session ended before its batch was committed: it was not
+			// stored, and the agent learns the durable sequence on its next
+			// hello.
+		case err != nil:
+			it.sess.fail(err)
+		default:
+			last := it.recs[len(it.recs)-1].Seq
+			it.sess.setDurable(uint64(last))
+			c.m.ackSeconds.Observe(now.Sub(it.recv).Seconds())
+			for _, r := range it.recs {
+				if r.Kind == journal.KindWrite {
+					c.m.storedBytes.WithLabelValues(string(r.VM)).Add(float64(len(r.Payload)))
+					c.m.logicalBytes.WithLabelValues(string(r.VM)).Add(float64(r.Length))
+				}
+			}
+		}
+		for _, b := range it.bufs {
+			c.pool.Put(b)
+		}
+	}
+}

@@ -1,0 +1,69 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var (
+	// ErrBadHello is returned for a stream that does not open with a valid
+	// hello.
+	ErrBadHello = errors.New("invalid hello")
+	// ErrBadRecord is returned for a record that breaks the stream's rules;
+	// nothing of its batch is stored.
+	ErrBadRecord = errors.New("invalid record")
+	// ErrChecksum is returned when a write's data does not match its xxhash.
+	ErrChecksum = errors.New("write data does not match its xxhash")
+	// ErrEpoch is returned to an agent of another replication direction.
+	ErrEpoch = errors.New("epoch mismatch")
+	// ErrGeometry is returned when an agent's disks differ from the replica's.
+	ErrGeometry = errors.New("disks differ from the replica's")
+	// ErrTooLarge is returned for a batch or write above the configured limit.
+	ErrTooLarge = errors.New("message too large")
+	// ErrSuperseded ends a stream when a newer stream for the same VM arrives.
+	ErrSuperseded = errors.New("a newer stream for this VM took over")
+	// ErrDenied is returned when the peer may not write the VM.
+	ErrDenied = errors.New("not authorized for this VM")
+	// ErrClosed is returned when the receiver is shutting down.
+	ErrClosed = errors.New("receiver is shutting down")
+)
+
+// RecordError names the record that was refused and why.
+type RecordError struct {
+	VM  string
+	Seq uint64
+	Err error
+	Msg string
+}
+
+func (e *RecordError) Error() string {
+	return fmt.Sprintf("vm %s: record %d: %v: %s", e.VM, e.Seq, e.Err, e.Msg)
+}
+
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// grpcStatus maps an error to the status a stream ends with.
+func grpcStatus(err error) error {
+	if _, ok := status.FromError(err); ok && !errors.Is(err, ErrBadRecord) {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrBadHello), errors.Is(err, ErrBadRecord), errors.Is(err, ErrChecksum):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrEpoch), errors.Is(err, ErrGeometry):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrTooLarge):
+		code = codes.ResourceExhausted
+	case errors.Is(err, ErrSuperseded):
+		code = codes.Aborted
+	case errors.Is(err, ErrDenied):
+		code = codes.PermissionDenied
+	case errors.Is(err, ErrClosed):
+		code = codes.Unavailable
+	}
+	return status.Error(code, err.Error())
+}

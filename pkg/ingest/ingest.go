@@ -1,0 +1,385 @@
+// Package ingest receives replication streams and writes them to a journal:
+// the receiving half shared by the process server (forward replication) and
+// the master target (failback). For every batch it checks the records
+// against the stream's rules and each write's xxhash, compresses the data on
+// a pool of workers, group-commits verified batches in stream order and
+// acknowledges a sequence only once it is durable. A batch with any invalid
+// record is refused whole and ends the stream with an error naming it.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/wire"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Config configures a Receiver.
+type Config struct {
+	Journal *journal.Journal
+	// Codec for data that compresses (default zstd).
+	Codec journal.Codec
+	// Workers verify and compress batches (default GOMAXPROCS).
+	Workers int
+	// MaxBatchBytes bounds the data of one batch (default 4 MiB).
+	MaxBatchBytes int
+	// MaxWriteBytes bounds one write (default 1 MiB).
+	MaxWriteBytes int
+	// CommitBytes is the target size of one group commit (default 16 MiB).
+	CommitBytes int
+	// Depth is how many batches of one stream may be in flight between
+	// receipt and commit (default 8): with MaxBatchBytes it bounds a
+	// stream's memory.
+	Depth int
+	// Authorize, when set, is asked whether the stream's peer may write vm.
+	Authorize func(ctx context.Context, vm journal.VMID) error
+	// Epoch, when set, decides which epoch a new VM starts with and which
+	// epochs are accepted; by default a new VM takes the hello's epoch and
+	// an existing VM accepts only its own.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Namespace prefixes metric names: ferry_<Namespace>_... (default "ps").
+	Namespace string
+}
+
+func (c *Config) setDefaults() {
+	if c.Codec == 0 {
+		c.Codec = journal.CodecZstd
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 4 << 20
+	}
+	if c.MaxWriteBytes <= 0 {
+		c.MaxWriteBytes = 1 << 20
+	}
+	if c.CommitBytes <= 0 {
+		c.CommitBytes = 16 << 20
+	}
+	if c.Depth <= 0 {
+		c.Depth = 8
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Namespace == "" {
+		c.Namespace = "ps"
+	}
+}
+
+// Receiver implements the Replication service over a journal.
+type Receiver struct {
+	ferryv1.UnimplementedReplicationServer
+
+	cfg  Config
+	j    *journal.Journal
+	comp *journal.Compressor
+	log  *slog.Logger
+	m    *metrics
+	pool sync.Pool
+
+	jobs   chan *job
+	commit *committer
+
+	mu       sync.Mutex
+	sessions map[journal.VMID]*session
+	closed   bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New returns a receiver; Open starts it.
+func New(cfg Config) (*Receiver, error) {
+	cfg.setDefaults()
+	if cfg.Journal == nil {
+		return nil, errors.New("ingest: no journal")
+	}
+	comp, err := journal.NewCompressor(cfg.Codec)
+	if err != nil {
+		return nil, err
+	}
+	r := &Receiver{
+		cfg:      cfg,
+		j:        cfg.Journal,
+		comp:     comp,
+		log:      cfg.Logger,
+		m:        newMetrics(cfg.Namespace, cfg.Registerer, cfg.Journal),
+		jobs:     make(chan *job, cfg.Workers*2),
+		sessions: map[journal.VMID]*session{},
+	}
+	r.pool.New = func() any { b := make([]byte, 0, cfg.MaxWriteBytes+cfg.MaxWriteBytes/8+64); return &b }
+	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, pool: &r.pool, m: r.m}
+	return r, nil
+}
+
+// Open starts the workers and the committer.
+func (r *Receiver) Open(ctx context.Context) error {
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	for i := 0; i < r.cfg.Workers; i++ {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.work(r.ctx) }()
+	}
+	r.wg.Add(1)
+	go func() { defer r.wg.Done(); r.commit.run(r.ctx) }()
+	return nil
+}
+
+// Close ends every stream, waits for what was verified to be committed and
+// stops the workers.
+func (r *Receiver) Close(ctx context.Context) error {
+	r.mu.Lock()
+	r.closed = true
+	sessions := make([]*session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		sessions = append(sessions, s)
+	}
+	r.mu.Unlock()
+	for _, s := range sessions {
+		s.fail(ErrClosed)
+		select {
+		case <-s.released:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r.cancel()
+	r.wg.Wait()
+	return nil
+}
+
+// Sessions returns the VMs with an open stream.
+func (r *Receiver) Sessions() []journal.VMID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]journal.VMID, 0, len(r.sessions))
+	for vm := range r.sessions {
+		out = append(out, vm)
+	}
+	return out
+}
+
+// Replicate serves one VM's stream.
+func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return grpcStatus(fmt.Errorf("%w: the first message of a stream must be a hello", ErrBadHello))
+	}
+	vm, err := r.checkHello(ctx, hello)
+	if err != nil {
+		r.m.rejected.WithLabelValues("hello").Inc()
+		r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
+		return grpcStatus(err)
+	}
+	s, err := r.acquire(ctx, vm.Name)
+	if err != nil {
+		return grpcStatus(err)
+	}
+	defer r.release(s)
+	// The journal state is read only now that no other stream of this VM
+	// can commit anything.
+	if vm, err = r.openVM(ctx, hello); err != nil {
+		r.m.rejected.WithLabelValues("hello").Inc()
+		r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
+		return grpcStatus(err)
+	}
+	s.vm = vm
+	s.next = uint64(vm.LastSeq) + 1
+	s.consistent = vm.Consistent
+	s.durable.Store(uint64(vm.LastSeq))
+	if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_HelloAck{HelloAck: &ferryv1.HelloAck{
+		DurableSeq: uint64(vm.LastSeq), Epoch: uint64(vm.Epoch), Consistent: vm.Consistent,
+	}}}); err != nil {
+		return err
+	}
+	r.log.Info("stream opened", "vm", vm.Name, "epoch", vm.Epoch, "durable_seq", vm.LastSeq, "consistent", vm.Consistent)
+	r.m.streams.Inc()
+	defer r.m.streams.Dec()
+
+	s.fifo = make(chan *job, r.cfg.Depth)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.sendAcks(stream) }()
+	go func() { defer wg.Done(); r.forward(s) }()
+	// Recv does not watch a context, so it runs apart: the stream ends as
+	// soon as the session fails, which unblocks it.
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- r.receive(s, stream) }()
+	select {
+	case err = <-recvDone:
+		if errors.Is(err, io.EOF) {
+			// The agent closed its side: what it sent becomes durable first.
+			s.waitDurable(s.next - 1)
+			err = nil
+		}
+	case <-s.ctx.Done():
+	}
+	if err != nil {
+		s.fail(err)
+	}
+	s.cancel()
+	wg.Wait()
+	if s.err != nil {
+		if errors.Is(s.err, ErrSuperseded) || errors.Is(s.err, context.Canceled) {
+			r.log.Info("stream ended", "vm", vm.Name, "reason", s.err)
+		} else {
+			r.log.Warn("stream ended", "vm", vm.Name, "err", s.err)
+		}
+		return grpcStatus(s.err)
+	}
+	return nil
+}
+
+// checkHello validates what a hello says without looking at the journal.
+func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
+	if err := ValidName(h.GetVm()); err != nil {
+		return journal.VM{}, fmt.Errorf("%w: vm name: %v", ErrBadHello, err)
+	}
+	if h.GetBlockSize() != blockdev.BlockSize {
+		return journal.VM{}, fmt.Errorf("%w: block size %d, this receiver uses %d", ErrBadHello, h.GetBlockSize(), blockdev.BlockSize)
+	}
+	if len(h.GetDisks()) == 0 || len(h.GetDisks()) > 64 {
+		return journal.VM{}, fmt.Errorf("%w: %d disks (want 1 to 64)", ErrBadHello, len(h.GetDisks()))
+	}
+	seen := map[string]bool{}
+	for _, d := range h.GetDisks() {
+		if err := ValidName(d.GetName()); err != nil {
+			return journal.VM{}, fmt.Errorf("%w: disk name: %v", ErrBadHello, err)
+		}
+		if seen[d.GetName()] {
+			return journal.VM{}, fmt.Errorf("%w: disk %q listed twice", ErrBadHello, d.GetName())
+		}
+		seen[d.GetName()] = true
+		if d.GetSizeBytes() == 0 || d.GetSizeBytes()%blockdev.BlockSize != 0 || d.GetSizeBytes() > 1<<50 {
+			return journal.VM{}, fmt.Errorf("%w: disk %q size %d is not a positive multiple of %d", ErrBadHello, d.GetName(), d.GetSizeBytes(), blockdev.BlockSize)
+		}
+	}
+	if h.GetEpoch() == 0 {
+		return journal.VM{}, fmt.Errorf("%w: epoch 0", ErrBadHello)
+	}
+	name := journal.VMID(h.GetVm())
+	if r.cfg.Authorize != nil {
+		if err := r.cfg.Authorize(ctx, name); err != nil {
+			return journal.VM{}, fmt.Errorf("%w: vm %s: %v", ErrDenied, name, err)
+		}
+	}
+	return journal.VM{Name: name}, nil
+}
+
+// openVM returns the VM's journal state, registering it on its first
+// stream, and checks that the agent's disks and epoch match it.
+func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
+	name := journal.VMID(h.GetVm())
+	disks := wire.Disks(h.GetDisks())
+	vm, err := r.j.VM(ctx, name)
+	if errors.Is(err, journal.ErrNoVM) {
+		vm = journal.VM{Name: name, Disks: disks, Epoch: journal.Epoch(h.GetEpoch()), BlockSize: blockdev.BlockSize}
+		if err := r.j.CreateVM(ctx, vm); err != nil {
+			return journal.VM{}, err
+		}
+		r.log.Info("vm registered", "vm", name, "disks", len(disks), "epoch", vm.Epoch)
+		return r.j.VM(ctx, name)
+	}
+	if err != nil {
+		return journal.VM{}, err
+	}
+	if journal.Epoch(h.GetEpoch()) != vm.Epoch {
+		return journal.VM{}, fmt.Errorf("%w: vm %s: agent is at epoch %d, this receiver accepts epoch %d only (the replication direction changed; re-enroll the agent)", ErrEpoch, name, h.GetEpoch(), vm.Epoch)
+	}
+	if len(disks) != len(vm.Disks) {
+		return journal.VM{}, fmt.Errorf("%w: vm %s: agent has %d disks, replica has %d", ErrGeometry, name, len(disks), len(vm.Disks))
+	}
+	for i, d := range disks {
+		if d != vm.Disks[i] {
+			return journal.VM{}, fmt.Errorf("%w: vm %s: disk %d is %q of %d bytes, replica has %q of %d bytes", ErrGeometry, name, i, d.Name, d.Size, vm.Disks[i].Name, vm.Disks[i].Size)
+		}
+	}
+	return vm, nil
+}
+
+// ValidName checks a VM or disk name: 1 to 128 letters, digits, '-', '_'
+// or '.', not starting with '.'.
+func ValidName(s string) error {
+	if len(s) == 0 || len(s) > 128 {
+		return fmt.Errorf("%q must be 1 to 128 characters", s)
+	}
+	if s[0] == '.' {
+		return fmt.Errorf("%q must not start with '.'", s)
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("%q has %q: use letters, digits, '-', '_' and '.'", s, c)
+		}
+	}
+	return nil
+}
+
+// acquire makes s the only stream of vm, ending an older one first and
+// waiting until everything it had verified is committed or dropped.
+func (r *Receiver) acquire(ctx context.Context, vm journal.VMID) (*session, error) {
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return nil, ErrClosed
+		}
+		old := r.sessions[vm]
+		if old == nil {
+			s := newSession(ctx, vm)
+			r.sessions[vm] = s
+			r.mu.Unlock()
+			return s, nil
+		}
+		r.mu.Unlock()
+		old.fail(ErrSuperseded)
+		select {
+		case <-old.released:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(30 * time.Second):
+			return nil, status.Errorf(codes.Unavailable, "vm %s: the previous stream did not end within 30s", vm)
+		}
+	}
+}
+
+func (r *Receiver) release(s *session) {
+	s.cancel()
+	// Everything the session handed to the committer is done once a barrier
+	// behind it comes out.
+	barrier := make(chan struct{})
+	select {
+	case r.commit.in <- commitItem{barrier: barrier}:
+		select {
+		case <-barrier:
+		case <-r.ctx.Done():
+		}
+	case <-r.ctx.Done():
+	}
+	r.mu.Lock()
+	if r.sessions[s.name] == s {
+		delete(r.sessions, s.name)
+	}
+	r.mu.Unlock()
+	close(s.released)
+}

@@ -1,0 +1,312 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/wire"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// session is one open stream of one VM.
+type session struct {
+	name     journal.VMID
+	ctx      context.Context
+	cancel   context.CancelFunc
+	released chan struct{}
+
+	// Owned by the receiving goroutine.
+	vm         journal.VM
+	next       uint64 // sequence the next record must carry
+	consistent bool
+	fifo       chan *job
+
+	durable atomic.Uint64
+	notify  chan struct{}
+
+	errOnce sync.Once
+	err     error
+}
+
+func newSession(parent context.Context, vm journal.VMID) *session {
+	ctx, cancel := context.WithCancel(parent)
+	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1)}
+}
+
+// fail ends the session with err (the first error wins).
+func (s *session) fail(err error) {
+	s.errOnce.Do(func() { s.err = err })
+	s.cancel()
+}
+
+func (s *session) setDurable(seq uint64) {
+	s.durable.Store(seq)
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// sendAcks is the only goroutine that sends on the stream after the hello.
+func (s *session) sendAcks(stream ferryv1.Replication_ReplicateServer) {
+	var sent uint64
+	for {
+		select {
+		case <-s.notify:
+		case <-s.ctx.Done():
+			return
+		}
+		if d := s.durable.Load(); d > sent {
+			if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_Ack{Ack: &ferryv1.Ack{DurableSeq: d}}}); err != nil {
+				s.fail(err)
+				return
+			}
+			sent = d
+		}
+	}
+}
+
+// job is one batch on its way through verification and compression.
+type job struct {
+	sess *session
+	in   []*ferryv1.Record
+	out  []journal.Record
+	bufs []*[]byte
+	size int
+	recv time.Time
+	err  error
+	done chan struct{}
+}
+
+// receive reads batches, checks the stream rules in order and hands each
+// batch to the workers and, in order, to the forwarder. It returns io.EOF
+// when the agent closes its side.
+func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServer) error {
+	defer close(s.fifo)
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch m := msg.GetMsg().(type) {
+		case *ferryv1.AgentMessage_Heartbeat:
+			if m.Heartbeat.ResyncProgress != nil {
+				r.m.resyncProgress.WithLabelValues(string(s.name)).Set(m.Heartbeat.GetResyncProgress())
+			}
+		case *ferryv1.AgentMessage_Batch:
+			j, err := r.check(s, m.Batch)
+			if err != nil {
+				r.m.rejected.WithLabelValues(rejectReason(err)).Inc()
+				return err
+			}
+			r.m.receivedBytes.WithLabelValues(string(s.name)).Add(float64(j.size))
+			select {
+			case s.fifo <- j:
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			}
+			select {
+			case r.jobs <- j:
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			}
+		case *ferryv1.AgentMessage_Hello:
+			return &RecordError{VM: string(s.name), Seq: s.next, Err: ErrBadRecord, Msg: "a second hello on an open stream"}
+		default:
+			return &RecordError{VM: string(s.name), Seq: s.next, Err: ErrBadRecord, Msg: "empty message"}
+		}
+	}
+}
+
+func rejectReason(err error) string {
+	switch {
+	case errors.Is(err, ErrChecksum):
+		return "checksum"
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, ErrBadRecord):
+		return "record"
+	}
+	return "other"
+}
+
+// check applies the stream's rules to every record of a batch. It changes
+// the session's sequence and drain state only when the whole batch passes.
+func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
+	recs := b.GetRecords()
+	next, consistent := s.next, s.consistent
+	bad := func(seq uint64, err error, format string, args ...any) error {
+		return &RecordError{VM: string(s.name), Seq: seq, Err: err, Msg: fmt.Sprintf(format, args...)}
+	}
+	if len(recs) == 0 {
+		return nil, bad(next, ErrBadRecord, "empty batch")
+	}
+	size := 0
+	for _, rec := range recs {
+		seq := rec.GetSeq()
+		if seq != next {
+			return nil, bad(seq, ErrBadRecord, "sequence %d does not follow %d (expected %d)", seq, next-1, next)
+		}
+		next++
+		switch body := rec.GetBody().(type) {
+		case *ferryv1.Record_Write:
+			w := body.Write
+			if int(w.GetDisk()) >= len(s.vm.Disks) {
+				return nil, bad(seq, ErrBadRecord, "unknown disk index %d (the VM has %d disks)", w.GetDisk(), len(s.vm.Disks))
+			}
+			d := s.vm.Disks[w.GetDisk()]
+			off, n := w.GetOffset(), uint64(w.GetLength())
+			switch {
+			case off%blockdev.BlockSize != 0:
+				return nil, bad(seq, ErrBadRecord, "disk %s: offset %d is not aligned to %d-byte blocks", d.Name, off, blockdev.BlockSize)
+			case n == 0 || n%blockdev.BlockSize != 0:
+				return nil, bad(seq, ErrBadRecord, "disk %s: length %d is not a positive multiple of %d", d.Name, n, blockdev.BlockSize)
+			case n > uint64(r.cfg.MaxWriteBytes):
+				return nil, bad(seq, ErrTooLarge, "disk %s: write of %d bytes exceeds the limit of %d", d.Name, n, r.cfg.MaxWriteBytes)
+			case off > uint64(d.Size) || n > uint64(d.Size)-off:
+				return nil, bad(seq, ErrBadRecord, "disk %s: %d bytes at offset %d run past the end of the %d-byte disk", d.Name, n, off, d.Size)
+			case w.GetZero() && len(w.GetData()) != 0:
+				return nil, bad(seq, ErrBadRecord, "disk %s: zero write carries %d bytes of data", d.Name, len(w.GetData()))
+			case !w.GetZero() && uint64(len(w.GetData())) != n:
+				return nil, bad(seq, ErrBadRecord, "disk %s: length says %d bytes, data has %d", d.Name, n, len(w.GetData()))
+			}
+			size += len(w.GetData())
+			if size > r.cfg.MaxBatchBytes {
+				return nil, bad(seq, ErrTooLarge, "batch data exceeds the limit of %d bytes", r.cfg.MaxBatchBytes)
+			}
+		case *ferryv1.Record_Marker:
+			if _, ok := wire.Consistency(body.Marker.GetConsistency()); !ok {
+				return nil, bad(seq, ErrBadRecord, "marker of unknown consistency %v", body.Marker.GetConsistency())
+			}
+			if !consistent {
+				return nil, bad(seq, ErrBadRecord, "marker inside a drain: the replica is not write-ordered until the drain ends")
+			}
+			if len(body.Marker.GetTag()) > 256 {
+				return nil, bad(seq, ErrBadRecord, "marker tag of %d bytes (at most 256)", len(body.Marker.GetTag()))
+			}
+		case *ferryv1.Record_Drain:
+			consistent = !body.Drain.GetBegin()
+		default:
+			return nil, bad(seq, ErrBadRecord, "record without a body")
+		}
+	}
+	s.next, s.consistent = next, consistent
+	return &job{sess: s, in: recs, size: size, recv: time.Now(), done: make(chan struct{})}, nil
+}
+
+// work verifies and compresses batches.
+func (r *Receiver) work(ctx context.Context) {
+	for {
+		select {
+		case j := <-r.jobs:
+			j.err = r.process(j)
+			close(j.done)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+var zeroSums sync.Map // length -> xxhash of that many zeros
+
+func zeroSum(n int) uint64 {
+	if v, ok := zeroSums.Load(n); ok {
+		return v.(uint64)
+	}
+	s := journal.ZeroSum(n)
+	zeroSums.Store(n, s)
+	return s
+}
+
+func (r *Receiver) process(j *job) error {
+	vm := j.sess.name
+	j.out = make([]journal.Record, len(j.in))
+	for i, rec := range j.in {
+		out := &j.out[i]
+		*out = journal.Record{VM: vm, Seq: journal.Seq(rec.GetSeq())}
+		switch body := rec.GetBody().(type) {
+		case *ferryv1.Record_Write:
+			w := body.Write
+			out.Kind, out.Disk, out.Offset, out.Length, out.Sum = journal.KindWrite, int(w.GetDisk()), int64(w.GetOffset()), int(w.GetLength()), w.GetXxhash()
+			if w.GetZero() {
+				if zeroSum(out.Length) != out.Sum {
+					return &RecordError{VM: string(vm), Seq: rec.GetSeq(), Err: ErrChecksum, Msg: fmt.Sprintf("zero write of %d bytes carries xxhash %016x", out.Length, out.Sum)}
+				}
+				out.Codec = journal.CodecZero
+				continue
+			}
+			if got := xxhash.Sum64(w.GetData()); got != out.Sum {
+				return &RecordError{VM: string(vm), Seq: rec.GetSeq(), Err: ErrChecksum, Msg: fmt.Sprintf("disk %d offset %d: data hashes to %016x, record says %016x", out.Disk, out.Offset, got, out.Sum)}
+			}
+			buf := r.pool.Get().(*[]byte)
+			out.Codec, out.Payload = r.comp.Encode((*buf)[:0], w.GetData())
+			if out.Codec == journal.CodecZstd || out.Codec == journal.CodecS2 {
+				j.bufs = append(j.bufs, buf)
+			} else {
+				r.pool.Put(buf)
+			}
+		case *ferryv1.Record_Marker:
+			m := body.Marker
+			out.Kind = journal.KindMarker
+			out.Consistency, _ = wire.Consistency(m.GetConsistency())
+			out.Tag = m.GetTag()
+			if ns := m.GetTimeUnixNano(); ns != 0 {
+				out.Time = time.Unix(0, ns).UTC()
+			} else {
+				out.Time = time.Now().UTC()
+			}
+		case *ferryv1.Record_Drain:
+			out.Kind = journal.KindDrainEnd
+			if body.Drain.GetBegin() {
+				out.Kind = journal.KindDrainBegin
+			}
+			out.DrainReason = uint8(body.Drain.GetReason())
+		}
+	}
+	return nil
+}
+
+// forward hands verified batches to the committer in stream order. A batch
+// that failed verification ends the session: neither it nor anything after
+// it is committed.
+func (r *Receiver) forward(s *session) {
+	for j := range s.fifo {
+		select {
+		case <-j.done:
+		case <-s.ctx.Done():
+			return
+		}
+		if j.err != nil {
+			r.m.rejected.WithLabelValues(rejectReason(j.err)).Inc()
+			for _, b := range j.bufs {
+				r.pool.Put(b)
+			}
+			s.fail(j.err)
+			return
+		}
+		select {
+		case r.commit.in <- commitItem{sess: s, recs: j.out, bufs: j.bufs, bytes: j.size, recv: j.recv}:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// waitDurable waits until seq is durable or the session ends.
+func (s *session) waitDurable(seq uint64) {
+	for s.durable.Load() < seq {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

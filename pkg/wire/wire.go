@@ -1,0 +1,110 @@
+// Package wire converts between Ferry's gRPC messages and the domain types
+// of the journal. Only it and the servers import the generated code.
+package wire
+
+import (
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Consistency converts a wire consistency; ok is false for an unknown one.
+func Consistency(c ferryv1.Consistency) (journal.Consistency, bool) {
+	switch c {
+	case ferryv1.Consistency_CONSISTENCY_CRASH:
+		return journal.Crash, true
+	case ferryv1.Consistency_CONSISTENCY_APP:
+		return journal.App, true
+	}
+	return 0, false
+}
+
+// ConsistencyProto converts a domain consistency.
+func ConsistencyProto(c journal.Consistency) ferryv1.Consistency {
+	switch c {
+	case journal.Crash:
+		return ferryv1.Consistency_CONSISTENCY_CRASH
+	case journal.App:
+		return ferryv1.Consistency_CONSISTENCY_APP
+	}
+	return ferryv1.Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+// Disks converts a hello's disk list.
+func Disks(in []*ferryv1.DiskInfo) []journal.Disk {
+	out := make([]journal.Disk, len(in))
+	for i, d := range in {
+		out[i] = journal.Disk{Name: journal.DiskID(d.GetName()), Size: int64(d.GetSizeBytes())}
+	}
+	return out
+}
+
+// DisksProto converts a VM's disks.
+func DisksProto(in []journal.Disk) []*ferryv1.DiskInfo {
+	out := make([]*ferryv1.DiskInfo, len(in))
+	for i, d := range in {
+		out[i] = &ferryv1.DiskInfo{Name: string(d.Name), SizeBytes: uint64(d.Size)}
+	}
+	return out
+}
+
+// VMProto converts a VM's state.
+func VMProto(vm journal.VM) *ferryv1.VM {
+	return &ferryv1.VM{
+		Name:                string(vm.Name),
+		Disks:               DisksProto(vm.Disks),
+		Epoch:               uint64(vm.Epoch),
+		DurableSeq:          uint64(vm.LastSeq),
+		Consistent:          vm.Consistent,
+		PointCount:          uint32(vm.Points),
+		LatestPointUnixNano: unixNano(vm.LatestPoint),
+		StoredBytes:         vm.StoredBytes,
+		LogicalBytes:        vm.LogicalBytes,
+	}
+}
+
+// VM converts a VM's state from the wire.
+func VM(v *ferryv1.VM) journal.VM {
+	return journal.VM{
+		Name:         journal.VMID(v.GetName()),
+		Disks:        Disks(v.GetDisks()),
+		Epoch:        journal.Epoch(v.GetEpoch()),
+		LastSeq:      journal.Seq(v.GetDurableSeq()),
+		Consistent:   v.GetConsistent(),
+		Points:       int(v.GetPointCount()),
+		LatestPoint:  fromUnixNano(v.GetLatestPointUnixNano()),
+		StoredBytes:  v.GetStoredBytes(),
+		LogicalBytes: v.GetLogicalBytes(),
+	}
+}
+
+// PointProto converts a recovery point.
+func PointProto(p journal.Point) *ferryv1.RecoveryPoint {
+	return &ferryv1.RecoveryPoint{
+		Id:           uint64(p.ID),
+		Consistency:  ConsistencyProto(p.Consistency),
+		Tag:          p.Tag,
+		TimeUnixNano: unixNano(p.Time),
+	}
+}
+
+// Point converts a recovery point from the wire.
+func Point(vm journal.VMID, p *ferryv1.RecoveryPoint) journal.Point {
+	c, _ := Consistency(p.GetConsistency())
+	return journal.Point{VM: vm, ID: journal.Seq(p.GetId()), Consistency: c, Tag: p.GetTag(), Time: fromUnixNano(p.GetTimeUnixNano())}
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}

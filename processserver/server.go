@@ -1,0 +1,225 @@
+// Package processserver is Ferry's recovery-site server. It receives the
+// replication streams of protected VMs into a journal (pkg/ingest), turns
+// their markers into recovery points and serves the recovery API that
+// operators use to list, verify and export those points.
+package processserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Config configures a Server.
+type Config struct {
+	// DataDir holds the journal file.
+	DataDir string
+	// Listen is the gRPC address (host:port); ":0" picks a free port.
+	Listen string
+	// MetricsListen is the admin address serving /metrics and pprof; empty
+	// turns it off.
+	MetricsListen string
+	// Codec compresses journaled data: "zstd" (default), "s2" or "none".
+	Codec string
+	// MaxMessageBytes bounds one gRPC message (default 8 MiB).
+	MaxMessageBytes int
+	Logger          *slog.Logger
+	// Registerer receives the metrics; a fresh registry when nil.
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics; it must match Registerer when both are set.
+	Gatherer prometheus.Gatherer
+	// NoSync skips fsync: tests of logic only.
+	NoSync bool
+}
+
+// DefaultConfig returns the configuration ferry-ps starts from.
+func DefaultConfig() Config {
+	return Config{DataDir: "ferry-ps-data", Listen: "127.0.0.1:7400", MetricsListen: "127.0.0.1:7401", Codec: "zstd"}
+}
+
+// Validate reports the first field that is wrong.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("data: a data directory is required")
+	}
+	if c.Listen == "" {
+		return errors.New("listen: an address is required")
+	}
+	if _, err := journal.ParseCodec(c.Codec); err != nil {
+		return fmt.Errorf("codec: %w", err)
+	}
+	return nil
+}
+
+// Server is a running process server.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	j    *journal.Journal
+	recv *ingest.Receiver
+	grpc *grpc.Server
+	lis  net.Listener
+	adm  *http.Server
+	admL net.Listener
+	wg   sync.WaitGroup
+}
+
+// New validates cfg and prepares a server; Open starts it.
+func New(cfg Config) (*Server, error) {
+	if cfg.Codec == "" {
+		cfg.Codec = "zstd"
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 8 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps")}, nil
+}
+
+// Open opens the journal and starts serving.
+func (s *Server) Open(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("open process server: %w", err)
+	}
+	j, err := journal.Open(filepath.Join(s.cfg.DataDir, "journal.db"), journal.Options{NoSync: s.cfg.NoSync})
+	if err != nil {
+		return err
+	}
+	s.j = j
+	codec, _ := journal.ParseCodec(s.cfg.Codec)
+	s.recv, err = ingest.New(ingest.Config{
+		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
+		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
+	})
+	if err != nil {
+		j.Close()
+		return err
+	}
+	s.recv.Open(ctx)
+	s.lis, err = net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		s.recv.Close(ctx)
+		j.Close()
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
+		grpc.InitialWindowSize(4<<20),
+		grpc.InitialConnWindowSize(8<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
+	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.grpc.Serve(s.lis); err != nil {
+			s.log.Error("grpc serve", "err", err)
+		}
+	}()
+	if s.cfg.MetricsListen != "" {
+		if err := s.serveAdmin(); err != nil {
+			s.Close(ctx)
+			return err
+		}
+	}
+	s.log.Info("process server started", "listen", s.Addr(), "metrics", s.MetricsAddr(), "data", s.cfg.DataDir, "codec", s.cfg.Codec)
+	return nil
+}
+
+func (s *Server) serveAdmin() error {
+	mux := http.NewServeMux()
+	g := s.cfg.Gatherer
+	if g == nil {
+		g = prometheus.DefaultGatherer
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	l, err := net.Listen("tcp", s.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.MetricsListen, err)
+	}
+	s.admL = l
+	s.adm = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.adm.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin serve", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Addr is the gRPC listener's address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// MetricsAddr is the admin listener's address, or "".
+func (s *Server) MetricsAddr() string {
+	if s.admL == nil {
+		return ""
+	}
+	return s.admL.Addr().String()
+}
+
+// Journal is the server's journal.
+func (s *Server) Journal() *journal.Journal { return s.j }
+
+// Close stops accepting streams, lets open streams commit what they had
+// verified, and closes the journal.
+func (s *Server) Close(ctx context.Context) error {
+	if s.recv != nil {
+		s.recv.Close(ctx)
+	}
+	if s.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpc.Stop()
+		case <-time.After(10 * time.Second):
+			s.grpc.Stop()
+		}
+	}
+	if s.adm != nil {
+		s.adm.Close()
+	}
+	s.wg.Wait()
+	if s.j != nil {
+		return s.j.Close()
+	}
+	return nil
+}
