@@ -278,7 +278,16 @@ func (r *Receiver) process(j *job) error {
 // that failed verification ends the session: neither it nor anything after
 // it is committed.
 func (r *Receiver) forward(s *session) {
-	for j := range s.fifo {
+	for {
+		var j *job
+		select {
+		case j = <-s.fifo:
+			if j == nil {
+				return // the receiving side ended
+			}
+		case <-s.ctx.Done():
+			return
+		}
 		select {
 		case <-j.done:
 		case <-s.ctx.Done():
