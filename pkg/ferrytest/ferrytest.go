@@ -39,16 +39,18 @@ func (w tbWriter) Write(p []byte) (int, error) { w.tb.Log(string(bytes.TrimRight
 // on the same address and data directory.
 type PS struct {
 	tb   testing.TB
+	tune []func(*processserver.Config)
 	Dir  string
 	Addr string
 	*processserver.Server
 }
 
 // StartPS starts a process server on a free loopback port. At cleanup it
-// is closed and its journal's invariants are checked.
-func StartPS(tb testing.TB) *PS {
+// is closed and its journal's invariants are checked. tune, when given,
+// adjusts the configuration.
+func StartPS(tb testing.TB, tune ...func(*processserver.Config)) *PS {
 	tb.Helper()
-	p := &PS{tb: tb, Dir: filepath.Join(tb.TempDir(), "ps"), Addr: "127.0.0.1:0"}
+	p := &PS{tb: tb, Dir: filepath.Join(tb.TempDir(), "ps"), Addr: "127.0.0.1:0", tune: tune}
 	p.Start()
 	tb.Cleanup(func() {
 		if p.Server != nil {
@@ -62,7 +64,11 @@ func StartPS(tb testing.TB) *PS {
 // Start (re)starts the server on its address.
 func (p *PS) Start() {
 	p.tb.Helper()
-	srv, err := processserver.New(processserver.Config{DataDir: p.Dir, Listen: p.Addr, Logger: Logger(p.tb)})
+	cfg := processserver.Config{DataDir: p.Dir, Listen: p.Addr, Logger: Logger(p.tb)}
+	for _, f := range p.tune {
+		f(&cfg)
+	}
+	srv, err := processserver.New(cfg)
 	if err != nil {
 		p.tb.Fatal(err)
 	}
