@@ -198,7 +198,10 @@ func (a *Agent) Open(ctx context.Context) error {
 	if a.cfg.Mode == ModeScan {
 		a.scanDue.Store(true)
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.tick(a.ctx, a.cfg.ScanInterval, func() { a.scanDue.Store(true); a.tr.Wake() }) }()
+		go func() {
+			defer a.wg.Done()
+			a.tick(a.ctx, a.cfg.ScanInterval, func() { a.scanDue.Store(true); a.tr.Wake() })
+		}()
 	}
 	return nil
 }

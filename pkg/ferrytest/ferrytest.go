@@ -33,7 +33,10 @@ func Logger(tb testing.TB) *slog.Logger {
 
 type tbWriter struct{ tb testing.TB }
 
-func (w tbWriter) Write(p []byte) (int, error) { w.tb.Log(string(bytes.TrimRight(p, "\n"))); return len(p), nil }
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
 
 // PS is a process server under test that can be stopped and started again
 // on the same address and data directory.
