@@ -107,6 +107,12 @@ var zdec, _ = zstd.NewReader(nil,
 	zstd.IgnoreChecksum(true),
 	zstd.WithDecoderMaxMemory(64<<20))
 
+// Decode returns the length bytes a stored payload stands for, checked
+// against sum; a mismatch is an ErrChecksum.
+func Decode(codec Codec, payload []byte, length int, sum uint64) ([]byte, error) {
+	return decode(nil, codec, payload, length, sum)
+}
+
 // decode returns the length bytes a payload stands for and checks them
 // against sum. dst is reused when it has room.
 func decode(dst []byte, codec Codec, payload []byte, length int, sum uint64) ([]byte, error) {

@@ -234,12 +234,13 @@ func (j *Journal) Append(ctx context.Context, recs []Record) error {
 	})
 }
 
-func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
+// check applies the journal's rules for one record to the VM's state
+// without storing anything: the sequence must follow, a write must lie on
+// one of the VM's disks, a marker must not fall inside a drain.
+func (vm *VM) check(r *Record) error {
 	if r.Seq != vm.LastSeq+1 {
 		return fmt.Errorf("vm %s: record %d: %w %d", vm.Name, r.Seq, ErrSequence, vm.LastSeq)
 	}
-	b := tx.Bucket(vmBucketName(vm.Name))
-	key := seqKey(r.Seq)
 	switch r.Kind {
 	case KindWrite:
 		if r.Disk < 0 || r.Disk >= len(vm.Disks) {
@@ -248,20 +249,15 @@ func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
 		if r.Offset < 0 || r.Length <= 0 || r.Offset+int64(r.Length) > vm.Disks[r.Disk].Size {
 			return fmt.Errorf("vm %s: record %d: %w: %d bytes at %d beyond disk", vm.Name, r.Seq, ErrInvalid, r.Length, r.Offset)
 		}
-		if r.Codec != CodecZero {
-			if err := b.Bucket(bucketData).Put(key, r.Payload); err != nil {
-				return err
-			}
+		if r.Codec != CodecZero && r.Codec != CodecRaw && r.Codec != CodecZstd && r.Codec != CodecS2 {
+			return fmt.Errorf("vm %s: record %d: %w: codec %d", vm.Name, r.Seq, ErrInvalid, r.Codec)
 		}
-		vm.LogicalBytes += uint64(r.Length)
-		vm.StoredBytes += uint64(len(r.Payload))
 	case KindMarker:
 		if !vm.Consistent {
 			return fmt.Errorf("vm %s: marker %d: %w", vm.Name, r.Seq, ErrInconsistent)
 		}
-		p := Point{VM: vm.Name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time}
-		if err := putPoint(b, vm, &p); err != nil {
-			return err
+		if r.Consistency != Crash && r.Consistency != App {
+			return fmt.Errorf("vm %s: marker %d: %w: consistency %d", vm.Name, r.Seq, ErrInvalid, r.Consistency)
 		}
 	case KindDrainBegin:
 		vm.Consistent = false
@@ -270,11 +266,43 @@ func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
 	default:
 		return fmt.Errorf("vm %s: record %d: %w: kind %d", vm.Name, r.Seq, ErrInvalid, r.Kind)
 	}
-	if err := b.Bucket(bucketMeta).Put(key, encodeMeta(r)); err != nil {
-		return err
-	}
 	vm.LastSeq = r.Seq
 	return nil
+}
+
+// CheckRecords reports whether Append would accept recs for a VM in the
+// given state, without storing anything.
+func CheckRecords(vm VM, recs []Record) error {
+	for i := range recs {
+		if err := vm.check(&recs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
+	if err := vm.check(r); err != nil {
+		return err
+	}
+	b := tx.Bucket(vmBucketName(vm.Name))
+	key := seqKey(r.Seq)
+	switch r.Kind {
+	case KindWrite:
+		if r.Codec != CodecZero {
+			if err := b.Bucket(bucketData).Put(key, r.Payload); err != nil {
+				return err
+			}
+		}
+		vm.LogicalBytes += uint64(r.Length)
+		vm.StoredBytes += uint64(len(r.Payload))
+	case KindMarker:
+		p := Point{VM: vm.Name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time}
+		if err := putPoint(b, vm, &p); err != nil {
+			return err
+		}
+	}
+	return b.Bucket(bucketMeta).Put(key, encodeMeta(r))
 }
 
 func putPoint(b *bolt.Bucket, vm *VM, p *Point) error {

@@ -1,0 +1,136 @@
+package cbt_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cbt"
+)
+
+const bs = blockdev.BlockSize
+
+func TestBitmapRunsAndPersistence(t *testing.T) {
+	b := cbt.NewBitmap(1<<20, bs) // 256 blocks
+	b.SetRange(0, 1)              // block 0
+	b.SetRange(10*bs, 3*bs)       // blocks 10-12
+	b.SetRange(255*bs, bs)        // last block
+	b.SetRange(10*bs+1, 10)       // inside block 10 again
+	if b.Count() != 5 {
+		t.Fatalf("count %d, want 5", b.Count())
+	}
+	path := filepath.Join(t.TempDir(), "bm")
+	if err := b.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	var runs [][2]int64
+	for {
+		first, n := b.TakeRun(2)
+		if n == 0 {
+			break
+		}
+		runs = append(runs, [2]int64{first, n})
+	}
+	want := [][2]int64{{0, 1}, {10, 2}, {12, 1}, {255, 1}}
+	if len(runs) != len(want) {
+		t.Fatalf("runs %v, want %v", runs, want)
+	}
+	for i := range want {
+		if runs[i] != want[i] {
+			t.Fatalf("runs %v, want %v", runs, want)
+		}
+	}
+	loaded, err := cbt.LoadBitmap(path, 1<<20, bs)
+	if err != nil || loaded.Count() != 5 || !loaded.IsSet(11) || loaded.IsSet(13) {
+		t.Fatalf("loaded bitmap: count %d, %v", loaded.Count(), err)
+	}
+	// A flipped bit is caught by the checksum; another geometry is refused.
+	raw, _ := os.ReadFile(path)
+	raw[30] ^= 1
+	os.WriteFile(path, raw, 0o600)
+	if _, err := cbt.LoadBitmap(path, 1<<20, bs); !errors.Is(err, cbt.ErrCorruptBitmap) {
+		t.Fatalf("corrupt bitmap loaded: %v", err)
+	}
+	b.Save(path)
+	if _, err := cbt.LoadBitmap(path, 2<<20, bs); !errors.Is(err, cbt.ErrCorruptBitmap) {
+		t.Fatalf("bitmap of another size loaded: %v", err)
+	}
+}
+
+func TestTrackerOrderAndOverflow(t *testing.T) {
+	ctx := context.Background()
+	d0, d1 := blockdev.NewMemory(1<<20), blockdev.NewMemory(1<<20)
+	tr := cbt.NewTracker([]blockdev.Device{d0, d1}, 3*(bs+64)+64)
+	w := func(disk int, off int64, b byte) {
+		t.Helper()
+		if _, err := tr.Device(disk).WriteAt(ctx, bytes.Repeat([]byte{b}, bs), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w(0, 0, 1)
+	w(1, bs, 2)
+	if !tr.Mark(cbt.MarkRequest{Tag: "a"}) {
+		t.Fatal("mark refused")
+	}
+	got := tr.Pop(1 << 20)
+	if len(got) != 3 || got[0].Disk != 0 || got[1].Disk != 1 || got[1].Off != bs || got[2].Mark == nil || got[2].Mark.Tag != "a" {
+		t.Fatalf("queue order wrong: %+v", got)
+	}
+	// The splitter wrote through.
+	buf := make([]byte, bs)
+	d1.ReadAt(ctx, buf, bs)
+	if buf[0] != 2 {
+		t.Fatal("write did not reach the disk")
+	}
+	// Unaligned writes are refused before touching the disk.
+	if _, err := tr.Device(0).WriteAt(ctx, []byte{1}, 0); err == nil {
+		t.Fatal("unaligned write accepted")
+	}
+	// Four writes overflow a queue of three: all go to the bitmap.
+	for i := 0; i < 4; i++ {
+		w(0, int64(i+8)*bs, 3)
+	}
+	st := tr.Stats()
+	if st.Mode != cbt.ModeBitmap || st.QueueLen != 0 || st.DirtyBlocks != 4 || st.Overflows != 1 {
+		t.Fatalf("after overflow: %+v", st)
+	}
+	if tr.Mark(cbt.MarkRequest{}) {
+		t.Fatal("mark accepted in bitmap mode")
+	}
+	if tr.FinishDrain() {
+		t.Fatal("drain finished with dirty blocks")
+	}
+	disk, off, n, ok := tr.TakeDirty(1 << 20)
+	if !ok || disk != 0 || off != 8*bs || n != 4*bs {
+		t.Fatalf("take dirty: disk %d off %d n %d ok %v", disk, off, n, ok)
+	}
+	// A write landing after the take marks the block dirty again.
+	w(0, 9*bs, 4)
+	if tr.FinishDrain() {
+		t.Fatal("drain finished although a block was written meanwhile")
+	}
+	if _, off, n, _ := tr.TakeDirty(1 << 20); off != 9*bs || n != bs {
+		t.Fatalf("second take: off %d n %d", off, n)
+	}
+	if !tr.FinishDrain() || tr.Stats().Mode != cbt.ModeQueue {
+		t.Fatal("drain did not finish on an empty bitmap")
+	}
+	// Bitmaps survive a save and load, and loading switches to bitmap mode.
+	tr.MarkDirty(1, 0, 3*bs)
+	dir := t.TempDir()
+	path := func(i int) string { return filepath.Join(dir, string(rune('a'+i))) }
+	if err := tr.SaveBitmaps(path); err != nil {
+		t.Fatal(err)
+	}
+	tr2 := cbt.NewTracker([]blockdev.Device{d0, d1}, 1<<20)
+	if err := tr2.LoadBitmaps(path); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr2.Stats(); st.Mode != cbt.ModeBitmap || st.DirtyBlocks != 3 {
+		t.Fatalf("after load: %+v", st)
+	}
+}
