@@ -3,7 +3,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race fmt vet bench proto proto-tools demo drill clean
+.PHONY: all build test test-race fmt vet bench fuzz proto proto-tools demo clean
 
 all: fmt vet build test
 
@@ -12,6 +12,7 @@ build:
 	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl
 
 test:
+	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 
 test-race:
@@ -24,10 +25,36 @@ vet:
 	$(GO) vet ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2x ./processserver/ ./pkg/journal/
+	$(GO) test -run '^$$' -bench . -benchtime 400x -count 3 ./pkg/ingest/
 
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzBatch -fuzztime 60s ./pkg/ingest/
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./pkg/journal/
+
+# demo protects a generated disk image with ferry-ps and ferry-agent on
+# loopback, changes it, exports the newest recovery point with ferryctl and
+# compares it with the image.
+DEMO := $(CURDIR)/.demo
 demo: build
-	./scripts/demo.sh
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@truncate -s 256M $(DEMO)/disk.img
+	@dd if=/dev/urandom of=$(DEMO)/disk.img bs=1M count=16 seek=32 conv=notrunc status=none
+	@echo "== ferry-ps on 127.0.0.1:17400 (metrics on :17401), ferry-agent protecting a 256 MiB image"
+	@bin/ferry-ps serve --data $(DEMO)/ps --listen 127.0.0.1:17400 --metrics 127.0.0.1:17401 2>$(DEMO)/ps.log & echo $$! > $(DEMO)/ps.pid
+	@sleep 0.5
+	@bin/ferry-agent run --ps 127.0.0.1:17400 --vm demo-vm --disk os=$(DEMO)/disk.img --state $(DEMO)/agent \
+		--scan-interval 500ms --crash-interval 2s 2>$(DEMO)/agent.log & echo $$! > $(DEMO)/agent.pid
+	@sleep 2
+	@echo "== the VM writes 40 MiB more while protected"
+	@dd if=/dev/urandom of=$(DEMO)/disk.img bs=1M count=8 seek=100 conv=notrunc status=none
+	@yes "ferry keeps every changed block of this disk at the recovery site" | head -c 32M | dd of=$(DEMO)/disk.img bs=1M seek=120 conv=notrunc status=none iflag=fullblock
+	@sleep 3
+	@bin/ferryctl --ps 127.0.0.1:17400 vms
+	@bin/ferryctl --ps 127.0.0.1:17400 points --vm demo-vm
+	@bin/ferryctl --ps 127.0.0.1:17400 verify --vm demo-vm
+	@bin/ferryctl --ps 127.0.0.1:17400 export --vm demo-vm --disk os --out $(DEMO)/restored.img
+	@kill $$(cat $(DEMO)/agent.pid) $$(cat $(DEMO)/ps.pid); sleep 1
+	@cmp $(DEMO)/disk.img $(DEMO)/restored.img && echo "== restored image equals the protected disk byte for byte"
 
 proto-tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -40,4 +67,4 @@ proto: proto-tools
 		proto/ferry/v1/ferry.proto
 
 clean:
-	rm -rf bin
+	rm -rf bin .demo
