@@ -88,6 +88,8 @@ type Agent struct {
 	windowBytes int64
 	acked       uint64
 	windowFree  chan struct{}
+	cmds        chan *ferryv1.Command
+	closed      bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -112,6 +114,7 @@ func New(cfg Config) (*Agent, error) {
 		log:        cfg.Logger.With("component", "agent", "vm", cfg.VM),
 		tr:         cbt.NewTracker(devs, cfg.QueueBytes),
 		windowFree: make(chan struct{}, 1),
+		cmds:       make(chan *ferryv1.Command, 4),
 		done:       make(chan struct{}),
 		readBuf:    make([]byte, maxWrite),
 	}
@@ -128,7 +131,7 @@ func (a *Agent) Disk(i int) blockdev.Device { return a.tr.Device(i) }
 // It returns false when no point can be cut now (the agent is draining its
 // bitmap, or the queue is full).
 func (a *Agent) Mark(app bool, tag string) bool {
-	return a.tr.Mark(cbt.MarkRequest{App: app, Tag: tag, Time: time.Now()})
+	return a.tr.Mark(cbt.MarkRequest{App: app, Tag: tag, Time: a.cfg.Clock.Now()})
 }
 
 // Done is closed when the agent stops on its own after an error the
@@ -223,9 +226,10 @@ func (a *Agent) tick(ctx context.Context, d time.Duration, fn func()) {
 // acknowledged, stops, and saves every change not acknowledged as a dirty
 // bitmap so that the next run sends it without a full resync.
 func (a *Agent) Close(ctx context.Context) error {
-	if a.cancel == nil {
+	if a.cancel == nil || a.closed {
 		return nil
 	}
+	a.closed = true
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.ShutdownTimeout)
 	if err := a.WaitSynced(wctx); err != nil {
 		a.log.Warn("shutting down with unacknowledged changes; they are kept in the bitmap", "err", err)

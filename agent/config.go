@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/clock"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Mode says how the agent learns of changes.
@@ -60,6 +63,13 @@ type Config struct {
 	// ShutdownTimeout bounds how long Close waits for acknowledgements
 	// before saving what is unsent as a dirty bitmap (default 10s).
 	ShutdownTimeout time.Duration
+	// Machine describes the protected machine to the receiver.
+	Machine *ferryv1.MachineInfo
+	// ShutdownMachine shuts the protected machine down when a planned
+	// failover asks for it; nil means the agent cannot and says so.
+	ShutdownMachine func(ctx context.Context) error
+	// Clock stamps recovery points (default: the real clock).
+	Clock           clock.Clock
 	Logger          *slog.Logger
 	Registerer      prometheus.Registerer
 }
@@ -100,6 +110,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Clock = clock.Or(c.Clock)
 }
 
 // Validate reports the first field that is wrong.

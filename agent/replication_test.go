@@ -127,8 +127,12 @@ func (v *vmUnderTest) sync() {
 // verifyPoints exports every point of the VM through the recovery API and
 // compares each disk with the ground truth of its marker. It returns how
 // many points it checked.
-func (v *vmUnderTest) verifyPoints(cc *grpc.ClientConn) int {
+func (v *vmUnderTest) verifyPoints(ps *ferrytest.PS, cc *grpc.ClientConn) int {
 	v.t.Helper()
+	// Points exist once the server has processed what it received.
+	if err := ps.ProcessAll(context.Background()); err != nil {
+		v.t.Fatal(err)
+	}
 	resp, err := ferryv1.NewRecoveryClient(cc).ListPoints(context.Background(), &ferryv1.ListPointsRequest{Vm: v.name})
 	if err != nil {
 		v.t.Fatal(err)
@@ -183,7 +187,7 @@ func TestPointsMatchGroundTruth(t *testing.T) {
 				}
 			}
 			v.sync()
-			if n := v.verifyPoints(cc); n != len(v.truth) || n < 10 {
+			if n := v.verifyPoints(ps, cc); n != len(v.truth) || n < 10 {
 				t.Fatalf("checked %d points, %d marks were queued", n, len(v.truth))
 			}
 			v.verifyLatest(cc)
@@ -214,7 +218,7 @@ func TestServerRestartMidStream(t *testing.T) {
 	}
 	v.sync()
 	cc := ferrytest.Dial(t, ps.Addr)
-	if n := v.verifyPoints(cc); n != len(v.truth) {
+	if n := v.verifyPoints(ps, cc); n != len(v.truth) {
 		t.Fatalf("%d of %d marked points survived the restarts", n, len(v.truth))
 	}
 	v.verifyLatest(cc)
@@ -260,7 +264,7 @@ func TestOutageOverflowsToBitmap(t *testing.T) {
 	v.sync()
 	cc := ferrytest.Dial(t, ps.Addr)
 	v.verifyLatest(cc)
-	if n := v.verifyPoints(cc); n != 1 {
+	if n := v.verifyPoints(ps, cc); n != 1 {
 		t.Fatalf("checked %d points, want the one before the outage", n)
 	}
 }

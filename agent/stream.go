@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -31,7 +30,7 @@ func (a *Agent) session(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version}
+	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version, Machine: a.cfg.Machine}
 	for _, d := range a.cfg.Disks {
 		hello.Disks = append(hello.Disks, &ferryv1.DiskInfo{Name: d.Name, SizeBytes: uint64(d.Device.Size())})
 	}
@@ -140,6 +139,15 @@ func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
 		if err != nil {
 			return err
 		}
+		if cmd := msg.GetCommand(); cmd != nil {
+			select {
+			case a.cmds <- cmd:
+			default:
+				return fmt.Errorf("%w: too many commands pending", errFatal)
+			}
+			a.tr.Wake()
+			continue
+		}
 		ack := msg.GetAck()
 		if ack == nil {
 			return fmt.Errorf("%w: unexpected %T from the receiver", errFatal, msg.GetMsg())
@@ -243,7 +251,7 @@ func markerRecord(m cbt.MarkRequest) *ferryv1.Record {
 		c = ferryv1.Consistency_CONSISTENCY_APP
 	}
 	if m.Time.IsZero() {
-		m.Time = time.Now()
+		panic("marker without a time")
 	}
 	return &ferryv1.Record{Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Consistency: c, Tag: m.Tag, TimeUnixNano: m.Time.UnixNano()}}}
 }
@@ -253,7 +261,7 @@ func drainRecord(begin bool, reason ferryv1.DrainReason) *ferryv1.Record {
 }
 
 func (s *sender) heartbeat() error {
-	hb := &ferryv1.Heartbeat{TimeUnixNano: time.Now().UnixNano()}
+	hb := &ferryv1.Heartbeat{TimeUnixNano: s.a.cfg.Clock.Now().UnixNano()}
 	if p, ok := s.a.progressValue(); ok {
 		hb.ResyncProgress = &p
 	}

@@ -25,6 +25,14 @@ func (a *Agent) replicate(s *sender) error {
 			return err
 		}
 		var err error
+		select {
+		case cmd := <-a.cmds:
+			if err := a.command(s, cmd); err != nil {
+				return err
+			}
+			continue
+		default:
+		}
 		switch {
 		case need(a.need.Load()) == needInitial:
 			err = a.initial(s)
@@ -45,6 +53,8 @@ func (a *Agent) replicate(s *sender) error {
 				}
 				select {
 				case <-a.tr.Notify():
+				case cmd := <-a.cmds:
+					err = a.command(s, cmd)
 				case <-hb.C:
 					err = s.heartbeat()
 				case <-s.ctx.Done():
@@ -66,7 +76,7 @@ func (a *Agent) replicate(s *sender) error {
 
 func (a *Agent) sendChange(s *sender, c cbt.Change) error {
 	if c.Mark != nil {
-		a.lastMark = time.Now()
+		a.lastMark = c.Mark.Time
 		return s.add(markerRecord(*c.Mark))
 	}
 	for off := 0; off < len(c.Data); off += maxWrite {
@@ -134,7 +144,7 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 	if err := s.add(drainRecord(false, reason)); err != nil {
 		return err
 	}
-	a.lastMark = time.Now()
+	a.lastMark = a.cfg.Clock.Now()
 	if err := s.add(markerRecord(cbt.MarkRequest{Tag: "drain-end", Time: a.lastMark})); err != nil {
 		return err
 	}
@@ -282,8 +292,8 @@ func (a *Agent) scan(s *sender) error {
 		a.scanTable[i] = local
 	}
 	if changed == 0 {
-		if a.cfg.CrashInterval > 0 && time.Since(a.lastMark) >= a.cfg.CrashInterval {
-			a.lastMark = time.Now()
+		if a.cfg.CrashInterval > 0 && a.cfg.Clock.Now().Sub(a.lastMark) >= a.cfg.CrashInterval {
+			a.lastMark = a.cfg.Clock.Now()
 			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "scan", Time: a.lastMark})); err != nil {
 				return err
 			}
@@ -397,4 +407,70 @@ func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk
 		return nil, fmt.Errorf("receiver sent %d hashes for a disk of %d chunks", got, len(out))
 	}
 	return out, nil
+}
+
+// command carries out a receiver's command and answers it on the stream.
+func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
+	res := &ferryv1.CommandResult{Id: cmd.GetId()}
+	switch {
+	case cmd.GetShutdown() == nil:
+		res.Error = fmt.Sprintf("unknown command %T", cmd.GetAction())
+	case a.cfg.ShutdownMachine == nil:
+		res.Error = "this agent has no way to shut its machine down (no shutdown hook configured)"
+	default:
+		if err := a.cfg.ShutdownMachine(s.ctx); err != nil {
+			res.Error = fmt.Sprintf("the machine did not shut down: %v", err)
+			break
+		}
+		seq, err := a.finalMarker(s)
+		if err != nil {
+			return err
+		}
+		res.Ok, res.FinalSeq = true, seq
+		a.log.Info("machine shut down; final marker sent", "seq", seq)
+	}
+	if res.Error != "" {
+		a.log.Warn("command failed", "err", res.Error)
+	}
+	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Result{Result: res}})
+}
+
+// finalMarker sends everything the stopped machine wrote and cuts a last
+// marker after it. It returns the marker's sequence.
+func (a *Agent) finalMarker(s *sender) (uint64, error) {
+	if a.cfg.Mode == ModeScan {
+		a.scanDue.Store(true)
+	}
+	for {
+		var err error
+		switch {
+		case need(a.need.Load()) == needInitial:
+			err = a.initial(s)
+		case need(a.need.Load()) == needResync:
+			err = a.resync(s)
+		case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
+			a.tr.EnterBitmap()
+			err = a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
+		case a.cfg.Mode == ModeScan && a.scanDue.Load():
+			err = a.scan(s)
+		default:
+			changes := a.tr.Pop(int64(a.cfg.BatchBytes))
+			if len(changes) == 0 {
+				a.lastMark = a.cfg.Clock.Now()
+				if err := s.add(markerRecord(cbt.MarkRequest{Tag: "shutdown", Time: a.lastMark})); err != nil {
+					return 0, err
+				}
+				seq := a.nextSeq - 1
+				return seq, s.flush()
+			}
+			for _, c := range changes {
+				if err = a.sendChange(s, c); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 }

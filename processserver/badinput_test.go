@@ -169,6 +169,9 @@ func TestBadInputRefused(t *testing.T) {
 	if err := exchange(t, c, ok, batch(good, marker(5))); err != nil {
 		t.Fatal(err)
 	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if vm, _ := ps.Journal().VM(ctx, "vm1"); vm.LastSeq != 5 || vm.Points != 1 {
 		t.Fatalf("after a good batch: seq %d, points %d", vm.LastSeq, vm.Points)
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"google.golang.org/grpc/codes"
@@ -41,7 +39,12 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, journal.ErrNoVM), errors.Is(err, journal.ErrNoPoint), errors.Is(err, journal.ErrNoDisk):
 		code = codes.NotFound
-	case errors.Is(err, journal.ErrInconsistent):
+	case errors.Is(err, journal.ErrInconsistent), errors.Is(err, ErrState):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrInvalidRequest):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrNoJob):
+		code = codes.NotFound
 		code = codes.FailedPrecondition
 	case errors.Is(err, journal.ErrChecksum):
 		code = codes.DataLoss
@@ -51,19 +54,12 @@ func toStatus(err error) error {
 	return status.Error(code, err.Error())
 }
 
-// ResolvePoint turns an operator's point name into a recovery point of vm.
+// ResolvePoint turns an operator's point name into a recovery point of vm:
+// latest (processes everything received first), latest-processed,
+// latest-app or an ID.
 func (s *Server) ResolvePoint(ctx context.Context, vm journal.VMID, name string) (journal.Point, error) {
-	switch name {
-	case PointLatest:
-		return s.j.CutPoint(ctx, vm, PointLatest, time.Now())
-	case PointLatestProcessed, "":
-		return s.j.LatestPoint(ctx, vm)
-	}
-	id, err := strconv.ParseUint(name, 10, 64)
-	if err != nil {
-		return journal.Point{}, status.Errorf(codes.InvalidArgument, "point %q: want %s, %s or a point ID", name, PointLatest, PointLatestProcessed)
-	}
-	return s.j.Point(ctx, vm, journal.Seq(id))
+	p, _, err := s.resolvePoint(ctx, vm, name)
+	return p, err
 }
 
 func (r *recovery) ListVMs(ctx context.Context, _ *ferryv1.ListVMsRequest) (*ferryv1.ListVMsResponse, error) {
@@ -138,4 +134,102 @@ func (r *recovery) VerifyPoint(ctx context.Context, req *ferryv1.VerifyPointRequ
 		return nil, toStatus(err)
 	}
 	return &ferryv1.VerifyPointResponse{PointId: uint64(p.ID), WritesChecked: uint64(st.Writes), BytesChecked: uint64(st.Bytes)}, nil
+}
+
+// jobReply returns a job that ran (succeeded or failed) as the answer; an
+// error before the job started is the call's error.
+func jobReply(j *Job, err error) (*ferryv1.Job, error) {
+	if j == nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(j), nil
+}
+
+func (r *recovery) Failover(ctx context.Context, req *ferryv1.FailoverRequest) (*ferryv1.Job, error) {
+	typ := map[ferryv1.FailoverType]string{ferryv1.FailoverType_FAILOVER_TYPE_TEST: FailoverTest,
+		ferryv1.FailoverType_FAILOVER_TYPE_PLANNED: FailoverPlanned, ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED: FailoverUnplanned}[req.GetType()]
+	return jobReply(r.s.Failover(ctx, FailoverRequest{VM: req.GetVm(), Type: typ, Point: req.GetPoint(), Network: req.GetNetwork(), Shutdown: req.GetShutdown()}))
+}
+
+func (r *recovery) ChangePoint(ctx context.Context, req *ferryv1.ChangePointRequest) (*ferryv1.Job, error) {
+	return jobReply(r.s.ChangePoint(ctx, req.GetVm(), req.GetPoint()))
+}
+
+func (r *recovery) Commit(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.Job, error) {
+	return jobReply(r.s.Commit(ctx, req.GetVm()))
+}
+
+func (r *recovery) CleanupTest(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.Job, error) {
+	return jobReply(r.s.CleanupTest(ctx, req.GetVm()))
+}
+
+func (r *recovery) ListJobs(ctx context.Context, req *ferryv1.ListJobsRequest) (*ferryv1.ListJobsResponse, error) {
+	jobs, err := r.s.Jobs(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListJobsResponse{}
+	for i := range jobs {
+		out.Jobs = append(out.Jobs, JobProto(&jobs[i]))
+	}
+	return out, nil
+}
+
+func (r *recovery) GetJob(ctx context.Context, req *ferryv1.GetJobRequest) (*ferryv1.Job, error) {
+	j, err := r.s.Job(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(&j), nil
+}
+
+func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*ferryv1.StatusResponse, error) {
+	vms, err := r.s.j.VMs(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.StatusResponse{}
+	for _, vm := range vms {
+		if req.GetVm() != "" && string(vm.Name) != req.GetVm() {
+			continue
+		}
+		st, _, err := r.s.vmState(ctx, string(vm.Name))
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		vs := &ferryv1.VMStatus{Name: string(vm.Name), State: string(st.State), Allowed: st.Allowed(), Points: uint32(vm.Points),
+			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch)}
+		if !vm.LatestPoint.IsZero() {
+			vs.RpoSeconds = r.s.clock.Now().Sub(vm.LatestPoint).Seconds()
+		}
+		if st.Failover != nil {
+			vs.Instance, vs.PointId = st.Failover.Instance, uint64(st.Failover.Point)
+		} else if st.Test != nil {
+			vs.Instance, vs.PointId = st.Test.Instance, uint64(st.Test.Point)
+		}
+		out.Vms = append(out.Vms, vs)
+	}
+	if req.GetVm() != "" && len(out.Vms) == 0 {
+		return nil, toStatus(fmt.Errorf("vm %s: %w", req.GetVm(), journal.ErrNoVM))
+	}
+	return out, nil
+}
+
+// JobProto converts a job for the wire.
+func JobProto(j *Job) *ferryv1.Job {
+	out := &ferryv1.Job{Id: j.ID, Type: j.Type, Vm: j.VM, StartUnixNano: j.Start.UnixNano(), Outcome: j.Outcome, Error: j.Error, Console: j.Console}
+	if !j.End.IsZero() {
+		out.EndUnixNano = j.End.UnixNano()
+	}
+	for _, st := range j.Steps {
+		out.Steps = append(out.Steps, &ferryv1.JobStep{Name: st.Name, StartUnixNano: st.Start.UnixNano(), EndUnixNano: st.End.UnixNano(),
+			Outcome: st.Outcome, Detail: st.Detail, WallNanos: int64(st.Wall)})
+	}
+	if j.Point != nil {
+		out.Point = wire.PointProto(*j.Point)
+	}
+	for _, f := range j.Findings {
+		out.Findings = append(out.Findings, &ferryv1.Finding{Check: f.Check, Ok: f.OK, Detail: f.Detail})
+	}
+	return out
 }

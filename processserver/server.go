@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -48,6 +50,18 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// NoSync skips fsync: tests of logic only.
 	NoSync bool
+	// Clock is the server's time (default real; the simulator's virtual).
+	Clock clock.Clock
+	// Compute creates VMs at failover (default: HookCompute with
+	// ComputeHook).
+	Compute     Compute
+	ComputeHook string
+	// ProcessInterval is how often received markers are processed into
+	// recovery points (default 5s; negative: only on demand).
+	ProcessInterval time.Duration
+	// ProcessRate models, on a simulated clock, how fast a process server
+	// verifies received data (bytes/s; default 200 MB/s).
+	ProcessRate int64
 }
 
 // DefaultConfig returns the configuration ferry-ps starts from.
@@ -71,9 +85,19 @@ func (c *Config) Validate() error {
 
 // Server is a running process server.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	j    *journal.Journal
+	cfg     Config
+	log     *slog.Logger
+	clock   clock.Clock
+	compute Compute
+	ctl     *control
+	j       *journal.Journal
+
+	vmMu    sync.Mutex
+	vmLocks map[string]chan struct{}
+	filesMu sync.Mutex
+	files   map[string][]*blockdev.File // open disk files per VM slot
+
+	stop    context.CancelFunc
 	recv *ingest.Receiver
 	grpc *grpc.Server
 	lis  net.Listener
@@ -96,12 +120,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Clock = clock.Or(cfg.Clock)
+	if cfg.Compute == nil {
+		cfg.Compute = HookCompute{Command: cfg.ComputeHook}
+	}
+	if cfg.ProcessInterval == 0 {
+		cfg.ProcessInterval = 5 * time.Second
+	}
+	if cfg.ProcessRate == 0 {
+		cfg.ProcessRate = 200 << 20
+	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps")}, nil
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
+		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}}, nil
 }
 
 // Open opens the journal and starts serving.
@@ -114,12 +149,18 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	s.j = j
+	if s.ctl, err = openControl(filepath.Join(s.cfg.DataDir, "control.db")); err != nil {
+		j.Close()
+		return err
+	}
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
 	s.recv, err = ingest.New(ingest.Config{
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
+		OnHello:       s.onHello,
 	})
 	if err != nil {
+		s.ctl.close()
 		j.Close()
 		return err
 	}
@@ -147,6 +188,12 @@ func (s *Server) Open(ctx context.Context) error {
 			s.log.Error("grpc serve", "err", err)
 		}
 	}()
+	var bg context.Context
+	bg, s.stop = context.WithCancel(context.Background())
+	if s.cfg.ProcessInterval > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.processLoop(bg) }()
+	}
 	if s.cfg.MetricsListen != "" {
 		if err := s.serveAdmin(); err != nil {
 			s.Close(ctx)
@@ -200,6 +247,9 @@ func (s *Server) Journal() *journal.Journal { return s.j }
 // Close stops accepting streams, lets open streams commit what they had
 // verified, and closes the journal.
 func (s *Server) Close(ctx context.Context) error {
+	if s.stop != nil {
+		s.stop()
+	}
 	if s.recv != nil {
 		s.recv.Close(ctx)
 	}
@@ -218,8 +268,52 @@ func (s *Server) Close(ctx context.Context) error {
 		s.adm.Close()
 	}
 	s.wg.Wait()
+	s.filesMu.Lock()
+	for slot, files := range s.files {
+		for _, f := range files {
+			f.Close()
+		}
+		delete(s.files, slot)
+	}
+	s.filesMu.Unlock()
+	if s.ctl != nil {
+		s.ctl.close()
+	}
 	if s.j != nil {
 		return s.j.Close()
 	}
 	return nil
 }
+
+// processLoop turns received markers into recovery points every
+// ProcessInterval.
+func (s *Server) processLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ProcessInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := s.ProcessAll(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("processing received data", "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// onHello keeps the description of the machine an agent protects.
+func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello) error {
+	if h.GetMachine() == nil {
+		return nil
+	}
+	st, err := s.ctl.state(h.GetVm())
+	if err != nil {
+		return err
+	}
+	st.Machine = machineFromProto(h.GetMachine())
+	return s.ctl.putState(st)
+}
+
+// Receiver is the server's replication receiver.
+func (s *Server) Receiver() *ingest.Receiver { return s.recv }

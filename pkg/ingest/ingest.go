@@ -46,9 +46,10 @@ type Config struct {
 	Depth int
 	// Authorize, when set, is asked whether the stream's peer may write vm.
 	Authorize func(ctx context.Context, vm journal.VMID) error
-	// Epoch, when set, decides which epoch a new VM starts with and which
-	// epochs are accepted; by default a new VM takes the hello's epoch and
-	// an existing VM accepts only its own.
+	// OnHello, when set, sees every accepted hello before it is answered
+	// (the process server keeps the machine's description); an error
+	// refuses the stream.
+	OnHello    func(ctx context.Context, h *ferryv1.Hello) error
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Namespace prefixes metric names: ferry_<Namespace>_... (default "ps").
@@ -204,6 +205,11 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
 		return grpcStatus(err)
 	}
+	if r.cfg.OnHello != nil {
+		if err := r.cfg.OnHello(ctx, hello); err != nil {
+			return grpcStatus(err)
+		}
+	}
 	s.vm = vm
 	s.next = uint64(vm.LastSeq) + 1
 	s.consistent = vm.Consistent
@@ -333,6 +339,70 @@ func ValidName(s string) error {
 		}
 	}
 	return nil
+}
+
+// Command sends a command to the agent of vm's open stream and waits for
+// its result. For a shutdown it also waits until everything up to the
+// final marker is durable.
+func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Command) (*ferryv1.CommandResult, error) {
+	r.mu.Lock()
+	s := r.sessions[vm]
+	r.mu.Unlock()
+	if s == nil {
+		return nil, fmt.Errorf("vm %s: its agent is not connected", vm)
+	}
+	ch := make(chan *ferryv1.CommandResult, 1)
+	s.cmdMu.Lock()
+	s.cmdID++
+	cmd.Id = s.cmdID
+	s.results[cmd.Id] = ch
+	s.cmdMu.Unlock()
+	select {
+	case s.cmds <- cmd:
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("vm %s: stream ended before the command was sent", vm)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var res *ferryv1.CommandResult
+	select {
+	case res = <-ch:
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("vm %s: stream ended before the agent answered", vm)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if res.GetOk() && res.GetFinalSeq() > 0 {
+		for s.durable.Load() < res.GetFinalSeq() {
+			select {
+			case <-s.ctx.Done():
+				return nil, fmt.Errorf("vm %s: stream ended before the final marker %d was durable", vm, res.GetFinalSeq())
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}
+	return res, nil
+}
+
+// Fence ends vm's open stream, if any, and waits until it has let go.
+// After a change of direction the caller raises the VM's epoch so that
+// the agent cannot come back.
+func (r *Receiver) Fence(ctx context.Context, vm journal.VMID) error {
+	r.mu.Lock()
+	s := r.sessions[vm]
+	r.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.fail(fmt.Errorf("%w: vm %s failed over", ErrEpoch, vm))
+	select {
+	case <-s.released:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // acquire makes s the only stream of vm, ending an older one first and

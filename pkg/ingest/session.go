@@ -32,13 +32,19 @@ type session struct {
 	durable atomic.Uint64
 	notify  chan struct{}
 
+	cmds    chan *ferryv1.Command
+	cmdMu   sync.Mutex
+	cmdID   uint64
+	results map[uint64]chan *ferryv1.CommandResult
+
 	errOnce sync.Once
 	err     error
 }
 
 func newSession(parent context.Context, vm journal.VMID) *session {
 	ctx, cancel := context.WithCancel(parent)
-	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1)}
+	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1),
+		cmds: make(chan *ferryv1.Command), results: map[uint64]chan *ferryv1.CommandResult{}}
 }
 
 // fail ends the session with err (the first error wins).
@@ -61,6 +67,12 @@ func (s *session) sendAcks(stream ferryv1.Replication_ReplicateServer) {
 	for {
 		select {
 		case <-s.notify:
+		case cmd := <-s.cmds:
+			if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_Command{Command: cmd}}); err != nil {
+				s.fail(err)
+				return
+			}
+			continue
 		case <-s.ctx.Done():
 			return
 		}
@@ -118,6 +130,15 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 			case <-s.ctx.Done():
 				return s.ctx.Err()
 			}
+		case *ferryv1.AgentMessage_Result:
+			s.cmdMu.Lock()
+			ch := s.results[m.Result.GetId()]
+			delete(s.results, m.Result.GetId())
+			s.cmdMu.Unlock()
+			if ch == nil {
+				return &RecordError{VM: string(s.name), Seq: s.next, Err: ErrBadRecord, Msg: fmt.Sprintf("result for unknown command %d", m.Result.GetId())}
+			}
+			ch <- m.Result
 		case *ferryv1.AgentMessage_Hello:
 			return &RecordError{VM: string(s.name), Seq: s.next, Err: ErrBadRecord, Msg: "a second hello on an open stream"}
 		default:

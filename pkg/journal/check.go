@@ -67,6 +67,9 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 		if err != nil {
 			return err
 		}
+		if vm.ProcessedSeq > vm.LastSeq {
+			return fmt.Errorf("processed up to %d beyond the last record %d", vm.ProcessedSeq, vm.LastSeq)
+		}
 		if want-1 != vm.LastSeq {
 			return fmt.Errorf("last record is %d, state says %d", want-1, vm.LastSeq)
 		}
@@ -85,7 +88,7 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 		n := 0
 		err = b.Bucket(bucketPoints).ForEach(func(k, v []byte) error {
 			n++
-			if keySeq(k) > vm.LastSeq || (keySeq(k) > 0 && meta.Get(k) == nil) {
+			if keySeq(k) > vm.ProcessedSeq || (keySeq(k) > 0 && meta.Get(k) == nil) {
 				return fmt.Errorf("point %d refers to no stored record", keySeq(k))
 			}
 			_, err := decodePoint(vm.Name, keySeq(k), v)

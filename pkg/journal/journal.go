@@ -48,6 +48,8 @@ type Journal struct {
 
 	mu     sync.Mutex
 	failed error // sticky: set when a commit failed
+
+	procMu sync.Mutex // serializes Process
 }
 
 // Open opens or creates the journal file at path.
@@ -296,11 +298,6 @@ func appendRecord(tx *bolt.Tx, vm *VM, r *Record) error {
 		}
 		vm.LogicalBytes += uint64(r.Length)
 		vm.StoredBytes += uint64(len(r.Payload))
-	case KindMarker:
-		p := Point{VM: vm.Name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time}
-		if err := putPoint(b, vm, &p); err != nil {
-			return err
-		}
 	}
 	return b.Bucket(bucketMeta).Put(key, encodeMeta(r))
 }
@@ -322,31 +319,74 @@ func putPoint(b *bolt.Bucket, vm *VM, p *Point) error {
 	return nil
 }
 
-// CutPoint makes a crash-consistent point at the VM's last durable record,
-// so that it holds everything received. It returns the existing point if
-// one is already there. It fails with ErrInconsistent inside a drain.
-func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.Time) (Point, error) {
+// CutPoint processes everything received for the VM, then makes a
+// crash-consistent point at its last durable record, so that the point holds
+// everything received ("latest"). It returns the existing point if one is
+// already there. It fails with ErrInconsistent inside a drain.
+func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.Time) (Point, ProcessStats, error) {
+	st, err := j.Process(ctx, name, ^Seq(0))
+	if err != nil {
+		return Point{}, st, err
+	}
 	var p Point
-	err := j.update(func(tx *bolt.Tx) error {
+	err = j.update(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
 			return err
 		}
-		if !vm.Consistent {
+		// Records may have arrived since Process returned: the point is cut
+		// where processing ended, and must be write-ordered there.
+		if !vm.ProcessedConsistent {
 			return fmt.Errorf("vm %s: cut point: %w", name, ErrInconsistent)
 		}
 		b := tx.Bucket(vmBucketName(name))
-		if v := b.Bucket(bucketPoints).Get(seqKey(vm.LastSeq)); v != nil {
-			p, err = decodePoint(name, vm.LastSeq, v)
+		if v := b.Bucket(bucketPoints).Get(seqKey(vm.ProcessedSeq)); v != nil {
+			p, err = decodePoint(name, vm.ProcessedSeq, v)
 			return err
 		}
-		p = Point{VM: name, ID: vm.LastSeq, Consistency: Crash, Tag: tag, Time: at.UTC()}
+		p = Point{VM: name, ID: vm.ProcessedSeq, Consistency: Crash, Tag: tag, Time: at.UTC()}
 		if err := putPoint(b, vm, &p); err != nil {
 			return err
 		}
 		return putVM(tx, vm)
 	})
-	return p, err
+	return p, st, err
+}
+
+// BumpEpoch raises the VM's epoch by one and returns it: streams of the
+// older epoch are refused from then on.
+func (j *Journal) BumpEpoch(ctx context.Context, name VMID) (Epoch, error) {
+	var e Epoch
+	err := j.update(func(tx *bolt.Tx) error {
+		vm, err := getVM(tx, name)
+		if err != nil {
+			return err
+		}
+		vm.Epoch++
+		e = vm.Epoch
+		return putVM(tx, vm)
+	})
+	return e, err
+}
+
+// DeletePoints removes every recovery point of the VM (a committed
+// failover keeps none).
+func (j *Journal) DeletePoints(ctx context.Context, name VMID) error {
+	return j.update(func(tx *bolt.Tx) error {
+		vm, err := getVM(tx, name)
+		if err != nil {
+			return err
+		}
+		b := tx.Bucket(vmBucketName(name))
+		if err := b.DeleteBucket(bucketPoints); err != nil {
+			return err
+		}
+		if _, err := b.CreateBucket(bucketPoints); err != nil {
+			return err
+		}
+		vm.Points, vm.LatestPoint = 0, time.Time{}
+		return putVM(tx, vm)
+	})
 }
 
 // Points returns the VM's recovery points, oldest first.

@@ -116,6 +116,13 @@ func TestPointsMatchTruth(t *testing.T) {
 				batch = append(batch, f.marker())
 				f.append(batch...)
 			}
+			if pts, _ := f.j.Points(ctx, "vm1"); len(pts) != 0 {
+				t.Fatalf("%d points before processing", len(pts))
+			}
+			st, err := f.j.Process(ctx, "vm1", ^journal.Seq(0))
+			if err != nil || st.Points != 12 || st.Writes != 12*20 {
+				t.Fatalf("process: %+v, %v", st, err)
+			}
 			pts, err := f.j.Points(ctx, "vm1")
 			if err != nil || len(pts) != 12 {
 				t.Fatalf("points: %d, %v", len(pts), err)
@@ -140,6 +147,24 @@ func TestPointsMatchTruth(t *testing.T) {
 					dirty.ReadAt(ctx, img, 0)
 					if !bytes.Equal(img, f.snaps[p.ID][d]) {
 						t.Fatalf("point %d disk %d on a dirty target differs from ground truth", p.ID, d)
+					}
+					// The overlay shows the same disk; its writes stay in
+					// its scratch.
+					ov, err := f.j.OpenOverlay(ctx, "vm1", p.ID, d, blockdev.NewMemory(f.vm.Disks[d].Size))
+					if err != nil {
+						t.Fatal(err)
+					}
+					ov.ReadAt(ctx, img, 0)
+					if !bytes.Equal(img, f.snaps[p.ID][d]) {
+						t.Fatalf("point %d disk %d through the overlay differs from ground truth", p.ID, d)
+					}
+					ov.WriteAt(ctx, []byte("test VM scribbles here"), 4096+100)
+					part := make([]byte, 8192)
+					ov.ReadAt(ctx, part, 4096)
+					want := append([]byte(nil), f.snaps[p.ID][d][4096:4096+8192]...)
+					copy(want[100:], "test VM scribbles here")
+					if !bytes.Equal(part, want) {
+						t.Fatal("overlay write not merged into its block")
 					}
 				}
 			}
@@ -181,10 +206,11 @@ func TestAppendRules(t *testing.T) {
 	if vm.LastSeq != 2 {
 		t.Fatalf("last seq %d after refused batch, want 2", vm.LastSeq)
 	}
-	if _, err := f.j.CutPoint(ctx, "vm1", "latest", time.Now()); err != nil {
-		t.Fatal(err)
+	p, st, err := f.j.CutPoint(ctx, "vm1", "latest", time.Now())
+	if err != nil || p.ID != 2 || st.To != 2 {
+		t.Fatalf("cut point: %+v %+v %v", p, st, err)
 	}
-	if _, err := f.j.CutPoint(ctx, "nope", "latest", time.Now()); !errors.Is(err, journal.ErrNoVM) {
+	if _, _, err := f.j.CutPoint(ctx, "nope", "latest", time.Now()); !errors.Is(err, journal.ErrNoVM) {
 		t.Fatalf("unknown vm: %v", err)
 	}
 }

@@ -65,12 +65,19 @@ type VM struct {
 	LastSeq Seq `json:"last_seq"`
 	// Consistent is false while a drain is open, and before the first one
 	// (the initial replication) has ended.
-	Consistent   bool      `json:"consistent"`
-	Points       int       `json:"points"`
-	LatestPoint  time.Time `json:"latest_point"`
-	LogicalBytes uint64    `json:"logical_bytes"`
-	StoredBytes  uint64    `json:"stored_bytes"`
-	Created      time.Time `json:"created"`
+	Consistent bool `json:"consistent"`
+	// ProcessedSeq is the last record processed: markers up to it have
+	// become recovery points, and the data up to it has been verified.
+	ProcessedSeq   Seq    `json:"processed_seq"`
+	ProcessedBytes uint64 `json:"processed_bytes"`
+	// ProcessedConsistent says whether the stream is write-ordered at
+	// ProcessedSeq.
+	ProcessedConsistent bool      `json:"processed_consistent"`
+	Points              int       `json:"points"`
+	LatestPoint         time.Time `json:"latest_point"`
+	LogicalBytes        uint64    `json:"logical_bytes"`
+	StoredBytes         uint64    `json:"stored_bytes"`
+	Created             time.Time `json:"created"`
 }
 
 // DiskIndex returns the index of the named disk.

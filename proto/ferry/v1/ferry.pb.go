@@ -131,6 +131,58 @@ func (DrainReason) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{1}
 }
 
+type FailoverType int32
+
+const (
+	FailoverType_FAILOVER_TYPE_UNSPECIFIED FailoverType = 0
+	FailoverType_FAILOVER_TYPE_TEST        FailoverType = 1
+	FailoverType_FAILOVER_TYPE_PLANNED     FailoverType = 2
+	FailoverType_FAILOVER_TYPE_UNPLANNED   FailoverType = 3
+)
+
+// Enum value maps for FailoverType.
+var (
+	FailoverType_name = map[int32]string{
+		0: "FAILOVER_TYPE_UNSPECIFIED",
+		1: "FAILOVER_TYPE_TEST",
+		2: "FAILOVER_TYPE_PLANNED",
+		3: "FAILOVER_TYPE_UNPLANNED",
+	}
+	FailoverType_value = map[string]int32{
+		"FAILOVER_TYPE_UNSPECIFIED": 0,
+		"FAILOVER_TYPE_TEST":        1,
+		"FAILOVER_TYPE_PLANNED":     2,
+		"FAILOVER_TYPE_UNPLANNED":   3,
+	}
+)
+
+func (x FailoverType) Enum() *FailoverType {
+	p := new(FailoverType)
+	*p = x
+	return p
+}
+
+func (x FailoverType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailoverType) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_ferry_proto_enumTypes[2].Descriptor()
+}
+
+func (FailoverType) Type() protoreflect.EnumType {
+	return &file_ferry_v1_ferry_proto_enumTypes[2]
+}
+
+func (x FailoverType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailoverType.Descriptor instead.
+func (FailoverType) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{2}
+}
+
 type AgentMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -138,6 +190,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Hello
 	//	*AgentMessage_Batch
 	//	*AgentMessage_Heartbeat
+	//	*AgentMessage_Result
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -207,6 +260,15 @@ func (x *AgentMessage) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *AgentMessage) GetResult() *CommandResult {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -223,11 +285,88 @@ type AgentMessage_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
 }
 
+type AgentMessage_Result struct {
+	Result *CommandResult `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Batch) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Result) isAgentMessage_Msg() {}
+
+// CommandResult answers a Command.
+type CommandResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ok    bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	Error string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// Shutdown: the sequence of the final marker; every write the machine
+	// made comes before it.
+	FinalSeq      uint64 `protobuf:"varint,4,opt,name=final_seq,json=finalSeq,proto3" json:"final_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResult) Reset() {
+	*x = CommandResult{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResult) ProtoMessage() {}
+
+func (x *CommandResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
+func (*CommandResult) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CommandResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CommandResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CommandResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *CommandResult) GetFinalSeq() uint64 {
+	if x != nil {
+		return x.FinalSeq
+	}
+	return 0
+}
 
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -238,15 +377,17 @@ type Hello struct {
 	// The highest sequence the agent believes the receiver has made durable.
 	AckedSeq uint64 `protobuf:"varint,4,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
 	// Block size in bytes; every write offset and length is a multiple of it.
-	BlockSize     uint32 `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
-	AgentVersion  string `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	BlockSize    uint32 `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	AgentVersion string `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// What the receiver needs to know to fail the machine over.
+	Machine       *MachineInfo `protobuf:"bytes,7,opt,name=machine,proto3" json:"machine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[1]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +399,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[1]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +412,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Hello) GetVm() string {
@@ -316,6 +457,155 @@ func (x *Hello) GetAgentVersion() string {
 	return ""
 }
 
+func (x *Hello) GetMachine() *MachineInfo {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+// MachineInfo describes the protected machine: what decides whether a
+// failover needs extra processing and whether people can connect after it.
+type MachineInfo struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Os                   string                 `protobuf:"bytes,1,opt,name=os,proto3" json:"os,omitempty"`                                                                   // "windows" or "linux"
+	MobilityAgentVersion string                 `protobuf:"bytes,2,opt,name=mobility_agent_version,json=mobilityAgentVersion,proto3" json:"mobility_agent_version,omitempty"` // e.g. "9.55"; below 9.8 needs failover processing
+	Physical             bool                   `protobuf:"varint,3,opt,name=physical,proto3" json:"physical,omitempty"`
+	Hypervisor           string                 `protobuf:"bytes,4,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"` // "vmware", "hyperv" or "" for physical
+	ProtectedAsPhysical  bool                   `protobuf:"varint,5,opt,name=protected_as_physical,json=protectedAsPhysical,proto3" json:"protected_as_physical,omitempty"`
+	Dhcp                 bool                   `protobuf:"varint,6,opt,name=dhcp,proto3" json:"dhcp,omitempty"`
+	BootDrivers          []string               `protobuf:"bytes,7,rep,name=boot_drivers,json=bootDrivers,proto3" json:"boot_drivers,omitempty"` // Windows: storvsc, vmbus, storflt, intelide, atapi
+	RdpEnabled           bool                   `protobuf:"varint,8,opt,name=rdp_enabled,json=rdpEnabled,proto3" json:"rdp_enabled,omitempty"`
+	RdpFirewallProfiles  []string               `protobuf:"bytes,9,rep,name=rdp_firewall_profiles,json=rdpFirewallProfiles,proto3" json:"rdp_firewall_profiles,omitempty"` // Windows firewall profiles allowing RDP: public, private, domain
+	SanPolicy            string                 `protobuf:"bytes,10,opt,name=san_policy,json=sanPolicy,proto3" json:"san_policy,omitempty"`                                // Windows: OnlineAll is required
+	PendingUpdates       bool                   `protobuf:"varint,11,opt,name=pending_updates,json=pendingUpdates,proto3" json:"pending_updates,omitempty"`
+	SshEnabledAtBoot     bool                   `protobuf:"varint,12,opt,name=ssh_enabled_at_boot,json=sshEnabledAtBoot,proto3" json:"ssh_enabled_at_boot,omitempty"`
+	SshFirewallAllowed   bool                   `protobuf:"varint,13,opt,name=ssh_firewall_allowed,json=sshFirewallAllowed,proto3" json:"ssh_firewall_allowed,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *MachineInfo) Reset() {
+	*x = MachineInfo{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineInfo) ProtoMessage() {}
+
+func (x *MachineInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineInfo.ProtoReflect.Descriptor instead.
+func (*MachineInfo) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MachineInfo) GetOs() string {
+	if x != nil {
+		return x.Os
+	}
+	return ""
+}
+
+func (x *MachineInfo) GetMobilityAgentVersion() string {
+	if x != nil {
+		return x.MobilityAgentVersion
+	}
+	return ""
+}
+
+func (x *MachineInfo) GetPhysical() bool {
+	if x != nil {
+		return x.Physical
+	}
+	return false
+}
+
+func (x *MachineInfo) GetHypervisor() string {
+	if x != nil {
+		return x.Hypervisor
+	}
+	return ""
+}
+
+func (x *MachineInfo) GetProtectedAsPhysical() bool {
+	if x != nil {
+		return x.ProtectedAsPhysical
+	}
+	return false
+}
+
+func (x *MachineInfo) GetDhcp() bool {
+	if x != nil {
+		return x.Dhcp
+	}
+	return false
+}
+
+func (x *MachineInfo) GetBootDrivers() []string {
+	if x != nil {
+		return x.BootDrivers
+	}
+	return nil
+}
+
+func (x *MachineInfo) GetRdpEnabled() bool {
+	if x != nil {
+		return x.RdpEnabled
+	}
+	return false
+}
+
+func (x *MachineInfo) GetRdpFirewallProfiles() []string {
+	if x != nil {
+		return x.RdpFirewallProfiles
+	}
+	return nil
+}
+
+func (x *MachineInfo) GetSanPolicy() string {
+	if x != nil {
+		return x.SanPolicy
+	}
+	return ""
+}
+
+func (x *MachineInfo) GetPendingUpdates() bool {
+	if x != nil {
+		return x.PendingUpdates
+	}
+	return false
+}
+
+func (x *MachineInfo) GetSshEnabledAtBoot() bool {
+	if x != nil {
+		return x.SshEnabledAtBoot
+	}
+	return false
+}
+
+func (x *MachineInfo) GetSshFirewallAllowed() bool {
+	if x != nil {
+		return x.SshFirewallAllowed
+	}
+	return false
+}
+
 type DiskInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -326,7 +616,7 @@ type DiskInfo struct {
 
 func (x *DiskInfo) Reset() {
 	*x = DiskInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[2]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +628,7 @@ func (x *DiskInfo) String() string {
 func (*DiskInfo) ProtoMessage() {}
 
 func (x *DiskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[2]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +641,7 @@ func (x *DiskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskInfo.ProtoReflect.Descriptor instead.
 func (*DiskInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DiskInfo) GetName() string {
@@ -377,7 +667,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[3]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +679,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[3]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +692,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Batch) GetRecords() []*Record {
@@ -429,7 +719,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -441,7 +731,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -454,7 +744,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Record) GetSeq() uint64 {
@@ -538,7 +828,7 @@ type Write struct {
 
 func (x *Write) Reset() {
 	*x = Write{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +840,7 @@ func (x *Write) String() string {
 func (*Write) ProtoMessage() {}
 
 func (x *Write) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +853,7 @@ func (x *Write) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Write.ProtoReflect.Descriptor instead.
 func (*Write) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Write) GetDisk() uint32 {
@@ -622,7 +912,7 @@ type Marker struct {
 
 func (x *Marker) Reset() {
 	*x = Marker{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +924,7 @@ func (x *Marker) String() string {
 func (*Marker) ProtoMessage() {}
 
 func (x *Marker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +937,7 @@ func (x *Marker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Marker.ProtoReflect.Descriptor instead.
 func (*Marker) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Marker) GetConsistency() Consistency {
@@ -683,7 +973,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +985,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +998,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Drain) GetBegin() bool {
@@ -736,7 +1026,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1038,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1051,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Heartbeat) GetTimeUnixNano() int64 {
@@ -784,6 +1074,7 @@ type ServerMessage struct {
 	//
 	//	*ServerMessage_HelloAck
 	//	*ServerMessage_Ack
+	//	*ServerMessage_Command
 	Msg           isServerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -791,7 +1082,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1094,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1107,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ServerMessage) GetMsg() isServerMessage_Msg {
@@ -844,6 +1135,15 @@ func (x *ServerMessage) GetAck() *Ack {
 	return nil
 }
 
+func (x *ServerMessage) GetCommand() *Command {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Command); ok {
+			return x.Command
+		}
+	}
+	return nil
+}
+
 type isServerMessage_Msg interface {
 	isServerMessage_Msg()
 }
@@ -856,9 +1156,128 @@ type ServerMessage_Ack struct {
 	Ack *Ack `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
 }
 
+type ServerMessage_Command struct {
+	Command *Command `protobuf:"bytes,3,opt,name=command,proto3,oneof"`
+}
+
 func (*ServerMessage_HelloAck) isServerMessage_Msg() {}
 
 func (*ServerMessage_Ack) isServerMessage_Msg() {}
+
+func (*ServerMessage_Command) isServerMessage_Msg() {}
+
+// Command asks the agent to act on the protected machine.
+type Command struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Action:
+	//
+	//	*Command_Shutdown
+	Action        isCommand_Action `protobuf_oneof:"action"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Command) Reset() {
+	*x = Command{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Command) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Command) ProtoMessage() {}
+
+func (x *Command) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Command.ProtoReflect.Descriptor instead.
+func (*Command) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Command) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Command) GetAction() isCommand_Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *Command) GetShutdown() *Shutdown {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Shutdown); ok {
+			return x.Shutdown
+		}
+	}
+	return nil
+}
+
+type isCommand_Action interface {
+	isCommand_Action()
+}
+
+type Command_Shutdown struct {
+	// Shut the machine down, send everything it wrote and cut a final
+	// marker (planned failover).
+	Shutdown *Shutdown `protobuf:"bytes,2,opt,name=shutdown,proto3,oneof"`
+}
+
+func (*Command_Shutdown) isCommand_Action() {}
+
+type Shutdown struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Shutdown) Reset() {
+	*x = Shutdown{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Shutdown) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Shutdown) ProtoMessage() {}
+
+func (x *Shutdown) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
+func (*Shutdown) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+}
 
 type HelloAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -873,7 +1292,7 @@ type HelloAck struct {
 
 func (x *HelloAck) Reset() {
 	*x = HelloAck{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1304,7 @@ func (x *HelloAck) String() string {
 func (*HelloAck) ProtoMessage() {}
 
 func (x *HelloAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1317,7 @@ func (x *HelloAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloAck.ProtoReflect.Descriptor instead.
 func (*HelloAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HelloAck) GetDurableSeq() uint64 {
@@ -931,7 +1350,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1362,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1375,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ack) GetDurableSeq() uint64 {
@@ -978,7 +1397,7 @@ type BlockHashesRequest struct {
 
 func (x *BlockHashesRequest) Reset() {
 	*x = BlockHashesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1409,7 @@ func (x *BlockHashesRequest) String() string {
 func (*BlockHashesRequest) ProtoMessage() {}
 
 func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1422,7 @@ func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesRequest.ProtoReflect.Descriptor instead.
 func (*BlockHashesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BlockHashesRequest) GetVm() string {
@@ -1047,7 +1466,7 @@ type BlockHashesResponse struct {
 
 func (x *BlockHashesResponse) Reset() {
 	*x = BlockHashesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1478,7 @@ func (x *BlockHashesResponse) String() string {
 func (*BlockHashesResponse) ProtoMessage() {}
 
 func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1491,7 @@ func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesResponse.ProtoReflect.Descriptor instead.
 func (*BlockHashesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BlockHashesResponse) GetFirstChunk() uint64 {
@@ -1096,6 +1515,790 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type FailoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Type  FailoverType           `protobuf:"varint,2,opt,name=type,proto3,enum=ferry.v1.FailoverType" json:"type,omitempty"`
+	// latest, latest-processed, latest-app or a point ID.
+	Point string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
+	// Test failover: the isolated network the test VM joins.
+	Network string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	// Unplanned failover: try to shut the source down and sync first.
+	Shutdown      bool `protobuf:"varint,5,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverRequest) Reset() {
+	*x = FailoverRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverRequest) ProtoMessage() {}
+
+func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
+func (*FailoverRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FailoverRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetType() FailoverType {
+	if x != nil {
+		return x.Type
+	}
+	return FailoverType_FAILOVER_TYPE_UNSPECIFIED
+}
+
+func (x *FailoverRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetShutdown() bool {
+	if x != nil {
+		return x.Shutdown
+	}
+	return false
+}
+
+type ChangePointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Point         string                 `protobuf:"bytes,2,opt,name=point,proto3" json:"point,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangePointRequest) Reset() {
+	*x = ChangePointRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePointRequest) ProtoMessage() {}
+
+func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
+func (*ChangePointRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ChangePointRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *ChangePointRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
+type VMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMRequest) Reset() {
+	*x = VMRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMRequest) ProtoMessage() {}
+
+func (x *VMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
+func (*VMRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *VMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type ListJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListJobsRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type ListJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type GetJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJobRequest) Reset() {
+	*x = GetJobRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJobRequest) ProtoMessage() {}
+
+func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
+func (*GetJobRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetJobRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type Job struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Vm            string                 `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
+	StartUnixNano int64                  `protobuf:"varint,4,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	EndUnixNano   int64                  `protobuf:"varint,5,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
+	// running, succeeded or failed.
+	Outcome string     `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Error   string     `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Steps   []*JobStep `protobuf:"bytes,8,rep,name=steps,proto3" json:"steps,omitempty"`
+	// The recovery point the job used, if any.
+	Point         *RecoveryPoint `protobuf:"bytes,9,opt,name=point,proto3" json:"point,omitempty"`
+	Findings      []*Finding     `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
+	Console       string         `protobuf:"bytes,11,opt,name=console,proto3" json:"console,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Job) Reset() {
+	*x = Job{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Job) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Job) ProtoMessage() {}
+
+func (x *Job) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Job.ProtoReflect.Descriptor instead.
+func (*Job) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Job) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Job) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Job) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *Job) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *Job) GetEndUnixNano() int64 {
+	if x != nil {
+		return x.EndUnixNano
+	}
+	return 0
+}
+
+func (x *Job) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *Job) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Job) GetSteps() []*JobStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Job) GetPoint() *RecoveryPoint {
+	if x != nil {
+		return x.Point
+	}
+	return nil
+}
+
+func (x *Job) GetFindings() []*Finding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+func (x *Job) GetConsole() string {
+	if x != nil {
+		return x.Console
+	}
+	return ""
+}
+
+type JobStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	StartUnixNano int64                  `protobuf:"varint,2,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	EndUnixNano   int64                  `protobuf:"varint,3,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
+	// succeeded, failed or skipped.
+	Outcome string `protobuf:"bytes,4,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Detail  string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Wall-clock time the step took on the server, apart from simulated time.
+	WallNanos     int64 `protobuf:"varint,6,opt,name=wall_nanos,json=wallNanos,proto3" json:"wall_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobStep) Reset() {
+	*x = JobStep{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobStep) ProtoMessage() {}
+
+func (x *JobStep) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
+func (*JobStep) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *JobStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JobStep) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *JobStep) GetEndUnixNano() int64 {
+	if x != nil {
+		return x.EndUnixNano
+	}
+	return 0
+}
+
+func (x *JobStep) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *JobStep) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *JobStep) GetWallNanos() int64 {
+	if x != nil {
+		return x.WallNanos
+	}
+	return 0
+}
+
+// Finding is one readiness check after failover.
+type Finding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Check         string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"`
+	Ok            bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Finding) Reset() {
+	*x = Finding{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Finding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Finding) ProtoMessage() {}
+
+func (x *Finding) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Finding.ProtoReflect.Descriptor instead.
+func (*Finding) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Finding) GetCheck() string {
+	if x != nil {
+		return x.Check
+	}
+	return ""
+}
+
+func (x *Finding) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *Finding) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type StatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *StatusRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type StatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []*VMStatus            `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusResponse) Reset() {
+	*x = StatusResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusResponse) ProtoMessage() {}
+
+func (x *StatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
+func (*StatusResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *StatusResponse) GetVms() []*VMStatus {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+type VMStatus struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	State            string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Allowed          []string               `protobuf:"bytes,3,rep,name=allowed,proto3" json:"allowed,omitempty"`
+	RpoSeconds       float64                `protobuf:"fixed64,4,opt,name=rpo_seconds,json=rpoSeconds,proto3" json:"rpo_seconds,omitempty"`
+	UnprocessedBytes uint64                 `protobuf:"varint,5,opt,name=unprocessed_bytes,json=unprocessedBytes,proto3" json:"unprocessed_bytes,omitempty"`
+	Points           uint32                 `protobuf:"varint,6,opt,name=points,proto3" json:"points,omitempty"`
+	TestFailover     bool                   `protobuf:"varint,7,opt,name=test_failover,json=testFailover,proto3" json:"test_failover,omitempty"`
+	Instance         string                 `protobuf:"bytes,8,opt,name=instance,proto3" json:"instance,omitempty"`
+	Epoch            uint64                 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	PointId          uint64                 `protobuf:"varint,10,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *VMStatus) Reset() {
+	*x = VMStatus{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMStatus) ProtoMessage() {}
+
+func (x *VMStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
+func (*VMStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *VMStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VMStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *VMStatus) GetAllowed() []string {
+	if x != nil {
+		return x.Allowed
+	}
+	return nil
+}
+
+func (x *VMStatus) GetRpoSeconds() float64 {
+	if x != nil {
+		return x.RpoSeconds
+	}
+	return 0
+}
+
+func (x *VMStatus) GetUnprocessedBytes() uint64 {
+	if x != nil {
+		return x.UnprocessedBytes
+	}
+	return 0
+}
+
+func (x *VMStatus) GetPoints() uint32 {
+	if x != nil {
+		return x.Points
+	}
+	return 0
+}
+
+func (x *VMStatus) GetTestFailover() bool {
+	if x != nil {
+		return x.TestFailover
+	}
+	return false
+}
+
+func (x *VMStatus) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *VMStatus) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *VMStatus) GetPointId() uint64 {
+	if x != nil {
+		return x.PointId
+	}
+	return 0
+}
+
 type ListVMsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1104,7 +2307,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +2319,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +2332,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 type ListVMsResponse struct {
@@ -1141,7 +2344,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +2356,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +2369,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -1194,7 +2397,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +2409,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +2422,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VM) GetName() string {
@@ -1294,7 +2497,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +2509,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +2522,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -1338,7 +2541,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +2553,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +2566,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -1386,7 +2589,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +2601,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +2614,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -1454,7 +2657,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +2669,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +2682,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -1518,7 +2721,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +2733,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +2746,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -1591,7 +2794,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +2806,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +2819,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -1644,7 +2847,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +2859,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +2872,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -1697,12 +2900,18 @@ var File_ferry_v1_ferry_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/ferry.proto\x12\bferry.v1\"\x9c\x01\n" +
+	"\x14ferry/v1/ferry.proto\x12\bferry.v1\"\xcf\x01\n" +
 	"\fAgentMessage\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.ferry.v1.HelloH\x00R\x05hello\x12'\n" +
 	"\x05batch\x18\x02 \x01(\v2\x0f.ferry.v1.BatchH\x00R\x05batch\x123\n" +
-	"\theartbeat\x18\x03 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
-	"\x03msg\"\xb8\x01\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x121\n" +
+	"\x06result\x18\x04 \x01(\v2\x17.ferry.v1.CommandResultH\x00R\x06resultB\x05\n" +
+	"\x03msg\"b\n" +
+	"\rCommandResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1b\n" +
+	"\tfinal_seq\x18\x04 \x01(\x04R\bfinalSeq\"\xe9\x01\n" +
 	"\x05Hello\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
@@ -1710,7 +2919,27 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tacked_seq\x18\x04 \x01(\x04R\backedSeq\x12\x1d\n" +
 	"\n" +
 	"block_size\x18\x05 \x01(\rR\tblockSize\x12#\n" +
-	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\"=\n" +
+	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12/\n" +
+	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\"\xf8\x03\n" +
+	"\vMachineInfo\x12\x0e\n" +
+	"\x02os\x18\x01 \x01(\tR\x02os\x124\n" +
+	"\x16mobility_agent_version\x18\x02 \x01(\tR\x14mobilityAgentVersion\x12\x1a\n" +
+	"\bphysical\x18\x03 \x01(\bR\bphysical\x12\x1e\n" +
+	"\n" +
+	"hypervisor\x18\x04 \x01(\tR\n" +
+	"hypervisor\x122\n" +
+	"\x15protected_as_physical\x18\x05 \x01(\bR\x13protectedAsPhysical\x12\x12\n" +
+	"\x04dhcp\x18\x06 \x01(\bR\x04dhcp\x12!\n" +
+	"\fboot_drivers\x18\a \x03(\tR\vbootDrivers\x12\x1f\n" +
+	"\vrdp_enabled\x18\b \x01(\bR\n" +
+	"rdpEnabled\x122\n" +
+	"\x15rdp_firewall_profiles\x18\t \x03(\tR\x13rdpFirewallProfiles\x12\x1d\n" +
+	"\n" +
+	"san_policy\x18\n" +
+	" \x01(\tR\tsanPolicy\x12'\n" +
+	"\x0fpending_updates\x18\v \x01(\bR\x0ependingUpdates\x12-\n" +
+	"\x13ssh_enabled_at_boot\x18\f \x01(\bR\x10sshEnabledAtBoot\x120\n" +
+	"\x14ssh_firewall_allowed\x18\r \x01(\bR\x12sshFirewallAllowed\"=\n" +
 	"\bDiskInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -1740,11 +2969,18 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tHeartbeat\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12,\n" +
 	"\x0fresync_progress\x18\x02 \x01(\x01H\x00R\x0eresyncProgress\x88\x01\x01B\x12\n" +
-	"\x10_resync_progress\"l\n" +
+	"\x10_resync_progress\"\x9b\x01\n" +
 	"\rServerMessage\x121\n" +
 	"\thello_ack\x18\x01 \x01(\v2\x12.ferry.v1.HelloAckH\x00R\bhelloAck\x12!\n" +
-	"\x03ack\x18\x02 \x01(\v2\r.ferry.v1.AckH\x00R\x03ackB\x05\n" +
-	"\x03msg\"a\n" +
+	"\x03ack\x18\x02 \x01(\v2\r.ferry.v1.AckH\x00R\x03ack\x12-\n" +
+	"\acommand\x18\x03 \x01(\v2\x11.ferry.v1.CommandH\x00R\acommandB\x05\n" +
+	"\x03msg\"U\n" +
+	"\aCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdownB\b\n" +
+	"\x06action\"\n" +
+	"\n" +
+	"\bShutdown\"a\n" +
 	"\bHelloAck\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\x12\x14\n" +
@@ -1765,7 +3001,66 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x99\x01\n" +
+	"\x0fFailoverRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12*\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x16.ferry.v1.FailoverTypeR\x04type\x12\x14\n" +
+	"\x05point\x18\x03 \x01(\tR\x05point\x12\x18\n" +
+	"\anetwork\x18\x04 \x01(\tR\anetwork\x12\x1a\n" +
+	"\bshutdown\x18\x05 \x01(\bR\bshutdown\":\n" +
+	"\x12ChangePointRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x14\n" +
+	"\x05point\x18\x02 \x01(\tR\x05point\"\x1b\n" +
+	"\tVMRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\"!\n" +
+	"\x0fListJobsRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\"5\n" +
+	"\x10ListJobsResponse\x12!\n" +
+	"\x04jobs\x18\x01 \x03(\v2\r.ferry.v1.JobR\x04jobs\"\x1f\n" +
+	"\rGetJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\xd6\x02\n" +
+	"\x03Job\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x0e\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\x12&\n" +
+	"\x0fstart_unix_nano\x18\x04 \x01(\x03R\rstartUnixNano\x12\"\n" +
+	"\rend_unix_nano\x18\x05 \x01(\x03R\vendUnixNano\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12'\n" +
+	"\x05steps\x18\b \x03(\v2\x11.ferry.v1.JobStepR\x05steps\x12-\n" +
+	"\x05point\x18\t \x01(\v2\x17.ferry.v1.RecoveryPointR\x05point\x12-\n" +
+	"\bfindings\x18\n" +
+	" \x03(\v2\x11.ferry.v1.FindingR\bfindings\x12\x18\n" +
+	"\aconsole\x18\v \x01(\tR\aconsole\"\xba\x01\n" +
+	"\aJobStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
+	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12\"\n" +
+	"\rend_unix_nano\x18\x03 \x01(\x03R\vendUnixNano\x12\x18\n" +
+	"\aoutcome\x18\x04 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"wall_nanos\x18\x06 \x01(\x03R\twallNanos\"G\n" +
+	"\aFinding\x12\x14\n" +
+	"\x05check\x18\x01 \x01(\tR\x05check\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x1f\n" +
+	"\rStatusRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
+	"\x0eStatusResponse\x12$\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xa6\x02\n" +
+	"\bVMStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
+	"\aallowed\x18\x03 \x03(\tR\aallowed\x12\x1f\n" +
+	"\vrpo_seconds\x18\x04 \x01(\x01R\n" +
+	"rpoSeconds\x12+\n" +
+	"\x11unprocessed_bytes\x18\x05 \x01(\x04R\x10unprocessedBytes\x12\x16\n" +
+	"\x06points\x18\x06 \x01(\rR\x06points\x12#\n" +
+	"\rtest_failover\x18\a \x01(\bR\ftestFailover\x12\x1a\n" +
+	"\binstance\x18\b \x01(\tR\binstance\x12\x14\n" +
+	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12\x19\n" +
+	"\bpoint_id\x18\n" +
+	" \x01(\x04R\apointId\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
@@ -1818,16 +3113,28 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x14DRAIN_REASON_INITIAL\x10\x01\x12\x19\n" +
 	"\x15DRAIN_REASON_OVERFLOW\x10\x02\x12\x17\n" +
 	"\x13DRAIN_REASON_RESYNC\x10\x03\x12\x15\n" +
-	"\x11DRAIN_REASON_SCAN\x10\x042\x9d\x01\n" +
+	"\x11DRAIN_REASON_SCAN\x10\x04*}\n" +
+	"\fFailoverType\x12\x1d\n" +
+	"\x19FAILOVER_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FAILOVER_TYPE_TEST\x10\x01\x12\x19\n" +
+	"\x15FAILOVER_TYPE_PLANNED\x10\x02\x12\x1b\n" +
+	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xa5\x02\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xaa\x05\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
 	"ListPoints\x12\x1b.ferry.v1.ListPointsRequest\x1a\x1c.ferry.v1.ListPointsResponse\x12D\n" +
 	"\vExportPoint\x12\x1c.ferry.v1.ExportPointRequest\x1a\x15.ferry.v1.ExportChunk0\x01\x12J\n" +
-	"\vVerifyPoint\x12\x1c.ferry.v1.VerifyPointRequest\x1a\x1d.ferry.v1.VerifyPointResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\vVerifyPoint\x12\x1c.ferry.v1.VerifyPointRequest\x1a\x1d.ferry.v1.VerifyPointResponse\x124\n" +
+	"\bFailover\x12\x19.ferry.v1.FailoverRequest\x1a\r.ferry.v1.Job\x12:\n" +
+	"\vChangePoint\x12\x1c.ferry.v1.ChangePointRequest\x1a\r.ferry.v1.Job\x12,\n" +
+	"\x06Commit\x12\x13.ferry.v1.VMRequest\x1a\r.ferry.v1.Job\x121\n" +
+	"\vCleanupTest\x12\x13.ferry.v1.VMRequest\x1a\r.ferry.v1.Job\x12A\n" +
+	"\bListJobs\x12\x19.ferry.v1.ListJobsRequest\x1a\x1a.ferry.v1.ListJobsResponse\x120\n" +
+	"\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\r.ferry.v1.Job\x12;\n" +
+	"\x06Status\x12\x17.ferry.v1.StatusRequest\x1a\x18.ferry.v1.StatusResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_ferry_proto_rawDescOnce sync.Once
@@ -1841,70 +3148,111 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_ferry_proto_rawDescData
 }
 
-var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),            // 0: ferry.v1.Consistency
 	(DrainReason)(0),            // 1: ferry.v1.DrainReason
-	(*AgentMessage)(nil),        // 2: ferry.v1.AgentMessage
-	(*Hello)(nil),               // 3: ferry.v1.Hello
-	(*DiskInfo)(nil),            // 4: ferry.v1.DiskInfo
-	(*Batch)(nil),               // 5: ferry.v1.Batch
-	(*Record)(nil),              // 6: ferry.v1.Record
-	(*Write)(nil),               // 7: ferry.v1.Write
-	(*Marker)(nil),              // 8: ferry.v1.Marker
-	(*Drain)(nil),               // 9: ferry.v1.Drain
-	(*Heartbeat)(nil),           // 10: ferry.v1.Heartbeat
-	(*ServerMessage)(nil),       // 11: ferry.v1.ServerMessage
-	(*HelloAck)(nil),            // 12: ferry.v1.HelloAck
-	(*Ack)(nil),                 // 13: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),  // 14: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil), // 15: ferry.v1.BlockHashesResponse
-	(*ListVMsRequest)(nil),      // 16: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),     // 17: ferry.v1.ListVMsResponse
-	(*VM)(nil),                  // 18: ferry.v1.VM
-	(*ListPointsRequest)(nil),   // 19: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),  // 20: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),       // 21: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),  // 22: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),         // 23: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),  // 24: ferry.v1.VerifyPointRequest
-	(*VerifyPointResponse)(nil), // 25: ferry.v1.VerifyPointResponse
+	(FailoverType)(0),           // 2: ferry.v1.FailoverType
+	(*AgentMessage)(nil),        // 3: ferry.v1.AgentMessage
+	(*CommandResult)(nil),       // 4: ferry.v1.CommandResult
+	(*Hello)(nil),               // 5: ferry.v1.Hello
+	(*MachineInfo)(nil),         // 6: ferry.v1.MachineInfo
+	(*DiskInfo)(nil),            // 7: ferry.v1.DiskInfo
+	(*Batch)(nil),               // 8: ferry.v1.Batch
+	(*Record)(nil),              // 9: ferry.v1.Record
+	(*Write)(nil),               // 10: ferry.v1.Write
+	(*Marker)(nil),              // 11: ferry.v1.Marker
+	(*Drain)(nil),               // 12: ferry.v1.Drain
+	(*Heartbeat)(nil),           // 13: ferry.v1.Heartbeat
+	(*ServerMessage)(nil),       // 14: ferry.v1.ServerMessage
+	(*Command)(nil),             // 15: ferry.v1.Command
+	(*Shutdown)(nil),            // 16: ferry.v1.Shutdown
+	(*HelloAck)(nil),            // 17: ferry.v1.HelloAck
+	(*Ack)(nil),                 // 18: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),  // 19: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil), // 20: ferry.v1.BlockHashesResponse
+	(*FailoverRequest)(nil),     // 21: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),  // 22: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),           // 23: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),     // 24: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),    // 25: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),       // 26: ferry.v1.GetJobRequest
+	(*Job)(nil),                 // 27: ferry.v1.Job
+	(*JobStep)(nil),             // 28: ferry.v1.JobStep
+	(*Finding)(nil),             // 29: ferry.v1.Finding
+	(*StatusRequest)(nil),       // 30: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),      // 31: ferry.v1.StatusResponse
+	(*VMStatus)(nil),            // 32: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),      // 33: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),     // 34: ferry.v1.ListVMsResponse
+	(*VM)(nil),                  // 35: ferry.v1.VM
+	(*ListPointsRequest)(nil),   // 36: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),  // 37: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),       // 38: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),  // 39: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),         // 40: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),  // 41: ferry.v1.VerifyPointRequest
+	(*VerifyPointResponse)(nil), // 42: ferry.v1.VerifyPointResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
-	3,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
-	5,  // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
-	10, // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
-	4,  // 3: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
-	6,  // 4: ferry.v1.Batch.records:type_name -> ferry.v1.Record
-	7,  // 5: ferry.v1.Record.write:type_name -> ferry.v1.Write
-	8,  // 6: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
-	9,  // 7: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
-	0,  // 8: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
-	1,  // 9: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	12, // 10: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	13, // 11: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
-	18, // 12: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	4,  // 13: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	21, // 14: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 15: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	2,  // 16: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	14, // 17: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	16, // 18: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	19, // 19: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	22, // 20: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	24, // 21: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	11, // 22: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	15, // 23: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	17, // 24: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	20, // 25: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	23, // 26: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	25, // 27: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
+	8,  // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
+	13, // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
+	4,  // 3: ferry.v1.AgentMessage.result:type_name -> ferry.v1.CommandResult
+	7,  // 4: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
+	6,  // 5: ferry.v1.Hello.machine:type_name -> ferry.v1.MachineInfo
+	9,  // 6: ferry.v1.Batch.records:type_name -> ferry.v1.Record
+	10, // 7: ferry.v1.Record.write:type_name -> ferry.v1.Write
+	11, // 8: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
+	12, // 9: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
+	0,  // 10: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
+	1,  // 11: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
+	17, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	18, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
+	16, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	2,  // 16: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	27, // 17: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	28, // 18: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	38, // 19: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	29, // 20: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	32, // 21: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	35, // 22: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	7,  // 23: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	38, // 24: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 25: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	3,  // 26: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	19, // 27: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	33, // 28: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	36, // 29: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	39, // 30: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	41, // 31: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	21, // 32: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	22, // 33: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	23, // 34: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	23, // 35: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	24, // 36: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	26, // 37: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	30, // 38: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	14, // 39: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	20, // 40: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	34, // 41: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	37, // 42: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	40, // 43: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	42, // 44: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	27, // 45: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	27, // 46: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	27, // 47: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	27, // 48: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	25, // 49: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	27, // 50: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	31, // 51: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	39, // [39:52] is the sub-list for method output_type
+	26, // [26:39] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -1916,24 +3264,29 @@ func file_ferry_v1_ferry_proto_init() {
 		(*AgentMessage_Hello)(nil),
 		(*AgentMessage_Batch)(nil),
 		(*AgentMessage_Heartbeat)(nil),
+		(*AgentMessage_Result)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[4].OneofWrappers = []any{
+	file_ferry_v1_ferry_proto_msgTypes[6].OneofWrappers = []any{
 		(*Record_Write)(nil),
 		(*Record_Marker)(nil),
 		(*Record_Drain)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[8].OneofWrappers = []any{}
-	file_ferry_v1_ferry_proto_msgTypes[9].OneofWrappers = []any{
+	file_ferry_v1_ferry_proto_msgTypes[10].OneofWrappers = []any{}
+	file_ferry_v1_ferry_proto_msgTypes[11].OneofWrappers = []any{
 		(*ServerMessage_HelloAck)(nil),
 		(*ServerMessage_Ack)(nil),
+		(*ServerMessage_Command)(nil),
+	}
+	file_ferry_v1_ferry_proto_msgTypes[12].OneofWrappers = []any{
+		(*Command_Shutdown)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   24,
+			NumEnums:      3,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -180,6 +180,13 @@ const (
 	Recovery_ListPoints_FullMethodName  = "/ferry.v1.Recovery/ListPoints"
 	Recovery_ExportPoint_FullMethodName = "/ferry.v1.Recovery/ExportPoint"
 	Recovery_VerifyPoint_FullMethodName = "/ferry.v1.Recovery/VerifyPoint"
+	Recovery_Failover_FullMethodName    = "/ferry.v1.Recovery/Failover"
+	Recovery_ChangePoint_FullMethodName = "/ferry.v1.Recovery/ChangePoint"
+	Recovery_Commit_FullMethodName      = "/ferry.v1.Recovery/Commit"
+	Recovery_CleanupTest_FullMethodName = "/ferry.v1.Recovery/CleanupTest"
+	Recovery_ListJobs_FullMethodName    = "/ferry.v1.Recovery/ListJobs"
+	Recovery_GetJob_FullMethodName      = "/ferry.v1.Recovery/GetJob"
+	Recovery_Status_FullMethodName      = "/ferry.v1.Recovery/Status"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -194,6 +201,20 @@ type RecoveryClient interface {
 	ExportPoint(ctx context.Context, in *ExportPointRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportChunk], error)
 	// VerifyPoint re-reads every block a point depends on and checks its hash.
 	VerifyPoint(ctx context.Context, in *VerifyPointRequest, opts ...grpc.CallOption) (*VerifyPointResponse, error)
+	// Failover runs a test, planned or unplanned failover of one VM and
+	// returns its job when it has ended (successfully or not).
+	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*Job, error)
+	// ChangePoint recreates a failed-over VM from another recovery point;
+	// only before commit.
+	ChangePoint(ctx context.Context, in *ChangePointRequest, opts ...grpc.CallOption) (*Job, error)
+	// Commit finalizes a failover: the point can no longer change and every
+	// recovery point of the VM is deleted.
+	Commit(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*Job, error)
+	// CleanupTest deletes the VM a test failover created.
+	CleanupTest(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*Job, error)
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
+	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
+	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
 type recoveryClient struct {
@@ -253,6 +274,76 @@ func (c *recoveryClient) VerifyPoint(ctx context.Context, in *VerifyPointRequest
 	return out, nil
 }
 
+func (c *recoveryClient) Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_Failover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) ChangePoint(ctx context.Context, in *ChangePointRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_ChangePoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) Commit(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_Commit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) CleanupTest(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_CleanupTest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_GetJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, Recovery_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -265,6 +356,20 @@ type RecoveryServer interface {
 	ExportPoint(*ExportPointRequest, grpc.ServerStreamingServer[ExportChunk]) error
 	// VerifyPoint re-reads every block a point depends on and checks its hash.
 	VerifyPoint(context.Context, *VerifyPointRequest) (*VerifyPointResponse, error)
+	// Failover runs a test, planned or unplanned failover of one VM and
+	// returns its job when it has ended (successfully or not).
+	Failover(context.Context, *FailoverRequest) (*Job, error)
+	// ChangePoint recreates a failed-over VM from another recovery point;
+	// only before commit.
+	ChangePoint(context.Context, *ChangePointRequest) (*Job, error)
+	// Commit finalizes a failover: the point can no longer change and every
+	// recovery point of the VM is deleted.
+	Commit(context.Context, *VMRequest) (*Job, error)
+	// CleanupTest deletes the VM a test failover created.
+	CleanupTest(context.Context, *VMRequest) (*Job, error)
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
+	GetJob(context.Context, *GetJobRequest) (*Job, error)
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -286,6 +391,27 @@ func (UnimplementedRecoveryServer) ExportPoint(*ExportPointRequest, grpc.ServerS
 }
 func (UnimplementedRecoveryServer) VerifyPoint(context.Context, *VerifyPointRequest) (*VerifyPointResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VerifyPoint not implemented")
+}
+func (UnimplementedRecoveryServer) Failover(context.Context, *FailoverRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Failover not implemented")
+}
+func (UnimplementedRecoveryServer) ChangePoint(context.Context, *ChangePointRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangePoint not implemented")
+}
+func (UnimplementedRecoveryServer) Commit(context.Context, *VMRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Commit not implemented")
+}
+func (UnimplementedRecoveryServer) CleanupTest(context.Context, *VMRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CleanupTest not implemented")
+}
+func (UnimplementedRecoveryServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListJobs not implemented")
+}
+func (UnimplementedRecoveryServer) GetJob(context.Context, *GetJobRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetJob not implemented")
+}
+func (UnimplementedRecoveryServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -373,6 +499,132 @@ func _Recovery_VerifyPoint_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_Failover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Failover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Failover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Failover(ctx, req.(*FailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_ChangePoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangePointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ChangePoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ChangePoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ChangePoint(ctx, req.(*ChangePointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_Commit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Commit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Commit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Commit(ctx, req.(*VMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_CleanupTest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).CleanupTest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_CleanupTest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).CleanupTest(ctx, req.(*VMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListJobs(ctx, req.(*ListJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_GetJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).GetJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_GetJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).GetJob(ctx, req.(*GetJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -391,6 +643,34 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyPoint",
 			Handler:    _Recovery_VerifyPoint_Handler,
+		},
+		{
+			MethodName: "Failover",
+			Handler:    _Recovery_Failover_Handler,
+		},
+		{
+			MethodName: "ChangePoint",
+			Handler:    _Recovery_ChangePoint_Handler,
+		},
+		{
+			MethodName: "Commit",
+			Handler:    _Recovery_Commit_Handler,
+		},
+		{
+			MethodName: "CleanupTest",
+			Handler:    _Recovery_CleanupTest_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _Recovery_ListJobs_Handler,
+		},
+		{
+			MethodName: "GetJob",
+			Handler:    _Recovery_GetJob_Handler,
+		},
+		{
+			MethodName: "Status",
+			Handler:    _Recovery_Status_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,221 @@
+package processserver
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+)
+
+// State is a VM's protection state as the process server sees it.
+type State string
+
+const (
+	// StateEnabling: registered, the initial replication has not produced a
+	// recovery point yet.
+	StateEnabling State = "enabling"
+	// StateProtected: replicating, with recovery points.
+	StateProtected State = "protected"
+	// StateFailedOver: failed over, not committed; the point may change.
+	StateFailedOver State = "failed-over"
+	// StateCommitted: failover committed; the VM runs at the recovery site
+	// and is not protected until it is reprotected.
+	StateCommitted State = "committed"
+)
+
+// Actions an operator can ask for.
+const (
+	ActionTestFailover      = "test-failover"
+	ActionCleanupTest       = "cleanup-test"
+	ActionPlannedFailover   = "planned-failover"
+	ActionUnplannedFailover = "unplanned-failover"
+	ActionChangePoint       = "change-point"
+	ActionCommit            = "commit"
+)
+
+// VMState is the control state of one VM, kept in control.db.
+type VMState struct {
+	Name     string          `json:"name"`
+	State    State           `json:"state"`
+	Machine  Machine         `json:"machine"`
+	Test     *TestFailover   `json:"test,omitempty"`
+	Failover *ActiveFailover `json:"failover,omitempty"`
+}
+
+// TestFailover is a running test failover.
+type TestFailover struct {
+	Instance string      `json:"instance"`
+	Point    journal.Seq `json:"point"`
+	Network  string      `json:"network"`
+	Started  time.Time   `json:"started"`
+}
+
+// ActiveFailover is a planned or unplanned failover, before or after commit.
+type ActiveFailover struct {
+	Type     string      `json:"type"`
+	Instance string      `json:"instance"`
+	Point    journal.Seq `json:"point"`
+	Started  time.Time   `json:"started"`
+}
+
+// Allowed lists the actions the state allows.
+func (v *VMState) Allowed() []string {
+	switch v.State {
+	case StateProtected:
+		if v.Test != nil {
+			return []string{ActionCleanupTest}
+		}
+		return []string{ActionTestFailover, ActionPlannedFailover, ActionUnplannedFailover}
+	case StateFailedOver:
+		return []string{ActionChangePoint, ActionCommit}
+	}
+	return nil
+}
+
+// ErrState is returned for an action the VM's state does not allow.
+var ErrState = errors.New("action not allowed in this state")
+
+// StateError names the state, the refused action and what is allowed.
+type StateError struct {
+	VM      string
+	State   State
+	Test    bool
+	Action  string
+	Allowed []string
+}
+
+func (e *StateError) Error() string {
+	st := string(e.State)
+	if e.Test {
+		st += " with a test failover running"
+	}
+	allowed := "nothing until it changes state"
+	if len(e.Allowed) > 0 {
+		allowed = strings.Join(e.Allowed, ", ")
+	}
+	hint := ""
+	if e.State == StateEnabling {
+		hint = " (the initial replication has not produced a recovery point yet)"
+	}
+	return fmt.Sprintf("vm %s is %s%s: %s is not allowed; allowed: %s", e.VM, st, hint, e.Action, allowed)
+}
+
+func (e *StateError) Unwrap() error { return ErrState }
+
+func (v *VMState) require(action string) error {
+	if slices.Contains(v.Allowed(), action) {
+		return nil
+	}
+	return &StateError{VM: v.Name, State: v.State, Test: v.Test != nil, Action: action, Allowed: v.Allowed()}
+}
+
+var (
+	bucketStates = []byte("states")
+	bucketJobs   = []byte("jobs")
+)
+
+// control is the process server's own state: protection states and jobs.
+type control struct {
+	db *bolt.DB
+}
+
+func openControl(path string) (*control, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open control store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketStates, bucketJobs} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &control{db: db}, nil
+}
+
+func (c *control) close() error { return c.db.Close() }
+
+// state returns the stored state of vm, or a fresh one.
+func (c *control) state(vm string) (VMState, error) {
+	st := VMState{Name: vm}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketStates).Get([]byte(vm)); v != nil {
+			return json.Unmarshal(v, &st)
+		}
+		return nil
+	})
+	return st, err
+}
+
+func (c *control) putState(st VMState) error {
+	buf, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketStates).Put([]byte(st.Name), buf) })
+}
+
+// putJob stores a job, giving it an ID when it has none.
+func (c *control) putJob(j *Job) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketJobs)
+		if j.ID == 0 {
+			id, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			j.ID = id
+		}
+		buf, err := json.Marshal(j)
+		if err != nil {
+			return err
+		}
+		return b.Put(binary.BigEndian.AppendUint64(nil, j.ID), buf)
+	})
+}
+
+func (c *control) job(id uint64) (Job, error) {
+	var j Job
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketJobs).Get(binary.BigEndian.AppendUint64(nil, id))
+		if v == nil {
+			return fmt.Errorf("job %d: %w", id, ErrNoJob)
+		}
+		return json.Unmarshal(v, &j)
+	})
+	return j, err
+}
+
+// ErrNoJob is returned for a job ID that does not exist.
+var ErrNoJob = errors.New("no such job")
+
+// jobs returns the jobs of vm (all when empty), oldest first.
+func (c *control) jobs(vm string) ([]Job, error) {
+	var out []Job
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			if vm == "" || j.VM == vm {
+				out = append(out, j)
+			}
+			return nil
+		})
+	})
+	return out, err
+}

@@ -1,0 +1,546 @@
+package processserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Failover types.
+const (
+	FailoverTest      = "test"
+	FailoverPlanned   = "planned"
+	FailoverUnplanned = "unplanned"
+)
+
+// PointLatestApp is the newest app-consistent point.
+const PointLatestApp = "latest-app"
+
+// FailoverRequest asks for a failover of one VM.
+type FailoverRequest struct {
+	VM   string
+	Type string
+	// Point: latest, latest-processed, latest-app or an ID. Planned
+	// failover always uses the final point after shutdown.
+	Point string
+	// Network for a test failover: must be isolated.
+	Network string
+	// Shutdown: unplanned failover first tries to shut the source down
+	// and sync its last changes.
+	Shutdown bool
+}
+
+// ErrFailover is returned when a failover job fails; the job says why.
+var ErrFailover = errors.New("failover failed")
+
+// vmState returns the control state of vm, with enabling/protected derived
+// from the journal.
+func (s *Server) vmState(ctx context.Context, name string) (VMState, journal.VM, error) {
+	vm, err := s.j.VM(ctx, journal.VMID(name))
+	if err != nil {
+		return VMState{}, vm, err
+	}
+	st, err := s.ctl.state(name)
+	if err != nil {
+		return st, vm, err
+	}
+	if st.State == "" || st.State == StateEnabling || st.State == StateProtected {
+		st.State = StateEnabling
+		if vm.Points > 0 {
+			st.State = StateProtected
+		}
+	}
+	return st, vm, nil
+}
+
+// lockVM serializes actions on one VM.
+func (s *Server) lockVM(name string) func() {
+	s.vmMu.Lock()
+	l, ok := s.vmLocks[name]
+	if !ok {
+		l = make(chan struct{}, 1)
+		s.vmLocks[name] = l
+	}
+	s.vmMu.Unlock()
+	l <- struct{}{}
+	return func() { <-l }
+}
+
+// Failover runs a test, planned or unplanned failover and returns its job.
+// The error is non-nil when the job failed; the job is returned either way
+// once it started.
+func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error) {
+	defer s.lockVM(req.VM)()
+	st, vm, err := s.vmState(ctx, req.VM)
+	if err != nil {
+		return nil, err
+	}
+	action := map[string]string{FailoverTest: ActionTestFailover, FailoverPlanned: ActionPlannedFailover, FailoverUnplanned: ActionUnplannedFailover}[req.Type]
+	if action == "" {
+		return nil, fmt.Errorf("%w: failover type %q: want test, planned or unplanned", ErrInvalidRequest, req.Type)
+	}
+	if err := st.require(action); err != nil {
+		return nil, err
+	}
+	run, err := s.newJob(action, req.VM)
+	if err != nil {
+		return nil, err
+	}
+	err = s.failover(ctx, run, &st, vm, req)
+	return run.finish(err)
+}
+
+// ErrInvalidRequest is returned for a request that names something wrong.
+var ErrInvalidRequest = errors.New("invalid request")
+
+func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, req FailoverRequest) error {
+	name := journal.VMID(req.VM)
+	test := req.Type == FailoverTest
+	network := req.Network
+	if test && network == "" {
+		network = "test-" + req.VM
+	}
+	if err := run.step("check prerequisites", func() (string, error) {
+		if req.Type == FailoverPlanned && req.Point != "" && req.Point != PointLatest {
+			return "", fmt.Errorf("%w: a planned failover always uses the final point after shutdown, not %q", ErrInvalidRequest, req.Point)
+		}
+		if vm.Points == 0 {
+			return "", fmt.Errorf("vm %s has no recovery point", req.VM)
+		}
+		reasons := FailoverProcessingReasons(st.Machine)
+		return stepf("state %s, %d recovery points, %d disks, machine %s (failover processing: %s)", st.State, vm.Points, len(vm.Disks),
+			orNone(st.Machine.OS), orNone(strings.Join(reasons, "; "))), nil
+	}); err != nil {
+		return err
+	}
+
+	var point journal.Point
+	shutdownOK := false
+	if req.Type == FailoverPlanned || (req.Type == FailoverUnplanned && req.Shutdown) {
+		var final uint64
+		err := run.step("shut down source", func() (string, error) {
+			res, err := s.recv.Command(ctx, name, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{}}})
+			if err != nil {
+				return "", err
+			}
+			if !res.GetOk() {
+				return "", errors.New(res.GetError())
+			}
+			final = res.GetFinalSeq()
+			return stepf("source shut down; final marker %d durable", final), nil
+		})
+		if err != nil && req.Type == FailoverPlanned {
+			return fmt.Errorf("%w: planned failover needs the source to shut down: %v", ErrFailover, err)
+		}
+		if err == nil {
+			shutdownOK = true
+			err = run.step("synchronize latest data", func() (string, error) {
+				ps, err := s.process(ctx, name, journal.Seq(final))
+				if err != nil {
+					return "", err
+				}
+				if point, err = s.j.Point(ctx, name, journal.Seq(final)); err != nil {
+					return "", err
+				}
+				return stepf("processed %d writes (%s) up to the final point %d", ps.Writes, bytesText(ps.Bytes), point.ID), nil
+			})
+			if err != nil {
+				return err
+			}
+		} else {
+			run.skip("synchronize latest data", "the source did not shut down; unplanned failover proceeds with the chosen point")
+		}
+	} else if req.Type == FailoverUnplanned {
+		run.skip("shut down source", "not asked for")
+	}
+	if !shutdownOK {
+		opt := req.Point
+		if opt == "" {
+			opt = PointLatest
+		}
+		if err := run.step("select recovery point", func() (string, error) {
+			var ps journal.ProcessStats
+			var err error
+			point, ps, err = s.resolvePoint(ctx, name, opt)
+			if err != nil {
+				return "", err
+			}
+			detail := stepf("%s: point %d (%s, %s)", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339))
+			if ps.Writes > 0 {
+				detail += stepf(" after processing %d pending writes (%s)", ps.Writes, bytesText(ps.Bytes))
+			}
+			return detail, nil
+		}); err != nil {
+			return err
+		}
+	}
+	run.job.Point = &point
+
+	inst, err := s.bringUp(ctx, run, st, vm, point, test, network)
+	if err != nil {
+		return err
+	}
+	if !test {
+		// The old direction's agent must not write this VM's replica again.
+		if err := run.step("fence the source's agent", func() (string, error) {
+			if err := s.recv.Fence(ctx, name); err != nil {
+				return "", err
+			}
+			epoch, err := s.j.BumpEpoch(ctx, name)
+			return stepf("epoch is now %d: the source's agent is refused", epoch), err
+		}); err != nil {
+			return err
+		}
+	}
+	s.readiness(ctx, run, st.Machine, inst)
+	now := s.clock.Now()
+	if test {
+		st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
+	} else {
+		st.State = StateFailedOver
+		st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Started: now}
+	}
+	return s.ctl.putState(*st)
+}
+
+// bringUp creates the VM from point's disks, processes it if the machine
+// needs that, and starts it.
+func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, point journal.Point, test bool, network string) (Instance, error) {
+	var inst Instance
+	slot := st.Name + "/failover"
+	if test {
+		slot = st.Name + "/test"
+	}
+	err := run.step("create VM", func() (string, error) {
+		disks, how, err := s.prepareDisks(ctx, vm, point, test, slot)
+		if err != nil {
+			return "", err
+		}
+		name := st.Name
+		if test {
+			name += "-test"
+		}
+		inst, err = s.compute.Create(ctx, VMSpec{Name: name, Test: test, Network: network, Disks: disks, Machine: st.Machine})
+		if err != nil {
+			s.closeDisks(slot)
+			return "", err
+		}
+		if test && !inst.Isolated {
+			s.compute.Delete(ctx, inst.ID)
+			s.closeDisks(slot)
+			return "", fmt.Errorf("network %q is not isolated: a test failover must not reach production", network)
+		}
+		return stepf("instance %s on network %s from point %d; disks %s", inst.ID, inst.Network, point.ID, how), nil
+	})
+	if err != nil {
+		return inst, err
+	}
+	if reasons := FailoverProcessingReasons(st.Machine); len(reasons) > 0 {
+		err = run.step("failover processing", func() (string, error) {
+			p, ok := s.compute.(FailoverProcessor)
+			if !ok {
+				return strings.Join(reasons, "; ") + " (the compute layer has nothing to do for it)", nil
+			}
+			return strings.Join(reasons, "; "), p.ProcessFailover(ctx, inst.ID, reasons)
+		})
+		if err != nil {
+			return inst, err
+		}
+	} else {
+		run.skip("failover processing", "not needed for this machine")
+	}
+	err = run.step("start VM", func() (string, error) { return "", s.compute.Start(ctx, inst.ID) })
+	return inst, err
+}
+
+// readiness records what would block connecting to the VM, and its console.
+func (s *Server) readiness(ctx context.Context, run *jobRun, m Machine, inst Instance) {
+	run.step("readiness checks", func() (string, error) {
+		console, err := s.compute.Console(ctx, inst.ID)
+		if err != nil {
+			console = ""
+		}
+		run.job.Console = console
+		run.job.Findings = Readiness(m, inst, console)
+		bad := 0
+		for _, f := range run.job.Findings {
+			if !f.OK {
+				bad++
+			}
+		}
+		return stepf("%d checks, %d findings", len(run.job.Findings), bad), nil
+	})
+}
+
+// prepareDisks gives the VM its disks: copy-on-write overlays for a test
+// failover when compute runs on devices (no copy: start time does not grow
+// with disk size), image files materialized from the point otherwise.
+func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.Point, test bool, slot string) ([]DiskSpec, string, error) {
+	dir := filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", err
+	}
+	dc, devices := s.compute.(DeviceCompute)
+	overlay := test && devices && dc.AcceptsDevices()
+	var specs []DiskSpec
+	var files []*blockdev.File
+	fail := func(err error) ([]DiskSpec, string, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, "", err
+	}
+	for i, d := range vm.Disks {
+		if overlay {
+			scratch, err := blockdev.CreateFile(filepath.Join(dir, string(d.Name)+".scratch"), d.Size)
+			if err != nil {
+				return fail(err)
+			}
+			files = append(files, scratch)
+			ov, err := s.j.OpenOverlay(ctx, vm.Name, point.ID, i, scratch)
+			if err != nil {
+				return fail(err)
+			}
+			specs = append(specs, DiskSpec{Name: string(d.Name), Device: ov})
+			continue
+		}
+		path := filepath.Join(dir, string(d.Name)+".img")
+		f, err := blockdev.CreateFile(path, d.Size)
+		if err != nil {
+			return fail(err)
+		}
+		files = append(files, f)
+		if err := s.j.Materialize(ctx, vm.Name, point.ID, i, f, true); err != nil {
+			return fail(err)
+		}
+		specs = append(specs, DiskSpec{Name: string(d.Name), Device: f, Path: path})
+	}
+	s.filesMu.Lock()
+	s.files[slot] = files
+	s.filesMu.Unlock()
+	if overlay {
+		return specs, "copy-on-write overlays of the point (nothing copied)", nil
+	}
+	return specs, "materialized under " + dir, nil
+}
+
+func (s *Server) closeDisks(slot string) {
+	s.filesMu.Lock()
+	files := s.files[slot]
+	delete(s.files, slot)
+	s.filesMu.Unlock()
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// ChangePoint recreates a failed-over VM from another point (before commit).
+func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, error) {
+	defer s.lockVM(vmName)()
+	st, vm, err := s.vmState(ctx, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.require(ActionChangePoint); err != nil {
+		return nil, err
+	}
+	run, err := s.newJob(ActionChangePoint, vmName)
+	if err != nil {
+		return nil, err
+	}
+	err = func() error {
+		var point journal.Point
+		if err := run.step("select recovery point", func() (string, error) {
+			var ps journal.ProcessStats
+			var err error
+			point, ps, err = s.resolvePoint(ctx, vm.Name, opt)
+			if err != nil {
+				return "", err
+			}
+			return stepf("%s: point %d (%s, %s), %d writes processed first", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339), ps.Writes), nil
+		}); err != nil {
+			return err
+		}
+		run.job.Point = &point
+		if err := run.step("remove VM", func() (string, error) {
+			old := st.Failover.Instance
+			if err := s.compute.Stop(ctx, old); err != nil {
+				return "", err
+			}
+			if err := s.compute.Delete(ctx, old); err != nil {
+				return "", err
+			}
+			s.closeDisks(vmName + "/failover")
+			return stepf("instance %s deleted (was point %d)", old, st.Failover.Point), nil
+		}); err != nil {
+			return err
+		}
+		inst, err := s.bringUp(ctx, run, &st, vm, point, false, "")
+		if err != nil {
+			return err
+		}
+		s.readiness(ctx, run, st.Machine, inst)
+		st.Failover.Instance, st.Failover.Point = inst.ID, point.ID
+		return s.ctl.putState(st)
+	}()
+	return run.finish(err)
+}
+
+// Commit finalizes a failover: every recovery point of the VM is deleted
+// and the point can no longer change.
+func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
+	defer s.lockVM(vmName)()
+	st, _, err := s.vmState(ctx, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.require(ActionCommit); err != nil {
+		return nil, err
+	}
+	run, err := s.newJob(ActionCommit, vmName)
+	if err != nil {
+		return nil, err
+	}
+	err = run.step("delete recovery points", func() (string, error) {
+		vm, err := s.j.VM(ctx, journal.VMID(vmName))
+		if err != nil {
+			return "", err
+		}
+		if err := s.j.DeletePoints(ctx, journal.VMID(vmName)); err != nil {
+			return "", err
+		}
+		st.State = StateCommitted
+		if err := s.ctl.putState(st); err != nil {
+			return "", err
+		}
+		return stepf("%d points deleted; instance %s keeps running from point %d", vm.Points, st.Failover.Instance, st.Failover.Point), nil
+	})
+	return run.finish(err)
+}
+
+// CleanupTest deletes the VM of a test failover and its scratch disks.
+func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
+	defer s.lockVM(vmName)()
+	st, _, err := s.vmState(ctx, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.require(ActionCleanupTest); err != nil {
+		return nil, err
+	}
+	run, err := s.newJob(ActionCleanupTest, vmName)
+	if err != nil {
+		return nil, err
+	}
+	err = run.step("delete test VM", func() (string, error) {
+		id := st.Test.Instance
+		if err := s.compute.Stop(ctx, id); err != nil {
+			return "", err
+		}
+		if err := s.compute.Delete(ctx, id); err != nil {
+			return "", err
+		}
+		slot := vmName + "/test"
+		s.closeDisks(slot)
+		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
+			return "", err
+		}
+		st.Test = nil
+		return stepf("instance %s and its scratch disks deleted", id), s.ctl.putState(st)
+	})
+	return run.finish(err)
+}
+
+// resolvePoint turns a point option into a point of vm, processing first
+// for "latest".
+func (s *Server) resolvePoint(ctx context.Context, vm journal.VMID, opt string) (journal.Point, journal.ProcessStats, error) {
+	switch opt {
+	case PointLatest:
+		p, ps, err := s.j.CutPoint(ctx, vm, PointLatest, s.clock.Now())
+		s.charge(ctx, ps)
+		return p, ps, err
+	case PointLatestProcessed, "":
+		p, err := s.j.LatestPoint(ctx, vm)
+		return p, journal.ProcessStats{}, err
+	case PointLatestApp:
+		pts, err := s.j.Points(ctx, vm)
+		if err != nil {
+			return journal.Point{}, journal.ProcessStats{}, err
+		}
+		for i := len(pts) - 1; i >= 0; i-- {
+			if pts[i].Consistency == journal.App {
+				return pts[i], journal.ProcessStats{}, nil
+			}
+		}
+		return journal.Point{}, journal.ProcessStats{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
+	}
+	id, err := strconv.ParseUint(opt, 10, 64)
+	if err != nil {
+		return journal.Point{}, journal.ProcessStats{}, fmt.Errorf("%w: point %q: want latest, latest-processed, latest-app or a point ID", ErrInvalidRequest, opt)
+	}
+	p, err := s.j.Point(ctx, vm, journal.Seq(id))
+	return p, journal.ProcessStats{}, err
+}
+
+// process turns received markers into points up to upTo.
+func (s *Server) process(ctx context.Context, vm journal.VMID, upTo journal.Seq) (journal.ProcessStats, error) {
+	ps, err := s.j.Process(ctx, vm, upTo)
+	s.charge(ctx, ps)
+	return ps, err
+}
+
+// charge spends on a simulated clock the time processing takes on a real
+// process server (ProcessRate), so a drill's jobs show it.
+func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
+	if s.clock.Simulated() && s.cfg.ProcessRate > 0 && ps.Bytes > 0 {
+		s.clock.Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
+	}
+}
+
+// ProcessAll processes every VM's received data into recovery points.
+func (s *Server) ProcessAll(ctx context.Context) error {
+	vms, err := s.j.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, vm := range vms {
+		if vm.ProcessedSeq < vm.LastSeq {
+			if _, err := s.process(ctx, vm.Name, ^journal.Seq(0)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func bytesText(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
