@@ -271,6 +271,18 @@ func (a *Agent) Close(ctx context.Context) error {
 	return nil
 }
 
+// Abort stops the agent at once, as a crash or the loss of its site would:
+// nothing more is sent and nothing is saved, so the next run resyncs.
+func (a *Agent) Abort() {
+	if a.cancel == nil || a.closed {
+		return
+	}
+	a.closed = true
+	a.cancel()
+	a.wg.Wait()
+	a.conn.Close()
+}
+
 // Synced reports whether everything captured so far is acknowledged and the
 // stream is write-ordered.
 func (a *Agent) Synced() bool {

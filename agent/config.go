@@ -69,9 +69,9 @@ type Config struct {
 	// failover asks for it; nil means the agent cannot and says so.
 	ShutdownMachine func(ctx context.Context) error
 	// Clock stamps recovery points (default: the real clock).
-	Clock           clock.Clock
-	Logger          *slog.Logger
-	Registerer      prometheus.Registerer
+	Clock      clock.Clock
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults ferry-agent starts from.

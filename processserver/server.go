@@ -97,7 +97,7 @@ type Server struct {
 	filesMu sync.Mutex
 	files   map[string][]*blockdev.File // open disk files per VM slot
 
-	stop    context.CancelFunc
+	stop context.CancelFunc
 	recv *ingest.Receiver
 	grpc *grpc.Server
 	lis  net.Listener

@@ -74,3 +74,24 @@ func TestDeviceContract(t *testing.T) {
 		})
 	}
 }
+
+func TestMemorySnapshot(t *testing.T) {
+	ctx := context.Background()
+	m := blockdev.NewMemory(1 << 20)
+	m.WriteAt(ctx, bytes.Repeat([]byte{1}, 8192), 0)
+	snap := m.Snapshot()
+	m.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4096)
+	snap.WriteAt(ctx, bytes.Repeat([]byte{3}, 10), 100)
+	got := make([]byte, 8192)
+	snap.ReadAt(ctx, got, 0)
+	want := bytes.Repeat([]byte{1}, 8192)
+	copy(want[100:], bytes.Repeat([]byte{3}, 10))
+	if !bytes.Equal(got, want) {
+		t.Fatal("snapshot saw a later write, or lost its own")
+	}
+	m.ReadAt(ctx, got, 0)
+	want = append(bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("original saw the snapshot's write, or lost its own")
+	}
+}

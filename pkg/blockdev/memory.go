@@ -11,17 +11,24 @@ import (
 // has been written to it.
 const memPage = 64 << 10
 
-// Memory is a sparse in-memory Device.
+// Memory is a sparse in-memory Device. Snapshot copies it in time
+// proportional to its allocated pages, sharing them copy-on-write.
 type Memory struct {
 	size int64
 
 	mu    sync.RWMutex
-	pages map[int64][]byte // page index -> memPage bytes
+	pages map[int64]*page
+	gen   uint64 // pages of an older generation are shared with a snapshot
+}
+
+type page struct {
+	gen uint64
+	b   []byte
 }
 
 // NewMemory returns a zero-filled memory disk of the given size.
 func NewMemory(size int64) *Memory {
-	return &Memory{size: size, pages: make(map[int64][]byte)}
+	return &Memory{size: size, pages: make(map[int64]*page)}
 }
 
 func (m *Memory) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
@@ -36,7 +43,7 @@ func (m *Memory) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		idx, in := pos/memPage, int(pos%memPage)
 		c := min(len(p)-n, memPage-in)
 		if pg := m.pages[idx]; pg != nil {
-			copy(p[n:n+c], pg[in:in+c])
+			copy(p[n:n+c], pg.b[in:in+c])
 		} else {
 			clear(p[n : n+c])
 		}
@@ -62,10 +69,13 @@ func (m *Memory) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 				n += c
 				continue
 			}
-			pg = make([]byte, memPage)
+			pg = &page{gen: m.gen, b: make([]byte, memPage)}
+			m.pages[idx] = pg
+		} else if pg.gen != m.gen {
+			pg = &page{gen: m.gen, b: append([]byte(nil), pg.b...)}
 			m.pages[idx] = pg
 		}
-		copy(pg[in:in+c], p[n:n+c])
+		copy(pg.b[in:in+c], p[n:n+c])
 		n += c
 	}
 	return n, nil
@@ -93,13 +103,15 @@ func (m *Memory) DataExtents(ctx context.Context, fn func(off, length int64) err
 	return nil
 }
 
-// Clone returns an independent copy of the disk's current content.
-func (m *Memory) Clone() *Memory {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	c := NewMemory(m.size)
+// Snapshot returns an independent copy of the disk's current content.
+// Pages are shared until either side writes them.
+func (m *Memory) Snapshot() *Memory {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gen++
+	c := &Memory{size: m.size, pages: make(map[int64]*page, len(m.pages)), gen: m.gen}
 	for i, pg := range m.pages {
-		c.pages[i] = append([]byte(nil), pg...)
+		c.pages[i] = pg
 	}
 	return c
 }

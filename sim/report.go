@@ -1,0 +1,126 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Entry is one action of a drill on one VM, as the report shows it.
+type Entry struct {
+	VM     string
+	Action string
+	Job    *ferryv1.Job
+	Point  *ferryv1.RecoveryPoint
+	// Age of the point when the action started (virtual time).
+	PointAge time.Duration
+	// Data loss against ground truth: what the VM wrote after the point
+	// and before it was lost (or the action started).
+	LossSeconds float64
+	LossBytes   int64
+	Verified    string
+	Notes       []string
+	Failed      string
+}
+
+// Report is what a drill found.
+type Report struct {
+	Seed     uint64
+	Scenario string
+	Entries  []*Entry
+	Notes    []string
+	// Failures lists every verification that failed; a drill with any is
+	// a failed drill.
+	Failures []string
+}
+
+func (r *Report) fail(format string, args ...any) {
+	r.Failures = append(r.Failures, fmt.Sprintf(format, args...))
+}
+
+func (r *Report) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+// Print writes the report for people.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "Ferry drill %q, seed %d\n", r.Scenario, r.Seed)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  %s\n", n)
+	}
+	for _, e := range r.Entries {
+		fmt.Fprintf(w, "\n== %s: %s\n", e.VM, e.Action)
+		if e.Point != nil {
+			fmt.Fprintf(w, "   point      %d, %s, tag %q, %s old at the start\n", e.Point.GetId(), consistencyName(e.Point.GetConsistency()), e.Point.GetTag(), e.PointAge.Round(time.Second))
+			fmt.Fprintf(w, "   RPO        %s of writes lost (%.0f s) against ground truth\n", bytesText(e.LossBytes), e.LossSeconds)
+		}
+		if j := e.Job; j != nil {
+			total := time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano())
+			fmt.Fprintf(w, "   RTO        %s (job %d, %s)\n", total.Round(100*time.Millisecond), j.GetId(), j.GetOutcome())
+			for _, st := range j.GetSteps() {
+				d := time.Duration(st.GetEndUnixNano() - st.GetStartUnixNano())
+				fmt.Fprintf(w, "     %-26s %-9s %8s  wall %-8s %s\n", st.GetName(), st.GetOutcome(), d.Round(100*time.Millisecond), time.Duration(st.GetWallNanos()).Round(time.Millisecond), st.GetDetail())
+			}
+			if j.GetError() != "" {
+				fmt.Fprintf(w, "   error      %s\n", j.GetError())
+			}
+			var findings []string
+			for _, f := range j.GetFindings() {
+				if !f.GetOk() {
+					findings = append(findings, f.GetCheck()+": "+f.GetDetail())
+				}
+			}
+			if len(j.GetFindings()) > 0 {
+				fmt.Fprintf(w, "   readiness  %d checks, %d findings\n", len(j.GetFindings()), len(findings))
+				for _, f := range findings {
+					fmt.Fprintf(w, "     - %s\n", f)
+				}
+			}
+			if c := j.GetConsole(); c != "" {
+				fmt.Fprintf(w, "   console    %s\n", strings.ReplaceAll(c, "\n", " | "))
+			}
+		}
+		for _, n := range e.Notes {
+			fmt.Fprintf(w, "   note       %s\n", n)
+		}
+		if e.Verified != "" {
+			fmt.Fprintf(w, "   verify     %s\n", e.Verified)
+		}
+		if e.Failed != "" {
+			fmt.Fprintf(w, "   FAILED     %s\n", e.Failed)
+		}
+	}
+	if len(r.Failures) == 0 {
+		fmt.Fprintf(w, "\nresult: every verification passed\n")
+		return
+	}
+	fmt.Fprintf(w, "\nresult: %d verification(s) FAILED\n", len(r.Failures))
+	for _, f := range r.Failures {
+		fmt.Fprintf(w, "  - %s\n", f)
+	}
+}
+
+func consistencyName(c ferryv1.Consistency) string {
+	switch c {
+	case ferryv1.Consistency_CONSISTENCY_APP:
+		return "app-consistent"
+	case ferryv1.Consistency_CONSISTENCY_CRASH:
+		return "crash-consistent"
+	}
+	return "unknown consistency"
+}
+
+func bytesText(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

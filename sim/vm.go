@@ -1,0 +1,193 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+const bootMagic = "FERRYBOOT"
+
+// bootArea is the start of the first disk that workloads leave alone: it
+// holds the boot block.
+const bootArea = 64 << 10
+
+// Pattern is how a workload spreads its writes.
+type Pattern string
+
+const (
+	// Uniform writes anywhere on every disk.
+	Uniform Pattern = "uniform"
+	// Hotspot sends 90% of writes to the first tenth of the first disk.
+	Hotspot Pattern = "hotspot"
+	// Log appends sequentially, wrapping, on the last disk (plus a few
+	// random writes elsewhere).
+	Log Pattern = "log"
+)
+
+// Workload is what a VM writes.
+type Workload struct {
+	Churn   int64 // bytes per second
+	Pattern Pattern
+}
+
+// VMConfig describes a simulated protected VM.
+type VMConfig struct {
+	Name     string
+	Disks    []int64 // sizes in bytes, multiples of 4 KiB
+	Machine  *ferryv1.MachineInfo
+	Workload Workload
+	// ShutdownFails makes the machine refuse to shut down.
+	ShutdownFails bool
+}
+
+// ErrShutdownRefused is what a VM that will not shut down says.
+var ErrShutdownRefused = errors.New("the guest did not respond to the shutdown request")
+
+// VM is a simulated protected VM: memory disks written through its agent's
+// write splitter by a seeded workload, with the ground truth of every
+// recovery point it asked for.
+type VM struct {
+	Config  VMConfig
+	disks   []*blockdev.Memory
+	rng     *rand.Rand
+	Agent   *agent.Agent
+	Running bool
+
+	logPos  int64
+	Written int64 // bytes written so far
+	marks   int
+	// Truth maps a marker's tag to the disks when it was cut.
+	Truth map[string]Mark
+}
+
+// Mark is the ground truth of one marker.
+type Mark struct {
+	Tag     string
+	Time    time.Time
+	Written int64 // the VM's bytes written up to the marker
+	Disks   []*blockdev.Memory
+}
+
+func newVM(cfg VMConfig, seed uint64) *VM {
+	v := &VM{Config: cfg, rng: rand.New(rand.NewPCG(seed, 0x5eed)), Running: true, Truth: map[string]Mark{}}
+	for _, s := range cfg.Disks {
+		v.disks = append(v.disks, blockdev.NewMemory(s))
+	}
+	boot := make([]byte, blockdev.BlockSize)
+	copy(boot, fmt.Sprintf("%s os=%s vm=%s", bootMagic, cfg.Machine.GetOs(), cfg.Name))
+	v.disks[0].WriteAt(context.Background(), boot, 0)
+	return v
+}
+
+// Disk returns the VM's source disk i (not through the splitter).
+func (v *VM) Disk(i int) *blockdev.Memory { return v.disks[i] }
+
+// shutdown stops the workload, unless the VM is set to refuse.
+func (v *VM) shutdown(ctx context.Context) error {
+	if v.Config.ShutdownFails {
+		return ErrShutdownRefused
+	}
+	v.Running = false
+	return nil
+}
+
+// work writes n bytes through the agent's splitter.
+func (v *VM) work(ctx context.Context, n int64) error {
+	for n > 0 {
+		size := int64(4+v.rng.IntN(61)) * 1024 / blockdev.BlockSize * blockdev.BlockSize
+		size = min(size, max(n, blockdev.BlockSize))
+		disk, off := v.place(size)
+		data := make([]byte, size)
+		v.fill(data)
+		if _, err := v.Agent.Disk(disk).WriteAt(ctx, data, off); err != nil {
+			return err
+		}
+		v.Written += size
+		n -= size
+	}
+	return nil
+}
+
+// place picks where a write of size bytes goes.
+func (v *VM) place(size int64) (int, int64) {
+	pick := func(disk int, lo, hi int64) (int, int64) {
+		lo = max(lo, 0)
+		if disk == 0 {
+			lo = max(lo, bootArea)
+		}
+		blocks := (hi - lo - size) / blockdev.BlockSize
+		if blocks <= 0 {
+			return disk, lo
+		}
+		return disk, lo + v.rng.Int64N(blocks+1)*blockdev.BlockSize
+	}
+	last := len(v.disks) - 1
+	switch v.Config.Workload.Pattern {
+	case Hotspot:
+		if v.rng.IntN(10) < 9 {
+			return pick(0, 0, v.disks[0].Size()/10)
+		}
+	case Log:
+		if v.rng.IntN(10) < 8 {
+			lo := int64(0)
+			if last == 0 {
+				lo = bootArea
+			}
+			if v.logPos < lo || v.logPos+size > v.disks[last].Size() {
+				v.logPos = lo
+			}
+			off := v.logPos
+			v.logPos += size
+			return last, off
+		}
+	}
+	d := v.rng.IntN(len(v.disks))
+	return pick(d, 0, v.disks[d].Size())
+}
+
+// fill makes data that compresses about 2:1: some zeros, some random,
+// mostly text.
+func (v *VM) fill(b []byte) {
+	switch r := v.rng.IntN(10); {
+	case r < 1:
+		clear(b)
+	case r < 4:
+		for i := range b {
+			b[i] = byte(v.rng.Uint32())
+		}
+	default:
+		const text = "INSERT INTO orders (id, customer, amount) VALUES "
+		for i := range b {
+			b[i] = text[i%len(text)]
+		}
+		for i := 0; i < len(b); i += 64 {
+			b[i] = byte('0' + v.rng.IntN(10))
+		}
+	}
+}
+
+// mark asks the agent for a crash-consistent point and records its truth.
+func (v *VM) mark(now time.Time) (string, bool) {
+	v.marks++
+	tag := fmt.Sprintf("%s-m%d", v.Config.Name, v.marks)
+	if !v.Agent.Mark(false, tag) {
+		return "", false
+	}
+	v.Truth[tag] = v.snapshot(tag, now)
+	return tag, true
+}
+
+func (v *VM) snapshot(tag string, now time.Time) Mark {
+	m := Mark{Tag: tag, Time: now, Written: v.Written}
+	for _, d := range v.disks {
+		m.Disks = append(m.Disks, d.Snapshot())
+	}
+	return m
+}
