@@ -3,13 +3,13 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race fmt vet bench fuzz proto proto-tools demo clean
+.PHONY: all build test test-race fmt vet bench fuzz proto proto-tools drill demo clean
 
 all: fmt vet build test
 
 build:
 	$(GO) build ./...
-	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl
+	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill
 
 test:
 	$(GO) vet ./...
@@ -26,6 +26,12 @@ vet:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 400x -count 3 ./pkg/ingest/
+	$(GO) test -run '^$$' -bench TestFailoverStart -benchtime 20x ./sim/
+
+# drill runs the failover drill against the simulator (real agent and
+# process server, simulated machines and recovery site) and prints its report.
+drill:
+	$(GO) run ./sim/cmd/ferry-drill $(DRILL_FLAGS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzBatch -fuzztime 60s ./pkg/ingest/

@@ -130,6 +130,11 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		d.Close()
 		return nil, fmt.Errorf("initial replication: %w", err)
 	}
+	// The agent cuts a point where its initial copy ends; nothing was
+	// written since.
+	for _, v := range d.VMs {
+		v.Truth["drain-end"] = v.snapshot("drain-end", d.Clock.Now())
+	}
 	d.lastMark, d.lastProcess = d.Clock.Now(), d.Clock.Now()
 	return d, d.PS.ProcessAll(ctx)
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 
@@ -17,10 +19,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 const usage = `
@@ -49,6 +53,8 @@ func main() {
 	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
 	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
 	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
+	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
+	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
@@ -85,6 +91,26 @@ Flags:
 		}
 		defer dev.Close()
 		cfg.Disks = append(cfg.Disks, agent.Disk{Name: name, Device: dev})
+	}
+	cfg.Machine = &ferryv1.MachineInfo{Os: runtime.GOOS}
+	if *machineFile != "" {
+		raw, err := os.ReadFile(*machineFile)
+		if err == nil {
+			err = protojson.Unmarshal(raw, cfg.Machine)
+		}
+		if err != nil {
+			cli.Fatal("ferry-agent", fmt.Errorf("machine: %w", err))
+		}
+	}
+	if *shutdownHook != "" {
+		hook := *shutdownHook
+		cfg.ShutdownMachine = func(ctx context.Context) error {
+			out, err := exec.CommandContext(ctx, "sh", "-c", hook).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s: %v: %s", hook, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
 	}
 	cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	reg := prometheus.NewRegistry()

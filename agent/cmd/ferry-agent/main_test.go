@@ -1,78 +1,19 @@
 package main_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
-
-// buildBinaries compiles the real binaries once per test run.
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir,
-		"github.com/ferrydr/ferry/agent/cmd/ferry-agent",
-		"github.com/ferrydr/ferry/processserver/cmd/ferry-ps",
-		"github.com/ferrydr/ferry/processserver/cmd/ferryctl")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return dir
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type proc struct {
-	cmd *exec.Cmd
-	log *bytes.Buffer
-}
-
-func start(t *testing.T, bin string, args ...string) *proc {
-	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), log: new(bytes.Buffer)}
-	p.cmd.Stderr = p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", filepath.Base(bin), p.log)
-		}
-	})
-	return p
-}
-
-// stop sends SIGTERM and checks the process exits with status 0.
-func (p *proc) stop(t *testing.T) {
-	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("%s after SIGTERM: %v\n%s", p.cmd.Path, err, p.log)
-	}
-}
 
 // scribble writes random bytes at random, unaligned places of the file,
 // as another program on the machine would.
@@ -106,7 +47,7 @@ func TestScanModeBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binaries")
 	}
-	bin := buildBinaries(t)
+	bin := ferrytest.BuildBinaries(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	f, _ := os.Create(img)
@@ -115,11 +56,11 @@ func TestScanModeBinary(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
 	scribble(t, img, rng, 20)
 
-	addr := freeAddr(t)
-	ps := start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "")
+	addr := ferrytest.FreeAddr(t)
+	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "")
 	agentArgs := []string{"run", "--ps", addr, "--vm", "files1", "--disk", "os=" + img, "--state", filepath.Join(dir, "agent"),
 		"--scan-interval", "100ms", "--crash-interval", "1s"}
-	ag := start(t, filepath.Join(bin, "ferry-agent"), agentArgs...)
+	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), agentArgs...)
 	cc := ferrytest.Dial(t, addr)
 	rc := ferryv1.NewRecoveryClient(cc)
 
@@ -167,14 +108,13 @@ func TestScanModeBinary(t *testing.T) {
 	// SIGKILL: the agent's state says it did not stop cleanly, so the next
 	// run compares hashes with the process server instead of trusting its
 	// scan table.
-	ag.cmd.Process.Kill()
-	ag.cmd.Wait()
+	ag.Kill()
 	scribble(t, img, rng, 50)
-	ag = start(t, filepath.Join(bin, "ferry-agent"), agentArgs...)
+	ag = ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), agentArgs...)
 	checkConverges("restart after SIGKILL")
-	ag.stop(t)
-	if !strings.Contains(ag.log.String(), "resyncing by hash") {
-		t.Fatalf("restarted agent did not resync by hash:\n%s", ag.log)
+	ag.Stop(t)
+	if !strings.Contains(ag.Log(), "resyncing by hash") {
+		t.Fatalf("restarted agent did not resync by hash:\n%s", ag.Log())
 	}
-	ps.stop(t)
+	ps.Stop(t)
 }

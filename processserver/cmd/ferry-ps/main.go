@@ -32,6 +32,8 @@ func main() {
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC address for agents and ferryctl")
 	fs.StringVar(&cfg.MetricsListen, "metrics", cfg.MetricsListen, "admin address for /metrics and pprof (empty: off)")
 	fs.StringVar(&cfg.Codec, "codec", cfg.Codec, "compression of journaled data: zstd, s2 (about 2x faster, ~7% larger) or none")
+	fs.StringVar(&cfg.ComputeHook, "compute-hook", "", "command that creates, starts, stops and deletes VMs at failover (see the README)")
+	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: ferry-ps serve [flags]\n\nReceives replication streams into a journal under --data and serves the\nrecovery API on --listen. SIGTERM or SIGINT stops it cleanly: open streams\ncommit what they had verified first.\n\nFlags:\n")

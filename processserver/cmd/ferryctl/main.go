@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -27,9 +28,23 @@ Usage:
   ferryctl --ps ADDR export --vm NAME --disk NAME --out FILE [--point P]
                                                           write one disk of a point to an image file
   ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses
+  ferryctl --ps ADDR status [--vm NAME]                   protection state, allowed actions, RPO
+  ferryctl --ps ADDR failover --type test|planned|unplanned --vm NAME [--point P]
+                                  [--network NAME] [--shutdown]
+                                                          fail a VM over (test: on an isolated network)
+  ferryctl --ps ADDR change-point --vm NAME --point P     recreate a failed-over VM from another point
+  ferryctl --ps ADDR commit --vm NAME                     finalize a failover (deletes every recovery point)
+  ferryctl --ps ADDR cleanup-test --vm NAME               delete a test failover's VM
+  ferryctl --ps ADDR jobs [--vm NAME]                     list jobs
+  ferryctl --ps ADDR job ID                               one job with its steps
 
-A point P is latest-processed (the newest point, the default), latest (first
-cut a point at the end of everything received) or a point ID from 'points'.
+A point P is latest-processed (the newest point, the default for export),
+latest (first process everything received and cut a point at its end; the
+default for failover), latest-app (the newest app-consistent point) or a
+point ID from 'points'. A planned failover shuts the source down and always
+uses its final point; it fails if the source does not shut down. An
+unplanned failover with --shutdown tries the same and proceeds either way.
+Failover commands print the job and exit 1 if it failed.
 `
 
 func main() {
@@ -61,6 +76,13 @@ func main() {
 	point := fs.String("point", processserver.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
 	disk := fs.String("disk", "", "disk name")
 	out := fs.String("out", "", "image file to write (created or truncated)")
+	typ := fs.String("type", "", "failover type: test, planned or unplanned")
+	network := fs.String("network", "", "test failover: the isolated network for the test VM (default test-VM)")
+	shutdown := fs.Bool("shutdown", false, "unplanned failover: try to shut the source down and sync first")
+	if cmd == "failover" || cmd == "change-point" {
+		fs.Lookup("point").DefValue = processserver.PointLatest
+		*point = processserver.PointLatest
+	}
 	fs.Parse(rest)
 	rc := ferryv1.NewRecoveryClient(conn)
 	switch cmd {
@@ -72,6 +94,31 @@ func main() {
 		err = export(ctx, conn, *vm, *point, *disk, *out)
 	case "verify":
 		err = verify(ctx, rc, *vm, *point)
+	case "status":
+		err = status(ctx, rc, *vm)
+	case "failover":
+		t := map[string]ferryv1.FailoverType{"test": ferryv1.FailoverType_FAILOVER_TYPE_TEST, "planned": ferryv1.FailoverType_FAILOVER_TYPE_PLANNED,
+			"unplanned": ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED}[*typ]
+		if t == ferryv1.FailoverType_FAILOVER_TYPE_UNSPECIFIED || *vm == "" {
+			err = fmt.Errorf("--vm and --type test|planned|unplanned are required")
+			break
+		}
+		err = printJob(rc.Failover(ctx, &ferryv1.FailoverRequest{Vm: *vm, Type: t, Point: *point, Network: *network, Shutdown: *shutdown}))
+	case "change-point":
+		err = printJob(rc.ChangePoint(ctx, &ferryv1.ChangePointRequest{Vm: *vm, Point: *point}))
+	case "commit":
+		err = printJob(rc.Commit(ctx, &ferryv1.VMRequest{Vm: *vm}))
+	case "cleanup-test":
+		err = printJob(rc.CleanupTest(ctx, &ferryv1.VMRequest{Vm: *vm}))
+	case "jobs":
+		err = listJobs(ctx, rc, *vm)
+	case "job":
+		var id uint64
+		if _, err = fmt.Sscan(fs.Arg(0), &id); err != nil {
+			err = fmt.Errorf("job wants a job ID")
+			break
+		}
+		err = printJob(rc.GetJob(ctx, &ferryv1.GetJobRequest{Id: id}))
 	default:
 		cli.Usage(usage)
 	}
@@ -161,5 +208,79 @@ func verify(ctx context.Context, rc ferryv1.RecoveryClient, vm, point string) er
 		return err
 	}
 	fmt.Printf("vm %s point %d: ok, %d writes (%d bytes) checked\n", vm, resp.GetPointId(), resp.GetWritesChecked(), resp.GetBytesChecked())
+	return nil
+}
+
+func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
+	resp, err := rc.Status(ctx, &ferryv1.StatusRequest{Vm: vm})
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "VM\tSTATE\tRPO\tPOINTS\tUNPROCESSED\tEPOCH\tINSTANCE\tALLOWED")
+	for _, v := range resp.GetVms() {
+		state := v.GetState()
+		if v.GetTestFailover() {
+			state += " (test failover running)"
+		}
+		rpo := "-"
+		if v.GetRpoSeconds() > 0 {
+			rpo = (time.Duration(v.GetRpoSeconds()) * time.Second).String()
+		}
+		inst := v.GetInstance()
+		if inst == "" {
+			inst = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", v.GetName(), state, rpo, v.GetPoints(), v.GetUnprocessedBytes(), v.GetEpoch(), inst, strings.Join(v.GetAllowed(), ","))
+	}
+	return w.Flush()
+}
+
+func listJobs(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
+	resp, err := rc.ListJobs(ctx, &ferryv1.ListJobsRequest{Vm: vm})
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tTYPE\tVM\tSTARTED\tDURATION\tOUTCOME")
+	for _, j := range resp.GetJobs() {
+		d := "-"
+		if j.GetEndUnixNano() != 0 {
+			d = time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano()).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", j.GetId(), j.GetType(), j.GetVm(), time.Unix(0, j.GetStartUnixNano()).UTC().Format(time.RFC3339), d, j.GetOutcome())
+	}
+	return w.Flush()
+}
+
+// printJob prints a job with its steps and findings; a failed job is an
+// error.
+func printJob(j *ferryv1.Job, err error) error {
+	if err != nil {
+		return err
+	}
+	total := time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano())
+	fmt.Printf("job %d: %s of %s %s in %v\n", j.GetId(), j.GetType(), j.GetVm(), j.GetOutcome(), total.Round(time.Millisecond))
+	if p := j.GetPoint(); p != nil {
+		fmt.Printf("recovery point %d (%s, %s, tag %q)\n", p.GetId(), consistency(p.GetConsistency()), time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339), p.GetTag())
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	for _, s := range j.GetSteps() {
+		fmt.Fprintf(w, "  %s\t%s\t%v\t%s\n", s.GetName(), s.GetOutcome(), time.Duration(s.GetEndUnixNano()-s.GetStartUnixNano()).Round(time.Millisecond), s.GetDetail())
+	}
+	w.Flush()
+	for _, f := range j.GetFindings() {
+		mark := "ok  "
+		if !f.GetOk() {
+			mark = "FIX "
+		}
+		fmt.Printf("  %s %s: %s\n", mark, f.GetCheck(), f.GetDetail())
+	}
+	if c := j.GetConsole(); c != "" {
+		fmt.Printf("console:\n  %s\n", strings.ReplaceAll(strings.TrimSpace(c), "\n", "\n  "))
+	}
+	if j.GetOutcome() != "succeeded" {
+		return fmt.Errorf("job %d failed: %s", j.GetId(), j.GetError())
+	}
 	return nil
 }

@@ -1,0 +1,27 @@
+#!/bin/sh
+# A compute hook for ferry-ps --compute-hook, used by the tests: each "VM"
+# is a directory under $FERRY_HOOK_DIR holding its disk list and state. A
+# real hook would call a hypervisor or cloud API in each branch.
+set -e
+dir=${FERRY_HOOK_DIR:?set FERRY_HOOK_DIR}
+action=$1
+shift
+case "$action" in
+create)
+	name=$1 net=$2 kind=$3
+	shift 3
+	id="$name-$(date +%s%N)"
+	mkdir -p "$dir/$id"
+	for d in "$@"; do echo "$d" >>"$dir/$id/disks"; done
+	echo "$net" >"$dir/$id/network"
+	echo "$id"
+	if [ "$kind" = test ]; then echo isolated=1; else echo public_ip=203.0.113.7; fi
+	echo ports=22
+	;;
+start) echo running >"$dir/$1/state" ;;
+stop) [ -d "$dir/$1" ] && echo stopped >"$dir/$1/state" || true ;;
+delete) rm -rf "${dir:?}/$1" ;;
+console) echo "hook VM $1 booted" ;;
+process) shift; echo "$*" >"$dir/$1/processed" ;;
+*) echo "unknown action $action" >&2; exit 2 ;;
+esac
