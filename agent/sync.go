@@ -62,11 +62,7 @@ func (a *Agent) replicate(s *sender) error {
 				}
 				break
 			}
-			for _, c := range changes {
-				if err = a.sendChange(s, c); err != nil {
-					break
-				}
-			}
+			err = a.sendChanges(s, changes)
 		}
 		if err != nil {
 			return err
@@ -74,18 +70,41 @@ func (a *Agent) replicate(s *sender) error {
 	}
 }
 
-func (a *Agent) sendChange(s *sender, c cbt.Change) error {
-	if c.Mark != nil {
-		a.lastMark = c.Mark.Time
-		return s.add(markerRecord(*c.Mark))
-	}
-	for off := 0; off < len(c.Data); off += maxWrite {
-		data := c.Data[off:min(off+maxWrite, len(c.Data))]
-		if err := s.add(writeRecord(c.Disk, c.Off+int64(off), data)); err != nil {
+// sendChanges sends popped changes in order. If the stream fails midway,
+// what was not handed to the sender goes back to the front of the queue,
+// so that no captured write is lost.
+func (a *Agent) sendChanges(s *sender, changes []cbt.Change) error {
+	for i, c := range changes {
+		done, err := a.sendChange(s, c)
+		if err != nil {
+			rest := append([]cbt.Change(nil), changes[i:]...)
+			if c.Mark == nil {
+				rest[0].Off, rest[0].Data = c.Off+int64(done), c.Data[done:]
+			}
+			a.tr.Unpop(rest)
 			return err
 		}
 	}
 	return nil
+}
+
+// sendChange hands one change to the sender. It returns how many of its
+// bytes the sender took (all, unless it fails).
+func (a *Agent) sendChange(s *sender, c cbt.Change) (int, error) {
+	if c.Mark != nil {
+		if err := s.add(markerRecord(*c.Mark)); err != nil {
+			return 0, err
+		}
+		a.lastMark = c.Mark.Time
+		return 0, nil
+	}
+	for off := 0; off < len(c.Data); off += maxWrite {
+		data := c.Data[off:min(off+maxWrite, len(c.Data))]
+		if err := s.add(writeRecord(c.Disk, c.Off+int64(off), data)); err != nil {
+			return off, err
+		}
+	}
+	return len(c.Data), nil
 }
 
 // beginDrain opens a drain on the stream if none is open.
@@ -463,11 +482,7 @@ func (a *Agent) finalMarker(s *sender) (uint64, error) {
 				seq := a.nextSeq - 1
 				return seq, s.flush()
 			}
-			for _, c := range changes {
-				if err = a.sendChange(s, c); err != nil {
-					break
-				}
-			}
+			err = a.sendChanges(s, changes)
 		}
 		if err != nil {
 			return 0, err

@@ -134,3 +134,25 @@ func TestTrackerOrderAndOverflow(t *testing.T) {
 		t.Fatalf("after load: %+v", st)
 	}
 }
+
+// TestUnpopKeepsOrder: changes handed back go in front of what was queued
+// since, in their order; in bitmap mode they become dirty blocks.
+func TestUnpopKeepsOrder(t *testing.T) {
+	ctx := context.Background()
+	tr := cbt.NewTracker([]blockdev.Device{blockdev.NewMemory(1 << 20)}, 1<<20)
+	for i := 0; i < 3; i++ {
+		tr.Device(0).WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, bs), int64(i)*bs)
+	}
+	got := tr.Pop(1 << 20)
+	tr.Device(0).WriteAt(ctx, bytes.Repeat([]byte{9}, bs), 9*bs)
+	tr.Unpop(got[1:])
+	again := tr.Pop(1 << 20)
+	if len(again) != 3 || again[0].Off != bs || again[1].Off != 2*bs || again[2].Off != 9*bs {
+		t.Fatalf("order after unpop: %+v", again)
+	}
+	tr.EnterBitmap()
+	tr.Unpop(again)
+	if st := tr.Stats(); st.DirtyBlocks != 3 || st.QueueLen != 0 {
+		t.Fatalf("unpop in bitmap mode: %+v", st)
+	}
+}

@@ -188,6 +188,34 @@ func (t *Tracker) Pop(maxBytes int64) []Change {
 	return out
 }
 
+// Unpop puts changes that were popped but not sent back at the front of
+// the queue, in order. In bitmap mode their writes are marked dirty
+// instead (and markers dropped). The queue may exceed its bound by them.
+func (t *Tracker) Unpop(changes []Change) {
+	if len(changes) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mode == ModeBitmap {
+		for _, c := range changes {
+			if c.Mark == nil {
+				t.bitmaps[c.Disk].SetRange(c.Off, int64(len(c.Data)))
+			}
+		}
+		t.signal()
+		return
+	}
+	q := make([]Change, 0, len(changes)+len(t.queue)-t.head)
+	q = append(q, changes...)
+	q = append(q, t.queue[t.head:]...)
+	t.queue, t.head = q, 0
+	for _, c := range changes {
+		t.qBytes += c.size()
+	}
+	t.signal()
+}
+
 // EnterBitmap switches to bitmap mode, moving queued writes into the bitmaps.
 func (t *Tracker) EnterBitmap() {
 	t.mu.Lock()
