@@ -24,7 +24,6 @@ func (a *Agent) replicate(s *sender) error {
 		if err := s.ctx.Err(); err != nil {
 			return err
 		}
-		var err error
 		select {
 		case cmd := <-a.cmds:
 			if err := a.command(s, cmd); err != nil {
@@ -33,41 +32,52 @@ func (a *Agent) replicate(s *sender) error {
 			continue
 		default:
 		}
-		switch {
-		case need(a.need.Load()) == needInitial:
-			err = a.initial(s)
-		case need(a.need.Load()) == needResync:
-			err = a.resync(s)
-		case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
-			// Also when a drain was left open (the agent stopped inside it)
-			// and the bitmap is already empty: the drain must still end.
-			a.tr.EnterBitmap()
-			err = a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
-		case a.cfg.Mode == ModeScan && a.scanDue.Load():
-			err = a.scan(s)
-		default:
-			changes := a.tr.Pop(int64(a.cfg.BatchBytes))
-			if len(changes) == 0 {
-				if err := s.flush(); err != nil {
-					return err
-				}
-				select {
-				case <-a.tr.Notify():
-				case cmd := <-a.cmds:
-					err = a.command(s, cmd)
-				case <-hb.C:
-					err = s.heartbeat()
-				case <-s.ctx.Done():
-					return s.ctx.Err()
-				}
-				break
-			}
-			err = a.sendChanges(s, changes)
+		idle, err := a.step(s)
+		if err != nil {
+			return err
+		}
+		if !idle {
+			continue
+		}
+		if err := s.flush(); err != nil {
+			return err
+		}
+		select {
+		case <-a.tr.Notify():
+		case cmd := <-a.cmds:
+			err = a.command(s, cmd)
+		case <-hb.C:
+			err = s.heartbeat()
+		case <-s.ctx.Done():
+			return s.ctx.Err()
 		}
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// step does one piece of the stream's work, the first that applies: the
+// initial copy, a resync, a bitmap drain (also when a drain was left open
+// and the bitmap is already empty: it must still end), a due scan, or the
+// queue's next changes. It reports idle when there was nothing to do.
+func (a *Agent) step(s *sender) (idle bool, err error) {
+	switch {
+	case need(a.need.Load()) == needInitial:
+		return false, a.initial(s)
+	case need(a.need.Load()) == needResync:
+		return false, a.resync(s)
+	case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
+		a.tr.EnterBitmap()
+		return false, a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
+	case a.cfg.Mode == ModeScan && a.scanDue.Load():
+		return false, a.scan(s)
+	}
+	changes := a.tr.Pop(int64(a.cfg.BatchBytes))
+	if len(changes) == 0 {
+		return true, nil
+	}
+	return false, a.sendChanges(s, changes)
 }
 
 // sendChanges sends popped changes in order. If the stream fails midway,
@@ -461,31 +471,17 @@ func (a *Agent) finalMarker(s *sender) (uint64, error) {
 		a.scanDue.Store(true)
 	}
 	for {
-		var err error
-		switch {
-		case need(a.need.Load()) == needInitial:
-			err = a.initial(s)
-		case need(a.need.Load()) == needResync:
-			err = a.resync(s)
-		case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
-			a.tr.EnterBitmap()
-			err = a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
-		case a.cfg.Mode == ModeScan && a.scanDue.Load():
-			err = a.scan(s)
-		default:
-			changes := a.tr.Pop(int64(a.cfg.BatchBytes))
-			if len(changes) == 0 {
-				a.lastMark = a.cfg.Clock.Now()
-				if err := s.add(markerRecord(cbt.MarkRequest{Tag: "shutdown", Time: a.lastMark})); err != nil {
-					return 0, err
-				}
-				seq := a.nextSeq - 1
-				return seq, s.flush()
-			}
-			err = a.sendChanges(s, changes)
-		}
+		idle, err := a.step(s)
 		if err != nil {
 			return 0, err
+		}
+		if idle {
+			a.lastMark = a.cfg.Clock.Now()
+			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "shutdown", Time: a.lastMark})); err != nil {
+				return 0, err
+			}
+			seq := a.nextSeq - 1
+			return seq, s.flush()
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -151,7 +152,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 				if point, err = s.j.Point(ctx, name, journal.Seq(final)); err != nil {
 					return "", err
 				}
-				return stepf("processed %d writes (%s) up to the final point %d", ps.Writes, bytesText(ps.Bytes), point.ID), nil
+				return stepf("processed %d writes (%s) up to the final point %d", ps.Writes, cli.Bytes(ps.Bytes), point.ID), nil
 			})
 			if err != nil {
 				return err
@@ -176,7 +177,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			}
 			detail := stepf("%s: point %d (%s, %s)", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339))
 			if ps.Writes > 0 {
-				detail += stepf(" after processing %d pending writes (%s)", ps.Writes, bytesText(ps.Bytes))
+				detail += stepf(" after processing %d pending writes (%s)", ps.Writes, cli.Bytes(ps.Bytes))
 			}
 			return detail, nil
 		}); err != nil {
@@ -531,16 +532,4 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
-}
-
-func bytesText(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

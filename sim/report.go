@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry/pkg/cli"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -55,7 +56,7 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "\n== %s: %s\n", e.VM, e.Action)
 		if e.Point != nil {
 			fmt.Fprintf(w, "   point      %d, %s, tag %q, %s old at the start\n", e.Point.GetId(), consistencyName(e.Point.GetConsistency()), e.Point.GetTag(), e.PointAge.Round(time.Second))
-			fmt.Fprintf(w, "   RPO        %s of writes lost (%.0f s) against ground truth\n", bytesText(e.LossBytes), e.LossSeconds)
+			fmt.Fprintf(w, "   RPO        %s of writes lost (%.0f s) against ground truth\n", cli.Bytes(e.LossBytes), e.LossSeconds)
 		}
 		if j := e.Job; j != nil {
 			total := time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano())
@@ -111,16 +112,4 @@ func consistencyName(c ferryv1.Consistency) string {
 		return "crash-consistent"
 	}
 	return "unknown consistency"
-}
-
-func bytesText(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -155,7 +156,7 @@ func (d *Drill) verify(ctx context.Context, rep *Report, v *VM, e *Entry, instan
 		rep.fail("%s %s: %v", v.Config.Name, e.Action, err)
 		return
 	}
-	e.Verified = fmt.Sprintf("ok: all %s of the VM's disks equal the ground truth at point %d", bytesText(n), e.Point.GetId())
+	e.Verified = fmt.Sprintf("ok: all %s of the VM's disks equal the ground truth at point %d", cli.Bytes(n), e.Point.GetId())
 	d.loss(v, e, truth)
 }
 
@@ -226,7 +227,7 @@ func (d *Drill) TestFailover(ctx context.Context, rep *Report, v *VM, point, net
 			disk.Device.WriteAt(ctx, buf, off)
 		}
 	}
-	e.Notes = append(e.Notes, fmt.Sprintf("test VM %s on isolated network %s wrote %s to its disks", inst.ID, inst.Network.Name, bytesText(int64(len(buf)*8*len(inst.Spec.Disks)))))
+	e.Notes = append(e.Notes, fmt.Sprintf("test VM %s on isolated network %s wrote %s to its disks", inst.ID, inst.Network.Name, cli.Bytes(int64(len(buf)*8*len(inst.Spec.Disks)))))
 	return e
 }
 

@@ -1,5 +1,5 @@
-// Package cli holds what Ferry's binaries share: logging setup, signal
-// handling and flag helpers.
+// Package cli holds what Ferry's binaries and reports share: logging setup,
+// signal handling, flag helpers and formatting for people.
 package cli
 
 import (
@@ -43,3 +43,16 @@ type Repeated []string
 
 func (r *Repeated) String() string     { return strings.Join(*r, ",") }
 func (r *Repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+// Bytes formats a byte count for people: 512 B, 1.5 KiB, 3.2 MiB, 1.0 GiB.
+func Bytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

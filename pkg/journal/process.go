@@ -35,15 +35,7 @@ func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStat
 		}
 		st.From, st.To = vm.ProcessedSeq, min(upTo, vm.LastSeq)
 		consistent = vm.ProcessedConsistent
-		b := tx.Bucket(vmBucketName(name))
-		data := b.Bucket(bucketData)
-		c := b.Bucket(bucketMeta).Cursor()
-		var buf []byte
-		for k, v := c.Seek(seqKey(st.From + 1)); k != nil && keySeq(k) <= st.To; k, v = c.Next() {
-			r, err := decodeMeta(name, keySeq(k), v)
-			if err != nil {
-				return err
-			}
+		vs, err := verifyRecords(ctx, tx, name, st.From, st.To, func(r *Record) {
 			switch r.Kind {
 			case KindDrainBegin:
 				consistent = false
@@ -51,28 +43,10 @@ func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStat
 				consistent = true
 			case KindMarker:
 				points = append(points, Point{VM: name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time})
-			case KindWrite:
-				if st.Writes%1024 == 0 {
-					if err := ctx.Err(); err != nil {
-						return err
-					}
-				}
-				payload := data.Get(k)
-				if payload == nil && r.Codec != CodecZero {
-					return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
-				}
-				out, err := decode(buf, r.Codec, payload, r.Length, r.Sum)
-				if err != nil {
-					return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
-				}
-				if r.Codec != CodecRaw {
-					buf = out
-				}
-				st.Writes++
-				st.Bytes += int64(r.Length)
 			}
-		}
-		return nil
+		})
+		st.Writes, st.Bytes = vs.Writes, vs.Bytes
+		return err
 	})
 	if err != nil || st.To <= st.From {
 		return st, err

@@ -218,43 +218,56 @@ type VerifyStats struct {
 // It returns the first *CorruptError it finds.
 func (j *Journal) Verify(ctx context.Context, name VMID, upTo Seq) (VerifyStats, error) {
 	var st VerifyStats
-	err := j.db.View(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
-		if err != nil {
+	err := j.db.View(func(tx *bolt.Tx) (err error) {
+		if _, err := getVM(tx, name); err != nil {
 			return err
 		}
-		b := tx.Bucket(vmBucketName(name))
-		data := b.Bucket(bucketData)
-		c := b.Bucket(bucketMeta).Cursor()
-		var buf []byte
-		for k, v := c.First(); k != nil && keySeq(k) <= upTo; k, v = c.Next() {
-			r, err := decodeMeta(vm.Name, keySeq(k), v)
-			if err != nil {
-				return err
-			}
-			if r.Kind != KindWrite {
-				continue
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			payload := data.Get(k)
-			if payload == nil && r.Codec != CodecZero {
-				return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
-			}
-			out, err := decode(buf, r.Codec, payload, r.Length, r.Sum)
-			if err != nil {
-				return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
-			}
-			if r.Codec != CodecRaw {
-				buf = out
-			}
-			st.Writes++
-			st.Bytes += int64(r.Length)
-		}
-		return nil
+		st, err = verifyRecords(ctx, tx, name, 0, upTo, nil)
+		return err
 	})
 	return st, err
+}
+
+// verifyRecords walks the records after from up to upTo, reads back every
+// write's payload and checks it against its xxhash, and calls fn (if set)
+// with each record.
+func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, fn func(*Record)) (VerifyStats, error) {
+	var st VerifyStats
+	b := tx.Bucket(vmBucketName(name))
+	data := b.Bucket(bucketData)
+	c := b.Bucket(bucketMeta).Cursor()
+	var buf []byte
+	for k, v := c.Seek(seqKey(from + 1)); k != nil && keySeq(k) <= upTo; k, v = c.Next() {
+		r, err := decodeMeta(name, keySeq(k), v)
+		if err != nil {
+			return st, err
+		}
+		if fn != nil {
+			fn(&r)
+		}
+		if r.Kind != KindWrite {
+			continue
+		}
+		if st.Writes%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return st, err
+			}
+		}
+		payload := data.Get(k)
+		if payload == nil && r.Codec != CodecZero {
+			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
+		}
+		out, err := decode(buf, r.Codec, payload, r.Length, r.Sum)
+		if err != nil {
+			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
+		}
+		if r.Codec != CodecRaw {
+			buf = out
+		}
+		st.Writes++
+		st.Bytes += int64(r.Length)
+	}
+	return st, nil
 }
 
 // ChunkHashes returns the xxhash64 of every chunkSize bytes of one disk as
