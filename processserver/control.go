@@ -160,12 +160,25 @@ func (c *control) state(vm string) (VMState, error) {
 	return st, err
 }
 
-func (c *control) putState(st VMState) error {
-	buf, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	return c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketStates).Put([]byte(st.Name), buf) })
+// update changes vm's stored state in one transaction, so that concurrent
+// updaters (a hello recording the machine, a failover recording its
+// outcome) each change only their own fields.
+func (c *control) update(vm string, fn func(*VMState)) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStates)
+		st := VMState{Name: vm}
+		if v := b.Get([]byte(vm)); v != nil {
+			if err := json.Unmarshal(v, &st); err != nil {
+				return err
+			}
+		}
+		fn(&st)
+		buf, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(vm), buf)
+	})
 }
 
 // putJob stores a job, giving it an ID when it has none.

@@ -204,13 +204,14 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 	}
 	s.readiness(ctx, run, st.Machine, inst)
 	now := s.clock.Now()
-	if test {
-		st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
-	} else {
-		st.State = StateFailedOver
-		st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Started: now}
-	}
-	return s.ctl.putState(*st)
+	return s.ctl.update(req.VM, func(st *VMState) {
+		if test {
+			st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
+		} else {
+			st.State = StateFailedOver
+			st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Started: now}
+		}
+	})
 }
 
 // bringUp creates the VM from point's disks, processes it if the machine
@@ -393,8 +394,7 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 			return err
 		}
 		s.readiness(ctx, run, st.Machine, inst)
-		st.Failover.Instance, st.Failover.Point = inst.ID, point.ID
-		return s.ctl.putState(st)
+		return s.ctl.update(vmName, func(st *VMState) { st.Failover.Instance, st.Failover.Point = inst.ID, point.ID })
 	}()
 	return run.finish(err)
 }
@@ -422,8 +422,7 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 		if err := s.j.DeletePoints(ctx, journal.VMID(vmName)); err != nil {
 			return "", err
 		}
-		st.State = StateCommitted
-		if err := s.ctl.putState(st); err != nil {
+		if err := s.ctl.update(vmName, func(st *VMState) { st.State = StateCommitted }); err != nil {
 			return "", err
 		}
 		return stepf("%d points deleted; instance %s keeps running from point %d", vm.Points, st.Failover.Instance, st.Failover.Point), nil
@@ -458,8 +457,7 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
 			return "", err
 		}
-		st.Test = nil
-		return stepf("instance %s and its scratch disks deleted", id), s.ctl.putState(st)
+		return stepf("instance %s and its scratch disks deleted", id), s.ctl.update(vmName, func(st *VMState) { st.Test = nil })
 	})
 	return run.finish(err)
 }

@@ -307,12 +307,8 @@ func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello) error {
 	if h.GetMachine() == nil {
 		return nil
 	}
-	st, err := s.ctl.state(h.GetVm())
-	if err != nil {
-		return err
-	}
-	st.Machine = machineFromProto(h.GetMachine())
-	return s.ctl.putState(st)
+	m := machineFromProto(h.GetMachine())
+	return s.ctl.update(h.GetVm(), func(st *VMState) { st.Machine = m })
 }
 
 // Receiver is the server's replication receiver.
