@@ -37,7 +37,11 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	if chunk == 0 || chunk%blockdev.BlockSize != 0 || chunk > 16<<20 {
 		return grpcStatus(fmt.Errorf("%w: chunk size %d is not a multiple of %d up to 16 MiB", ErrBadHello, chunk, blockdev.BlockSize))
 	}
-	sums, seq, err := r.j.ChunkHashes(ctx, name, disk, chunk)
+	var only []uint64
+	if len(req.GetChunks()) > 0 {
+		only = req.GetChunks()
+	}
+	sums, seq, err := r.j.ChunkHashes(ctx, name, disk, chunk, only)
 	if err != nil {
 		return grpcStatus(err)
 	}

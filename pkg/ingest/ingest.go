@@ -216,6 +216,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	s.durable.Store(uint64(vm.LastSeq))
 	if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_HelloAck{HelloAck: &ferryv1.HelloAck{
 		DurableSeq: uint64(vm.LastSeq), Epoch: uint64(vm.Epoch), Consistent: vm.Consistent,
+		ReplicaEmpty: vm.LastSeq == 0 && r.j.Base(vm.Name) == nil,
 	}}}); err != nil {
 		return err
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
 var (
@@ -50,6 +52,9 @@ type Journal struct {
 	failed error // sticky: set when a commit failed
 
 	procMu sync.Mutex // serializes Process
+
+	baseMu sync.RWMutex
+	bases  map[VMID][]blockdev.Device
 }
 
 // Open opens or creates the journal file at path.
@@ -78,7 +83,7 @@ func Open(path string, opts Options) (*Journal, error) {
 		db.Close()
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	return &Journal{db: db, path: path}, nil
+	return &Journal{db: db, path: path, bases: map[VMID][]blockdev.Device{}}, nil
 }
 
 // Close closes the file.

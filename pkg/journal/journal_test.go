@@ -170,7 +170,7 @@ func TestPointsMatchTruth(t *testing.T) {
 			}
 			// Chunk hashes at the head equal hashes of the truth.
 			for d := range f.vm.Disks {
-				sums, seq, err := f.j.ChunkHashes(ctx, "vm1", d, 64<<10)
+				sums, seq, err := f.j.ChunkHashes(ctx, "vm1", d, 64<<10, nil)
 				if err != nil || seq != f.seq {
 					t.Fatalf("chunk hashes: seq %d, %v", seq, err)
 				}
@@ -262,5 +262,54 @@ func TestCorruptionDetected(t *testing.T) {
 	}
 	if err := j.Check(ctx); err == nil {
 		t.Fatal("check passed a corrupt journal")
+	}
+}
+
+// TestBase: with the primary's disk attached as base, points read the
+// base where no write covers, chunk hashes cover the base, and Apply turns
+// the base into the point writing only the blocks that differ.
+func TestBase(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, journal.CodecZstd, 256<<10)
+	primary := blockdev.NewMemory(256 << 10)
+	rng := rand.New(rand.NewPCG(3, 3))
+	img := randomData(rng, 256<<10)
+	for img[0] == 0 { // make sure the base is not all zeros
+		img = randomData(rng, 256<<10)
+	}
+	primary.WriteAt(ctx, img, 0)
+	f.truth[0].WriteAt(ctx, img, 0)
+	if err := f.j.AttachBase(ctx, "vm1", []blockdev.Device{primary}); err != nil {
+		t.Fatal(err)
+	}
+	begin := f.rec(journal.KindDrainBegin)
+	same := f.write(0, 8*bs, img[8*bs:10*bs]) // rewrites what is there
+	f.append(begin, same, f.write(0, 20*bs, bytes.Repeat([]byte{7}, 3*bs)), f.rec(journal.KindDrainEnd), f.marker())
+	p, _, err := f.j.CutPoint(ctx, "vm1", "latest", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := blockdev.NewMemory(256 << 10)
+	if err := f.j.Materialize(ctx, "vm1", p.ID, 0, got, true); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 256<<10)
+	f.truth[0].ReadAt(ctx, want, 0)
+	gotImg := make([]byte, 256<<10)
+	got.ReadAt(ctx, gotImg, 0)
+	if !bytes.Equal(gotImg, want) {
+		t.Fatal("point over a base differs from the truth")
+	}
+	sums, _, err := f.j.ChunkHashes(ctx, "vm1", 0, 16<<10, []uint64{5, 0, 1})
+	if err != nil || len(sums) != 3 || sums[0] != xxhash.Sum64(want[5*16<<10:6*16<<10]) || sums[1] != xxhash.Sum64(want[:16<<10]) {
+		t.Fatalf("chunk hashes over a base: %v", err)
+	}
+	st, err := f.j.Apply(ctx, "vm1", p.ID, 0, primary, true)
+	if err != nil || st.Written != 3*bs || st.Read != 5*bs {
+		t.Fatalf("apply: %+v %v (want 3 blocks written of 5 read)", st, err)
+	}
+	primary.ReadAt(ctx, gotImg, 0)
+	if !bytes.Equal(gotImg, want) {
+		t.Fatal("primary after apply differs from the point")
 	}
 }

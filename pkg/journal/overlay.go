@@ -22,6 +22,7 @@ type Overlay struct {
 	size    int64
 	bs      int64
 	index   map[int64]Seq // block -> newest write up to the point
+	base    blockdev.Device
 	scratch blockdev.Device
 
 	mu       sync.Mutex
@@ -35,6 +36,9 @@ type Overlay struct {
 // be as large as the disk and is where writes go.
 func (j *Journal) OpenOverlay(ctx context.Context, name VMID, upTo Seq, disk int, scratch blockdev.Device) (*Overlay, error) {
 	o := &Overlay{j: j, vm: name, index: map[int64]Seq{}, scratch: scratch, written: map[int64]bool{}}
+	if b := j.Base(name); b != nil && disk >= 0 && disk < len(b) {
+		o.base = b[disk]
+	}
 	err := j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -83,6 +87,10 @@ func (o *Overlay) readBlockLocked(ctx context.Context, b int64, p []byte) error 
 	}
 	seq, ok := o.index[b]
 	if !ok {
+		if o.base != nil {
+			_, err := o.base.ReadAt(ctx, p, b*o.bs)
+			return err
+		}
 		clear(p)
 		return nil
 	}

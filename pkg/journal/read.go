@@ -76,12 +76,13 @@ func (j *Journal) ReadPoint(ctx context.Context, name VMID, upTo Seq, disk int, 
 		if upTo > vm.LastSeq {
 			return fmt.Errorf("vm %s: read up to %d: %w: last durable record is %d", name, upTo, ErrNoPoint, vm.LastSeq)
 		}
-		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, fn)
+		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, j.Base(name), fn)
 	})
 }
 
-// readPoint reads [lo, hi) of a disk as of upTo; see ReadPoint.
-func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, fn func(Extent) error) error {
+// readPoint reads [lo, hi) of a disk as of upTo; see ReadPoint. Blocks no
+// write supplied come from base when the VM has one, after everything else.
+func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, fn func(Extent) error) error {
 	bs := int64(vm.BlockSize)
 	if bs == 0 {
 		bs = blockdev.BlockSize
@@ -142,7 +143,26 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 			return err
 		}
 	}
-	return nil
+	if base == nil || cov.left == 0 {
+		return nil
+	}
+	var bbuf []byte
+	return cov.take(loBlk, hiBlk-loBlk, func(first, n int64) error {
+		for off, end := first*bs, min((first+n)*bs, size); off < end; {
+			c := min(end-off, 1<<20)
+			if int64(cap(bbuf)) < c {
+				bbuf = make([]byte, c)
+			}
+			if _, err := base[disk].ReadAt(ctx, bbuf[:c], off); err != nil {
+				return fmt.Errorf("vm %s: read base of disk %d at %d: %w", vm.Name, disk, off, err)
+			}
+			if err := fn(Extent{Offset: off, Length: c, Data: bbuf[:c]}); err != nil {
+				return err
+			}
+			off += c
+		}
+		return nil
+	})
 }
 
 // Materialize writes one disk as of the state after record upTo into dst,
@@ -270,14 +290,17 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, 
 	return st, nil
 }
 
-// ChunkHashes returns the xxhash64 of every chunkSize bytes of one disk as
-// of its newest durable record (the last chunk may be shorter), and that
-// record's sequence. The disk is assembled in memory a window of chunks at a
-// time, so memory stays bounded by the window whatever the disk's size.
-func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSize int64) ([]uint64, Seq, error) {
+// ChunkHashes returns the xxhash64 of chunks of one disk as of its newest
+// durable record, and that record's sequence: of every chunk when only is
+// nil (the last may be shorter), else of the chunks listed, in that order.
+// The disk is assembled in memory a window at a time, so memory stays
+// bounded whatever its size; chunks no write touched and that have no base
+// hash as zeros without being read.
+func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSize int64, only []uint64) ([]uint64, Seq, error) {
 	if chunkSize <= 0 || chunkSize%blockdev.BlockSize != 0 {
 		return nil, 0, fmt.Errorf("chunk hashes: %w: chunk size %d is not a multiple of %d", ErrInvalid, chunkSize, blockdev.BlockSize)
 	}
+	base := j.Base(name)
 	var sums []uint64
 	var seq Seq
 	err := j.db.View(func(tx *bolt.Tx) error {
@@ -291,54 +314,77 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 		seq = vm.LastSeq
 		size := vm.Disks[disk].Size
 		nchunks := (size + chunkSize - 1) / chunkSize
-		sums = make([]uint64, nchunks)
-		// Chunks no write touched are zeros: they hash without being read.
+		if only == nil {
+			only = make([]uint64, nchunks)
+			for i := range only {
+				only[i] = uint64(i)
+			}
+		}
+		wanted := map[int64][]int{} // chunk -> positions in the answer
+		for i, c := range only {
+			if int64(c) >= nchunks {
+				return fmt.Errorf("vm %s: %w: chunk %d of a disk of %d chunks", name, ErrInvalid, c, nchunks)
+			}
+			wanted[int64(c)] = append(wanted[int64(c)], i)
+		}
+		sums = make([]uint64, len(only))
+		zero := func(c int64) uint64 { return ZeroSum(int(min(chunkSize, size-c*chunkSize))) }
+		// Chunks that need reading: those with a base, or touched by a write.
 		touched := newCoverage(nchunks)
-		c := tx.Bucket(vmBucketName(name)).Bucket(bucketMeta).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			r, err := decodeMeta(vm.Name, keySeq(k), v)
-			if err != nil {
-				return err
+		if base != nil {
+			for c := range wanted {
+				touched.set(c)
 			}
-			if r.Kind != KindWrite || r.Disk != disk {
-				continue
-			}
-			for c := r.Offset / chunkSize; c <= (r.Offset+int64(r.Length)-1)/chunkSize; c++ {
-				if !touched.covered(c) {
-					touched.set(c)
+		} else {
+			cur := tx.Bucket(vmBucketName(name)).Bucket(bucketMeta).Cursor()
+			for k, v := cur.First(); k != nil; k, v = cur.Next() {
+				r, err := decodeMeta(vm.Name, keySeq(k), v)
+				if err != nil {
+					return err
+				}
+				if r.Kind != KindWrite || r.Disk != disk {
+					continue
+				}
+				for c := r.Offset / chunkSize; c <= (r.Offset+int64(r.Length)-1)/chunkSize; c++ {
+					if !touched.covered(c) {
+						touched.set(c)
+					}
 				}
 			}
 		}
-		zeroFull, zeroTail := ZeroSum(int(chunkSize)), ZeroSum(int(size-(nchunks-1)*chunkSize))
-		for c := range sums {
-			sums[c] = zeroFull
-		}
-		sums[nchunks-1] = zeroTail
-		// Assemble touched chunks a window at a time.
-		const window = 256 << 20
+		const window = 64 << 20
 		perWin := max(1, window/chunkSize)
-		buf := make([]byte, perWin*chunkSize)
+		var buf []byte
 		for w := int64(0); w < nchunks; w += perWin {
-			any := false
+			var read []int64
 			for c := w; c < min(w+perWin, nchunks); c++ {
-				if touched.covered(c) {
-					any = true
-					break
+				if _, ok := wanted[c]; !ok {
+					continue
 				}
+				if !touched.covered(c) {
+					for _, i := range wanted[c] {
+						sums[i] = zero(c)
+					}
+					continue
+				}
+				read = append(read, c)
 			}
-			if !any {
+			if len(read) == 0 {
 				continue
 			}
 			lo, hi := w*chunkSize, min((w+perWin)*chunkSize, size)
+			if buf == nil {
+				buf = make([]byte, perWin*chunkSize)
+			}
 			clear(buf)
-			if err := readRange(ctx, tx, vm, seq, disk, lo, hi, buf); err != nil {
+			if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, buf); err != nil {
 				return err
 			}
-			for c := w; c < min(w+perWin, nchunks); c++ {
-				if touched.covered(c) {
-					off := c*chunkSize - lo
-					end := min(off+chunkSize, hi-lo)
-					sums[c] = xxhash.Sum64(buf[off:end])
+			for _, c := range read {
+				off := c*chunkSize - lo
+				h := xxhash.Sum64(buf[off:min(off+chunkSize, hi-lo)])
+				for _, i := range wanted[c] {
+					sums[i] = h
 				}
 			}
 		}
@@ -348,8 +394,8 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 }
 
 // readRange assembles [lo, hi) of a disk as of upTo into buf.
-func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, buf []byte) error {
-	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, func(e Extent) error {
+func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, buf []byte) error {
+	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, func(e Extent) error {
 		if e.Data != nil {
 			copy(buf[e.Offset-lo:], e.Data)
 		}

@@ -1244,7 +1244,10 @@ type Command_Shutdown struct {
 func (*Command_Shutdown) isCommand_Action() {}
 
 type Shutdown struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// After shutting down, send every block of every disk, not only the
+	// changes (failback that synchronizes during failover only).
+	FullCopy      bool `protobuf:"varint,1,opt,name=full_copy,json=fullCopy,proto3" json:"full_copy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1279,13 +1282,23 @@ func (*Shutdown) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
 }
 
+func (x *Shutdown) GetFullCopy() bool {
+	if x != nil {
+		return x.FullCopy
+	}
+	return false
+}
+
 type HelloAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Highest durable sequence of this VM; the agent resumes after it.
 	DurableSeq uint64 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
 	Epoch      uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// False while a drain is open: the replica is not write-ordered yet.
-	Consistent    bool `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	Consistent bool `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// True when the replica holds nothing yet (no record, no base disks): an
+	// agent then copies everything instead of comparing hashes.
+	ReplicaEmpty  bool `protobuf:"varint,4,opt,name=replica_empty,json=replicaEmpty,proto3" json:"replica_empty,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1341,6 +1354,13 @@ func (x *HelloAck) GetConsistent() bool {
 	return false
 }
 
+func (x *HelloAck) GetReplicaEmpty() bool {
+	if x != nil {
+		return x.ReplicaEmpty
+	}
+	return false
+}
+
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DurableSeq    uint64                 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
@@ -1386,11 +1406,14 @@ func (x *Ack) GetDurableSeq() uint64 {
 }
 
 type BlockHashesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
-	Disk          string                 `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
-	ChunkSize     uint32                 `protobuf:"varint,3,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Vm        string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Disk      string                 `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	ChunkSize uint32                 `protobuf:"varint,3,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Only these chunks (indices at chunk_size); all when empty. The answer
+	// then lists hashes in the order asked, first_chunk 0.
+	Chunks        []uint64 `protobuf:"varint,5,rep,packed,name=chunks,proto3" json:"chunks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1451,6 +1474,13 @@ func (x *BlockHashesRequest) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *BlockHashesRequest) GetChunks() []uint64 {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
 }
 
 type BlockHashesResponse struct {
@@ -1515,6 +1545,121 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type ReprotectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	// "original" or "alternate" (reverse reprotect only).
+	Location      string `protobuf:"bytes,2,opt,name=location,proto3" json:"location,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReprotectRequest) Reset() {
+	*x = ReprotectRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReprotectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReprotectRequest) ProtoMessage() {}
+
+func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
+func (*ReprotectRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReprotectRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *ReprotectRequest) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+type FailbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	// "before" or "during".
+	Sync string `protobuf:"bytes,2,opt,name=sync,proto3" json:"sync,omitempty"`
+	// "latest" or "latest-app".
+	Point         string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailbackRequest) Reset() {
+	*x = FailbackRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailbackRequest) ProtoMessage() {}
+
+func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
+func (*FailbackRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *FailbackRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetSync() string {
+	if x != nil {
+		return x.Sync
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
 type FailoverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -1531,7 +1676,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1688,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1701,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -1604,7 +1749,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1761,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1774,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -1655,7 +1800,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1812,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1825,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -1699,7 +1844,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1856,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1869,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -1743,7 +1888,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1900,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1913,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1787,7 +1932,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1944,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1957,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -1843,7 +1988,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2000,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2013,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Job) GetId() uint64 {
@@ -1964,7 +2109,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2121,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2134,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JobStep) GetName() string {
@@ -2046,7 +2191,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2203,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2216,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Finding) GetCheck() string {
@@ -2104,7 +2249,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2261,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2274,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -2148,7 +2293,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +2305,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +2318,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -2201,7 +2346,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2358,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2371,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VMStatus) GetName() string {
@@ -2307,7 +2452,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2464,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2477,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 type ListVMsResponse struct {
@@ -2344,7 +2489,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2501,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2514,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -2397,7 +2542,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2554,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2567,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VM) GetName() string {
@@ -2497,7 +2642,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2509,7 +2654,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2522,7 +2667,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -2541,7 +2686,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2698,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2711,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -2589,7 +2734,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2746,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2759,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -2657,7 +2802,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2814,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2827,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -2721,7 +2866,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +2878,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +2891,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -2794,7 +2939,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2806,7 +2951,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2819,7 +2964,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -2847,7 +2992,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +3004,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +3017,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -2892,6 +3037,408 @@ func (x *VerifyPointResponse) GetWritesChecked() uint64 {
 func (x *VerifyPointResponse) GetBytesChecked() uint64 {
 	if x != nil {
 		return x.BytesChecked
+	}
+	return 0
+}
+
+type PrepareReprotectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Disks []*DiskInfo            `protobuf:"bytes,2,rep,name=disks,proto3" json:"disks,omitempty"`
+	Epoch uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// "original" or "alternate".
+	Location      string `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareReprotectRequest) Reset() {
+	*x = PrepareReprotectRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareReprotectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareReprotectRequest) ProtoMessage() {}
+
+func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
+func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *PrepareReprotectRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *PrepareReprotectRequest) GetDisks() []*DiskInfo {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *PrepareReprotectRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PrepareReprotectRequest) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+type PrepareReprotectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where reverse replication writes, for the report.
+	Targets       []string `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareReprotectResponse) Reset() {
+	*x = PrepareReprotectResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareReprotectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareReprotectResponse) ProtoMessage() {}
+
+func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
+func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *PrepareReprotectResponse) GetTargets() []string {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+type MTFailbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	// "before": reverse replication already copied the data; only the final
+	// delta moves during downtime. "during": the whole disk moves after
+	// shutdown, without checksums.
+	Sync string `protobuf:"bytes,2,opt,name=sync,proto3" json:"sync,omitempty"`
+	// "latest" or "latest-app".
+	Point         string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MTFailbackRequest) Reset() {
+	*x = MTFailbackRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTFailbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTFailbackRequest) ProtoMessage() {}
+
+func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
+func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *MTFailbackRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *MTFailbackRequest) GetSync() string {
+	if x != nil {
+		return x.Sync
+	}
+	return ""
+}
+
+func (x *MTFailbackRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
+type MTFailbackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Steps []*JobStep             `protobuf:"bytes,1,rep,name=steps,proto3" json:"steps,omitempty"`
+	Point *RecoveryPoint         `protobuf:"bytes,2,opt,name=point,proto3" json:"point,omitempty"`
+	// Shutdown of the recovered VM to start of the primary VM.
+	DowntimeNanos int64 `protobuf:"varint,3,opt,name=downtime_nanos,json=downtimeNanos,proto3" json:"downtime_nanos,omitempty"`
+	// Payload bytes received from the recovered VM during downtime, and in
+	// all since reprotect.
+	DowntimeBytes uint64 `protobuf:"varint,4,opt,name=downtime_bytes,json=downtimeBytes,proto3" json:"downtime_bytes,omitempty"`
+	TotalBytes    uint64 `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// Bytes written to the primary disks.
+	AppliedBytes  uint64 `protobuf:"varint,6,opt,name=applied_bytes,json=appliedBytes,proto3" json:"applied_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MTFailbackResponse) Reset() {
+	*x = MTFailbackResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTFailbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTFailbackResponse) ProtoMessage() {}
+
+func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
+func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *MTFailbackResponse) GetSteps() []*JobStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *MTFailbackResponse) GetPoint() *RecoveryPoint {
+	if x != nil {
+		return x.Point
+	}
+	return nil
+}
+
+func (x *MTFailbackResponse) GetDowntimeNanos() int64 {
+	if x != nil {
+		return x.DowntimeNanos
+	}
+	return 0
+}
+
+func (x *MTFailbackResponse) GetDowntimeBytes() uint64 {
+	if x != nil {
+		return x.DowntimeBytes
+	}
+	return 0
+}
+
+func (x *MTFailbackResponse) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *MTFailbackResponse) GetAppliedBytes() uint64 {
+	if x != nil {
+		return x.AppliedBytes
+	}
+	return 0
+}
+
+type RetireResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireResponse) Reset() {
+	*x = RetireResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireResponse) ProtoMessage() {}
+
+func (x *RetireResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
+func (*RetireResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+}
+
+type ReprotectStatusResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Registered     bool                   `protobuf:"varint,1,opt,name=registered,proto3" json:"registered,omitempty"`
+	Location       string                 `protobuf:"bytes,2,opt,name=location,proto3" json:"location,omitempty"`
+	Epoch          uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	DurableSeq     uint64                 `protobuf:"varint,4,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
+	Consistent     bool                   `protobuf:"varint,5,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	ResyncProgress float64                `protobuf:"fixed64,6,opt,name=resync_progress,json=resyncProgress,proto3" json:"resync_progress,omitempty"`
+	ReceivedBytes  uint64                 `protobuf:"varint,7,opt,name=received_bytes,json=receivedBytes,proto3" json:"received_bytes,omitempty"`
+	Points         uint32                 `protobuf:"varint,8,opt,name=points,proto3" json:"points,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReprotectStatusResponse) Reset() {
+	*x = ReprotectStatusResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReprotectStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReprotectStatusResponse) ProtoMessage() {}
+
+func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
+func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ReprotectStatusResponse) GetRegistered() bool {
+	if x != nil {
+		return x.Registered
+	}
+	return false
+}
+
+func (x *ReprotectStatusResponse) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+func (x *ReprotectStatusResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReprotectStatusResponse) GetDurableSeq() uint64 {
+	if x != nil {
+		return x.DurableSeq
+	}
+	return 0
+}
+
+func (x *ReprotectStatusResponse) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+func (x *ReprotectStatusResponse) GetResyncProgress() float64 {
+	if x != nil {
+		return x.ResyncProgress
+	}
+	return 0
+}
+
+func (x *ReprotectStatusResponse) GetReceivedBytes() uint64 {
+	if x != nil {
+		return x.ReceivedBytes
+	}
+	return 0
+}
+
+func (x *ReprotectStatusResponse) GetPoints() uint32 {
+	if x != nil {
+		return x.Points
 	}
 	return 0
 }
@@ -2978,30 +3525,39 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdownB\b\n" +
-	"\x06action\"\n" +
-	"\n" +
-	"\bShutdown\"a\n" +
+	"\x06action\"'\n" +
+	"\bShutdown\x12\x1b\n" +
+	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\"\x86\x01\n" +
 	"\bHelloAck\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
-	"consistent\"&\n" +
+	"consistent\x12#\n" +
+	"\rreplica_empty\x18\x04 \x01(\bR\freplicaEmpty\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
-	"durableSeq\"m\n" +
+	"durableSeq\"\x85\x01\n" +
 	"\x12BlockHashesRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x1d\n" +
 	"\n" +
 	"chunk_size\x18\x03 \x01(\rR\tchunkSize\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"`\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06chunks\x18\x05 \x03(\x04R\x06chunks\"`\n" +
 	"\x13BlockHashesResponse\x12\x1f\n" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x99\x01\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\">\n" +
+	"\x10ReprotectRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x1a\n" +
+	"\blocation\x18\x02 \x01(\tR\blocation\"K\n" +
+	"\x0fFailbackRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x14\n" +
+	"\x05point\x18\x03 \x01(\tR\x05point\"\x99\x01\n" +
 	"\x0fFailoverRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12*\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x16.ferry.v1.FailoverTypeR\x04type\x12\x14\n" +
@@ -3103,7 +3659,41 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x13VerifyPointResponse\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\x04R\apointId\x12%\n" +
 	"\x0ewrites_checked\x18\x02 \x01(\x04R\rwritesChecked\x12#\n" +
-	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked*V\n" +
+	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\"\x85\x01\n" +
+	"\x17PrepareReprotectRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
+	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\blocation\x18\x04 \x01(\tR\blocation\"4\n" +
+	"\x18PrepareReprotectResponse\x12\x18\n" +
+	"\atargets\x18\x01 \x03(\tR\atargets\"M\n" +
+	"\x11MTFailbackRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x14\n" +
+	"\x05point\x18\x03 \x01(\tR\x05point\"\x80\x02\n" +
+	"\x12MTFailbackResponse\x12'\n" +
+	"\x05steps\x18\x01 \x03(\v2\x11.ferry.v1.JobStepR\x05steps\x12-\n" +
+	"\x05point\x18\x02 \x01(\v2\x17.ferry.v1.RecoveryPointR\x05point\x12%\n" +
+	"\x0edowntime_nanos\x18\x03 \x01(\x03R\rdowntimeNanos\x12%\n" +
+	"\x0edowntime_bytes\x18\x04 \x01(\x04R\rdowntimeBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x05 \x01(\x04R\n" +
+	"totalBytes\x12#\n" +
+	"\rapplied_bytes\x18\x06 \x01(\x04R\fappliedBytes\"\x10\n" +
+	"\x0eRetireResponse\"\x94\x02\n" +
+	"\x17ReprotectStatusResponse\x12\x1e\n" +
+	"\n" +
+	"registered\x18\x01 \x01(\bR\n" +
+	"registered\x12\x1a\n" +
+	"\blocation\x18\x02 \x01(\tR\blocation\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1f\n" +
+	"\vdurable_seq\x18\x04 \x01(\x04R\n" +
+	"durableSeq\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x05 \x01(\bR\n" +
+	"consistent\x12'\n" +
+	"\x0fresync_progress\x18\x06 \x01(\x01R\x0eresyncProgress\x12%\n" +
+	"\x0ereceived_bytes\x18\a \x01(\x04R\rreceivedBytes\x12\x16\n" +
+	"\x06points\x18\b \x01(\rR\x06points*V\n" +
 	"\vConsistency\x12\x1b\n" +
 	"\x17CONSISTENCY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_CRASH\x10\x01\x12\x13\n" +
@@ -3121,7 +3711,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xaa\x05\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\x98\x06\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -3134,7 +3724,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vCleanupTest\x12\x13.ferry.v1.VMRequest\x1a\r.ferry.v1.Job\x12A\n" +
 	"\bListJobs\x12\x19.ferry.v1.ListJobsRequest\x1a\x1a.ferry.v1.ListJobsResponse\x120\n" +
 	"\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\r.ferry.v1.Job\x12;\n" +
-	"\x06Status\x12\x17.ferry.v1.StatusRequest\x1a\x18.ferry.v1.StatusResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x06Status\x12\x17.ferry.v1.StatusRequest\x1a\x18.ferry.v1.StatusResponse\x126\n" +
+	"\tReprotect\x12\x1a.ferry.v1.ReprotectRequest\x1a\r.ferry.v1.Job\x124\n" +
+	"\bFailback\x12\x19.ferry.v1.FailbackRequest\x1a\r.ferry.v1.Job2\xb4\x02\n" +
+	"\fMasterTarget\x12Y\n" +
+	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
+	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
+	"\x06Retire\x12\x13.ferry.v1.VMRequest\x1a\x18.ferry.v1.RetireResponse\x12I\n" +
+	"\x0fReprotectStatus\x12\x13.ferry.v1.VMRequest\x1a!.ferry.v1.ReprotectStatusResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_ferry_proto_rawDescOnce sync.Once
@@ -3149,51 +3746,59 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_ferry_v1_ferry_proto_goTypes = []any{
-	(Consistency)(0),            // 0: ferry.v1.Consistency
-	(DrainReason)(0),            // 1: ferry.v1.DrainReason
-	(FailoverType)(0),           // 2: ferry.v1.FailoverType
-	(*AgentMessage)(nil),        // 3: ferry.v1.AgentMessage
-	(*CommandResult)(nil),       // 4: ferry.v1.CommandResult
-	(*Hello)(nil),               // 5: ferry.v1.Hello
-	(*MachineInfo)(nil),         // 6: ferry.v1.MachineInfo
-	(*DiskInfo)(nil),            // 7: ferry.v1.DiskInfo
-	(*Batch)(nil),               // 8: ferry.v1.Batch
-	(*Record)(nil),              // 9: ferry.v1.Record
-	(*Write)(nil),               // 10: ferry.v1.Write
-	(*Marker)(nil),              // 11: ferry.v1.Marker
-	(*Drain)(nil),               // 12: ferry.v1.Drain
-	(*Heartbeat)(nil),           // 13: ferry.v1.Heartbeat
-	(*ServerMessage)(nil),       // 14: ferry.v1.ServerMessage
-	(*Command)(nil),             // 15: ferry.v1.Command
-	(*Shutdown)(nil),            // 16: ferry.v1.Shutdown
-	(*HelloAck)(nil),            // 17: ferry.v1.HelloAck
-	(*Ack)(nil),                 // 18: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),  // 19: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil), // 20: ferry.v1.BlockHashesResponse
-	(*FailoverRequest)(nil),     // 21: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),  // 22: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),           // 23: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),     // 24: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),    // 25: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),       // 26: ferry.v1.GetJobRequest
-	(*Job)(nil),                 // 27: ferry.v1.Job
-	(*JobStep)(nil),             // 28: ferry.v1.JobStep
-	(*Finding)(nil),             // 29: ferry.v1.Finding
-	(*StatusRequest)(nil),       // 30: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),      // 31: ferry.v1.StatusResponse
-	(*VMStatus)(nil),            // 32: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),      // 33: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),     // 34: ferry.v1.ListVMsResponse
-	(*VM)(nil),                  // 35: ferry.v1.VM
-	(*ListPointsRequest)(nil),   // 36: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),  // 37: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),       // 38: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),  // 39: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),         // 40: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),  // 41: ferry.v1.VerifyPointRequest
-	(*VerifyPointResponse)(nil), // 42: ferry.v1.VerifyPointResponse
+	(Consistency)(0),                 // 0: ferry.v1.Consistency
+	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
+	(FailoverType)(0),                // 2: ferry.v1.FailoverType
+	(*AgentMessage)(nil),             // 3: ferry.v1.AgentMessage
+	(*CommandResult)(nil),            // 4: ferry.v1.CommandResult
+	(*Hello)(nil),                    // 5: ferry.v1.Hello
+	(*MachineInfo)(nil),              // 6: ferry.v1.MachineInfo
+	(*DiskInfo)(nil),                 // 7: ferry.v1.DiskInfo
+	(*Batch)(nil),                    // 8: ferry.v1.Batch
+	(*Record)(nil),                   // 9: ferry.v1.Record
+	(*Write)(nil),                    // 10: ferry.v1.Write
+	(*Marker)(nil),                   // 11: ferry.v1.Marker
+	(*Drain)(nil),                    // 12: ferry.v1.Drain
+	(*Heartbeat)(nil),                // 13: ferry.v1.Heartbeat
+	(*ServerMessage)(nil),            // 14: ferry.v1.ServerMessage
+	(*Command)(nil),                  // 15: ferry.v1.Command
+	(*Shutdown)(nil),                 // 16: ferry.v1.Shutdown
+	(*HelloAck)(nil),                 // 17: ferry.v1.HelloAck
+	(*Ack)(nil),                      // 18: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),       // 19: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil),      // 20: ferry.v1.BlockHashesResponse
+	(*ReprotectRequest)(nil),         // 21: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 22: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 23: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 24: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 25: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 26: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 27: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 28: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 29: ferry.v1.Job
+	(*JobStep)(nil),                  // 30: ferry.v1.JobStep
+	(*Finding)(nil),                  // 31: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 32: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 33: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 34: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 35: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 36: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 37: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 38: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 39: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 40: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 41: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 42: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 43: ferry.v1.VerifyPointRequest
+	(*VerifyPointResponse)(nil),      // 44: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 45: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 46: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 47: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 48: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 49: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 50: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -3213,46 +3818,61 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
 	16, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
 	2,  // 16: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	27, // 17: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	28, // 18: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	38, // 19: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	29, // 20: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	32, // 21: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	35, // 22: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	29, // 17: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	30, // 18: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	40, // 19: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	31, // 20: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	34, // 21: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	37, // 22: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
 	7,  // 23: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	38, // 24: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	40, // 24: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
 	0,  // 25: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	3,  // 26: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	19, // 27: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	33, // 28: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	36, // 29: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	39, // 30: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	41, // 31: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	21, // 32: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	22, // 33: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	23, // 34: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	23, // 35: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	24, // 36: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	26, // 37: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	30, // 38: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	14, // 39: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	20, // 40: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	34, // 41: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	37, // 42: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	40, // 43: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	42, // 44: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	27, // 45: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	27, // 46: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	27, // 47: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	27, // 48: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	25, // 49: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	27, // 50: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	31, // 51: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	39, // [39:52] is the sub-list for method output_type
-	26, // [26:39] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	7,  // 26: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	30, // 27: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	40, // 28: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 29: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	19, // 30: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	35, // 31: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	38, // 32: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	41, // 33: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	43, // 34: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	23, // 35: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	24, // 36: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	25, // 37: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	25, // 38: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	26, // 39: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	28, // 40: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	32, // 41: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	21, // 42: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	22, // 43: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	45, // 44: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	47, // 45: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	25, // 46: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	25, // 47: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	14, // 48: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	20, // 49: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	36, // 50: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	39, // 51: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	42, // 52: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	44, // 53: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	29, // 54: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	29, // 55: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	29, // 56: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	29, // 57: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	27, // 58: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	29, // 59: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	33, // 60: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	29, // 61: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	29, // 62: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	46, // 63: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	48, // 64: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	49, // 65: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	50, // 66: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	48, // [48:67] is the sub-list for method output_type
+	29, // [29:48] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -3286,9 +3906,9 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   48,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_ferry_v1_ferry_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_ferry_proto_depIdxs,

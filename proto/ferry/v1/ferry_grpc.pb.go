@@ -187,6 +187,8 @@ const (
 	Recovery_ListJobs_FullMethodName    = "/ferry.v1.Recovery/ListJobs"
 	Recovery_GetJob_FullMethodName      = "/ferry.v1.Recovery/GetJob"
 	Recovery_Status_FullMethodName      = "/ferry.v1.Recovery/Status"
+	Recovery_Reprotect_FullMethodName   = "/ferry.v1.Recovery/Reprotect"
+	Recovery_Failback_FullMethodName    = "/ferry.v1.Recovery/Failback"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -215,6 +217,12 @@ type RecoveryClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Reprotect starts replication in the other direction after a committed
+	// failover (to the master target) or a committed failback (back to this
+	// process server).
+	Reprotect(ctx context.Context, in *ReprotectRequest, opts ...grpc.CallOption) (*Job, error)
+	// Failback fails a reprotected VM over to the primary site.
+	Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*Job, error)
 }
 
 type recoveryClient struct {
@@ -344,6 +352,26 @@ func (c *recoveryClient) Status(ctx context.Context, in *StatusRequest, opts ...
 	return out, nil
 }
 
+func (c *recoveryClient) Reprotect(ctx context.Context, in *ReprotectRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_Reprotect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_Failback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -370,6 +398,12 @@ type RecoveryServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Reprotect starts replication in the other direction after a committed
+	// failover (to the master target) or a committed failback (back to this
+	// process server).
+	Reprotect(context.Context, *ReprotectRequest) (*Job, error)
+	// Failback fails a reprotected VM over to the primary site.
+	Failback(context.Context, *FailbackRequest) (*Job, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -412,6 +446,12 @@ func (UnimplementedRecoveryServer) GetJob(context.Context, *GetJobRequest) (*Job
 }
 func (UnimplementedRecoveryServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedRecoveryServer) Reprotect(context.Context, *ReprotectRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Reprotect not implemented")
+}
+func (UnimplementedRecoveryServer) Failback(context.Context, *FailbackRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Failback not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -625,6 +665,42 @@ func _Recovery_Status_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_Reprotect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReprotectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Reprotect(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Reprotect_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Reprotect(ctx, req.(*ReprotectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_Failback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Failback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Failback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Failback(ctx, req.(*FailbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -672,6 +748,14 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Status",
 			Handler:    _Recovery_Status_Handler,
 		},
+		{
+			MethodName: "Reprotect",
+			Handler:    _Recovery_Reprotect_Handler,
+		},
+		{
+			MethodName: "Failback",
+			Handler:    _Recovery_Failback_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -680,5 +764,245 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
+	Metadata: "ferry/v1/ferry.proto",
+}
+
+const (
+	MasterTarget_PrepareReprotect_FullMethodName = "/ferry.v1.MasterTarget/PrepareReprotect"
+	MasterTarget_Failback_FullMethodName         = "/ferry.v1.MasterTarget/Failback"
+	MasterTarget_Retire_FullMethodName           = "/ferry.v1.MasterTarget/Retire"
+	MasterTarget_ReprotectStatus_FullMethodName  = "/ferry.v1.MasterTarget/ReprotectStatus"
+)
+
+// MasterTargetClient is the client API for MasterTarget service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// MasterTarget is the primary site's receiver for failback. The process
+// server drives it; agents on recovered VMs replicate to it through the
+// Replication service it also serves.
+type MasterTargetClient interface {
+	// PrepareReprotect registers a VM for reverse replication: at the
+	// original location onto the primary's own disks (only what differs is
+	// sent), at an alternate location onto new disks (everything is sent).
+	PrepareReprotect(ctx context.Context, in *PrepareReprotectRequest, opts ...grpc.CallOption) (*PrepareReprotectResponse, error)
+	// Failback shuts the recovered VM down through its agent, waits for its
+	// last writes, applies the chosen point to the primary disks and starts
+	// the primary VM.
+	Failback(ctx context.Context, in *MTFailbackRequest, opts ...grpc.CallOption) (*MTFailbackResponse, error)
+	// Retire ends reverse replication of a VM after its failback is
+	// committed: its agent is fenced and its journal dropped.
+	Retire(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*RetireResponse, error)
+	ReprotectStatus(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReprotectStatusResponse, error)
+}
+
+type masterTargetClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewMasterTargetClient(cc grpc.ClientConnInterface) MasterTargetClient {
+	return &masterTargetClient{cc}
+}
+
+func (c *masterTargetClient) PrepareReprotect(ctx context.Context, in *PrepareReprotectRequest, opts ...grpc.CallOption) (*PrepareReprotectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareReprotectResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_PrepareReprotect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterTargetClient) Failback(ctx context.Context, in *MTFailbackRequest, opts ...grpc.CallOption) (*MTFailbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MTFailbackResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_Failback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterTargetClient) Retire(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*RetireResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_Retire_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterTargetClient) ReprotectStatus(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReprotectStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReprotectStatusResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_ReprotectStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// MasterTargetServer is the server API for MasterTarget service.
+// All implementations must embed UnimplementedMasterTargetServer
+// for forward compatibility.
+//
+// MasterTarget is the primary site's receiver for failback. The process
+// server drives it; agents on recovered VMs replicate to it through the
+// Replication service it also serves.
+type MasterTargetServer interface {
+	// PrepareReprotect registers a VM for reverse replication: at the
+	// original location onto the primary's own disks (only what differs is
+	// sent), at an alternate location onto new disks (everything is sent).
+	PrepareReprotect(context.Context, *PrepareReprotectRequest) (*PrepareReprotectResponse, error)
+	// Failback shuts the recovered VM down through its agent, waits for its
+	// last writes, applies the chosen point to the primary disks and starts
+	// the primary VM.
+	Failback(context.Context, *MTFailbackRequest) (*MTFailbackResponse, error)
+	// Retire ends reverse replication of a VM after its failback is
+	// committed: its agent is fenced and its journal dropped.
+	Retire(context.Context, *VMRequest) (*RetireResponse, error)
+	ReprotectStatus(context.Context, *VMRequest) (*ReprotectStatusResponse, error)
+	mustEmbedUnimplementedMasterTargetServer()
+}
+
+// UnimplementedMasterTargetServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedMasterTargetServer struct{}
+
+func (UnimplementedMasterTargetServer) PrepareReprotect(context.Context, *PrepareReprotectRequest) (*PrepareReprotectResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PrepareReprotect not implemented")
+}
+func (UnimplementedMasterTargetServer) Failback(context.Context, *MTFailbackRequest) (*MTFailbackResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Failback not implemented")
+}
+func (UnimplementedMasterTargetServer) Retire(context.Context, *VMRequest) (*RetireResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Retire not implemented")
+}
+func (UnimplementedMasterTargetServer) ReprotectStatus(context.Context, *VMRequest) (*ReprotectStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReprotectStatus not implemented")
+}
+func (UnimplementedMasterTargetServer) mustEmbedUnimplementedMasterTargetServer() {}
+func (UnimplementedMasterTargetServer) testEmbeddedByValue()                      {}
+
+// UnsafeMasterTargetServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to MasterTargetServer will
+// result in compilation errors.
+type UnsafeMasterTargetServer interface {
+	mustEmbedUnimplementedMasterTargetServer()
+}
+
+func RegisterMasterTargetServer(s grpc.ServiceRegistrar, srv MasterTargetServer) {
+	// If the following call pancis, it indicates UnimplementedMasterTargetServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&MasterTarget_ServiceDesc, srv)
+}
+
+func _MasterTarget_PrepareReprotect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareReprotectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).PrepareReprotect(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_PrepareReprotect_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).PrepareReprotect(ctx, req.(*PrepareReprotectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MasterTarget_Failback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MTFailbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).Failback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_Failback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).Failback(ctx, req.(*MTFailbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MasterTarget_Retire_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).Retire(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_Retire_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).Retire(ctx, req.(*VMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MasterTarget_ReprotectStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).ReprotectStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_ReprotectStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).ReprotectStatus(ctx, req.(*VMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// MasterTarget_ServiceDesc is the grpc.ServiceDesc for MasterTarget service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var MasterTarget_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "ferry.v1.MasterTarget",
+	HandlerType: (*MasterTargetServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "PrepareReprotect",
+			Handler:    _MasterTarget_PrepareReprotect_Handler,
+		},
+		{
+			MethodName: "Failback",
+			Handler:    _MasterTarget_Failback_Handler,
+		},
+		{
+			MethodName: "Retire",
+			Handler:    _MasterTarget_Retire_Handler,
+		},
+		{
+			MethodName: "ReprotectStatus",
+			Handler:    _MasterTarget_ReprotectStatus_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "ferry/v1/ferry.proto",
 }
