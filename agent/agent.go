@@ -79,6 +79,8 @@ type Agent struct {
 	savedAcked uint64
 
 	need      atomic.Int32
+	sent      atomic.Int64 // payload bytes handed to the stream
+	hashBytes atomic.Int64 // hash bytes received in resyncs
 	connected atomic.Bool
 	progress  atomic.Uint64 // float64 bits; NaN when nothing is in progress
 	scanDue   atomic.Bool
@@ -312,7 +314,11 @@ func (a *Agent) WaitSynced(ctx context.Context) error {
 
 // Stats is a snapshot of the agent.
 type Stats struct {
-	Tracker     cbt.Stats
+	Tracker cbt.Stats
+	// SentBytes is the write payload sent (resends included); HashBytes the
+	// chunk hashes received from the receiver by resyncs.
+	SentBytes   int64
+	HashBytes   int64
 	Acked       uint64
 	WindowBytes int64
 	Connected   bool
@@ -323,7 +329,7 @@ type Stats struct {
 func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Stats{Tracker: a.tr.Stats(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
+	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
 }
 
 // run keeps a stream open, reconnecting with backoff, until ctx ends or the

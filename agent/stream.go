@@ -88,9 +88,13 @@ func (a *Agent) reconcile(ha *ferryv1.HelloAck) []*sentBatch {
 	}
 	fresh := a.nextSeq == 0
 	switch {
-	case fresh && d == 0:
+	case fresh && ha.GetReplicaEmpty():
 		// An empty replica: copy everything (all-zero blocks are skipped).
 		a.need.Store(int32(needInitial))
+	case fresh && d == 0:
+		// No record yet, but the receiver holds disks already (the
+		// primary's own, at a master target): compare, send what differs.
+		a.need.Store(int32(needResync))
 	case fresh && need(a.need.Load()) == needInitial:
 		// A new agent for a replica that already has data: compare, don't copy.
 		a.need.Store(int32(needResync))
@@ -170,6 +174,7 @@ func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
 // resend sends the window's batches again, in order.
 func (s *sender) resend(batches []*sentBatch) error {
 	for _, b := range batches {
+		s.a.sent.Add(b.bytes)
 		if err := s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}}); err != nil {
 			return err
 		}
@@ -218,6 +223,7 @@ func (s *sender) flush() error {
 	}
 	s.batch, s.bytes = nil, 0
 	a.m.sentBytes.Add(float64(b.bytes))
+	a.sent.Add(b.bytes)
 	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}})
 }
 

@@ -272,20 +272,45 @@ func (a *Agent) resync(s *sender) error {
 		return err
 	}
 	client := ferryv1.NewReplicationClient(a.conn)
-	var differ, chunks int64
+	var differ, blocks, chunks int64
 	for i, d := range a.cfg.Disks {
-		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, d.Device.Size())
+		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, ChunkSize, d.Device.Size(), nil)
 		if err != nil {
 			return fmt.Errorf("resync disk %s: %w", d.Name, err)
 		}
+		a.hashBytes.Add(int64(len(remote)) * 8)
 		local, err := localHashes(s.ctx, d.Device, func(p float64) { a.setProgress(p / 2) })
 		if err != nil {
 			return fmt.Errorf("%w: resync disk %s: %v", errFatal, d.Name, err)
 		}
+		// Second level: the 4 KiB blocks of the chunks that differ, so that
+		// only blocks that differ are sent.
+		var want []uint64
 		for c := range local {
 			if local[c] != remote[c] {
-				a.tr.MarkDirty(i, int64(c)*ChunkSize, ChunkSize)
 				differ++
+				for b := int64(c) * ChunkSize / blockdev.BlockSize; b < min(int64(c+1)*ChunkSize, d.Device.Size())/blockdev.BlockSize; b++ {
+					want = append(want, uint64(b))
+				}
+			}
+		}
+		for len(want) > 0 {
+			part := want[:min(len(want), 1<<16)]
+			want = want[len(part):]
+			rb, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, blockdev.BlockSize, d.Device.Size(), part)
+			if err != nil {
+				return fmt.Errorf("resync disk %s: %w", d.Name, err)
+			}
+			a.hashBytes.Add(int64(len(rb)) * 8)
+			buf := make([]byte, blockdev.BlockSize)
+			for k, b := range part {
+				if _, err := d.Device.ReadAt(s.ctx, buf, int64(b)*blockdev.BlockSize); err != nil {
+					return fmt.Errorf("%w: resync disk %s: %v", errFatal, d.Name, err)
+				}
+				if xxhash.Sum64(buf) != rb[k] {
+					a.tr.MarkDirty(i, int64(b)*blockdev.BlockSize, blockdev.BlockSize)
+					blocks++
+				}
 			}
 		}
 		chunks += int64(len(local))
@@ -293,7 +318,7 @@ func (a *Agent) resync(s *sender) error {
 			a.scanTable[i] = local
 		}
 	}
-	a.log.Info("resync compared hashes", "chunks", chunks, "differ", differ)
+	a.log.Info("resync compared hashes", "chunks", chunks, "chunks_differ", differ, "blocks_differ", blocks)
 	a.need.Store(int32(needNone))
 	a.scanDue.Store(false)
 	return a.drain(s, ferryv1.DrainReason_DRAIN_REASON_RESYNC)
@@ -409,13 +434,18 @@ func extents(ctx context.Context, dev blockdev.Device, fn func(off, length int64
 	return nil
 }
 
-// fetchHashes asks the receiver for a disk's chunk hashes.
-func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk string, epoch uint64, size int64) ([]uint64, error) {
-	stream, err := client.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: vm, Disk: disk, ChunkSize: ChunkSize, Epoch: epoch})
+// fetchHashes asks the receiver for the hashes of a disk's chunks of
+// chunkSize: all of them, or those listed in only (in that order).
+func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk string, epoch uint64, chunkSize int64, size int64, only []uint64) ([]uint64, error) {
+	stream, err := client.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: vm, Disk: disk, ChunkSize: uint32(chunkSize), Epoch: epoch, Chunks: only})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]uint64, (size+ChunkSize-1)/ChunkSize)
+	n := len(only)
+	if only == nil {
+		n = int((size + chunkSize - 1) / chunkSize)
+	}
+	out := make([]uint64, n)
 	got := 0
 	for {
 		msg, err := stream.Recv()
@@ -427,13 +457,13 @@ func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk
 		}
 		first := int(msg.GetFirstChunk())
 		if first+len(msg.GetHashes()) > len(out) {
-			return nil, fmt.Errorf("receiver sent %d hashes for a disk of %d chunks", first+len(msg.GetHashes()), len(out))
+			return nil, fmt.Errorf("receiver sent %d hashes, %d were asked for", first+len(msg.GetHashes()), len(out))
 		}
 		copy(out[first:], msg.GetHashes())
 		got += len(msg.GetHashes())
 	}
 	if got != len(out) {
-		return nil, fmt.Errorf("receiver sent %d hashes for a disk of %d chunks", got, len(out))
+		return nil, fmt.Errorf("receiver sent %d hashes, %d were asked for", got, len(out))
 	}
 	return out, nil
 }
@@ -450,6 +480,11 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 		if err := a.cfg.ShutdownMachine(s.ctx); err != nil {
 			res.Error = fmt.Sprintf("the machine did not shut down: %v", err)
 			break
+		}
+		if cmd.GetShutdown().GetFullCopy() {
+			// No checksums: every block of every disk goes again.
+			a.tr.EnterBitmap()
+			a.tr.MarkAllDirty()
 		}
 		seq, err := a.finalMarker(s)
 		if err != nil {
