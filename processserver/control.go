@@ -28,6 +28,14 @@ const (
 	// StateCommitted: failover committed; the VM runs at the recovery site
 	// and is not protected until it is reprotected.
 	StateCommitted State = "committed"
+	// StateReprotected: the recovered VM replicates back to the master
+	// target at the primary site.
+	StateReprotected State = "reprotected"
+	// StateFailedBack: failed back to the primary site, not committed.
+	StateFailedBack State = "failed-back"
+	// StateFailbackCommitted: failback committed; the primary VM runs and
+	// is not protected until it is reprotected again.
+	StateFailbackCommitted State = "failback-committed"
 )
 
 // Actions an operator can ask for.
@@ -38,6 +46,8 @@ const (
 	ActionUnplannedFailover = "unplanned-failover"
 	ActionChangePoint       = "change-point"
 	ActionCommit            = "commit"
+	ActionReprotect         = "reprotect"
+	ActionFailback          = "failback"
 )
 
 // VMState is the control state of one VM, kept in control.db.
@@ -47,6 +57,8 @@ type VMState struct {
 	Machine  Machine         `json:"machine"`
 	Test     *TestFailover   `json:"test,omitempty"`
 	Failover *ActiveFailover `json:"failover,omitempty"`
+	// Location of reverse replication: original or alternate.
+	Location string `json:"location,omitempty"`
 }
 
 // TestFailover is a running test failover.
@@ -75,6 +87,12 @@ func (v *VMState) Allowed() []string {
 		return []string{ActionTestFailover, ActionPlannedFailover, ActionUnplannedFailover}
 	case StateFailedOver:
 		return []string{ActionChangePoint, ActionCommit}
+	case StateCommitted, StateFailbackCommitted:
+		return []string{ActionReprotect}
+	case StateReprotected:
+		return []string{ActionFailback}
+	case StateFailedBack:
+		return []string{ActionCommit}
 	}
 	return nil
 }

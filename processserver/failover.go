@@ -55,6 +55,7 @@ func (s *Server) vmState(ctx context.Context, name string) (VMState, journal.VM,
 		return st, vm, err
 	}
 	if st.State == "" || st.State == StateEnabling || st.State == StateProtected {
+		// Derived from the journal: protected once a point exists.
 		st.State = StateEnabling
 		if vm.Points > 0 {
 			st.State = StateProtected
@@ -399,8 +400,9 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 	return run.finish(err)
 }
 
-// Commit finalizes a failover: every recovery point of the VM is deleted
-// and the point can no longer change.
+// Commit finalizes a failover (every recovery point of the VM is deleted
+// and the point can no longer change) or a failback (the recovery-site VM
+// is deleted and reverse replication retired).
 func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 	defer s.lockVM(vmName)()
 	st, _, err := s.vmState(ctx, vmName)
@@ -409,6 +411,9 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 	}
 	if err := st.require(ActionCommit); err != nil {
 		return nil, err
+	}
+	if st.State == StateFailedBack {
+		return s.commitFailback(ctx, st)
 	}
 	run, err := s.newJob(ActionCommit, vmName)
 	if err != nil {

@@ -43,6 +43,8 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrInvalidRequest):
 		code = codes.InvalidArgument
+	case errors.Is(err, ErrNoMasterTarget):
+		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNoJob):
 		code = codes.NotFound
 		code = codes.FailedPrecondition
@@ -213,6 +215,14 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 		return nil, toStatus(fmt.Errorf("vm %s: %w", req.GetVm(), journal.ErrNoVM))
 	}
 	return out, nil
+}
+
+func (r *recovery) Reprotect(ctx context.Context, req *ferryv1.ReprotectRequest) (*ferryv1.Job, error) {
+	return jobReply(r.s.Reprotect(ctx, req.GetVm(), req.GetLocation()))
+}
+
+func (r *recovery) Failback(ctx context.Context, req *ferryv1.FailbackRequest) (*ferryv1.Job, error) {
+	return jobReply(r.s.Failback(ctx, req.GetVm(), req.GetSync(), req.GetPoint()))
 }
 
 // JobProto converts a job for the wire.

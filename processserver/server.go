@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -59,6 +60,9 @@ type Config struct {
 	// ProcessInterval is how often received markers are processed into
 	// recovery points (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
+	// MasterTarget is the primary site's master target (host:port), for
+	// reprotect and failback; empty: failback is not available.
+	MasterTarget string
 	// ProcessRate models, on a simulated clock, how fast a process server
 	// verifies received data (bytes/s; default 200 MB/s).
 	ProcessRate int64
@@ -97,7 +101,9 @@ type Server struct {
 	filesMu sync.Mutex
 	files   map[string][]*blockdev.File // open disk files per VM slot
 
-	stop context.CancelFunc
+	stop   context.CancelFunc
+	mtConn *grpc.ClientConn
+	mt     ferryv1.MasterTargetClient
 	recv *ingest.Receiver
 	grpc *grpc.Server
 	lis  net.Listener
@@ -188,6 +194,14 @@ func (s *Server) Open(ctx context.Context) error {
 			s.log.Error("grpc serve", "err", err)
 		}
 	}()
+	if s.cfg.MasterTarget != "" {
+		s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			s.Close(ctx)
+			return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
+		}
+		s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
+	}
 	var bg context.Context
 	bg, s.stop = context.WithCancel(context.Background())
 	if s.cfg.ProcessInterval > 0 {
@@ -266,6 +280,9 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	if s.adm != nil {
 		s.adm.Close()
+	}
+	if s.mtConn != nil {
+		s.mtConn.Close()
 	}
 	s.wg.Wait()
 	s.filesMu.Lock()

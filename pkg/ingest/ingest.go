@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,6 +103,8 @@ type Receiver struct {
 	sessions map[journal.VMID]*session
 	closed   bool
 
+	received sync.Map // journal.VMID -> *vmCounters
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -163,6 +167,28 @@ func (r *Receiver) Close(ctx context.Context) error {
 	r.cancel()
 	r.wg.Wait()
 	return nil
+}
+
+// vmCounters are what the receiver counts per VM beyond the metrics.
+type vmCounters struct {
+	received atomic.Int64  // write payload bytes received
+	progress atomic.Uint64 // float64 bits of the last reported resync progress
+}
+
+func (r *Receiver) counters(vm journal.VMID) *vmCounters {
+	c, _ := r.received.LoadOrStore(vm, new(vmCounters))
+	return c.(*vmCounters)
+}
+
+// ReceivedBytes is the write payload received for vm since the receiver
+// started.
+func (r *Receiver) ReceivedBytes(vm journal.VMID) int64 { return r.counters(vm).received.Load() }
+
+// Progress is the last initial-replication or resync progress vm's agent
+// reported (0 to 1), and whether it reported any.
+func (r *Receiver) Progress(vm journal.VMID) (float64, bool) {
+	b := r.counters(vm).progress.Load()
+	return math.Float64frombits(b), b != 0
 }
 
 // Sessions returns the VMs with an open stream.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +113,7 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 		case *ferryv1.AgentMessage_Heartbeat:
 			if m.Heartbeat.ResyncProgress != nil {
 				r.m.resyncProgress.WithLabelValues(string(s.name)).Set(m.Heartbeat.GetResyncProgress())
+				r.counters(s.name).progress.Store(math.Float64bits(max(m.Heartbeat.GetResyncProgress(), 1e-9)))
 			}
 		case *ferryv1.AgentMessage_Batch:
 			j, err := r.check(s, m.Batch)
@@ -120,6 +122,7 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 				return err
 			}
 			r.m.receivedBytes.WithLabelValues(string(s.name)).Add(float64(j.size))
+			r.counters(s.name).received.Add(int64(j.size))
 			select {
 			case s.fifo <- j:
 			case <-s.ctx.Done():

@@ -358,6 +358,22 @@ func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.T
 	return p, st, err
 }
 
+// DeleteVM removes a VM and everything the journal holds of it.
+func (j *Journal) DeleteVM(ctx context.Context, name VMID) error {
+	j.baseMu.Lock()
+	delete(j.bases, name)
+	j.baseMu.Unlock()
+	return j.update(func(tx *bolt.Tx) error {
+		if _, err := getVM(tx, name); err != nil {
+			return err
+		}
+		if err := tx.DeleteBucket(vmBucketName(name)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketVMs).Delete([]byte(name))
+	})
+}
+
 // BumpEpoch raises the VM's epoch by one and returns it: streams of the
 // older epoch are refused from then on.
 func (j *Journal) BumpEpoch(ctx context.Context, name VMID) (Epoch, error) {

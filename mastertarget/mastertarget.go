@@ -1,0 +1,313 @@
+// Package mastertarget is Ferry's primary-site receiver for failback.
+// After a failover is committed and the VM reprotected, the agent on the
+// recovered VM replicates to it: at the original location onto the primary
+// machine's own disks (the journal's base, so that only what differs is
+// sent), at an alternate location onto new disks. It keeps failback
+// recovery points and, at failback, applies the chosen one to the primary
+// disks and starts the primary VM. It uses the same journal and receiver as
+// the process server.
+package mastertarget
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/clock"
+	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// The failback policy: created with every reverse replication and not
+// editable.
+const (
+	PolicyRPOThreshold   = 15 * time.Minute
+	PolicyRetention      = 24 * time.Hour
+	PolicyAppConsistency = 60 * time.Minute
+)
+
+// Locations of a failback.
+const (
+	LocationOriginal  = "original"
+	LocationAlternate = "alternate"
+)
+
+// Primary is the primary site as the master target reaches it.
+// Implementations are safe for concurrent use.
+type Primary interface {
+	// OriginalDisks returns the primary machine's own disks of vm.
+	OriginalDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, error)
+	// CreateDisks makes new, zeroed disks for vm at an alternate location;
+	// it returns where they are, for the report.
+	CreateDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, []string, error)
+	// Start starts the primary VM on its disks after failback.
+	Start(ctx context.Context, vm string, location string) error
+}
+
+// Config configures a Server.
+type Config struct {
+	DataDir       string
+	Listen        string
+	MetricsListen string
+	Primary       Primary
+	Clock         clock.Clock
+	// ProcessInterval is how often received markers become failback points
+	// (default 5s; negative: only on demand).
+	ProcessInterval time.Duration
+	Logger          *slog.Logger
+	Registerer      prometheus.Registerer
+	Gatherer        prometheus.Gatherer
+}
+
+// Server is a running master target.
+type Server struct {
+	ferryv1.UnimplementedMasterTargetServer
+
+	cfg   Config
+	log   *slog.Logger
+	clock clock.Clock
+	j     *journal.Journal
+	db    *bolt.DB
+	recv  *ingest.Receiver
+	grpc  *grpc.Server
+	lis   net.Listener
+	adm   *http.Server
+	admL  net.Listener
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	targets map[string][]blockdev.Device // where each VM's data lands
+}
+
+// target is what the master target keeps of a reprotected VM.
+type target struct {
+	VM       string         `json:"vm"`
+	Location string         `json:"location"`
+	Disks    []journal.Disk `json:"disks"`
+	Paths    []string       `json:"paths,omitempty"`
+	Retired  bool           `json:"retired"`
+}
+
+var bucketTargets = []byte("targets")
+
+// New prepares a master target; Open starts it.
+func New(cfg Config) (*Server, error) {
+	if cfg.DataDir == "" || cfg.Listen == "" {
+		return nil, errors.New("master target: data and listen are required")
+	}
+	if cfg.Primary == nil {
+		return nil, errors.New("master target: no primary site configured")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ProcessInterval == 0 {
+		cfg.ProcessInterval = 5 * time.Second
+	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "mt"), clock: clock.Or(cfg.Clock), targets: map[string][]blockdev.Device{}}, nil
+}
+
+// Open opens the journal and serves replication and the master target API.
+func (s *Server) Open(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	j, err := journal.Open(filepath.Join(s.cfg.DataDir, "journal.db"), journal.Options{})
+	if err != nil {
+		return err
+	}
+	s.j = j
+	if s.db, err = bolt.Open(filepath.Join(s.cfg.DataDir, "targets.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
+		j.Close()
+		return err
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucketTargets); return err }); err != nil {
+		return err
+	}
+	if err := s.reattach(ctx); err != nil {
+		return err
+	}
+	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt",
+		Authorize: s.authorize})
+	if err != nil {
+		return err
+	}
+	s.recv.Open(ctx)
+	if s.lis, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8<<20), grpc.MaxSendMsgSize(8<<20))
+	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
+	ferryv1.RegisterMasterTargetServer(s.grpc, s)
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.grpc.Serve(s.lis) }()
+	var bg context.Context
+	bg, s.stop = context.WithCancel(context.Background())
+	if s.cfg.ProcessInterval > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.processLoop(bg) }()
+	}
+	if s.cfg.MetricsListen != "" {
+		if s.admL, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
+		s.adm = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.adm.Serve(s.admL) }()
+	}
+	s.log.Info("master target started", "listen", s.Addr(), "data", s.cfg.DataDir)
+	return nil
+}
+
+// authorize lets agents write only VMs registered for reverse replication.
+func (s *Server) authorize(ctx context.Context, vm journal.VMID) error {
+	t, err := s.target(string(vm))
+	if err != nil {
+		return err
+	}
+	if t == nil || t.Retired {
+		return fmt.Errorf("vm %s is not registered for reverse replication here (reprotect it first)", vm)
+	}
+	return nil
+}
+
+// Addr is the gRPC address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Journal is the master target's journal.
+func (s *Server) Journal() *journal.Journal { return s.j }
+
+// Close stops the server.
+func (s *Server) Close(ctx context.Context) error {
+	if s.stop != nil {
+		s.stop()
+	}
+	if s.recv != nil {
+		s.recv.Close(ctx)
+	}
+	if s.grpc != nil {
+		s.grpc.Stop()
+	}
+	if s.adm != nil {
+		s.adm.Close()
+	}
+	s.wg.Wait()
+	if s.db != nil {
+		s.db.Close()
+	}
+	if s.j != nil {
+		return s.j.Close()
+	}
+	return nil
+}
+
+func (s *Server) processLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ProcessInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.ProcessAll(ctx)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// ProcessAll turns received markers into failback points.
+func (s *Server) ProcessAll(ctx context.Context) error {
+	vms, err := s.j.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, vm := range vms {
+		if vm.ProcessedSeq < vm.LastSeq {
+			if _, err := s.j.Process(ctx, vm.Name, ^journal.Seq(0)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) target(vm string) (*target, error) {
+	var t *target
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketTargets).Get([]byte(vm)); v != nil {
+			t = new(target)
+			return json.Unmarshal(v, t)
+		}
+		return nil
+	})
+	return t, err
+}
+
+func (s *Server) putTarget(t *target) error {
+	buf, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTargets).Put([]byte(t.VM), buf) })
+}
+
+// reattach opens the target disks of every active VM after a restart.
+func (s *Server) reattach(ctx context.Context) error {
+	var ts []target
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTargets).ForEach(func(k, v []byte) error {
+			var t target
+			if json.Unmarshal(v, &t) == nil && !t.Retired {
+				ts = append(ts, t)
+			}
+			return nil
+		})
+	})
+	for _, t := range ts {
+		var devs []blockdev.Device
+		var err error
+		if t.Location == LocationOriginal {
+			devs, err = s.cfg.Primary.OriginalDisks(ctx, t.VM, t.Disks)
+		} else {
+			for _, p := range t.Paths {
+				var f *blockdev.File
+				if f, err = blockdev.OpenFile(p, false); err != nil {
+					break
+				}
+				devs = append(devs, f)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("reattach vm %s: %w", t.VM, err)
+		}
+		if err := s.j.AttachBase(ctx, journal.VMID(t.VM), devs); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.targets[t.VM] = devs
+		s.mu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,175 @@
+package processserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/wire"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// ErrNoMasterTarget is returned for reprotect or failback without one.
+var ErrNoMasterTarget = errors.New("no master target configured: start ferry-ps with --master-target")
+
+// Reprotect starts replication in the other direction: after a committed
+// failover, from the recovered VM to the master target (original location:
+// onto the primary's own disks, only what differs is sent; alternate: onto
+// new disks, everything is sent); after a committed failback, from the
+// primary back to this process server, resynced by hash.
+func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, error) {
+	defer s.lockVM(vmName)()
+	st, vm, err := s.vmState(ctx, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.require(ActionReprotect); err != nil {
+		return nil, err
+	}
+	run, err := s.newJob(ActionReprotect, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if st.State == StateFailbackCommitted {
+		err = run.step("resume forward replication", func() (string, error) {
+			epoch, err := s.j.BumpEpoch(ctx, vm.Name)
+			if err != nil {
+				return "", err
+			}
+			err = s.ctl.update(vmName, func(st *VMState) {
+				st.State, st.Failover, st.Location = "", nil, ""
+			})
+			return stepf("epoch %d: start the primary's agent with --epoch %d; it compares hashes with this replica and sends only what differs", epoch, epoch), err
+		})
+		return run.finish(err)
+	}
+	if location == "" {
+		location = "original"
+	}
+	err = func() error {
+		if err := run.step("check prerequisites", func() (string, error) {
+			if s.mt == nil {
+				return "", ErrNoMasterTarget
+			}
+			if location != "original" && location != "alternate" {
+				return "", fmt.Errorf("%w: location %q: want original or alternate", ErrInvalidRequest, location)
+			}
+			return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
+		}); err != nil {
+			return err
+		}
+		return run.step("prepare master target", func() (string, error) {
+			resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch), Location: location})
+			if err != nil {
+				return "", err
+			}
+			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, location }); err != nil {
+				return "", err
+			}
+			return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", location, resp.GetTargets(), vm.Epoch), nil
+		})
+	}()
+	return run.finish(err)
+}
+
+// Failback fails a reprotected VM over to the primary site: the master
+// target shuts the recovered VM down, takes its last writes (only the final
+// delta when sync is "before"; the whole disks, without checksums, when
+// "during"), applies the point to the primary disks and starts the primary.
+func (s *Server) Failback(ctx context.Context, vmName, sync, point string) (*Job, error) {
+	defer s.lockVM(vmName)()
+	st, _, err := s.vmState(ctx, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.require(ActionFailback); err != nil {
+		return nil, err
+	}
+	if sync == "" {
+		sync = "before"
+	}
+	if point == "" {
+		point = PointLatest
+	}
+	run, err := s.newJob(ActionFailback, vmName)
+	if err != nil {
+		return nil, err
+	}
+	err = func() error {
+		if s.mt == nil {
+			return run.step("check prerequisites", func() (string, error) { return "", ErrNoMasterTarget })
+		}
+		var resp *ferryv1.MTFailbackResponse
+		if err := run.step("check prerequisites", func() (string, error) {
+			rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vmName})
+			if err != nil {
+				return "", err
+			}
+			if !rs.GetRegistered() {
+				return "", fmt.Errorf("vm %s is not replicating to the master target", vmName)
+			}
+			return stepf("%s location, %d failback points, %s received; sync %s, point %s", rs.GetLocation(), rs.GetPoints(), cli.Bytes(int64(rs.GetReceivedBytes())), sync, point), nil
+		}); err != nil {
+			return err
+		}
+		resp, err = s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vmName, Sync: sync, Point: point})
+		if err != nil {
+			return err
+		}
+		for _, mst := range resp.GetSteps() {
+			run.job.Steps = append(run.job.Steps, Step{Name: "master target: " + mst.GetName(), Start: time.Unix(0, mst.GetStartUnixNano()),
+				End: time.Unix(0, mst.GetEndUnixNano()), Outcome: mst.GetOutcome(), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
+			if mst.GetOutcome() != OutcomeSucceeded {
+				return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
+			}
+		}
+		if p := resp.GetPoint(); p != nil {
+			jp := wire.Point(journal.VMID(vmName), p)
+			run.job.Point = &jp
+		}
+		return run.step("record failback", func() (string, error) {
+			err := s.ctl.update(vmName, func(st *VMState) { st.State = StateFailedBack })
+			return stepf("downtime %v; %s moved during downtime, %s in all since reprotect; %s written to the primary disks",
+				time.Duration(resp.GetDowntimeNanos()).Round(time.Millisecond), cli.Bytes(int64(resp.GetDowntimeBytes())),
+				cli.Bytes(int64(resp.GetTotalBytes())), cli.Bytes(int64(resp.GetAppliedBytes()))), err
+		})
+	}()
+	return run.finish(err)
+}
+
+// commitFailback deletes the recovery-site VM and retires reverse
+// replication.
+func (s *Server) commitFailback(ctx context.Context, st VMState) (*Job, error) {
+	run, err := s.newJob(ActionCommit, st.Name)
+	if err != nil {
+		return nil, err
+	}
+	err = func() error {
+		if err := run.step("delete recovery-site VM", func() (string, error) {
+			if st.Failover == nil {
+				return "no recovery-site VM recorded", nil
+			}
+			id := st.Failover.Instance
+			if err := s.compute.Stop(ctx, id); err != nil {
+				return "", err
+			}
+			if err := s.compute.Delete(ctx, id); err != nil {
+				return "", err
+			}
+			s.closeDisks(st.Name + "/failover")
+			return stepf("instance %s deleted", id), nil
+		}); err != nil {
+			return err
+		}
+		return run.step("retire reverse replication", func() (string, error) {
+			if _, err := s.mt.Retire(ctx, &ferryv1.VMRequest{Vm: st.Name}); err != nil {
+				return "", err
+			}
+			return "the recovered VM's agent is fenced", s.ctl.update(st.Name, func(v *VMState) { v.State = StateFailbackCommitted })
+		})
+	}()
+	return run.finish(err)
+}
