@@ -9,7 +9,7 @@ all: fmt vet build test
 
 build:
 	$(GO) build ./...
-	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill
+	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt
 
 test:
 	$(GO) vet ./...

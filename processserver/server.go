@@ -104,12 +104,12 @@ type Server struct {
 	stop   context.CancelFunc
 	mtConn *grpc.ClientConn
 	mt     ferryv1.MasterTargetClient
-	recv *ingest.Receiver
-	grpc *grpc.Server
-	lis  net.Listener
-	adm  *http.Server
-	admL net.Listener
-	wg   sync.WaitGroup
+	recv   *ingest.Receiver
+	grpc   *grpc.Server
+	lis    net.Listener
+	adm    *http.Server
+	admL   net.Listener
+	wg     sync.WaitGroup
 }
 
 // New validates cfg and prepares a server; Open starts it.

@@ -35,6 +35,11 @@ Usage:
   ferryctl --ps ADDR change-point --vm NAME --point P     recreate a failed-over VM from another point
   ferryctl --ps ADDR commit --vm NAME                     finalize a failover (deletes every recovery point)
   ferryctl --ps ADDR cleanup-test --vm NAME               delete a test failover's VM
+  ferryctl --ps ADDR reprotect --vm NAME [--location original|alternate]
+                                                          replicate the other way (after a committed failover
+                                                          to the master target; after a committed failback back)
+  ferryctl --ps ADDR failback --vm NAME [--sync before|during] [--point latest|latest-app]
+                                                          fail a reprotected VM back to the primary site
   ferryctl --ps ADDR jobs [--vm NAME]                     list jobs
   ferryctl --ps ADDR job ID                               one job with its steps
 
@@ -79,7 +84,9 @@ func main() {
 	typ := fs.String("type", "", "failover type: test, planned or unplanned")
 	network := fs.String("network", "", "test failover: the isolated network for the test VM (default test-VM)")
 	shutdown := fs.Bool("shutdown", false, "unplanned failover: try to shut the source down and sync first")
-	if cmd == "failover" || cmd == "change-point" {
+	location := fs.String("location", "original", "reprotect: original (send only what differs) or alternate (new disks, send everything)")
+	syncOpt := fs.String("sync", "before", "failback: before (copy while the VM runs, final delta at downtime) or during (whole disks after shutdown)")
+	if cmd == "failover" || cmd == "change-point" || cmd == "failback" {
 		fs.Lookup("point").DefValue = processserver.PointLatest
 		*point = processserver.PointLatest
 	}
@@ -110,6 +117,10 @@ func main() {
 		err = printJob(rc.Commit(ctx, &ferryv1.VMRequest{Vm: *vm}))
 	case "cleanup-test":
 		err = printJob(rc.CleanupTest(ctx, &ferryv1.VMRequest{Vm: *vm}))
+	case "reprotect":
+		err = printJob(rc.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: *vm, Location: *location}))
+	case "failback":
+		err = printJob(rc.Failback(ctx, &ferryv1.FailbackRequest{Vm: *vm, Sync: *syncOpt, Point: *point}))
 	case "jobs":
 		err = listJobs(ctx, rc, *vm)
 	case "job":

@@ -1,0 +1,82 @@
+// Command ferry-mt runs Ferry's master target at the primary site: it
+// receives reverse replication from recovered VMs and fails them back.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ferrydr/ferry/mastertarget"
+	"github.com/ferrydr/ferry/pkg/cli"
+)
+
+const usage = `
+ferry-mt runs Ferry's master target at the primary site.
+
+Usage:
+  ferry-mt serve [flags]     receive reverse replication and fail VMs back
+
+Run 'ferry-mt serve --help' for the flags.
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "serve" {
+		cli.Usage(usage)
+	}
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	cfg := mastertarget.Config{}
+	prim := &mastertarget.FilePrimary{Disks: map[string]string{}}
+	var disks cli.Repeated
+	fs.StringVar(&cfg.DataDir, "data", "ferry-mt-data", "directory of the journal (created if missing)")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7500", "gRPC address for agents on recovered VMs and for ferry-ps")
+	fs.StringVar(&cfg.MetricsListen, "metrics", "127.0.0.1:7501", "admin address for /metrics (empty: off)")
+	fs.Var(&disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
+	fs.StringVar(&prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")
+	fs.StringVar(&prim.StartHook, "start-hook", "", "command run as HOOK VM LOCATION DISK=PATH... to start the primary VM after failback")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: ferry-mt serve [flags]
+
+Receives reverse replication after a reprotect. At the original location it
+writes onto the primary machine's own disks (--disk) and only what differs is
+sent; at an alternate location onto new disks. The failback policy is fixed:
+RPO threshold %v, retention %v, app-consistent points every %v.
+
+Flags:
+`, mastertarget.PolicyRPOThreshold, mastertarget.PolicyRetention, mastertarget.PolicyAppConsistency)
+		fs.PrintDefaults()
+	}
+	fs.Parse(os.Args[2:])
+	for _, d := range disks {
+		k, path, ok := strings.Cut(d, "=")
+		if !ok || !strings.Contains(k, ":") {
+			cli.Fatal("ferry-mt", fmt.Errorf("disk %q: want VM:DISK=PATH", d))
+		}
+		prim.Disks[k] = path
+	}
+	cfg.Primary = prim
+	log, err := cli.Logger(*level)
+	if err != nil {
+		cli.Fatal("ferry-mt", err)
+	}
+	cfg.Logger = log
+	srv, err := mastertarget.New(cfg)
+	if err != nil {
+		cli.Fatal("ferry-mt", err)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := srv.Open(ctx); err != nil {
+		cli.Fatal("ferry-mt", err)
+	}
+	<-ctx.Done()
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Close(cctx); err != nil {
+		cli.Fatal("ferry-mt", err)
+	}
+}
