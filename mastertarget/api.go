@@ -121,6 +121,10 @@ func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (
 			return "", errors.New(res.GetError())
 		}
 		final = res.GetFinalSeq()
+		if moved := s.recv.ReceivedBytes(vmid) - before; s.clock.Simulated() && moved > 0 {
+			// What moved over the link during downtime takes its time.
+			s.clock.Sleep(ctx, time.Duration(float64(moved)/float64(s.cfg.LinkRate)*float64(time.Second)))
+		}
 		how := "final delta"
 		if req.GetSync() == "during" {
 			how = "whole disks, no checksums"

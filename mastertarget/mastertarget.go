@@ -66,6 +66,10 @@ type Config struct {
 	MetricsListen string
 	Primary       Primary
 	Clock         clock.Clock
+	// LinkRate models, on a simulated clock, the bandwidth from the
+	// recovery site (bytes/s, default 12.5 MB/s): a failback charges the
+	// bytes it moves during downtime to it.
+	LinkRate int64
 	// ProcessInterval is how often received markers become failback points
 	// (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
@@ -119,6 +123,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ProcessInterval == 0 {
 		cfg.ProcessInterval = 5 * time.Second
+	}
+	if cfg.LinkRate == 0 {
+		cfg.LinkRate = 12500000
 	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()

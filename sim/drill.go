@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/processserver"
@@ -45,6 +46,13 @@ type Config struct {
 	// received, in bytes/s of virtual time (default 20 MiB/s: a process
 	// server busy with many VMs), so that processing shows in jobs.
 	ProcessRate int64
+	// MasterTarget starts a master target at the primary site, for
+	// reprotect and failback.
+	MasterTarget bool
+	// LinkRate is the modeled bandwidth between the sites, bytes/s of
+	// virtual time (default 12.5 MB/s, 100 Mbit/s): failback charges the
+	// bytes moved during downtime to it.
+	LinkRate int64
 	// Dir holds the process server's data and the agents' state.
 	Dir    string
 	Logger *slog.Logger
@@ -59,11 +67,13 @@ type Drill struct {
 	Clock       *clock.Virtual
 	PS          *processserver.Server
 	Compute     *Compute
+	MT          *mastertarget.Server
 	VMs         []*VM
 	Recovery    ferryv1.RecoveryClient
 	conn        *grpc.ClientConn
 	lastMark    time.Time
 	lastProcess time.Time
+	extra       []*agent.Agent // agents started after New, closed by Close
 	log         *slog.Logger
 }
 
@@ -87,9 +97,22 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	}
 	d := &Drill{cfg: cfg, Clock: clock.NewVirtual(Start), log: cfg.Logger}
 	d.Compute = NewCompute(d.Clock, cfg.Networks...)
+	mtAddr := ""
+	if cfg.MasterTarget {
+		mt, err := mastertarget.New(mastertarget.Config{DataDir: filepath.Join(cfg.Dir, "mt"), Listen: "127.0.0.1:0",
+			Primary: &primarySite{d: d}, Clock: d.Clock, ProcessInterval: -1, Logger: cfg.Logger, LinkRate: cfg.LinkRate})
+		if err != nil {
+			return nil, err
+		}
+		if err := mt.Open(ctx); err != nil {
+			return nil, err
+		}
+		d.MT, mtAddr = mt, mt.Addr()
+	}
 	ps, err := processserver.New(processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate,
+		MasterTarget: mtAddr,
 	})
 	if err != nil {
 		return nil, err
@@ -110,7 +133,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		acfg := agent.Config{
 			VM: vc.Name, StateDir: filepath.Join(cfg.Dir, "agent-"+vc.Name), Target: ps.Addr(),
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-			Machine:     vc.Machine, ShutdownMachine: v.shutdown, Clock: d.Clock,
+			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock,
 			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(),
 		}
 		for j := range v.disks {
@@ -148,13 +171,20 @@ func (d *Drill) Close() error {
 			v.Agent.Close(ctx)
 		}
 	}
+	for _, a := range d.extra {
+		a.Close(ctx)
+	}
 	if d.conn != nil {
 		d.conn.Close()
 	}
+	var err error
 	if d.PS != nil {
-		return d.PS.Close(ctx)
+		err = d.PS.Close(ctx)
 	}
-	return nil
+	if d.MT != nil {
+		d.MT.Close(ctx)
+	}
+	return err
 }
 
 // VM returns the VM of that name.
@@ -170,7 +200,7 @@ func (d *Drill) VM(name string) *VM {
 // sync waits until every running VM's agent has everything acknowledged.
 func (d *Drill) sync(ctx context.Context) error {
 	for _, v := range d.VMs {
-		if v.Agent == nil || !v.Running {
+		if v.Agent == nil || !v.Running || v.Agent.Err() != nil {
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -212,8 +242,7 @@ func (d *Drill) Run(ctx context.Context, dur time.Duration) error {
 			}
 		}
 		if now.Sub(d.lastProcess) >= d.cfg.ProcessInterval {
-			d.lastProcess = now
-			if err := d.PS.ProcessAll(ctx); err != nil {
+			if err := d.ProcessNow(ctx); err != nil {
 				return err
 			}
 		}
@@ -225,17 +254,32 @@ func (d *Drill) Run(ctx context.Context, dur time.Duration) error {
 // restarts the processing interval.
 func (d *Drill) ProcessNow(ctx context.Context) error {
 	d.lastProcess = d.Clock.Now()
+	if d.MT != nil {
+		if err := d.MT.ProcessAll(ctx); err != nil {
+			return err
+		}
+	}
 	return d.PS.ProcessAll(ctx)
 }
 
-// Outage loses the primary site: every VM stops writing and every agent
-// stops at once.
-func (d *Drill) Outage() {
+// Outage loses the primary site: every agent stops at once, each VM
+// writes unreplicated bytes in its last moments, then stops.
+func (d *Drill) Outage(ctx context.Context, unreplicated int64) error {
 	for _, v := range d.VMs {
-		v.Running = false
 		v.Truth["@outage"] = v.snapshot("@outage", d.Clock.Now())
 		v.Agent.Abort()
+		v.Agent = nil
+		if err := v.work(ctx, unreplicated); err != nil {
+			return err
+		}
+		v.Truth["@end"] = Mark{Tag: "@end", Time: d.Clock.Now(), Written: v.Written}
+		v.Running = false
 	}
+	return nil
+}
+
+func (d *Drill) shutdownOf(v *VM) func(context.Context) error {
+	return func(ctx context.Context) error { return v.shutdown(ctx, d.Clock.Now()) }
 }
 
 // TruthFor returns the ground truth of a point of vm: the marker's

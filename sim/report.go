@@ -25,6 +25,10 @@ type Entry struct {
 	Verified    string
 	Notes       []string
 	Failed      string
+	// Failback: shutdown of the recovered VM to start of the primary, and
+	// the bytes that moved in between.
+	Downtime      time.Duration
+	DowntimeBytes int64
 }
 
 // Report is what a drill found.

@@ -107,7 +107,9 @@ func FailoverDrill(ctx context.Context, cfg Config, minutes int) (*Report, error
 	}
 
 	// The primary site is lost.
-	d.Outage()
+	if err := d.Outage(ctx, 0); err != nil {
+		return rep, err
+	}
 	rep.note("primary site lost at %s virtual; unprocessed data waits at the process server", d.Clock.Now().Sub(Start).Round(time.Second))
 	for _, v := range d.VMs {
 		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest-processed"})
@@ -135,7 +137,7 @@ func (d *Drill) pointCounts(ctx context.Context) map[string]int {
 // loss computes the data loss of a point against the VM's final state.
 func (d *Drill) loss(v *VM, e *Entry, truth Mark) {
 	end, endWritten := d.Clock.Now(), v.Written
-	if m, ok := v.Truth["@outage"]; ok {
+	if m, ok := v.Truth["@end"]; ok {
 		end, endWritten = m.Time, m.Written
 	}
 	e.LossBytes = endWritten - truth.Written

@@ -54,11 +54,21 @@ var ErrShutdownRefused = errors.New("the guest did not respond to the shutdown r
 // write splitter by a seeded workload, with the ground truth of every
 // recovery point it asked for.
 type VM struct {
-	Config  VMConfig
-	disks   []*blockdev.Memory
-	rng     *rand.Rand
-	Agent   *agent.Agent
-	Running bool
+	Config VMConfig
+	// disks are the primary machine's own disks; alternate the disks made
+	// for an alternate-location failback; active those the workload writes
+	// now (the primary's, the recovered VM's at the recovery site, or the
+	// alternate ones).
+	disks     []*blockdev.Memory
+	alternate []*blockdev.Memory
+	active    []blockdev.Device
+	rng       *rand.Rand
+	// Agent protects the VM where it runs now; nil while unprotected.
+	Agent *agent.Agent
+	// recoveredAgent replicated the recovered VM back to the master target.
+	recoveredAgent     *agent.Agent
+	sentBeforeFailback int64
+	Running            bool
 
 	logPos  int64
 	Written int64 // bytes written so far
@@ -78,7 +88,9 @@ type Mark struct {
 func newVM(cfg VMConfig, seed uint64) *VM {
 	v := &VM{Config: cfg, rng: rand.New(rand.NewPCG(seed, 0x5eed)), Running: true, Truth: map[string]Mark{}}
 	for _, s := range cfg.Disks {
-		v.disks = append(v.disks, blockdev.NewMemory(s))
+		m := blockdev.NewMemory(s)
+		v.disks = append(v.disks, m)
+		v.active = append(v.active, m)
 	}
 	boot := make([]byte, blockdev.BlockSize)
 	copy(boot, fmt.Sprintf("%s os=%s vm=%s", bootMagic, cfg.Machine.GetOs(), cfg.Name))
@@ -89,14 +101,19 @@ func newVM(cfg VMConfig, seed uint64) *VM {
 // Disk returns the VM's source disk i (not through the splitter).
 func (v *VM) Disk(i int) *blockdev.Memory { return v.disks[i] }
 
-// shutdown stops the workload, unless the VM is set to refuse.
-func (v *VM) shutdown(ctx context.Context) error {
+// shutdown stops the workload, unless the VM is set to refuse. The disks
+// as they are then are the truth of the final point.
+func (v *VM) shutdown(ctx context.Context, now time.Time) error {
 	if v.Config.ShutdownFails {
 		return ErrShutdownRefused
 	}
 	v.Running = false
+	v.Truth["shutdown"] = v.snapshot("shutdown", now)
 	return nil
 }
+
+// Active returns the disks the VM runs on now.
+func (v *VM) Active() []blockdev.Device { return v.active }
 
 // work writes n bytes through the agent's splitter.
 func (v *VM) work(ctx context.Context, n int64) error {
@@ -106,7 +123,11 @@ func (v *VM) work(ctx context.Context, n int64) error {
 		disk, off := v.place(size)
 		data := make([]byte, size)
 		v.fill(data)
-		if _, err := v.Agent.Disk(disk).WriteAt(ctx, data, off); err != nil {
+		var dev blockdev.Device = v.active[disk]
+		if v.Agent != nil {
+			dev = v.Agent.Disk(disk)
+		}
+		if _, err := dev.WriteAt(ctx, data, off); err != nil {
 			return err
 		}
 		v.Written += size
@@ -128,11 +149,11 @@ func (v *VM) place(size int64) (int, int64) {
 		}
 		return disk, lo + v.rng.Int64N(blocks+1)*blockdev.BlockSize
 	}
-	last := len(v.disks) - 1
+	last := len(v.active) - 1
 	switch v.Config.Workload.Pattern {
 	case Hotspot:
 		if v.rng.IntN(10) < 9 {
-			return pick(0, 0, v.disks[0].Size()/10)
+			return pick(0, 0, v.active[0].Size()/10)
 		}
 	case Log:
 		if v.rng.IntN(10) < 8 {
@@ -140,7 +161,7 @@ func (v *VM) place(size int64) (int, int64) {
 			if last == 0 {
 				lo = bootArea
 			}
-			if v.logPos < lo || v.logPos+size > v.disks[last].Size() {
+			if v.logPos < lo || v.logPos+size > v.active[last].Size() {
 				v.logPos = lo
 			}
 			off := v.logPos
@@ -148,8 +169,8 @@ func (v *VM) place(size int64) (int, int64) {
 			return last, off
 		}
 	}
-	d := v.rng.IntN(len(v.disks))
-	return pick(d, 0, v.disks[d].Size())
+	d := v.rng.IntN(len(v.active))
+	return pick(d, 0, v.active[d].Size())
 }
 
 // fill makes data that compresses about 2:1: some zeros, some random,
@@ -177,7 +198,7 @@ func (v *VM) fill(b []byte) {
 func (v *VM) mark(now time.Time) (string, bool) {
 	v.marks++
 	tag := fmt.Sprintf("%s-m%d", v.Config.Name, v.marks)
-	if !v.Agent.Mark(false, tag) {
+	if v.Agent == nil || !v.Agent.Mark(false, tag) {
 		return "", false
 	}
 	v.Truth[tag] = v.snapshot(tag, now)
@@ -186,8 +207,19 @@ func (v *VM) mark(now time.Time) (string, bool) {
 
 func (v *VM) snapshot(tag string, now time.Time) Mark {
 	m := Mark{Tag: tag, Time: now, Written: v.Written}
-	for _, d := range v.disks {
-		m.Disks = append(m.Disks, d.Snapshot())
+	for _, d := range v.active {
+		if mem, ok := d.(*blockdev.Memory); ok {
+			m.Disks = append(m.Disks, mem.Snapshot())
+			continue
+		}
+		c := blockdev.NewMemory(d.Size())
+		buf := make([]byte, 1<<20)
+		for off := int64(0); off < d.Size(); off += int64(len(buf)) {
+			n := min(int64(len(buf)), d.Size()-off)
+			d.ReadAt(context.Background(), buf[:n], off)
+			c.WriteAt(context.Background(), buf[:n], off)
+		}
+		m.Disks = append(m.Disks, c)
 	}
 	return m
 }

@@ -5,6 +5,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,9 +15,12 @@ import (
 
 // Logger returns a text logger on stderr at the named level.
 func Logger(level string) (*slog.Logger, error) {
+	if level == "off" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil)), nil
+	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log-level: %q is not debug, info, warn or error", level)
+		return nil, fmt.Errorf("log-level: %q is not debug, info, warn, error or off", level)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }

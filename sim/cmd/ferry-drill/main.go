@@ -16,19 +16,30 @@ import (
 func main() {
 	fs := flag.NewFlagSet("ferry-drill", flag.ExitOnError)
 	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
-	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the test failover")
+	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
+	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect) or failover (test failover, unplanned failover, change point, commit)")
 	dir := fs.String("dir", "", "directory for the process server's and agents' files (default: a new temporary one, removed after)")
-	level := fs.String("log-level", "error", "debug, info, warn or error (logs go to stderr)")
+	level := fs.String("log-level", "off", "debug, info, warn, error or off (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-drill [flags]
 
-Runs the failover drill: three VMs with different workloads replicate to a
-process server; each gets a test failover on an isolated network, verified
-and cleaned up while replication goes on; the primary site is lost; each VM
-fails over unplanned to its latest processed point, changes to the latest
-point, and commits. The report gives per VM the point used, the data lost
-against the ground truth (RPO), the job's steps and their durations (RTO),
-the readiness findings and whether every disk matched.
+Runs a drill: three VMs with different workloads replicate to a process
+server on the real agent, process server and master target over loopback.
+
+full-cycle: the primary site is lost with writes never replicated; each VM
+fails over and commits; the recovered VMs run, are reprotected to the master
+target (original location: only what differs is sent; one VM to an alternate
+location), fail back (synchronizing before failover, one during failover
+only), commit, and are reprotected forward; a test failover closes the cycle.
+
+failover: each VM gets a test failover on an isolated network, verified and
+cleaned up while replication goes on; the primary site is lost; each VM fails
+over unplanned to its latest processed point, changes to the latest point,
+and commits.
+
+The report gives per VM and action the point used, the data lost against the
+ground truth (RPO), the job's steps and durations (RTO), readiness findings,
+bytes moved, and whether every disk matched its ground truth.
 
 Flags:
 `)
@@ -49,7 +60,15 @@ Flags:
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	rep, err := sim.FailoverDrill(ctx, sim.Config{Seed: *seed, Dir: *dir, Logger: log}, *minutes)
+	run := sim.FullCycleDrill
+	switch *scenario {
+	case "full-cycle":
+	case "failover":
+		run = sim.FailoverDrill
+	default:
+		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle or failover", *scenario))
+	}
+	rep, err := run(ctx, sim.Config{Seed: *seed, Dir: *dir, Logger: log}, *minutes)
 	if rep != nil {
 		rep.Print(os.Stdout)
 	}

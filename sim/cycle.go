@@ -1,0 +1,353 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// primarySite is the primary site as the master target sees it in a drill.
+type primarySite struct{ d *Drill }
+
+func (p *primarySite) vm(name string) (*VM, error) {
+	if v := p.d.VM(name); v != nil {
+		return v, nil
+	}
+	return nil, fmt.Errorf("no VM %s at the primary site", name)
+}
+
+func (p *primarySite) OriginalDisks(ctx context.Context, name string, disks []journal.Disk) ([]blockdev.Device, error) {
+	v, err := p.vm(name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]blockdev.Device, len(v.disks))
+	for i, d := range v.disks {
+		out[i] = d
+	}
+	return out, nil
+}
+
+func (p *primarySite) CreateDisks(ctx context.Context, name string, disks []journal.Disk) ([]blockdev.Device, []string, error) {
+	v, err := p.vm(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	v.alternate = nil
+	var devs []blockdev.Device
+	var where []string
+	for _, d := range disks {
+		m := blockdev.NewMemory(d.Size)
+		v.alternate = append(v.alternate, m)
+		devs, where = append(devs, m), append(where, "alternate:"+string(d.Name))
+	}
+	return devs, where, nil
+}
+
+// Start runs the primary VM again, on its own disks or the alternate ones,
+// unprotected until it is reprotected.
+func (p *primarySite) Start(ctx context.Context, name, location string) error {
+	v, err := p.vm(name)
+	if err != nil {
+		return err
+	}
+	v.active = nil
+	src := v.disks
+	if location == "alternate" {
+		src = v.alternate
+	}
+	for _, d := range src {
+		v.active = append(v.active, d)
+	}
+	v.Agent, v.Running = nil, true
+	return nil
+}
+
+// RunRecovered makes the VM run on its failed-over instance at the
+// recovery site, unprotected.
+func (d *Drill) RunRecovered(ctx context.Context, v *VM) error {
+	st := d.status(ctx, v.Config.Name)
+	inst, ok := d.Compute.Instance(st.GetInstance())
+	if !ok || inst.Deleted {
+		return fmt.Errorf("vm %s has no recovered instance", v.Config.Name)
+	}
+	v.active = nil
+	for _, disk := range inst.Spec.Disks {
+		v.active = append(v.active, disk.Device)
+	}
+	v.Agent, v.Running = nil, true
+	return nil
+}
+
+// StartAgent starts an agent for the VM where it runs now, replicating to
+// target with the given epoch, and waits until it is in sync.
+func (d *Drill) StartAgent(ctx context.Context, v *VM, target string, epoch uint64, name string) error {
+	cfg := agent.Config{
+		VM: v.Config.Name, StateDir: filepath.Join(d.cfg.Dir, "agent-"+v.Config.Name+"-"+name), Target: target, Epoch: epoch,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock,
+		Logger: d.log.With("vm", v.Config.Name, "agent", name), Registerer: prometheus.NewRegistry(),
+	}
+	for i, dev := range v.active {
+		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: dev})
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Open(ctx); err != nil {
+		return err
+	}
+	v.Agent = a
+	d.extra = append(d.extra, a)
+	return d.sync(ctx)
+}
+
+// differingBlocks counts the 4 KiB blocks where two sets of disks differ.
+func differingBlocks(ctx context.Context, a []blockdev.Device, b []*blockdev.Memory) int64 {
+	var n int64
+	ba, bb := make([]byte, blockdev.BlockSize), make([]byte, blockdev.BlockSize)
+	for i := range a {
+		for off := int64(0); off < a[i].Size(); off += blockdev.BlockSize {
+			a[i].ReadAt(ctx, ba, off)
+			b[i].ReadAt(ctx, bb, off)
+			if string(ba) != string(bb) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// FullCycleDrill runs the seed's four stages with workloads at every stage
+// that allows writes: (1) the primary site is lost with writes it never
+// replicated, every VM fails over unplanned and commits; (2) the recovered
+// VMs run, then are reprotected to the master target (the first VMs to
+// their original location, where only what differs is sent, the last to an
+// alternate location); (3) they fail back, synchronizing before failover
+// (the first and last) or during failover only (the second), and commit;
+// (4) they are reprotected forward and replicate to the process server
+// again, verified by a test failover. After every stage the disks that are
+// now primary are compared with the ground truth of the point used.
+func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
+	if cfg.VMs == nil {
+		cfg.VMs = DefaultVMs()
+	}
+	if cfg.Networks == nil {
+		cfg.Networks = DefaultNetworks()
+	}
+	cfg.MasterTarget = true
+	rep := &Report{Seed: cfg.Seed, Scenario: "full-cycle"}
+	d, err := New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	if err := d.Run(ctx, time.Duration(minutes)*time.Minute); err != nil {
+		return rep, err
+	}
+
+	// Stage 1: failover.
+	const unreplicated = 256 << 10
+	if err := d.Outage(ctx, unreplicated); err != nil {
+		return rep, err
+	}
+	rep.note("stage 1: primary site lost; each VM wrote %s its agent never sent", cli.Bytes(unreplicated))
+	for _, v := range d.VMs {
+		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest"})
+		if e.Failed != "" {
+			return rep, nil
+		}
+		d.Commit(ctx, rep, v)
+		if err := d.RunRecovered(ctx, v); err != nil {
+			return rep, err
+		}
+	}
+	if err := d.Run(ctx, time.Minute); err != nil {
+		return rep, err
+	}
+
+	// Stage 2: reprotect to the master target.
+	for i, v := range d.VMs {
+		loc := "original"
+		if i == len(d.VMs)-1 {
+			loc = "alternate"
+		}
+		if e := d.Reprotect(ctx, rep, v, loc); e.Failed != "" {
+			return rep, nil
+		}
+	}
+	if err := d.Run(ctx, 2*time.Minute); err != nil {
+		return rep, err
+	}
+	if err := d.ProcessNow(ctx); err != nil {
+		return rep, err
+	}
+
+	// Stage 3: failback.
+	for i, v := range d.VMs {
+		sync := "before"
+		if i == 1 {
+			sync = "during"
+		}
+		if e := d.Failback(ctx, rep, v, sync); e.Failed != "" {
+			return rep, nil
+		}
+		old := v.recoveredAgent
+		d.Commit(ctx, rep, v)
+		if old != nil {
+			select {
+			case <-old.Done():
+				rep.Entries[len(rep.Entries)-1].Notes = append(rep.Entries[len(rep.Entries)-1].Notes, "the recovered VM's agent was refused: "+old.Err().Error())
+			case <-time.After(30 * time.Second):
+				rep.fail("%s: the recovered VM's agent was not refused after failback", v.Config.Name)
+			}
+		}
+	}
+
+	// Stage 4: reprotect forward.
+	for _, v := range d.VMs {
+		if e := d.Reprotect(ctx, rep, v, ""); e.Failed != "" {
+			return rep, nil
+		}
+	}
+	if err := d.Run(ctx, 2*time.Minute); err != nil {
+		return rep, err
+	}
+	if err := d.ProcessNow(ctx); err != nil {
+		return rep, err
+	}
+	for _, v := range d.VMs {
+		d.TestFailover(ctx, rep, v, "latest-processed", "drill-isolated")
+		d.CleanupTest(ctx, rep, v)
+	}
+	rep.note("stage 4: forward replication resumed; each VM's latest processed point verified by a test failover")
+	return rep, nil
+}
+
+// Reprotect reprotects a VM: to the master target after a committed
+// failover (location original or alternate), or forward after a committed
+// failback. It starts the agent on the side that now runs the VM, waits
+// for its resync and reports what it sent against what differed.
+func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location string) *Entry {
+	st := d.status(ctx, v.Config.Name)
+	forward := st.GetState() == "failback-committed"
+	// What the target's replica holds: the primary's own disks (reverse,
+	// original location), or what the process server had when the primary
+	// site was lost (forward).
+	var replica []*blockdev.Memory
+	switch {
+	case forward:
+		replica = v.Truth["@outage"].Disks
+	case location == "original":
+		replica = v.disks
+	}
+	var differ int64
+	if replica != nil {
+		differ = differingBlocks(ctx, v.active, replica)
+	}
+	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: location})
+	action := "reprotect to the master target (" + location + " location)"
+	if forward {
+		action = "reprotect forward to the process server"
+	}
+	e := d.record(rep, v, action, job, err)
+	if e.Failed != "" {
+		return e
+	}
+	st = d.status(ctx, v.Config.Name)
+	target := d.MT.Addr()
+	if forward {
+		target = d.PS.Addr()
+	}
+	if err := d.StartAgent(ctx, v, target, st.GetEpoch(), fmt.Sprintf("epoch%d", st.GetEpoch())); err != nil {
+		e.Failed = err.Error()
+		rep.fail("%s %s: %v", v.Config.Name, action, err)
+		return e
+	}
+	if !forward {
+		v.recoveredAgent = v.Agent
+	}
+	as := v.Agent.Stats()
+	var total int64
+	for _, dev := range v.active {
+		total += dev.Size()
+	}
+	e.Notes = append(e.Notes, fmt.Sprintf("resync sent %s of data and received %s of hashes for %s of disks", cli.Bytes(as.SentBytes), cli.Bytes(as.HashBytes), cli.Bytes(total)))
+	if replica == nil {
+		e.Verified = "alternate location: new disks, everything copied"
+		return e
+	}
+	want := differ * blockdev.BlockSize
+	ratio := float64(as.SentBytes+as.HashBytes) / float64(want+as.HashBytes)
+	e.Verified = fmt.Sprintf("%d blocks (%s) differed from the target's replica; transfer %.3f× of them plus the hashes", differ, cli.Bytes(want), ratio)
+	if ratio > 1.1 {
+		e.Failed = "reprotect sent more than 1.1× what differs"
+		rep.fail("%s: %s (%.3f×)", v.Config.Name, e.Failed, ratio)
+	}
+	return e
+}
+
+// Failback fails a reprotected VM back and checks the disks now primary
+// equal the recovered VM's disks at the point used.
+func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *Entry {
+	if v.recoveredAgent != nil {
+		v.sentBeforeFailback = v.recoveredAgent.Stats().SentBytes
+	}
+	// The recovered VM keeps writing until it is shut down: a final delta
+	// that no tick synchronized.
+	if err := v.work(ctx, v.Config.Workload.Churn/2); err != nil {
+		e := &Entry{VM: v.Config.Name, Action: "failback", Failed: err.Error()}
+		rep.Entries = append(rep.Entries, e)
+		rep.fail("%s failback: %v", v.Config.Name, err)
+		return e
+	}
+	job, err := d.Recovery.Failback(ctx, &ferryv1.FailbackRequest{Vm: v.Config.Name, Sync: sync, Point: "latest"})
+	e := d.record(rep, v, "failback (synchronize "+sync+" failover)", job, err)
+	if e.Failed != "" {
+		return e
+	}
+	truth, ok := v.Truth["shutdown"]
+	if !ok {
+		e.Failed = "no ground truth of the recovered VM at shutdown"
+		rep.fail("%s failback: %s", v.Config.Name, e.Failed)
+		return e
+	}
+	var n int64
+	for i, dev := range v.active {
+		c, err := equalDevices(ctx, dev, truth.Disks[i])
+		n += c
+		if err != nil {
+			e.Failed = fmt.Sprintf("primary disk%d: %v", i, err)
+			rep.fail("%s failback: %s", v.Config.Name, e.Failed)
+			return e
+		}
+	}
+	e.Verified = fmt.Sprintf("ok: all %s of the primary's disks equal the recovered VM at its final point", cli.Bytes(n))
+	for _, s := range job.GetSteps() {
+		switch s.GetName() {
+		case "master target: shut down recovered VM", "master target: process final data", "master target: apply point to primary disks", "master target: start primary VM":
+			e.Downtime += time.Duration(s.GetEndUnixNano() - s.GetStartUnixNano())
+		}
+	}
+	if rs := v.recoveredAgent; rs != nil {
+		e.DowntimeBytes = rs.Stats().SentBytes - v.sentBeforeFailback
+	}
+	for _, s := range job.GetSteps() {
+		if s.GetName() == "record failback" {
+			e.Notes = append(e.Notes, s.GetDetail())
+		}
+	}
+	return e
+}
