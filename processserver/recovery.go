@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -208,6 +209,15 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 			vs.Instance, vs.PointId = st.Failover.Instance, uint64(st.Failover.Point)
 		} else if st.Test != nil {
 			vs.Instance, vs.PointId = st.Test.Instance, uint64(st.Test.Point)
+		}
+		if st.State == StateReprotected && r.s.mt != nil {
+			if rs, err := r.s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: string(vm.Name)}); err == nil && rs.GetRegistered() {
+				vs.Reverse = fmt.Sprintf("%s location, epoch %d, %s received, %d failback points, consistent %v",
+					rs.GetLocation(), rs.GetEpoch(), cli.Bytes(int64(rs.GetReceivedBytes())), rs.GetPoints(), rs.GetConsistent())
+				if p := rs.GetResyncProgress(); p > 0 && p < 1 {
+					vs.Reverse += fmt.Sprintf(", resync %.0f%%", p*100)
+				}
+			}
 		}
 		out.Vms = append(out.Vms, vs)
 	}

@@ -244,7 +244,15 @@ func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", v.GetName(), state, rpo, v.GetPoints(), v.GetUnprocessedBytes(), v.GetEpoch(), inst, strings.Join(v.GetAllowed(), ","))
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, v := range resp.GetVms() {
+		if v.GetReverse() != "" {
+			fmt.Printf("%s reverse replication: %s\n", v.GetName(), v.GetReverse())
+		}
+	}
+	return nil
 }
 
 func listJobs(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {

@@ -2340,8 +2340,10 @@ type VMStatus struct {
 	Instance         string                 `protobuf:"bytes,8,opt,name=instance,proto3" json:"instance,omitempty"`
 	Epoch            uint64                 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	PointId          uint64                 `protobuf:"varint,10,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Reverse replication, as the master target reports it.
+	Reverse       string `protobuf:"bytes,11,opt,name=reverse,proto3" json:"reverse,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -2442,6 +2444,13 @@ func (x *VMStatus) GetPointId() uint64 {
 		return x.PointId
 	}
 	return 0
+}
+
+func (x *VMStatus) GetReverse() string {
+	if x != nil {
+		return x.Reverse
+	}
+	return ""
 }
 
 type ListVMsRequest struct {
@@ -3603,7 +3612,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xa6\x02\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xc0\x02\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -3616,7 +3625,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\binstance\x18\b \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12\x19\n" +
 	"\bpoint_id\x18\n" +
-	" \x01(\x04R\apointId\"\x10\n" +
+	" \x01(\x04R\apointId\x12\x18\n" +
+	"\areverse\x18\v \x01(\tR\areverse\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
