@@ -35,6 +35,12 @@ type vmUnderTest struct {
 }
 
 func newVM(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func(*agent.Config)) *vmUnderTest {
+	return newVMWith(t, ps, seed, sizes, tune, nil)
+}
+
+// newVMWith is newVM with data written to the disks before protection
+// starts (after it, every write must go through the splitter).
+func newVMWith(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func(*agent.Config), prefill func([]*blockdev.Memory)) *vmUnderTest {
 	v := &vmUnderTest{t: t, name: fmt.Sprintf("vm-%d", seed), rng: rand.New(rand.NewPCG(seed, 99)), truth: map[string][][]byte{}}
 	cfg := agent.Config{
 		VM:          v.name,
@@ -51,6 +57,9 @@ func newVM(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func
 	}
 	if tune != nil {
 		tune(&cfg)
+	}
+	if prefill != nil {
+		prefill(v.disks)
 	}
 	v.cfg = cfg
 	v.start()
@@ -174,12 +183,17 @@ func TestPointsMatchGroundTruth(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			ps := ferrytest.StartPS(t)
 			cc := ferrytest.Dial(t, ps.Addr)
-			v := newVM(t, ps, seed, []int64{4 << 20, 2 << 20}, nil)
 			// Some data exists before protection starts: the initial copy.
-			for i := 0; i < 40; i++ {
-				v.disks[i%2].WriteAt(context.Background(), []byte(strings.Repeat("x", bs)), int64(i*3)*bs)
-			}
+			v := newVMWith(t, ps, seed, []int64{4 << 20, 2 << 20}, nil, func(disks []*blockdev.Memory) {
+				for i := 0; i < 40; i++ {
+					disks[i%2].WriteAt(context.Background(), []byte(strings.Repeat("x", bs)), int64(i*3)*bs)
+				}
+			})
 			v.sync()
+			if n := v.verifyPoints(ps, cc); n != 0 {
+				t.Fatalf("%d marked points before any mark", n)
+			}
+			v.verifyLatest(cc)
 			for i := 0; i < 400; i++ {
 				v.write()
 				if v.rng.IntN(15) == 0 && !v.mark() {
