@@ -1,0 +1,102 @@
+package nbd_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/nbd"
+)
+
+// need skips the test when a client from Debian's packages is missing;
+// .ci/run installs qemu-utils and libnbd-bin.
+func need(t *testing.T, bins ...string) {
+	t.Helper()
+	for _, b := range bins {
+		if _, err := exec.LookPath(b); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is not installed (qemu-utils, libnbd-bin)", b)
+			}
+			t.Skipf("%s is not installed (apt-get install -y qemu-utils libnbd-bin)", b)
+		}
+	}
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestRealClients serves memory disks over TCP and a Unix socket and uses
+// qemu-io, qemu-img, nbdinfo and nbdcopy against them.
+func TestRealClients(t *testing.T) {
+	need(t, "qemu-io", "qemu-img", "nbdinfo", "nbdcopy")
+	ctx := context.Background()
+	dir := t.TempDir()
+	srv := nbd.NewServer(ferrytest.Logger(t))
+	defer srv.Close()
+	disk := blockdev.NewMemory(8 << 20)
+	ro := blockdev.NewMemory(1 << 20)
+	ro.WriteAt(ctx, bytes.Repeat([]byte("readonly"), 512), 0)
+	srv.Add(nbd.Export{Name: "disk0", Device: disk})
+	srv.Add(nbd.Export{Name: "point", Device: ro, ReadOnly: true})
+	tcp, err := nbd.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "nbd.sock")
+	unix, err := nbd.Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(tcp)
+	go srv.Serve(unix)
+	uris := map[string]func(string) string{
+		"tcp":  func(e string) string { return fmt.Sprintf("nbd://%s/%s", tcp.Addr(), e) },
+		"unix": func(e string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", e, sock) },
+	}
+	for kind, uri := range uris {
+		t.Run(kind, func(t *testing.T) {
+			list := run(t, "nbdinfo", "--list", uri(""))
+			if !strings.Contains(list, "disk0") || !strings.Contains(list, "point") {
+				t.Fatalf("nbdinfo --list:\n%s", list)
+			}
+			// Aligned and unaligned writes, zeroes, a flush.
+			run(t, "qemu-io", "-f", "raw", uri("disk0"), "-c", "write -P 0xab 0 64k", "-c", "write -P 0xcd 1000 3000",
+				"-c", "write -z 128k 64k", "-c", "write -P 0x11 -f 200k 8k", "-c", "flush")
+			want := make([]byte, 8<<20)
+			copy(want[0:64<<10], bytes.Repeat([]byte{0xab}, 64<<10))
+			copy(want[1000:4000], bytes.Repeat([]byte{0xcd}, 3000))
+			copy(want[200<<10:208<<10], bytes.Repeat([]byte{0x11}, 8<<10))
+			if d := ferrytest.Diff(ferrytest.Image(t, disk), want); d != "" {
+				t.Fatalf("disk after qemu-io: %s", d)
+			}
+			out := filepath.Join(dir, kind+".img")
+			run(t, "nbdcopy", uri("disk0"), out)
+			got, _ := os.ReadFile(out)
+			if d := ferrytest.Diff(got, want); d != "" {
+				t.Fatalf("nbdcopy: %s", d)
+			}
+			run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, uri("disk0"))
+			// The read-only export refuses writes.
+			if o, err := exec.Command("qemu-io", "-f", "raw", uri("point"), "-c", "write -P 1 0 4k").CombinedOutput(); err == nil && !strings.Contains(string(o), "denied") && !strings.Contains(string(o), "ermission") && !strings.Contains(string(o), "read-only") && !strings.Contains(string(o), "read only") {
+				t.Fatalf("write to a read-only export:\n%s", o)
+			}
+			if got := ferrytest.Image(t, ro); !bytes.Equal(got[:4096], bytes.Repeat([]byte("readonly"), 512)) {
+				t.Fatal("read-only export changed")
+			}
+			disk.WriteAt(ctx, make([]byte, 8<<20), 0)
+		})
+	}
+}
