@@ -13,6 +13,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/nbd"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -296,7 +297,10 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 		return nil, "", err
 	}
 	dc, devices := s.compute.(DeviceCompute)
-	overlay := test && devices && dc.AcceptsDevices()
+	devices = devices && dc.AcceptsDevices()
+	// A test failover never copies the point: the compute layer gets
+	// copy-on-write overlays as devices, or over NBD when it needs paths.
+	overlay := test && (devices || s.nbd != nil)
 	var specs []DiskSpec
 	var files []*blockdev.File
 	fail := func(err error) ([]DiskSpec, string, error) {
@@ -316,7 +320,13 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 			if err != nil {
 				return fail(err)
 			}
-			specs = append(specs, DiskSpec{Name: string(d.Name), Device: ov})
+			spec := DiskSpec{Name: string(d.Name), Device: ov}
+			if !devices {
+				name := fmt.Sprintf("%s-test-%s", vm.Name, d.Name)
+				s.nbd.Add(nbd.Export{Name: name, Device: ov, BlockSize: blockdev.BlockSize})
+				spec.Path = s.nbdURI(name)
+			}
+			specs = append(specs, spec)
 			continue
 		}
 		path := filepath.Join(dir, string(d.Name)+".img")
@@ -333,6 +343,9 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 	s.filesMu.Lock()
 	s.files[slot] = files
 	s.filesMu.Unlock()
+	if overlay && !devices {
+		return specs, "copy-on-write overlays of the point served over NBD (nothing copied)", nil
+	}
 	if overlay {
 		return specs, "copy-on-write overlays of the point (nothing copied)", nil
 	}
@@ -458,6 +471,12 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 			return "", err
 		}
 		slot := vmName + "/test"
+		if s.nbd != nil {
+			vm, _ := s.j.VM(ctx, journal.VMID(vmName))
+			for _, d := range vm.Disks {
+				s.nbd.Remove(fmt.Sprintf("%s-test-%s", vmName, d.Name))
+			}
+		}
 		s.closeDisks(slot)
 		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
 			return "", err

@@ -44,7 +44,7 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrInvalidRequest):
 		code = codes.InvalidArgument
-	case errors.Is(err, ErrNoMasterTarget):
+	case errors.Is(err, ErrNoMasterTarget), errors.Is(err, ErrNoNBD):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNoJob):
 		code = codes.NotFound
@@ -233,6 +233,21 @@ func (r *recovery) Reprotect(ctx context.Context, req *ferryv1.ReprotectRequest)
 
 func (r *recovery) Failback(ctx context.Context, req *ferryv1.FailbackRequest) (*ferryv1.Job, error) {
 	return jobReply(r.s.Failback(ctx, req.GetVm(), req.GetSync(), req.GetPoint()))
+}
+
+func (r *recovery) ExportNBD(ctx context.Context, req *ferryv1.ExportNBDRequest) (*ferryv1.ExportNBDResponse, error) {
+	e, err := r.s.ExportNBD(ctx, req.GetVm(), req.GetPoint(), req.GetDisk(), req.GetWritable())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ExportNBDResponse{Uri: e.URI, Name: e.Name, PointId: uint64(e.Point.ID)}, nil
+}
+
+func (r *recovery) UnexportNBD(ctx context.Context, req *ferryv1.UnexportNBDRequest) (*ferryv1.UnexportNBDResponse, error) {
+	if err := r.s.UnexportNBD(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.UnexportNBDResponse{}, nil
 }
 
 // JobProto converts a job for the wire.

@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/nbd"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -60,6 +62,9 @@ type Config struct {
 	// ProcessInterval is how often received markers are processed into
 	// recovery points (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
+	// NBDListen serves recovery points and test-failover disks over NBD
+	// (host:port or unix:PATH); empty: off.
+	NBDListen string
 	// MasterTarget is the primary site's master target (host:port), for
 	// reprotect and failback; empty: failback is not available.
 	MasterTarget string
@@ -102,6 +107,8 @@ type Server struct {
 	files   map[string][]*blockdev.File // open disk files per VM slot
 
 	stop   context.CancelFunc
+	nbd    *nbd.Server
+	nbdURI func(export string) string
 	mtConn *grpc.ClientConn
 	mt     ferryv1.MasterTargetClient
 	recv   *ingest.Receiver
@@ -202,6 +209,21 @@ func (s *Server) Open(ctx context.Context) error {
 		}
 		s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
 	}
+	if s.cfg.NBDListen != "" {
+		l, err := nbd.Listen(s.cfg.NBDListen)
+		if err != nil {
+			s.Close(ctx)
+			return fmt.Errorf("nbd listen %s: %w", s.cfg.NBDListen, err)
+		}
+		s.nbd = nbd.NewServer(s.log)
+		if path, ok := strings.CutPrefix(s.cfg.NBDListen, "unix:"); ok {
+			s.nbdURI = func(e string) string { return "nbd+unix:///" + e + "?socket=" + path }
+		} else {
+			addr := l.Addr().String()
+			s.nbdURI = func(e string) string { return "nbd://" + addr + "/" + e }
+		}
+		go s.nbd.Serve(l)
+	}
 	var bg context.Context
 	bg, s.stop = context.WithCancel(context.Background())
 	if s.cfg.ProcessInterval > 0 {
@@ -263,6 +285,9 @@ func (s *Server) Journal() *journal.Journal { return s.j }
 func (s *Server) Close(ctx context.Context) error {
 	if s.stop != nil {
 		s.stop()
+	}
+	if s.nbd != nil {
+		s.nbd.Close()
 	}
 	if s.recv != nil {
 		s.recv.Close(ctx)

@@ -24,6 +24,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/nbd"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -41,7 +42,6 @@ func main() {
 		cli.Usage(usage)
 	}
 	cfg := agent.DefaultConfig()
-	cfg.Mode = agent.ModeScan
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var disks cli.Repeated
 	fs.StringVar(&cfg.Target, "ps", "", "process server address (host:port)")
@@ -53,6 +53,7 @@ func main() {
 	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
 	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
 	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
+	nbdListen := fs.String("nbd-listen", "", "serve the disks over NBD on host:port or unix:PATH and capture every write (write splitter) instead of scanning")
 	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
 	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -60,12 +61,16 @@ func main() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
 
 Replicates the disks to the process server. The first run copies every disk
-(skipping all-zero blocks and holes); later runs send only changes. The disks
-are scanned every --scan-interval: each 64 KiB chunk whose hash changed is
-sent, and a recovery point is cut after every pass that found changes (and
-every --crash-interval when nothing changed). A point holds the disks as the
-pass read them: quiesce the writer (fsfreeze) for a point that is exactly one
-moment of a disk being written.
+(skipping all-zero blocks and holes); later runs send only changes.
+
+With --nbd-listen the disks are served over NBD (export names are the disk
+names) and the machine runs on them: every write is captured in order and a
+crash-consistent point is cut every --crash-interval. Nothing else may write
+the disks then. Without it the disks are scanned every --scan-interval: each
+64 KiB chunk whose hash changed is sent, and a point is cut after every pass
+that found changes (and every --crash-interval when nothing changed); such a
+point holds the disks as the pass read them, so quiesce the writer (fsfreeze)
+for a point that is exactly one moment of a disk being written.
 
 SIGTERM or SIGINT waits up to 10s for acknowledgements, then saves what is
 unsent so that the next run continues without a full resync.
@@ -75,6 +80,10 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[2:])
+	cfg.Mode = agent.ModeScan
+	if *nbdListen != "" {
+		cfg.Mode = agent.ModeSplitter
+	}
 	log, err := cli.Logger(*level)
 	if err != nil {
 		cli.Fatal("ferry-agent", err)
@@ -85,7 +94,7 @@ Flags:
 		if !ok || name == "" || path == "" {
 			cli.Fatal("ferry-agent", fmt.Errorf("disk %q: want NAME=PATH", d))
 		}
-		dev, err := blockdev.OpenFile(path, true)
+		dev, err := blockdev.OpenFile(path, *nbdListen == "")
 		if err != nil {
 			cli.Fatal("ferry-agent", err)
 		}
@@ -133,10 +142,28 @@ Flags:
 	if err := a.Open(ctx); err != nil {
 		cli.Fatal("ferry-agent", err)
 	}
+	var nbdSrv *nbd.Server
+	if *nbdListen != "" {
+		l, err := nbd.Listen(*nbdListen)
+		if err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
+		nbdSrv = nbd.NewServer(log)
+		for _, e := range a.NBDExports() {
+			nbdSrv.Add(e)
+		}
+		go nbdSrv.Serve(l)
+		log.Info("disks served over NBD", "listen", l.Addr().String())
+	}
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")
 	case <-a.Done():
+	}
+	if nbdSrv != nil {
+		// The machine's disks go away first, so nothing is written after
+		// the agent saved its state.
+		nbdSrv.Close()
 	}
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -27,6 +27,10 @@ Usage:
   ferryctl --ps ADDR points --vm NAME                     list a VM's recovery points
   ferryctl --ps ADDR export --vm NAME --disk NAME --out FILE [--point P]
                                                           write one disk of a point to an image file
+  ferryctl --ps ADDR export --nbd --vm NAME --disk NAME [--point P] [--writable]
+                                                          serve one disk of a point over NBD and print its URI
+                                                          (--writable: copy-on-write, the point never changes)
+  ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
   ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses
   ferryctl --ps ADDR status [--vm NAME]                   protection state, allowed actions, RPO
   ferryctl --ps ADDR failover --type test|planned|unplanned --vm NAME [--point P]
@@ -85,6 +89,8 @@ func main() {
 	network := fs.String("network", "", "test failover: the isolated network for the test VM (default test-VM)")
 	shutdown := fs.Bool("shutdown", false, "unplanned failover: try to shut the source down and sync first")
 	location := fs.String("location", "original", "reprotect: original (send only what differs) or alternate (new disks, send everything)")
+	overNBD := fs.Bool("nbd", false, "export: serve over NBD instead of writing a file")
+	writable := fs.Bool("writable", false, "export --nbd: copy-on-write instead of read-only")
 	syncOpt := fs.String("sync", "before", "failback: before (copy while the VM runs, final delta at downtime) or during (whole disks after shutdown)")
 	if cmd == "failover" || cmd == "change-point" || cmd == "failback" {
 		fs.Lookup("point").DefValue = processserver.PointLatest
@@ -98,7 +104,16 @@ func main() {
 	case "points":
 		err = listPoints(ctx, rc, *vm)
 	case "export":
+		if *overNBD {
+			var resp *ferryv1.ExportNBDResponse
+			if resp, err = rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: *vm, Point: *point, Disk: *disk, Writable: *writable}); err == nil {
+				fmt.Printf("%s\n(export %s, point %d)\n", resp.GetUri(), resp.GetName(), resp.GetPointId())
+			}
+			break
+		}
 		err = export(ctx, conn, *vm, *point, *disk, *out)
+	case "unexport":
+		_, err = rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: fs.Arg(0)})
 	case "verify":
 		err = verify(ctx, rc, *vm, *point)
 	case "status":

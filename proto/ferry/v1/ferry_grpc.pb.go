@@ -189,6 +189,8 @@ const (
 	Recovery_Status_FullMethodName      = "/ferry.v1.Recovery/Status"
 	Recovery_Reprotect_FullMethodName   = "/ferry.v1.Recovery/Reprotect"
 	Recovery_Failback_FullMethodName    = "/ferry.v1.Recovery/Failback"
+	Recovery_ExportNBD_FullMethodName   = "/ferry.v1.Recovery/ExportNBD"
+	Recovery_UnexportNBD_FullMethodName = "/ferry.v1.Recovery/UnexportNBD"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -223,6 +225,10 @@ type RecoveryClient interface {
 	Reprotect(ctx context.Context, in *ReprotectRequest, opts ...grpc.CallOption) (*Job, error)
 	// Failback fails a reprotected VM over to the primary site.
 	Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*Job, error)
+	// ExportNBD serves one disk of a recovery point over NBD: read-only, or
+	// copy-on-write (writes go to a scratch file; the point never changes).
+	ExportNBD(ctx context.Context, in *ExportNBDRequest, opts ...grpc.CallOption) (*ExportNBDResponse, error)
+	UnexportNBD(ctx context.Context, in *UnexportNBDRequest, opts ...grpc.CallOption) (*UnexportNBDResponse, error)
 }
 
 type recoveryClient struct {
@@ -372,6 +378,26 @@ func (c *recoveryClient) Failback(ctx context.Context, in *FailbackRequest, opts
 	return out, nil
 }
 
+func (c *recoveryClient) ExportNBD(ctx context.Context, in *ExportNBDRequest, opts ...grpc.CallOption) (*ExportNBDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportNBDResponse)
+	err := c.cc.Invoke(ctx, Recovery_ExportNBD_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) UnexportNBD(ctx context.Context, in *UnexportNBDRequest, opts ...grpc.CallOption) (*UnexportNBDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnexportNBDResponse)
+	err := c.cc.Invoke(ctx, Recovery_UnexportNBD_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -404,6 +430,10 @@ type RecoveryServer interface {
 	Reprotect(context.Context, *ReprotectRequest) (*Job, error)
 	// Failback fails a reprotected VM over to the primary site.
 	Failback(context.Context, *FailbackRequest) (*Job, error)
+	// ExportNBD serves one disk of a recovery point over NBD: read-only, or
+	// copy-on-write (writes go to a scratch file; the point never changes).
+	ExportNBD(context.Context, *ExportNBDRequest) (*ExportNBDResponse, error)
+	UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -452,6 +482,12 @@ func (UnimplementedRecoveryServer) Reprotect(context.Context, *ReprotectRequest)
 }
 func (UnimplementedRecoveryServer) Failback(context.Context, *FailbackRequest) (*Job, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Failback not implemented")
+}
+func (UnimplementedRecoveryServer) ExportNBD(context.Context, *ExportNBDRequest) (*ExportNBDResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ExportNBD not implemented")
+}
+func (UnimplementedRecoveryServer) UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UnexportNBD not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -701,6 +737,42 @@ func _Recovery_Failback_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ExportNBD_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportNBDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ExportNBD(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ExportNBD_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ExportNBD(ctx, req.(*ExportNBDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_UnexportNBD_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnexportNBDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).UnexportNBD(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_UnexportNBD_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).UnexportNBD(ctx, req.(*UnexportNBDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -755,6 +827,14 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Failback",
 			Handler:    _Recovery_Failback_Handler,
+		},
+		{
+			MethodName: "ExportNBD",
+			Handler:    _Recovery_ExportNBD_Handler,
+		},
+		{
+			MethodName: "UnexportNBD",
+			Handler:    _Recovery_UnexportNBD_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
