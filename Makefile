@@ -9,7 +9,7 @@ all: fmt vet build test
 
 build:
 	$(GO) build ./...
-	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt
+	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt ./bench/cmd/ferry-bench
 
 test:
 	$(GO) vet ./...
@@ -24,7 +24,10 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-bench:
+# bench runs the harness (each figure beside its baseline, same run) and the
+# Go benchmarks of the ingest path and of test-failover start.
+bench: build
+	bin/ferry-bench --chart bench-rpo.svg all
 	$(GO) test -run '^$$' -bench . -benchtime 400x -count 3 ./pkg/ingest/
 	$(GO) test -run '^$$' -bench TestFailoverStart -benchtime 20x ./sim/
 
@@ -73,4 +76,4 @@ proto: proto-tools
 		proto/ferry/v1/ferry.proto
 
 clean:
-	rm -rf bin .demo
+	rm -rf bin .demo bench-rpo.svg
