@@ -55,6 +55,9 @@ type Journal struct {
 
 	baseMu sync.RWMutex
 	bases  map[VMID][]blockdev.Device
+
+	hashMu    sync.Mutex
+	hashCache *blockHashCache // block hashes of the last full chunk-hash pass
 }
 
 // Open opens or creates the journal file at path.

@@ -181,6 +181,18 @@ func TestPointsMatchTruth(t *testing.T) {
 						t.Fatalf("disk %d chunk %d: hash %x, want %x", d, c, sums[c], want)
 					}
 				}
+				// The second level (4 KiB blocks of chosen chunks), served
+				// from what the first pass kept.
+				blocks := []uint64{17, 3, 100, 0}
+				bsums, _, err := f.j.ChunkHashes(ctx, "vm1", d, bs, blocks)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, b := range blocks {
+					if want := xxhash.Sum64(img[b*bs : (b+1)*bs]); bsums[i] != want {
+						t.Fatalf("disk %d block %d: hash %x, want %x", d, b, bsums[i], want)
+					}
+				}
 			}
 		})
 	}

@@ -300,6 +300,15 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 	if chunkSize <= 0 || chunkSize%blockdev.BlockSize != 0 {
 		return nil, 0, fmt.Errorf("chunk hashes: %w: chunk size %d is not a multiple of %d", ErrInvalid, chunkSize, blockdev.BlockSize)
 	}
+	// A resync asks for chunk hashes, then for the block hashes of the
+	// chunks that differ: the first pass keeps the block hashes so that
+	// the second needs no second read of the journal.
+	if chunkSize == blockdev.BlockSize && only != nil {
+		if sums, seq, ok := j.cachedBlockHashes(ctx, name, disk, only); ok {
+			return sums, seq, nil
+		}
+	}
+	var blockSums []uint64
 	base := j.Base(name)
 	var sums []uint64
 	var seq Seq
@@ -329,6 +338,14 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 		}
 		sums = make([]uint64, len(only))
 		zero := func(c int64) uint64 { return ZeroSum(int(min(chunkSize, size-c*chunkSize))) }
+		keep := chunkSize > blockdev.BlockSize && len(only) == int(nchunks) && size/blockdev.BlockSize*8 <= maxBlockHashCache
+		if keep {
+			blockSums = make([]uint64, size/blockdev.BlockSize)
+			zb := ZeroSum(blockdev.BlockSize)
+			for i := range blockSums {
+				blockSums[i] = zb
+			}
+		}
 		// Chunks that need reading: those with a base, or touched by a write.
 		touched := newCoverage(nchunks)
 		if base != nil {
@@ -382,15 +399,83 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 			}
 			for _, c := range read {
 				off := c*chunkSize - lo
-				h := xxhash.Sum64(buf[off:min(off+chunkSize, hi-lo)])
+				end := min(off+chunkSize, hi-lo)
+				h := xxhash.Sum64(buf[off:end])
 				for _, i := range wanted[c] {
 					sums[i] = h
+				}
+				if blockSums != nil {
+					for b := off; b < end; b += blockdev.BlockSize {
+						blockSums[(lo+b)/blockdev.BlockSize] = xxhash.Sum64(buf[b:min(b+blockdev.BlockSize, end)])
+					}
 				}
 			}
 		}
 		return nil
 	})
+	if err == nil && blockSums != nil {
+		j.cacheBlockHashes(name, disk, seq, blockSums)
+	}
 	return sums, seq, err
+}
+
+// maxBlockHashCache bounds the block hashes kept between the two levels
+// of a resync (8 bytes per 4 KiB block: 64 MiB covers a 32 GiB disk).
+const maxBlockHashCache = 64 << 20
+
+type blockHashCache struct {
+	vm   VMID
+	disk int
+	seq  Seq
+	sums []uint64
+}
+
+func (j *Journal) cacheBlockHashes(vm VMID, disk int, seq Seq, sums []uint64) {
+	j.hashMu.Lock()
+	j.hashCache = &blockHashCache{vm: vm, disk: disk, seq: seq, sums: sums}
+	j.hashMu.Unlock()
+}
+
+// cachedBlockHashes answers a request for block hashes from the last
+// full pass, if it was of this disk and nothing was appended since.
+func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only []uint64) ([]uint64, Seq, bool) {
+	j.hashMu.Lock()
+	c := j.hashCache
+	j.hashMu.Unlock()
+	if c == nil || c.vm != vm || c.disk != disk {
+		return nil, 0, false
+	}
+	// Records after the pass (a drain opening, markers) keep the hashes
+	// valid as long as none of them writes this disk.
+	var last Seq
+	err := j.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(vmBucketName(vm))
+		if b == nil {
+			return ErrNoVM
+		}
+		cur := b.Bucket(bucketMeta).Cursor()
+		for k, v := cur.Seek(seqKey(c.seq + 1)); k != nil; k, v = cur.Next() {
+			if len(v) >= 4 && Kind(v[0]) == KindWrite && int(v[2])<<8|int(v[3]) == disk {
+				return errStop
+			}
+			last = keySeq(k)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, false
+	}
+	if last < c.seq {
+		last = c.seq
+	}
+	out := make([]uint64, len(only))
+	for i, b := range only {
+		if b >= uint64(len(c.sums)) {
+			return nil, 0, false
+		}
+		out[i] = c.sums[b]
+	}
+	return out, last, true
 }
 
 // readRange assembles [lo, hi) of a disk as of upTo into buf.

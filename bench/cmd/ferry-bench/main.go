@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 
 	"github.com/ferrydr/ferry/bench"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -37,6 +38,7 @@ func main() {
 	size := fs.Int64("size", 512, "MiB of input per throughput run; MiB per image for resync and failback")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	chart := fs.String("chart", "", "rpo: write an SVG chart of RPO over time to this file")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (agent and in-process servers) to this file")
 	fs.Usage = func() { fmt.Fprintf(fs.Output(), usage); fs.PrintDefaults() }
 	fs.Parse(os.Args[1:])
 	if fs.NArg() != 1 {
@@ -45,6 +47,14 @@ func main() {
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			cli.Fatal("ferry-bench", err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	var tables []*bench.Table
 	run := func(name string, fn func() (*bench.Table, error)) {
 		if fs.Arg(0) != name && fs.Arg(0) != "all" {
