@@ -236,7 +236,9 @@ func (s *Server) processLoop(ctx context.Context) {
 	for {
 		select {
 		case <-t.C:
-			s.ProcessAll(ctx)
+			if err := s.ProcessAll(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("processing received data", "err", err)
+			}
 		case <-ctx.Done():
 			return
 		}
@@ -244,21 +246,7 @@ func (s *Server) processLoop(ctx context.Context) {
 }
 
 // ProcessAll turns received markers into failback points.
-func (s *Server) ProcessAll(ctx context.Context) error {
-	vms, err := s.j.VMs(ctx)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, vm := range vms {
-		if vm.ProcessedSeq < vm.LastSeq {
-			if _, err := s.j.Process(ctx, vm.Name, ^journal.Seq(0)); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
+func (s *Server) ProcessAll(ctx context.Context) error { return s.j.ProcessAll(ctx, nil) }
 
 func (s *Server) target(vm string) (*target, error) {
 	var t *target

@@ -534,19 +534,7 @@ func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
 
 // ProcessAll processes every VM's received data into recovery points.
 func (s *Server) ProcessAll(ctx context.Context) error {
-	vms, err := s.j.VMs(ctx)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, vm := range vms {
-		if vm.ProcessedSeq < vm.LastSeq {
-			if _, err := s.process(ctx, vm.Name, ^journal.Seq(0)); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return s.j.ProcessAll(ctx, func(ps journal.ProcessStats) { s.charge(ctx, ps) })
 }
 
 func orNone(s string) string {

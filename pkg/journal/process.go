@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -71,4 +72,28 @@ func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStat
 	})
 	st.Points = len(points)
 	return st, err
+}
+
+// ProcessAll processes every VM that received records since it was last
+// processed, calling done (if set) with what each call did. It returns the
+// errors of all VMs together; one VM's error does not stop the others.
+func (j *Journal) ProcessAll(ctx context.Context, done func(ProcessStats)) error {
+	vms, err := j.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, vm := range vms {
+		if vm.ProcessedSeq >= vm.LastSeq {
+			continue
+		}
+		st, err := j.Process(ctx, vm.Name, ^Seq(0))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if done != nil {
+			done(st)
+		}
+	}
+	return errors.Join(errs...)
 }
