@@ -136,6 +136,44 @@ func (a *Agent) Mark(app bool, tag string) bool {
 	return a.tr.Mark(cbt.MarkRequest{App: app, Tag: tag, Time: a.cfg.Clock.Now()})
 }
 
+// ErrQuiesce is returned by MarkApp when the application could not be
+// quiesced: no app-consistent point was cut.
+var ErrQuiesce = errors.New("application not quiesced: no app-consistent point")
+
+// MarkApp cuts an application-consistent point: the freeze hook quiesces
+// the application (it flushes and holds its writes), an app marker is
+// queued behind everything it wrote, and the thaw hook lets it go on. A
+// freeze that fails or outlasts QuiesceTimeout cuts no point; the thaw hook
+// still runs, the failure is counted (ferry_agent_quiesce_failures_total)
+// and returned.
+func (a *Agent) MarkApp(ctx context.Context, tag string) error {
+	if a.cfg.Freeze == nil {
+		return fmt.Errorf("%w: no freeze hook is configured", ErrQuiesce)
+	}
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.QuiesceTimeout)
+	err := a.cfg.Freeze(fctx)
+	if err == nil && fctx.Err() != nil {
+		err = fctx.Err()
+	}
+	cancel()
+	if err == nil && !a.tr.Mark(cbt.MarkRequest{App: true, Tag: tag, Time: a.cfg.Clock.Now()}) {
+		err = errors.New("the agent is draining its bitmap")
+	}
+	if a.cfg.Thaw != nil {
+		if terr := a.cfg.Thaw(ctx); terr != nil && err == nil {
+			err = fmt.Errorf("thaw: %w", terr)
+		}
+	}
+	a.m.quiesceSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		a.m.quiesceFailures.Inc()
+		a.log.Warn("app-consistent point not cut", "tag", tag, "err", err)
+		return fmt.Errorf("%w: %v", ErrQuiesce, err)
+	}
+	return nil
+}
+
 // Done is closed when the agent stops on its own after an error the
 // receiver says cannot be retried; Err then returns it.
 func (a *Agent) Done() <-chan struct{} { return a.done }
@@ -199,6 +237,13 @@ func (a *Agent) Open(ctx context.Context) error {
 	if a.cfg.Mode == ModeSplitter && a.cfg.CrashInterval > 0 {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.tick(a.ctx, a.cfg.CrashInterval, func() { a.Mark(false, "") }) }()
+	}
+	if a.cfg.AppInterval > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.tick(a.ctx, a.cfg.AppInterval, func() { a.MarkApp(a.ctx, "app") })
+		}()
 	}
 	if a.cfg.Mode == ModeScan {
 		a.scanDue.Store(true)

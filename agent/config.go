@@ -50,6 +50,15 @@ type Config struct {
 	// CrashInterval cuts a crash-consistent point this often (splitter
 	// mode); 0 leaves it to Mark.
 	CrashInterval time.Duration
+	// AppInterval cuts an application-consistent point this often through
+	// the freeze and thaw hooks; 0 leaves it to MarkApp.
+	AppInterval time.Duration
+	// Freeze quiesces the application (it flushes and holds its writes);
+	// Thaw lets it go on. Thaw runs whenever Freeze was called.
+	Freeze, Thaw func(ctx context.Context) error
+	// QuiesceTimeout bounds a freeze (default 10s): past it, no
+	// app-consistent point is cut.
+	QuiesceTimeout time.Duration
 	// ScanInterval is the time between scan passes (scan mode).
 	ScanInterval time.Duration
 	// QueueBytes bounds the change queue; beyond it the agent falls back to
@@ -107,6 +116,9 @@ func (c *Config) setDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
 	}
+	if c.QuiesceTimeout == 0 {
+		c.QuiesceTimeout = 10 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -142,6 +154,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CrashInterval < 0 || (c.CrashInterval > 0 && c.CrashInterval < time.Second) {
 		return fmt.Errorf("crash-interval: %v is below the 1s minimum", c.CrashInterval)
+	}
+	if c.AppInterval > 0 && (c.Freeze == nil || c.Mode != ModeSplitter) {
+		return errors.New("app-interval: app-consistent points need a freeze hook and the write splitter (--nbd-listen)")
 	}
 	if c.Mode == ModeScan && c.ScanInterval < 100*time.Millisecond {
 		return fmt.Errorf("scan-interval: %v is below the 100ms minimum", c.ScanInterval)

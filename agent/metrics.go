@@ -13,6 +13,9 @@ type metrics struct {
 	acked      prometheus.Gauge
 	unacked    prometheus.Gauge
 	reconnects prometheus.Counter
+	// App-consistent points.
+	quiesceFailures prometheus.Counter
+	quiesceSeconds  prometheus.Histogram
 }
 
 func nan() float64 { return math.NaN() }
@@ -24,6 +27,10 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		acked:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_acked_seq", Help: "Highest sequence the receiver acknowledged as durable.", ConstLabels: labels}),
 		unacked:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_unacked_bytes", Help: "Payload bytes sent and not yet acknowledged.", ConstLabels: labels}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_reconnects_total", Help: "Streams that ended and were opened again.", ConstLabels: labels}),
+		quiesceFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_quiesce_failures_total",
+			Help: "App-consistent points not cut because the application did not quiesce in time.", ConstLabels: labels}),
+		quiesceSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_quiesce_seconds",
+			Help: "Time the application was held for an app-consistent point.", ConstLabels: labels, Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
 	}
 	if reg == nil {
 		return m
@@ -31,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
 	}
-	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects,
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds,
 		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
 		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
 		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {

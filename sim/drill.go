@@ -38,6 +38,9 @@ type Config struct {
 	// CrashInterval is how often each agent cuts a crash-consistent point
 	// (default 1m).
 	CrashInterval time.Duration
+	// AppInterval is how often VMs running the application cut an
+	// app-consistent point (0: never).
+	AppInterval time.Duration
 	// ProcessInterval is how often the process server processes what it
 	// received into points (default 3m): between runs, received data waits
 	// unprocessed, as it does on a loaded process server.
@@ -72,7 +75,10 @@ type Drill struct {
 	Recovery    ferryv1.RecoveryClient
 	conn        *grpc.ClientConn
 	lastMark    time.Time
+	lastApp     time.Time
 	lastProcess time.Time
+	// QuiesceFailures counts app-consistent points that were not cut.
+	QuiesceFailures int
 	extra       []*agent.Agent // agents started after New, closed by Close
 	log         *slog.Logger
 }
@@ -133,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		acfg := agent.Config{
 			VM: vc.Name, StateDir: filepath.Join(cfg.Dir, "agent-"+vc.Name), Target: ps.Addr(),
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock,
+			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
 			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(),
 		}
 		for j := range v.disks {
@@ -158,7 +164,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	for _, v := range d.VMs {
 		v.Truth["drain-end"] = v.snapshot("drain-end", d.Clock.Now())
 	}
-	d.lastMark, d.lastProcess = d.Clock.Now(), d.Clock.Now()
+	d.lastMark, d.lastApp, d.lastProcess = d.Clock.Now(), d.Clock.Now(), d.Clock.Now()
 	return d, d.PS.ProcessAll(ctx)
 }
 
@@ -235,6 +241,19 @@ func (d *Drill) Run(ctx context.Context, dur time.Duration) error {
 			for _, v := range d.VMs {
 				if v.Running {
 					v.mark(now)
+				}
+			}
+			if err := d.sync(ctx); err != nil {
+				return err
+			}
+		}
+		if d.cfg.AppInterval > 0 && now.Sub(d.lastApp) >= d.cfg.AppInterval {
+			d.lastApp = now
+			for _, v := range d.VMs {
+				if v.Running && v.Agent != nil && (v.app != nil || v.Config.FreezeFails) {
+					if _, err := v.markApp(ctx, now); err != nil {
+						d.QuiesceFailures++
+					}
 				}
 			}
 			if err := d.sync(ctx); err != nil {

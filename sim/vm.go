@@ -14,8 +14,7 @@ import (
 
 const bootMagic = "FERRYBOOT"
 
-// bootArea is the start of the first disk that workloads leave alone: it
-// holds the boot block.
+// bootArea holds the boot block at the start of the first disk.
 const bootArea = 64 << 10
 
 // Pattern is how a workload spreads its writes.
@@ -45,6 +44,10 @@ type VMConfig struct {
 	Workload Workload
 	// ShutdownFails makes the machine refuse to shut down.
 	ShutdownFails bool
+	// App runs the simulated application (see App) on the first disk.
+	App bool
+	// FreezeFails makes the application refuse to quiesce.
+	FreezeFails bool
 }
 
 // ErrShutdownRefused is what a VM that will not shut down says.
@@ -63,6 +66,7 @@ type VM struct {
 	alternate []*blockdev.Memory
 	active    []blockdev.Device
 	rng       *rand.Rand
+	app       *App
 	// Agent protects the VM where it runs now; nil while unprotected.
 	Agent *agent.Agent
 	// recoveredAgent replicated the recovered VM back to the master target.
@@ -95,6 +99,10 @@ func newVM(cfg VMConfig, seed uint64) *VM {
 	boot := make([]byte, blockdev.BlockSize)
 	copy(boot, fmt.Sprintf("%s os=%s vm=%s", bootMagic, cfg.Machine.GetOs(), cfg.Name))
 	v.disks[0].WriteAt(context.Background(), boot, 0)
+	if cfg.App {
+		v.app = newApp(seed)
+		v.app.flush(context.Background(), v.disks[0])
+	}
 	return v
 }
 
@@ -115,19 +123,21 @@ func (v *VM) shutdown(ctx context.Context, now time.Time) error {
 // Active returns the disks the VM runs on now.
 func (v *VM) Active() []blockdev.Device { return v.active }
 
-// work writes n bytes through the agent's splitter.
+// work writes n bytes through the agent's splitter, and lets the
+// application write some data blocks.
 func (v *VM) work(ctx context.Context, n int64) error {
+	if v.app != nil {
+		if err := v.app.work(ctx, v.dev(0), 2); err != nil {
+			return err
+		}
+	}
 	for n > 0 {
 		size := int64(4+v.rng.IntN(61)) * 1024 / blockdev.BlockSize * blockdev.BlockSize
 		size = min(size, max(n, blockdev.BlockSize))
 		disk, off := v.place(size)
 		data := make([]byte, size)
 		v.fill(data)
-		var dev blockdev.Device = v.active[disk]
-		if v.Agent != nil {
-			dev = v.Agent.Disk(disk)
-		}
-		if _, err := dev.WriteAt(ctx, data, off); err != nil {
+		if _, err := v.dev(disk).WriteAt(ctx, data, off); err != nil {
 			return err
 		}
 		v.Written += size
@@ -136,12 +146,33 @@ func (v *VM) work(ctx context.Context, n int64) error {
 	return nil
 }
 
+// dev is where the VM writes disk i now: through its agent's splitter
+// when protected.
+func (v *VM) dev(i int) blockdev.Device {
+	if v.Agent != nil {
+		return v.Agent.Disk(i)
+	}
+	return v.active[i]
+}
+
+// freeze quiesces the application: it flushes and holds its writes (the
+// drill does not write while an app marker is cut).
+func (v *VM) freeze(ctx context.Context) error {
+	if v.Config.FreezeFails {
+		return fmt.Errorf("the application did not respond to the freeze request")
+	}
+	if v.app == nil {
+		return nil
+	}
+	return v.app.flush(ctx, v.dev(0))
+}
+
 // place picks where a write of size bytes goes.
 func (v *VM) place(size int64) (int, int64) {
 	pick := func(disk int, lo, hi int64) (int, int64) {
 		lo = max(lo, 0)
 		if disk == 0 {
-			lo = max(lo, bootArea)
+			lo = max(lo, reservedArea)
 		}
 		blocks := (hi - lo - size) / blockdev.BlockSize
 		if blocks <= 0 {
@@ -159,7 +190,7 @@ func (v *VM) place(size int64) (int, int64) {
 		if v.rng.IntN(10) < 8 {
 			lo := int64(0)
 			if last == 0 {
-				lo = bootArea
+				lo = reservedArea
 			}
 			if v.logPos < lo || v.logPos+size > v.active[last].Size() {
 				v.logPos = lo
@@ -192,6 +223,21 @@ func (v *VM) fill(b []byte) {
 			b[i] = byte('0' + v.rng.IntN(10))
 		}
 	}
+}
+
+// markApp cuts an application-consistent point through the agent's
+// freeze and thaw hooks and records its truth.
+func (v *VM) markApp(ctx context.Context, now time.Time) (string, error) {
+	v.marks++
+	tag := fmt.Sprintf("%s-app%d", v.Config.Name, v.marks)
+	if v.Agent == nil {
+		return "", fmt.Errorf("vm %s is not protected", v.Config.Name)
+	}
+	if err := v.Agent.MarkApp(ctx, tag); err != nil {
+		return "", err
+	}
+	v.Truth[tag] = v.snapshot(tag, now)
+	return tag, nil
 }
 
 // mark asks the agent for a crash-consistent point and records its truth.

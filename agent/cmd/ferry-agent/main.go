@@ -54,6 +54,9 @@ func main() {
 	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
 	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
 	nbdListen := fs.String("nbd-listen", "", "serve the disks over NBD on host:port or unix:PATH and capture every write (write splitter) instead of scanning")
+	fs.DurationVar(&cfg.AppInterval, "app-interval", 0, "cut an app-consistent point this often through --freeze-hook and --thaw-hook (needs --nbd-listen; 0: off)")
+	freezeHook := fs.String("freeze-hook", "", "command that quiesces the application (flush and hold writes, e.g. fsfreeze -f /srv), bounded by 10s")
+	thawHook := fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
 	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
 	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -111,6 +114,19 @@ Flags:
 			cli.Fatal("ferry-agent", fmt.Errorf("machine: %w", err))
 		}
 	}
+	hook := func(cmd string) func(context.Context) error {
+		if cmd == "" {
+			return nil
+		}
+		return func(ctx context.Context) error {
+			out, err := exec.CommandContext(ctx, "sh", "-c", cmd).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
+	}
+	cfg.Freeze, cfg.Thaw = hook(*freezeHook), hook(*thawHook)
 	if *shutdownHook != "" {
 		hook := *shutdownHook
 		cfg.ShutdownMachine = func(ctx context.Context) error {
