@@ -79,8 +79,8 @@ type Drill struct {
 	lastProcess time.Time
 	// QuiesceFailures counts app-consistent points that were not cut.
 	QuiesceFailures int
-	extra       []*agent.Agent // agents started after New, closed by Close
-	log         *slog.Logger
+	extra           []*agent.Agent // agents started after New, closed by Close
+	log             *slog.Logger
 }
 
 // New starts the process server and one agent per VM, and waits for every
