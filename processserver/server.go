@@ -65,6 +65,9 @@ type Config struct {
 	// NBDListen serves recovery points and test-failover disks over NBD
 	// (host:port or unix:PATH); empty: off.
 	NBDListen string
+	// Retention keeps recovery points this long (default 24 h, as for
+	// Hyper-V-style protection; VMware-style is 72 h; negative: forever).
+	Retention time.Duration
 	// MasterTarget is the primary site's master target (host:port), for
 	// reprotect and failback; empty: failback is not available.
 	MasterTarget string
@@ -143,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ProcessRate == 0 {
 		cfg.ProcessRate = 200 << 20
 	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 24 * time.Hour
+	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -163,6 +169,11 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	s.j = j
 	if s.ctl, err = openControl(filepath.Join(s.cfg.DataDir, "control.db")); err != nil {
+		j.Close()
+		return err
+	}
+	if err := s.attachBases(ctx); err != nil {
+		s.ctl.close()
 		j.Close()
 		return err
 	}

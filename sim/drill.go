@@ -38,6 +38,9 @@ type Config struct {
 	// CrashInterval is how often each agent cuts a crash-consistent point
 	// (default 1m).
 	CrashInterval time.Duration
+	// Retention is the process server's recovery point retention (default
+	// 24 h).
+	Retention time.Duration
 	// AppInterval is how often VMs running the application cut an
 	// app-consistent point (0: never).
 	AppInterval time.Duration
@@ -117,7 +120,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	}
 	ps, err := processserver.New(processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
-		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate,
+		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
 		MasterTarget: mtAddr,
 	})
 	if err != nil {

@@ -34,8 +34,8 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 			return fmt.Errorf("bucket missing")
 		}
 		meta, data := b.Bucket(bucketMeta), b.Bucket(bucketData)
-		want := Seq(1)
-		consistent := false
+		want := vm.BaseSeq + 1
+		consistent := vm.BaseSeq > 0 // points, hence trims, are cut only where the stream is write-ordered
 		err := meta.ForEach(func(k, v []byte) error {
 			s := keySeq(k)
 			if s != want {
@@ -70,7 +70,7 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 		if vm.ProcessedSeq > vm.LastSeq {
 			return fmt.Errorf("processed up to %d beyond the last record %d", vm.ProcessedSeq, vm.LastSeq)
 		}
-		if want-1 != vm.LastSeq {
+		if want-1 != vm.LastSeq && !(want-1 == vm.BaseSeq && vm.LastSeq == vm.BaseSeq) {
 			return fmt.Errorf("last record is %d, state says %d", want-1, vm.LastSeq)
 		}
 		if consistent != vm.Consistent {
@@ -88,7 +88,7 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 		n := 0
 		err = b.Bucket(bucketPoints).ForEach(func(k, v []byte) error {
 			n++
-			if keySeq(k) > vm.ProcessedSeq || (keySeq(k) > 0 && meta.Get(k) == nil) {
+			if keySeq(k) > vm.ProcessedSeq || keySeq(k) < vm.BaseSeq || (keySeq(k) > vm.BaseSeq && meta.Get(k) == nil) {
 				return fmt.Errorf("point %d refers to no stored record", keySeq(k))
 			}
 			_, err := decodePoint(vm.Name, keySeq(k), v)

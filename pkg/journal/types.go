@@ -63,6 +63,9 @@ type VM struct {
 	BlockSize int    `json:"block_size"`
 	// LastSeq is the highest durable sequence; 0 before the first record.
 	LastSeq Seq `json:"last_seq"`
+	// BaseSeq is the last record folded into the VM's base by retention:
+	// records run from BaseSeq+1 to LastSeq.
+	BaseSeq Seq `json:"base_seq,omitempty"`
 	// Consistent is false while a drain is open, and before the first one
 	// (the initial replication) has ended.
 	Consistent bool `json:"consistent"`

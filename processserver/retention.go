@@ -1,0 +1,111 @@
+package processserver
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+)
+
+// baseDevices returns the VM's base images, creating sparse ones on first
+// use; they stay open while the server runs.
+func (s *Server) baseDevices(vm journal.VM) ([]blockdev.Device, error) {
+	slot := "base/" + string(vm.Name)
+	s.filesMu.Lock()
+	files := s.files[slot]
+	s.filesMu.Unlock()
+	if files == nil {
+		dir := filepath.Join(s.cfg.DataDir, "base", string(vm.Name))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		for _, d := range vm.Disks {
+			path := filepath.Join(dir, string(d.Name)+".img")
+			f, err := blockdev.OpenFile(path, false)
+			if errors.Is(err, os.ErrNotExist) {
+				if vm.BaseSeq > 0 {
+					return nil, err // the base is gone: reading would be wrong
+				}
+				f, err = blockdev.CreateFile(path, d.Size)
+			}
+			if err != nil {
+				for _, f := range files {
+					f.Close()
+				}
+				return nil, err
+			}
+			files = append(files, f)
+		}
+		s.filesMu.Lock()
+		s.files[slot] = files
+		s.filesMu.Unlock()
+	}
+	out := make([]blockdev.Device, len(files))
+	for i, f := range files {
+		out[i] = f
+	}
+	return out, nil
+}
+
+// attachBases attaches the base images of VMs that retention trimmed
+// before the server last stopped.
+func (s *Server) attachBases(ctx context.Context) error {
+	vms, err := s.j.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, vm := range vms {
+		if vm.BaseSeq == 0 {
+			continue
+		}
+		devs, err := s.baseDevices(vm)
+		if err != nil {
+			return err
+		}
+		if err := s.j.AttachBase(ctx, vm.Name, devs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyRetention deletes the points older than the retention window of
+// every protected VM and folds the records before the oldest kept point
+// into the VM's base, so storage stays bounded under steady churn. VMs
+// with a test failover or a failover in progress keep everything.
+func (s *Server) applyRetention(ctx context.Context) error {
+	if s.cfg.Retention <= 0 {
+		return nil
+	}
+	vms, err := s.j.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	cutoff := s.clock.Now().Add(-s.cfg.Retention)
+	var errs []error
+	for _, vm := range vms {
+		st, err := s.ctl.state(string(vm.Name))
+		if err != nil || st.Test != nil || (st.State != "" && st.State != StateEnabling && st.State != StateProtected) {
+			continue
+		}
+		upTo, err := s.j.RetainFrom(ctx, vm.Name, cutoff)
+		if err != nil || upTo == 0 {
+			continue
+		}
+		devs, err := s.baseDevices(vm)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ts, err := s.j.Trim(ctx, vm.Name, upTo, devs)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.log.Info("retention", "vm", vm.Name, "base_seq", upTo, "points_deleted", ts.PointsDeleted, "records_deleted", ts.RecordsDeleted, "bytes_freed", ts.BytesFreed)
+	}
+	return errors.Join(errs...)
+}

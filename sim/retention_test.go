@@ -1,0 +1,70 @@
+package sim_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/sim"
+)
+
+// TestRetention runs 72 hours of virtual time at steady churn with a 24 h
+// retention window: the number of points and the journal's stored bytes
+// stay within the window's bound instead of growing, and the oldest and
+// newest retained points still equal their ground truth.
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	vm := linux("ret-1", 1<<10, sim.Uniform)
+	d, err := sim.New(ctx, sim.Config{Seed: 12, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
+		Logger: ferrytest.Logger(t), Tick: time.Minute, CrashInterval: 10 * time.Minute, ProcessInterval: 30 * time.Minute, Retention: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	defer journaltest.MustCheck(t, d.PS.Journal())
+	var stored []uint64
+	for h := 6; h <= 72; h += 6 {
+		if err := d.Run(ctx, 6*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ProcessNow(ctx); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.PS.Journal().VM(ctx, "ret-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%2d h: %3d points, %6.1f MiB stored, records %d..%d, journal file %.0f MiB", h, st.Points, float64(st.StoredBytes)/(1<<20), st.BaseSeq+1, st.LastSeq, float64(d.PS.Journal().Size())/(1<<20))
+		// 24 h of 10-minute points, plus what waits for processing.
+		if st.Points > 24*6+4 {
+			t.Fatalf("%d h: %d points kept with a 24 h window", h, st.Points)
+		}
+		stored = append(stored, st.StoredBytes)
+	}
+	// From 30 h on the window is full: storage stays level.
+	if last, at30 := stored[len(stored)-1], stored[4]; float64(last) > 1.25*float64(at30) {
+		t.Fatalf("stored bytes grew from %d at 30 h to %d at 72 h under a 24 h window", at30, last)
+	}
+	pts, err := d.Recovery.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: "ret-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := d.VMs[0]
+	for _, p := range []*ferryv1.RecoveryPoint{pts.GetPoints()[0], pts.GetPoints()[len(pts.GetPoints())-1]} {
+		truth, err := d.TruthFor(v, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		age := d.Clock.Now().Sub(time.Unix(0, p.GetTimeUnixNano()))
+		if age > 24*time.Hour+time.Hour {
+			t.Fatalf("point %d is %v old with a 24 h window", p.GetId(), age)
+		}
+		img := exportDisk0(t, d, "ret-1", p.GetId(), truth.Disks[0].Size())
+		if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
+			t.Fatalf("point %d (%v old) differs from ground truth after retention: %s", p.GetId(), age.Round(time.Minute), diff)
+		}
+	}
+}
