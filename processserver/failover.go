@@ -533,10 +533,10 @@ func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
 }
 
 // ProcessAll processes every VM's received data into recovery points.
-// Retention is applied after processing.
+// Retention and the RPO check follow.
 func (s *Server) ProcessAll(ctx context.Context) error {
 	err := s.j.ProcessAll(ctx, func(ps journal.ProcessStats) { s.charge(ctx, ps) })
-	return errors.Join(err, s.applyRetention(ctx))
+	return errors.Join(err, s.applyRetention(ctx), s.checkRPO(ctx))
 }
 
 func orNone(s string) string {

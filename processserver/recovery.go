@@ -201,7 +201,8 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 			return nil, toStatus(err)
 		}
 		vs := &ferryv1.VMStatus{Name: string(vm.Name), State: string(st.State), Allowed: st.Allowed(), Points: uint32(vm.Points),
-			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch)}
+			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch),
+			RpoAlert: r.s.alertingFor(string(vm.Name))}
 		if !vm.LatestPoint.IsZero() {
 			vs.RpoSeconds = r.s.clock.Now().Sub(vm.LatestPoint).Seconds()
 		}
@@ -248,6 +249,18 @@ func (r *recovery) UnexportNBD(ctx context.Context, req *ferryv1.UnexportNBDRequ
 		return nil, toStatus(err)
 	}
 	return &ferryv1.UnexportNBDResponse{}, nil
+}
+
+func (r *recovery) ListEvents(ctx context.Context, req *ferryv1.ListEventsRequest) (*ferryv1.ListEventsResponse, error) {
+	evs, err := r.s.Events(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListEventsResponse{}
+	for _, e := range evs {
+		out.Events = append(out.Events, &ferryv1.Event{TimeUnixNano: e.Time.UnixNano(), Vm: e.VM, Kind: e.Kind, Detail: e.Detail})
+	}
+	return out, nil
 }
 
 // JobProto converts a job for the wire.

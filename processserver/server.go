@@ -68,6 +68,9 @@ type Config struct {
 	// Retention keeps recovery points this long (default 24 h, as for
 	// Hyper-V-style protection; VMware-style is 72 h; negative: forever).
 	Retention time.Duration
+	// RPOThreshold raises an alert (metric and event) for a VM whose newest
+	// point is older than this (default 15 min; negative: off).
+	RPOThreshold time.Duration
 	// MasterTarget is the primary site's master target (host:port), for
 	// reprotect and failback; empty: failback is not available.
 	MasterTarget string
@@ -109,9 +112,13 @@ type Server struct {
 	filesMu sync.Mutex
 	files   map[string][]*blockdev.File // open disk files per VM slot
 
-	stop   context.CancelFunc
-	nbd    *nbd.Server
-	nbdURI func(export string) string
+	stop     context.CancelFunc
+	nbd      *nbd.Server
+	nbdURI   func(export string) string
+	alertMu  sync.Mutex
+	alerting map[string]bool
+	rpoAlert *prometheus.GaugeVec
+
 	mtConn *grpc.ClientConn
 	mt     ferryv1.MasterTargetClient
 	recv   *ingest.Receiver
@@ -149,13 +156,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = 24 * time.Hour
 	}
+	if cfg.RPOThreshold == 0 {
+		cfg.RPOThreshold = 15 * time.Minute
+	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
-		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}}, nil
+		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}, alerting: map[string]bool{},
+		rpoAlert: newRPOAlert(cfg.Registerer)}, nil
 }
 
 // Open opens the journal and starts serving.

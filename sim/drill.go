@@ -41,6 +41,9 @@ type Config struct {
 	// Retention is the process server's recovery point retention (default
 	// 24 h).
 	Retention time.Duration
+	// RPOThreshold is the process server's RPO alert threshold (default
+	// 15 min).
+	RPOThreshold time.Duration
 	// AppInterval is how often VMs running the application cut an
 	// app-consistent point (0: never).
 	AppInterval time.Duration
@@ -121,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	ps, err := processserver.New(processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
+		RPOThreshold: cfg.RPOThreshold,
 		MasterTarget: mtAddr,
 	})
 	if err != nil {

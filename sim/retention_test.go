@@ -68,3 +68,53 @@ func TestRetention(t *testing.T) {
 		}
 	}
 }
+
+// TestRPOAlert: when a VM's agent stops, its RPO passes the threshold and
+// an alert is raised (status and an event); when replication resumes and
+// a new point arrives, the alert clears with another event.
+func TestRPOAlert(t *testing.T) {
+	ctx := context.Background()
+	d, err := sim.New(ctx, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("rpo-1", 16<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
+		Dir: t.TempDir(), Logger: ferrytest.Logger(t), ProcessInterval: time.Minute, RPOThreshold: 5 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	alert := func() bool {
+		st, err := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "rpo-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.GetVms()[0].GetRpoAlert()
+	}
+	events := func() []string {
+		resp, err := d.Recovery.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: "rpo-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kinds []string
+		for _, e := range resp.GetEvents() {
+			kinds = append(kinds, e.GetKind())
+		}
+		return kinds
+	}
+	run(t, d, 4*time.Minute)
+	if alert() || len(events()) != 0 {
+		t.Fatalf("alert while replicating: %v %v", alert(), events())
+	}
+	v := d.VMs[0]
+	v.Agent.Abort() // the agent's machine loses its link
+	v.Agent = nil
+	run(t, d, 10*time.Minute)
+	if !alert() || len(events()) != 1 || events()[0] != "rpo-exceeded" {
+		t.Fatalf("no alert after 10 minutes without points: %v %v", alert(), events())
+	}
+	st, _ := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "rpo-1"})
+	if err := d.StartAgent(ctx, v, d.PS.Addr(), st.GetVms()[0].GetEpoch(), "restarted"); err != nil {
+		t.Fatal(err)
+	}
+	run(t, d, 2*time.Minute)
+	if alert() || len(events()) != 2 || events()[1] != "rpo-recovered" {
+		t.Fatalf("alert did not clear after replication resumed: %v %v", alert(), events())
+	}
+}

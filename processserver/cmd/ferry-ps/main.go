@@ -34,6 +34,7 @@ func main() {
 	fs.StringVar(&cfg.Codec, "codec", cfg.Codec, "compression of journaled data: zstd, s2 (about 2x faster, ~7% larger) or none")
 	fs.StringVar(&cfg.ComputeHook, "compute-hook", "", "command that creates, starts, stops and deletes VMs at failover (see the README)")
 	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "keep recovery points this long (24h Hyper-V style, 72h VMware style); older ones are deleted and their data folded into a base image")
+	fs.DurationVar(&cfg.RPOThreshold, "rpo-threshold", 15*time.Minute, "alert (metric ferry_ps_rpo_alert and an event) when a VM's newest point is older than this")
 	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port or unix:PATH")
 	fs.StringVar(&cfg.MasterTarget, "master-target", "", "the primary site's master target (host:port), for reprotect and failback")
 	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")

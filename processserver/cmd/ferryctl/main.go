@@ -44,6 +44,7 @@ Usage:
                                                           to the master target; after a committed failback back)
   ferryctl --ps ADDR failback --vm NAME [--sync before|during] [--point latest|latest-app]
                                                           fail a reprotected VM back to the primary site
+  ferryctl --ps ADDR events [--vm NAME]                   RPO alerts raised and cleared
   ferryctl --ps ADDR jobs [--vm NAME]                     list jobs
   ferryctl --ps ADDR job ID                               one job with its steps
 
@@ -136,6 +137,13 @@ func main() {
 		err = printJob(rc.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: *vm, Location: *location}))
 	case "failback":
 		err = printJob(rc.Failback(ctx, &ferryv1.FailbackRequest{Vm: *vm, Sync: *syncOpt, Point: *point}))
+	case "events":
+		var resp *ferryv1.ListEventsResponse
+		if resp, err = rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: *vm}); err == nil {
+			for _, e := range resp.GetEvents() {
+				fmt.Printf("%s  %-14s %-14s %s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), e.GetVm(), e.GetKind(), e.GetDetail())
+			}
+		}
 	case "jobs":
 		err = listJobs(ctx, rc, *vm)
 	case "job":
@@ -246,6 +254,9 @@ func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	fmt.Fprintln(w, "VM\tSTATE\tRPO\tPOINTS\tUNPROCESSED\tEPOCH\tINSTANCE\tALLOWED")
 	for _, v := range resp.GetVms() {
 		state := v.GetState()
+		if v.GetRpoAlert() {
+			state += " (RPO ALERT)"
+		}
 		if v.GetTestFailover() {
 			state += " (test failover running)"
 		}

@@ -1545,6 +1545,162 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type ListEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListEventsRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type ListEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type Event struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TimeUnixNano  int64                  `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Event) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Event) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 type ExportNBDRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -1557,7 +1713,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1725,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1738,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -1624,7 +1780,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1792,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1805,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -1682,7 +1838,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1850,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1863,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -1725,7 +1881,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1893,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1906,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 type ReprotectRequest struct {
@@ -1764,7 +1920,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1932,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1945,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -1819,7 +1975,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1987,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2000,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -1884,7 +2040,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2052,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2065,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -1957,7 +2113,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2125,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2138,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -2008,7 +2164,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2176,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2189,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -2052,7 +2208,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2220,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2233,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -2096,7 +2252,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2264,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2277,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2140,7 +2296,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2308,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2321,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -2196,7 +2352,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2364,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2377,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Job) GetId() uint64 {
@@ -2317,7 +2473,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2485,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2498,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JobStep) GetName() string {
@@ -2399,7 +2555,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2567,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2580,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Finding) GetCheck() string {
@@ -2457,7 +2613,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2625,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2638,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -2501,7 +2657,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2669,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2682,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -2549,14 +2705,16 @@ type VMStatus struct {
 	Epoch            uint64                 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	PointId          uint64                 `protobuf:"varint,10,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
 	// Reverse replication, as the master target reports it.
-	Reverse       string `protobuf:"bytes,11,opt,name=reverse,proto3" json:"reverse,omitempty"`
+	Reverse string `protobuf:"bytes,11,opt,name=reverse,proto3" json:"reverse,omitempty"`
+	// The RPO is above the threshold.
+	RpoAlert      bool `protobuf:"varint,12,opt,name=rpo_alert,json=rpoAlert,proto3" json:"rpo_alert,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2726,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2739,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VMStatus) GetName() string {
@@ -2661,6 +2819,13 @@ func (x *VMStatus) GetReverse() string {
 	return ""
 }
 
+func (x *VMStatus) GetRpoAlert() bool {
+	if x != nil {
+		return x.RpoAlert
+	}
+	return false
+}
+
 type ListVMsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2669,7 +2834,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2846,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2859,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 type ListVMsResponse struct {
@@ -2706,7 +2871,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +2883,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +2896,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -2759,7 +2924,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2936,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +2949,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *VM) GetName() string {
@@ -2859,7 +3024,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +3036,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +3049,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -2903,7 +3068,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +3080,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +3093,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -2951,7 +3116,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3128,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3141,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -3019,7 +3184,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3196,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3209,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -3083,7 +3248,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3260,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3273,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -3156,7 +3321,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3333,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3346,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -3209,7 +3374,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3221,7 +3386,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3234,7 +3399,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -3271,7 +3436,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3448,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3461,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -3337,7 +3502,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3349,7 +3514,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3362,7 +3527,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -3387,7 +3552,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3399,7 +3564,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3412,7 +3577,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -3454,7 +3619,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3466,7 +3631,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3479,7 +3644,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -3532,7 +3697,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3709,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3722,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 type ReprotectStatusResponse struct {
@@ -3576,7 +3741,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3753,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3766,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -3767,7 +3932,16 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"h\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"#\n" +
+	"\x11ListEventsRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\"=\n" +
+	"\x12ListEventsResponse\x12'\n" +
+	"\x06events\x18\x01 \x03(\v2\x0f.ferry.v1.EventR\x06events\"i\n" +
+	"\x05Event\x12$\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"h\n" +
 	"\x10ExportNBDRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x14\n" +
 	"\x05point\x18\x02 \x01(\tR\x05point\x12\x12\n" +
@@ -3832,7 +4006,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xc0\x02\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xdd\x02\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -3846,7 +4020,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12\x19\n" +
 	"\bpoint_id\x18\n" +
 	" \x01(\x04R\apointId\x12\x18\n" +
-	"\areverse\x18\v \x01(\tR\areverse\"\x10\n" +
+	"\areverse\x18\v \x01(\tR\areverse\x12\x1b\n" +
+	"\trpo_alert\x18\f \x01(\bR\brpoAlert\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
@@ -3941,7 +4116,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xaa\a\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xf3\a\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -3958,7 +4133,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tReprotect\x12\x1a.ferry.v1.ReprotectRequest\x1a\r.ferry.v1.Job\x124\n" +
 	"\bFailback\x12\x19.ferry.v1.FailbackRequest\x1a\r.ferry.v1.Job\x12D\n" +
 	"\tExportNBD\x12\x1a.ferry.v1.ExportNBDRequest\x1a\x1b.ferry.v1.ExportNBDResponse\x12J\n" +
-	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse2\xb4\x02\n" +
+	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12G\n" +
+	"\n" +
+	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse2\xb4\x02\n" +
 	"\fMasterTarget\x12Y\n" +
 	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
 	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
@@ -3978,7 +4155,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -4001,40 +4178,43 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Ack)(nil),                      // 18: ferry.v1.Ack
 	(*BlockHashesRequest)(nil),       // 19: ferry.v1.BlockHashesRequest
 	(*BlockHashesResponse)(nil),      // 20: ferry.v1.BlockHashesResponse
-	(*ExportNBDRequest)(nil),         // 21: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 22: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 23: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 24: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 25: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 26: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 27: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 28: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 29: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 30: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 31: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 32: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 33: ferry.v1.Job
-	(*JobStep)(nil),                  // 34: ferry.v1.JobStep
-	(*Finding)(nil),                  // 35: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 36: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 37: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 38: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 39: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 40: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 41: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 42: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 43: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 44: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 45: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 46: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 47: ferry.v1.VerifyPointRequest
-	(*VerifyPointResponse)(nil),      // 48: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 49: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 50: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 51: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 52: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 53: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 54: ferry.v1.ReprotectStatusResponse
+	(*ListEventsRequest)(nil),        // 21: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 22: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 23: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 24: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 25: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 26: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 27: ferry.v1.UnexportNBDResponse
+	(*ReprotectRequest)(nil),         // 28: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 29: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 30: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 31: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 32: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 33: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 34: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 35: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 36: ferry.v1.Job
+	(*JobStep)(nil),                  // 37: ferry.v1.JobStep
+	(*Finding)(nil),                  // 38: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 39: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 40: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 41: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 42: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 43: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 44: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 45: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 46: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 47: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 48: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 49: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 50: ferry.v1.VerifyPointRequest
+	(*VerifyPointResponse)(nil),      // 51: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 52: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 53: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 54: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 55: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 56: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 57: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -4053,66 +4233,69 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	18, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
 	16, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	2,  // 16: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	33, // 17: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	34, // 18: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	44, // 19: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	35, // 20: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	38, // 21: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	41, // 22: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	7,  // 23: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	44, // 24: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 25: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	7,  // 26: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	34, // 27: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	44, // 28: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 29: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	19, // 30: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	39, // 31: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	42, // 32: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	45, // 33: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	47, // 34: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	27, // 35: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	28, // 36: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	29, // 37: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	29, // 38: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	30, // 39: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	32, // 40: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	36, // 41: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	25, // 42: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	26, // 43: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	21, // 44: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	23, // 45: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	49, // 46: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	51, // 47: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	29, // 48: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	29, // 49: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	14, // 50: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	20, // 51: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	40, // 52: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	43, // 53: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	46, // 54: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	48, // 55: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	33, // 56: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	33, // 57: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	33, // 58: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	33, // 59: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	31, // 60: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	33, // 61: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	37, // 62: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	33, // 63: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	33, // 64: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	22, // 65: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	24, // 66: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	50, // 67: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	52, // 68: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	53, // 69: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	54, // 70: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	50, // [50:71] is the sub-list for method output_type
-	29, // [29:50] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	23, // 16: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	2,  // 17: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	36, // 18: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	37, // 19: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	47, // 20: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	38, // 21: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	41, // 22: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	44, // 23: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	7,  // 24: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	47, // 25: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 26: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	7,  // 27: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	37, // 28: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	47, // 29: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 30: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	19, // 31: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	42, // 32: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	45, // 33: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	48, // 34: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	50, // 35: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	30, // 36: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	31, // 37: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	32, // 38: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	32, // 39: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	33, // 40: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	35, // 41: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	39, // 42: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	28, // 43: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	29, // 44: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	24, // 45: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	26, // 46: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	21, // 47: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	52, // 48: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	54, // 49: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	32, // 50: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	32, // 51: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	14, // 52: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	20, // 53: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	43, // 54: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	46, // 55: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	49, // 56: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	51, // 57: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	36, // 58: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	36, // 59: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	36, // 60: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	36, // 61: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	34, // 62: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	36, // 63: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	40, // 64: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	36, // 65: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	36, // 66: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	25, // 67: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	27, // 68: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	22, // 69: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	53, // 70: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	55, // 71: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	56, // 72: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	57, // 73: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	52, // [52:74] is the sub-list for method output_type
+	30, // [30:52] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -4146,7 +4329,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   52,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -191,6 +191,7 @@ const (
 	Recovery_Failback_FullMethodName    = "/ferry.v1.Recovery/Failback"
 	Recovery_ExportNBD_FullMethodName   = "/ferry.v1.Recovery/ExportNBD"
 	Recovery_UnexportNBD_FullMethodName = "/ferry.v1.Recovery/UnexportNBD"
+	Recovery_ListEvents_FullMethodName  = "/ferry.v1.Recovery/ListEvents"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -229,6 +230,9 @@ type RecoveryClient interface {
 	// copy-on-write (writes go to a scratch file; the point never changes).
 	ExportNBD(ctx context.Context, in *ExportNBDRequest, opts ...grpc.CallOption) (*ExportNBDResponse, error)
 	UnexportNBD(ctx context.Context, in *UnexportNBDRequest, opts ...grpc.CallOption) (*UnexportNBDResponse, error)
+	// ListEvents returns what happened to VMs that operators must see: RPO
+	// over its threshold and back.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 }
 
 type recoveryClient struct {
@@ -398,6 +402,16 @@ func (c *recoveryClient) UnexportNBD(ctx context.Context, in *UnexportNBDRequest
 	return out, nil
 }
 
+func (c *recoveryClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -434,6 +448,9 @@ type RecoveryServer interface {
 	// copy-on-write (writes go to a scratch file; the point never changes).
 	ExportNBD(context.Context, *ExportNBDRequest) (*ExportNBDResponse, error)
 	UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error)
+	// ListEvents returns what happened to VMs that operators must see: RPO
+	// over its threshold and back.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -488,6 +505,9 @@ func (UnimplementedRecoveryServer) ExportNBD(context.Context, *ExportNBDRequest)
 }
 func (UnimplementedRecoveryServer) UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UnexportNBD not implemented")
+}
+func (UnimplementedRecoveryServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -773,6 +793,24 @@ func _Recovery_UnexportNBD_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -835,6 +873,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnexportNBD",
 			Handler:    _Recovery_UnexportNBD_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _Recovery_ListEvents_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
