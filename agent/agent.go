@@ -24,6 +24,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
+	"github.com/ferrydr/ferry/pkg/clock"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -236,13 +237,13 @@ func (a *Agent) Open(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.run(a.ctx) }()
 	if a.cfg.Mode == ModeSplitter && a.cfg.CrashInterval > 0 {
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.tick(a.ctx, a.cfg.CrashInterval, func() { a.Mark(false, "") }) }()
+		go func() { defer a.wg.Done(); clock.Every(a.ctx, a.cfg.CrashInterval, func() { a.Mark(false, "") }) }()
 	}
 	if a.cfg.AppInterval > 0 {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.tick(a.ctx, a.cfg.AppInterval, func() { a.MarkApp(a.ctx, "app") })
+			clock.Every(a.ctx, a.cfg.AppInterval, func() { a.MarkApp(a.ctx, "app") })
 		}()
 	}
 	if a.cfg.Mode == ModeScan {
@@ -250,23 +251,10 @@ func (a *Agent) Open(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.tick(a.ctx, a.cfg.ScanInterval, func() { a.scanDue.Store(true); a.tr.Wake() })
+			clock.Every(a.ctx, a.cfg.ScanInterval, func() { a.scanDue.Store(true); a.tr.Wake() })
 		}()
 	}
 	return nil
-}
-
-func (a *Agent) tick(ctx context.Context, d time.Duration, fn func()) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			fn()
-		case <-ctx.Done():
-			return
-		}
-	}
 }
 
 // Close waits up to ShutdownTimeout for what was captured to be

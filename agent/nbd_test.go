@@ -18,18 +18,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-func needClients(t *testing.T) {
-	t.Helper()
-	for _, b := range []string{"qemu-io", "qemu-img", "nbdinfo", "nbdcopy"} {
-		if _, err := exec.LookPath(b); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed (qemu-utils, libnbd-bin)", b)
-			}
-			t.Skipf("%s is not installed (apt-get install -y qemu-utils libnbd-bin)", b)
-		}
-	}
-}
-
 func sh(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -46,7 +34,7 @@ func sh(t *testing.T, name string, args ...string) string {
 // marker; a copy-on-write export of a point takes writes without changing
 // the point.
 func TestNBDFrontEnd(t *testing.T) {
-	needClients(t)
+	ferrytest.NeedNBDClients(t)
 	ctx := context.Background()
 	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.NBDListen = "127.0.0.1:0" })
 	cc := ferrytest.Dial(t, ps.Addr)

@@ -250,7 +250,14 @@ func (s *Server) Open(ctx context.Context) error {
 	bg, s.stop = context.WithCancel(context.Background())
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.processLoop(bg) }()
+		go func() {
+			defer s.wg.Done()
+			clock.Every(bg, s.cfg.ProcessInterval, func() {
+				if err := s.ProcessAll(bg); err != nil && bg.Err() == nil {
+					s.log.Error("processing received data", "err", err)
+				}
+			})
+		}()
 	}
 	if s.cfg.MetricsListen != "" {
 		if err := s.serveAdmin(); err != nil {
@@ -347,23 +354,6 @@ func (s *Server) Close(ctx context.Context) error {
 		return s.j.Close()
 	}
 	return nil
-}
-
-// processLoop turns received markers into recovery points every
-// ProcessInterval.
-func (s *Server) processLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.ProcessInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			if err := s.ProcessAll(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("processing received data", "err", err)
-			}
-		case <-ctx.Done():
-			return
-		}
-	}
 }
 
 // onHello keeps the description of the machine an agent protects.

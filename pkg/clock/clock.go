@@ -83,3 +83,19 @@ func Or(c Clock) Clock {
 	}
 	return c
 }
+
+// Every calls fn every d of real time until ctx ends. Background work
+// (marker and scan tickers, processing loops) runs on it; simulations
+// drive the same work themselves.
+func Every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			fn()
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -3,6 +3,7 @@ package ferrytest
 import (
 	"bytes"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -23,6 +24,21 @@ func BuildBinaries(tb testing.TB) string {
 		tb.Fatalf("build: %v\n%s", err, out)
 	}
 	return dir
+}
+
+// NeedNBDClients skips the test when qemu-io, qemu-img, nbdinfo or nbdcopy
+// is missing, and fails it in CI, whose .ci/run installs them (Debian's
+// qemu-utils and libnbd-bin).
+func NeedNBDClients(tb testing.TB) {
+	tb.Helper()
+	for _, b := range []string{"qemu-io", "qemu-img", "nbdinfo", "nbdcopy"} {
+		if _, err := exec.LookPath(b); err != nil {
+			if os.Getenv("CI") != "" {
+				tb.Fatalf("%s is not installed (qemu-utils, libnbd-bin)", b)
+			}
+			tb.Skipf("%s is not installed (apt-get install -y qemu-utils libnbd-bin)", b)
+		}
+	}
 }
 
 // FreeAddr returns a loopback address with a port free right now.

@@ -15,20 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/nbd"
 )
 
-// need skips the test when a client from Debian's packages is missing;
-// .ci/run installs qemu-utils and libnbd-bin.
-func need(t *testing.T, bins ...string) {
-	t.Helper()
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed (qemu-utils, libnbd-bin)", b)
-			}
-			t.Skipf("%s is not installed (apt-get install -y qemu-utils libnbd-bin)", b)
-		}
-	}
-}
-
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -41,7 +27,7 @@ func run(t *testing.T, name string, args ...string) string {
 // TestRealClients serves memory disks over TCP and a Unix socket and uses
 // qemu-io, qemu-img, nbdinfo and nbdcopy against them.
 func TestRealClients(t *testing.T) {
-	need(t, "qemu-io", "qemu-img", "nbdinfo", "nbdcopy")
+	ferrytest.NeedNBDClients(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	srv := nbd.NewServer(ferrytest.Logger(t))
