@@ -156,8 +156,22 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 			if _, err := base[disk].ReadAt(ctx, bbuf[:c], off); err != nil {
 				return fmt.Errorf("vm %s: read base of disk %d at %d: %w", vm.Name, disk, off, err)
 			}
-			if err := fn(Extent{Offset: off, Length: c, Data: bbuf[:c]}); err != nil {
-				return err
+			// Zero blocks of the base are not reported, as blocks no
+			// write supplied are not.
+			for i := int64(0); i < c; {
+				for i < c && blockdev.IsZero(bbuf[i:min(i+bs, c)]) {
+					i += bs
+				}
+				k := i
+				for k < c && !blockdev.IsZero(bbuf[k:min(k+bs, c)]) {
+					k += bs
+				}
+				if k > i {
+					if err := fn(Extent{Offset: off + i, Length: min(k, c) - i, Data: bbuf[i:min(k, c)]}); err != nil {
+						return err
+					}
+				}
+				i = k
 			}
 			off += c
 		}

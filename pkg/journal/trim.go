@@ -99,8 +99,8 @@ func (j *Journal) Trim(ctx context.Context, name VMID, upTo Seq, base []blockdev
 }
 
 // RetainFrom returns the record a VM's journal can be trimmed to so that
-// every point at or after cutoff is kept: the oldest such point's ID, or 0
-// when nothing can go.
+// every point at or after cutoff is kept and the points before it go: the
+// oldest kept point's ID. It returns 0 when no point is older than cutoff.
 func (j *Journal) RetainFrom(ctx context.Context, name VMID, cutoff time.Time) (Seq, error) {
 	vm, err := j.VM(ctx, name)
 	if err != nil {
@@ -110,13 +110,16 @@ func (j *Journal) RetainFrom(ctx context.Context, name VMID, cutoff time.Time) (
 	if err != nil {
 		return 0, err
 	}
+	expired := false
 	for _, p := range pts {
-		if !p.Time.Before(cutoff) {
-			if p.ID > vm.BaseSeq && p.ID <= vm.ProcessedSeq {
-				return p.ID, nil
-			}
-			return 0, nil
+		if p.Time.Before(cutoff) {
+			expired = true
+			continue
 		}
+		if expired && p.ID > vm.BaseSeq && p.ID <= vm.ProcessedSeq {
+			return p.ID, nil
+		}
+		return 0, nil
 	}
 	return 0, nil
 }
