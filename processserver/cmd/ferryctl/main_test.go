@@ -44,8 +44,16 @@ func TestFailoverWithHooks(t *testing.T) {
 	os.WriteFile(machine, []byte(`{"os":"linux","mobilityAgentVersion":"9.55","dhcp":true,"sshEnabledAtBoot":true,"sshFirewallAllowed":true}`), 0o644)
 
 	addr := ferrytest.FreeAddr(t)
-	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
-		"--compute-hook", hook, "--process-interval", "100ms")
+	psArgs := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
+		"--compute-hook", hook, "--process-interval", "100ms"}
+	// With the NBD clients at hand, the test failover's disks reach the
+	// hook as nbd:// URIs of copy-on-write overlays instead of copies.
+	_, nbdErr := exec.LookPath("nbdcopy")
+	withNBD := nbdErr == nil
+	if withNBD {
+		psArgs = append(psArgs, "--nbd-listen", ferrytest.FreeAddr(t))
+	}
+	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
 	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), "run", "--ps", addr, "--vm", "host1", "--disk", "os="+img,
 		"--state", filepath.Join(dir, "agent"), "--scan-interval", "100ms", "--crash-interval", "1s",
 		"--machine", machine, "--shutdown-hook", "true")
@@ -87,6 +95,16 @@ func TestFailoverWithHooks(t *testing.T) {
 		t.Fatalf("test failover:\n%s", out)
 	}
 	id, path := instance()
+	if withNBD {
+		if !strings.HasPrefix(path, "nbd://") {
+			t.Fatalf("test failover disk %q is not an NBD overlay", path)
+		}
+		copyPath := filepath.Join(dir, "testvm.img")
+		if out, err := exec.Command("nbdcopy", path, copyPath).CombinedOutput(); err != nil {
+			t.Fatalf("nbdcopy %s: %v\n%s", path, err, out)
+		}
+		path = copyPath
+	}
 	sameAsSource(path)
 	if st, _ := os.ReadFile(filepath.Join(hookDir, id, "state")); strings.TrimSpace(string(st)) != "running" {
 		t.Fatalf("hook VM state %q", st)
