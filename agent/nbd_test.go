@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,15 +16,6 @@ import (
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
-
-func sh(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // TestNBDFrontEnd runs a protected VM on the agent's NBD exports with real
 // clients: qemu-io makes overlapping, unaligned writes over TCP and a Unix
@@ -64,7 +54,7 @@ func TestNBDFrontEnd(t *testing.T) {
 		}
 		return fmt.Sprintf("nbd+unix:///%s?socket=%s", disk, sock)
 	}
-	if list := sh(t, "nbdinfo", "--list", uri(0, "")); !strings.Contains(list, "disk0") || !strings.Contains(list, "disk1") {
+	if list := ferrytest.Run(t, "nbdinfo", "--list", uri(0, "")); !strings.Contains(list, "disk0") || !strings.Contains(list, "disk1") {
 		t.Fatalf("nbdinfo --list:\n%s", list)
 	}
 
@@ -77,7 +67,7 @@ func TestNBDFrontEnd(t *testing.T) {
 		n := int64(1 + rng.IntN(64<<10))
 		off := rng.Int64N(min(size-n, 256<<10)) // a small region: writes overlap
 		pat := byte(1 + rng.IntN(254))
-		sh(t, "qemu-io", "-f", "raw", uri(i, fmt.Sprintf("disk%d", d)), "-c", fmt.Sprintf("write -P 0x%02x %d %d", pat, off, n))
+		ferrytest.Run(t, "qemu-io", "-f", "raw", uri(i, fmt.Sprintf("disk%d", d)), "-c", fmt.Sprintf("write -P 0x%02x %d %d", pat, off, n))
 		model[d].WriteAt(ctx, bytes.Repeat([]byte{pat}, int(n)), off)
 		if i%5 == 4 {
 			tag := fmt.Sprintf("nbd%d", i)
@@ -113,7 +103,7 @@ func TestNBDFrontEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			os.Remove(out)
-			sh(t, "nbdcopy", e.GetUri(), out)
+			ferrytest.Run(t, "nbdcopy", e.GetUri(), out)
 			got, _ := os.ReadFile(out)
 			if diff := ferrytest.Diff(got, want[d]); diff != "" {
 				t.Fatalf("point %d (%s) disk%d over NBD: %s", p.GetId(), p.GetTag(), d, diff)
@@ -131,19 +121,19 @@ func TestNBDFrontEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "write -P 0x5a 4096 1000000")
-	sh(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "read -P 0x5a 4096 1000000")
+	ferrytest.Run(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "write -P 0x5a 4096 1000000")
+	ferrytest.Run(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "read -P 0x5a 4096 1000000")
 	ro, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.name, Point: fmt.Sprint(last.GetId()), Disk: "disk0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(out)
-	sh(t, "nbdcopy", ro.GetUri(), out)
+	ferrytest.Run(t, "nbdcopy", ro.GetUri(), out)
 	got, _ := os.ReadFile(out)
 	if diff := ferrytest.Diff(got, v.truth[last.GetTag()][0]); diff != "" {
 		t.Fatalf("the point changed after writes to its copy-on-write export: %s", diff)
 	}
-	sh(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, ro.GetUri())
+	ferrytest.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, ro.GetUri())
 	if _, err := rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: cow.GetName()}); err != nil {
 		t.Fatal(err)
 	}

@@ -93,6 +93,15 @@ func (b *Bitmap) next(i int64) (int64, bool) {
 	return 0, false
 }
 
+// Merge marks dirty every block that is dirty in o, a bitmap of the same
+// geometry.
+func (b *Bitmap) Merge(o *Bitmap) {
+	for i, w := range o.words {
+		b.count += int64(bits.OnesCount64(w &^ b.words[i]))
+		b.words[i] |= w
+	}
+}
+
 // Clear marks every block clean.
 func (b *Bitmap) Clear() {
 	clear(b.words)

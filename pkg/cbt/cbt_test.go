@@ -48,6 +48,13 @@ func TestBitmapRunsAndPersistence(t *testing.T) {
 	if err != nil || loaded.Count() != 5 || !loaded.IsSet(11) || loaded.IsSet(13) {
 		t.Fatalf("loaded bitmap: count %d, %v", loaded.Count(), err)
 	}
+	// Merging counts only blocks not already dirty.
+	m := cbt.NewBitmap(1<<20, bs)
+	m.SetRange(11*bs, 5*bs) // blocks 11-15: 11 and 12 overlap
+	m.Merge(loaded)
+	if m.Count() != 8 || !m.IsSet(0) || !m.IsSet(15) || !m.IsSet(255) {
+		t.Fatalf("merged bitmap: count %d, want 8", m.Count())
+	}
 	// A flipped bit is caught by the checksum; another geometry is refused.
 	raw, _ := os.ReadFile(path)
 	raw[30] ^= 1

@@ -316,11 +316,7 @@ func (t *Tracker) LoadBitmaps(path func(disk int) string) error {
 		if err != nil {
 			return err
 		}
-		for blk := int64(0); blk < b.Blocks(); blk++ {
-			if b.IsSet(blk) {
-				t.bitmaps[i].SetRange(blk*t.blockSize, t.blockSize)
-			}
-		}
+		t.bitmaps[i].Merge(b)
 	}
 	for _, b := range t.bitmaps {
 		if b.Count() > 0 {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -39,6 +40,17 @@ func NeedNBDClients(tb testing.TB) {
 			tb.Skipf("%s is not installed (apt-get install -y qemu-utils libnbd-bin)", b)
 		}
 	}
+}
+
+// Run runs a command and returns its combined output, failing the test if
+// it fails.
+func Run(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // FreeAddr returns a loopback address with a port free right now.

@@ -15,15 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/nbd"
 )
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // TestRealClients serves memory disks over TCP and a Unix socket and uses
 // qemu-io, qemu-img, nbdinfo and nbdcopy against them.
 func TestRealClients(t *testing.T) {
@@ -54,12 +45,12 @@ func TestRealClients(t *testing.T) {
 	}
 	for kind, uri := range uris {
 		t.Run(kind, func(t *testing.T) {
-			list := run(t, "nbdinfo", "--list", uri(""))
+			list := ferrytest.Run(t, "nbdinfo", "--list", uri(""))
 			if !strings.Contains(list, "disk0") || !strings.Contains(list, "point") {
 				t.Fatalf("nbdinfo --list:\n%s", list)
 			}
 			// Aligned and unaligned writes, zeroes, a flush.
-			run(t, "qemu-io", "-f", "raw", uri("disk0"), "-c", "write -P 0xab 0 64k", "-c", "write -P 0xcd 1000 3000",
+			ferrytest.Run(t, "qemu-io", "-f", "raw", uri("disk0"), "-c", "write -P 0xab 0 64k", "-c", "write -P 0xcd 1000 3000",
 				"-c", "write -z 128k 64k", "-c", "write -P 0x11 -f 200k 8k", "-c", "flush")
 			want := make([]byte, 8<<20)
 			copy(want[0:64<<10], bytes.Repeat([]byte{0xab}, 64<<10))
@@ -69,12 +60,12 @@ func TestRealClients(t *testing.T) {
 				t.Fatalf("disk after qemu-io: %s", d)
 			}
 			out := filepath.Join(dir, kind+".img")
-			run(t, "nbdcopy", uri("disk0"), out)
+			ferrytest.Run(t, "nbdcopy", uri("disk0"), out)
 			got, _ := os.ReadFile(out)
 			if d := ferrytest.Diff(got, want); d != "" {
 				t.Fatalf("nbdcopy: %s", d)
 			}
-			run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, uri("disk0"))
+			ferrytest.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, uri("disk0"))
 			// The read-only export refuses writes.
 			if o, err := exec.Command("qemu-io", "-f", "raw", uri("point"), "-c", "write -P 1 0 4k").CombinedOutput(); err == nil && !strings.Contains(string(o), "denied") && !strings.Contains(string(o), "ermission") && !strings.Contains(string(o), "read-only") && !strings.Contains(string(o), "read only") {
 				t.Fatalf("write to a read-only export:\n%s", o)
