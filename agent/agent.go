@@ -94,6 +94,12 @@ type Agent struct {
 	cmds        chan *ferryv1.Command
 	closed      bool
 
+	// The policy's frequencies (nanoseconds; 0: off).
+	crashEvery atomic.Int64
+	appEvery   atomic.Int64
+	holdMu     sync.Mutex
+	hold       *groupHold
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -122,6 +128,8 @@ func New(cfg Config) (*Agent, error) {
 		readBuf:    make([]byte, maxWrite),
 	}
 	a.m = newMetrics(cfg.Registerer, a)
+	a.crashEvery.Store(int64(cfg.CrashInterval))
+	a.appEvery.Store(int64(cfg.AppInterval))
 	a.progress.Store(math.Float64bits(math.NaN()))
 	return a, nil
 }
@@ -148,22 +156,16 @@ var ErrQuiesce = errors.New("application not quiesced: no app-consistent point")
 // still runs, the failure is counted (ferry_agent_quiesce_failures_total)
 // and returned.
 func (a *Agent) MarkApp(ctx context.Context, tag string) error {
-	if a.cfg.Freeze == nil {
-		return fmt.Errorf("%w: no freeze hook is configured", ErrQuiesce)
-	}
 	start := time.Now()
-	fctx, cancel := context.WithTimeout(ctx, a.cfg.QuiesceTimeout)
-	err := a.cfg.Freeze(fctx)
-	if err == nil && fctx.Err() != nil {
-		err = fctx.Err()
-	}
-	cancel()
-	if err == nil && !a.tr.Mark(cbt.MarkRequest{App: true, Tag: tag, Time: a.cfg.Clock.Now()}) {
-		err = errors.New("the agent is draining its bitmap")
-	}
-	if a.cfg.Thaw != nil {
-		if terr := a.cfg.Thaw(ctx); terr != nil && err == nil {
-			err = fmt.Errorf("thaw: %w", terr)
+	err := a.freeze(ctx)
+	if err == nil {
+		if !a.tr.Mark(cbt.MarkRequest{App: true, Tag: tag, Time: a.cfg.Clock.Now()}) {
+			err = errors.New("the agent is draining its bitmap")
+		}
+		if a.cfg.Thaw != nil {
+			if terr := a.cfg.Thaw(ctx); terr != nil && err == nil {
+				err = fmt.Errorf("thaw: %w", terr)
+			}
 		}
 	}
 	a.m.quiesceSeconds.Observe(time.Since(start).Seconds())
@@ -235,16 +237,9 @@ func (a *Agent) Open(ctx context.Context) error {
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.run(a.ctx) }()
-	if a.cfg.Mode == ModeSplitter && a.cfg.CrashInterval > 0 {
+	if !a.cfg.IgnorePolicy || a.cfg.CrashInterval > 0 || a.cfg.AppInterval > 0 {
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); clock.Every(a.ctx, a.cfg.CrashInterval, func() { a.Mark(false, "") }) }()
-	}
-	if a.cfg.AppInterval > 0 {
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			clock.Every(a.ctx, a.cfg.AppInterval, func() { a.MarkApp(a.ctx, "app") })
-		}()
+		go func() { defer a.wg.Done(); a.schedulePoints(a.ctx) }()
 	}
 	if a.cfg.Mode == ModeScan {
 		a.scanDue.Store(true)

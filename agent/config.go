@@ -48,11 +48,24 @@ type Config struct {
 	// Epoch of the replication direction (default 1).
 	Epoch uint64
 	// CrashInterval cuts a crash-consistent point this often (splitter
-	// mode); 0 leaves it to Mark.
+	// mode); 0 leaves it to Mark. The receiver's replication policy
+	// replaces it when the agent connects, unless IgnorePolicy is set.
 	CrashInterval time.Duration
 	// AppInterval cuts an application-consistent point this often through
-	// the freeze and thaw hooks; 0 leaves it to MarkApp.
+	// the freeze and thaw hooks; 0 leaves it to MarkApp. The policy
+	// replaces it too.
 	AppInterval time.Duration
+	// IgnorePolicy keeps CrashInterval and AppInterval whatever policy the
+	// receiver sends (the simulator cuts its points itself, to keep their
+	// ground truth).
+	IgnorePolicy bool
+	// GroupHoldTimeout is the longest a replication group's barrier may
+	// hold the machine's writes (default 2s; the process server may ask
+	// for less).
+	GroupHoldTimeout time.Duration
+	// OnGroupHold, when set, is called while the machine's writes are held
+	// for a group marker, with the marker's tag.
+	OnGroupHold func(tag string)
 	// Freeze quiesces the application (it flushes and holds its writes);
 	// Thaw lets it go on. Thaw runs whenever Freeze was called.
 	Freeze, Thaw func(ctx context.Context) error
@@ -115,6 +128,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.GroupHoldTimeout == 0 {
+		c.GroupHoldTimeout = 2 * time.Second
 	}
 	if c.QuiesceTimeout == 0 {
 		c.QuiesceTimeout = 10 * time.Second

@@ -16,6 +16,7 @@ type metrics struct {
 	// App-consistent points.
 	quiesceFailures prometheus.Counter
 	quiesceSeconds  prometheus.Histogram
+	groupHold       prometheus.Histogram
 }
 
 func nan() float64 { return math.NaN() }
@@ -29,6 +30,9 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_reconnects_total", Help: "Streams that ended and were opened again.", ConstLabels: labels}),
 		quiesceFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_quiesce_failures_total",
 			Help: "App-consistent points not cut because the application did not quiesce in time.", ConstLabels: labels}),
+		groupHold: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_group_hold_seconds",
+			Help: "How long replication group barriers held the machine's writes.", ConstLabels: labels,
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 		quiesceSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_quiesce_seconds",
 			Help: "Time the application was held for an app-consistent point.", ConstLabels: labels, Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
 	}
@@ -38,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
 	}
-	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds,
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold,
 		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
 		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
 		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {

@@ -49,6 +49,7 @@ func (a *Agent) session(parent context.Context) error {
 		return fmt.Errorf("%w: receiver answered the hello with %T", errFatal, msg.GetMsg())
 	}
 	resend := a.reconcile(ha)
+	a.setPolicy(ha.GetPolicy())
 	a.connected.Store(true)
 	a.log.Info("stream open", "durable_seq", ha.GetDurableSeq(), "next_seq", a.nextSeq, "resend_batches", len(resend), "need", need(a.need.Load()))
 

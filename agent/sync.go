@@ -346,7 +346,7 @@ func (a *Agent) scan(s *sender) error {
 		a.scanTable[i] = local
 	}
 	if changed == 0 {
-		if a.cfg.CrashInterval > 0 && a.cfg.Clock.Now().Sub(a.lastMark) >= a.cfg.CrashInterval {
+		if every := time.Duration(a.crashEvery.Load()); every > 0 && a.cfg.Clock.Now().Sub(a.lastMark) >= every {
 			a.lastMark = a.cfg.Clock.Now()
 			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "scan", Time: a.lastMark})); err != nil {
 				return err
@@ -472,6 +472,23 @@ func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk
 func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 	res := &ferryv1.CommandResult{Id: cmd.GetId()}
 	switch {
+	case cmd.GetPolicy() != nil:
+		a.setPolicy(cmd.GetPolicy())
+		res.Ok = true
+	case cmd.GetHold() != nil:
+		if err := a.holdGroup(s.ctx, cmd.GetHold()); err != nil {
+			res.Error = err.Error()
+		} else {
+			res.Ok = true
+		}
+	case cmd.GetCut() != nil:
+		held, err := a.cutGroup(cmd.GetCut())
+		res.HoldNanos = int64(held)
+		if err != nil {
+			res.Error = err.Error()
+		} else {
+			res.Ok = true
+		}
 	case cmd.GetShutdown() == nil:
 		res.Error = fmt.Sprintf("unknown command %T", cmd.GetAction())
 	case a.cfg.ShutdownMachine == nil:

@@ -107,7 +107,7 @@ func rpoLevel(ctx context.Context, cfg RPOConfig, level int64) (rpoResult, [][]f
 	var agents []*agent.Agent
 	for i := 0; i < cfg.VMs; i++ {
 		a, err := agent.New(agent.Config{VM: fmt.Sprintf("vm%d", i), Disks: []agent.Disk{{Name: "os", Device: blockdev.NewMemory(diskSize)}},
-			StateDir: filepath.Join(dir, fmt.Sprint("agent", i)), Target: ps.Addr(), CrashInterval: time.Second,
+			StateDir: filepath.Join(dir, fmt.Sprint("agent", i)), Target: ps.Addr(), CrashInterval: time.Second, IgnorePolicy: true,
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, Logger: quietLogger(), Registerer: prometheus.NewRegistry()})
 		if err != nil {
 			return res, nil, err

@@ -65,12 +65,9 @@ func (s *Server) Events(ctx context.Context, vm string) ([]Event, error) {
 }
 
 // checkRPO raises an alert for every VM whose RPO (age of its newest
-// point) is above the threshold, and clears it when the RPO is back under:
+// point) is above its policy's threshold, and clears it when the RPO is back under:
 // the ferry_ps_rpo_alert gauge and an event each time.
 func (s *Server) checkRPO(ctx context.Context) error {
-	if s.cfg.RPOThreshold <= 0 {
-		return nil
-	}
 	vms, err := s.j.VMs(ctx)
 	if err != nil {
 		return err
@@ -81,8 +78,13 @@ func (s *Server) checkRPO(ctx context.Context) error {
 		if err != nil || (st.State != "" && st.State != StateEnabling && st.State != StateProtected) || vm.LatestPoint.IsZero() {
 			continue
 		}
+		pol, err := s.policyFor(string(vm.Name))
+		if err != nil {
+			return err
+		}
+		threshold := pol.RPOThreshold
 		rpo := now.Sub(vm.LatestPoint)
-		over := rpo > s.cfg.RPOThreshold
+		over := rpo > threshold
 		s.alertMu.Lock()
 		was := s.alerting[string(vm.Name)]
 		s.alerting[string(vm.Name)] = over
@@ -94,13 +96,13 @@ func (s *Server) checkRPO(ctx context.Context) error {
 		s.rpoAlert.WithLabelValues(string(vm.Name)).Set(v)
 		switch {
 		case over && !was:
-			s.log.Warn("RPO above threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second), "threshold", s.cfg.RPOThreshold)
+			s.log.Warn("RPO above threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second), "threshold", threshold)
 			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPOExceeded,
-				Detail: fmt.Sprintf("RPO %v is above the %v threshold (newest point %s)", rpo.Round(time.Second), s.cfg.RPOThreshold, vm.LatestPoint.Format(time.RFC3339))})
+				Detail: fmt.Sprintf("RPO %v is above the %v threshold (newest point %s)", rpo.Round(time.Second), threshold, vm.LatestPoint.Format(time.RFC3339))})
 		case !over && was:
 			s.log.Info("RPO back under threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second))
 			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPORecovered,
-				Detail: fmt.Sprintf("RPO %v is back under the %v threshold", rpo.Round(time.Second), s.cfg.RPOThreshold)})
+				Detail: fmt.Sprintf("RPO %v is back under the %v threshold", rpo.Round(time.Second), threshold)})
 		}
 	}
 	return nil

@@ -59,6 +59,9 @@ type VMState struct {
 	Failover *ActiveFailover `json:"failover,omitempty"`
 	// Location of reverse replication: original or alternate.
 	Location string `json:"location,omitempty"`
+	// Policy is the replication policy attached by an operator; empty:
+	// the default for the machine's kind.
+	Policy string `json:"policy,omitempty"`
 }
 
 // TestFailover is a running test failover.
@@ -150,7 +153,7 @@ func openControl(path string) (*control, error) {
 		return nil, fmt.Errorf("open control store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketStates, bucketJobs} {
+		for _, b := range [][]byte{bucketStates, bucketJobs, bucketPolicies, bucketGroups, bucketPlans} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -21,6 +21,10 @@ type Job struct {
 	Point    *journal.Point `json:"point,omitempty"`
 	Findings []Finding      `json:"findings,omitempty"`
 	Console  string         `json:"console,omitempty"`
+	// Waiting: a plan job waits for an operator to do this and resume it.
+	Waiting string `json:"waiting,omitempty"`
+	// Children are the per-VM jobs a plan job ran.
+	Children []uint64 `json:"children,omitempty"`
 }
 
 // Step is one step of a job. Start and End are on the server's clock

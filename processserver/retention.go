@@ -72,26 +72,32 @@ func (s *Server) attachBases(ctx context.Context) error {
 	return nil
 }
 
-// applyRetention deletes the points older than the retention window of
-// every protected VM and folds the records before the oldest kept point
-// into the VM's base, so storage stays bounded under steady churn. VMs
-// with a test failover or a failover in progress keep everything.
+// applyRetention applies every protected VM's policy: app-consistent
+// points beyond the policy's frequency are kept as crash-consistent, the
+// points older than the retention window are deleted and the records
+// before the oldest kept point are folded into the VM's base, so storage
+// stays bounded under steady churn. VMs with a test failover or a failover
+// in progress keep everything.
 func (s *Server) applyRetention(ctx context.Context) error {
-	if s.cfg.Retention <= 0 {
-		return nil
-	}
 	vms, err := s.j.VMs(ctx)
 	if err != nil {
 		return err
 	}
-	cutoff := s.clock.Now().Add(-s.cfg.Retention)
 	var errs []error
 	for _, vm := range vms {
 		st, err := s.ctl.state(string(vm.Name))
 		if err != nil || st.Test != nil || (st.State != "" && st.State != StateEnabling && st.State != StateProtected) {
 			continue
 		}
-		upTo, err := s.j.RetainFrom(ctx, vm.Name, cutoff)
+		pol, err := s.policyFor(string(vm.Name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := s.thinAppPoints(ctx, vm, pol); err != nil {
+			errs = append(errs, err)
+		}
+		upTo, err := s.j.RetainFrom(ctx, vm.Name, s.clock.Now().Add(-pol.Retention))
 		if err != nil || upTo == 0 {
 			continue
 		}

@@ -65,15 +65,28 @@ type Config struct {
 	// NBDListen serves recovery points and test-failover disks over NBD
 	// (host:port or unix:PATH); empty: off.
 	NBDListen string
-	// Retention keeps recovery points this long (default 24 h, as for
-	// Hyper-V-style protection; VMware-style is 72 h; negative: forever).
+	// Retention is the default policy's recovery point retention when the
+	// server creates it (default 24 h, as for Hyper-V-style protection;
+	// VMware-style VMs get the 72 h policy; negative: the longest, 35
+	// days). Operators change it with PutPolicy afterwards.
 	Retention time.Duration
-	// RPOThreshold raises an alert (metric and event) for a VM whose newest
-	// point is older than this (default 15 min; negative: off).
+	// RPOThreshold is the default policies' RPO alert threshold when the
+	// server creates them (default 15 min): a VM whose newest point is
+	// older raises an alert (metric and event).
 	RPOThreshold time.Duration
 	// MasterTarget is the primary site's master target (host:port), for
 	// reprotect and failback; empty: failback is not available.
 	MasterTarget string
+	// GroupSchedule is how often the server looks whether a replication
+	// group's next multi-VM point is due (default 1s; negative: only when
+	// asked, with GroupPoint).
+	GroupSchedule time.Duration
+	// PlanActionTimeout bounds a recovery plan's command actions (default
+	// 10 min).
+	PlanActionTimeout time.Duration
+	// PlanActions runs recovery plan actions (default: each action's
+	// command through /bin/sh; the simulator's are callbacks).
+	PlanActions PlanActionRunner
 	// ProcessRate models, on a simulated clock, how fast a process server
 	// verifies received data (bytes/s; default 200 MB/s).
 	ProcessRate int64
@@ -113,11 +126,20 @@ type Server struct {
 	files   map[string][]*blockdev.File // open disk files per VM slot
 
 	stop     context.CancelFunc
+	bg       context.Context // ends when the server closes
 	nbd      *nbd.Server
 	nbdURI   func(export string) string
 	alertMu  sync.Mutex
 	alerting map[string]bool
 	rpoAlert *prometheus.GaugeVec
+
+	groupMetrics
+	groupMu    sync.Mutex
+	groupLocks map[string]*sync.Mutex
+	groupLast  map[string]time.Time
+	groupBusy  map[string]bool
+	planMu     sync.Mutex
+	planResume map[string]chan struct{}
 
 	mtConn *grpc.ClientConn
 	mt     ferryv1.MasterTargetClient
@@ -150,6 +172,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ProcessInterval == 0 {
 		cfg.ProcessInterval = 5 * time.Second
 	}
+	if cfg.GroupSchedule == 0 {
+		cfg.GroupSchedule = time.Second
+	}
+	if cfg.PlanActionTimeout == 0 {
+		cfg.PlanActionTimeout = 10 * time.Minute
+	}
+	if cfg.PlanActions == nil {
+		cfg.PlanActions = ShellActions{Timeout: cfg.PlanActionTimeout}
+	}
 	if cfg.ProcessRate == 0 {
 		cfg.ProcessRate = 200 << 20
 	}
@@ -166,11 +197,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
 		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}, alerting: map[string]bool{},
-		rpoAlert: newRPOAlert(cfg.Registerer)}, nil
+		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer),
+		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
+		planResume: map[string]chan struct{}{}}, nil
 }
 
 // Open opens the journal and starts serving.
 func (s *Server) Open(ctx context.Context) error {
+	s.bg, s.stop = context.WithCancel(context.Background())
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("open process server: %w", err)
 	}
@@ -180,6 +214,11 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	s.j = j
 	if s.ctl, err = openControl(filepath.Join(s.cfg.DataDir, "control.db")); err != nil {
+		j.Close()
+		return err
+	}
+	if err := s.ensurePolicies(); err != nil {
+		s.ctl.close()
 		j.Close()
 		return err
 	}
@@ -246,8 +285,7 @@ func (s *Server) Open(ctx context.Context) error {
 		}
 		go s.nbd.Serve(l)
 	}
-	var bg context.Context
-	bg, s.stop = context.WithCancel(context.Background())
+	bg := s.bg
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)
 		go func() {
@@ -257,6 +295,13 @@ func (s *Server) Open(ctx context.Context) error {
 					s.log.Error("processing received data", "err", err)
 				}
 			})
+		}()
+	}
+	if s.cfg.GroupSchedule > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			clock.Every(bg, s.cfg.GroupSchedule, func() { s.scheduleGroups(bg) })
 		}()
 	}
 	if s.cfg.MetricsListen != "" {
@@ -356,13 +401,21 @@ func (s *Server) Close(ctx context.Context) error {
 	return nil
 }
 
-// onHello keeps the description of the machine an agent protects.
-func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello) error {
-	if h.GetMachine() == nil {
-		return nil
+// onHello keeps the description of the machine an agent protects and
+// tells the agent the replication policy it follows.
+func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
+	if h.GetMachine() != nil {
+		m := machineFromProto(h.GetMachine())
+		if err := s.ctl.update(h.GetVm(), func(st *VMState) { st.Machine = m }); err != nil {
+			return err
+		}
 	}
-	m := machineFromProto(h.GetMachine())
-	return s.ctl.update(h.GetVm(), func(st *VMState) { st.Machine = m })
+	p, err := s.policyFor(h.GetVm())
+	if err != nil {
+		return err
+	}
+	ack.Policy = PolicyProto(p, nil)
+	return nil
 }
 
 // Receiver is the server's replication receiver.

@@ -41,7 +41,7 @@ func TestAppConsistentPoints(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, p := range pts.GetPoints() {
-			truth, ok := v.Truth[p.GetTag()]
+			truth, ok := v.Truth(p.GetTag())
 			if !ok || p.GetTag() == "drain-end" {
 				continue
 			}

@@ -96,7 +96,7 @@ func (d *Drill) StartAgent(ctx context.Context, v *VM, target string, epoch uint
 	cfg := agent.Config{
 		VM: v.Config.Name, StateDir: filepath.Join(d.cfg.Dir, "agent-"+v.Config.Name+"-"+name), Target: target, Epoch: epoch,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock,
+		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, IgnorePolicy: true,
 		Logger: d.log.With("vm", v.Config.Name, "agent", name), Registerer: prometheus.NewRegistry(),
 	}
 	for i, dev := range v.active {
@@ -249,7 +249,8 @@ func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location stri
 	var replica []*blockdev.Memory
 	switch {
 	case forward:
-		replica = v.Truth["@outage"].Disks
+		o, _ := v.Truth("@outage")
+		replica = o.Disks
 	case location == "original":
 		replica = v.disks
 	}
@@ -318,7 +319,7 @@ func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *
 	if e.Failed != "" {
 		return e
 	}
-	truth, ok := v.Truth["shutdown"]
+	truth, ok := v.Truth("shutdown")
 	if !ok {
 		e.Failed = "no ground truth of the recovered VM at shutdown"
 		rep.fail("%s failback: %s", v.Config.Name, e.Failed)

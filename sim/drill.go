@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,16 @@ type Config struct {
 	// virtual time (default 12.5 MB/s, 100 Mbit/s): failback charges the
 	// bytes moved during downtime to it.
 	LinkRate int64
+	// Groups are replication groups, created once the initial replication
+	// is done; Run cuts their crash-consistent multi-VM points every
+	// GroupInterval and app-consistent ones every GroupAppInterval (0:
+	// none).
+	Groups           []processserver.Group
+	GroupInterval    time.Duration
+	GroupAppInterval time.Duration
+	// PlanActions runs recovery plans' actions (default: Actions, which
+	// records them).
+	PlanActions processserver.PlanActionRunner
 	// Dir holds the process server's data and the agents' state.
 	Dir    string
 	Logger *slog.Logger
@@ -72,16 +83,23 @@ var Start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Drill is a running simulation.
 type Drill struct {
-	cfg         Config
-	Clock       *clock.Virtual
-	PS          *processserver.Server
-	Compute     *Compute
-	MT          *mastertarget.Server
-	VMs         []*VM
-	Recovery    ferryv1.RecoveryClient
-	conn        *grpc.ClientConn
-	lastMark    time.Time
-	lastApp     time.Time
+	cfg          Config
+	Clock        *clock.Virtual
+	PS           *processserver.Server
+	Compute      *Compute
+	MT           *mastertarget.Server
+	VMs          []*VM
+	Recovery     ferryv1.RecoveryClient
+	conn         *grpc.ClientConn
+	lastMark     time.Time
+	lastApp      time.Time
+	lastGroup    time.Time
+	lastGroupApp time.Time
+	// Actions records the recovery plan actions the process server ran
+	// (when Config.PlanActions is not set).
+	Actions *Actions
+	// GroupHolds are the longest holds of the multi-VM points Run cut.
+	GroupHolds  []time.Duration
 	lastProcess time.Time
 	// QuiesceFailures counts app-consistent points that were not cut.
 	QuiesceFailures int
@@ -107,7 +125,10 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	d := &Drill{cfg: cfg, Clock: clock.NewVirtual(Start), log: cfg.Logger}
+	d := &Drill{cfg: cfg, Clock: clock.NewVirtual(Start), log: cfg.Logger, Actions: &Actions{}}
+	if cfg.PlanActions == nil {
+		cfg.PlanActions = d.Actions
+	}
 	d.Compute = NewCompute(d.Clock, cfg.Networks...)
 	mtAddr := ""
 	if cfg.MasterTarget {
@@ -124,7 +145,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	ps, err := processserver.New(processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
-		RPOThreshold: cfg.RPOThreshold,
+		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions,
 		MasterTarget: mtAddr,
 	})
 	if err != nil {
@@ -134,6 +155,10 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		return nil, err
 	}
 	d.PS = ps
+	if err := d.setPolicies(ctx); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.conn, err = grpc.NewClient(ps.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
@@ -147,6 +172,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 			VM: vc.Name, StateDir: filepath.Join(cfg.Dir, "agent-"+vc.Name), Target: ps.Addr(),
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
+			IgnorePolicy: true, OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
 			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(),
 		}
 		for j := range v.disks {
@@ -169,9 +195,16 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	// The agent cuts a point where its initial copy ends; nothing was
 	// written since.
 	for _, v := range d.VMs {
-		v.Truth["drain-end"] = v.snapshot("drain-end", d.Clock.Now())
+		v.setTruth(v.snapshot("drain-end", d.Clock.Now()))
 	}
 	d.lastMark, d.lastApp, d.lastProcess = d.Clock.Now(), d.Clock.Now(), d.Clock.Now()
+	d.lastGroup, d.lastGroupApp = d.Clock.Now(), d.Clock.Now()
+	for _, g := range cfg.Groups {
+		if err := d.PS.PutGroup(ctx, g); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
 	return d, d.PS.ProcessAll(ctx)
 }
 
@@ -267,6 +300,9 @@ func (d *Drill) Run(ctx context.Context, dur time.Duration) error {
 				return err
 			}
 		}
+		if err := d.groupPoints(ctx, now); err != nil {
+			return err
+		}
 		if now.Sub(d.lastProcess) >= d.cfg.ProcessInterval {
 			if err := d.ProcessNow(ctx); err != nil {
 				return err
@@ -274,6 +310,96 @@ func (d *Drill) Run(ctx context.Context, dur time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// groupPoints cuts the replication groups' multi-VM points that are due.
+// A group point that fails (a member cannot hold) is not an error of the
+// drill: the process server reports it as an event.
+func (d *Drill) groupPoints(ctx context.Context, now time.Time) error {
+	for _, k := range []struct {
+		app   bool
+		every time.Duration
+		last  *time.Time
+	}{{false, d.cfg.GroupInterval, &d.lastGroup}, {true, d.cfg.GroupAppInterval, &d.lastGroupApp}} {
+		if k.every <= 0 || now.Sub(*k.last) < k.every {
+			continue
+		}
+		*k.last = now
+		for _, g := range d.cfg.Groups {
+			if res, err := d.PS.GroupPoint(ctx, g.Name, k.app); err == nil {
+				d.GroupHolds = append(d.GroupHolds, res.MaxHold)
+			}
+		}
+		if err := d.sync(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setPolicies makes the process server's policies say what the drill
+// does: the drill cuts the points itself (to keep their ground truth) at
+// its own crash and app frequencies.
+func (d *Drill) setPolicies(ctx context.Context) error {
+	pols, err := d.PS.Policies()
+	if err != nil {
+		return err
+	}
+	for _, p := range pols {
+		if p.Builtin {
+			continue
+		}
+		p.CrashInterval, p.AppInterval = d.cfg.CrashInterval, d.cfg.AppInterval
+		if d.cfg.Retention > 0 {
+			p.Retention = d.cfg.Retention
+		}
+		if d.cfg.RPOThreshold > 0 {
+			p.RPOThreshold = d.cfg.RPOThreshold
+		}
+		if err := d.PS.PutPolicy(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Actions is the simulator's recovery plan action runner: each action is a
+// callback, recorded in the order it ran.
+type Actions struct {
+	mu  sync.Mutex
+	Ran []ActionRun
+	// Callback, when set, runs for every action; its error fails the plan.
+	Callback func(ActionRun) error
+}
+
+// ActionRun is one action a plan ran.
+type ActionRun struct {
+	Plan      string
+	Group     int
+	Operation string
+	Name      string
+}
+
+// Run implements processserver.PlanActionRunner.
+func (a *Actions) Run(ctx context.Context, plan string, group int, op string, act processserver.PlanAction) (string, error) {
+	r := ActionRun{Plan: plan, Group: group, Operation: op, Name: act.Name}
+	a.mu.Lock()
+	a.Ran = append(a.Ran, r)
+	cb := a.Callback
+	a.mu.Unlock()
+	if cb != nil {
+		if err := cb(r); err != nil {
+			return "", err
+		}
+	}
+	return "callback ran", nil
+}
+
+// Runs returns the actions run so far, in order.
+func (a *Actions) Runs() []ActionRun {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]ActionRun(nil), a.Ran...)
 }
 
 // ProcessNow has the process server process everything it received, and
@@ -292,13 +418,13 @@ func (d *Drill) ProcessNow(ctx context.Context) error {
 // writes unreplicated bytes in its last moments, then stops.
 func (d *Drill) Outage(ctx context.Context, unreplicated int64) error {
 	for _, v := range d.VMs {
-		v.Truth["@outage"] = v.snapshot("@outage", d.Clock.Now())
+		v.setTruth(v.snapshot("@outage", d.Clock.Now()))
 		v.Agent.Abort()
 		v.Agent = nil
 		if err := v.work(ctx, unreplicated); err != nil {
 			return err
 		}
-		v.Truth["@end"] = Mark{Tag: "@end", Time: d.Clock.Now(), Written: v.Written}
+		v.setTruth(Mark{Tag: "@end", Time: d.Clock.Now(), Written: v.Written})
 		v.Running = false
 	}
 	return nil
@@ -313,12 +439,12 @@ func (d *Drill) shutdownOf(v *VM) func(context.Context) error {
 // "shutdown") the VM's disks now, which the caller must know to be
 // quiescent and fully received.
 func (d *Drill) TruthFor(v *VM, p *ferryv1.RecoveryPoint) (Mark, error) {
-	if m, ok := v.Truth[p.GetTag()]; ok {
+	if m, ok := v.Truth(p.GetTag()); ok {
 		return m, nil
 	}
 	switch p.GetTag() {
 	case "latest", "shutdown":
-		if m, ok := v.Truth["@outage"]; ok {
+		if m, ok := v.Truth("@outage"); ok {
 			return m, nil
 		}
 		if v.Running && p.GetTag() == "shutdown" {

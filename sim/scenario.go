@@ -137,7 +137,7 @@ func (d *Drill) pointCounts(ctx context.Context) map[string]int {
 // loss computes the data loss of a point against the VM's final state.
 func (d *Drill) loss(v *VM, e *Entry, truth Mark) {
 	end, endWritten := d.Clock.Now(), v.Written
-	if m, ok := v.Truth["@end"]; ok && !v.Running {
+	if m, ok := v.Truth("@end"); ok && !v.Running {
 		// The VM was lost: what it wrote up to then is what is at stake.
 		end, endWritten = m.Time, m.Written
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/ferrydr/ferry/agent"
@@ -77,8 +78,24 @@ type VM struct {
 	logPos  int64
 	Written int64 // bytes written so far
 	marks   int
-	// Truth maps a marker's tag to the disks when it was cut.
-	Truth map[string]Mark
+	// truth maps a marker's tag to the disks when it was cut; group
+	// markers record theirs from the agent's goroutine.
+	truthMu sync.Mutex
+	truth   map[string]Mark
+}
+
+// Truth returns the ground truth of the marker with that tag.
+func (v *VM) Truth(tag string) (Mark, bool) {
+	v.truthMu.Lock()
+	defer v.truthMu.Unlock()
+	m, ok := v.truth[tag]
+	return m, ok
+}
+
+func (v *VM) setTruth(m Mark) {
+	v.truthMu.Lock()
+	defer v.truthMu.Unlock()
+	v.truth[m.Tag] = m
 }
 
 // Mark is the ground truth of one marker.
@@ -90,7 +107,7 @@ type Mark struct {
 }
 
 func newVM(cfg VMConfig, seed uint64) *VM {
-	v := &VM{Config: cfg, rng: rand.New(rand.NewPCG(seed, 0x5eed)), Running: true, Truth: map[string]Mark{}}
+	v := &VM{Config: cfg, rng: rand.New(rand.NewPCG(seed, 0x5eed)), Running: true, truth: map[string]Mark{}}
 	for _, s := range cfg.Disks {
 		m := blockdev.NewMemory(s)
 		v.disks = append(v.disks, m)
@@ -116,7 +133,7 @@ func (v *VM) shutdown(ctx context.Context, now time.Time) error {
 		return ErrShutdownRefused
 	}
 	v.Running = false
-	v.Truth["shutdown"] = v.snapshot("shutdown", now)
+	v.setTruth(v.snapshot("shutdown", now))
 	return nil
 }
 
@@ -236,7 +253,7 @@ func (v *VM) markApp(ctx context.Context, now time.Time) (string, error) {
 	if err := v.Agent.MarkApp(ctx, tag); err != nil {
 		return "", err
 	}
-	v.Truth[tag] = v.snapshot(tag, now)
+	v.setTruth(v.snapshot(tag, now))
 	return tag, nil
 }
 
@@ -247,7 +264,7 @@ func (v *VM) mark(now time.Time) (string, bool) {
 	if v.Agent == nil || !v.Agent.Mark(false, tag) {
 		return "", false
 	}
-	v.Truth[tag] = v.snapshot(tag, now)
+	v.setTruth(v.snapshot(tag, now))
 	return tag, true
 }
 

@@ -59,6 +59,9 @@ type Tracker struct {
 	queueCap  int64
 	blockSize int64
 
+	// gate lets writes in (read-locked by each write) unless a replication
+	// group's barrier holds them (write-locked).
+	gate      sync.RWMutex
 	mu        sync.Mutex
 	mode      Mode
 	queue     []Change
@@ -108,6 +111,8 @@ func (t *Tracker) write(ctx context.Context, disk int, p []byte, off int64) (int
 		// read-modify-write that could reorder with other writes.
 		return 0, fmt.Errorf("write %d bytes at offset %d: not aligned to %d-byte blocks", len(p), off, t.blockSize)
 	}
+	t.gate.RLock()
+	defer t.gate.RUnlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n, err := t.devs[disk].WriteAt(ctx, p, off)
@@ -143,6 +148,14 @@ func (t *Tracker) toBitmapLocked() {
 	t.queue, t.head, t.qBytes = nil, 0, 0
 	t.mode = ModeBitmap
 }
+
+// Hold waits for the writes in progress to finish and holds every new
+// write until Release: a replication group cuts its common marker while
+// all its machines are held.
+func (t *Tracker) Hold() { t.gate.Lock() }
+
+// Release lets held writes go on.
+func (t *Tracker) Release() { t.gate.Unlock() }
 
 // Mark queues a marker. It returns false, queuing nothing, in bitmap mode.
 func (t *Tracker) Mark(m MarkRequest) bool {

@@ -49,9 +49,10 @@ type Config struct {
 	// Authorize, when set, is asked whether the stream's peer may write vm.
 	Authorize func(ctx context.Context, vm journal.VMID) error
 	// OnHello, when set, sees every accepted hello before it is answered
-	// (the process server keeps the machine's description); an error
-	// refuses the stream.
-	OnHello    func(ctx context.Context, h *ferryv1.Hello) error
+	// (the process server keeps the machine's description) and may add to
+	// the answer (the VM's replication policy); an error refuses the
+	// stream.
+	OnHello    func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Namespace prefixes metric names: ferry_<Namespace>_... (default "ps").
@@ -231,8 +232,12 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
 		return grpcStatus(err)
 	}
+	ack := &ferryv1.HelloAck{
+		DurableSeq: uint64(vm.LastSeq), Epoch: uint64(vm.Epoch), Consistent: vm.Consistent,
+		ReplicaEmpty: vm.LastSeq == 0 && r.j.Base(vm.Name) == nil,
+	}
 	if r.cfg.OnHello != nil {
-		if err := r.cfg.OnHello(ctx, hello); err != nil {
+		if err := r.cfg.OnHello(ctx, hello, ack); err != nil {
 			return grpcStatus(err)
 		}
 	}
@@ -240,10 +245,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	s.next = uint64(vm.LastSeq) + 1
 	s.consistent = vm.Consistent
 	s.durable.Store(uint64(vm.LastSeq))
-	if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_HelloAck{HelloAck: &ferryv1.HelloAck{
-		DurableSeq: uint64(vm.LastSeq), Epoch: uint64(vm.Epoch), Consistent: vm.Consistent,
-		ReplicaEmpty: vm.LastSeq == 0 && r.j.Base(vm.Name) == nil,
-	}}}); err != nil {
+	if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_HelloAck{HelloAck: ack}}); err != nil {
 		return err
 	}
 	r.log.Info("stream opened", "vm", vm.Name, "epoch", vm.Epoch, "durable_seq", vm.LastSeq, "consistent", vm.Consistent)

@@ -413,6 +413,34 @@ func (j *Journal) DeletePoints(ctx context.Context, name VMID) error {
 	})
 }
 
+// SetConsistency changes the consistency recorded for the VM's points ids
+// (a policy keeping fewer app-consistent points records the others as
+// crash-consistent). IDs that are not points are an error; nothing changes
+// then.
+func (j *Journal) SetConsistency(ctx context.Context, name VMID, ids []Seq, c Consistency) error {
+	return j.update(func(tx *bolt.Tx) error {
+		if _, err := getVM(tx, name); err != nil {
+			return err
+		}
+		pts := tx.Bucket(vmBucketName(name)).Bucket(bucketPoints)
+		for _, id := range ids {
+			v := pts.Get(seqKey(id))
+			if v == nil {
+				return fmt.Errorf("vm %s: point %d: %w", name, id, ErrNoPoint)
+			}
+			p, err := decodePoint(name, id, v)
+			if err != nil {
+				return err
+			}
+			p.Consistency = c
+			if err := pts.Put(seqKey(id), encodePoint(&p)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Points returns the VM's recovery points, oldest first.
 func (j *Journal) Points(ctx context.Context, name VMID) ([]Point, error) {
 	var out []Point

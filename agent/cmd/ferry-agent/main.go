@@ -48,7 +48,8 @@ func main() {
 	fs.StringVar(&cfg.VM, "vm", "", "name of the protected VM")
 	fs.Var(&disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
 	fs.StringVar(&cfg.StateDir, "state", "", "directory for the agent's state (bitmaps, scan tables)")
-	fs.DurationVar(&cfg.CrashInterval, "crash-interval", cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more)")
+	fs.DurationVar(&cfg.CrashInterval, "crash-interval", cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more); the VM's replication policy replaces it unless --crash-interval or --app-interval is given")
+	fs.Uint64Var(&cfg.Epoch, "epoch", cfg.Epoch, "epoch of the replication direction, as reprotect prints it")
 	fs.DurationVar(&cfg.ScanInterval, "scan-interval", cfg.ScanInterval, "time between scans of the disks for changes")
 	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
 	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
@@ -68,7 +69,8 @@ Replicates the disks to the process server. The first run copies every disk
 
 With --nbd-listen the disks are served over NBD (export names are the disk
 names) and the machine runs on them: every write is captured in order and a
-crash-consistent point is cut every --crash-interval. Nothing else may write
+crash-consistent point is cut as the VM's replication policy says (ferryctl
+policy), or every --crash-interval when given. Nothing else may write
 the disks then. Without it the disks are scanned every --scan-interval: each
 64 KiB chunk whose hash changed is sent, and a point is cut after every pass
 that found changes (and every --crash-interval when nothing changed); such a
@@ -83,6 +85,12 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[2:])
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "crash-interval" || f.Name == "app-interval" {
+			// Frequencies given here win over the process server's policy.
+			cfg.IgnorePolicy = true
+		}
+	})
 	cfg.Mode = agent.ModeScan
 	if *nbdListen != "" {
 		cfg.Mode = agent.ModeSplitter

@@ -305,7 +305,9 @@ type CommandResult struct {
 	Error string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
 	// Shutdown: the sequence of the final marker; every write the machine
 	// made comes before it.
-	FinalSeq      uint64 `protobuf:"varint,4,opt,name=final_seq,json=finalSeq,proto3" json:"final_seq,omitempty"`
+	FinalSeq uint64 `protobuf:"varint,4,opt,name=final_seq,json=finalSeq,proto3" json:"final_seq,omitempty"`
+	// GroupCut: how long the machine's writes were held.
+	HoldNanos     int64 `protobuf:"varint,5,opt,name=hold_nanos,json=holdNanos,proto3" json:"hold_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +366,13 @@ func (x *CommandResult) GetError() string {
 func (x *CommandResult) GetFinalSeq() uint64 {
 	if x != nil {
 		return x.FinalSeq
+	}
+	return 0
+}
+
+func (x *CommandResult) GetHoldNanos() int64 {
+	if x != nil {
+		return x.HoldNanos
 	}
 	return 0
 }
@@ -1173,6 +1182,9 @@ type Command struct {
 	// Types that are valid to be assigned to Action:
 	//
 	//	*Command_Shutdown
+	//	*Command_Policy
+	//	*Command_Hold
+	//	*Command_Cut
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1231,6 +1243,33 @@ func (x *Command) GetShutdown() *Shutdown {
 	return nil
 }
 
+func (x *Command) GetPolicy() *Policy {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Policy); ok {
+			return x.Policy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetHold() *GroupHold {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Hold); ok {
+			return x.Hold
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCut() *GroupCut {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Cut); ok {
+			return x.Cut
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1241,7 +1280,143 @@ type Command_Shutdown struct {
 	Shutdown *Shutdown `protobuf:"bytes,2,opt,name=shutdown,proto3,oneof"`
 }
 
+type Command_Policy struct {
+	// Follow this replication policy from now on (it was edited).
+	Policy *Policy `protobuf:"bytes,3,opt,name=policy,proto3,oneof"`
+}
+
+type Command_Hold struct {
+	// Replication group barrier, phase one: hold every new write of the
+	// machine (after quiescing the application when app is set) and answer
+	// once held. The agent lets go by itself after timeout_millis.
+	Hold *GroupHold `protobuf:"bytes,4,opt,name=hold,proto3,oneof"`
+}
+
+type Command_Cut struct {
+	// Phase two: cut the group's marker behind everything written before
+	// the hold and let writes go on; abort lets go without a marker.
+	Cut *GroupCut `protobuf:"bytes,5,opt,name=cut,proto3,oneof"`
+}
+
 func (*Command_Shutdown) isCommand_Action() {}
+
+func (*Command_Policy) isCommand_Action() {}
+
+func (*Command_Hold) isCommand_Action() {}
+
+func (*Command_Cut) isCommand_Action() {}
+
+type GroupHold struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	App           bool                   `protobuf:"varint,2,opt,name=app,proto3" json:"app,omitempty"`
+	TimeoutMillis int64                  `protobuf:"varint,3,opt,name=timeout_millis,json=timeoutMillis,proto3" json:"timeout_millis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupHold) Reset() {
+	*x = GroupHold{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupHold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupHold) ProtoMessage() {}
+
+func (x *GroupHold) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupHold.ProtoReflect.Descriptor instead.
+func (*GroupHold) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GroupHold) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *GroupHold) GetApp() bool {
+	if x != nil {
+		return x.App
+	}
+	return false
+}
+
+func (x *GroupHold) GetTimeoutMillis() int64 {
+	if x != nil {
+		return x.TimeoutMillis
+	}
+	return 0
+}
+
+type GroupCut struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	Abort         bool                   `protobuf:"varint,2,opt,name=abort,proto3" json:"abort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupCut) Reset() {
+	*x = GroupCut{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupCut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupCut) ProtoMessage() {}
+
+func (x *GroupCut) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupCut.ProtoReflect.Descriptor instead.
+func (*GroupCut) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GroupCut) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *GroupCut) GetAbort() bool {
+	if x != nil {
+		return x.Abort
+	}
+	return false
+}
 
 type Shutdown struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1254,7 +1429,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1441,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1454,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Shutdown) GetFullCopy() bool {
@@ -1298,14 +1473,17 @@ type HelloAck struct {
 	Consistent bool `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
 	// True when the replica holds nothing yet (no record, no base disks): an
 	// agent then copies everything instead of comparing hashes.
-	ReplicaEmpty  bool `protobuf:"varint,4,opt,name=replica_empty,json=replicaEmpty,proto3" json:"replica_empty,omitempty"`
+	ReplicaEmpty bool `protobuf:"varint,4,opt,name=replica_empty,json=replicaEmpty,proto3" json:"replica_empty,omitempty"`
+	// The replication policy the VM follows: the agent cuts crash- and
+	// app-consistent points at its frequencies.
+	Policy        *Policy `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HelloAck) Reset() {
 	*x = HelloAck{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1495,7 @@ func (x *HelloAck) String() string {
 func (*HelloAck) ProtoMessage() {}
 
 func (x *HelloAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1508,7 @@ func (x *HelloAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloAck.ProtoReflect.Descriptor instead.
 func (*HelloAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HelloAck) GetDurableSeq() uint64 {
@@ -1361,6 +1539,13 @@ func (x *HelloAck) GetReplicaEmpty() bool {
 	return false
 }
 
+func (x *HelloAck) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DurableSeq    uint64                 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
@@ -1370,7 +1555,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1567,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1580,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Ack) GetDurableSeq() uint64 {
@@ -1420,7 +1605,7 @@ type BlockHashesRequest struct {
 
 func (x *BlockHashesRequest) Reset() {
 	*x = BlockHashesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1617,7 @@ func (x *BlockHashesRequest) String() string {
 func (*BlockHashesRequest) ProtoMessage() {}
 
 func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1630,7 @@ func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesRequest.ProtoReflect.Descriptor instead.
 func (*BlockHashesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BlockHashesRequest) GetVm() string {
@@ -1496,7 +1681,7 @@ type BlockHashesResponse struct {
 
 func (x *BlockHashesResponse) Reset() {
 	*x = BlockHashesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1693,7 @@ func (x *BlockHashesResponse) String() string {
 func (*BlockHashesResponse) ProtoMessage() {}
 
 func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1706,7 @@ func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesResponse.ProtoReflect.Descriptor instead.
 func (*BlockHashesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BlockHashesResponse) GetFirstChunk() uint64 {
@@ -1545,6 +1730,1086 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type Policy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Recovery points older than this are deleted.
+	RetentionSeconds int64 `protobuf:"varint,2,opt,name=retention_seconds,json=retentionSeconds,proto3" json:"retention_seconds,omitempty"`
+	// Crash-consistent points this often.
+	CrashIntervalSeconds int64 `protobuf:"varint,3,opt,name=crash_interval_seconds,json=crashIntervalSeconds,proto3" json:"crash_interval_seconds,omitempty"`
+	// App-consistent points this often; 0 disables them.
+	AppIntervalSeconds int64 `protobuf:"varint,4,opt,name=app_interval_seconds,json=appIntervalSeconds,proto3" json:"app_interval_seconds,omitempty"`
+	// Alert when a VM's RPO is above this.
+	RpoThresholdSeconds int64 `protobuf:"varint,5,opt,name=rpo_threshold_seconds,json=rpoThresholdSeconds,proto3" json:"rpo_threshold_seconds,omitempty"`
+	// Created by Ferry and not editable (the failback policy).
+	Builtin bool `protobuf:"varint,6,opt,name=builtin,proto3" json:"builtin,omitempty"`
+	// VMs following the policy (output only).
+	Vms           []string `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Policy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Policy) GetRetentionSeconds() int64 {
+	if x != nil {
+		return x.RetentionSeconds
+	}
+	return 0
+}
+
+func (x *Policy) GetCrashIntervalSeconds() int64 {
+	if x != nil {
+		return x.CrashIntervalSeconds
+	}
+	return 0
+}
+
+func (x *Policy) GetAppIntervalSeconds() int64 {
+	if x != nil {
+		return x.AppIntervalSeconds
+	}
+	return 0
+}
+
+func (x *Policy) GetRpoThresholdSeconds() int64 {
+	if x != nil {
+		return x.RpoThresholdSeconds
+	}
+	return 0
+}
+
+func (x *Policy) GetBuiltin() bool {
+	if x != nil {
+		return x.Builtin
+	}
+	return false
+}
+
+func (x *Policy) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+type ListPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesRequest) Reset() {
+	*x = ListPoliciesRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesRequest) ProtoMessage() {}
+
+func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+}
+
+type ListPoliciesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policies      []*Policy              `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesResponse) Reset() {
+	*x = ListPoliciesResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesResponse) ProtoMessage() {}
+
+func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListPoliciesResponse) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+type AttachPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Policy        string                 `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachPolicyRequest) Reset() {
+	*x = AttachPolicyRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachPolicyRequest) ProtoMessage() {}
+
+func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
+func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AttachPolicyRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *AttachPolicyRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type AttachPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachPolicyResponse) Reset() {
+	*x = AttachPolicyResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachPolicyResponse) ProtoMessage() {}
+
+func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
+func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+}
+
+type ReplicationGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Vms   []string               `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	// How often the group cuts a crash-consistent multi-VM point; 0: the
+	// policy of the first VM says.
+	CrashIntervalSeconds int64 `protobuf:"varint,3,opt,name=crash_interval_seconds,json=crashIntervalSeconds,proto3" json:"crash_interval_seconds,omitempty"`
+	// App-consistent multi-VM points; 0: the policy of the first VM says.
+	AppIntervalSeconds int64 `protobuf:"varint,4,opt,name=app_interval_seconds,json=appIntervalSeconds,proto3" json:"app_interval_seconds,omitempty"`
+	// Bound on how long a member's writes are held (default 2000).
+	HoldTimeoutMillis int64 `protobuf:"varint,5,opt,name=hold_timeout_millis,json=holdTimeoutMillis,proto3" json:"hold_timeout_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ReplicationGroup) Reset() {
+	*x = ReplicationGroup{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationGroup) ProtoMessage() {}
+
+func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
+func (*ReplicationGroup) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReplicationGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReplicationGroup) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *ReplicationGroup) GetCrashIntervalSeconds() int64 {
+	if x != nil {
+		return x.CrashIntervalSeconds
+	}
+	return 0
+}
+
+func (x *ReplicationGroup) GetAppIntervalSeconds() int64 {
+	if x != nil {
+		return x.AppIntervalSeconds
+	}
+	return 0
+}
+
+func (x *ReplicationGroup) GetHoldTimeoutMillis() int64 {
+	if x != nil {
+		return x.HoldTimeoutMillis
+	}
+	return 0
+}
+
+type ListGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+}
+
+type ListGroupsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*ReplicationGroup    `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type DeleteGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupRequest) Reset() {
+	*x = DeleteGroupRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupRequest) ProtoMessage() {}
+
+func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DeleteGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupResponse) Reset() {
+	*x = DeleteGroupResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupResponse) ProtoMessage() {}
+
+func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+}
+
+type GroupPointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	App           bool                   `protobuf:"varint,2,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupPointRequest) Reset() {
+	*x = GroupPointRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupPointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupPointRequest) ProtoMessage() {}
+
+func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
+func (*GroupPointRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GroupPointRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GroupPointRequest) GetApp() bool {
+	if x != nil {
+		return x.App
+	}
+	return false
+}
+
+type GroupPointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tag   string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Longest time any member held its writes.
+	MaxHoldNanos  int64    `protobuf:"varint,2,opt,name=max_hold_nanos,json=maxHoldNanos,proto3" json:"max_hold_nanos,omitempty"`
+	Vms           []string `protobuf:"bytes,3,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupPointResponse) Reset() {
+	*x = GroupPointResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupPointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupPointResponse) ProtoMessage() {}
+
+func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
+func (*GroupPointResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GroupPointResponse) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *GroupPointResponse) GetMaxHoldNanos() int64 {
+	if x != nil {
+		return x.MaxHoldNanos
+	}
+	return 0
+}
+
+func (x *GroupPointResponse) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+type RecoveryPlan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Groups        []*PlanGroup           `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryPlan) Reset() {
+	*x = RecoveryPlan{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryPlan) ProtoMessage() {}
+
+func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
+func (*RecoveryPlan) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RecoveryPlan) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RecoveryPlan) GetGroups() []*PlanGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// PlanGroup is one stage of a plan: its VMs fail over in parallel after
+// the pre actions, then the post actions run.
+type PlanGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []string               `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	Pre           []*PlanAction          `protobuf:"bytes,2,rep,name=pre,proto3" json:"pre,omitempty"`
+	Post          []*PlanAction          `protobuf:"bytes,3,rep,name=post,proto3" json:"post,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanGroup) Reset() {
+	*x = PlanGroup{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanGroup) ProtoMessage() {}
+
+func (x *PlanGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
+func (*PlanGroup) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *PlanGroup) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *PlanGroup) GetPre() []*PlanAction {
+	if x != nil {
+		return x.Pre
+	}
+	return nil
+}
+
+func (x *PlanGroup) GetPost() []*PlanAction {
+	if x != nil {
+		return x.Post
+	}
+	return nil
+}
+
+// PlanAction is a command the process server runs (with FERRY_PLAN,
+// FERRY_GROUP and FERRY_OPERATION in its environment) or, when manual is
+// set, a step an operator does and confirms with ResumePlan.
+type PlanAction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Command       string                 `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	Manual        bool                   `protobuf:"varint,3,opt,name=manual,proto3" json:"manual,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanAction) Reset() {
+	*x = PlanAction{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanAction) ProtoMessage() {}
+
+func (x *PlanAction) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
+func (*PlanAction) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PlanAction) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PlanAction) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *PlanAction) GetManual() bool {
+	if x != nil {
+		return x.Manual
+	}
+	return false
+}
+
+type ListPlansRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPlansRequest) Reset() {
+	*x = ListPlansRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPlansRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPlansRequest) ProtoMessage() {}
+
+func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
+func (*ListPlansRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+}
+
+type ListPlansResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Plans         []*RecoveryPlan        `protobuf:"bytes,1,rep,name=plans,proto3" json:"plans,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPlansResponse) Reset() {
+	*x = ListPlansResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPlansResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPlansResponse) ProtoMessage() {}
+
+func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
+func (*ListPlansResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
+	if x != nil {
+		return x.Plans
+	}
+	return nil
+}
+
+type DeletePlanRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePlanRequest) Reset() {
+	*x = DeletePlanRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePlanRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePlanRequest) ProtoMessage() {}
+
+func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
+func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DeletePlanRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeletePlanResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePlanResponse) Reset() {
+	*x = DeletePlanResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePlanResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePlanResponse) ProtoMessage() {}
+
+func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
+func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+}
+
+type RunPlanRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Plan  string                 `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	// test-failover, planned-failover, unplanned-failover, change-point,
+	// commit or cleanup-test.
+	Operation string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// latest, latest-processed, latest-app, latest-multivm-processed or
+	// latest-multivm-app; custom points are refused for plans.
+	Point         string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
+	Network       string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	Shutdown      bool   `protobuf:"varint,5,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunPlanRequest) Reset() {
+	*x = RunPlanRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunPlanRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunPlanRequest) ProtoMessage() {}
+
+func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
+func (*RunPlanRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RunPlanRequest) GetPlan() string {
+	if x != nil {
+		return x.Plan
+	}
+	return ""
+}
+
+func (x *RunPlanRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *RunPlanRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
+func (x *RunPlanRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *RunPlanRequest) GetShutdown() bool {
+	if x != nil {
+		return x.Shutdown
+	}
+	return false
+}
+
+type ResumePlanRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Plan          string                 `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumePlanRequest) Reset() {
+	*x = ResumePlanRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumePlanRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumePlanRequest) ProtoMessage() {}
+
+func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
+func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ResumePlanRequest) GetPlan() string {
+	if x != nil {
+		return x.Plan
+	}
+	return ""
+}
+
 type ListEventsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -1554,7 +2819,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +2831,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +2844,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -1598,7 +2863,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +2875,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +2888,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -1645,7 +2910,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +2922,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +2935,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -1713,7 +2978,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +2990,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +3003,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -1780,7 +3045,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +3057,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +3070,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -1838,7 +3103,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +3115,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +3128,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -1881,7 +3146,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +3158,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +3171,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 type ReprotectRequest struct {
@@ -1920,7 +3185,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +3197,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +3210,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -1975,7 +3240,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +3252,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +3265,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -2040,7 +3305,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +3317,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +3330,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -2113,7 +3378,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +3390,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +3403,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -2164,7 +3429,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +3441,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +3454,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -2208,7 +3473,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +3485,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +3498,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -2252,7 +3517,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +3529,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +3542,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2296,7 +3561,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +3573,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +3586,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -2343,16 +3608,20 @@ type Job struct {
 	Error   string     `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	Steps   []*JobStep `protobuf:"bytes,8,rep,name=steps,proto3" json:"steps,omitempty"`
 	// The recovery point the job used, if any.
-	Point         *RecoveryPoint `protobuf:"bytes,9,opt,name=point,proto3" json:"point,omitempty"`
-	Findings      []*Finding     `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
-	Console       string         `protobuf:"bytes,11,opt,name=console,proto3" json:"console,omitempty"`
+	Point    *RecoveryPoint `protobuf:"bytes,9,opt,name=point,proto3" json:"point,omitempty"`
+	Findings []*Finding     `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
+	Console  string         `protobuf:"bytes,11,opt,name=console,proto3" json:"console,omitempty"`
+	// A plan job waiting for an operator: what to do before ResumePlan.
+	Waiting string `protobuf:"bytes,12,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// The per-VM jobs a plan job ran.
+	Children      []uint64 `protobuf:"varint,13,rep,packed,name=children,proto3" json:"children,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +3633,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +3646,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Job) GetId() uint64 {
@@ -2457,6 +3726,20 @@ func (x *Job) GetConsole() string {
 	return ""
 }
 
+func (x *Job) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
+}
+
+func (x *Job) GetChildren() []uint64 {
+	if x != nil {
+		return x.Children
+	}
+	return nil
+}
+
 type JobStep struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2473,7 +3756,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +3768,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +3781,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *JobStep) GetName() string {
@@ -2555,7 +3838,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +3850,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +3863,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Finding) GetCheck() string {
@@ -2613,7 +3896,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2625,7 +3908,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2638,7 +3921,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -2657,7 +3940,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +3952,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +3965,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -2714,7 +3997,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +4009,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +4022,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *VMStatus) GetName() string {
@@ -2834,7 +4117,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +4129,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +4142,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 type ListVMsResponse struct {
@@ -2871,7 +4154,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2883,7 +4166,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2896,7 +4179,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -2924,7 +4207,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2936,7 +4219,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2949,7 +4232,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *VM) GetName() string {
@@ -3024,7 +4307,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3036,7 +4319,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3049,7 +4332,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -3068,7 +4351,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +4363,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +4376,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -3116,7 +4399,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +4411,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +4424,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -3184,7 +4467,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +4479,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +4492,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -3248,7 +4531,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3260,7 +4543,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3273,7 +4556,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -3321,7 +4604,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +4616,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +4629,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -3374,7 +4657,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3386,7 +4669,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3399,7 +4682,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -3436,7 +4719,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3448,7 +4731,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3461,7 +4744,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -3502,7 +4785,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3514,7 +4797,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3527,7 +4810,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -3552,7 +4835,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +4847,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +4860,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -3619,7 +4902,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3631,7 +4914,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3644,7 +4927,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -3697,7 +4980,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3709,7 +4992,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3722,7 +5005,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 type ReprotectStatusResponse struct {
@@ -3741,7 +5024,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3753,7 +5036,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +5049,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -3835,12 +5118,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05batch\x18\x02 \x01(\v2\x0f.ferry.v1.BatchH\x00R\x05batch\x123\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x121\n" +
 	"\x06result\x18\x04 \x01(\v2\x17.ferry.v1.CommandResultH\x00R\x06resultB\x05\n" +
-	"\x03msg\"b\n" +
+	"\x03msg\"\x81\x01\n" +
 	"\rCommandResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1b\n" +
-	"\tfinal_seq\x18\x04 \x01(\x04R\bfinalSeq\"\xe9\x01\n" +
+	"\tfinal_seq\x18\x04 \x01(\x04R\bfinalSeq\x12\x1d\n" +
+	"\n" +
+	"hold_nanos\x18\x05 \x01(\x03R\tholdNanos\"\xe9\x01\n" +
 	"\x05Hello\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
@@ -3903,13 +5188,23 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\thello_ack\x18\x01 \x01(\v2\x12.ferry.v1.HelloAckH\x00R\bhelloAck\x12!\n" +
 	"\x03ack\x18\x02 \x01(\v2\r.ferry.v1.AckH\x00R\x03ack\x12-\n" +
 	"\acommand\x18\x03 \x01(\v2\x11.ferry.v1.CommandH\x00R\acommandB\x05\n" +
-	"\x03msg\"U\n" +
+	"\x03msg\"\xd4\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
-	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdownB\b\n" +
-	"\x06action\"'\n" +
+	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdown\x12*\n" +
+	"\x06policy\x18\x03 \x01(\v2\x10.ferry.v1.PolicyH\x00R\x06policy\x12)\n" +
+	"\x04hold\x18\x04 \x01(\v2\x13.ferry.v1.GroupHoldH\x00R\x04hold\x12&\n" +
+	"\x03cut\x18\x05 \x01(\v2\x12.ferry.v1.GroupCutH\x00R\x03cutB\b\n" +
+	"\x06action\"V\n" +
+	"\tGroupHold\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x10\n" +
+	"\x03app\x18\x02 \x01(\bR\x03app\x12%\n" +
+	"\x0etimeout_millis\x18\x03 \x01(\x03R\rtimeoutMillis\"2\n" +
+	"\bGroupCut\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x14\n" +
+	"\x05abort\x18\x02 \x01(\bR\x05abort\"'\n" +
 	"\bShutdown\x12\x1b\n" +
-	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\"\x86\x01\n" +
+	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\"\xb0\x01\n" +
 	"\bHelloAck\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\x12\x14\n" +
@@ -3917,7 +5212,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
 	"consistent\x12#\n" +
-	"\rreplica_empty\x18\x04 \x01(\bR\freplicaEmpty\"&\n" +
+	"\rreplica_empty\x18\x04 \x01(\bR\freplicaEmpty\x12(\n" +
+	"\x06policy\x18\x05 \x01(\v2\x10.ferry.v1.PolicyR\x06policy\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\"\x85\x01\n" +
@@ -3932,7 +5228,67 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"#\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x91\x02\n" +
+	"\x06Policy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x11retention_seconds\x18\x02 \x01(\x03R\x10retentionSeconds\x124\n" +
+	"\x16crash_interval_seconds\x18\x03 \x01(\x03R\x14crashIntervalSeconds\x120\n" +
+	"\x14app_interval_seconds\x18\x04 \x01(\x03R\x12appIntervalSeconds\x122\n" +
+	"\x15rpo_threshold_seconds\x18\x05 \x01(\x03R\x13rpoThresholdSeconds\x12\x18\n" +
+	"\abuiltin\x18\x06 \x01(\bR\abuiltin\x12\x10\n" +
+	"\x03vms\x18\a \x03(\tR\x03vms\"\x15\n" +
+	"\x13ListPoliciesRequest\"D\n" +
+	"\x14ListPoliciesResponse\x12,\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x10.ferry.v1.PolicyR\bpolicies\"=\n" +
+	"\x13AttachPolicyRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x16\n" +
+	"\x06policy\x18\x02 \x01(\tR\x06policy\"\x16\n" +
+	"\x14AttachPolicyResponse\"\xd0\x01\n" +
+	"\x10ReplicationGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03vms\x18\x02 \x03(\tR\x03vms\x124\n" +
+	"\x16crash_interval_seconds\x18\x03 \x01(\x03R\x14crashIntervalSeconds\x120\n" +
+	"\x14app_interval_seconds\x18\x04 \x01(\x03R\x12appIntervalSeconds\x12.\n" +
+	"\x13hold_timeout_millis\x18\x05 \x01(\x03R\x11holdTimeoutMillis\"\x13\n" +
+	"\x11ListGroupsRequest\"H\n" +
+	"\x12ListGroupsResponse\x122\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1a.ferry.v1.ReplicationGroupR\x06groups\"(\n" +
+	"\x12DeleteGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x13DeleteGroupResponse\";\n" +
+	"\x11GroupPointRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
+	"\x03app\x18\x02 \x01(\bR\x03app\"^\n" +
+	"\x12GroupPointResponse\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12$\n" +
+	"\x0emax_hold_nanos\x18\x02 \x01(\x03R\fmaxHoldNanos\x12\x10\n" +
+	"\x03vms\x18\x03 \x03(\tR\x03vms\"O\n" +
+	"\fRecoveryPlan\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x06groups\x18\x02 \x03(\v2\x13.ferry.v1.PlanGroupR\x06groups\"o\n" +
+	"\tPlanGroup\x12\x10\n" +
+	"\x03vms\x18\x01 \x03(\tR\x03vms\x12&\n" +
+	"\x03pre\x18\x02 \x03(\v2\x14.ferry.v1.PlanActionR\x03pre\x12(\n" +
+	"\x04post\x18\x03 \x03(\v2\x14.ferry.v1.PlanActionR\x04post\"R\n" +
+	"\n" +
+	"PlanAction\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\tR\acommand\x12\x16\n" +
+	"\x06manual\x18\x03 \x01(\bR\x06manual\"\x12\n" +
+	"\x10ListPlansRequest\"A\n" +
+	"\x11ListPlansResponse\x12,\n" +
+	"\x05plans\x18\x01 \x03(\v2\x16.ferry.v1.RecoveryPlanR\x05plans\"'\n" +
+	"\x11DeletePlanRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12DeletePlanResponse\"\x8e\x01\n" +
+	"\x0eRunPlanRequest\x12\x12\n" +
+	"\x04plan\x18\x01 \x01(\tR\x04plan\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12\x14\n" +
+	"\x05point\x18\x03 \x01(\tR\x05point\x12\x18\n" +
+	"\anetwork\x18\x04 \x01(\tR\anetwork\x12\x1a\n" +
+	"\bshutdown\x18\x05 \x01(\bR\bshutdown\"'\n" +
+	"\x11ResumePlanRequest\x12\x12\n" +
+	"\x04plan\x18\x01 \x01(\tR\x04plan\"#\n" +
 	"\x11ListEventsRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"=\n" +
 	"\x12ListEventsResponse\x12'\n" +
@@ -3977,7 +5333,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x10ListJobsResponse\x12!\n" +
 	"\x04jobs\x18\x01 \x03(\v2\r.ferry.v1.JobR\x04jobs\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\xd6\x02\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\x8c\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x0e\n" +
@@ -3990,7 +5346,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05point\x18\t \x01(\v2\x17.ferry.v1.RecoveryPointR\x05point\x12-\n" +
 	"\bfindings\x18\n" +
 	" \x03(\v2\x11.ferry.v1.FindingR\bfindings\x12\x18\n" +
-	"\aconsole\x18\v \x01(\tR\aconsole\"\xba\x01\n" +
+	"\aconsole\x18\v \x01(\tR\aconsole\x12\x18\n" +
+	"\awaiting\x18\f \x01(\tR\awaiting\x12\x1a\n" +
+	"\bchildren\x18\r \x03(\x04R\bchildren\"\xba\x01\n" +
 	"\aJobStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12\"\n" +
@@ -4116,7 +5474,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xf3\a\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\x9c\x0e\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -4135,7 +5493,23 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tExportNBD\x12\x1a.ferry.v1.ExportNBDRequest\x1a\x1b.ferry.v1.ExportNBDResponse\x12J\n" +
 	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12G\n" +
 	"\n" +
-	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse2\xb4\x02\n" +
+	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse\x12M\n" +
+	"\fListPolicies\x12\x1d.ferry.v1.ListPoliciesRequest\x1a\x1e.ferry.v1.ListPoliciesResponse\x12/\n" +
+	"\tPutPolicy\x12\x10.ferry.v1.Policy\x1a\x10.ferry.v1.Policy\x12M\n" +
+	"\fAttachPolicy\x12\x1d.ferry.v1.AttachPolicyRequest\x1a\x1e.ferry.v1.AttachPolicyResponse\x12G\n" +
+	"\n" +
+	"ListGroups\x12\x1b.ferry.v1.ListGroupsRequest\x1a\x1c.ferry.v1.ListGroupsResponse\x12B\n" +
+	"\bPutGroup\x12\x1a.ferry.v1.ReplicationGroup\x1a\x1a.ferry.v1.ReplicationGroup\x12J\n" +
+	"\vDeleteGroup\x12\x1c.ferry.v1.DeleteGroupRequest\x1a\x1d.ferry.v1.DeleteGroupResponse\x12G\n" +
+	"\n" +
+	"GroupPoint\x12\x1b.ferry.v1.GroupPointRequest\x1a\x1c.ferry.v1.GroupPointResponse\x12D\n" +
+	"\tListPlans\x12\x1a.ferry.v1.ListPlansRequest\x1a\x1b.ferry.v1.ListPlansResponse\x129\n" +
+	"\aPutPlan\x12\x16.ferry.v1.RecoveryPlan\x1a\x16.ferry.v1.RecoveryPlan\x12G\n" +
+	"\n" +
+	"DeletePlan\x12\x1b.ferry.v1.DeletePlanRequest\x1a\x1c.ferry.v1.DeletePlanResponse\x122\n" +
+	"\aRunPlan\x12\x18.ferry.v1.RunPlanRequest\x1a\r.ferry.v1.Job\x128\n" +
+	"\n" +
+	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\xb4\x02\n" +
 	"\fMasterTarget\x12Y\n" +
 	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
 	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
@@ -4155,7 +5529,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -4173,48 +5547,71 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Heartbeat)(nil),                // 13: ferry.v1.Heartbeat
 	(*ServerMessage)(nil),            // 14: ferry.v1.ServerMessage
 	(*Command)(nil),                  // 15: ferry.v1.Command
-	(*Shutdown)(nil),                 // 16: ferry.v1.Shutdown
-	(*HelloAck)(nil),                 // 17: ferry.v1.HelloAck
-	(*Ack)(nil),                      // 18: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),       // 19: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil),      // 20: ferry.v1.BlockHashesResponse
-	(*ListEventsRequest)(nil),        // 21: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 22: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 23: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 24: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 25: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 26: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 27: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 28: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 29: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 30: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 31: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 32: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 33: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 34: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 35: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 36: ferry.v1.Job
-	(*JobStep)(nil),                  // 37: ferry.v1.JobStep
-	(*Finding)(nil),                  // 38: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 39: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 40: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 41: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 42: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 43: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 44: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 45: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 46: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 47: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 48: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 49: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 50: ferry.v1.VerifyPointRequest
-	(*VerifyPointResponse)(nil),      // 51: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 52: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 53: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 54: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 55: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 56: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 57: ferry.v1.ReprotectStatusResponse
+	(*GroupHold)(nil),                // 16: ferry.v1.GroupHold
+	(*GroupCut)(nil),                 // 17: ferry.v1.GroupCut
+	(*Shutdown)(nil),                 // 18: ferry.v1.Shutdown
+	(*HelloAck)(nil),                 // 19: ferry.v1.HelloAck
+	(*Ack)(nil),                      // 20: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),       // 21: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil),      // 22: ferry.v1.BlockHashesResponse
+	(*Policy)(nil),                   // 23: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 24: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 25: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 26: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 27: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 28: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 29: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 30: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 31: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 32: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 33: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 34: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 35: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 36: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 37: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 38: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 39: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 40: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 41: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 42: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 43: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 44: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 45: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 46: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 47: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 48: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 49: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 50: ferry.v1.UnexportNBDResponse
+	(*ReprotectRequest)(nil),         // 51: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 52: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 53: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 54: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 55: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 56: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 57: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 58: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 59: ferry.v1.Job
+	(*JobStep)(nil),                  // 60: ferry.v1.JobStep
+	(*Finding)(nil),                  // 61: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 62: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 63: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 64: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 65: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 66: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 67: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 68: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 69: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 70: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 71: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 72: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 73: ferry.v1.VerifyPointRequest
+	(*VerifyPointResponse)(nil),      // 74: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 75: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 76: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 77: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 78: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 79: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 80: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -4229,73 +5626,107 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	12, // 9: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
 	0,  // 10: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
 	1,  // 11: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	17, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	18, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	19, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	20, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
-	16, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	23, // 16: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	2,  // 17: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	36, // 18: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	37, // 19: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	47, // 20: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	38, // 21: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	41, // 22: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	44, // 23: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	7,  // 24: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	47, // 25: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 26: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	7,  // 27: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	37, // 28: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	47, // 29: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 30: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	19, // 31: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	42, // 32: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	45, // 33: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	48, // 34: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	50, // 35: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	30, // 36: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	31, // 37: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	32, // 38: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	32, // 39: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	33, // 40: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	35, // 41: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	39, // 42: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	28, // 43: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	29, // 44: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	24, // 45: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	26, // 46: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	21, // 47: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	52, // 48: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	54, // 49: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	32, // 50: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	32, // 51: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	14, // 52: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	20, // 53: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	43, // 54: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	46, // 55: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	49, // 56: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	51, // 57: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	36, // 58: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	36, // 59: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	36, // 60: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	36, // 61: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	34, // 62: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	36, // 63: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	40, // 64: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	36, // 65: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	36, // 66: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	25, // 67: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	27, // 68: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	22, // 69: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	53, // 70: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	55, // 71: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	56, // 72: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	57, // 73: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	52, // [52:74] is the sub-list for method output_type
-	30, // [30:52] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	18, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	23, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	16, // 17: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
+	17, // 18: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
+	23, // 19: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	23, // 20: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	28, // 21: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	36, // 22: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	37, // 23: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	37, // 24: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	35, // 25: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	46, // 26: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	2,  // 27: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	59, // 28: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	60, // 29: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	70, // 30: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	61, // 31: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	64, // 32: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	67, // 33: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	7,  // 34: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	70, // 35: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 36: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	7,  // 37: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	60, // 38: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	70, // 39: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 40: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	21, // 41: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	65, // 42: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	68, // 43: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	71, // 44: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	73, // 45: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	53, // 46: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	54, // 47: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	55, // 48: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	55, // 49: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	56, // 50: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	58, // 51: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	62, // 52: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	51, // 53: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	52, // 54: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	47, // 55: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	49, // 56: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	44, // 57: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	24, // 58: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	23, // 59: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	26, // 60: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	29, // 61: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	28, // 62: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	31, // 63: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	33, // 64: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	38, // 65: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	35, // 66: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	40, // 67: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	42, // 68: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	43, // 69: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	75, // 70: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	77, // 71: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	55, // 72: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	55, // 73: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	14, // 74: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	22, // 75: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	66, // 76: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	69, // 77: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	72, // 78: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	74, // 79: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	59, // 80: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	59, // 81: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	59, // 82: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	59, // 83: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	57, // 84: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	59, // 85: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	63, // 86: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	59, // 87: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	59, // 88: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	48, // 89: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	50, // 90: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	45, // 91: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	25, // 92: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	23, // 93: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	27, // 94: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	30, // 95: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	28, // 96: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	32, // 97: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	34, // 98: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	39, // 99: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	35, // 100: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	41, // 101: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	59, // 102: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	59, // 103: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	76, // 104: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	78, // 105: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	79, // 106: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	80, // 107: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	74, // [74:108] is the sub-list for method output_type
+	40, // [40:74] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -4322,6 +5753,9 @@ func file_ferry_v1_ferry_proto_init() {
 	}
 	file_ferry_v1_ferry_proto_msgTypes[12].OneofWrappers = []any{
 		(*Command_Shutdown)(nil),
+		(*Command_Policy)(nil),
+		(*Command_Hold)(nil),
+		(*Command_Cut)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4329,7 +5763,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   55,
+			NumMessages:   78,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -176,22 +176,34 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Recovery_ListVMs_FullMethodName     = "/ferry.v1.Recovery/ListVMs"
-	Recovery_ListPoints_FullMethodName  = "/ferry.v1.Recovery/ListPoints"
-	Recovery_ExportPoint_FullMethodName = "/ferry.v1.Recovery/ExportPoint"
-	Recovery_VerifyPoint_FullMethodName = "/ferry.v1.Recovery/VerifyPoint"
-	Recovery_Failover_FullMethodName    = "/ferry.v1.Recovery/Failover"
-	Recovery_ChangePoint_FullMethodName = "/ferry.v1.Recovery/ChangePoint"
-	Recovery_Commit_FullMethodName      = "/ferry.v1.Recovery/Commit"
-	Recovery_CleanupTest_FullMethodName = "/ferry.v1.Recovery/CleanupTest"
-	Recovery_ListJobs_FullMethodName    = "/ferry.v1.Recovery/ListJobs"
-	Recovery_GetJob_FullMethodName      = "/ferry.v1.Recovery/GetJob"
-	Recovery_Status_FullMethodName      = "/ferry.v1.Recovery/Status"
-	Recovery_Reprotect_FullMethodName   = "/ferry.v1.Recovery/Reprotect"
-	Recovery_Failback_FullMethodName    = "/ferry.v1.Recovery/Failback"
-	Recovery_ExportNBD_FullMethodName   = "/ferry.v1.Recovery/ExportNBD"
-	Recovery_UnexportNBD_FullMethodName = "/ferry.v1.Recovery/UnexportNBD"
-	Recovery_ListEvents_FullMethodName  = "/ferry.v1.Recovery/ListEvents"
+	Recovery_ListVMs_FullMethodName      = "/ferry.v1.Recovery/ListVMs"
+	Recovery_ListPoints_FullMethodName   = "/ferry.v1.Recovery/ListPoints"
+	Recovery_ExportPoint_FullMethodName  = "/ferry.v1.Recovery/ExportPoint"
+	Recovery_VerifyPoint_FullMethodName  = "/ferry.v1.Recovery/VerifyPoint"
+	Recovery_Failover_FullMethodName     = "/ferry.v1.Recovery/Failover"
+	Recovery_ChangePoint_FullMethodName  = "/ferry.v1.Recovery/ChangePoint"
+	Recovery_Commit_FullMethodName       = "/ferry.v1.Recovery/Commit"
+	Recovery_CleanupTest_FullMethodName  = "/ferry.v1.Recovery/CleanupTest"
+	Recovery_ListJobs_FullMethodName     = "/ferry.v1.Recovery/ListJobs"
+	Recovery_GetJob_FullMethodName       = "/ferry.v1.Recovery/GetJob"
+	Recovery_Status_FullMethodName       = "/ferry.v1.Recovery/Status"
+	Recovery_Reprotect_FullMethodName    = "/ferry.v1.Recovery/Reprotect"
+	Recovery_Failback_FullMethodName     = "/ferry.v1.Recovery/Failback"
+	Recovery_ExportNBD_FullMethodName    = "/ferry.v1.Recovery/ExportNBD"
+	Recovery_UnexportNBD_FullMethodName  = "/ferry.v1.Recovery/UnexportNBD"
+	Recovery_ListEvents_FullMethodName   = "/ferry.v1.Recovery/ListEvents"
+	Recovery_ListPolicies_FullMethodName = "/ferry.v1.Recovery/ListPolicies"
+	Recovery_PutPolicy_FullMethodName    = "/ferry.v1.Recovery/PutPolicy"
+	Recovery_AttachPolicy_FullMethodName = "/ferry.v1.Recovery/AttachPolicy"
+	Recovery_ListGroups_FullMethodName   = "/ferry.v1.Recovery/ListGroups"
+	Recovery_PutGroup_FullMethodName     = "/ferry.v1.Recovery/PutGroup"
+	Recovery_DeleteGroup_FullMethodName  = "/ferry.v1.Recovery/DeleteGroup"
+	Recovery_GroupPoint_FullMethodName   = "/ferry.v1.Recovery/GroupPoint"
+	Recovery_ListPlans_FullMethodName    = "/ferry.v1.Recovery/ListPlans"
+	Recovery_PutPlan_FullMethodName      = "/ferry.v1.Recovery/PutPlan"
+	Recovery_DeletePlan_FullMethodName   = "/ferry.v1.Recovery/DeletePlan"
+	Recovery_RunPlan_FullMethodName      = "/ferry.v1.Recovery/RunPlan"
+	Recovery_ResumePlan_FullMethodName   = "/ferry.v1.Recovery/ResumePlan"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -233,6 +245,26 @@ type RecoveryClient interface {
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// Replication policies: named, attached to VMs. PutPolicy creates or
+	// edits one; the built-in failback policy cannot be edited.
+	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
+	PutPolicy(ctx context.Context, in *Policy, opts ...grpc.CallOption) (*Policy, error)
+	AttachPolicy(ctx context.Context, in *AttachPolicyRequest, opts ...grpc.CallOption) (*AttachPolicyResponse, error)
+	// Replication groups: VMs whose agents cut common multi-VM points.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	PutGroup(ctx context.Context, in *ReplicationGroup, opts ...grpc.CallOption) (*ReplicationGroup, error)
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
+	// GroupPoint cuts a multi-VM point of a group now.
+	GroupPoint(ctx context.Context, in *GroupPointRequest, opts ...grpc.CallOption) (*GroupPointResponse, error)
+	// Recovery plans: ordered groups of VMs with actions between them.
+	ListPlans(ctx context.Context, in *ListPlansRequest, opts ...grpc.CallOption) (*ListPlansResponse, error)
+	PutPlan(ctx context.Context, in *RecoveryPlan, opts ...grpc.CallOption) (*RecoveryPlan, error)
+	DeletePlan(ctx context.Context, in *DeletePlanRequest, opts ...grpc.CallOption) (*DeletePlanResponse, error)
+	// RunPlan starts a plan job (failover, change point, commit, cleanup)
+	// and returns it running; GetJob follows it. A manual step makes it wait
+	// until ResumePlan.
+	RunPlan(ctx context.Context, in *RunPlanRequest, opts ...grpc.CallOption) (*Job, error)
+	ResumePlan(ctx context.Context, in *ResumePlanRequest, opts ...grpc.CallOption) (*Job, error)
 }
 
 type recoveryClient struct {
@@ -412,6 +444,126 @@ func (c *recoveryClient) ListEvents(ctx context.Context, in *ListEventsRequest, 
 	return out, nil
 }
 
+func (c *recoveryClient) ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPoliciesResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListPolicies_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) PutPolicy(ctx context.Context, in *Policy, opts ...grpc.CallOption) (*Policy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Policy)
+	err := c.cc.Invoke(ctx, Recovery_PutPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) AttachPolicy(ctx context.Context, in *AttachPolicyRequest, opts ...grpc.CallOption) (*AttachPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttachPolicyResponse)
+	err := c.cc.Invoke(ctx, Recovery_AttachPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) PutGroup(ctx context.Context, in *ReplicationGroup, opts ...grpc.CallOption) (*ReplicationGroup, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicationGroup)
+	err := c.cc.Invoke(ctx, Recovery_PutGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, Recovery_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) GroupPoint(ctx context.Context, in *GroupPointRequest, opts ...grpc.CallOption) (*GroupPointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GroupPointResponse)
+	err := c.cc.Invoke(ctx, Recovery_GroupPoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) ListPlans(ctx context.Context, in *ListPlansRequest, opts ...grpc.CallOption) (*ListPlansResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPlansResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListPlans_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) PutPlan(ctx context.Context, in *RecoveryPlan, opts ...grpc.CallOption) (*RecoveryPlan, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoveryPlan)
+	err := c.cc.Invoke(ctx, Recovery_PutPlan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) DeletePlan(ctx context.Context, in *DeletePlanRequest, opts ...grpc.CallOption) (*DeletePlanResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeletePlanResponse)
+	err := c.cc.Invoke(ctx, Recovery_DeletePlan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) RunPlan(ctx context.Context, in *RunPlanRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_RunPlan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) ResumePlan(ctx context.Context, in *ResumePlanRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Recovery_ResumePlan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -451,6 +603,26 @@ type RecoveryServer interface {
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// Replication policies: named, attached to VMs. PutPolicy creates or
+	// edits one; the built-in failback policy cannot be edited.
+	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
+	PutPolicy(context.Context, *Policy) (*Policy, error)
+	AttachPolicy(context.Context, *AttachPolicyRequest) (*AttachPolicyResponse, error)
+	// Replication groups: VMs whose agents cut common multi-VM points.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	PutGroup(context.Context, *ReplicationGroup) (*ReplicationGroup, error)
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
+	// GroupPoint cuts a multi-VM point of a group now.
+	GroupPoint(context.Context, *GroupPointRequest) (*GroupPointResponse, error)
+	// Recovery plans: ordered groups of VMs with actions between them.
+	ListPlans(context.Context, *ListPlansRequest) (*ListPlansResponse, error)
+	PutPlan(context.Context, *RecoveryPlan) (*RecoveryPlan, error)
+	DeletePlan(context.Context, *DeletePlanRequest) (*DeletePlanResponse, error)
+	// RunPlan starts a plan job (failover, change point, commit, cleanup)
+	// and returns it running; GetJob follows it. A manual step makes it wait
+	// until ResumePlan.
+	RunPlan(context.Context, *RunPlanRequest) (*Job, error)
+	ResumePlan(context.Context, *ResumePlanRequest) (*Job, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -508,6 +680,42 @@ func (UnimplementedRecoveryServer) UnexportNBD(context.Context, *UnexportNBDRequ
 }
 func (UnimplementedRecoveryServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedRecoveryServer) ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPolicies not implemented")
+}
+func (UnimplementedRecoveryServer) PutPolicy(context.Context, *Policy) (*Policy, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutPolicy not implemented")
+}
+func (UnimplementedRecoveryServer) AttachPolicy(context.Context, *AttachPolicyRequest) (*AttachPolicyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AttachPolicy not implemented")
+}
+func (UnimplementedRecoveryServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedRecoveryServer) PutGroup(context.Context, *ReplicationGroup) (*ReplicationGroup, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutGroup not implemented")
+}
+func (UnimplementedRecoveryServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteGroup not implemented")
+}
+func (UnimplementedRecoveryServer) GroupPoint(context.Context, *GroupPointRequest) (*GroupPointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GroupPoint not implemented")
+}
+func (UnimplementedRecoveryServer) ListPlans(context.Context, *ListPlansRequest) (*ListPlansResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPlans not implemented")
+}
+func (UnimplementedRecoveryServer) PutPlan(context.Context, *RecoveryPlan) (*RecoveryPlan, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutPlan not implemented")
+}
+func (UnimplementedRecoveryServer) DeletePlan(context.Context, *DeletePlanRequest) (*DeletePlanResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeletePlan not implemented")
+}
+func (UnimplementedRecoveryServer) RunPlan(context.Context, *RunPlanRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RunPlan not implemented")
+}
+func (UnimplementedRecoveryServer) ResumePlan(context.Context, *ResumePlanRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResumePlan not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -811,6 +1019,222 @@ func _Recovery_ListEvents_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ListPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPoliciesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListPolicies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListPolicies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListPolicies(ctx, req.(*ListPoliciesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_PutPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Policy)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).PutPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_PutPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).PutPolicy(ctx, req.(*Policy))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_AttachPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).AttachPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_AttachPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).AttachPolicy(ctx, req.(*AttachPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_PutGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicationGroup)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).PutGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_PutGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).PutGroup(ctx, req.(*ReplicationGroup))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_GroupPoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GroupPointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).GroupPoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_GroupPoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).GroupPoint(ctx, req.(*GroupPointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_ListPlans_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPlansRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListPlans(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListPlans_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListPlans(ctx, req.(*ListPlansRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_PutPlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoveryPlan)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).PutPlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_PutPlan_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).PutPlan(ctx, req.(*RecoveryPlan))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_DeletePlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).DeletePlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_DeletePlan_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).DeletePlan(ctx, req.(*DeletePlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_RunPlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunPlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).RunPlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_RunPlan_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).RunPlan(ctx, req.(*RunPlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_ResumePlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumePlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ResumePlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ResumePlan_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ResumePlan(ctx, req.(*ResumePlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -877,6 +1301,54 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _Recovery_ListEvents_Handler,
+		},
+		{
+			MethodName: "ListPolicies",
+			Handler:    _Recovery_ListPolicies_Handler,
+		},
+		{
+			MethodName: "PutPolicy",
+			Handler:    _Recovery_PutPolicy_Handler,
+		},
+		{
+			MethodName: "AttachPolicy",
+			Handler:    _Recovery_AttachPolicy_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _Recovery_ListGroups_Handler,
+		},
+		{
+			MethodName: "PutGroup",
+			Handler:    _Recovery_PutGroup_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _Recovery_DeleteGroup_Handler,
+		},
+		{
+			MethodName: "GroupPoint",
+			Handler:    _Recovery_GroupPoint_Handler,
+		},
+		{
+			MethodName: "ListPlans",
+			Handler:    _Recovery_ListPlans_Handler,
+		},
+		{
+			MethodName: "PutPlan",
+			Handler:    _Recovery_PutPlan_Handler,
+		},
+		{
+			MethodName: "DeletePlan",
+			Handler:    _Recovery_DeletePlan_Handler,
+		},
+		{
+			MethodName: "RunPlan",
+			Handler:    _Recovery_RunPlan_Handler,
+		},
+		{
+			MethodName: "ResumePlan",
+			Handler:    _Recovery_ResumePlan_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,447 @@
+package processserver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Group is a replication group: VMs whose agents cut common multi-VM
+// points, so that they fail over together at one instant.
+type Group struct {
+	Name string   `json:"name"`
+	VMs  []string `json:"vms"`
+	// CrashInterval and AppInterval: how often the group cuts crash- and
+	// app-consistent multi-VM points; 0 takes the first VM's policy.
+	CrashInterval time.Duration `json:"crash_interval,omitempty"`
+	AppInterval   time.Duration `json:"app_interval,omitempty"`
+	// HoldTimeout bounds how long a member's writes are held (default 2s).
+	HoldTimeout time.Duration `json:"hold_timeout,omitempty"`
+}
+
+// Replication group limits.
+const (
+	MaxGroupVMs        = 16
+	defaultHoldTimeout = 2 * time.Second
+	// groupTagPrefix starts the tag of every multi-VM marker:
+	// group/NAME/N.
+	groupTagPrefix = "group/"
+)
+
+// Multi-VM point options for recovery plans.
+const (
+	PointLatestMultiVMProcessed = "latest-multivm-processed"
+	PointLatestMultiVMApp       = "latest-multivm-app"
+)
+
+var bucketGroups = []byte("groups")
+
+// Validate reports what is wrong with the group's definition.
+func (g Group) Validate() error {
+	switch {
+	case !nameRE.MatchString(g.Name):
+		return fmt.Errorf("%w: group name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, g.Name)
+	case len(g.VMs) < 2 || len(g.VMs) > MaxGroupVMs:
+		return fmt.Errorf("%w: group %s: %d VMs; a replication group has 2 to %d", ErrInvalidRequest, g.Name, len(g.VMs), MaxGroupVMs)
+	case g.CrashInterval < 0 || (g.CrashInterval != 0 && g.CrashInterval < time.Second):
+		return fmt.Errorf("%w: group %s: crash-consistent frequency %v is below 1s", ErrInvalidRequest, g.Name, g.CrashInterval)
+	case g.AppInterval < 0 || (g.AppInterval != 0 && g.AppInterval < time.Second):
+		return fmt.Errorf("%w: group %s: app-consistent frequency %v is below 1s", ErrInvalidRequest, g.Name, g.AppInterval)
+	case g.HoldTimeout < 0 || g.HoldTimeout > 30*time.Second:
+		return fmt.Errorf("%w: group %s: hold timeout %v is outside 0..30s", ErrInvalidRequest, g.Name, g.HoldTimeout)
+	}
+	seen := map[string]bool{}
+	for _, vm := range g.VMs {
+		if seen[vm] {
+			return fmt.Errorf("%w: group %s names vm %s twice", ErrInvalidRequest, g.Name, vm)
+		}
+		seen[vm] = true
+	}
+	return nil
+}
+
+func (g Group) holdTimeout() time.Duration {
+	if g.HoldTimeout > 0 {
+		return g.HoldTimeout
+	}
+	return defaultHoldTimeout
+}
+
+// Groups returns every replication group, by name.
+func (s *Server) Groups() ([]Group, error) {
+	var out []Group
+	err := s.ctl.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGroups).ForEach(func(_, v []byte) error {
+			var g Group
+			if err := json.Unmarshal(v, &g); err != nil {
+				return err
+			}
+			out = append(out, g)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Group returns the replication group of that name.
+func (s *Server) Group(name string) (Group, error) {
+	var g Group
+	err := s.ctl.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketGroups).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("%w: no replication group named %q", ErrInvalidRequest, name)
+		}
+		return json.Unmarshal(v, &g)
+	})
+	return g, err
+}
+
+// groupOf returns the group vm belongs to, if any.
+func (s *Server) groupOf(vm string) (Group, bool, error) {
+	groups, err := s.Groups()
+	if err != nil {
+		return Group{}, false, err
+	}
+	for _, g := range groups {
+		if slices.Contains(g.VMs, vm) {
+			return g, true, nil
+		}
+	}
+	return Group{}, false, nil
+}
+
+// PutGroup creates or changes a replication group. Every VM must be
+// replicating to this server and in no other group.
+func (s *Server) PutGroup(ctx context.Context, g Group) error {
+	if err := g.Validate(); err != nil {
+		return err
+	}
+	for _, vm := range g.VMs {
+		if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+			return fmt.Errorf("%w: group %s: %v", ErrInvalidRequest, g.Name, err)
+		}
+		if other, ok, err := s.groupOf(vm); err != nil {
+			return err
+		} else if ok && other.Name != g.Name {
+			return fmt.Errorf("%w: vm %s is already in replication group %s", ErrInvalidRequest, vm, other.Name)
+		}
+	}
+	buf, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	if err := s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketGroups).Put([]byte(g.Name), buf) }); err != nil {
+		return err
+	}
+	s.log.Info("replication group saved", "group", g.Name, "vms", g.VMs)
+	return nil
+}
+
+// DeleteGroup removes a replication group; its VMs' points stay.
+func (s *Server) DeleteGroup(ctx context.Context, name string) error {
+	if _, err := s.Group(name); err != nil {
+		return err
+	}
+	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketGroups).Delete([]byte(name)) })
+}
+
+// GroupPointResult says how a multi-VM point went.
+type GroupPointResult struct {
+	Tag string
+	// MaxHold is the longest any member held its writes.
+	MaxHold time.Duration
+	VMs     []string
+}
+
+// GroupPoint cuts a multi-VM point of the group: every member's agent
+// holds its machine's writes (after quiescing the application for an
+// app-consistent point); once all hold, each cuts the group's marker and
+// lets writes go on. No member's point then contains a write issued after
+// another member's marker. If a member cannot hold in time, every member
+// lets go without a marker and the failure is an event.
+func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPointResult, error) {
+	g, err := s.Group(name)
+	if err != nil {
+		return GroupPointResult{}, err
+	}
+	s.groupMu.Lock()
+	l, ok := s.groupLocks[name]
+	if !ok {
+		l = &sync.Mutex{}
+		s.groupLocks[name] = l
+	}
+	s.groupMu.Unlock()
+	l.Lock()
+	defer l.Unlock()
+
+	var n uint64
+	if err := s.ctl.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.Bucket(bucketGroups).NextSequence()
+		return err
+	}); err != nil {
+		return GroupPointResult{}, err
+	}
+	res := GroupPointResult{Tag: fmt.Sprintf("%s%s/%d", groupTagPrefix, name, n), VMs: g.VMs}
+	kind := "crash"
+	if app {
+		kind = "app"
+	}
+	fail := func(err error) (GroupPointResult, error) {
+		s.groupPoints.WithLabelValues(name, kind, "failed").Inc()
+		s.log.Warn("multi-VM point not cut", "group", name, "tag", res.Tag, "err", err)
+		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
+			Detail: fmt.Sprintf("group %s: %s multi-VM point %s not cut: %v", name, kind, res.Tag, err)})
+		return res, fmt.Errorf("group %s: %w", name, err)
+	}
+
+	// Phase one: every member holds. The wait covers a freeze for app
+	// points; a member that held early lets go by itself after the hold
+	// timeout, and its cut then fails.
+	hold := &ferryv1.GroupHold{Tag: res.Tag, App: app, TimeoutMillis: g.holdTimeout().Milliseconds()}
+	wait := g.holdTimeout()
+	if app {
+		wait += 15 * time.Second
+	}
+	hctx, cancel := context.WithTimeout(ctx, wait)
+	errs := s.commandAll(hctx, g.VMs, func(string) *ferryv1.Command {
+		return &ferryv1.Command{Action: &ferryv1.Command_Hold{Hold: hold}}
+	}, nil)
+	cancel()
+	if err := firstErr(g.VMs, errs); err != nil {
+		s.commandAll(ctx, g.VMs, func(string) *ferryv1.Command {
+			return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: res.Tag, Abort: true}}}
+		}, nil)
+		return fail(fmt.Errorf("barrier not reached: %w", err))
+	}
+
+	// Phase two: every member cuts the marker and lets go.
+	var mu sync.Mutex
+	errs = s.commandAll(ctx, g.VMs, func(string) *ferryv1.Command {
+		return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: res.Tag}}}
+	}, func(vm string, r *ferryv1.CommandResult) {
+		mu.Lock()
+		defer mu.Unlock()
+		d := time.Duration(r.GetHoldNanos())
+		res.MaxHold = max(res.MaxHold, d)
+		s.groupHold.Observe(d.Seconds())
+	})
+	if err := firstErr(g.VMs, errs); err != nil {
+		return fail(fmt.Errorf("marker not cut on every member (the point is not common): %w", err))
+	}
+	s.groupPoints.WithLabelValues(name, kind, "ok").Inc()
+	s.log.Info("multi-VM point cut", "group", name, "tag", res.Tag, "app", app, "max_hold", res.MaxHold)
+	return res, nil
+}
+
+// commandAll sends a command to the agents of vms in parallel and returns
+// each one's error (nil when it answered ok); ok is called with each good
+// answer.
+func (s *Server) commandAll(ctx context.Context, vms []string, cmd func(vm string) *ferryv1.Command, ok func(string, *ferryv1.CommandResult)) []error {
+	errs := make([]error, len(vms))
+	var wg sync.WaitGroup
+	for i, vm := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := s.recv.Command(ctx, journal.VMID(vm), cmd(vm))
+			switch {
+			case err != nil:
+				errs[i] = err
+			case !r.GetOk():
+				errs[i] = fmt.Errorf("vm %s: %s", vm, r.GetError())
+			case ok != nil:
+				ok(vm, r)
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func firstErr(vms []string, errs []error) error {
+	var msgs []string
+	for _, err := range errs {
+		if err != nil {
+			msgs = append(msgs, err.Error())
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s", strings.Join(msgs, "; "))
+}
+
+// groupTagSeq returns N of a tag group/NAME/N of group name.
+func groupTagSeq(tag, name string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(tag, groupTagPrefix+name+"/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil
+}
+
+// commonPoints returns, for every member of g, its processed point of the
+// newest multi-VM marker that every member has as a point (app-consistent
+// on every member when app is set).
+func (s *Server) commonPoints(ctx context.Context, g Group, app bool) (map[string]journal.Point, error) {
+	count := map[uint64]int{}
+	byVM := map[string]map[uint64]journal.Point{}
+	for _, vm := range g.VMs {
+		pts, err := s.j.Points(ctx, journal.VMID(vm))
+		if err != nil {
+			return nil, err
+		}
+		byVM[vm] = map[uint64]journal.Point{}
+		for _, p := range pts {
+			n, ok := groupTagSeq(p.Tag, g.Name)
+			if !ok || (app && p.Consistency != journal.App) {
+				continue
+			}
+			byVM[vm][n] = p
+			count[n]++
+		}
+	}
+	var best uint64
+	for n, c := range count {
+		if c == len(g.VMs) && n > best {
+			best = n
+		}
+	}
+	if best == 0 {
+		kind := ""
+		if app {
+			kind = "app-consistent "
+		}
+		return nil, fmt.Errorf("group %s: %w: no processed %smulti-VM point common to %s", g.Name, journal.ErrNoPoint, kind, strings.Join(g.VMs, ", "))
+	}
+	out := map[string]journal.Point{}
+	for _, vm := range g.VMs {
+		out[vm] = byVM[vm][best]
+	}
+	return out, nil
+}
+
+// scheduleGroups cuts each group's multi-VM points at its frequencies.
+func (s *Server) scheduleGroups(ctx context.Context) {
+	groups, err := s.Groups()
+	if err != nil {
+		s.log.Error("replication groups", "err", err)
+		return
+	}
+	now := s.clock.Now()
+	for _, g := range groups {
+		crash, app := g.CrashInterval, g.AppInterval
+		if crash == 0 || app == 0 {
+			if p, err := s.policyFor(g.VMs[0]); err == nil {
+				crash, app = cmp0(crash, p.CrashInterval), cmp0(app, p.AppInterval)
+			}
+		}
+		for _, k := range []struct {
+			app   bool
+			every time.Duration
+		}{{false, crash}, {true, app}} {
+			key := g.Name + "/" + strconv.FormatBool(k.app)
+			s.groupMu.Lock()
+			last, busy := s.groupLast[key], s.groupBusy[key]
+			if last.IsZero() {
+				s.groupLast[key], last = now, now
+			}
+			due := k.every > 0 && !busy && now.Sub(last) >= k.every
+			if due {
+				s.groupLast[key], s.groupBusy[key] = now, true
+			}
+			s.groupMu.Unlock()
+			if !due {
+				continue
+			}
+			go func() {
+				defer func() { s.groupMu.Lock(); delete(s.groupBusy, key); s.groupMu.Unlock() }()
+				s.GroupPoint(ctx, g.Name, k.app)
+			}()
+		}
+	}
+}
+
+func cmp0(a, b time.Duration) time.Duration {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// EventGroupPointFailed: a replication group's multi-VM point was not cut.
+const EventGroupPointFailed = "group-point-failed"
+
+type groupMetrics struct {
+	groupPoints *prometheus.CounterVec
+	groupHold   prometheus.Histogram
+}
+
+func newGroupMetrics(reg prometheus.Registerer) groupMetrics {
+	m := groupMetrics{
+		groupPoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_ps_group_points_total",
+			Help: "Multi-VM points asked of replication groups, by outcome."}, []string{"group", "consistency", "outcome"}),
+		groupHold: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_ps_group_hold_seconds",
+			Help:    "How long each member of a replication group held its writes for a multi-VM point.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.groupPoints, m.groupHold)
+	}
+	return m
+}
+
+// GroupProto converts a group for the wire.
+func GroupProto(g Group) *ferryv1.ReplicationGroup {
+	return &ferryv1.ReplicationGroup{Name: g.Name, Vms: g.VMs, CrashIntervalSeconds: int64(g.CrashInterval / time.Second),
+		AppIntervalSeconds: int64(g.AppInterval / time.Second), HoldTimeoutMillis: g.HoldTimeout.Milliseconds()}
+}
+
+func (r *recovery) ListGroups(ctx context.Context, _ *ferryv1.ListGroupsRequest) (*ferryv1.ListGroupsResponse, error) {
+	groups, err := r.s.Groups()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListGroupsResponse{}
+	for _, g := range groups {
+		out.Groups = append(out.Groups, GroupProto(g))
+	}
+	return out, nil
+}
+
+func (r *recovery) PutGroup(ctx context.Context, req *ferryv1.ReplicationGroup) (*ferryv1.ReplicationGroup, error) {
+	g := Group{Name: req.GetName(), VMs: req.GetVms(), CrashInterval: time.Duration(req.GetCrashIntervalSeconds()) * time.Second,
+		AppInterval: time.Duration(req.GetAppIntervalSeconds()) * time.Second, HoldTimeout: time.Duration(req.GetHoldTimeoutMillis()) * time.Millisecond}
+	if err := r.s.PutGroup(ctx, g); err != nil {
+		return nil, toStatus(err)
+	}
+	return GroupProto(g), nil
+}
+
+func (r *recovery) DeleteGroup(ctx context.Context, req *ferryv1.DeleteGroupRequest) (*ferryv1.DeleteGroupResponse, error) {
+	if err := r.s.DeleteGroup(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeleteGroupResponse{}, nil
+}
+
+func (r *recovery) GroupPoint(ctx context.Context, req *ferryv1.GroupPointRequest) (*ferryv1.GroupPointResponse, error) {
+	res, err := r.s.GroupPoint(ctx, req.GetGroup(), req.GetApp())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.GroupPointResponse{Tag: res.Tag, MaxHoldNanos: int64(res.MaxHold), Vms: res.VMs}, nil
+}

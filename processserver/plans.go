@@ -1,0 +1,542 @@
+package processserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Plan is a recovery plan: groups of VMs that fail over in order (the VMs
+// of one group in parallel), with actions before and after each group.
+type Plan struct {
+	Name   string      `json:"name"`
+	Groups []PlanGroup `json:"groups"`
+}
+
+// PlanGroup is one stage of a plan.
+type PlanGroup struct {
+	VMs  []string     `json:"vms"`
+	Pre  []PlanAction `json:"pre,omitempty"`
+	Post []PlanAction `json:"post,omitempty"`
+}
+
+// PlanAction is a command run by the process server, or a manual step the
+// plan waits on until an operator resumes it.
+type PlanAction struct {
+	Name    string `json:"name"`
+	Command string `json:"command,omitempty"`
+	Manual  bool   `json:"manual,omitempty"`
+}
+
+// PlanActionRunner runs a plan's command actions.
+type PlanActionRunner interface {
+	// Run runs action a before or after group (1-based) of plan during op;
+	// it returns what the step report shows.
+	Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error)
+}
+
+// ShellActions runs each action's command with /bin/sh, FERRY_PLAN,
+// FERRY_GROUP and FERRY_OPERATION in its environment; a non-zero exit
+// fails the plan.
+type ShellActions struct {
+	Timeout time.Duration
+}
+
+// Run implements PlanActionRunner.
+func (r ShellActions) Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error) {
+	if r.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", a.Command)
+	cmd.Env = append(os.Environ(), "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
+	out, err := cmd.CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	if len(text) > 2000 {
+		text = "..." + text[len(text)-2000:]
+	}
+	if err != nil {
+		return text, fmt.Errorf("action %q: %w", a.Name, err)
+	}
+	return text, nil
+}
+
+// Plan operations.
+const (
+	PlanTestFailover      = ActionTestFailover
+	PlanPlannedFailover   = ActionPlannedFailover
+	PlanUnplannedFailover = ActionUnplannedFailover
+	PlanChangePoint       = ActionChangePoint
+	PlanCommit            = ActionCommit
+	PlanCleanupTest       = ActionCleanupTest
+)
+
+// planPoints are the point options a plan accepts; a custom point ID is
+// refused (points are per VM; a plan spans VMs).
+var planPoints = []string{PointLatest, PointLatestProcessed, PointLatestApp, PointLatestMultiVMProcessed, PointLatestMultiVMApp}
+
+var bucketPlans = []byte("plans")
+
+// Validate reports what is wrong with the plan's definition.
+func (p Plan) Validate() error {
+	if !nameRE.MatchString(p.Name) {
+		return fmt.Errorf("%w: plan name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, p.Name)
+	}
+	if len(p.Groups) == 0 {
+		return fmt.Errorf("%w: plan %s has no group", ErrInvalidRequest, p.Name)
+	}
+	seen := map[string]int{}
+	for i, g := range p.Groups {
+		if len(g.VMs) == 0 {
+			return fmt.Errorf("%w: plan %s: group %d has no VM", ErrInvalidRequest, p.Name, i+1)
+		}
+		for _, vm := range g.VMs {
+			if at, ok := seen[vm]; ok {
+				return fmt.Errorf("%w: plan %s: vm %s is in group %d and group %d", ErrInvalidRequest, p.Name, vm, at, i+1)
+			}
+			seen[vm] = i + 1
+		}
+		for _, a := range slices.Concat(g.Pre, g.Post) {
+			switch {
+			case strings.TrimSpace(a.Name) == "":
+				return fmt.Errorf("%w: plan %s: group %d has an action without a name", ErrInvalidRequest, p.Name, i+1)
+			case a.Manual && a.Command != "":
+				return fmt.Errorf("%w: plan %s: action %q is manual and has a command; choose one", ErrInvalidRequest, p.Name, a.Name)
+			case !a.Manual && strings.TrimSpace(a.Command) == "":
+				return fmt.Errorf("%w: plan %s: action %q has no command (or mark it manual)", ErrInvalidRequest, p.Name, a.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// VMs returns the plan's VMs in order.
+func (p Plan) VMs() []string {
+	var out []string
+	for _, g := range p.Groups {
+		out = append(out, g.VMs...)
+	}
+	return out
+}
+
+// Plans returns every recovery plan, by name.
+func (s *Server) Plans() ([]Plan, error) {
+	var out []Plan
+	err := s.ctl.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPlans).ForEach(func(_, v []byte) error {
+			var p Plan
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Plan returns the recovery plan of that name.
+func (s *Server) Plan(name string) (Plan, error) {
+	var p Plan
+	err := s.ctl.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketPlans).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("%w: no recovery plan named %q", ErrInvalidRequest, name)
+		}
+		return json.Unmarshal(v, &p)
+	})
+	return p, err
+}
+
+// PutPlan creates or changes a recovery plan; its VMs must replicate to
+// this server.
+func (s *Server) PutPlan(ctx context.Context, p Plan) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	for _, vm := range p.VMs() {
+		if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+			return fmt.Errorf("%w: plan %s: %v", ErrInvalidRequest, p.Name, err)
+		}
+	}
+	buf, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPlans).Put([]byte(p.Name), buf) })
+}
+
+// DeletePlan removes a recovery plan.
+func (s *Server) DeletePlan(ctx context.Context, name string) error {
+	if _, err := s.Plan(name); err != nil {
+		return err
+	}
+	s.planMu.Lock()
+	_, running := s.planResume[name]
+	s.planMu.Unlock()
+	if running {
+		return fmt.Errorf("%w: plan %s has a job running", ErrState, name)
+	}
+	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPlans).Delete([]byte(name)) })
+}
+
+// PlanRequest asks for an operation on every VM of a plan.
+type PlanRequest struct {
+	Plan      string
+	Operation string
+	// Point: one of planPoints (failover and change point).
+	Point    string
+	Network  string
+	Shutdown bool
+}
+
+// RunPlan checks the request and starts the plan's job; it returns the job
+// while it runs (Wait follows it). Groups run in order, the VMs of a group
+// in parallel; pre and post actions run in order around each group of a
+// failover; a manual action makes the job wait until ResumePlan.
+func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
+	p, err := s.Plan(req.Plan)
+	if err != nil {
+		return nil, err
+	}
+	switch req.Operation {
+	case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover, PlanChangePoint:
+		if req.Point == "" {
+			req.Point = PointLatest
+			if req.Operation == PlanChangePoint {
+				req.Point = PointLatestProcessed
+			}
+		}
+		if !slices.Contains(planPoints, req.Point) {
+			return nil, fmt.Errorf("%w: plan %s: point %q: a plan takes %s; a custom point is chosen per VM, not for a plan",
+				ErrInvalidRequest, p.Name, req.Point, strings.Join(planPoints, ", "))
+		}
+		if req.Operation == PlanPlannedFailover && req.Point != PointLatest {
+			return nil, fmt.Errorf("%w: plan %s: a planned failover always uses each VM's final point after shutdown, not %q", ErrInvalidRequest, p.Name, req.Point)
+		}
+	case PlanCommit, PlanCleanupTest:
+	default:
+		return nil, fmt.Errorf("%w: plan operation %q: want test-failover, planned-failover, unplanned-failover, change-point, commit or cleanup-test", ErrInvalidRequest, req.Operation)
+	}
+	// Every VM must allow the operation before anything starts.
+	for _, vm := range p.VMs() {
+		st, _, err := s.vmState(ctx, vm)
+		if err != nil {
+			return nil, err
+		}
+		if err := st.require(req.Operation); err != nil {
+			return nil, fmt.Errorf("plan %s: %w", p.Name, err)
+		}
+	}
+	s.planMu.Lock()
+	if _, busy := s.planResume[p.Name]; busy {
+		s.planMu.Unlock()
+		return nil, fmt.Errorf("%w: plan %s already has a job running", ErrState, p.Name)
+	}
+	resume := make(chan struct{}, 1)
+	s.planResume[p.Name] = resume
+	s.planMu.Unlock()
+	run, err := s.newJob("plan-"+req.Operation, "plan/"+p.Name)
+	if err != nil {
+		s.planMu.Lock()
+		delete(s.planResume, p.Name)
+		s.planMu.Unlock()
+		return nil, err
+	}
+	snapshot := *run.job
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.runPlan(s.bg, run, p, req, resume)
+		s.planMu.Lock()
+		delete(s.planResume, p.Name)
+		s.planMu.Unlock()
+		run.finish(err)
+	}()
+	return &snapshot, nil
+}
+
+// WaitJob waits until job id is no longer running, or waits for an
+// operator, and returns it.
+func (s *Server) WaitJob(ctx context.Context, id uint64) (Job, error) {
+	for {
+		j, err := s.ctl.job(id)
+		if err != nil || j.Outcome != OutcomeRunning || j.Waiting != "" {
+			return j, err
+		}
+		select {
+		case <-ctx.Done():
+			return j, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ResumePlan lets a plan waiting on a manual action go on.
+func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
+	if _, err := s.Plan(name); err != nil {
+		return nil, err
+	}
+	jobs, err := s.ctl.jobs("plan/" + name)
+	if err != nil {
+		return nil, err
+	}
+	if len(jobs) == 0 || jobs[len(jobs)-1].Waiting == "" {
+		return nil, fmt.Errorf("%w: plan %s is not waiting for a manual action", ErrState, name)
+	}
+	s.planMu.Lock()
+	ch := s.planResume[name]
+	s.planMu.Unlock()
+	if ch == nil {
+		return nil, fmt.Errorf("%w: plan %s has no job running", ErrState, name)
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+	j := jobs[len(jobs)-1]
+	return &j, nil
+}
+
+func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan struct{}) error {
+	points := map[string]string{}
+	if req.Operation != PlanCommit && req.Operation != PlanCleanupTest {
+		if err := run.step("select recovery points", func() (string, error) {
+			var err error
+			points, err = s.planPoints(ctx, p, req.Point)
+			if err != nil {
+				return "", err
+			}
+			var parts []string
+			for _, vm := range p.VMs() {
+				parts = append(parts, vm+": "+points[vm])
+			}
+			return strings.Join(parts, ", "), nil
+		}); err != nil {
+			return err
+		}
+	}
+	actions := req.Operation == PlanTestFailover || req.Operation == PlanPlannedFailover || req.Operation == PlanUnplannedFailover
+	for gi, g := range p.Groups {
+		n := gi + 1
+		if actions {
+			for _, a := range g.Pre {
+				if err := s.planAction(ctx, run, p, n, "pre", req.Operation, a, resume); err != nil {
+					return err
+				}
+			}
+		}
+		if err := run.step(stepf("group %d: %s %s", n, req.Operation, strings.Join(g.VMs, ", ")), func() (string, error) {
+			return s.planGroup(ctx, run, g, req, points)
+		}); err != nil {
+			return fmt.Errorf("%w: plan %s stopped at group %d: %v", ErrFailover, p.Name, n, err)
+		}
+		if actions {
+			for _, a := range g.Post {
+				if err := s.planAction(ctx, run, p, n, "post", req.Operation, a, resume); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// planPoints resolves a plan's point option for each VM: VMs of a
+// replication group take the group's common point for the multi-VM
+// options, the others their own latest processed (or app-consistent).
+func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, vm := range p.VMs() {
+		out[vm] = opt
+	}
+	if opt != PointLatestMultiVMProcessed && opt != PointLatestMultiVMApp {
+		return out, nil
+	}
+	app := opt == PointLatestMultiVMApp
+	done := map[string]bool{}
+	for _, vm := range p.VMs() {
+		out[vm] = PointLatestProcessed
+		if app {
+			out[vm] = PointLatestApp
+		}
+		g, ok, err := s.groupOf(vm)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || done[g.Name] {
+			continue
+		}
+		done[g.Name] = true
+		common, err := s.commonPoints(ctx, g, app)
+		if err != nil {
+			return nil, err
+		}
+		for m, pt := range common {
+			if slices.Contains(p.VMs(), m) {
+				out[m] = strconv.FormatUint(uint64(pt.ID), 10)
+			}
+		}
+	}
+	return out, nil
+}
+
+// planGroup runs the operation on the group's VMs in parallel.
+func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req PlanRequest, points map[string]string) (string, error) {
+	jobs := make([]*Job, len(g.VMs))
+	errs := make([]error, len(g.VMs))
+	var wg sync.WaitGroup
+	for i, vm := range g.VMs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch req.Operation {
+			case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover:
+				typ := map[string]string{PlanTestFailover: FailoverTest, PlanPlannedFailover: FailoverPlanned, PlanUnplannedFailover: FailoverUnplanned}[req.Operation]
+				network := req.Network
+				if typ == FailoverTest && network == "" {
+					network = "test-" + vm
+				}
+				jobs[i], errs[i] = s.Failover(ctx, FailoverRequest{VM: vm, Type: typ, Point: points[vm], Network: network, Shutdown: req.Shutdown})
+			case PlanChangePoint:
+				jobs[i], errs[i] = s.ChangePoint(ctx, vm, points[vm])
+			case PlanCommit:
+				jobs[i], errs[i] = s.Commit(ctx, vm)
+			case PlanCleanupTest:
+				jobs[i], errs[i] = s.CleanupTest(ctx, vm)
+			}
+		}()
+	}
+	wg.Wait()
+	var parts []string
+	var failed []error
+	for i, vm := range g.VMs {
+		part := vm + ": "
+		if jobs[i] != nil {
+			run.job.Children = append(run.job.Children, jobs[i].ID)
+			part += stepf("job %d %s", jobs[i].ID, jobs[i].Outcome)
+			if jobs[i].Point != nil {
+				part += stepf(", point %d (%s)", jobs[i].Point.ID, jobs[i].Point.Consistency)
+			}
+		}
+		if errs[i] != nil {
+			failed = append(failed, fmt.Errorf("vm %s: %w", vm, errs[i]))
+			part += stepf(" (%v)", errs[i])
+		}
+		parts = append(parts, part)
+	}
+	return strings.Join(parts, "; "), errors.Join(failed...)
+}
+
+// planAction runs one pre or post action; a manual one waits for
+// ResumePlan.
+func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int, when, op string, a PlanAction, resume chan struct{}) error {
+	name := stepf("group %d %s: %s", group, when, a.Name)
+	if !a.Manual {
+		return run.step(name, func() (string, error) { return s.cfg.PlanActions.Run(ctx, p.Name, group, op, a) })
+	}
+	return run.step(name+" (manual)", func() (string, error) {
+		run.job.Waiting = stepf("%s; when done, run: ferryctl plan resume %s", name, p.Name)
+		if err := s.ctl.putJob(run.job); err != nil {
+			return "", err
+		}
+		s.log.Info("plan waits for an operator", "plan", p.Name, "action", a.Name)
+		defer func() { run.job.Waiting = "" }()
+		select {
+		case <-resume:
+			return "resumed by an operator", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+}
+
+// PlanProto converts a plan for the wire.
+func PlanProto(p Plan) *ferryv1.RecoveryPlan {
+	out := &ferryv1.RecoveryPlan{Name: p.Name}
+	conv := func(as []PlanAction) []*ferryv1.PlanAction {
+		var o []*ferryv1.PlanAction
+		for _, a := range as {
+			o = append(o, &ferryv1.PlanAction{Name: a.Name, Command: a.Command, Manual: a.Manual})
+		}
+		return o
+	}
+	for _, g := range p.Groups {
+		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post)})
+	}
+	return out
+}
+
+// PlanFromProto converts a plan from the wire.
+func PlanFromProto(in *ferryv1.RecoveryPlan) Plan {
+	p := Plan{Name: in.GetName()}
+	conv := func(as []*ferryv1.PlanAction) []PlanAction {
+		var o []PlanAction
+		for _, a := range as {
+			o = append(o, PlanAction{Name: a.GetName(), Command: a.GetCommand(), Manual: a.GetManual()})
+		}
+		return o
+	}
+	for _, g := range in.GetGroups() {
+		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost())})
+	}
+	return p
+}
+
+func (r *recovery) ListPlans(ctx context.Context, _ *ferryv1.ListPlansRequest) (*ferryv1.ListPlansResponse, error) {
+	plans, err := r.s.Plans()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListPlansResponse{}
+	for _, p := range plans {
+		out.Plans = append(out.Plans, PlanProto(p))
+	}
+	return out, nil
+}
+
+func (r *recovery) PutPlan(ctx context.Context, req *ferryv1.RecoveryPlan) (*ferryv1.RecoveryPlan, error) {
+	p := PlanFromProto(req)
+	if err := r.s.PutPlan(ctx, p); err != nil {
+		return nil, toStatus(err)
+	}
+	return PlanProto(p), nil
+}
+
+func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanRequest) (*ferryv1.DeletePlanResponse, error) {
+	if err := r.s.DeletePlan(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeletePlanResponse{}, nil
+}
+
+func (r *recovery) RunPlan(ctx context.Context, req *ferryv1.RunPlanRequest) (*ferryv1.Job, error) {
+	j, err := r.s.RunPlan(ctx, PlanRequest{Plan: req.GetPlan(), Operation: req.GetOperation(), Point: req.GetPoint(),
+		Network: req.GetNetwork(), Shutdown: req.GetShutdown()})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(j), nil
+}
+
+func (r *recovery) ResumePlan(ctx context.Context, req *ferryv1.ResumePlanRequest) (*ferryv1.Job, error) {
+	j, err := r.s.ResumePlan(ctx, req.GetPlan())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(j), nil
+}
