@@ -128,12 +128,16 @@ func (a *Agent) setPolicy(p *ferryv1.Policy) {
 	}
 	crash := time.Duration(p.GetCrashIntervalSeconds()) * time.Second
 	app := time.Duration(p.GetAppIntervalSeconds()) * time.Second
-	if app > 0 && (a.cfg.Freeze == nil || a.cfg.Mode != ModeSplitter) {
-		a.log.Warn("policy asks for app-consistent points but this agent has no freeze hook; only crash-consistent points are cut", "policy", p.GetName())
+	noApp := app > 0 && (a.cfg.Freeze == nil || a.cfg.Mode != ModeSplitter)
+	if noApp {
 		app = 0
 	}
-	if time.Duration(a.crashEvery.Swap(int64(crash))) != crash || time.Duration(a.appEvery.Swap(int64(app))) != app {
-		a.log.Info("following replication policy", "policy", p.GetName(), "crash_interval", crash, "app_interval", app)
+	if time.Duration(a.crashEvery.Swap(int64(crash))) == crash && time.Duration(a.appEvery.Swap(int64(app))) == app {
+		return
+	}
+	a.log.Info("following replication policy", "policy", p.GetName(), "crash_interval", crash, "app_interval", app)
+	if noApp {
+		a.log.Warn("the policy asks for app-consistent points but this agent has no freeze hook (and write splitter); it cuts crash-consistent points only", "policy", p.GetName())
 	}
 }
 

@@ -257,6 +257,8 @@ func (s *Server) commandAll(ctx context.Context, vms []string, cmd func(vm strin
 			defer wg.Done()
 			r, err := s.recv.Command(ctx, journal.VMID(vm), cmd(vm))
 			switch {
+			case err != nil && ctx.Err() != nil:
+				errs[i] = fmt.Errorf("vm %s: no answer in time: %w", vm, err)
 			case err != nil:
 				errs[i] = err
 			case !r.GetOk():

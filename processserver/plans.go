@@ -270,22 +270,6 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 	return &snapshot, nil
 }
 
-// WaitJob waits until job id is no longer running, or waits for an
-// operator, and returns it.
-func (s *Server) WaitJob(ctx context.Context, id uint64) (Job, error) {
-	for {
-		j, err := s.ctl.job(id)
-		if err != nil || j.Outcome != OutcomeRunning || j.Waiting != "" {
-			return j, err
-		}
-		select {
-		case <-ctx.Done():
-			return j, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // ResumePlan lets a plan waiting on a manual action go on.
 func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	if _, err := s.Plan(name); err != nil {
@@ -308,8 +292,19 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	case ch <- struct{}{}:
 	default:
 	}
-	j := jobs[len(jobs)-1]
-	return &j, nil
+	// Answer once the job has left the manual step.
+	waiting := jobs[len(jobs)-1]
+	for {
+		j, err := s.ctl.job(waiting.ID)
+		if err != nil || j.Outcome != OutcomeRunning || j.Waiting != waiting.Waiting {
+			return &j, err
+		}
+		select {
+		case <-ctx.Done():
+			return &j, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan struct{}) error {
@@ -368,8 +363,11 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 		return out, nil
 	}
 	app := opt == PointLatestMultiVMApp
-	done := map[string]bool{}
+	done, groupDone := map[string]bool{}, map[string]bool{}
 	for _, vm := range p.VMs() {
+		if done[vm] {
+			continue // took its group's common point
+		}
 		out[vm] = PointLatestProcessed
 		if app {
 			out[vm] = PointLatestApp
@@ -378,10 +376,10 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 		if err != nil {
 			return nil, err
 		}
-		if !ok || done[g.Name] {
+		if !ok || groupDone[g.Name] {
 			continue
 		}
-		done[g.Name] = true
+		groupDone[g.Name] = true
 		common, err := s.commonPoints(ctx, g, app)
 		if err != nil {
 			return nil, err
@@ -389,6 +387,7 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 		for m, pt := range common {
 			if slices.Contains(p.VMs(), m) {
 				out[m] = strconv.FormatUint(uint64(pt.ID), 10)
+				done[m] = true
 			}
 		}
 	}

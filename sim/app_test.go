@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )
@@ -45,7 +45,7 @@ func TestAppConsistentPoints(t *testing.T) {
 			if !ok || p.GetTag() == "drain-end" {
 				continue
 			}
-			img := exportDisk0(t, d, vm.Name, p.GetId(), truth.Disks[0].Size())
+			img := exportDisk(t, d, vm.Name, p.GetId(), "disk0", truth.Disks[0].Size())
 			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
 				t.Fatalf("seed %d point %d (%s) differs from ground truth: %s", seed, p.GetId(), p.GetTag(), diff)
 			}
@@ -110,19 +110,63 @@ func TestQuiesceFailure(t *testing.T) {
 	}
 }
 
-func exportDisk0(t *testing.T, d *sim.Drill, vm string, id uint64, size int64) *blockdev.Memory {
-	t.Helper()
-	img := blockdev.NewMemory(size)
-	stream, err := d.Recovery.ExportPoint(context.Background(), &ferryv1.ExportPointRequest{Vm: vm, Point: fmt.Sprint(id), Disk: "disk0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		c, err := stream.Recv()
+// TestPolicyThinsAppPoints: the agent cuts app-consistent points every 20
+// seconds but the VM's policy keeps one a minute: the others are kept as
+// crash-consistent points (still equal to their ground truth); with the
+// policy's app frequency at 0, no app-consistent point is kept at all.
+func TestPolicyThinsAppPoints(t *testing.T) {
+	ctx := context.Background()
+	for _, every := range []time.Duration{time.Minute, 0} {
+		vm := linux("thin-1", 32<<10, sim.Uniform)
+		vm.App = true
+		d, err := sim.New(ctx, sim.Config{Seed: 5, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
+			Logger: ferrytest.Logger(t), CrashInterval: 30 * time.Second, AppInterval: 20 * time.Second})
 		if err != nil {
-			break
+			t.Fatal(err)
 		}
-		img.WriteAt(context.Background(), c.GetData(), int64(c.GetOffset()))
+		p, err := d.PS.Policy(processserver.PolicyDefault)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.AppInterval = every
+		if err := d.PS.PutPolicy(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Run(ctx, 4*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ProcessNow(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pts, _ := d.Recovery.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: vm.Name})
+		var apps []time.Time
+		thinned := 0
+		for _, p := range pts.GetPoints() {
+			at := time.Unix(0, p.GetTimeUnixNano())
+			if strings.Contains(p.GetTag(), "-app") {
+				if p.GetConsistency() == ferryv1.Consistency_CONSISTENCY_APP {
+					if len(apps) > 0 && at.Sub(apps[len(apps)-1]) < every {
+						t.Fatalf("app points %v apart with a policy of one every %v", at.Sub(apps[len(apps)-1]), every)
+					}
+					apps = append(apps, at)
+				} else {
+					thinned++
+				}
+			}
+			truth, err := d.TruthFor(d.VMs[0], p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := exportDisk(t, d, vm.Name, p.GetId(), "disk0", truth.Disks[0].Size())
+			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
+				t.Fatalf("point %d (%s) differs from ground truth: %s", p.GetId(), p.GetTag(), diff)
+			}
+		}
+		t.Logf("policy app frequency %v: %d app-consistent points kept, %d kept as crash-consistent", every, len(apps), thinned)
+		if every == 0 && len(apps) != 0 || every > 0 && (len(apps) < 3 || thinned < 6) {
+			t.Fatalf("policy app frequency %v: %d app points, %d thinned", every, len(apps), thinned)
+		}
+		journaltest.MustCheck(t, d.PS.Journal())
+		d.Close()
 	}
-	return img
 }

@@ -134,9 +134,13 @@ func (d *Drill) pointCounts(ctx context.Context) map[string]int {
 	return out
 }
 
-// loss computes the data loss of a point against the VM's final state.
+// loss computes the data loss of a point against the VM's state when the
+// job started (or when the VM was lost).
 func (d *Drill) loss(v *VM, e *Entry, truth Mark) {
 	end, endWritten := d.Clock.Now(), v.Written
+	if e.Job != nil && e.Job.GetStartUnixNano() != 0 {
+		end = time.Unix(0, e.Job.GetStartUnixNano())
+	}
 	if m, ok := v.Truth("@end"); ok && !v.Running {
 		// The VM was lost: what it wrote up to then is what is at stake.
 		end, endWritten = m.Time, m.Written

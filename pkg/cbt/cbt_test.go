@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
@@ -161,5 +162,35 @@ func TestUnpopKeepsOrder(t *testing.T) {
 	tr.Unpop(again)
 	if st := tr.Stats(); st.DirtyBlocks != 3 || st.QueueLen != 0 {
 		t.Fatalf("unpop in bitmap mode: %+v", st)
+	}
+}
+
+// TestHoldBlocksWrites: while a group barrier holds the tracker, a write
+// waits; a marker queued during the hold lands before it.
+func TestHoldBlocksWrites(t *testing.T) {
+	ctx := context.Background()
+	tr := cbt.NewTracker([]blockdev.Device{blockdev.NewMemory(1 << 20)}, 1<<20)
+	dev := tr.Device(0)
+	tr.Hold()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := dev.WriteAt(ctx, make([]byte, 4096), 0)
+		wrote <- err
+	}()
+	select {
+	case <-wrote:
+		t.Fatal("a write went through a held tracker")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if !tr.Mark(cbt.MarkRequest{Tag: "group/g/1"}) {
+		t.Fatal("no marker during the hold")
+	}
+	tr.Release()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	got := tr.Pop(1 << 20)
+	if len(got) != 2 || got[0].Mark == nil || got[0].Mark.Tag != "group/g/1" || got[1].Mark != nil {
+		t.Fatalf("queue after the hold: %+v", got)
 	}
 }

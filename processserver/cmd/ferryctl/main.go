@@ -44,7 +44,26 @@ Usage:
                                                           to the master target; after a committed failback back)
   ferryctl --ps ADDR failback --vm NAME [--sync before|during] [--point latest|latest-app]
                                                           fail a reprotected VM back to the primary site
-  ferryctl --ps ADDR events [--vm NAME]                   RPO alerts raised and cleared
+  ferryctl --ps ADDR events [--vm NAME]                   RPO alerts raised and cleared, failed multi-VM points
+
+Replication policies, groups and recovery plans:
+  ferryctl --ps ADDR policy list                          policies with their VMs
+  ferryctl --ps ADDR policy show NAME
+  ferryctl --ps ADDR policy edit NAME [--retention D] [--crash-interval D] [--app-interval D] [--rpo-threshold D]
+                                                          change a policy, or create one from the default's values
+                                                          (the failback policy cannot be edited)
+  ferryctl --ps ADDR policy attach --vm NAME --policy NAME
+  ferryctl --ps ADDR group create NAME --vm A --vm B [...] [--crash-interval D] [--app-interval D] [--hold-timeout D]
+                                                          VMs whose points are cut together (multi-VM points)
+  ferryctl --ps ADDR group list | delete NAME | point NAME [--app]
+  ferryctl --ps ADDR plan put --file PLAN.json            create or change a recovery plan
+  ferryctl --ps ADDR plan list | show NAME | delete NAME
+  ferryctl --ps ADDR plan run NAME --op OP [--point P] [--network NAME] [--shutdown]
+                                                          OP: test-failover, planned-failover, unplanned-failover,
+                                                          change-point, commit or cleanup-test; P: latest,
+                                                          latest-processed, latest-app, latest-multivm-processed or
+                                                          latest-multivm-app (custom points are refused for plans)
+  ferryctl --ps ADDR plan resume NAME                     go on after a manual step
   ferryctl --ps ADDR jobs [--vm NAME]                     list jobs
   ferryctl --ps ADDR job ID                               one job with its steps
 
@@ -81,6 +100,13 @@ func main() {
 		defer cancel()
 	}
 	cmd, rest := args[0], args[1:]
+	if admin := map[string]func(context.Context, ferryv1.RecoveryClient, []string) error{
+		"policy": policyCmd, "group": groupCmd, "plan": planCmd}[cmd]; admin != nil {
+		if err := admin(ctx, ferryv1.NewRecoveryClient(conn), rest); err != nil {
+			cli.Fatal("ferryctl "+cmd, err)
+		}
+		return
+	}
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	vm := fs.String("vm", "", "VM name")
 	point := fs.String("point", processserver.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
@@ -166,8 +192,7 @@ func listVMs(ctx context.Context, rc ferryv1.RecoveryClient) error {
 	if err != nil {
 		return err
 	}
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "VM\tDISKS\tEPOCH\tDURABLE SEQ\tCONSISTENT\tPOINTS\tRPO\tRATIO")
+	w := table("VM\tDISKS\tEPOCH\tDURABLE SEQ\tCONSISTENT\tPOINTS\tRPO\tRATIO")
 	for _, vm := range resp.GetVms() {
 		rpo := "-"
 		if ns := vm.GetLatestPointUnixNano(); ns != 0 {
@@ -190,8 +215,7 @@ func listPoints(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error
 	if err != nil {
 		return err
 	}
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tTIME\tAGE\tCONSISTENCY\tTAG")
+	w := table("ID\tTIME\tAGE\tCONSISTENCY\tTAG")
 	for _, p := range resp.GetPoints() {
 		t := time.Unix(0, p.GetTimeUnixNano())
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", p.GetId(), t.UTC().Format(time.RFC3339), time.Since(t).Round(time.Second), consistency(p.GetConsistency()), p.GetTag())
@@ -250,8 +274,7 @@ func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	if err != nil {
 		return err
 	}
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "VM\tSTATE\tRPO\tPOINTS\tUNPROCESSED\tEPOCH\tINSTANCE\tALLOWED")
+	w := table("VM\tSTATE\tRPO\tPOINTS\tUNPROCESSED\tEPOCH\tINSTANCE\tALLOWED")
 	for _, v := range resp.GetVms() {
 		state := v.GetState()
 		if v.GetRpoAlert() {
@@ -286,8 +309,7 @@ func listJobs(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	if err != nil {
 		return err
 	}
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tTYPE\tVM\tSTARTED\tDURATION\tOUTCOME")
+	w := table("ID\tTYPE\tVM\tSTARTED\tDURATION\tOUTCOME")
 	for _, j := range resp.GetJobs() {
 		d := "-"
 		if j.GetEndUnixNano() != 0 {
@@ -328,4 +350,11 @@ func printJob(j *ferryv1.Job, err error) error {
 		return fmt.Errorf("job %d failed: %s", j.GetId(), j.GetError())
 	}
 	return nil
+}
+
+// table returns a writer of aligned columns with header as its first line.
+func table(header string) *tabwriter.Writer {
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, header)
+	return w
 }

@@ -14,20 +14,29 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
+// hookSetup builds the binaries and prepares the example compute hook's
+// directory: it returns the binaries' directory, a scratch directory, the
+// hook's VM directory and the hook.
+func hookSetup(t *testing.T) (bin, dir, hookDir, hook string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	bin = ferrytest.BuildBinaries(t)
+	dir = t.TempDir()
+	hookDir = filepath.Join(dir, "vms")
+	os.MkdirAll(hookDir, 0o755)
+	t.Setenv("FERRY_HOOK_DIR", hookDir)
+	hook, _ = filepath.Abs("testdata/compute-hook.sh")
+	return bin, dir, hookDir, hook
+}
+
 // TestFailoverWithHooks drives the real binaries the way an operator of
 // real machines would: ferry-ps creates VMs through a compute hook script,
 // ferry-agent shuts its machine down through a shutdown hook, and ferryctl
 // runs a test failover, its cleanup, a planned failover and the commit.
 func TestFailoverWithHooks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binaries")
-	}
-	bin := ferrytest.BuildBinaries(t)
-	dir := t.TempDir()
-	hookDir := filepath.Join(dir, "vms")
-	os.MkdirAll(hookDir, 0o755)
-	t.Setenv("FERRY_HOOK_DIR", hookDir)
-	hook, _ := filepath.Abs("testdata/compute-hook.sh")
+	bin, dir, hookDir, hook := hookSetup(t)
 
 	img := filepath.Join(dir, "disk.img")
 	data := make([]byte, 8<<20)
@@ -133,6 +142,151 @@ func TestFailoverWithHooks(t *testing.T) {
 	}
 	if out := ctl("jobs", "--vm", "host1"); strings.Count(out, "succeeded") != 4 {
 		t.Fatalf("jobs:\n%s", out)
+	}
+	ps.Stop(t)
+}
+
+// TestPoliciesGroupsPlans drives policies, a replication group and a
+// recovery plan through ferryctl against the real binaries: an edited
+// policy reaches the connected agents, the failback policy cannot be
+// edited, a group cuts a multi-VM point through two agents' write
+// splitters, and a plan fails over group after group with its shell
+// actions, waits at its manual step and resumes.
+func TestPoliciesGroupsPlans(t *testing.T) {
+	bin, dir, hookDir, hook := hookSetup(t)
+	actionLog := filepath.Join(dir, "actions.log")
+	t.Setenv("FERRY_ACTION_LOG", actionLog)
+
+	addr := ferrytest.FreeAddr(t)
+	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
+		"--compute-hook", hook, "--process-interval", "100ms")
+	for i, vm := range []string{"host-a", "host-b", "host-c"} {
+		img := filepath.Join(dir, vm+".img")
+		data := make([]byte, 4<<20)
+		for j := range 64 {
+			data[j*4096+i] = byte(j + 1)
+		}
+		os.WriteFile(img, data, 0o644)
+		args := []string{"run", "--ps", addr, "--vm", vm, "--disk", "os=" + img, "--state", filepath.Join(dir, "agent-"+vm), "--scan-interval", "100ms"}
+		if vm != "host-c" {
+			// The group's members capture writes in their splitter.
+			args = append(args, "--nbd-listen", "unix:"+filepath.Join(dir, vm+".sock"))
+		}
+		ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), args...)
+	}
+	cc := ferrytest.Dial(t, addr)
+	rc := ferryv1.NewRecoveryClient(cc)
+	points := func(vm string) []*ferryv1.RecoveryPoint {
+		resp, err := rc.ListPoints(context.Background(), &ferryv1.ListPointsRequest{Vm: vm})
+		if err != nil {
+			return nil
+		}
+		return resp.GetPoints()
+	}
+	for _, vm := range []string{"host-a", "host-b", "host-c"} {
+		ferrytest.WaitFor(t, 60*time.Second, vm+"'s first point", func() bool { return len(points(vm)) > 0 })
+	}
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--ps", addr}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("ferryctl %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+
+	if out := ctl("policy", "list"); !strings.Contains(out, "default") || !strings.Contains(out, "vmware-72h") || !strings.Contains(out, "failback") {
+		t.Fatalf("policy list:\n%s", out)
+	}
+	if out, err := run("policy", "edit", "failback", "--retention", "48h"); err == nil || !strings.Contains(out, "cannot be edited") {
+		t.Fatalf("editing the failback policy: %v\n%s", err, out)
+	}
+	if out, err := run("policy", "edit", "default", "--retention", "10m"); err == nil || !strings.Contains(out, "retention") {
+		t.Fatalf("a 10m retention: %v\n%s", err, out)
+	}
+	// The agents follow the default policy (a point every 5 minutes) until
+	// it says every second.
+	before := len(points("host-a"))
+	ctl("policy", "edit", "default", "--crash-interval", "1s")
+	ferrytest.WaitFor(t, 30*time.Second, "points at the edited policy's frequency", func() bool { return len(points("host-a")) >= before+3 })
+	ctl("policy", "edit", "gold", "--retention", "72h", "--crash-interval", "30s", "--app-interval", "0")
+	ctl("policy", "attach", "--vm", "host-c", "--policy", "gold")
+	if out := ctl("policy", "show", "gold"); !strings.Contains(out, "host-c") || !strings.Contains(out, "72h0m0s") || !strings.Contains(out, "off") {
+		t.Fatalf("policy show gold:\n%s", out)
+	}
+
+	ctl("group", "create", "erp", "--vm", "host-a", "--vm", "host-b")
+	if out, err := run("group", "create", "other", "--vm", "host-a", "--vm", "host-c"); err == nil || !strings.Contains(out, "already in replication group erp") {
+		t.Fatalf("a VM in two groups: %v\n%s", err, out)
+	}
+	out := ctl("group", "point", "erp")
+	if !strings.Contains(out, "multi-VM point group/erp/") {
+		t.Fatalf("group point:\n%s", out)
+	}
+	tag := strings.Fields(strings.TrimPrefix(out, "multi-VM point "))[0]
+	for _, vm := range []string{"host-a", "host-b"} {
+		ferrytest.WaitFor(t, 30*time.Second, vm+"'s multi-VM point", func() bool {
+			for _, p := range points(vm) {
+				if p.GetTag() == tag {
+					return true
+				}
+			}
+			return false
+		})
+	}
+
+	// Newer single-VM points arrive after the group's point; grouped VMs
+	// must still take the common one.
+	n := len(points("host-b"))
+	ferrytest.WaitFor(t, 30*time.Second, "newer points of host-b", func() bool { return len(points("host-b")) >= n+2 })
+	ctl("plan", "put", "--file", "testdata/plan.json")
+	if out := ctl("plan", "show", "erp"); !strings.Contains(out, "group 2 pre:  confirm the licence server is up (manual") {
+		t.Fatalf("plan show:\n%s", out)
+	}
+	if out, err := run("plan", "run", "erp", "--op", "test-failover", "--point", "42"); err == nil || !strings.Contains(out, "custom point") {
+		t.Fatalf("a custom point for a plan: %v\n%s", err, out)
+	}
+	out = ctl("plan", "run", "erp", "--op", "test-failover", "--point", "latest-multivm-processed")
+	if !strings.Contains(out, "waits for an operator") || !strings.Contains(out, "ferryctl plan resume erp") {
+		t.Fatalf("plan run:\n%s", out)
+	}
+	if ents, _ := os.ReadDir(hookDir); len(ents) != 2 {
+		t.Fatalf("%d test VMs while the plan waits after group 1, want 2", len(ents))
+	}
+	out = ctl("plan", "resume", "erp")
+	if !strings.Contains(out, "succeeded") {
+		t.Fatalf("plan resume:\n%s", out)
+	}
+	if ents, _ := os.ReadDir(hookDir); len(ents) != 3 {
+		t.Fatalf("%d test VMs after the plan, want 3", len(ents))
+	}
+	logged, _ := os.ReadFile(actionLog)
+	want := "test-failover group 1: drain\ntest-failover group 1: check\ntest-failover group 2: dns\n"
+	if string(logged) != want {
+		t.Fatalf("actions ran:\n%s\nwant:\n%s", logged, want)
+	}
+	jobs, err := rc.ListJobs(context.Background(), &ferryv1.ListJobsRequest{Vm: "plan/erp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	planJob := jobs.GetJobs()[len(jobs.GetJobs())-1]
+	// The group also cuts its points on its own now (every second, as the
+	// policy says): both members take the same, newest common one.
+	tags := map[string]string{}
+	for _, id := range planJob.GetChildren() {
+		j, _ := rc.GetJob(context.Background(), &ferryv1.GetJobRequest{Id: id})
+		tags[j.GetVm()] = j.GetPoint().GetTag()
+	}
+	if !strings.HasPrefix(tags["host-a"], "group/erp/") || tags["host-a"] != tags["host-b"] || strings.HasPrefix(tags["host-c"], "group/") {
+		t.Fatalf("plan failed over to points %v", tags)
+	}
+	ctl("plan", "run", "erp", "--op", "cleanup-test")
+	if ents, _ := os.ReadDir(hookDir); len(ents) != 0 {
+		t.Fatalf("plan cleanup left %d VMs", len(ents))
 	}
 	ps.Stop(t)
 }

@@ -17,7 +17,7 @@ func main() {
 	fs := flag.NewFlagSet("ferry-drill", flag.ExitOnError)
 	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
 	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
-	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect) or failover (test failover, unplanned failover, change point, commit)")
+	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) or plan (the same through a recovery plan with a replication group)")
 	dir := fs.String("dir", "", "directory for the process server's and agents' files (default: a new temporary one, removed after)")
 	level := fs.String("log-level", "off", "debug, info, warn, error or off (logs go to stderr)")
 	fs.Usage = func() {
@@ -36,6 +36,12 @@ failover: each VM gets a test failover on an isolated network, verified and
 cleaned up while replication goes on; the primary site is lost; each VM fails
 over unplanned to its latest processed point, changes to the latest point,
 and commits.
+
+plan: web-1 and db-1 form a replication group (multi-VM points); a recovery
+plan fails db-1 over first, then web-1 and app-1 after a manual step, with
+actions around the groups: test failover of the plan to the latest multi-VM
+processed point, cleanup, loss of the primary site, unplanned failover,
+change to the latest point, commit.
 
 The report gives per VM and action the point used, the data lost against the
 ground truth (RPO), the job's steps and durations (RTO), readiness findings,
@@ -65,8 +71,10 @@ Flags:
 	case "full-cycle":
 	case "failover":
 		run = sim.FailoverDrill
+	case "plan":
+		run = sim.PlanDrill
 	default:
-		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle or failover", *scenario))
+		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle, failover or plan", *scenario))
 	}
 	rep, err := run(ctx, sim.Config{Seed: *seed, Dir: *dir, Logger: log}, *minutes)
 	if rep != nil {

@@ -22,6 +22,6 @@ start) echo running >"$dir/$1/state" ;;
 stop) [ -d "$dir/$1" ] && echo stopped >"$dir/$1/state" || true ;;
 delete) rm -rf "${dir:?}/$1" ;;
 console) echo "hook VM $1 booted" ;;
-process) shift; echo "$*" >"$dir/$1/processed" ;;
+process) id=$1; shift; echo "$*" >"$dir/$id/processed" ;;
 *) echo "unknown action $action" >&2; exit 2 ;;
 esac
