@@ -157,3 +157,20 @@ func (a *Agent) schedulePoints(ctx context.Context) {
 		}
 	})
 }
+
+// resyncRanges sends ranges of the disks again: the receiver found its
+// copy of them corrupt. The changes queued so far go to the bitmap too, so
+// the ranges and everything after them are drained in one pass.
+func (a *Agent) resyncRanges(ranges []*ferryv1.Range) error {
+	for _, r := range ranges {
+		if int(r.GetDisk()) >= len(a.cfg.Disks) || r.GetLength() == 0 || r.GetOffset()+r.GetLength() > uint64(a.cfg.Disks[r.GetDisk()].Device.Size()) {
+			return fmt.Errorf("resync: range %d+%d of disk %d is outside the disks", r.GetOffset(), r.GetLength(), r.GetDisk())
+		}
+	}
+	a.tr.EnterBitmap()
+	for _, r := range ranges {
+		a.tr.MarkDirty(int(r.GetDisk()), int64(r.GetOffset()), int64(r.GetLength()))
+	}
+	a.log.Warn("the receiver found blocks corrupt; sending them again", "ranges", len(ranges))
+	return nil
+}

@@ -481,6 +481,12 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 		} else {
 			res.Ok = true
 		}
+	case cmd.GetResync() != nil:
+		if err := a.resyncRanges(cmd.GetResync().GetRanges()); err != nil {
+			res.Error = err.Error()
+		} else {
+			res.Ok = true
+		}
 	case cmd.GetCut() != nil:
 		held, err := a.cutGroup(cmd.GetCut())
 		res.HoldNanos = int64(held)

@@ -104,6 +104,7 @@ type Drill struct {
 	// QuiesceFailures counts app-consistent points that were not cut.
 	QuiesceFailures int
 	extra           []*agent.Agent // agents started after New, closed by Close
+	psConfig        processserver.Config
 	log             *slog.Logger
 }
 
@@ -142,12 +143,13 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		}
 		d.MT, mtAddr = mt, mt.Addr()
 	}
-	ps, err := processserver.New(processserver.Config{
+	d.psConfig = processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
 		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions,
 		MasterTarget: mtAddr,
-	})
+	}
+	ps, err := processserver.New(d.psConfig)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +157,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		return nil, err
 	}
 	d.PS = ps
+	d.psConfig.Listen = ps.Addr() // a restart listens where the agents look
 	if err := d.setPolicies(ctx); err != nil {
 		d.Close()
 		return nil, err
@@ -231,6 +234,29 @@ func (d *Drill) Close() error {
 		d.MT.Close(ctx)
 	}
 	return err
+}
+
+// RestartPS stops the process server, calls between (with the server's
+// data directory) while it is down, and starts it again on the same
+// address; the agents reconnect and resend what it had not acknowledged.
+func (d *Drill) RestartPS(ctx context.Context, between func(dataDir string) error) error {
+	if err := d.PS.Close(ctx); err != nil {
+		return err
+	}
+	if between != nil {
+		if err := between(d.psConfig.DataDir); err != nil {
+			return err
+		}
+	}
+	ps, err := processserver.New(d.psConfig)
+	if err != nil {
+		return err
+	}
+	if err := ps.Open(ctx); err != nil {
+		return err
+	}
+	d.PS = ps
+	return nil
 }
 
 // VM returns the VM of that name.

@@ -39,6 +39,9 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
+	if e.Disk < 0 {
+		return fmt.Sprintf("vm %s: record %d: %v", e.VM, e.Seq, e.Err)
+	}
 	return fmt.Sprintf("vm %s: write %d (disk %d, offset %d): %v", e.VM, e.Seq, e.Disk, e.Offset, e.Err)
 }
 

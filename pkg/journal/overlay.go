@@ -53,12 +53,12 @@ func (j *Journal) OpenOverlay(ctx context.Context, name VMID, upTo Seq, disk int
 		o.size, o.bs = vm.Disks[disk].Size, int64(blockdev.BlockSize)
 		c := tx.Bucket(vmBucketName(name)).Bucket(bucketMeta).Cursor()
 		for k, v := c.First(); k != nil && keySeq(k) <= upTo; k, v = c.Next() {
-			if len(v) < 4 || Kind(v[0]) != KindWrite || int(v[2])<<8|int(v[3]) != disk {
-				continue
-			}
 			r, err := decodeMeta(name, keySeq(k), v)
 			if err != nil {
 				return err
+			}
+			if r.Kind != KindWrite || r.Disk != disk {
+				continue
 			}
 			for b := r.Offset / o.bs; b < (r.Offset+int64(r.Length))/o.bs; b++ {
 				o.index[b] = r.Seq

@@ -105,12 +105,14 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 				return err
 			}
 		}
-		if len(v) < 4 || Kind(v[0]) != KindWrite || int(v[2])<<8|int(v[3]) != disk {
-			continue
-		}
+		// The checksum comes first: a flipped kind or disk must not make
+		// the read skip a write it needs.
 		r, err := decodeMeta(vm.Name, keySeq(k), v)
 		if err != nil {
 			return err
+		}
+		if r.Kind != KindWrite || r.Disk != disk {
+			continue
 		}
 		first, end := max(r.Offset/bs, loBlk), min((r.Offset+int64(r.Length)+bs-1)/bs, hiBlk)
 		if first >= end {
@@ -469,8 +471,9 @@ func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only
 		}
 		cur := b.Bucket(bucketMeta).Cursor()
 		for k, v := cur.Seek(seqKey(c.seq + 1)); k != nil; k, v = cur.Next() {
-			if len(v) >= 4 && Kind(v[0]) == KindWrite && int(v[2])<<8|int(v[3]) == disk {
-				return errStop
+			r, err := decodeMeta(vm, keySeq(k), v)
+			if err != nil || (r.Kind == KindWrite && r.Disk == disk) {
+				return errStop // unreadable metadata: hash afresh, which reports it
 			}
 			last = keySeq(k)
 		}

@@ -3,6 +3,7 @@ package journal
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/cespare/xxhash/v2"
 	"time"
 )
 
@@ -126,7 +127,29 @@ type Point struct {
 	Time        time.Time
 }
 
-const metaFixed = 34
+// Stored metadata ends its fixed part with an xxhash64 of the VM's name,
+// the sequence and the metadata itself (with those 8 bytes zero), so a
+// flipped bit in an offset, a length or a tag is found on read instead of
+// placing verified data in the wrong spot; and the metadata cannot be
+// read under another key.
+const (
+	metaFixed  = 42
+	metaSum    = 34
+	pointFixed = 17
+	pointSum   = 9
+)
+
+func storedSum(vm VMID, seq Seq, b []byte, at int) uint64 {
+	// b may be bbolt's read-only memory: hash around the sum's bytes.
+	var zero [8]byte
+	d := xxhash.New()
+	d.WriteString(string(vm))
+	d.Write(seqKey(seq))
+	d.Write(b[:at])
+	d.Write(zero[:])
+	d.Write(b[at+8:])
+	return d.Sum64()
+}
 
 func encodeMeta(r *Record) []byte {
 	b := make([]byte, metaFixed, metaFixed+len(r.Tag))
@@ -141,12 +164,17 @@ func encodeMeta(r *Record) []byte {
 	}
 	b[32] = byte(r.Consistency)
 	b[33] = r.DrainReason
-	return append(b, r.Tag...)
+	b = append(b, r.Tag...)
+	binary.BigEndian.PutUint64(b[metaSum:], storedSum(r.VM, r.Seq, b, metaSum))
+	return b
 }
 
 func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
 	if len(b) < metaFixed {
-		return Record{}, fmt.Errorf("vm %s: record %d: %w: metadata is %d bytes", vm, seq, ErrInvalid, len(b))
+		return Record{}, &CorruptError{VM: vm, Seq: seq, Disk: -1, Err: fmt.Errorf("%w: metadata is %d bytes", ErrChecksum, len(b))}
+	}
+	if binary.BigEndian.Uint64(b[metaSum:]) != storedSum(vm, seq, b, metaSum) {
+		return Record{}, &CorruptError{VM: vm, Seq: seq, Disk: -1, Err: fmt.Errorf("%w: record metadata", ErrChecksum)}
 	}
 	r := Record{
 		VM:          vm,
@@ -168,22 +196,24 @@ func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
 }
 
 func encodePoint(p *Point) []byte {
-	b := make([]byte, 9, 9+len(p.Tag))
+	b := make([]byte, pointFixed, pointFixed+len(p.Tag))
 	b[0] = byte(p.Consistency)
 	binary.BigEndian.PutUint64(b[1:], uint64(p.Time.UnixNano()))
-	return append(b, p.Tag...)
+	b = append(b, p.Tag...)
+	binary.BigEndian.PutUint64(b[pointSum:], storedSum(p.VM, p.ID, b, pointSum))
+	return b
 }
 
 func decodePoint(vm VMID, id Seq, b []byte) (Point, error) {
-	if len(b) < 9 {
-		return Point{}, fmt.Errorf("vm %s: point %d: %w: %d bytes", vm, id, ErrInvalid, len(b))
+	if len(b) < pointFixed || binary.BigEndian.Uint64(b[pointSum:]) != storedSum(vm, id, b, pointSum) {
+		return Point{}, fmt.Errorf("vm %s: point %d: %w: stored point", vm, id, ErrChecksum)
 	}
 	return Point{
 		VM:          vm,
 		ID:          id,
 		Consistency: Consistency(b[0]),
 		Time:        time.Unix(0, int64(binary.BigEndian.Uint64(b[1:]))).UTC(),
-		Tag:         string(b[9:]),
+		Tag:         string(b[pointFixed:]),
 	}, nil
 }
 

@@ -31,7 +31,10 @@ Usage:
                                                           serve one disk of a point over NBD and print its URI
                                                           (--writable: copy-on-write, the point never changes)
   ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
-  ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses
+  ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses; without
+                                                          --point scrub the VM's whole journal: report every
+                                                          corrupt record, the points it makes unusable, and ask
+                                                          the agent to send those blocks again
   ferryctl --ps ADDR status [--vm NAME]                   protection state, allowed actions, RPO
   ferryctl --ps ADDR failover --type test|planned|unplanned --vm NAME [--point P]
                                   [--network NAME] [--shutdown]
@@ -142,6 +145,12 @@ func main() {
 	case "unexport":
 		_, err = rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: fs.Arg(0)})
 	case "verify":
+		pointSet := false
+		fs.Visit(func(f *flag.Flag) { pointSet = pointSet || f.Name == "point" })
+		if !pointSet {
+			err = scrub(ctx, rc, *vm)
+			break
+		}
 		err = verify(ctx, rc, *vm, *point)
 	case "status":
 		err = status(ctx, rc, *vm)
@@ -266,6 +275,38 @@ func verify(ctx context.Context, rc ferryv1.RecoveryClient, vm, point string) er
 		return err
 	}
 	fmt.Printf("vm %s point %d: ok, %d writes (%d bytes) checked\n", vm, resp.GetPointId(), resp.GetWritesChecked(), resp.GetBytesChecked())
+	return nil
+}
+
+// scrub checks a VM's whole journal; corruption is an error (exit 1).
+func scrub(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
+	if vm == "" {
+		return fmt.Errorf("--vm is required")
+	}
+	r, err := rc.Scrub(ctx, &ferryv1.ScrubRequest{Vm: vm})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("vm %s: %d records, %d writes (%d bytes) and %d points checked\n", vm, r.GetRecordsChecked(), r.GetWritesChecked(), r.GetBytesChecked(), r.GetPointsChecked())
+	for _, c := range r.GetCorrupt() {
+		where := "location unknown (metadata corrupt)"
+		if c.GetDisk() >= 0 {
+			where = fmt.Sprintf("disk %d, offset %d, %d bytes", c.GetDisk(), c.GetOffset(), c.GetLength())
+		}
+		fmt.Printf("CORRUPT record %d: %s: %s; unusable points: %v\n", c.GetSeq(), where, c.GetError(), c.GetPoints())
+	}
+	for _, p := range r.GetBadPoints() {
+		fmt.Printf("CORRUPT point %d: its stored entry fails its checksum\n", p)
+	}
+	if n := len(r.GetCorrupt()) + len(r.GetBadPoints()); n > 0 {
+		if r.GetResyncRequested() {
+			fmt.Println("the agent was asked to send the corrupt blocks again; new points will read good data")
+		} else {
+			fmt.Printf("no resync: %s\n", r.GetResyncError())
+		}
+		return fmt.Errorf("%d corrupt entries in vm %s's journal", n, vm)
+	}
+	fmt.Println("ok: no corruption")
 	return nil
 }
 

@@ -1185,6 +1185,7 @@ type Command struct {
 	//	*Command_Policy
 	//	*Command_Hold
 	//	*Command_Cut
+	//	*Command_Resync
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1270,6 +1271,15 @@ func (x *Command) GetCut() *GroupCut {
 	return nil
 }
 
+func (x *Command) GetResync() *Resync {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Resync); ok {
+			return x.Resync
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1298,6 +1308,12 @@ type Command_Cut struct {
 	Cut *GroupCut `protobuf:"bytes,5,opt,name=cut,proto3,oneof"`
 }
 
+type Command_Resync struct {
+	// Send these ranges again from the disks (the receiver found its copy
+	// corrupt).
+	Resync *Resync `protobuf:"bytes,6,opt,name=resync,proto3,oneof"`
+}
+
 func (*Command_Shutdown) isCommand_Action() {}
 
 func (*Command_Policy) isCommand_Action() {}
@@ -1305,6 +1321,112 @@ func (*Command_Policy) isCommand_Action() {}
 func (*Command_Hold) isCommand_Action() {}
 
 func (*Command_Cut) isCommand_Action() {}
+
+func (*Command_Resync) isCommand_Action() {}
+
+type Resync struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*Range               `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resync) Reset() {
+	*x = Resync{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resync) ProtoMessage() {}
+
+func (x *Resync) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resync.ProtoReflect.Descriptor instead.
+func (*Resync) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Resync) GetRanges() []*Range {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type Range struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Disk          uint32                 `protobuf:"varint,1,opt,name=disk,proto3" json:"disk,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint64                 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Range) Reset() {
+	*x = Range{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Range) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Range) ProtoMessage() {}
+
+func (x *Range) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Range.ProtoReflect.Descriptor instead.
+func (*Range) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Range) GetDisk() uint32 {
+	if x != nil {
+		return x.Disk
+	}
+	return 0
+}
+
+func (x *Range) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Range) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
 
 type GroupHold struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1317,7 +1439,7 @@ type GroupHold struct {
 
 func (x *GroupHold) Reset() {
 	*x = GroupHold{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1451,7 @@ func (x *GroupHold) String() string {
 func (*GroupHold) ProtoMessage() {}
 
 func (x *GroupHold) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1464,7 @@ func (x *GroupHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupHold.ProtoReflect.Descriptor instead.
 func (*GroupHold) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GroupHold) GetTag() string {
@@ -1376,7 +1498,7 @@ type GroupCut struct {
 
 func (x *GroupCut) Reset() {
 	*x = GroupCut{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1510,7 @@ func (x *GroupCut) String() string {
 func (*GroupCut) ProtoMessage() {}
 
 func (x *GroupCut) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1523,7 @@ func (x *GroupCut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCut.ProtoReflect.Descriptor instead.
 func (*GroupCut) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GroupCut) GetTag() string {
@@ -1429,7 +1551,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1563,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1576,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Shutdown) GetFullCopy() bool {
@@ -1483,7 +1605,7 @@ type HelloAck struct {
 
 func (x *HelloAck) Reset() {
 	*x = HelloAck{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1617,7 @@ func (x *HelloAck) String() string {
 func (*HelloAck) ProtoMessage() {}
 
 func (x *HelloAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1630,7 @@ func (x *HelloAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloAck.ProtoReflect.Descriptor instead.
 func (*HelloAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HelloAck) GetDurableSeq() uint64 {
@@ -1555,7 +1677,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1689,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1702,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ack) GetDurableSeq() uint64 {
@@ -1605,7 +1727,7 @@ type BlockHashesRequest struct {
 
 func (x *BlockHashesRequest) Reset() {
 	*x = BlockHashesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1739,7 @@ func (x *BlockHashesRequest) String() string {
 func (*BlockHashesRequest) ProtoMessage() {}
 
 func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1752,7 @@ func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesRequest.ProtoReflect.Descriptor instead.
 func (*BlockHashesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BlockHashesRequest) GetVm() string {
@@ -1681,7 +1803,7 @@ type BlockHashesResponse struct {
 
 func (x *BlockHashesResponse) Reset() {
 	*x = BlockHashesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1815,7 @@ func (x *BlockHashesResponse) String() string {
 func (*BlockHashesResponse) ProtoMessage() {}
 
 func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1828,7 @@ func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesResponse.ProtoReflect.Descriptor instead.
 func (*BlockHashesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BlockHashesResponse) GetFirstChunk() uint64 {
@@ -1751,7 +1873,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1885,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1898,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Policy) GetName() string {
@@ -1836,7 +1958,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +1970,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +1983,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
 }
 
 type ListPoliciesResponse struct {
@@ -1873,7 +1995,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2007,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2020,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -1918,7 +2040,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2052,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2065,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -1968,7 +2090,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2102,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2115,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 type ReplicationGroup struct {
@@ -2013,7 +2135,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2147,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2160,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2084,7 +2206,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2218,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2231,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 type ListGroupsResponse struct {
@@ -2121,7 +2243,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2255,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2268,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2165,7 +2287,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2299,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2312,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2208,7 +2330,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2342,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2355,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 type GroupPointRequest struct {
@@ -2246,7 +2368,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2380,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2393,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2300,7 +2422,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2312,7 +2434,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2325,7 +2447,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -2359,7 +2481,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2493,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2506,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -2414,7 +2536,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2548,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2561,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -2477,7 +2599,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2611,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2624,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PlanAction) GetName() string {
@@ -2534,7 +2656,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2668,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2681,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 type ListPlansResponse struct {
@@ -2571,7 +2693,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2705,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2718,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -2615,7 +2737,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2749,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2762,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -2658,7 +2780,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2670,7 +2792,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2683,7 +2805,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 type RunPlanRequest struct {
@@ -2703,7 +2825,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2837,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2850,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -2775,7 +2897,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2787,7 +2909,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2800,7 +2922,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -2819,7 +2941,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +2953,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +2966,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -2863,7 +2985,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +2997,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3010,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2910,7 +3032,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2922,7 +3044,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2935,7 +3057,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -2978,7 +3100,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3112,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3125,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3045,7 +3167,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3179,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3192,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3103,7 +3225,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3237,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3250,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3146,7 +3268,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3158,7 +3280,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3171,7 +3293,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 type ReprotectRequest struct {
@@ -3185,7 +3307,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3197,7 +3319,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3210,7 +3332,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -3240,7 +3362,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3252,7 +3374,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3265,7 +3387,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -3305,7 +3427,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3317,7 +3439,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3330,7 +3452,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -3378,7 +3500,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3390,7 +3512,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3403,7 +3525,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -3429,7 +3551,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3441,7 +3563,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3454,7 +3576,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -3473,7 +3595,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3607,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3620,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -3517,7 +3639,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3529,7 +3651,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3542,7 +3664,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -3561,7 +3683,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3573,7 +3695,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3586,7 +3708,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -3621,7 +3743,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +3755,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +3768,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Job) GetId() uint64 {
@@ -3756,7 +3878,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3768,7 +3890,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3781,7 +3903,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *JobStep) GetName() string {
@@ -3838,7 +3960,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3850,7 +3972,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3863,7 +3985,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Finding) GetCheck() string {
@@ -3896,7 +4018,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3908,7 +4030,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3921,7 +4043,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -3940,7 +4062,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3952,7 +4074,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3965,7 +4087,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -3997,7 +4119,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4009,7 +4131,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4022,7 +4144,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4117,7 +4239,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4129,7 +4251,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4142,7 +4264,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 type ListVMsResponse struct {
@@ -4154,7 +4276,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4166,7 +4288,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4179,7 +4301,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -4207,7 +4329,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4219,7 +4341,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4232,7 +4354,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *VM) GetName() string {
@@ -4307,7 +4429,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4319,7 +4441,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4332,7 +4454,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -4351,7 +4473,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4363,7 +4485,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4376,7 +4498,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -4399,7 +4521,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4411,7 +4533,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4424,7 +4546,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -4467,7 +4589,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4479,7 +4601,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4492,7 +4614,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -4531,7 +4653,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4543,7 +4665,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4556,7 +4678,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -4604,7 +4726,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4616,7 +4738,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4629,7 +4751,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -4646,6 +4768,237 @@ func (x *VerifyPointRequest) GetPoint() string {
 	return ""
 }
 
+type ScrubRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScrubRequest) Reset() {
+	*x = ScrubRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScrubRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScrubRequest) ProtoMessage() {}
+
+func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
+func (*ScrubRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *ScrubRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type ScrubResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RecordsChecked uint64                 `protobuf:"varint,1,opt,name=records_checked,json=recordsChecked,proto3" json:"records_checked,omitempty"`
+	WritesChecked  uint64                 `protobuf:"varint,2,opt,name=writes_checked,json=writesChecked,proto3" json:"writes_checked,omitempty"`
+	BytesChecked   uint64                 `protobuf:"varint,3,opt,name=bytes_checked,json=bytesChecked,proto3" json:"bytes_checked,omitempty"`
+	PointsChecked  uint64                 `protobuf:"varint,4,opt,name=points_checked,json=pointsChecked,proto3" json:"points_checked,omitempty"`
+	Corrupt        []*Corruption          `protobuf:"bytes,5,rep,name=corrupt,proto3" json:"corrupt,omitempty"`
+	BadPoints      []uint64               `protobuf:"varint,6,rep,packed,name=bad_points,json=badPoints,proto3" json:"bad_points,omitempty"`
+	// The agent was asked to send the corrupt blocks again.
+	ResyncRequested bool   `protobuf:"varint,7,opt,name=resync_requested,json=resyncRequested,proto3" json:"resync_requested,omitempty"`
+	ResyncError     string `protobuf:"bytes,8,opt,name=resync_error,json=resyncError,proto3" json:"resync_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ScrubResponse) Reset() {
+	*x = ScrubResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScrubResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScrubResponse) ProtoMessage() {}
+
+func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
+func (*ScrubResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *ScrubResponse) GetRecordsChecked() uint64 {
+	if x != nil {
+		return x.RecordsChecked
+	}
+	return 0
+}
+
+func (x *ScrubResponse) GetWritesChecked() uint64 {
+	if x != nil {
+		return x.WritesChecked
+	}
+	return 0
+}
+
+func (x *ScrubResponse) GetBytesChecked() uint64 {
+	if x != nil {
+		return x.BytesChecked
+	}
+	return 0
+}
+
+func (x *ScrubResponse) GetPointsChecked() uint64 {
+	if x != nil {
+		return x.PointsChecked
+	}
+	return 0
+}
+
+func (x *ScrubResponse) GetCorrupt() []*Corruption {
+	if x != nil {
+		return x.Corrupt
+	}
+	return nil
+}
+
+func (x *ScrubResponse) GetBadPoints() []uint64 {
+	if x != nil {
+		return x.BadPoints
+	}
+	return nil
+}
+
+func (x *ScrubResponse) GetResyncRequested() bool {
+	if x != nil {
+		return x.ResyncRequested
+	}
+	return false
+}
+
+func (x *ScrubResponse) GetResyncError() string {
+	if x != nil {
+		return x.ResyncError
+	}
+	return ""
+}
+
+type Corruption struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// -1 when the record's metadata is corrupt (location unknown).
+	Disk   int32  `protobuf:"varint,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	Offset uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Error  string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// Points that read the corrupt data and cannot be used.
+	Points        []uint64 `protobuf:"varint,6,rep,packed,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Corruption) Reset() {
+	*x = Corruption{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Corruption) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Corruption) ProtoMessage() {}
+
+func (x *Corruption) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
+func (*Corruption) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *Corruption) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Corruption) GetDisk() int32 {
+	if x != nil {
+		return x.Disk
+	}
+	return 0
+}
+
+func (x *Corruption) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Corruption) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *Corruption) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Corruption) GetPoints() []uint64 {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
 type VerifyPointResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PointId       uint64                 `protobuf:"varint,1,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
@@ -4657,7 +5010,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4669,7 +5022,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4682,7 +5035,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -4719,7 +5072,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4731,7 +5084,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4744,7 +5097,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -4785,7 +5138,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4797,7 +5150,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4810,7 +5163,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -4835,7 +5188,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4847,7 +5200,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4860,7 +5213,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -4902,7 +5255,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4914,7 +5267,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4927,7 +5280,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -4980,7 +5333,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4992,7 +5345,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5005,7 +5358,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 type ReprotectStatusResponse struct {
@@ -5024,7 +5377,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5036,7 +5389,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5049,7 +5402,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -5188,14 +5541,21 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\thello_ack\x18\x01 \x01(\v2\x12.ferry.v1.HelloAckH\x00R\bhelloAck\x12!\n" +
 	"\x03ack\x18\x02 \x01(\v2\r.ferry.v1.AckH\x00R\x03ack\x12-\n" +
 	"\acommand\x18\x03 \x01(\v2\x11.ferry.v1.CommandH\x00R\acommandB\x05\n" +
-	"\x03msg\"\xd4\x01\n" +
+	"\x03msg\"\x80\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdown\x12*\n" +
 	"\x06policy\x18\x03 \x01(\v2\x10.ferry.v1.PolicyH\x00R\x06policy\x12)\n" +
 	"\x04hold\x18\x04 \x01(\v2\x13.ferry.v1.GroupHoldH\x00R\x04hold\x12&\n" +
-	"\x03cut\x18\x05 \x01(\v2\x12.ferry.v1.GroupCutH\x00R\x03cutB\b\n" +
-	"\x06action\"V\n" +
+	"\x03cut\x18\x05 \x01(\v2\x12.ferry.v1.GroupCutH\x00R\x03cut\x12*\n" +
+	"\x06resync\x18\x06 \x01(\v2\x10.ferry.v1.ResyncH\x00R\x06resyncB\b\n" +
+	"\x06action\"1\n" +
+	"\x06Resync\x12'\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x0f.ferry.v1.RangeR\x06ranges\"K\n" +
+	"\x05Range\x12\x12\n" +
+	"\x04disk\x18\x01 \x01(\rR\x04disk\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\"V\n" +
 	"\tGroupHold\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\bR\x03app\x12%\n" +
@@ -5418,7 +5778,27 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bpoint_id\x18\x05 \x01(\x04R\apointId\":\n" +
 	"\x12VerifyPointRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x14\n" +
-	"\x05point\x18\x02 \x01(\tR\x05point\"|\n" +
+	"\x05point\x18\x02 \x01(\tR\x05point\"\x1e\n" +
+	"\fScrubRequest\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\"\xc8\x02\n" +
+	"\rScrubResponse\x12'\n" +
+	"\x0frecords_checked\x18\x01 \x01(\x04R\x0erecordsChecked\x12%\n" +
+	"\x0ewrites_checked\x18\x02 \x01(\x04R\rwritesChecked\x12#\n" +
+	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\x12%\n" +
+	"\x0epoints_checked\x18\x04 \x01(\x04R\rpointsChecked\x12.\n" +
+	"\acorrupt\x18\x05 \x03(\v2\x14.ferry.v1.CorruptionR\acorrupt\x12\x1d\n" +
+	"\n" +
+	"bad_points\x18\x06 \x03(\x04R\tbadPoints\x12)\n" +
+	"\x10resync_requested\x18\a \x01(\bR\x0fresyncRequested\x12!\n" +
+	"\fresync_error\x18\b \x01(\tR\vresyncError\"\x90\x01\n" +
+	"\n" +
+	"Corruption\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04disk\x18\x02 \x01(\x05R\x04disk\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x16\n" +
+	"\x06points\x18\x06 \x03(\x04R\x06points\"|\n" +
 	"\x13VerifyPointResponse\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\x04R\apointId\x12%\n" +
 	"\x0ewrites_checked\x18\x02 \x01(\x04R\rwritesChecked\x12#\n" +
@@ -5474,13 +5854,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\x9c\x0e\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xd6\x0e\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
 	"ListPoints\x12\x1b.ferry.v1.ListPointsRequest\x1a\x1c.ferry.v1.ListPointsResponse\x12D\n" +
 	"\vExportPoint\x12\x1c.ferry.v1.ExportPointRequest\x1a\x15.ferry.v1.ExportChunk0\x01\x12J\n" +
-	"\vVerifyPoint\x12\x1c.ferry.v1.VerifyPointRequest\x1a\x1d.ferry.v1.VerifyPointResponse\x124\n" +
+	"\vVerifyPoint\x12\x1c.ferry.v1.VerifyPointRequest\x1a\x1d.ferry.v1.VerifyPointResponse\x128\n" +
+	"\x05Scrub\x12\x16.ferry.v1.ScrubRequest\x1a\x17.ferry.v1.ScrubResponse\x124\n" +
 	"\bFailover\x12\x19.ferry.v1.FailoverRequest\x1a\r.ferry.v1.Job\x12:\n" +
 	"\vChangePoint\x12\x1c.ferry.v1.ChangePointRequest\x1a\r.ferry.v1.Job\x12,\n" +
 	"\x06Commit\x12\x13.ferry.v1.VMRequest\x1a\r.ferry.v1.Job\x121\n" +
@@ -5529,7 +5910,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -5547,71 +5928,76 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Heartbeat)(nil),                // 13: ferry.v1.Heartbeat
 	(*ServerMessage)(nil),            // 14: ferry.v1.ServerMessage
 	(*Command)(nil),                  // 15: ferry.v1.Command
-	(*GroupHold)(nil),                // 16: ferry.v1.GroupHold
-	(*GroupCut)(nil),                 // 17: ferry.v1.GroupCut
-	(*Shutdown)(nil),                 // 18: ferry.v1.Shutdown
-	(*HelloAck)(nil),                 // 19: ferry.v1.HelloAck
-	(*Ack)(nil),                      // 20: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),       // 21: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil),      // 22: ferry.v1.BlockHashesResponse
-	(*Policy)(nil),                   // 23: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 24: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 25: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 26: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 27: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 28: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 29: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 30: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 31: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 32: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 33: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 34: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 35: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 36: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 37: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 38: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 39: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 40: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 41: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 42: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 43: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 44: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 45: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 46: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 47: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 48: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 49: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 50: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 51: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 52: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 53: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 54: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 55: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 56: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 57: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 58: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 59: ferry.v1.Job
-	(*JobStep)(nil),                  // 60: ferry.v1.JobStep
-	(*Finding)(nil),                  // 61: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 62: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 63: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 64: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 65: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 66: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 67: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 68: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 69: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 70: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 71: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 72: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 73: ferry.v1.VerifyPointRequest
-	(*VerifyPointResponse)(nil),      // 74: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 75: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 76: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 77: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 78: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 79: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 80: ferry.v1.ReprotectStatusResponse
+	(*Resync)(nil),                   // 16: ferry.v1.Resync
+	(*Range)(nil),                    // 17: ferry.v1.Range
+	(*GroupHold)(nil),                // 18: ferry.v1.GroupHold
+	(*GroupCut)(nil),                 // 19: ferry.v1.GroupCut
+	(*Shutdown)(nil),                 // 20: ferry.v1.Shutdown
+	(*HelloAck)(nil),                 // 21: ferry.v1.HelloAck
+	(*Ack)(nil),                      // 22: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),       // 23: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil),      // 24: ferry.v1.BlockHashesResponse
+	(*Policy)(nil),                   // 25: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 26: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 27: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 28: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 29: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 30: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 31: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 32: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 33: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 34: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 35: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 36: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 37: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 38: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 39: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 40: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 41: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 42: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 43: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 44: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 45: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 46: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 47: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 48: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 49: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 50: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 51: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 52: ferry.v1.UnexportNBDResponse
+	(*ReprotectRequest)(nil),         // 53: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 54: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 55: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 56: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 57: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 58: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 59: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 60: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 61: ferry.v1.Job
+	(*JobStep)(nil),                  // 62: ferry.v1.JobStep
+	(*Finding)(nil),                  // 63: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 64: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 65: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 66: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 67: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 68: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 69: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 70: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 71: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 72: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 73: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 74: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 75: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 76: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 77: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 78: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 79: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 80: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 81: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 82: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 83: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 84: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 85: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -5626,107 +6012,112 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	12, // 9: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
 	0,  // 10: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
 	1,  // 11: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	19, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	20, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	21, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	22, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
-	18, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	23, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
-	16, // 17: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
-	17, // 18: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
-	23, // 19: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	23, // 20: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	28, // 21: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	36, // 22: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	37, // 23: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	37, // 24: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	35, // 25: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	46, // 26: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	2,  // 27: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	59, // 28: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	60, // 29: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	70, // 30: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	61, // 31: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	64, // 32: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	67, // 33: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	7,  // 34: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	70, // 35: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 36: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	7,  // 37: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	60, // 38: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	70, // 39: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 40: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	21, // 41: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	65, // 42: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	68, // 43: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	71, // 44: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	73, // 45: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	53, // 46: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	54, // 47: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	55, // 48: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	55, // 49: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	56, // 50: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	58, // 51: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	62, // 52: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	51, // 53: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	52, // 54: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	47, // 55: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	49, // 56: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	44, // 57: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	24, // 58: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	23, // 59: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	26, // 60: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	29, // 61: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	28, // 62: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	31, // 63: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	33, // 64: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	38, // 65: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	35, // 66: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	40, // 67: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	42, // 68: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	43, // 69: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	75, // 70: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	77, // 71: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	55, // 72: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	55, // 73: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	14, // 74: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	22, // 75: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	66, // 76: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	69, // 77: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	72, // 78: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	74, // 79: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	59, // 80: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	59, // 81: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	59, // 82: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	59, // 83: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	57, // 84: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	59, // 85: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	63, // 86: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	59, // 87: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	59, // 88: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	48, // 89: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	50, // 90: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	45, // 91: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	25, // 92: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	23, // 93: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	27, // 94: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	30, // 95: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	28, // 96: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	32, // 97: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	34, // 98: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	39, // 99: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	35, // 100: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	41, // 101: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	59, // 102: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	59, // 103: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	76, // 104: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	78, // 105: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	79, // 106: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	80, // 107: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	74, // [74:108] is the sub-list for method output_type
-	40, // [40:74] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	20, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	25, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	18, // 17: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
+	19, // 18: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
+	16, // 19: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
+	17, // 20: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
+	25, // 21: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	25, // 22: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	30, // 23: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	38, // 24: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	39, // 25: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	39, // 26: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	37, // 27: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	48, // 28: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	2,  // 29: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	61, // 30: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	62, // 31: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	72, // 32: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	63, // 33: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	66, // 34: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	69, // 35: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	7,  // 36: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	72, // 37: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 38: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	78, // 39: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	7,  // 40: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	62, // 41: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	72, // 42: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 43: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	23, // 44: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	67, // 45: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	70, // 46: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	73, // 47: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	75, // 48: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	76, // 49: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	55, // 50: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	56, // 51: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	57, // 52: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	57, // 53: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	58, // 54: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	60, // 55: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	64, // 56: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	53, // 57: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	54, // 58: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	49, // 59: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	51, // 60: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	46, // 61: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	26, // 62: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	25, // 63: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	28, // 64: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	31, // 65: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	30, // 66: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	33, // 67: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	35, // 68: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	40, // 69: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	37, // 70: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	42, // 71: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	44, // 72: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	45, // 73: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	80, // 74: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	82, // 75: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	57, // 76: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	57, // 77: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	14, // 78: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	24, // 79: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	68, // 80: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	71, // 81: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	74, // 82: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	79, // 83: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	77, // 84: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	61, // 85: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	61, // 86: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	61, // 87: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	61, // 88: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	59, // 89: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	61, // 90: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	65, // 91: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	61, // 92: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	61, // 93: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	50, // 94: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	52, // 95: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	47, // 96: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	27, // 97: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	25, // 98: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	29, // 99: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	32, // 100: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	30, // 101: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	34, // 102: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	36, // 103: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	41, // 104: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	37, // 105: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	43, // 106: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	61, // 107: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	61, // 108: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	81, // 109: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	83, // 110: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	84, // 111: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	85, // 112: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	78, // [78:113] is the sub-list for method output_type
+	43, // [43:78] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -5756,6 +6147,7 @@ func file_ferry_v1_ferry_proto_init() {
 		(*Command_Policy)(nil),
 		(*Command_Hold)(nil),
 		(*Command_Cut)(nil),
+		(*Command_Resync)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5763,7 +6155,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   78,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

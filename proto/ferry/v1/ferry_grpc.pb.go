@@ -180,6 +180,7 @@ const (
 	Recovery_ListPoints_FullMethodName   = "/ferry.v1.Recovery/ListPoints"
 	Recovery_ExportPoint_FullMethodName  = "/ferry.v1.Recovery/ExportPoint"
 	Recovery_VerifyPoint_FullMethodName  = "/ferry.v1.Recovery/VerifyPoint"
+	Recovery_Scrub_FullMethodName        = "/ferry.v1.Recovery/Scrub"
 	Recovery_Failover_FullMethodName     = "/ferry.v1.Recovery/Failover"
 	Recovery_ChangePoint_FullMethodName  = "/ferry.v1.Recovery/ChangePoint"
 	Recovery_Commit_FullMethodName       = "/ferry.v1.Recovery/Commit"
@@ -218,6 +219,10 @@ type RecoveryClient interface {
 	ExportPoint(ctx context.Context, in *ExportPointRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportChunk], error)
 	// VerifyPoint re-reads every block a point depends on and checks its hash.
 	VerifyPoint(ctx context.Context, in *VerifyPointRequest, opts ...grpc.CallOption) (*VerifyPointResponse, error)
+	// Scrub re-reads a VM's whole journal and reports every corrupt record
+	// with its location and the points it makes unusable; while the VM is
+	// protected its agent is asked to send those blocks again.
+	Scrub(ctx context.Context, in *ScrubRequest, opts ...grpc.CallOption) (*ScrubResponse, error)
 	// Failover runs a test, planned or unplanned failover of one VM and
 	// returns its job when it has ended (successfully or not).
 	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*Job, error)
@@ -318,6 +323,16 @@ func (c *recoveryClient) VerifyPoint(ctx context.Context, in *VerifyPointRequest
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VerifyPointResponse)
 	err := c.cc.Invoke(ctx, Recovery_VerifyPoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryClient) Scrub(ctx context.Context, in *ScrubRequest, opts ...grpc.CallOption) (*ScrubResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ScrubResponse)
+	err := c.cc.Invoke(ctx, Recovery_Scrub_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -576,6 +591,10 @@ type RecoveryServer interface {
 	ExportPoint(*ExportPointRequest, grpc.ServerStreamingServer[ExportChunk]) error
 	// VerifyPoint re-reads every block a point depends on and checks its hash.
 	VerifyPoint(context.Context, *VerifyPointRequest) (*VerifyPointResponse, error)
+	// Scrub re-reads a VM's whole journal and reports every corrupt record
+	// with its location and the points it makes unusable; while the VM is
+	// protected its agent is asked to send those blocks again.
+	Scrub(context.Context, *ScrubRequest) (*ScrubResponse, error)
 	// Failover runs a test, planned or unplanned failover of one VM and
 	// returns its job when it has ended (successfully or not).
 	Failover(context.Context, *FailoverRequest) (*Job, error)
@@ -644,6 +663,9 @@ func (UnimplementedRecoveryServer) ExportPoint(*ExportPointRequest, grpc.ServerS
 }
 func (UnimplementedRecoveryServer) VerifyPoint(context.Context, *VerifyPointRequest) (*VerifyPointResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VerifyPoint not implemented")
+}
+func (UnimplementedRecoveryServer) Scrub(context.Context, *ScrubRequest) (*ScrubResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Scrub not implemented")
 }
 func (UnimplementedRecoveryServer) Failover(context.Context, *FailoverRequest) (*Job, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Failover not implemented")
@@ -799,6 +821,24 @@ func _Recovery_VerifyPoint_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(RecoveryServer).VerifyPoint(ctx, req.(*VerifyPointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Recovery_Scrub_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScrubRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).Scrub(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_Scrub_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).Scrub(ctx, req.(*ScrubRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1253,6 +1293,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyPoint",
 			Handler:    _Recovery_VerifyPoint_Handler,
+		},
+		{
+			MethodName: "Scrub",
+			Handler:    _Recovery_Scrub_Handler,
 		},
 		{
 			MethodName: "Failover",

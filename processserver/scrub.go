@@ -1,0 +1,87 @@
+package processserver
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// EventCorruption: a scrub found corrupt records in a VM's journal.
+const EventCorruption = "corruption"
+
+// ScrubResult is a scrub's report and what was done about it.
+type ScrubResult struct {
+	journal.ScrubReport
+	// ResyncRequested: the VM's agent was asked to send the corrupt blocks
+	// again; ResyncErr says why it was not, when it was not.
+	ResyncRequested bool
+	ResyncErr       error
+}
+
+// Scrub re-reads and checks the whole journal of vm. Every corruption is
+// an event; while the VM is protected and its agent connected, the agent
+// is asked to send the corrupt blocks again, so that new points read good
+// data (the points that read the corrupt data stay unusable: reading them
+// fails with the record's location).
+func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
+	rep, err := s.j.Scrub(ctx, journal.VMID(vm))
+	res := ScrubResult{ScrubReport: rep}
+	if err != nil || (len(rep.Corrupt) == 0 && len(rep.BadPoints) == 0) {
+		return res, err
+	}
+	for _, c := range rep.Corrupt {
+		s.log.Error("corrupt record", "vm", vm, "seq", c.Seq, "disk", c.Disk, "offset", c.Offset, "points", len(c.Points), "err", c.Err)
+		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: EventCorruption,
+			Detail: fmt.Sprintf("%v; %d points read it and cannot be used", c.Err, len(c.Points))})
+	}
+	var ranges []*ferryv1.Range
+	for _, c := range rep.Corrupt {
+		if c.Disk >= 0 {
+			ranges = append(ranges, &ferryv1.Range{Disk: uint32(c.Disk), Offset: uint64(c.Offset), Length: uint64(c.Length)})
+		}
+	}
+	st, _, err := s.vmState(ctx, vm)
+	switch {
+	case err != nil:
+		res.ResyncErr = err
+	case st.State != StateProtected && st.State != StateEnabling:
+		res.ResyncErr = fmt.Errorf("vm %s is %s: no agent replicates it to this server", vm, st.State)
+	case len(ranges) == 0:
+		res.ResyncErr = fmt.Errorf("no corrupt write has a known location")
+	case !slices.Contains(s.recv.Sessions(), journal.VMID(vm)):
+		res.ResyncErr = fmt.Errorf("vm %s: its agent is not connected", vm)
+	default:
+		r, err := s.recv.Command(ctx, journal.VMID(vm), &ferryv1.Command{Action: &ferryv1.Command_Resync{Resync: &ferryv1.Resync{Ranges: ranges}}})
+		if err == nil && !r.GetOk() {
+			err = fmt.Errorf("%s", r.GetError())
+		}
+		res.ResyncRequested, res.ResyncErr = err == nil, err
+	}
+	return res, nil
+}
+
+func (r *recovery) Scrub(ctx context.Context, req *ferryv1.ScrubRequest) (*ferryv1.ScrubResponse, error) {
+	res, err := r.s.Scrub(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ScrubResponse{RecordsChecked: uint64(res.Records), WritesChecked: uint64(res.Writes), BytesChecked: uint64(res.Bytes),
+		PointsChecked: uint64(res.Points), ResyncRequested: res.ResyncRequested}
+	if res.ResyncErr != nil {
+		out.ResyncError = res.ResyncErr.Error()
+	}
+	for _, c := range res.Corrupt {
+		pc := &ferryv1.Corruption{Seq: uint64(c.Seq), Disk: int32(c.Disk), Offset: uint64(c.Offset), Length: uint32(c.Length), Error: c.Err.Error()}
+		for _, p := range c.Points {
+			pc.Points = append(pc.Points, uint64(p))
+		}
+		out.Corrupt = append(out.Corrupt, pc)
+	}
+	for _, p := range res.BadPoints {
+		out.BadPoints = append(out.BadPoints, uint64(p))
+	}
+	return out, nil
+}
