@@ -3,7 +3,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test test-race fmt vet bench fuzz proto proto-tools drill demo clean
+.PHONY: all build test test-race fmt vet bench fuzz fuzz-short faults proto proto-tools drill demo clean
 
 all: fmt vet build test
 
@@ -36,9 +36,19 @@ bench: build
 drill:
 	$(GO) run ./sim/cmd/ferry-drill $(DRILL_FLAGS)
 
+FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzBatch -fuzztime 60s ./pkg/ingest/
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./pkg/journal/
+	$(GO) test -run '^$$' -fuzz FuzzBatch -fuzztime $(FUZZTIME) ./pkg/ingest/
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./pkg/journal/
+
+# fuzz-short is the fuzz run CI does.
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=15s
+
+# faults runs the fault tests at their full counts (make test runs reduced
+# ones) and prints their figures.
+faults:
+	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'TestBitFlips|TestKill|TestPowerLoss|TestStorageErrors' -v ./sim/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|fault_test'
 
 # demo protects a generated disk image with ferry-ps and ferry-agent on
 # loopback, changes it, exports the newest recovery point with ferryctl and

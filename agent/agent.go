@@ -79,12 +79,13 @@ type Agent struct {
 	// shut down cleanly.
 	savedAcked uint64
 
-	need      atomic.Int32
-	sent      atomic.Int64 // payload bytes handed to the stream
-	hashBytes atomic.Int64 // hash bytes received in resyncs
-	connected atomic.Bool
-	progress  atomic.Uint64 // float64 bits; NaN when nothing is in progress
-	scanDue   atomic.Bool
+	need       atomic.Int32
+	sent       atomic.Int64 // payload bytes handed to the stream
+	hashBytes  atomic.Int64 // hash bytes received in resyncs
+	reconnects atomic.Int64
+	connected  atomic.Bool
+	progress   atomic.Uint64 // float64 bits; NaN when nothing is in progress
+	scanDue    atomic.Bool
 
 	mu          sync.Mutex
 	window      []*sentBatch
@@ -351,13 +352,15 @@ type Stats struct {
 	WindowBytes int64
 	Connected   bool
 	Need        string
+	// Reconnects counts streams that ended and were opened again.
+	Reconnects int64
 }
 
 // Stats returns a snapshot of the agent's state.
 func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
+	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Reconnects: a.reconnects.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
 }
 
 // run keeps a stream open, reconnecting with backoff, until ctx ends or the
@@ -380,6 +383,7 @@ func (a *Agent) run(ctx context.Context) {
 			return
 		}
 		a.m.reconnects.Inc()
+		a.reconnects.Add(1)
 		if time.Since(start) > 5*time.Second {
 			backoff = 50 * time.Millisecond
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -193,6 +194,7 @@ func (s *sender) add(rec *ferryv1.Record) error {
 		}
 	}
 	rec.Seq = s.a.nextSeq
+	wire.Seal(rec)
 	s.a.nextSeq++
 	s.batch = append(s.batch, rec)
 	s.bytes += n

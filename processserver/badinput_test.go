@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -31,16 +32,16 @@ func batch(recs ...*ferryv1.Record) *ferryv1.AgentMessage {
 }
 
 func write(seq uint64, disk uint32, off uint64, data []byte) *ferryv1.Record {
-	return &ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{
-		Disk: disk, Offset: off, Length: uint32(len(data)), Data: data, Xxhash: xxhash.Sum64(data)}}}
+	return wire.Seal(&ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{
+		Disk: disk, Offset: off, Length: uint32(len(data)), Data: data, Xxhash: xxhash.Sum64(data)}}})
 }
 
 func drain(seq uint64, begin bool) *ferryv1.Record {
-	return &ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Drain{Drain: &ferryv1.Drain{Begin: begin}}}
+	return wire.Seal(&ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Drain{Drain: &ferryv1.Drain{Begin: begin}}})
 }
 
 func marker(seq uint64) *ferryv1.Record {
-	return &ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Consistency: ferryv1.Consistency_CONSISTENCY_CRASH}}}
+	return wire.Seal(&ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Consistency: ferryv1.Consistency_CONSISTENCY_CRASH}}})
 }
 
 // exchange opens a stream, sends msgs and returns how it ended: nil if the
@@ -67,6 +68,13 @@ func exchange(t *testing.T, c ferryv1.ReplicationClient, msgs ...*ferryv1.AgentM
 	}
 }
 
+// damaged seals r, then changes it as a flipped bit in transit would.
+func damaged(r *ferryv1.Record, change func(*ferryv1.Record)) *ferryv1.Record {
+	wire.Seal(r)
+	change(r)
+	return r
+}
+
 func page(b byte) []byte { return bytes.Repeat([]byte{b}, bs) }
 
 // TestBadInputRefused sends malformed hellos and records; each must end
@@ -91,7 +99,7 @@ func TestBadInputRefused(t *testing.T) {
 	bad := func(mut func(w *ferryv1.Write)) *ferryv1.Record {
 		r := write(5, 0, 2*bs, page(2))
 		mut(r.GetWrite())
-		return r
+		return wire.Seal(r)
 	}
 	huge := make([]byte, 9<<20)
 	cases := []struct {
@@ -118,10 +126,14 @@ func TestBadInputRefused(t *testing.T) {
 		{"unaligned length", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Length = 100; w.Data = w.Data[:100] }))}, codes.InvalidArgument, "length 100 is not a positive multiple"},
 		{"zero length", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Length = 0; w.Data = nil }))}, codes.InvalidArgument, "length 0"},
 		{"length differs from data", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Length = 2 * bs }))}, codes.InvalidArgument, "length says 8192 bytes, data has 4096"},
-		{"bad checksum", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Xxhash ^= 1 }))}, codes.InvalidArgument, "data hashes to"},
-		{"corrupted data", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Data[9] ^= 0x40 }))}, codes.InvalidArgument, "data hashes to"},
+		{"bad checksum", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Xxhash ^= 1 }))}, codes.DataLoss, "data hashes to"},
+		{"corrupted data", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Data[9] ^= 0x40 }))}, codes.DataLoss, "data hashes to"},
+		{"record check wrong", []*ferryv1.AgentMessage{ok, batch(good, damaged(write(5, 0, 2*bs, page(2)), func(r *ferryv1.Record) { r.GetWrite().Offset += bs }))}, codes.DataLoss, "damaged in transit"},
+		{"sequence damaged", []*ferryv1.AgentMessage{ok, batch(good, damaged(write(5, 0, 2*bs, page(2)), func(r *ferryv1.Record) { r.Seq ^= 1 << 20 }))}, codes.DataLoss, "damaged in transit"},
+		{"marker tag damaged", []*ferryv1.AgentMessage{ok, batch(good, damaged(marker(5), func(r *ferryv1.Record) { r.GetMarker().Tag = "x" }))}, codes.DataLoss, "damaged in transit"},
+		{"record without a check", []*ferryv1.AgentMessage{ok, batch(good, damaged(write(5, 0, 2*bs, page(2)), func(r *ferryv1.Record) { r.Check = 0 }))}, codes.InvalidArgument, "without a check"},
 		{"zero write with data", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Zero = true }))}, codes.InvalidArgument, "zero write carries"},
-		{"zero write with wrong hash", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Zero, w.Data = true, nil }))}, codes.InvalidArgument, "zero write of 4096 bytes carries xxhash"},
+		{"zero write with wrong hash", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Zero, w.Data = true, nil }))}, codes.DataLoss, "zero write of 4096 bytes carries xxhash"},
 		{"unknown disk", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Disk = 7 }))}, codes.InvalidArgument, "unknown disk index 7 (the VM has 2 disks)"},
 		{"sequence gap", []*ferryv1.AgentMessage{ok, batch(good, write(6, 0, 0, page(3)))}, codes.InvalidArgument, "sequence 6 does not follow 4 (expected 5)"},
 		{"sequence repeated", []*ferryv1.AgentMessage{ok, batch(good, write(4, 0, 0, page(3)))}, codes.InvalidArgument, "sequence 4 does not follow 4"},
@@ -129,8 +141,8 @@ func TestBadInputRefused(t *testing.T) {
 		{"write above the size limit", []*ferryv1.AgentMessage{ok, batch(good, write(5, 0, 0, make([]byte, 2<<20)))}, codes.ResourceExhausted, "exceeds the limit"},
 		{"oversize message", []*ferryv1.AgentMessage{ok, batch(good, write(5, 0, 0, huge))}, codes.ResourceExhausted, "larger than max"},
 		{"marker inside a drain", []*ferryv1.AgentMessage{hello("vm3", 1, size), batch(write(2, 0, 0, page(1)), marker(3))}, codes.InvalidArgument, "marker inside a drain"},
-		{"marker of unknown consistency", []*ferryv1.AgentMessage{ok, batch(good, &ferryv1.Record{Seq: 5, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{}}})}, codes.InvalidArgument, "unknown consistency"},
-		{"record without body", []*ferryv1.AgentMessage{ok, batch(good, &ferryv1.Record{Seq: 5})}, codes.InvalidArgument, "without a body"},
+		{"marker of unknown consistency", []*ferryv1.AgentMessage{ok, batch(good, wire.Seal(&ferryv1.Record{Seq: 5, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{}}}))}, codes.InvalidArgument, "unknown consistency"},
+		{"record without body", []*ferryv1.AgentMessage{ok, batch(good, wire.Seal(&ferryv1.Record{Seq: 5}))}, codes.InvalidArgument, "without a body"},
 		{"empty batch", []*ferryv1.AgentMessage{ok, batch()}, codes.InvalidArgument, "empty batch"},
 		{"second hello", []*ferryv1.AgentMessage{ok, ok}, codes.InvalidArgument, "second hello"},
 		{"empty message", []*ferryv1.AgentMessage{ok, {}}, codes.InvalidArgument, "empty message"},

@@ -45,7 +45,7 @@ func TestAppConsistentPoints(t *testing.T) {
 			if !ok || p.GetTag() == "drain-end" {
 				continue
 			}
-			img := exportDisk(t, d, vm.Name, p.GetId(), "disk0", truth.Disks[0].Size())
+			img := exportDisk(t, d, vm.Name, fmt.Sprint(p.GetId()), "disk0", truth.Disks[0].Size())
 			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
 				t.Fatalf("seed %d point %d (%s) differs from ground truth: %s", seed, p.GetId(), p.GetTag(), diff)
 			}
@@ -157,7 +157,7 @@ func TestPolicyThinsAppPoints(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			img := exportDisk(t, d, vm.Name, p.GetId(), "disk0", truth.Disks[0].Size())
+			img := exportDisk(t, d, vm.Name, fmt.Sprint(p.GetId()), "disk0", truth.Disks[0].Size())
 			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
 				t.Fatalf("point %d (%s) differs from ground truth: %s", p.GetId(), p.GetTag(), diff)
 			}

@@ -26,6 +26,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/sim/fault"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -73,6 +74,9 @@ type Config struct {
 	// PlanActions runs recovery plans' actions (default: Actions, which
 	// records them).
 	PlanActions processserver.PlanActionRunner
+	// Proxy puts a fault.Proxy between each agent and the process server
+	// (Drill.Proxies), for tests that attack the network.
+	Proxy bool
 	// Dir holds the process server's data and the agents' state.
 	Dir    string
 	Logger *slog.Logger
@@ -98,6 +102,9 @@ type Drill struct {
 	// Actions records the recovery plan actions the process server ran
 	// (when Config.PlanActions is not set).
 	Actions *Actions
+	// Proxies are the fault proxies between each VM's agent and the
+	// process server (Config.Proxy), by VM name.
+	Proxies map[string]*fault.Proxy
 	// GroupHolds are the longest holds of the multi-VM points Run cut.
 	GroupHolds  []time.Duration
 	lastProcess time.Time
@@ -171,8 +178,20 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	d.Recovery = ferryv1.NewRecoveryClient(d.conn)
 	for i, vc := range cfg.VMs {
 		v := newVM(vc, cfg.Seed*1000+uint64(i))
+		target := ps.Addr()
+		if cfg.Proxy {
+			px, err := fault.Listen(target, cfg.Seed*1000+uint64(i))
+			if err != nil {
+				d.Close()
+				return nil, err
+			}
+			if d.Proxies == nil {
+				d.Proxies = map[string]*fault.Proxy{}
+			}
+			d.Proxies[vc.Name], target = px, px.Addr()
+		}
 		acfg := agent.Config{
-			VM: vc.Name, StateDir: filepath.Join(cfg.Dir, "agent-"+vc.Name), Target: ps.Addr(),
+			VM: vc.Name, StateDir: filepath.Join(cfg.Dir, "agent-"+vc.Name), Target: target,
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
 			IgnorePolicy: true, OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
@@ -225,6 +244,9 @@ func (d *Drill) Close() error {
 	}
 	if d.conn != nil {
 		d.conn.Close()
+	}
+	for _, px := range d.Proxies {
+		px.Close()
 	}
 	var err error
 	if d.PS != nil {

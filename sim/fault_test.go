@@ -20,11 +20,14 @@ import (
 	"github.com/ferrydr/ferry/sim"
 )
 
-// faults returns reduced in a normal test run and full when FERRY_FAULTS
-// is "full" (make faults).
+// faults returns reduced in a normal test run (a fifth of it under the
+// race detector) and full when FERRY_FAULTS is "full" (make faults).
 func faults(reduced, full int) int {
-	if os.Getenv("FERRY_FAULTS") == "full" {
+	switch {
+	case os.Getenv("FERRY_FAULTS") == "full":
 		return full
+	case raceEnabled:
+		return max(reduced/5, 1)
 	}
 	return reduced
 }
@@ -170,4 +173,88 @@ func TestBitFlipsAtRest(t *testing.T) {
 	journaltest.MustCheck(t, d.PS.Journal())
 	t.Logf("%d bits flipped at rest, %d found by the scrub; %d point disks refused with a checksum error, %d served and equal to ground truth; %d resyncs asked of the agent",
 		flipped, detected, refused, served, resyncs)
+}
+
+// TestBitFlipsInTransit flips bits in the traffic between two agents and
+// the process server, both ways, while the VMs write: every damaged
+// message ends its stream (a record's check, a write's xxhash, gRPC's
+// framing) and the agent sends again, so no flipped bit is ever stored:
+// every recovery point equals its ground truth and the latest point
+// equals the disks. FERRY_FAULTS=full flips 500 bits; a normal run 40.
+func TestBitFlipsInTransit(t *testing.T) {
+	ctx := context.Background()
+	total := int64(faults(40, 500))
+	vms := []sim.VMConfig{linux("wire-1", 256<<10, sim.Uniform), linux("wire-2", 256<<10, sim.Hotspot)}
+	d, err := sim.New(ctx, sim.Config{Seed: 43, VMs: vms, Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t),
+		CrashInterval: 5 * time.Second, ProcessInterval: time.Minute, Proxy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, px := range d.Proxies {
+		// Mostly the agent's data; acknowledgements and commands too.
+		px.FlipBits(256<<10, total/2, true, true)
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for flips(d) < total && time.Now().Before(deadline) {
+		if err := d.Run(ctx, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := flips(d); got < total {
+		t.Fatalf("only %d of %d flips happened", got, total)
+	}
+	if err := d.Run(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	verified := 0
+	for _, v := range d.VMs {
+		pts, err := d.Recovery.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: v.Config.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pts.GetPoints() {
+			truth, err := d.TruthFor(v, p)
+			if err != nil {
+				continue
+			}
+			for i := range truth.Disks {
+				img := exportDisk(t, d, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), truth.Disks[i].Size())
+				if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[i])); diff != "" {
+					t.Fatalf("%s point %d (%s) disk%d differs from ground truth after bit flips in transit: %s", v.Config.Name, p.GetId(), p.GetTag(), i, diff)
+				}
+			}
+			verified++
+		}
+		for i := range v.Active() {
+			img := exportDisk(t, d, v.Config.Name, "latest", fmt.Sprintf("disk%d", i), v.Active()[i].Size())
+			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, v.Active()[i])); diff != "" {
+				t.Fatalf("%s latest disk%d differs from the disk: %s", v.Config.Name, i, diff)
+			}
+		}
+	}
+	journaltest.MustCheck(t, d.PS.Journal())
+	var conns, streams int64
+	for _, px := range d.Proxies {
+		conns += px.Accepted()
+	}
+	for _, v := range d.VMs {
+		streams += v.Agent.Stats().Reconnects
+	}
+	t.Logf("%d bits flipped in transit: %d streams ended and were opened again (%d TCP connections); %d points equal their ground truth, latest equals the disks",
+		flips(d), streams, conns, verified)
+	if streams == 0 {
+		t.Fatal("no stream ended: the flips were not detected")
+	}
+}
+
+func flips(d *sim.Drill) int64 {
+	var n int64
+	for _, px := range d.Proxies {
+		n += px.Flips()
+	}
+	return n
 }

@@ -199,7 +199,7 @@ func TestReplicationGroupBarrier(t *testing.T) {
 			if p == nil {
 				t.Fatalf("%s: no point tagged %s", v.Config.Name, tag)
 			}
-			img := exportDisk(t, d, v.Config.Name, p.GetId(), "disk1", blocks*blockdev.BlockSize)
+			img := exportDisk(t, d, v.Config.Name, fmt.Sprint(p.GetId()), "disk1", blocks*blockdev.BlockSize)
 			if truth {
 				m, ok := v.Truth(tag)
 				if !ok {
@@ -285,10 +285,12 @@ func TestGroupMemberUnavailable(t *testing.T) {
 	}
 }
 
-func exportDisk(t *testing.T, d *sim.Drill, vm string, id uint64, disk string, size int64) *blockdev.Memory {
+// exportDisk reads one disk of a point (an ID, latest, ...) through the
+// recovery API.
+func exportDisk(t *testing.T, d *sim.Drill, vm, point, disk string, size int64) *blockdev.Memory {
 	t.Helper()
 	img := blockdev.NewMemory(size)
-	stream, err := d.Recovery.ExportPoint(context.Background(), &ferryv1.ExportPointRequest{Vm: vm, Point: fmt.Sprint(id), Disk: disk})
+	stream, err := d.Recovery.ExportPoint(context.Background(), &ferryv1.ExportPointRequest{Vm: vm, Point: point, Disk: disk})
 	if err != nil {
 		t.Fatal(err)
 	}

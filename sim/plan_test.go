@@ -205,7 +205,7 @@ func TestRecoveryPlan(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		img := exportDisk(t, d, vm, p.GetId(), "disk0", truth.Disks[0].Size())
+		img := exportDisk(t, d, vm, fmt.Sprint(p.GetId()), "disk0", truth.Disks[0].Size())
 		if err := sim.CheckApp(ctx, img); err != nil {
 			t.Fatalf("%s: app-consistent point %d (%s) fails the application check: %v", vm, p.GetId(), p.GetTag(), err)
 		}

@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -62,7 +63,7 @@ func TestRetention(t *testing.T) {
 		if age > 24*time.Hour+time.Hour {
 			t.Fatalf("point %d is %v old with a 24 h window", p.GetId(), age)
 		}
-		img := exportDisk(t, d, "ret-1", p.GetId(), "disk0", truth.Disks[0].Size())
+		img := exportDisk(t, d, "ret-1", fmt.Sprint(p.GetId()), "disk0", truth.Disks[0].Size())
 		if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
 			t.Fatalf("point %d (%v old) differs from ground truth after retention: %s", p.GetId(), age.Round(time.Minute), diff)
 		}

@@ -17,6 +17,8 @@ var (
 	ErrBadRecord = errors.New("invalid record")
 	// ErrChecksum is returned when a write's data does not match its xxhash.
 	ErrChecksum = errors.New("write data does not match its xxhash")
+	// ErrTransit is returned when a record does not match its check.
+	ErrTransit = errors.New("record does not match its check")
 	// ErrEpoch is returned to an agent of another replication direction.
 	ErrEpoch = errors.New("epoch mismatch")
 	// ErrGeometry is returned when an agent's disks differ from the replica's.
@@ -52,7 +54,10 @@ func grpcStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, ErrBadHello), errors.Is(err, ErrBadRecord), errors.Is(err, ErrChecksum):
+	case errors.Is(err, ErrChecksum), errors.Is(err, ErrTransit):
+		// Most likely damaged on the way: the agent sends it again.
+		code = codes.DataLoss
+	case errors.Is(err, ErrBadHello), errors.Is(err, ErrBadRecord):
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrEpoch), errors.Is(err, ErrGeometry):
 		code = codes.FailedPrecondition

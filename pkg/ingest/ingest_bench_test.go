@@ -8,6 +8,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/wire"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -67,8 +68,8 @@ func BenchmarkIngest(b *testing.B) {
 			next := func() *ferryv1.Record {
 				seq++
 				i := int(seq) % len(sums)
-				return &ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{
-					Offset: uint64(seq*rec) % diskSize, Length: rec, Data: data[i*rec : (i+1)*rec], Xxhash: sums[i]}}}
+				return wire.Seal(&ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{
+					Offset: uint64(seq*rec) % diskSize, Length: rec, Data: data[i*rec : (i+1)*rec], Xxhash: sums[i]}}})
 			}
 			// Acks arrive on their own goroutine; the window keeps 32 MiB in
 			// flight, as the agent does.

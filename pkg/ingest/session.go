@@ -152,7 +152,7 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 
 func rejectReason(err error) string {
 	switch {
-	case errors.Is(err, ErrChecksum):
+	case errors.Is(err, ErrChecksum), errors.Is(err, ErrTransit):
 		return "checksum"
 	case errors.Is(err, ErrTooLarge):
 		return "too_large"
@@ -172,6 +172,16 @@ func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
 	}
 	if len(recs) == 0 {
 		return nil, bad(next, ErrBadRecord, "empty batch")
+	}
+	// The checks come first: a record damaged in transit is sent again,
+	// not judged by the rules.
+	for _, rec := range recs {
+		switch c := rec.GetCheck(); {
+		case c == 0:
+			return nil, bad(rec.GetSeq(), ErrBadRecord, "record without a check")
+		case c != wire.RecordCheck(rec):
+			return nil, bad(rec.GetSeq(), ErrTransit, "record %d fails its check: damaged in transit", rec.GetSeq())
+		}
 	}
 	size := 0
 	for _, rec := range recs {

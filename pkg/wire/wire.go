@@ -3,7 +3,10 @@
 package wire
 
 import (
+	"encoding/binary"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -107,4 +110,44 @@ func fromUnixNano(ns int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, ns).UTC()
+}
+
+// RecordCheck is the check of a record: xxhash64 over its sequence and
+// every field of its body, except a write's data (its xxhash covers that).
+func RecordCheck(r *ferryv1.Record) uint64 {
+	b := make([]byte, 0, 64)
+	b = binary.LittleEndian.AppendUint64(b, r.GetSeq())
+	switch body := r.GetBody().(type) {
+	case *ferryv1.Record_Write:
+		w := body.Write
+		b = append(b, 'w')
+		b = binary.LittleEndian.AppendUint32(b, w.GetDisk())
+		b = binary.LittleEndian.AppendUint64(b, w.GetOffset())
+		b = binary.LittleEndian.AppendUint32(b, w.GetLength())
+		b = binary.LittleEndian.AppendUint64(b, w.GetXxhash())
+		if w.GetZero() {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = binary.LittleEndian.AppendUint64(b, uint64(len(w.GetData())))
+	case *ferryv1.Record_Marker:
+		m := body.Marker
+		b = append(b, 'm', byte(m.GetConsistency()))
+		b = binary.LittleEndian.AppendUint64(b, uint64(m.GetTimeUnixNano()))
+		b = append(b, m.GetTag()...)
+	case *ferryv1.Record_Drain:
+		d := body.Drain
+		b = append(b, 'd', byte(d.GetReason()))
+		if d.GetBegin() {
+			b = append(b, 1)
+		}
+	}
+	return xxhash.Sum64(b)
+}
+
+// Seal sets a record's check; the sequence and body must be final.
+func Seal(r *ferryv1.Record) *ferryv1.Record {
+	r.Check = RecordCheck(r)
+	return r
 }

@@ -721,7 +721,12 @@ type Record struct {
 	//	*Record_Write
 	//	*Record_Marker
 	//	*Record_Drain
-	Body          isRecord_Body `protobuf_oneof:"body"`
+	Body isRecord_Body `protobuf_oneof:"body"`
+	// xxhash64 of the record's fields apart from the write's data (which its
+	// own xxhash covers); see pkg/wire.RecordCheck. A bit flipped in transit
+	// in a sequence, an offset or a tag is caught with it: the stream ends
+	// with DATA_LOSS and the agent sends the record again.
+	Check         uint64 `protobuf:"fixed64,5,opt,name=check,proto3" json:"check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -795,6 +800,13 @@ func (x *Record) GetDrain() *Drain {
 		}
 	}
 	return nil
+}
+
+func (x *Record) GetCheck() uint64 {
+	if x != nil {
+		return x.Check
+	}
+	return 0
 }
 
 type isRecord_Body interface {
@@ -5512,12 +5524,13 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\"3\n" +
 	"\x05Batch\x12*\n" +
-	"\arecords\x18\x01 \x03(\v2\x10.ferry.v1.RecordR\arecords\"\xa0\x01\n" +
+	"\arecords\x18\x01 \x03(\v2\x10.ferry.v1.RecordR\arecords\"\xb6\x01\n" +
 	"\x06Record\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12'\n" +
 	"\x05write\x18\x02 \x01(\v2\x0f.ferry.v1.WriteH\x00R\x05write\x12*\n" +
 	"\x06marker\x18\x03 \x01(\v2\x10.ferry.v1.MarkerH\x00R\x06marker\x12'\n" +
-	"\x05drain\x18\x04 \x01(\v2\x0f.ferry.v1.DrainH\x00R\x05drainB\x06\n" +
+	"\x05drain\x18\x04 \x01(\v2\x0f.ferry.v1.DrainH\x00R\x05drain\x12\x14\n" +
+	"\x05check\x18\x05 \x01(\x06R\x05checkB\x06\n" +
 	"\x04body\"\x8b\x01\n" +
 	"\x05Write\x12\x12\n" +
 	"\x04disk\x18\x01 \x01(\rR\x04disk\x12\x16\n" +

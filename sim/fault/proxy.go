@@ -1,0 +1,208 @@
+// Package fault is Ferry's fault harness: what tests use to attack the
+// real components. Proxy sits between an agent and a receiver and delays,
+// throttles, cuts, resets and corrupts the traffic.
+package fault
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy forwards TCP connections to a target and injects faults into them.
+// Its settings may change while connections run.
+type Proxy struct {
+	l      net.Listener
+	target string
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	rng   *rand.Rand
+
+	delay    atomic.Int64 // per chunk, nanoseconds
+	rate     atomic.Int64 // bytes per second, each direction; 0: unlimited
+	cutAfter atomic.Int64 // reset each new connection after this many bytes; 0: never
+	// Bit flips: one bit in every flipEvery bytes (on average), in the
+	// directions set, until flipsLeft is spent.
+	flipEvery  atomic.Int64
+	flipsLeft  atomic.Int64
+	flipUp     atomic.Bool // client to target
+	flipDown   atomic.Bool // target to client
+	flips      atomic.Int64
+	accepted   atomic.Int64
+	bytesUp    atomic.Int64
+	bytesDown  atomic.Int64
+	closedOnce sync.Once
+}
+
+// Listen starts a proxy on a free loopback port that forwards to target.
+func Listen(target string, seed uint64) (*Proxy, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}, rng: rand.New(rand.NewPCG(seed, 0xf1a9))}
+	go p.serve()
+	return p, nil
+}
+
+// Addr is where clients connect.
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// SetDelay delays every chunk forwarded, in both directions.
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// SetRate throttles each direction of each connection to bytes/s (0: off).
+func (p *Proxy) SetRate(bytesPerSec int64) { p.rate.Store(bytesPerSec) }
+
+// CutAfter resets each connection opened from now on once it has carried
+// n bytes (0: never).
+func (p *Proxy) CutAfter(n int64) { p.cutAfter.Store(n) }
+
+// FlipBits flips one random bit in about every `every` bytes forwarded in
+// the chosen directions, count flips in all.
+func (p *Proxy) FlipBits(every, count int64, up, down bool) {
+	p.flipEvery.Store(every)
+	p.flipUp.Store(up)
+	p.flipDown.Store(down)
+	p.flipsLeft.Store(count)
+}
+
+// Flips is how many bits were flipped so far.
+func (p *Proxy) Flips() int64 { return p.flips.Load() }
+
+// Accepted is how many connections the proxy took.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
+// Bytes is what was forwarded each way.
+func (p *Proxy) Bytes() (up, down int64) { return p.bytesUp.Load(), p.bytesDown.Load() }
+
+// Reset closes every open connection at once, as a network reset does.
+func (p *Proxy) Reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0) // RST, not FIN
+		}
+		c.Close()
+	}
+}
+
+// Close stops the proxy and its connections.
+func (p *Proxy) Close() error {
+	var err error
+	p.closedOnce.Do(func() {
+		err = p.l.Close()
+		p.Reset()
+	})
+	return err
+}
+
+func (p *Proxy) serve() {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.accepted.Add(1)
+		go p.handle(c)
+	}
+}
+
+func (p *Proxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+func (p *Proxy) handle(client net.Conn) {
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		client.Close()
+		return
+	}
+	p.track(client, true)
+	p.track(server, true)
+	var carried atomic.Int64
+	cut := p.cutAfter.Load()
+	done := make(chan struct{}, 2)
+	pump := func(dst, src net.Conn, up bool) {
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				chunk := buf[:n]
+				p.corrupt(chunk, up)
+				if d := p.delay.Load(); d > 0 {
+					time.Sleep(time.Duration(d))
+				}
+				if r := p.rate.Load(); r > 0 {
+					time.Sleep(time.Duration(float64(n) / float64(r) * float64(time.Second)))
+				}
+				if up {
+					p.bytesUp.Add(int64(n))
+				} else {
+					p.bytesDown.Add(int64(n))
+				}
+				if total := carried.Add(int64(n)); cut > 0 && total > cut {
+					client.(*net.TCPConn).SetLinger(0)
+					return
+				}
+				if _, werr := dst.Write(chunk); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					if tc, ok := dst.(*net.TCPConn); ok {
+						tc.CloseWrite()
+						continue // the other direction may still run
+					}
+				}
+				return
+			}
+		}
+	}
+	go pump(server, client, true)
+	go pump(client, server, false)
+	<-done
+	client.Close()
+	server.Close()
+	<-done
+	p.track(client, false)
+	p.track(server, false)
+}
+
+// corrupt flips bits in chunk as the settings say.
+func (p *Proxy) corrupt(chunk []byte, up bool) {
+	every := p.flipEvery.Load()
+	if every <= 0 || p.flipsLeft.Load() <= 0 || (up && !p.flipUp.Load()) || (!up && !p.flipDown.Load()) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The number of flips in this chunk: each byte flips with 1/every.
+	for i := int64(0); i < int64(len(chunk)); {
+		gap := int64(p.rng.ExpFloat64() * float64(every))
+		i += gap
+		if i >= int64(len(chunk)) {
+			break
+		}
+		if p.flipsLeft.Add(-1) < 0 {
+			return
+		}
+		chunk[i] ^= 1 << p.rng.IntN(8)
+		p.flips.Add(1)
+		i++
+	}
+}
