@@ -26,8 +26,8 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/processserver"
-	"github.com/ferrydr/ferry/sim/fault"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/sim/fault"
 )
 
 // Config configures a drill.

@@ -49,7 +49,7 @@ func TestKillProcessServer(t *testing.T) {
 	// this test wants every marker.
 	cfg := agent.Config{VM: "kill-ps", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true, QueueBytes: 512 << 20,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger: ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
+		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
 	for i, d := range disks {
 		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: d})
 	}
