@@ -48,7 +48,8 @@ fuzz-short:
 # faults runs the fault tests at their full counts (make test runs reduced
 # ones) and prints their figures.
 faults:
-	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'TestBitFlips|TestKill|TestPowerLoss|TestStorageErrors' -v ./sim/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|fault_test'
+	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'TestBitFlips|TestKill|TestJournalStorageError|TestTrimPowerLoss|TestTrimStorageErrors' -v ./sim/ ./pkg/journal/ 2>&1 \
+		| grep -E '^(--- |ok|FAIL)|(fault|kill|powerloss)_test.go'
 
 # demo protects a generated disk image with ferry-ps and ferry-agent on
 # loopback, changes it, exports the newest recovery point with ferryctl and

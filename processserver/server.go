@@ -239,6 +239,16 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	s.recv.Open(ctx)
+	if s.cfg.Registerer != nil {
+		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_failed",
+			Help: "1 once a journal commit failed (e.g. a failed fsync or a full disk): nothing more is accepted until ferry-ps restarts."},
+			func() float64 {
+				if j.Err() != nil {
+					return 1
+				}
+				return 0
+			}))
+	}
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		s.recv.Close(ctx)

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -292,4 +294,88 @@ func TestKillAgent(t *testing.T) {
 	ag.Stop(t)
 	t.Logf("%d SIGKILLs of ferry-agent while a client wrote over NBD: %d acknowledged writes, all in the latest point; %d points, each exactly the first k writes, k never going back",
 		cycles, written, len(resp.GetPoints()))
+}
+
+// TestJournalStorageError runs ferry-ps with a file size limit
+// (RLIMIT_FSIZE) below what the workload needs: when the journal file
+// cannot grow, the commit fails for real (EFBIG), the server refuses
+// every later write of that journal and acknowledges nothing it could not
+// persist. Restarted without the limit, it holds everything it had
+// acknowledged, its journal checks clean, and the agent's resend brings
+// the replica level with the disks.
+func TestJournalStorageError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("needs prlimit (util-linux)")
+	}
+	ctx := context.Background()
+	bin := ferrytest.BuildBinaries(t)
+	dir := t.TempDir()
+	addr := ferrytest.FreeAddr(t)
+	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--codec", "none", "--log-level", "warn"}
+	// bbolt grows the file 64 MiB at a time: the second growth fails.
+	ps := ferrytest.Start(t, "prlimit", append([]string{"--fsize=" + fmt.Sprint(100<<20), filepath.Join(bin, "ferry-ps")}, args...)...)
+
+	disk := blockdev.NewMemory(16 << 20)
+	cfg := agent.Config{VM: "enospc", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true,
+		Disks:       []agent.Disk{{Name: "os", Device: disk}},
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	rng := rand.New(rand.NewPCG(53, 1))
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 200 && !strings.Contains(ps.Log(), "file too large"); i++ {
+		// 200 MiB of incompressible writes at about 100 MB/s: the queue
+		// keeps up, so the journal keeps every write.
+		for j := range buf {
+			buf[j] = byte(rng.Uint32())
+		}
+		if _, err := a.Disk(0).WriteAt(ctx, buf, rng.Int64N(16)<<20); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The acknowledgements stop short of the end and stay there.
+	var stalled uint64
+	ferrytest.WaitFor(t, 60*time.Second, "ferry-ps to fail its commit", func() bool {
+		return strings.Contains(ps.Log(), "file too large")
+	})
+	time.Sleep(time.Second)
+	stalled = a.Stats().Acked
+	time.Sleep(time.Second)
+	if now := a.Stats().Acked; now != stalled || a.Synced() {
+		t.Fatalf("acknowledgements went on after the failed commit: %d then %d (synced %v)", stalled, now, a.Synced())
+	}
+	ps.Kill()
+	ps = ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), args...)
+	cc := ferrytest.Dial(t, addr)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := a.WaitSynced(sctx); err != nil {
+		t.Fatal(err)
+	}
+	_, img := ferrytest.Export(t, cc, "enospc", "latest", "os")
+	if diff := ferrytest.Diff(img, ferrytest.Image(t, disk)); diff != "" {
+		t.Fatalf("latest after the storage error differs from the disk: %s", diff)
+	}
+	ps.Stop(t)
+	j, err := journal.Open(filepath.Join(dir, "ps", "journal.db"), journal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if err := j.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vm, _ := j.VM(ctx, "enospc")
+	t.Logf("journal file limited to 100 MiB: the commit failed (EFBIG) with %d records acknowledged and acknowledgements stopped; after a restart without the limit the journal checks clean and holds %d records, the replica equals the disk", stalled, vm.LastSeq)
 }
