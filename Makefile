@@ -59,20 +59,24 @@ demo: build
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	@truncate -s 256M $(DEMO)/disk.img
 	@dd if=/dev/urandom of=$(DEMO)/disk.img bs=1M count=16 seek=32 conv=notrunc status=none
-	@echo "== ferry-ps on 127.0.0.1:17400 (metrics on :17401), ferry-agent protecting a 256 MiB image"
-	@bin/ferry-ps serve --data $(DEMO)/ps --listen 127.0.0.1:17400 --metrics 127.0.0.1:17401 2>$(DEMO)/ps.log & echo $$! > $(DEMO)/ps.pid
+	@echo "== a CA for the demo, an operator certificate for ferryctl"
+	@bin/ferry-ps ca init --ca $(DEMO)/ca
+	@bin/ferry-ps ca issue --ca $(DEMO)/ca --role operator --name demo --out $(DEMO)/operator
+	@echo "== ferry-ps on 127.0.0.1:17400 (TLS 1.3, client certificates; metrics on :17401), ferry-agent enrolled with a token, protecting a 256 MiB image"
+	@bin/ferry-ps serve --ca $(DEMO)/ca --data $(DEMO)/ps --listen 127.0.0.1:17400 --metrics 127.0.0.1:17401 2>$(DEMO)/ps.log & echo $$! > $(DEMO)/ps.pid
 	@sleep 0.5
 	@bin/ferry-agent run --ps 127.0.0.1:17400 --vm demo-vm --disk os=$(DEMO)/disk.img --state $(DEMO)/agent \
+		--token $$(bin/ferry-ps enroll --ca $(DEMO)/ca --vm demo-vm) \
 		--scan-interval 500ms --crash-interval 2s 2>$(DEMO)/agent.log & echo $$! > $(DEMO)/agent.pid
 	@sleep 2
 	@echo "== the VM writes 40 MiB more while protected"
 	@dd if=/dev/urandom of=$(DEMO)/disk.img bs=1M count=8 seek=100 conv=notrunc status=none
 	@yes "ferry keeps every changed block of this disk at the recovery site" | head -c 32M | dd of=$(DEMO)/disk.img bs=1M seek=120 conv=notrunc status=none iflag=fullblock
 	@sleep 3
-	@bin/ferryctl --ps 127.0.0.1:17400 vms
-	@bin/ferryctl --ps 127.0.0.1:17400 points --vm demo-vm
-	@bin/ferryctl --ps 127.0.0.1:17400 verify --vm demo-vm
-	@bin/ferryctl --ps 127.0.0.1:17400 export --vm demo-vm --disk os --out $(DEMO)/restored.img
+	@bin/ferryctl --ps 127.0.0.1:17400 --tls-dir $(DEMO)/operator vms
+	@bin/ferryctl --ps 127.0.0.1:17400 --tls-dir $(DEMO)/operator points --vm demo-vm
+	@bin/ferryctl --ps 127.0.0.1:17400 --tls-dir $(DEMO)/operator verify --vm demo-vm
+	@bin/ferryctl --ps 127.0.0.1:17400 --tls-dir $(DEMO)/operator export --vm demo-vm --disk os --out $(DEMO)/restored.img
 	@kill $$(cat $(DEMO)/agent.pid) $$(cat $(DEMO)/ps.pid); sleep 1
 	@cmp $(DEMO)/disk.img $(DEMO)/restored.img && echo "== restored image equals the protected disk byte for byte"
 

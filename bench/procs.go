@@ -33,7 +33,7 @@ func startPS(ctx context.Context, bin, dir string, extra ...string) (*child, err
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--log-level", "error"}, extra...)
+	args := append([]string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--log-level", "error", "--insecure"}, extra...)
 	cmd := exec.Command(filepath.Join(bin, "ferry-ps"), args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -10,6 +10,7 @@ package mastertarget
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -76,6 +78,10 @@ type Config struct {
 	Logger          *slog.Logger
 	Registerer      prometheus.Registerer
 	Gatherer        prometheus.Gatherer
+	// TLS serves with TLS 1.3 and mutual authentication: agents need a
+	// certificate naming their VM, the process server its own. Nil: plain
+	// text.
+	TLS *tls.Config
 }
 
 // Server is a running master target.
@@ -163,7 +169,14 @@ func (s *Server) Open(ctx context.Context) error {
 	if s.lis, err = net.Listen("tcp", s.cfg.Listen); err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
-	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8<<20), grpc.MaxSendMsgSize(8<<20))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20), grpc.MaxSendMsgSize(8 << 20), grpc.MaxConcurrentStreams(64)}
+	if s.cfg.TLS != nil {
+		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
+			"ferry.v1.Replication":  {tlsca.RoleAgent},
+			"ferry.v1.MasterTarget": {tlsca.RoleServer},
+		})...)
+	}
+	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
 	ferryv1.RegisterMasterTargetServer(s.grpc, s)
 	s.wg.Add(1)
@@ -197,6 +210,9 @@ func (s *Server) Open(ctx context.Context) error {
 
 // authorize lets agents write only VMs registered for reverse replication.
 func (s *Server) authorize(ctx context.Context, vm journal.VMID) error {
+	if err := tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm)); err != nil {
+		return err
+	}
 	t, err := s.target(string(vm))
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ package processserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -30,6 +32,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -46,7 +49,10 @@ type Config struct {
 	Codec string
 	// MaxMessageBytes bounds one gRPC message (default 8 MiB).
 	MaxMessageBytes int
-	Logger          *slog.Logger
+	// MaxStreams bounds the concurrent streams of one connection (default
+	// 64).
+	MaxStreams uint32
+	Logger     *slog.Logger
 	// Registerer receives the metrics; a fresh registry when nil.
 	Registerer prometheus.Registerer
 	// Gatherer serves /metrics; it must match Registerer when both are set.
@@ -87,6 +93,16 @@ type Config struct {
 	// PlanActions runs recovery plan actions (default: each action's
 	// command through /bin/sh; the simulator's are callbacks).
 	PlanActions PlanActionRunner
+	// TLS serves every port with TLS 1.3 and mutual authentication: agents
+	// need a certificate naming their VM, operators an operator
+	// certificate (tlsca). Nil: plain text.
+	TLS *tls.Config
+	// CA signs enrolling agents' certificates (the Enrollment API); nil:
+	// enrollment is off.
+	CA *tlsca.CA
+	// MasterTargetTLS is the client side of the connection to the master
+	// target (the process server's own certificate); nil: plain text.
+	MasterTargetTLS *tls.Config
 	// ProcessRate models, on a simulated clock, how fast a process server
 	// verifies received data (bytes/s; default 200 MB/s).
 	ProcessRate int64
@@ -162,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = 8 << 20
 	}
+	if cfg.MaxStreams == 0 {
+		cfg.MaxStreams = 64
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -232,6 +251,9 @@ func (s *Server) Open(ctx context.Context) error {
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
+		Authorize: func(ctx context.Context, vm journal.VMID) error {
+			return tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm))
+		},
 	})
 	if err != nil {
 		s.ctl.close()
@@ -255,16 +277,28 @@ func (s *Server) Open(ctx context.Context) error {
 		j.Close()
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
-		grpc.InitialWindowSize(4<<20),
-		grpc.InitialConnWindowSize(8<<20),
+		grpc.InitialWindowSize(4 << 20),
+		grpc.InitialConnWindowSize(8 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+		grpc.MaxConcurrentStreams(s.cfg.MaxStreams),
+	}
+	if s.cfg.TLS != nil {
+		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
+			"ferry.v1.Enrollment":  nil,
+			"ferry.v1.Replication": {tlsca.RoleAgent},
+			"ferry.v1.Recovery":    {tlsca.RoleOperator},
+		})...)
+	}
+	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
 	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
+	if s.cfg.CA != nil {
+		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log})
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -273,7 +307,11 @@ func (s *Server) Open(ctx context.Context) error {
 		}
 	}()
 	if s.cfg.MasterTarget != "" {
-		s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		creds := insecure.NewCredentials()
+		if s.cfg.MasterTargetTLS != nil {
+			creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
+		}
+		s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			s.Close(ctx)
 			return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)

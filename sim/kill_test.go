@@ -42,7 +42,7 @@ func TestKillProcessServer(t *testing.T) {
 	bin := ferrytest.BuildBinaries(t)
 	dir := t.TempDir()
 	addr := ferrytest.FreeAddr(t)
-	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--process-interval", "200ms", "--log-level", "warn"}
+	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--process-interval", "200ms", "--log-level", "warn", "--insecure"}
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), args...)
 
 	disks := []*blockdev.Memory{blockdev.NewMemory(1 << 20), blockdev.NewMemory(512 << 10)}
@@ -203,7 +203,7 @@ func TestKillAgent(t *testing.T) {
 	}
 	sock := filepath.Join(dir, "nbd.sock")
 	args := []string{"run", "--ps", ps.Addr, "--vm", "kill-agent", "--disk", "os=" + img, "--state", filepath.Join(dir, "agent"),
-		"--nbd-listen", "unix:" + sock, "--crash-interval", "1s", "--log-level", "warn"}
+		"--nbd-listen", "unix:" + sock, "--crash-interval", "1s", "--log-level", "warn", "--insecure"}
 	rng := rand.New(rand.NewPCG(52, 1))
 	block := func(i int) []byte {
 		b := bytes.Repeat([]byte{byte(i), byte(i >> 8), 0xfe}, blockdev.BlockSize/3+1)[:blockdev.BlockSize]
@@ -314,7 +314,7 @@ func TestJournalStorageError(t *testing.T) {
 	bin := ferrytest.BuildBinaries(t)
 	dir := t.TempDir()
 	addr := ferrytest.FreeAddr(t)
-	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--codec", "none", "--log-level", "warn"}
+	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--codec", "none", "--log-level", "warn", "--insecure"}
 	// bbolt grows the file 64 MiB at a time: the second growth fails.
 	ps := ferrytest.Start(t, "prlimit", append([]string{"--fsize=" + fmt.Sprint(100<<20), filepath.Join(bin, "ferry-ps")}, args...)...)
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -18,13 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -60,6 +61,9 @@ func main() {
 	thawHook := fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
 	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
 	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
+	tlsDir := fs.String("tls-dir", "", "the agent's TLS identity (cert.pem, key.pem, ca.crt; default STATE/tls once enrolled)")
+	token := fs.String("token", "", "a single-use enrollment token from 'ferry-ps enroll': gets the agent's certificate into --tls-dir first")
+	insecureOK := fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
@@ -145,7 +149,31 @@ Flags:
 			return nil
 		}
 	}
-	cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if *tlsDir == "" && !*insecureOK {
+		*tlsDir = filepath.Join(cfg.StateDir, "tls")
+	}
+	if *token != "" && !tlsca.HasIdentity(*tlsDir) {
+		ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		vm, err := tlsca.Enroll(ectx, cfg.Target, *token, *tlsDir)
+		cancel()
+		if err != nil {
+			cli.Fatal("ferry-agent", fmt.Errorf("enroll: %w", err))
+		}
+		if vm != cfg.VM {
+			cli.Fatal("ferry-agent", fmt.Errorf("enroll: the token was for vm %s, not %s", vm, cfg.VM))
+		}
+		log.Info("enrolled: certificate stored", "dir", *tlsDir, "vm", vm)
+	}
+	if *insecureOK {
+		*tlsDir = ""
+	} else if !tlsca.HasIdentity(*tlsDir) {
+		cli.Fatal("ferry-agent", fmt.Errorf("no certificate in %s: enroll with --token (ferry-ps enroll --vm %s) or pass --insecure for plain text", *tlsDir, cfg.VM))
+	}
+	creds, err := tlsca.DialOption(*tlsDir, *insecureOK, log)
+	if err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+	cfg.DialOptions = []grpc.DialOption{creds}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	a, err := agent.New(cfg)

@@ -57,8 +57,8 @@ func TestScanModeBinary(t *testing.T) {
 	scribble(t, img, rng, 20)
 
 	addr := ferrytest.FreeAddr(t)
-	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "")
-	agentArgs := []string{"run", "--ps", addr, "--vm", "files1", "--disk", "os=" + img, "--state", filepath.Join(dir, "agent"),
+	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--insecure")
+	agentArgs := []string{"run", "--insecure", "--ps", addr, "--vm", "files1", "--disk", "os=" + img, "--state", filepath.Join(dir, "agent"),
 		"--scan-interval", "100ms", "--crash-interval", "1s"}
 	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), agentArgs...)
 	cc := ferrytest.Dial(t, addr)
@@ -91,7 +91,7 @@ func TestScanModeBinary(t *testing.T) {
 			return n >= 2
 		})
 		out := filepath.Join(dir, "export.img")
-		cmd := exec.Command(filepath.Join(bin, "ferryctl"), "--ps", addr, "export", "--vm", "files1", "--disk", "os", "--point", fmt.Sprint(id), "--out", out)
+		cmd := exec.Command(filepath.Join(bin, "ferryctl"), "--insecure", "--ps", addr, "export", "--vm", "files1", "--disk", "os", "--point", fmt.Sprint(id), "--out", out)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("ferryctl export: %v\n%s", err, b)
 		}

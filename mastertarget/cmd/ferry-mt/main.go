@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
 const usage = `
@@ -37,6 +38,8 @@ func main() {
 	fs.Var(&disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
 	fs.StringVar(&prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")
 	fs.StringVar(&prim.StartHook, "start-hook", "", "command run as HOOK VM LOCATION DISK=PATH... to start the primary VM after failback")
+	tlsDir := fs.String("tls-dir", "", "the master target's TLS identity ('ferry-ps ca issue --role mt'): TLS 1.3 with client certificates")
+	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-mt serve [flags]
@@ -64,6 +67,16 @@ Flags:
 		cli.Fatal("ferry-mt", err)
 	}
 	cfg.Logger = log
+	switch {
+	case *tlsDir != "":
+		if cfg.TLS, err = tlsca.Config(*tlsDir, false); err != nil {
+			cli.Fatal("ferry-mt", err)
+		}
+	case *insecureOK:
+		log.Warn("--insecure: serving in plain text without authentication")
+	default:
+		cli.Fatal("ferry-mt", fmt.Errorf("no TLS: pass --tls-dir (ferry-ps ca issue --role mt) or --insecure for plain text"))
+	}
 	srv, err := mastertarget.New(cfg)
 	if err != nil {
 		cli.Fatal("ferry-mt", err)

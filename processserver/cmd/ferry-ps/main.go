@@ -7,9 +7,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 )
 
@@ -17,13 +20,33 @@ const usage = `
 ferry-ps runs Ferry's process server at the recovery site.
 
 Usage:
-  ferry-ps serve [flags]     receive replication and serve the recovery API
+  ferry-ps serve --ca DIR [flags]   receive replication and serve the recovery API over
+                                    TLS 1.3 with client certificates (--insecure: plain text)
+  ferry-ps ca init --ca DIR [--host H,...]
+                                    create the deployment's CA and the server's certificate
+                                    (for localhost, 127.0.0.1 and the hosts given)
+  ferry-ps ca issue --ca DIR --role operator|mt|ps --name NAME --out DIR [--host H,...]
+                                    issue a key and certificate (ferryctl --tls-dir, ferry-mt --tls-dir)
+  ferry-ps enroll --ca DIR --vm NAME [--ttl 1h]
+                                    print a single-use enrollment token for an agent
+                                    (ferry-agent run --token TOKEN ...)
 
 Run 'ferry-ps serve --help' for the flags.
 `
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
+	if len(os.Args) < 2 {
+		cli.Usage(usage)
+	}
+	switch os.Args[1] {
+	case "serve":
+	case "ca":
+		caCmd(os.Args[2:])
+		return
+	case "enroll":
+		enrollCmd(os.Args[2:])
+		return
+	default:
 		cli.Usage(usage)
 	}
 	cfg := processserver.DefaultConfig()
@@ -39,6 +62,8 @@ func main() {
 	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port or unix:PATH")
 	fs.StringVar(&cfg.MasterTarget, "master-target", "", "the primary site's master target (host:port), for reprotect and failback")
 	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")
+	caDir := fs.String("ca", "", "the CA directory of ferry-ps ca init: TLS 1.3 with client certificates on every port, and agent enrollment")
+	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: ferry-ps serve [flags]\n\nReceives replication streams into a journal under --data and serves the\nrecovery API on --listen. SIGTERM or SIGINT stops it cleanly: open streams\ncommit what they had verified first.\n\nFlags:\n")
@@ -50,6 +75,22 @@ func main() {
 		cli.Fatal("ferry-ps", err)
 	}
 	cfg.Logger = log
+	switch {
+	case *caDir != "":
+		if cfg.CA, err = tlsca.Load(*caDir); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+		if cfg.TLS, err = tlsca.Config(filepath.Join(*caDir, "ps"), false); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+		if cfg.MasterTargetTLS, err = tlsca.Config(filepath.Join(*caDir, "ps"), false); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+	case *insecureOK:
+		log.Warn("--insecure: serving in plain text without authentication; anyone who reaches the port can read and write replicas and run failovers")
+	default:
+		cli.Fatal("ferry-ps", fmt.Errorf("no TLS: pass --ca DIR (create it with 'ferry-ps ca init --ca DIR') or --insecure for plain text"))
+	}
 	srv, err := processserver.New(cfg)
 	if err != nil {
 		cli.Fatal("ferry-ps", err)
@@ -66,4 +107,70 @@ func main() {
 	if err := srv.Close(cctx); err != nil {
 		cli.Fatal("ferry-ps", err)
 	}
+}
+
+func caCmd(args []string) {
+	if len(args) == 0 || (args[0] != "init" && args[0] != "issue") {
+		cli.Usage(usage)
+	}
+	fs := flag.NewFlagSet("ca "+args[0], flag.ExitOnError)
+	dir := fs.String("ca", "", "the CA directory")
+	hosts := fs.String("host", "", "comma-separated host names and IP addresses the certificate is for")
+	role := fs.String("role", "", "issue: operator, mt (master target) or ps (process server)")
+	name := fs.String("name", "", "issue: the holder's name")
+	out := fs.String("out", "", "issue: directory for cert.pem, key.pem and ca.crt")
+	fs.Parse(args[1:])
+	if *dir == "" {
+		cli.Fatal("ferry-ps ca", fmt.Errorf("--ca DIR is required"))
+	}
+	var hs []string
+	for _, h := range strings.Split(*hosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hs = append(hs, h)
+		}
+	}
+	if args[0] == "init" {
+		ca, err := tlsca.Init(*dir, append([]string{"localhost", "127.0.0.1", "::1"}, hs...))
+		if err != nil {
+			cli.Fatal("ferry-ps ca init", err)
+		}
+		fmt.Printf("CA created in %s (fingerprint %s); the server's certificate is in %s\n", *dir, ca.Fingerprint(), filepath.Join(*dir, "ps"))
+		return
+	}
+	switch *role {
+	case tlsca.RoleOperator, tlsca.RoleMasterTarget, tlsca.RoleServer:
+	default:
+		cli.Fatal("ferry-ps ca issue", fmt.Errorf("--role %q: want operator, mt or ps (agents enroll with a token)", *role))
+	}
+	if *name == "" || *out == "" {
+		cli.Fatal("ferry-ps ca issue", fmt.Errorf("--name and --out are required"))
+	}
+	ca, err := tlsca.Load(*dir)
+	if err != nil {
+		cli.Fatal("ferry-ps ca issue", err)
+	}
+	if err := ca.IssueTo(*out, tlsca.Identity{Role: *role, Name: *name}, hs); err != nil {
+		cli.Fatal("ferry-ps ca issue", err)
+	}
+	fmt.Printf("%s/%s: key and certificate in %s\n", *role, *name, *out)
+}
+
+func enrollCmd(args []string) {
+	fs := flag.NewFlagSet("enroll", flag.ExitOnError)
+	dir := fs.String("ca", "", "the CA directory")
+	vm := fs.String("vm", "", "the VM the agent will replicate")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token can be used (once)")
+	fs.Parse(args)
+	if *dir == "" || *vm == "" {
+		cli.Fatal("ferry-ps enroll", fmt.Errorf("--ca and --vm are required"))
+	}
+	ca, err := tlsca.Load(*dir)
+	if err != nil {
+		cli.Fatal("ferry-ps enroll", err)
+	}
+	token, err := ca.NewToken(*vm, *ttl)
+	if err != nil {
+		cli.Fatal("ferry-ps enroll", err)
+	}
+	fmt.Println(token)
 }

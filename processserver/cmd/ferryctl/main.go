@@ -5,16 +5,17 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -83,14 +84,19 @@ func main() {
 	global := flag.NewFlagSet("ferryctl", flag.ExitOnError)
 	ps := global.String("ps", "127.0.0.1:7400", "process server address")
 	timeout := global.Duration("timeout", 0, "give up after this long (0: no limit)")
+	tlsDir := global.String("tls-dir", os.Getenv("FERRY_TLS_DIR"), "the operator's TLS identity (cert.pem, key.pem, ca.crt from 'ferry-ps ca issue --role operator'; default $FERRY_TLS_DIR)")
+	insecureOK := global.Bool("insecure", false, "talk to the process server in plain text (only to a ferry-ps run with --insecure)")
 	global.Usage = func() { cli.Usage(usage) }
 	global.Parse(os.Args[1:])
 	args := global.Args()
 	if len(args) == 0 {
 		cli.Usage(usage)
 	}
-	conn, err := grpc.NewClient(*ps, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+	creds, err := tlsca.DialOption(*tlsDir, *insecureOK, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		cli.Fatal("ferryctl", err)
+	}
+	conn, err := grpc.NewClient(*ps, creds, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
 	if err != nil {
 		cli.Fatal("ferryctl", err)
 	}

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -53,7 +56,7 @@ func TestFailoverWithHooks(t *testing.T) {
 	os.WriteFile(machine, []byte(`{"os":"linux","mobilityAgentVersion":"9.55","dhcp":true,"sshEnabledAtBoot":true,"sshFirewallAllowed":true}`), 0o644)
 
 	addr := ferrytest.FreeAddr(t)
-	psArgs := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
+	psArgs := []string{"serve", "--insecure", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
 		"--compute-hook", hook, "--process-interval", "100ms"}
 	// With the NBD clients at hand, the test failover's disks reach the
 	// hook as nbd:// URIs of copy-on-write overlays instead of copies.
@@ -63,7 +66,7 @@ func TestFailoverWithHooks(t *testing.T) {
 		psArgs = append(psArgs, "--nbd-listen", ferrytest.FreeAddr(t))
 	}
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
-	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), "run", "--ps", addr, "--vm", "host1", "--disk", "os="+img,
+	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), "run", "--insecure", "--ps", addr, "--vm", "host1", "--disk", "os="+img,
 		"--state", filepath.Join(dir, "agent"), "--scan-interval", "100ms", "--crash-interval", "1s",
 		"--machine", machine, "--shutdown-hook", "true")
 	cc := ferrytest.Dial(t, addr)
@@ -74,9 +77,13 @@ func TestFailoverWithHooks(t *testing.T) {
 	})
 	ctl := func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--ps", addr}, args...)...).CombinedOutput()
+		// Stdout only: with --insecure ferryctl warns on stderr.
+		cmd := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--insecure", "--ps", addr}, args...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("ferryctl %v: %v\n%s", args, err, out)
+			t.Fatalf("ferryctl %v: %v\n%s%s", args, err, out, stderr.String())
 		}
 		return string(out)
 	}
@@ -158,7 +165,12 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 	t.Setenv("FERRY_ACTION_LOG", actionLog)
 
 	addr := ferrytest.FreeAddr(t)
-	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
+	// Over TLS, as deployed: a CA, an operator certificate, agents enrolled
+	// with single-use tokens.
+	caDir, opDir := filepath.Join(dir, "ca"), filepath.Join(dir, "operator")
+	ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "ca", "init", "--ca", caDir)
+	ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "ca", "issue", "--ca", caDir, "--role", "operator", "--name", "ops", "--out", opDir)
+	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--ca", caDir, "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
 		"--compute-hook", hook, "--process-interval", "100ms")
 	for i, vm := range []string{"host-a", "host-b", "host-c"} {
 		img := filepath.Join(dir, vm+".img")
@@ -167,14 +179,23 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 			data[j*4096+i] = byte(j + 1)
 		}
 		os.WriteFile(img, data, 0o644)
-		args := []string{"run", "--ps", addr, "--vm", vm, "--disk", "os=" + img, "--state", filepath.Join(dir, "agent-"+vm), "--scan-interval", "100ms"}
+		token := strings.TrimSpace(ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "enroll", "--ca", caDir, "--vm", vm))
+		args := []string{"run", "--ps", addr, "--vm", vm, "--disk", "os=" + img, "--state", filepath.Join(dir, "agent-"+vm), "--scan-interval", "100ms", "--token", token}
 		if vm != "host-c" {
 			// The group's members capture writes in their splitter.
 			args = append(args, "--nbd-listen", "unix:"+filepath.Join(dir, vm+".sock"))
 		}
 		ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), args...)
 	}
-	cc := ferrytest.Dial(t, addr)
+	creds, err := tlsca.DialOption(opDir, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(addr, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
 	rc := ferryv1.NewRecoveryClient(cc)
 	points := func(vm string) []*ferryv1.RecoveryPoint {
 		resp, err := rc.ListPoints(context.Background(), &ferryv1.ListPointsRequest{Vm: vm})
@@ -187,7 +208,7 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 		ferrytest.WaitFor(t, 60*time.Second, vm+"'s first point", func() bool { return len(points(vm)) > 0 })
 	}
 	run := func(args ...string) (string, error) {
-		out, err := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--ps", addr}, args...)...).CombinedOutput()
+		out, err := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--ps", addr, "--tls-dir", opDir}, args...)...).CombinedOutput()
 		return string(out), err
 	}
 	ctl := func(args ...string) string {
@@ -199,6 +220,14 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 		return out
 	}
 
+	// Without a certificate ferryctl does not even try; with an agent's it
+	// is refused.
+	if out, err := exec.Command(filepath.Join(bin, "ferryctl"), "--ps", addr, "vms").CombinedOutput(); err == nil || !strings.Contains(string(out), "no TLS identity") {
+		t.Fatalf("ferryctl without a certificate: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(filepath.Join(bin, "ferryctl"), "--ps", addr, "--tls-dir", filepath.Join(dir, "agent-host-a", "tls"), "vms").CombinedOutput(); err == nil || !strings.Contains(string(out), "may not call ferry.v1.Recovery") {
+		t.Fatalf("ferryctl with an agent's certificate: %v\n%s", err, out)
+	}
 	if out := ctl("policy", "list"); !strings.Contains(out, "default") || !strings.Contains(out, "vmware-72h") || !strings.Contains(out, "failback") {
 		t.Fatalf("policy list:\n%s", out)
 	}

@@ -1864,6 +1864,120 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type EnrollRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// A PKCS#10 certificate request for the agent's new key.
+	CsrDer        []byte `protobuf:"bytes,2,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollRequest) Reset() {
+	*x = EnrollRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollRequest) ProtoMessage() {}
+
+func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
+func (*EnrollRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EnrollRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetCsrDer() []byte {
+	if x != nil {
+		return x.CsrDer
+	}
+	return nil
+}
+
+type EnrollResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	CertDer []byte                 `protobuf:"bytes,1,opt,name=cert_der,json=certDer,proto3" json:"cert_der,omitempty"`
+	CaDer   []byte                 `protobuf:"bytes,2,opt,name=ca_der,json=caDer,proto3" json:"ca_der,omitempty"`
+	// The VM the certificate lets the agent replicate.
+	Vm            string `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollResponse) Reset() {
+	*x = EnrollResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollResponse) ProtoMessage() {}
+
+func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
+func (*EnrollResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EnrollResponse) GetCertDer() []byte {
+	if x != nil {
+		return x.CertDer
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetCaDer() []byte {
+	if x != nil {
+		return x.CaDer
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
 type Policy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1885,7 +1999,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2011,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2024,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Policy) GetName() string {
@@ -1970,7 +2084,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2096,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2109,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 type ListPoliciesResponse struct {
@@ -2007,7 +2121,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2133,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2146,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2052,7 +2166,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2178,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2191,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -2102,7 +2216,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2228,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2241,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 type ReplicationGroup struct {
@@ -2147,7 +2261,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2273,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2286,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2218,7 +2332,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2344,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2357,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 type ListGroupsResponse struct {
@@ -2255,7 +2369,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +2381,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +2394,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2299,7 +2413,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2425,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2438,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2342,7 +2456,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2468,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2481,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 type GroupPointRequest struct {
@@ -2380,7 +2494,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2506,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2519,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2434,7 +2548,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2560,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2573,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -2493,7 +2607,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2619,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2632,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -2548,7 +2662,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2674,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2687,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -2611,7 +2725,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2737,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2750,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PlanAction) GetName() string {
@@ -2668,7 +2782,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2794,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2807,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 type ListPlansResponse struct {
@@ -2705,7 +2819,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2831,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2844,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -2749,7 +2863,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2875,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2888,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -2792,7 +2906,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2918,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2931,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 type RunPlanRequest struct {
@@ -2837,7 +2951,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2963,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2976,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -2909,7 +3023,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2921,7 +3035,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2934,7 +3048,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -2953,7 +3067,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3079,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3092,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -2997,7 +3111,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3123,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3136,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3044,7 +3158,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3170,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3183,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -3112,7 +3226,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3124,7 +3238,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3137,7 +3251,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3179,7 +3293,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3305,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3318,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3237,7 +3351,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3363,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3376,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3280,7 +3394,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3292,7 +3406,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3305,7 +3419,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 type ReprotectRequest struct {
@@ -3319,7 +3433,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3331,7 +3445,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3344,7 +3458,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -3374,7 +3488,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3386,7 +3500,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3399,7 +3513,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -3439,7 +3553,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3451,7 +3565,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3464,7 +3578,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -3512,7 +3626,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3524,7 +3638,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3537,7 +3651,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -3563,7 +3677,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3575,7 +3689,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3588,7 +3702,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -3607,7 +3721,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +3733,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +3746,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -3651,7 +3765,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3663,7 +3777,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3676,7 +3790,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -3695,7 +3809,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3707,7 +3821,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3720,7 +3834,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -3755,7 +3869,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +3881,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +3894,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Job) GetId() uint64 {
@@ -3890,7 +4004,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3902,7 +4016,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3915,7 +4029,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *JobStep) GetName() string {
@@ -3972,7 +4086,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3984,7 +4098,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3997,7 +4111,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4030,7 +4144,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4042,7 +4156,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4055,7 +4169,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -4074,7 +4188,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4086,7 +4200,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4099,7 +4213,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -4131,7 +4245,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4143,7 +4257,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4156,7 +4270,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4251,7 +4365,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4263,7 +4377,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4276,7 +4390,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 type ListVMsResponse struct {
@@ -4288,7 +4402,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4300,7 +4414,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4313,7 +4427,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -4341,7 +4455,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4353,7 +4467,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4366,7 +4480,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *VM) GetName() string {
@@ -4441,7 +4555,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4453,7 +4567,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4466,7 +4580,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -4485,7 +4599,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4497,7 +4611,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4510,7 +4624,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -4533,7 +4647,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4545,7 +4659,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4558,7 +4672,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -4601,7 +4715,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4613,7 +4727,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4626,7 +4740,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -4665,7 +4779,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4677,7 +4791,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4690,7 +4804,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -4738,7 +4852,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4750,7 +4864,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4763,7 +4877,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -4789,7 +4903,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4801,7 +4915,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4814,7 +4928,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -4841,7 +4955,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4853,7 +4967,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4866,7 +4980,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -4941,7 +5055,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4953,7 +5067,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4966,7 +5080,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5022,7 +5136,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5034,7 +5148,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5047,7 +5161,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -5084,7 +5198,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5096,7 +5210,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5109,7 +5223,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -5150,7 +5264,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5162,7 +5276,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5175,7 +5289,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -5200,7 +5314,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5212,7 +5326,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5225,7 +5339,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -5267,7 +5381,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5279,7 +5393,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5292,7 +5406,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -5345,7 +5459,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5357,7 +5471,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5370,7 +5484,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 type ReprotectStatusResponse struct {
@@ -5389,7 +5503,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5401,7 +5515,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5414,7 +5528,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -5601,7 +5715,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x91\x02\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\">\n" +
+	"\rEnrollRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
+	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"R\n" +
+	"\x0eEnrollResponse\x12\x19\n" +
+	"\bcert_der\x18\x01 \x01(\fR\acertDer\x12\x15\n" +
+	"\x06ca_der\x18\x02 \x01(\fR\x05caDer\x12\x0e\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\"\x91\x02\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
 	"\x11retention_seconds\x18\x02 \x01(\x03R\x10retentionSeconds\x124\n" +
@@ -5867,7 +5988,10 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\xd6\x0e\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012I\n" +
+	"\n" +
+	"Enrollment\x12;\n" +
+	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xd6\x0e\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -5923,7 +6047,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -5950,67 +6074,69 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Ack)(nil),                      // 22: ferry.v1.Ack
 	(*BlockHashesRequest)(nil),       // 23: ferry.v1.BlockHashesRequest
 	(*BlockHashesResponse)(nil),      // 24: ferry.v1.BlockHashesResponse
-	(*Policy)(nil),                   // 25: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 26: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 27: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 28: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 29: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 30: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 31: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 32: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 33: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 34: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 35: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 36: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 37: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 38: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 39: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 40: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 41: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 42: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 43: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 44: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 45: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 46: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 47: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 48: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 49: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 50: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 51: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 52: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 53: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 54: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 55: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 56: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 57: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 58: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 59: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 60: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 61: ferry.v1.Job
-	(*JobStep)(nil),                  // 62: ferry.v1.JobStep
-	(*Finding)(nil),                  // 63: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 64: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 65: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 66: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 67: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 68: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 69: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 70: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 71: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 72: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 73: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 74: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 75: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 76: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 77: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 78: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 79: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 80: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 81: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 82: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 83: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 84: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 85: ferry.v1.ReprotectStatusResponse
+	(*EnrollRequest)(nil),            // 25: ferry.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 26: ferry.v1.EnrollResponse
+	(*Policy)(nil),                   // 27: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 28: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 29: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 30: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 31: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 32: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 33: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 34: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 35: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 36: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 37: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 38: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 39: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 40: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 41: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 42: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 43: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 44: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 45: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 46: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 47: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 48: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 49: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 50: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 51: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 52: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 53: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 54: ferry.v1.UnexportNBDResponse
+	(*ReprotectRequest)(nil),         // 55: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 56: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 57: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 58: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 59: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 60: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 61: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 62: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 63: ferry.v1.Job
+	(*JobStep)(nil),                  // 64: ferry.v1.JobStep
+	(*Finding)(nil),                  // 65: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 66: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 67: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 68: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 69: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 70: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 71: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 72: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 73: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 74: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 75: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 76: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 77: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 78: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 79: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 80: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 81: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 82: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 83: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 84: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 85: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 86: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 87: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -6029,105 +6155,107 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	22, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
 	20, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	25, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	27, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
 	18, // 17: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
 	19, // 18: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
 	16, // 19: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
 	17, // 20: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	25, // 21: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	25, // 22: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	30, // 23: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	38, // 24: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	39, // 25: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	39, // 26: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	37, // 27: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	48, // 28: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	27, // 21: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	27, // 22: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	32, // 23: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	40, // 24: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	41, // 25: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	41, // 26: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	39, // 27: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	50, // 28: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
 	2,  // 29: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	61, // 30: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	62, // 31: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	72, // 32: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	63, // 33: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	66, // 34: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	69, // 35: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	63, // 30: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	64, // 31: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	74, // 32: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	65, // 33: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	68, // 34: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	71, // 35: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
 	7,  // 36: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	72, // 37: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	74, // 37: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
 	0,  // 38: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	78, // 39: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	80, // 39: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
 	7,  // 40: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	62, // 41: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	72, // 42: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	64, // 41: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	74, // 42: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
 	3,  // 43: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
 	23, // 44: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	67, // 45: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	70, // 46: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	73, // 47: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	75, // 48: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	76, // 49: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	55, // 50: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	56, // 51: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	57, // 52: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	57, // 53: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	58, // 54: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	60, // 55: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	64, // 56: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	53, // 57: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	54, // 58: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	49, // 59: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	51, // 60: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	46, // 61: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	26, // 62: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	25, // 63: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	28, // 64: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	31, // 65: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	30, // 66: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	33, // 67: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	35, // 68: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	40, // 69: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	37, // 70: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	42, // 71: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	44, // 72: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	45, // 73: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	80, // 74: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	82, // 75: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	57, // 76: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	57, // 77: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	14, // 78: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	24, // 79: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	68, // 80: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	71, // 81: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	74, // 82: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	79, // 83: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	77, // 84: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	61, // 85: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	61, // 86: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	61, // 87: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	61, // 88: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	59, // 89: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	61, // 90: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	65, // 91: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	61, // 92: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	61, // 93: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	50, // 94: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	52, // 95: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	47, // 96: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	27, // 97: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	25, // 98: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	29, // 99: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	32, // 100: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	30, // 101: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	34, // 102: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	36, // 103: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	41, // 104: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	37, // 105: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	43, // 106: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	61, // 107: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	61, // 108: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	81, // 109: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	83, // 110: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	84, // 111: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	85, // 112: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	78, // [78:113] is the sub-list for method output_type
-	43, // [43:78] is the sub-list for method input_type
+	25, // 45: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	69, // 46: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	72, // 47: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	75, // 48: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	77, // 49: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	78, // 50: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	57, // 51: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	58, // 52: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	59, // 53: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	59, // 54: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	60, // 55: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	62, // 56: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	66, // 57: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	55, // 58: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	56, // 59: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	51, // 60: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	53, // 61: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	48, // 62: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	28, // 63: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	27, // 64: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	30, // 65: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	33, // 66: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	32, // 67: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	35, // 68: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	37, // 69: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	42, // 70: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	39, // 71: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	44, // 72: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	46, // 73: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	47, // 74: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	82, // 75: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	84, // 76: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	59, // 77: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	59, // 78: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	14, // 79: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	24, // 80: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	26, // 81: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	70, // 82: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	73, // 83: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	76, // 84: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	81, // 85: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	79, // 86: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	63, // 87: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	63, // 88: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	63, // 89: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	63, // 90: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	61, // 91: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	63, // 92: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	67, // 93: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	63, // 94: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	63, // 95: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	52, // 96: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	54, // 97: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	49, // 98: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	29, // 99: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	27, // 100: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	31, // 101: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	34, // 102: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	32, // 103: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	36, // 104: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	38, // 105: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	43, // 106: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	39, // 107: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	45, // 108: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	63, // 109: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	63, // 110: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	83, // 111: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	85, // 112: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	86, // 113: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	87, // 114: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	79, // [79:115] is the sub-list for method output_type
+	43, // [43:79] is the sub-list for method input_type
 	43, // [43:43] is the sub-list for extension type_name
 	43, // [43:43] is the sub-list for extension extendee
 	0,  // [0:43] is the sub-list for field type_name
@@ -6168,9 +6296,9 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   83,
+			NumMessages:   85,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_ferry_v1_ferry_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_ferry_proto_depIdxs,

@@ -1,0 +1,148 @@
+package processserver_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/processserver"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// TestMutualTLS: with TLS on, an agent enrolls with a single-use token and
+// replicates only its own VM; a reused, expired or unknown token, a token
+// naming another CA, a client without a certificate, an agent calling the
+// operator API and a plain-text client are all refused; an operator's
+// certificate opens the operator API.
+func TestMutualTLS(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	addr := ps.Server.Addr()
+
+	token, err := ca.NewToken("vm-a", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := tlsca.Enroll(ctx, addr, token, filepath.Join(dir, "agent-a")); err != nil || vm != "vm-a" {
+		t.Fatalf("enroll: %q %v", vm, err)
+	}
+	refused := func(what string, err error, code codes.Code, want string) {
+		t.Helper()
+		if status.Code(err) != code || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: %v; want %v naming %q", what, err, code, want)
+		}
+	}
+	_, err = tlsca.Enroll(ctx, addr, token, filepath.Join(dir, "again"))
+	refused("reused token", err, codes.PermissionDenied, "already used")
+	short, _ := ca.NewToken("vm-x", time.Nanosecond)
+	_, err = tlsca.Enroll(ctx, addr, short, filepath.Join(dir, "late"))
+	refused("expired token", err, codes.PermissionDenied, "expired")
+	_, err = tlsca.Enroll(ctx, addr, "ferry1."+strings.Repeat("00", 32)+"."+ca.Fingerprint(), filepath.Join(dir, "forged"))
+	refused("unknown token", err, codes.PermissionDenied, "not recognized")
+	other, err := tlsca.Init(filepath.Join(dir, "other-ca"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, _ := other.NewToken("vm-a", time.Hour)
+	if _, err := tlsca.Enroll(ctx, addr, foreign, filepath.Join(dir, "foreign")); err == nil || !strings.Contains(err.Error(), "not from the CA") {
+		t.Fatalf("a token of another CA: %v", err)
+	}
+
+	// The agent replicates its own VM.
+	creds := func(d string) grpc.DialOption {
+		cfg, err := tlsca.Config(d, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+	}
+	start := func(vm string) *agent.Agent {
+		a, err := agent.New(agent.Config{VM: vm, StateDir: filepath.Join(dir, "state-"+vm), Target: addr,
+			Disks:       []agent.Disk{{Name: "os", Device: blockdev.NewMemory(1 << 20)}},
+			DialOptions: []grpc.DialOption{creds(filepath.Join(dir, "agent-a"))}, IgnorePolicy: true,
+			Logger: ferrytest.Logger(t), Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Open(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close(ctx) })
+		return a
+	}
+	a := start("vm-a")
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.WaitSynced(wctx); err != nil {
+		t.Fatal(err)
+	}
+	// Agent A's certificate cannot write vm-b.
+	b := start("vm-b")
+	select {
+	case <-b.Done():
+		if !strings.Contains(b.Err().Error(), "may not replicate vm vm-b") {
+			t.Fatalf("agent with vm-a's certificate writing vm-b: %v", b.Err())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent with vm-a's certificate was not refused vm-b")
+	}
+	if _, err := ps.Journal().VM(ctx, "vm-b"); err == nil {
+		t.Fatal("vm-b was registered by another VM's agent")
+	}
+
+	// The operator API.
+	dial := func(opt grpc.DialOption) ferryv1.RecoveryClient {
+		cc, err := grpc.NewClient(addr, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return ferryv1.NewRecoveryClient(cc)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	noCert := dial(grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool})))
+	_, err = noCert.ListVMs(ctx, &ferryv1.ListVMsRequest{})
+	refused("operator API without a certificate", err, codes.Unauthenticated, "needs a client certificate")
+	_, err = dial(creds(filepath.Join(dir, "agent-a"))).ListVMs(ctx, &ferryv1.ListVMsRequest{})
+	refused("operator API with an agent's certificate", err, codes.PermissionDenied, "agent/vm-a may not call ferry.v1.Recovery")
+	_, err = dial(grpc.WithTransportCredentials(insecure.NewCredentials())).ListVMs(ctx, &ferryv1.ListVMsRequest{})
+	refused("plain text", err, codes.Unavailable, "")
+	if err := ca.IssueTo(filepath.Join(dir, "alice"), tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := dial(creds(filepath.Join(dir, "alice"))).ListVMs(ctx, &ferryv1.ListVMsRequest{})
+	if err != nil || len(resp.GetVms()) != 1 || resp.GetVms()[0].GetName() != "vm-a" {
+		t.Fatalf("operator: %v %v", resp, err)
+	}
+	// Replication without a certificate.
+	cc, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool})))
+	defer cc.Close()
+	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm-a", 1, 1<<20)); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("replication without a certificate: %v", err)
+	}
+}
