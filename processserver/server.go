@@ -103,6 +103,9 @@ type Config struct {
 	// MasterTargetTLS is the client side of the connection to the master
 	// target (the process server's own certificate); nil: plain text.
 	MasterTargetTLS *tls.Config
+	// EncryptionKey (32 bytes) encrypts journal payloads at rest with
+	// AES-256-GCM; nil: plain text.
+	EncryptionKey []byte
 	// ProcessRate models, on a simulated clock, how fast a process server
 	// verifies received data (bytes/s; default 200 MB/s).
 	ProcessRate int64
@@ -227,7 +230,7 @@ func (s *Server) Open(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("open process server: %w", err)
 	}
-	j, err := journal.Open(filepath.Join(s.cfg.DataDir, "journal.db"), journal.Options{NoSync: s.cfg.NoSync})
+	j, err := journal.Open(filepath.Join(s.cfg.DataDir, "journal.db"), journal.Options{NoSync: s.cfg.NoSync, Key: s.cfg.EncryptionKey})
 	if err != nil {
 		return err
 	}

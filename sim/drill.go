@@ -74,6 +74,8 @@ type Config struct {
 	// PlanActions runs recovery plans' actions (default: Actions, which
 	// records them).
 	PlanActions processserver.PlanActionRunner
+	// EncryptionKey encrypts the process server's journal payloads at rest.
+	EncryptionKey []byte
 	// Proxy puts a fault.Proxy between each agent and the process server
 	// (Drill.Proxies), for tests that attack the network.
 	Proxy bool
@@ -153,7 +155,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	d.psConfig = processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
-		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions,
+		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions, EncryptionKey: cfg.EncryptionKey,
 		MasterTarget: mtAddr,
 	}
 	ps, err := processserver.New(d.psConfig)

@@ -210,32 +210,7 @@ func TestBitFlipsInTransit(t *testing.T) {
 	if err := d.ProcessNow(ctx); err != nil {
 		t.Fatal(err)
 	}
-	verified := 0
-	for _, v := range d.VMs {
-		pts, err := d.Recovery.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: v.Config.Name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range pts.GetPoints() {
-			truth, err := d.TruthFor(v, p)
-			if err != nil {
-				continue
-			}
-			for i := range truth.Disks {
-				img := exportDisk(t, d, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), truth.Disks[i].Size())
-				if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[i])); diff != "" {
-					t.Fatalf("%s point %d (%s) disk%d differs from ground truth after bit flips in transit: %s", v.Config.Name, p.GetId(), p.GetTag(), i, diff)
-				}
-			}
-			verified++
-		}
-		for i := range v.Active() {
-			img := exportDisk(t, d, v.Config.Name, "latest", fmt.Sprintf("disk%d", i), v.Active()[i].Size())
-			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, v.Active()[i])); diff != "" {
-				t.Fatalf("%s latest disk%d differs from the disk: %s", v.Config.Name, i, diff)
-			}
-		}
-	}
+	verified := verifyAllPoints(t, d)
 	journaltest.MustCheck(t, d.PS.Journal())
 	var conns, streams int64
 	for _, px := range d.Proxies {
@@ -257,4 +232,39 @@ func flips(d *sim.Drill) int64 {
 		n += px.Flips()
 	}
 	return n
+}
+
+// verifyAllPoints exports every point of every VM that has a ground truth
+// and compares each disk with it, then checks the latest point of each VM
+// equals its disks; it returns how many points it compared.
+func verifyAllPoints(t *testing.T, d *sim.Drill) int {
+	t.Helper()
+	ctx := context.Background()
+	verified := 0
+	for _, v := range d.VMs {
+		pts, err := d.Recovery.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: v.Config.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pts.GetPoints() {
+			truth, err := d.TruthFor(v, p)
+			if err != nil {
+				continue
+			}
+			for i := range truth.Disks {
+				img := exportDisk(t, d, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), truth.Disks[i].Size())
+				if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[i])); diff != "" {
+					t.Fatalf("%s point %d (%s) disk%d differs from ground truth: %s", v.Config.Name, p.GetId(), p.GetTag(), i, diff)
+				}
+			}
+			verified++
+		}
+		for i := range v.Active() {
+			img := exportDisk(t, d, v.Config.Name, "latest", fmt.Sprintf("disk%d", i), v.Active()[i].Size())
+			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, v.Active()[i])); diff != "" {
+				t.Fatalf("%s latest disk%d differs from the disk: %s", v.Config.Name, i, diff)
+			}
+		}
+	}
+	return verified
 }

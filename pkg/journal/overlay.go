@@ -104,7 +104,10 @@ func (o *Overlay) readBlockLocked(ctx context.Context, b int64, p []byte) error 
 			if err != nil {
 				return err
 			}
-			payload := bk.Bucket(bucketData).Get(seqKey(seq))
+			payload, err := o.j.seal.open(&r, bk.Bucket(bucketData).Get(seqKey(seq)))
+			if err != nil {
+				return &CorruptError{VM: o.vm, Seq: seq, Disk: r.Disk, Offset: r.Offset, Err: err}
+			}
 			out, err := decode(nil, r.Codec, payload, r.Length, r.Sum)
 			if err != nil {
 				return &CorruptError{VM: o.vm, Seq: seq, Disk: r.Disk, Offset: r.Offset, Err: err}

@@ -36,7 +36,7 @@ func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStat
 		}
 		st.From, st.To = vm.ProcessedSeq, min(upTo, vm.LastSeq)
 		consistent = vm.ProcessedConsistent
-		vs, err := verifyRecords(ctx, tx, name, st.From, st.To, func(r *Record) {
+		vs, err := verifyRecords(ctx, tx, name, st.From, st.To, j.seal, func(r *Record) {
 			switch r.Kind {
 			case KindDrainBegin:
 				consistent = false

@@ -76,13 +76,13 @@ func (j *Journal) ReadPoint(ctx context.Context, name VMID, upTo Seq, disk int, 
 		if upTo > vm.LastSeq {
 			return fmt.Errorf("vm %s: read up to %d: %w: last durable record is %d", name, upTo, ErrNoPoint, vm.LastSeq)
 		}
-		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, j.Base(name), fn)
+		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, j.Base(name), j.seal, fn)
 	})
 }
 
 // readPoint reads [lo, hi) of a disk as of upTo; see ReadPoint. Blocks no
 // write supplied come from base when the VM has one, after everything else.
-func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, fn func(Extent) error) error {
+func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, fn func(Extent) error) error {
 	bs := int64(vm.BlockSize)
 	if bs == 0 {
 		bs = blockdev.BlockSize
@@ -130,7 +130,10 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 				if payload == nil {
 					return &CorruptError{VM: vm.Name, Seq: r.Seq, Disk: disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
 				}
-				var err error
+				payload, err := seal.open(&r, payload)
+				if err != nil {
+					return &CorruptError{VM: vm.Name, Seq: r.Seq, Disk: disk, Offset: r.Offset, Err: err}
+				}
 				if raw, err = decode(buf, r.Codec, payload, r.Length, r.Sum); err != nil {
 					return &CorruptError{VM: vm.Name, Seq: r.Seq, Disk: disk, Offset: r.Offset, Err: err}
 				}
@@ -258,7 +261,7 @@ func (j *Journal) Verify(ctx context.Context, name VMID, upTo Seq) (VerifyStats,
 		if _, err := getVM(tx, name); err != nil {
 			return err
 		}
-		st, err = verifyRecords(ctx, tx, name, 0, upTo, nil)
+		st, err = verifyRecords(ctx, tx, name, 0, upTo, j.seal, nil)
 		return err
 	})
 	return st, err
@@ -267,7 +270,7 @@ func (j *Journal) Verify(ctx context.Context, name VMID, upTo Seq) (VerifyStats,
 // verifyRecords walks the records after from up to upTo, reads back every
 // write's payload and checks it against its xxhash, and calls fn (if set)
 // with each record.
-func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, fn func(*Record)) (VerifyStats, error) {
+func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, seal *sealer, fn func(*Record)) (VerifyStats, error) {
 	var st VerifyStats
 	b := tx.Bucket(vmBucketName(name))
 	data := b.Bucket(bucketData)
@@ -292,6 +295,10 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, 
 		payload := data.Get(k)
 		if payload == nil && r.Codec != CodecZero {
 			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
+		}
+		payload, err = seal.open(&r, payload)
+		if err != nil {
+			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
 		}
 		out, err := decode(buf, r.Codec, payload, r.Length, r.Sum)
 		if err != nil {
@@ -410,7 +417,7 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 				buf = make([]byte, perWin*chunkSize)
 			}
 			clear(buf)
-			if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, buf); err != nil {
+			if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.seal, buf); err != nil {
 				return err
 			}
 			for _, c := range read {
@@ -496,8 +503,8 @@ func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only
 }
 
 // readRange assembles [lo, hi) of a disk as of upTo into buf.
-func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, buf []byte) error {
-	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, func(e Extent) error {
+func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, buf []byte) error {
+	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, seal, func(e Extent) error {
 		if e.Data != nil {
 			copy(buf[e.Offset-lo:], e.Data)
 		}

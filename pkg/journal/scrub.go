@@ -117,7 +117,7 @@ func (j *Journal) Scrub(ctx context.Context, name VMID) (ScrubReport, error) {
 			payload := data.Get(k)
 			if payload == nil && r.Codec != CodecZero {
 				err = fmt.Errorf("%w: payload missing", ErrChecksum)
-			} else {
+			} else if payload, err = j.seal.open(&r, payload); err == nil {
 				var out []byte
 				if out, err = decode(buf, r.Codec, payload, r.Length, r.Sum); err == nil && r.Codec != CodecRaw {
 					buf = out

@@ -107,6 +107,8 @@ type Record struct {
 	Sum     uint64 // xxhash64 of the Length decoded bytes
 	Codec   Codec
 	Payload []byte // encoded by Codec; must stay unchanged until Append returns
+	// Encrypted: the stored payload is sealed (the journal's key).
+	Encrypted bool
 
 	// Markers.
 	Consistency Consistency
@@ -132,6 +134,10 @@ type Point struct {
 // flipped bit in an offset, a length or a tag is found on read instead of
 // placing verified data in the wrong spot; and the metadata cannot be
 // read under another key.
+// codecEncrypted marks, in the stored codec byte, a payload encrypted at
+// rest.
+const codecEncrypted = 0x80
+
 const (
 	metaFixed  = 42
 	metaSum    = 34
@@ -155,6 +161,9 @@ func encodeMeta(r *Record) []byte {
 	b := make([]byte, metaFixed, metaFixed+len(r.Tag))
 	b[0] = byte(r.Kind)
 	b[1] = byte(r.Codec)
+	if r.Encrypted {
+		b[1] |= codecEncrypted
+	}
 	binary.BigEndian.PutUint16(b[2:], uint16(r.Disk))
 	binary.BigEndian.PutUint64(b[4:], uint64(r.Offset))
 	binary.BigEndian.PutUint32(b[12:], uint32(r.Length))
@@ -180,7 +189,8 @@ func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
 		VM:          vm,
 		Seq:         seq,
 		Kind:        Kind(b[0]),
-		Codec:       Codec(b[1]),
+		Codec:       Codec(b[1] &^ codecEncrypted),
+		Encrypted:   b[1]&codecEncrypted != 0,
 		Disk:        int(binary.BigEndian.Uint16(b[2:])),
 		Offset:      int64(binary.BigEndian.Uint64(b[4:])),
 		Length:      int(binary.BigEndian.Uint32(b[12:])),

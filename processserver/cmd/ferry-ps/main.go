@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 )
@@ -63,6 +64,7 @@ func main() {
 	fs.StringVar(&cfg.MasterTarget, "master-target", "", "the primary site's master target (host:port), for reprotect and failback")
 	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")
 	caDir := fs.String("ca", "", "the CA directory of ferry-ps ca init: TLS 1.3 with client certificates on every port, and agent enrollment")
+	keyFile := fs.String("key-file", "", "encrypt journal payloads at rest with AES-256-GCM under this 32-byte key (raw or 64 hex digits; e.g. head -c 32 /dev/urandom > key)")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
@@ -90,6 +92,11 @@ func main() {
 		log.Warn("--insecure: serving in plain text without authentication; anyone who reaches the port can read and write replicas and run failovers")
 	default:
 		cli.Fatal("ferry-ps", fmt.Errorf("no TLS: pass --ca DIR (create it with 'ferry-ps ca init --ca DIR') or --insecure for plain text"))
+	}
+	if *keyFile != "" {
+		if cfg.EncryptionKey, err = journal.ReadKeyFile(*keyFile); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
 	}
 	srv, err := processserver.New(cfg)
 	if err != nil {

@@ -1,0 +1,88 @@
+package journal
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// sealer encrypts write payloads at rest with AES-256-GCM. Each payload
+// gets a random 96-bit nonce stored in front of it, and its VM, sequence,
+// disk, offset and length are the authenticated data: a payload moved to
+// another record, VM or place fails to open instead of being read there.
+type sealer struct {
+	aead cipher.AEAD
+}
+
+const nonceSize = 12
+
+func newSealer(key []byte) (*sealer, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("journal: encryption key of %d bytes; AES-256 needs 32", len(key))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &sealer{aead: aead}, nil
+}
+
+func aad(r *Record) []byte {
+	b := make([]byte, 0, len(r.VM)+32)
+	b = append(b, r.VM...)
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Seq))
+	b = binary.BigEndian.AppendUint32(b, uint32(r.Disk))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Offset))
+	return binary.BigEndian.AppendUint32(b, uint32(r.Length))
+}
+
+func (s *sealer) seal(r *Record, payload []byte) ([]byte, error) {
+	out := make([]byte, nonceSize, nonceSize+len(payload)+s.aead.Overhead())
+	if _, err := rand.Read(out); err != nil {
+		return nil, err
+	}
+	return s.aead.Seal(out, out[:nonceSize], payload, aad(r)), nil
+}
+
+// open returns the stored payload of r decrypted when r was encrypted.
+func (s *sealer) open(r *Record, stored []byte) ([]byte, error) {
+	if !r.Encrypted {
+		return stored, nil
+	}
+	if s == nil {
+		return nil, fmt.Errorf("%w: the payload is encrypted and the journal was opened without its key", ErrInvalid)
+	}
+	if len(stored) < nonceSize+s.aead.Overhead() {
+		return nil, fmt.Errorf("%w: encrypted payload of %d bytes", ErrChecksum, len(stored))
+	}
+	out, err := s.aead.Open(nil, stored[:nonceSize], stored[nonceSize:], aad(r))
+	if err != nil {
+		return nil, fmt.Errorf("%w: encrypted payload does not authenticate (wrong key, or damaged)", ErrChecksum)
+	}
+	return out, nil
+}
+
+// ReadKeyFile reads a 32-byte key file: the raw bytes, or 64 hex digits.
+func ReadKeyFile(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) == 32 {
+		return raw, nil
+	}
+	if k, err := hex.DecodeString(strings.TrimSpace(string(raw))); err == nil && len(k) == 32 {
+		return k, nil
+	}
+	return nil, fmt.Errorf("key file %s: want 32 bytes, or 64 hex digits (e.g. head -c 32 /dev/urandom > %s)", path, path)
+}
