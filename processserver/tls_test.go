@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
@@ -144,5 +145,67 @@ func TestMutualTLS(t *testing.T) {
 	defer cc.Close()
 	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm-a", 1, 1<<20)); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("replication without a certificate: %v", err)
+	}
+}
+
+// TestMasterTargetTLS: the master target's API answers the process
+// server's certificate only; its replication port takes agents of VMs
+// registered for reverse replication and no one without a certificate.
+func TestMasterTargetTLS(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []tlsca.Identity{{Role: tlsca.RoleMasterTarget, Name: "mt"}, {Role: tlsca.RoleOperator, Name: "bob"}} {
+		if err := ca.IssueTo(filepath.Join(dir, id.Role), id, []string{"127.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mtTLS, err := tlsca.Config(filepath.Join(dir, tlsca.RoleMasterTarget), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, err := mastertarget.New(mastertarget.Config{DataDir: filepath.Join(dir, "mt"), Listen: "127.0.0.1:0", TLS: mtTLS,
+		Primary: &mastertarget.FilePrimary{Disks: map[string]string{}, AlternateDir: filepath.Join(dir, "alt")},
+		ProcessInterval: -1, Logger: ferrytest.Logger(t), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mt.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer mt.Close(ctx)
+	client := func(d string) ferryv1.MasterTargetClient {
+		var opt grpc.DialOption
+		if d == "" {
+			pool := x509.NewCertPool()
+			pool.AddCert(ca.Cert)
+			opt = grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}))
+		} else {
+			cfg, err := tlsca.Config(d, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opt = grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+		}
+		cc, err := grpc.NewClient(mt.Addr(), opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return ferryv1.NewMasterTargetClient(cc)
+	}
+	if _, err := client(filepath.Join(dir, "ca", "ps")).ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "web-1"}); err != nil {
+		t.Fatalf("the process server's certificate: %v", err)
+	}
+	_, err = client(filepath.Join(dir, tlsca.RoleOperator)).ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "web-1"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an operator's certificate on the master target's API: %v", err)
+	}
+	_, err = client("").ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "web-1"})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no certificate on the master target's API: %v", err)
 	}
 }
