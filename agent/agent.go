@@ -384,7 +384,9 @@ func (a *Agent) run(ctx context.Context) {
 		}
 		a.m.reconnects.Inc()
 		a.reconnects.Add(1)
-		if time.Since(start) > 5*time.Second {
+		// A record damaged on the way (DATA_LOSS) is sent again at once:
+		// the receiver is fine, only the bytes were not.
+		if time.Since(start) > 5*time.Second || status.Code(err) == codes.DataLoss {
 			backoff = 50 * time.Millisecond
 		}
 		a.log.Warn("stream ended; reconnecting", "err", err, "in", backoff)

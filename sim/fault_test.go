@@ -180,10 +180,10 @@ func TestBitFlipsAtRest(t *testing.T) {
 // message ends its stream (a record's check, a write's xxhash, gRPC's
 // framing) and the agent sends again, so no flipped bit is ever stored:
 // every recovery point equals its ground truth and the latest point
-// equals the disks. FERRY_FAULTS=full flips 500 bits; a normal run 40.
+// equals the disks. FERRY_FAULTS=full flips 500 bits; a normal run 100.
 func TestBitFlipsInTransit(t *testing.T) {
 	ctx := context.Background()
-	total := int64(faults(40, 500))
+	total := int64(faults(100, 500))
 	vms := []sim.VMConfig{linux("wire-1", 256<<10, sim.Uniform), linux("wire-2", 256<<10, sim.Hotspot)}
 	d, err := sim.New(ctx, sim.Config{Seed: 43, VMs: vms, Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t),
 		CrashInterval: 5 * time.Second, ProcessInterval: time.Minute, Proxy: true})
@@ -195,7 +195,7 @@ func TestBitFlipsInTransit(t *testing.T) {
 		// Mostly the agent's data; acknowledgements and commands too.
 		px.FlipBits(256<<10, total/2, true, true)
 	}
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(15 * time.Minute)
 	for flips(d) < total && time.Now().Before(deadline) {
 		if err := d.Run(ctx, 10*time.Second); err != nil {
 			t.Fatal(err)
