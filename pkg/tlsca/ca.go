@@ -175,8 +175,13 @@ func (ca *CA) Sign(pub crypto.PublicKey, id Identity, hosts []string, ttl time.D
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{id.uri()},
+	}
+	if len(hosts) > 0 {
+		// Only certificates issued for hosts may serve: an agent's cannot
+		// pose as a server.
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

@@ -155,8 +155,14 @@ func Enroll(ctx context.Context, addr, token, dir string) (string, error) {
 				}
 				pool := x509.NewCertPool()
 				pool.AddCert(root)
-				_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-				return err
+				if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+					return err
+				}
+				// Only a process server enrolls agents.
+				if id, err := IdentityOf(certs[0]); err != nil || id.Role != RoleServer {
+					return fmt.Errorf("the server's certificate (%v) is not a process server's", id)
+				}
+				return nil
 			}
 			return errors.New("the server's certificate is not from the CA the enrollment token names")
 		},
