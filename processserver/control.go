@@ -253,3 +253,43 @@ func (c *control) jobs(vm string) ([]Job, error) {
 	})
 	return out, err
 }
+
+// listNamed returns every value of a bucket of named JSON documents
+// (policies, groups, plans), by name.
+func listNamed[T any](c *control, bucket []byte) ([]T, error) {
+	var out []T
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return err
+			}
+			out = append(out, x)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// getNamed returns the document name of a bucket; what names what is
+// missing for the error ("policy", "replication group").
+func getNamed[T any](c *control, bucket []byte, what, name string) (T, error) {
+	var x T
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucket).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("%w: no %s named %q", ErrInvalidRequest, what, name)
+		}
+		return json.Unmarshal(v, &x)
+	})
+	return x, err
+}
+
+// putNamed stores the document name of a bucket.
+func putNamed(c *control, bucket []byte, name string, x any) error {
+	buf, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	return c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(name), buf) })
+}

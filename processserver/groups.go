@@ -2,7 +2,6 @@ package processserver
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -79,32 +78,11 @@ func (g Group) holdTimeout() time.Duration {
 }
 
 // Groups returns every replication group, by name.
-func (s *Server) Groups() ([]Group, error) {
-	var out []Group
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketGroups).ForEach(func(_, v []byte) error {
-			var g Group
-			if err := json.Unmarshal(v, &g); err != nil {
-				return err
-			}
-			out = append(out, g)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Server) Groups() ([]Group, error) { return listNamed[Group](s.ctl, bucketGroups) }
 
 // Group returns the replication group of that name.
 func (s *Server) Group(name string) (Group, error) {
-	var g Group
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketGroups).Get([]byte(name))
-		if v == nil {
-			return fmt.Errorf("%w: no replication group named %q", ErrInvalidRequest, name)
-		}
-		return json.Unmarshal(v, &g)
-	})
-	return g, err
+	return getNamed[Group](s.ctl, bucketGroups, "replication group", name)
 }
 
 // groupOf returns the group vm belongs to, if any.
@@ -137,11 +115,7 @@ func (s *Server) PutGroup(ctx context.Context, g Group) error {
 			return fmt.Errorf("%w: vm %s is already in replication group %s", ErrInvalidRequest, vm, other.Name)
 		}
 	}
-	buf, err := json.Marshal(g)
-	if err != nil {
-		return err
-	}
-	if err := s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketGroups).Put([]byte(g.Name), buf) }); err != nil {
+	if err := putNamed(s.ctl, bucketGroups, g.Name, g); err != nil {
 		return err
 	}
 	s.log.Info("replication group saved", "group", g.Name, "vms", g.VMs)

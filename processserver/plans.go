@@ -2,7 +2,6 @@ package processserver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -134,32 +133,11 @@ func (p Plan) VMs() []string {
 }
 
 // Plans returns every recovery plan, by name.
-func (s *Server) Plans() ([]Plan, error) {
-	var out []Plan
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPlans).ForEach(func(_, v []byte) error {
-			var p Plan
-			if err := json.Unmarshal(v, &p); err != nil {
-				return err
-			}
-			out = append(out, p)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Server) Plans() ([]Plan, error) { return listNamed[Plan](s.ctl, bucketPlans) }
 
 // Plan returns the recovery plan of that name.
 func (s *Server) Plan(name string) (Plan, error) {
-	var p Plan
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPlans).Get([]byte(name))
-		if v == nil {
-			return fmt.Errorf("%w: no recovery plan named %q", ErrInvalidRequest, name)
-		}
-		return json.Unmarshal(v, &p)
-	})
-	return p, err
+	return getNamed[Plan](s.ctl, bucketPlans, "recovery plan", name)
 }
 
 // PutPlan creates or changes a recovery plan; its VMs must replicate to
@@ -173,11 +151,7 @@ func (s *Server) PutPlan(ctx context.Context, p Plan) error {
 			return fmt.Errorf("%w: plan %s: %v", ErrInvalidRequest, p.Name, err)
 		}
 	}
-	buf, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPlans).Put([]byte(p.Name), buf) })
+	return putNamed(s.ctl, bucketPlans, p.Name, p)
 }
 
 // DeletePlan removes a recovery plan.

@@ -110,32 +110,11 @@ func (s *Server) ensurePolicies() error {
 }
 
 // Policies returns every policy, by name.
-func (s *Server) Policies() ([]Policy, error) {
-	var out []Policy
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPolicies).ForEach(func(_, v []byte) error {
-			var p Policy
-			if err := json.Unmarshal(v, &p); err != nil {
-				return err
-			}
-			out = append(out, p)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Server) Policies() ([]Policy, error) { return listNamed[Policy](s.ctl, bucketPolicies) }
 
 // Policy returns the policy of that name.
 func (s *Server) Policy(name string) (Policy, error) {
-	var p Policy
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPolicies).Get([]byte(name))
-		if v == nil {
-			return fmt.Errorf("%w: no policy named %q", ErrInvalidRequest, name)
-		}
-		return json.Unmarshal(v, &p)
-	})
-	return p, err
+	return getNamed[Policy](s.ctl, bucketPolicies, "policy", name)
 }
 
 // PutPolicy creates or edits a policy and sends it to the connected agents
@@ -148,11 +127,7 @@ func (s *Server) PutPolicy(ctx context.Context, p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	buf, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPolicies).Put([]byte(p.Name), buf) }); err != nil {
+	if err := putNamed(s.ctl, bucketPolicies, p.Name, p); err != nil {
 		return err
 	}
 	s.log.Info("policy saved", "policy", p.Name, "retention", p.Retention, "crash", p.CrashInterval, "app", p.AppInterval, "rpo_threshold", p.RPOThreshold)

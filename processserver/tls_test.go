@@ -168,7 +168,7 @@ func TestMasterTargetTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	mt, err := mastertarget.New(mastertarget.Config{DataDir: filepath.Join(dir, "mt"), Listen: "127.0.0.1:0", TLS: mtTLS,
-		Primary: &mastertarget.FilePrimary{Disks: map[string]string{}, AlternateDir: filepath.Join(dir, "alt")},
+		Primary:         &mastertarget.FilePrimary{Disks: map[string]string{}, AlternateDir: filepath.Join(dir, "alt")},
 		ProcessInterval: -1, Logger: ferrytest.Logger(t), Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
