@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ferrydr/ferry/agent"
@@ -153,9 +155,19 @@ Flags:
 		*tlsDir = filepath.Join(cfg.StateDir, "tls")
 	}
 	if *token != "" && !tlsca.HasIdentity(*tlsDir) {
-		ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		vm, err := tlsca.Enroll(ectx, cfg.Target, *token, *tlsDir)
-		cancel()
+		// The process server may not be up yet: keep trying while it is
+		// unreachable; a refused token is final.
+		var vm string
+		for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+			ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			vm, err = tlsca.Enroll(ectx, cfg.Target, *token, *tlsDir)
+			cancel()
+			if c := status.Code(err); err == nil || (c != codes.Unavailable && c != codes.DeadlineExceeded) {
+				break
+			}
+			log.Warn("enroll: process server unreachable; trying again", "err", err, "in", backoff)
+			time.Sleep(backoff)
+		}
 		if err != nil {
 			cli.Fatal("ferry-agent", fmt.Errorf("enroll: %w", err))
 		}
