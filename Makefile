@@ -48,7 +48,7 @@ fuzz-short:
 # faults runs the fault tests at their full counts (make test runs reduced
 # ones) and prints their figures.
 faults:
-	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'TestBitFlips|TestKill|TestJournalStorageError|TestTrimPowerLoss|TestTrimStorageErrors' -v ./sim/ ./pkg/journal/ >faults.log 2>&1; \
+	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'TestBitFlips|TestKill|TestJournalStorageError|TestTrimPowerLoss|TestTrimStorageErrors|TestPowerLoss' -v ./sim/ ./pkg/journal/ >faults.log 2>&1; \
 		rc=$$?; grep -E '^(--- |ok|FAIL)|(fault|kill|powerloss)_test.go' faults.log; exit $$rc
 
 # demo protects a generated disk image with ferry-ps and ferry-agent on
