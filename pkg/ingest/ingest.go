@@ -275,13 +275,13 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	}
 	s.cancel()
 	wg.Wait()
-	if s.err != nil {
-		if errors.Is(s.err, ErrSuperseded) || errors.Is(s.err, context.Canceled) {
-			r.log.Info("stream ended", "vm", vm.Name, "reason", s.err)
+	if err := s.failure(); err != nil {
+		if errors.Is(err, ErrSuperseded) || errors.Is(err, context.Canceled) {
+			r.log.Info("stream ended", "vm", vm.Name, "reason", err)
 		} else {
-			r.log.Warn("stream ended", "vm", vm.Name, "err", s.err)
+			r.log.Warn("stream ended", "vm", vm.Name, "err", err)
 		}
-		return grpcStatus(s.err)
+		return grpcStatus(err)
 	}
 	return nil
 }

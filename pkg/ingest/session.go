@@ -54,6 +54,14 @@ func (s *session) fail(err error) {
 	s.cancel()
 }
 
+// failure returns the error that ended the session, or nil; going through
+// the Once it waits for a fail racing with it (Close's) and settles the
+// outcome: a later fail records nothing.
+func (s *session) failure() error {
+	s.errOnce.Do(func() {})
+	return s.err
+}
+
 func (s *session) setDurable(seq uint64) {
 	s.durable.Store(seq)
 	select {

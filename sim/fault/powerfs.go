@@ -118,8 +118,20 @@ func (p *PowerFS) PowerLoss(tear bool) (map[string][]byte, int) {
 	return out, lost
 }
 
-// Unmount detaches the file system; whoever still uses it gets errors.
-func (p *PowerFS) Unmount() error { return p.server.Unmount() }
+// Unmount detaches the file system and lets go of its files (take
+// PowerLoss first); whoever still uses it gets errors.
+func (p *PowerFS) Unmount() error {
+	err := p.server.Unmount()
+	p.root.mu.Lock()
+	defer p.root.mu.Unlock()
+	for _, f := range p.root.files {
+		f.mu.Lock()
+		f.durable, f.current, f.pending = nil, nil, nil
+		f.mu.Unlock()
+	}
+	p.root.files, p.root.init = map[string]*pfsFile{}, nil
+	return err
+}
 
 func (d *pfsDir) OnAdd(ctx context.Context) {
 	for name, data := range d.init {
