@@ -1,6 +1,7 @@
 package processserver
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -193,7 +194,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 		return &ferryv1.Command{Action: &ferryv1.Command_Hold{Hold: hold}}
 	}, nil)
 	cancel()
-	if err := firstErr(g.VMs, errs); err != nil {
+	if err := firstErr(errs); err != nil {
 		s.commandAll(ctx, g.VMs, func(string) *ferryv1.Command {
 			return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: res.Tag, Abort: true}}}
 		}, nil)
@@ -211,7 +212,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 		res.MaxHold = max(res.MaxHold, d)
 		s.groupHold.Observe(d.Seconds())
 	})
-	if err := firstErr(g.VMs, errs); err != nil {
+	if err := firstErr(errs); err != nil {
 		return fail(fmt.Errorf("marker not cut on every member (the point is not common): %w", err))
 	}
 	s.groupPoints.WithLabelValues(name, kind, "ok").Inc()
@@ -246,7 +247,8 @@ func (s *Server) commandAll(ctx context.Context, vms []string, cmd func(vm strin
 	return errs
 }
 
-func firstErr(vms []string, errs []error) error {
+// firstErr joins the errors of commandAll into one, or returns nil.
+func firstErr(errs []error) error {
 	var msgs []string
 	for _, err := range errs {
 		if err != nil {
@@ -322,7 +324,7 @@ func (s *Server) scheduleGroups(ctx context.Context) {
 		crash, app := g.CrashInterval, g.AppInterval
 		if crash == 0 || app == 0 {
 			if p, err := s.policyFor(g.VMs[0]); err == nil {
-				crash, app = cmp0(crash, p.CrashInterval), cmp0(app, p.AppInterval)
+				crash, app = cmp.Or(crash, p.CrashInterval), cmp.Or(app, p.AppInterval)
 			}
 		}
 		for _, k := range []struct {
@@ -349,13 +351,6 @@ func (s *Server) scheduleGroups(ctx context.Context) {
 			}()
 		}
 	}
-}
-
-func cmp0(a, b time.Duration) time.Duration {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // EventGroupPointFailed: a replication group's multi-VM point was not cut.
