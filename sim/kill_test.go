@@ -45,24 +45,7 @@ func TestKillProcessServer(t *testing.T) {
 	args := []string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--process-interval", "200ms", "--log-level", "warn", "--insecure"}
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), args...)
 
-	disks := []*blockdev.Memory{blockdev.NewMemory(1 << 20), blockdev.NewMemory(512 << 10)}
-	// The queue holds everything the workload writes while the server is
-	// down: an overflow to the bitmap drops queued markers (by design), and
-	// this test wants every marker.
-	cfg := agent.Config{VM: "kill-ps", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true, QueueBytes: 512 << 20,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
-	for i, d := range disks {
-		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: d})
-	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(ctx)
+	a, disks := startAgent(t, dir, addr, "kill-ps", 1<<20, 512<<10)
 	cc := ferrytest.Dial(t, addr)
 	rc := ferryv1.NewRecoveryClient(cc)
 	durable := func() (uint64, error) {
@@ -113,6 +96,7 @@ func TestKillProcessServer(t *testing.T) {
 		ps = ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), args...)
 		var got uint64
 		ferrytest.WaitFor(t, 30*time.Second, "the restarted process server", func() bool {
+			var err error
 			got, err = durable()
 			return err == nil
 		})
@@ -174,6 +158,33 @@ func TestKillProcessServer(t *testing.T) {
 	}
 	t.Logf("%d SIGKILLs of ferry-ps while streaming (%d reconnects): 0 acknowledged writes lost, journal without gap or duplicate, %d points equal their ground truth, latest equals the disks",
 		cycles, st.Reconnects, len(truth))
+}
+
+// startAgent runs an in-process agent for vm over memory disks of the
+// given sizes, replicating to addr in plain text, closed at cleanup. Its
+// queue holds everything a test writes while the server is down: an
+// overflow to the bitmap drops queued markers (by design), and these
+// tests want every marker.
+func startAgent(t *testing.T, dir, addr, vm string, sizes ...int64) (*agent.Agent, []*blockdev.Memory) {
+	t.Helper()
+	cfg := agent.Config{VM: vm, StateDir: filepath.Join(dir, "agent-"+vm), Target: addr, IgnorePolicy: true, QueueBytes: 512 << 20,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
+	var disks []*blockdev.Memory
+	for i, size := range sizes {
+		d := blockdev.NewMemory(size)
+		disks = append(disks, d)
+		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: d})
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(context.Background()) })
+	return a, disks
 }
 
 // TestKillAgent kills the ferry-agent binary with SIGKILL while a client
@@ -318,19 +329,8 @@ func TestJournalStorageError(t *testing.T) {
 	// bbolt grows the file 64 MiB at a time: the second growth fails.
 	ps := ferrytest.Start(t, "prlimit", append([]string{"--fsize=" + fmt.Sprint(100<<20), filepath.Join(bin, "ferry-ps")}, args...)...)
 
-	disk := blockdev.NewMemory(16 << 20)
-	cfg := agent.Config{VM: "enospc", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true,
-		Disks:       []agent.Disk{{Name: "os", Device: disk}},
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
-	a, err := agent.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(ctx)
+	a, disks := startAgent(t, dir, addr, "enospc", 16<<20)
+	disk := disks[0]
 	rng := rand.New(rand.NewPCG(53, 1))
 	buf := make([]byte, 1<<20)
 	for i := 0; i < 200 && !strings.Contains(ps.Log(), "file too large"); i++ {
@@ -363,7 +363,7 @@ func TestJournalStorageError(t *testing.T) {
 	if err := a.WaitSynced(sctx); err != nil {
 		t.Fatal(err)
 	}
-	_, img := ferrytest.Export(t, cc, "enospc", "latest", "os")
+	_, img := ferrytest.Export(t, cc, "enospc", "latest", "disk0")
 	if diff := ferrytest.Diff(img, ferrytest.Image(t, disk)); diff != "" {
 		t.Fatalf("latest after the storage error differs from the disk: %s", diff)
 	}

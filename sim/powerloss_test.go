@@ -13,11 +13,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -50,21 +46,7 @@ func TestPowerLossProcessServer(t *testing.T) {
 		pfs.Unmount()
 	}
 	addr := ferrytest.FreeAddr(t)
-	disks := []*blockdev.Memory{blockdev.NewMemory(1 << 20), blockdev.NewMemory(512 << 10)}
-	cfg := agent.Config{VM: "power", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true, QueueBytes: 512 << 20,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()}
-	for i, d := range disks {
-		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: d})
-	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(ctx)
+	a, disks := startAgent(t, dir, addr, "power", 1<<20, 512<<10)
 
 	rng := rand.New(rand.NewPCG(71, 1))
 	// The ground truth of each marker as a hash per disk: 300 cycles of
@@ -228,17 +210,7 @@ func TestPowerLossHarnessCatchesLyingFsync(t *testing.T) {
 	pfs.LyingFsync(true)
 	addr := ferrytest.FreeAddr(t)
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--insecure", "--data", mnt, "--listen", addr, "--metrics", "", "--log-level", "warn")
-	a, err := agent.New(agent.Config{VM: "liar", StateDir: filepath.Join(dir, "agent"), Target: addr, IgnorePolicy: true,
-		Disks:       []agent.Disk{{Name: "os", Device: blockdev.NewMemory(1 << 20)}},
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger:      ferrytest.Logger(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(ctx)
+	a, _ := startAgent(t, dir, addr, "liar", 1<<20)
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := a.WaitSynced(wctx); err != nil {
