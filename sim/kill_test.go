@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -67,7 +68,7 @@ func TestKillProcessServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(51, 1))
-	truth := map[string][]*blockdev.Memory{}
+	truth := map[string][]uint64{}
 	marks := 0
 	buf := make([]byte, 64<<10)
 	for cycle := 0; cycle < cycles; cycle++ {
@@ -87,7 +88,7 @@ func TestKillProcessServer(t *testing.T) {
 				marks++
 				tag := fmt.Sprintf("k%d", marks)
 				if a.Mark(false, tag) {
-					truth[tag] = []*blockdev.Memory{disks[0].Snapshot(), disks[1].Snapshot()}
+					truth[tag] = diskHashes(t, disks)
 				}
 			}
 		}
@@ -110,33 +111,7 @@ func TestKillProcessServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every marker becomes a point once processed (every 200 ms).
-	var pts []*ferryv1.RecoveryPoint
-	ferrytest.WaitFor(t, 60*time.Second, "every marker processed", func() bool {
-		resp, err := rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: "kill-ps"})
-		if err != nil {
-			return false
-		}
-		pts = resp.GetPoints()
-		n := 0
-		for _, p := range pts {
-			if truth[p.GetTag()] != nil {
-				n++
-			}
-		}
-		return n == len(truth)
-	})
-	for _, p := range pts {
-		want := truth[p.GetTag()]
-		if want == nil {
-			continue // cut by the agent at the end of a drain
-		}
-		for i := range disks {
-			_, img := ferrytest.Export(t, cc, "kill-ps", fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i))
-			if diff := ferrytest.Diff(img, ferrytest.Image(t, want[i])); diff != "" {
-				t.Fatalf("point %d (%s) disk%d differs from ground truth: %s", p.GetId(), p.GetTag(), i, diff)
-			}
-		}
-	}
+	checkMarkedPoints(t, cc, "kill-ps", truth)
 	for i, d := range disks {
 		_, img := ferrytest.Export(t, cc, "kill-ps", "latest", fmt.Sprintf("disk%d", i))
 		if diff := ferrytest.Diff(img, ferrytest.Image(t, d)); diff != "" {
@@ -158,6 +133,47 @@ func TestKillProcessServer(t *testing.T) {
 	}
 	t.Logf("%d SIGKILLs of ferry-ps while streaming (%d reconnects): 0 acknowledged writes lost, journal without gap or duplicate, %d points equal their ground truth, latest equals the disks",
 		cycles, st.Reconnects, len(truth))
+}
+
+// diskHashes is the ground truth of a marker: an xxhash of each disk
+// (hundreds of snapshots would not fit in memory).
+func diskHashes(t *testing.T, disks []*blockdev.Memory) []uint64 {
+	var out []uint64
+	for _, d := range disks {
+		out = append(out, xxhash.Sum64(ferrytest.Image(t, d)))
+	}
+	return out
+}
+
+// checkMarkedPoints waits until every marker of truth (tag -> disk
+// hashes) is a processed point of vm and checks each point's disks
+// against it; points cut by the agent itself (ends of drains) are skipped.
+func checkMarkedPoints(t *testing.T, cc *grpc.ClientConn, vm string, truth map[string][]uint64) {
+	t.Helper()
+	ctx := context.Background()
+	var pts []*ferryv1.RecoveryPoint
+	ferrytest.WaitFor(t, 60*time.Second, "every marker processed", func() bool {
+		resp, err := ferryv1.NewRecoveryClient(cc).ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: vm})
+		if err != nil {
+			return false
+		}
+		pts = resp.GetPoints()
+		n := 0
+		for _, p := range pts {
+			if truth[p.GetTag()] != nil {
+				n++
+			}
+		}
+		return n == len(truth)
+	})
+	for _, p := range pts {
+		for i, want := range truth[p.GetTag()] {
+			_, img := ferrytest.Export(t, cc, vm, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i))
+			if xxhash.Sum64(img) != want {
+				t.Fatalf("point %d (%s) disk%d differs from ground truth", p.GetId(), p.GetTag(), i)
+			}
+		}
+	}
 }
 
 // startAgent runs an in-process agent for vm over memory disks of the

@@ -8,16 +8,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/fault"
 )
 
@@ -49,10 +45,7 @@ func TestPowerLossProcessServer(t *testing.T) {
 	a, disks := startAgent(t, dir, addr, "power", 1<<20, 512<<10)
 
 	rng := rand.New(rand.NewPCG(71, 1))
-	// The ground truth of each marker as a hash per disk: 300 cycles of
-	// snapshots would not fit in memory.
 	truth := map[string][]uint64{}
-	image := func(d blockdev.Device) uint64 { return xxhash.Sum64(ferrytest.Image(t, d)) }
 	marks, torn, lostOps := 0, 0, 0
 	var files map[string][]byte
 	buf := make([]byte, 64<<10)
@@ -91,7 +84,7 @@ func TestPowerLossProcessServer(t *testing.T) {
 				marks++
 				tag := fmt.Sprintf("p%d", marks)
 				if a.Mark(false, tag) {
-					truth[tag] = []uint64{image(disks[0]), image(disks[1])}
+					truth[tag] = diskHashes(t, disks)
 				}
 			}
 			time.Sleep(2 * time.Millisecond)
@@ -137,12 +130,6 @@ func TestPowerLossProcessServer(t *testing.T) {
 		}
 		ctl.Close()
 		os.RemoveAll(rec)
-		if os.Getenv("FERRY_MEM") != "" {
-			var ms runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&ms)
-			t.Logf("cycle %d: heap %d MiB, agent queue %d bytes", cycle, ms.HeapAlloc>>20, a.Stats().Tracker.QueueBytes)
-		}
 	}
 	// Back on a real disk from what the last power loss left.
 	final := filepath.Join(dir, "final")
@@ -157,35 +144,7 @@ func TestPowerLossProcessServer(t *testing.T) {
 	if err := a.WaitSynced(sctx); err != nil {
 		t.Fatal(err)
 	}
-	cc := ferrytest.Dial(t, addr)
-	rc := ferryv1.NewRecoveryClient(cc)
-	var pts []*ferryv1.RecoveryPoint
-	ferrytest.WaitFor(t, 60*time.Second, "every marker processed", func() bool {
-		resp, err := rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: "power"})
-		if err != nil {
-			return false
-		}
-		pts = resp.GetPoints()
-		n := 0
-		for _, p := range pts {
-			if truth[p.GetTag()] != nil {
-				n++
-			}
-		}
-		return n == len(truth)
-	})
-	for _, p := range pts {
-		want := truth[p.GetTag()]
-		if want == nil {
-			continue
-		}
-		for i := range disks {
-			_, img := ferrytest.Export(t, cc, "power", fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i))
-			if xxhash.Sum64(img) != want[i] {
-				t.Fatalf("point %d (%s) disk%d differs from ground truth", p.GetId(), p.GetTag(), i)
-			}
-		}
-	}
+	checkMarkedPoints(t, ferrytest.Dial(t, addr), "power", truth)
 	ps.Stop(t)
 	t.Logf("%d power losses of ferry-ps while streaming (%d with a torn write, %d unsynced writes and truncates lost in all): every time both stores opened, the journal's checks held and it held everything acknowledged; %d points equal their ground truth",
 		cycles, torn, lostOps, len(truth))
