@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"google.golang.org/protobuf/proto"
+
 	"context"
 	"fmt"
 	"os"
@@ -50,7 +52,7 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 	}
 	defer os.RemoveAll(dir)
 	vm := sim.VMConfig{Name: "rto-1", Disks: []int64{gib << 30}, Workload: sim.Workload{Churn: 4 << 20, Pattern: sim.Hotspot},
-		Machine: &ferryv1.MachineInfo{Os: "linux", Dhcp: true, SshEnabledAtBoot: true, SshFirewallAllowed: true}}
+		Machine: &ferryv1.MachineInfo{Os: "linux", Dhcp: proto.Bool(true), SshEnabledAtBoot: true, SshFirewallAllowed: true}}
 	d, err := sim.New(ctx, sim.Config{Seed: 1, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: dir, ProcessInterval: time.Hour})
 	if err != nil {
 		return nil, err

@@ -77,7 +77,9 @@ type ActiveFailover struct {
 	Type     string      `json:"type"`
 	Instance string      `json:"instance"`
 	Point    journal.Seq `json:"point"`
-	Started  time.Time   `json:"started"`
+	// Network the VM runs on at the recovery site.
+	Network string    `json:"network,omitempty"`
+	Started time.Time `json:"started"`
 }
 
 // Allowed lists the actions the state allows.

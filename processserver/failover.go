@@ -211,7 +211,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
 		} else {
 			st.State = StateFailedOver
-			st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Started: now}
+			st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
 		}
 	})
 }
@@ -224,6 +224,17 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 	if test {
 		slot = st.Name + "/test"
 	}
+	created := false
+	// Whatever fails from here on leaves no VM, export or scratch file.
+	undo := func() {
+		if created {
+			if err := s.compute.Delete(context.WithoutCancel(ctx), inst.ID); err != nil {
+				s.log.Error("remove the VM of a failed failover", "vm", st.Name, "instance", inst.ID, "err", err)
+			}
+		}
+		s.closeDisks(slot)
+		os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot)))
+	}
 	err := run.step("create VM", func() (string, error) {
 		disks, how, err := s.prepareDisks(ctx, vm, point, test, slot)
 		if err != nil {
@@ -235,17 +246,16 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 		}
 		inst, err = s.compute.Create(ctx, VMSpec{Name: name, Test: test, Network: network, Disks: disks, Machine: st.Machine})
 		if err != nil {
-			s.closeDisks(slot)
 			return "", err
 		}
+		created = true
 		if test && !inst.Isolated {
-			s.compute.Delete(ctx, inst.ID)
-			s.closeDisks(slot)
 			return "", fmt.Errorf("network %q is not isolated: a test failover must not reach production", network)
 		}
-		return stepf("instance %s on network %s from point %d; disks %s", inst.ID, inst.Network, point.ID, how), nil
+		return stepf("instance %s on network %s from point %d; disks %s", inst.ID, orNone(inst.Network), point.ID, how), nil
 	})
 	if err != nil {
+		undo()
 		return inst, err
 	}
 	if reasons := FailoverProcessingReasons(st.Machine); len(reasons) > 0 {
@@ -257,31 +267,55 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 			return strings.Join(reasons, "; "), p.ProcessFailover(ctx, inst.ID, reasons)
 		})
 		if err != nil {
+			undo()
 			return inst, err
 		}
 	} else {
 		run.skip("failover processing", "not needed for this machine")
 	}
 	err = run.step("start VM", func() (string, error) { return "", s.compute.Start(ctx, inst.ID) })
+	if err != nil {
+		undo()
+	}
 	return inst, err
 }
 
-// readiness records what would block connecting to the VM, and its console.
+// readiness records what would block connecting to the VM, and its
+// console. A compute that can probe the machine is asked (state, address,
+// the SSH or RDP port); otherwise the findings come from what the agent
+// reported of the machine.
 func (s *Server) readiness(ctx context.Context, run *jobRun, m Machine, inst Instance) {
 	run.step("readiness checks", func() (string, error) {
+		var findings []Finding
+		p, probes := s.compute.(MachineProber)
+		if probes {
+			findings = s.probeReadiness(ctx, p, m, inst, s.cfg.ProbeTimeout)
+		}
 		console, err := s.compute.Console(ctx, inst.ID)
 		if err != nil {
 			console = ""
 		}
 		run.job.Console = console
-		run.job.Findings = Readiness(m, inst, console)
-		bad := 0
-		for _, f := range run.job.Findings {
-			if !f.OK {
+		if probes {
+			findings = append(findings, consoleFinding(console))
+		} else {
+			findings = Readiness(m, inst, console)
+		}
+		run.job.Findings = findings
+		bad, unknown := 0, 0
+		for _, f := range findings {
+			switch {
+			case f.Unknown:
+				unknown++
+			case !f.OK:
 				bad++
 			}
 		}
-		return stepf("%d checks, %d findings", len(run.job.Findings), bad), nil
+		detail := stepf("%d checks, %d findings", len(findings), bad)
+		if unknown > 0 {
+			detail += stepf(", %d unknown", unknown)
+		}
+		return detail, nil
 	})
 }
 
@@ -293,7 +327,9 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, "", err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Traversable, not listable: a hypervisor that runs as its own user
+	// (libvirt's QEMU) opens the images by path.
+	if err := mkdirTraversable(s.cfg.DataDir, dir); err != nil {
 		return nil, "", err
 	}
 	dc, devices := s.compute.(DeviceCompute)
@@ -352,6 +388,22 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 	return specs, "materialized under " + dir, nil
 }
 
+// mkdirTraversable makes dir and the directories between root and it with
+// mode 0711.
+func mkdirTraversable(root, dir string) error {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return err
+	}
+	for p := dir; ; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o711); err != nil {
+			return err
+		}
+		if rel, err := filepath.Rel(root, p); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+			return nil
+		}
+	}
+}
+
 func (s *Server) closeDisks(slot string) {
 	s.filesMu.Lock()
 	files := s.files[slot]
@@ -403,7 +455,8 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 		}); err != nil {
 			return err
 		}
-		inst, err := s.bringUp(ctx, run, &st, vm, point, false, "")
+		// The rebuilt VM joins the network the failover put it on.
+		inst, err := s.bringUp(ctx, run, &st, vm, point, false, st.Failover.Network)
 		if err != nil {
 			return err
 		}

@@ -8,18 +8,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry/pkg/virt"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Machine is what the process server knows of a protected machine, as its
 // agent reported it.
 type Machine struct {
-	OS                  string   `json:"os"`
-	AgentVersion        string   `json:"agent_version"`
-	Physical            bool     `json:"physical"`
-	Hypervisor          string   `json:"hypervisor"`
-	ProtectedAsPhysical bool     `json:"protected_as_physical"`
-	DHCP                bool     `json:"dhcp"`
+	OS                  string `json:"os"`
+	AgentVersion        string `json:"agent_version"`
+	Physical            bool   `json:"physical"`
+	Hypervisor          string `json:"hypervisor"`
+	ProtectedAsPhysical bool   `json:"protected_as_physical"`
+	// DHCP is nil when the agent could not tell.
+	DHCP                *bool    `json:"dhcp"`
 	BootDrivers         []string `json:"boot_drivers"`
 	RDPEnabled          bool     `json:"rdp_enabled"`
 	RDPFirewallProfiles []string `json:"rdp_firewall_profiles"`
@@ -27,14 +30,18 @@ type Machine struct {
 	PendingUpdates      bool     `json:"pending_updates"`
 	SSHEnabledAtBoot    bool     `json:"ssh_enabled_at_boot"`
 	SSHFirewallAllowed  bool     `json:"ssh_firewall_allowed"`
+	// Hardware is the virtual hardware read from the primary's hypervisor;
+	// nil for machines described by hand.
+	Hardware *virt.Hardware `json:"hardware,omitempty"`
 }
 
 func machineFromProto(m *ferryv1.MachineInfo) Machine {
 	return Machine{
 		OS: m.GetOs(), AgentVersion: m.GetMobilityAgentVersion(), Physical: m.GetPhysical(), Hypervisor: m.GetHypervisor(),
-		ProtectedAsPhysical: m.GetProtectedAsPhysical(), DHCP: m.GetDhcp(), BootDrivers: m.GetBootDrivers(),
+		ProtectedAsPhysical: m.GetProtectedAsPhysical(), DHCP: m.Dhcp, BootDrivers: m.GetBootDrivers(),
 		RDPEnabled: m.GetRdpEnabled(), RDPFirewallProfiles: m.GetRdpFirewallProfiles(), SANPolicy: m.GetSanPolicy(),
 		PendingUpdates: m.GetPendingUpdates(), SSHEnabledAtBoot: m.GetSshEnabledAtBoot(), SSHFirewallAllowed: m.GetSshFirewallAllowed(),
+		Hardware: wire.Hardware(m.GetHardware()),
 	}
 }
 
@@ -58,7 +65,7 @@ func FailoverProcessingReasons(m Machine) []string {
 	if m.Hypervisor == "hyperv" && m.ProtectedAsPhysical {
 		r = append(r, "Hyper-V VM protected as a physical server")
 	}
-	if !m.DHCP {
+	if m.DHCP != nil && !*m.DHCP {
 		r = append(r, "DHCP is off")
 	}
 	if m.OS == "windows" {
@@ -101,6 +108,18 @@ type Finding struct {
 	Check  string `json:"check"`
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
+	// Unknown: the check could not be made; it is neither passed nor
+	// failed.
+	Unknown bool `json:"unknown,omitempty"`
+}
+
+// consoleFinding is the boot diagnostics finding: the console's last line.
+func consoleFinding(console string) Finding {
+	if strings.TrimSpace(console) == "" {
+		return Finding{Check: "boot diagnostics", Detail: "no console output from the VM"}
+	}
+	lines := strings.Split(strings.TrimSpace(console), "\n")
+	return Finding{Check: "boot diagnostics", OK: true, Detail: "console: " + strings.TrimSpace(lines[len(lines)-1])}
 }
 
 // Readiness checks whether people can connect to the failed-over VM: the

@@ -106,6 +106,10 @@ type Config struct {
 	// EncryptionKey (32 bytes) encrypts journal payloads at rest with
 	// AES-256-GCM; nil: plain text.
 	EncryptionKey []byte
+	// ProbeTimeout bounds the readiness probe of a failed-over machine
+	// (its boot, DHCP lease and SSH/RDP answer) when the compute layer can
+	// probe (default 3 min).
+	ProbeTimeout time.Duration
 	// ProcessRate models, on a simulated clock, how fast a process server
 	// verifies received data (bytes/s; default 200 MB/s).
 	ProcessRate int64
@@ -202,6 +206,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PlanActions == nil {
 		cfg.PlanActions = ShellActions{Timeout: cfg.PlanActionTimeout}
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = 3 * time.Minute
 	}
 	if cfg.ProcessRate == 0 {
 		cfg.ProcessRate = 200 << 20

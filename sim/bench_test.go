@@ -1,6 +1,8 @@
 package sim_test
 
 import (
+	"google.golang.org/protobuf/proto"
+
 	"context"
 	"fmt"
 	"testing"
@@ -19,7 +21,7 @@ func BenchmarkTestFailoverStart(b *testing.B) {
 		b.Run(fmt.Sprintf("disk=%dGiB", gib), func(b *testing.B) {
 			ctx := context.Background()
 			vm := sim.VMConfig{Name: "big-1", Disks: []int64{gib << 30}, Workload: sim.Workload{Churn: 1 << 20, Pattern: sim.Hotspot},
-				Machine: &ferryv1.MachineInfo{Os: "linux", Dhcp: true, SshEnabledAtBoot: true, SshFirewallAllowed: true}}
+				Machine: &ferryv1.MachineInfo{Os: "linux", Dhcp: proto.Bool(true), SshEnabledAtBoot: true, SshFirewallAllowed: true}}
 			d, err := sim.New(ctx, sim.Config{Seed: 9, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: b.TempDir()})
 			if err != nil {
 				b.Fatal(err)

@@ -1,6 +1,8 @@
 package sim_test
 
 import (
+	"google.golang.org/protobuf/proto"
+
 	"context"
 	"fmt"
 	"strings"
@@ -20,7 +22,7 @@ const mib = 1 << 20
 
 func linux(name string, churn int64, pattern sim.Pattern) sim.VMConfig {
 	return sim.VMConfig{Name: name, Disks: []int64{8 * mib, 4 * mib}, Workload: sim.Workload{Churn: churn, Pattern: pattern},
-		Machine: &ferryv1.MachineInfo{Os: "linux", MobilityAgentVersion: "9.55", Dhcp: true, SshEnabledAtBoot: true, SshFirewallAllowed: true}}
+		Machine: &ferryv1.MachineInfo{Os: "linux", MobilityAgentVersion: "9.55", Dhcp: proto.Bool(true), SshEnabledAtBoot: true, SshFirewallAllowed: true}}
 }
 
 // start runs a drill whose journal invariants are checked at the end.

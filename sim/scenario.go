@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"google.golang.org/protobuf/proto"
+
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -30,20 +32,20 @@ func DefaultVMs() []VMConfig {
 		{
 			Name: "web-1", Disks: []int64{32 * mib, 16 * mib},
 			Workload: Workload{Churn: 256 << 10, Pattern: Uniform},
-			Machine: &ferryv1.MachineInfo{Os: "linux", MobilityAgentVersion: "9.55", Hypervisor: "hyperv", Dhcp: true,
+			Machine: &ferryv1.MachineInfo{Os: "linux", MobilityAgentVersion: "9.55", Hypervisor: "hyperv", Dhcp: proto.Bool(true),
 				SshEnabledAtBoot: true, SshFirewallAllowed: true},
 		},
 		{
 			Name: "db-1", Disks: []int64{32 * mib, 64 * mib},
 			Workload: Workload{Churn: 512 << 10, Pattern: Hotspot},
-			Machine: &ferryv1.MachineInfo{Os: "windows", MobilityAgentVersion: "9.55", Hypervisor: "hyperv", Dhcp: true,
+			Machine: &ferryv1.MachineInfo{Os: "windows", MobilityAgentVersion: "9.55", Hypervisor: "hyperv", Dhcp: proto.Bool(true),
 				BootDrivers: []string{"storvsc", "vmbus", "storflt", "intelide", "atapi"}, RdpEnabled: true,
 				RdpFirewallProfiles: []string{"public", "private", "domain"}, SanPolicy: "OnlineAll"},
 		},
 		{
 			Name: "app-1", Disks: []int64{32 * mib},
 			Workload: Workload{Churn: 128 << 10, Pattern: Log},
-			Machine: &ferryv1.MachineInfo{Os: "windows", MobilityAgentVersion: "9.7", Hypervisor: "vmware", Dhcp: false,
+			Machine: &ferryv1.MachineInfo{Os: "windows", MobilityAgentVersion: "9.7", Hypervisor: "vmware", Dhcp: proto.Bool(false),
 				BootDrivers: []string{"storvsc", "vmbus"}, RdpEnabled: true, RdpFirewallProfiles: []string{"domain"},
 				SanPolicy: "OfflineShared", PendingUpdates: true},
 		},

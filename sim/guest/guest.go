@@ -93,6 +93,8 @@ var modules = []string{
 	"kernel/drivers/net/net_failover.ko",
 	"kernel/drivers/net/virtio_net.ko",
 	"kernel/drivers/char/virtio_console.ko",
+	"kernel/drivers/input/evdev.ko",
+	"kernel/drivers/acpi/button.ko",
 }
 
 // RecordFile is the workload's file on the guest's root file system.
@@ -122,6 +124,20 @@ if ip link set eth0 up 2>/dev/null; then
 	udhcpc -i eth0 -s /etc/udhcpc.sh -b -t 60 -T 1 >/dev/null 2>&1
 fi
 nc -ll -p 22 -e /bin/ssh-banner &
+# The ACPI power button (libvirt's graceful shutdown) powers the guest off
+# with its file system clean.
+(
+	sleep 1
+	for e in /sys/class/input/event*; do
+		if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
+			dd if=/dev/${e##*/} bs=24 count=1 >/dev/null 2>&1
+			echo "ferry-guest: power button: shutting down"
+			sync
+			mount -o remount,ro /
+			poweroff -f
+		fi
+	done
+) &
 (
 	for i in 1 2 3 4 5 6 7 8 9 10; do
 		for p in /sys/class/virtio-ports/*; do
@@ -245,12 +261,12 @@ func Build(image string, sizeMiB int) (Kernel, error) {
 	}
 	init := strings.NewReplacer("@MODULES@", strings.Join(names, " "), "@RECORDS@", RecordFile, "@PAD@", recordPad).Replace(initScript)
 	files := map[string]string{
-		"sbin-init":        init,
-		"bin/ssh-banner":   strings.ReplaceAll(bannerScript, "@BANNER@", Banner),
-		"etc/udhcpc.sh":    udhcpcScript,
-		"bin/qga":          qgaScript,
-		"etc/hostname":     "ferry-guest\n",
-		"etc/ferry-guest":  "Ferry's test guest, kernel " + k.Version + "\n",
+		"sbin-init":         init,
+		"bin/ssh-banner":    strings.ReplaceAll(bannerScript, "@BANNER@", Banner),
+		"etc/udhcpc.sh":     udhcpcScript,
+		"bin/qga":           qgaScript,
+		"etc/hostname":      "ferry-guest\n",
+		"etc/ferry-guest":   "Ferry's test guest, kernel " + k.Version + "\n",
 		"data/.placeholder": "",
 	}
 	if err := os.MkdirAll(filepath.Join(root, "sbin"), 0o755); err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/pkg/virt"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -62,6 +63,8 @@ func main() {
 	freezeHook := fs.String("freeze-hook", "", "command that quiesces the application (flush and hold writes, e.g. fsfreeze -f /srv), bounded by 10s")
 	thawHook := fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
 	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
+	libvirtDomain := fs.String("libvirt-domain", "", "the protected machine is this libvirt domain: its hardware is read from libvirt and sent to the process server, app-consistent points freeze it through its QEMU guest agent and a planned failover shuts it down (unless hooks are given); with --nbd-listen unix:PATH the socket is made for QEMU's user")
+	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "libvirt of --libvirt-domain")
 	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
 	tlsDir := fs.String("tls-dir", "", "the agent's TLS identity (cert.pem, key.pem, ca.crt; default STATE/tls once enrolled)")
 	token := fs.String("token", "", "a single-use enrollment token from 'ferry-ps enroll': gets the agent's certificate into --tls-dir first")
@@ -119,6 +122,31 @@ Flags:
 		cfg.Disks = append(cfg.Disks, agent.Disk{Name: name, Device: dev})
 	}
 	cfg.Machine = &ferryv1.MachineInfo{Os: runtime.GOOS}
+	var domain *agent.LibvirtDomain
+	if *libvirtDomain != "" {
+		if *machineFile != "" {
+			cli.Fatal("ferry-agent", fmt.Errorf("--machine and --libvirt-domain both describe the machine: give one"))
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := virt.Dial(dctx, *libvirtURI)
+		cancel()
+		if err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
+		defer conn.Close()
+		domain = &agent.LibvirtDomain{Conn: conn, Name: *libvirtDomain, ShutdownTimeout: time.Minute}
+		paths := map[string]string{}
+		for _, d := range disks {
+			name, path, _ := strings.Cut(d, "=")
+			paths[name] = path
+		}
+		if cfg.Machine, err = domain.Describe(paths, *nbdListen != ""); err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
+		log.Info("machine read from libvirt", "domain", *libvirtDomain, "os", cfg.Machine.GetOs(),
+			"vcpus", cfg.Machine.GetHardware().GetVcpus(), "memory_mib", cfg.Machine.GetHardware().GetMemoryMib(),
+			"guest_agent", cfg.Machine.GetHardware().GetGuestAgent())
+	}
 	if *machineFile != "" {
 		raw, err := os.ReadFile(*machineFile)
 		if err == nil {
@@ -141,6 +169,12 @@ Flags:
 		}
 	}
 	cfg.Freeze, cfg.Thaw = hook(*freezeHook), hook(*thawHook)
+	if domain != nil && *freezeHook == "" && cfg.Machine.GetHardware().GetGuestAgent() {
+		cfg.Freeze, cfg.Thaw = domain.Freeze, domain.Thaw
+	}
+	if domain != nil && *shutdownHook == "" {
+		cfg.ShutdownMachine = domain.Shutdown
+	}
 	if *shutdownHook != "" {
 		hook := *shutdownHook
 		cfg.ShutdownMachine = func(ctx context.Context) error {
@@ -211,6 +245,11 @@ Flags:
 		l, err := nbd.Listen(*nbdListen)
 		if err != nil {
 			cli.Fatal("ferry-agent", err)
+		}
+		if sock, ok := strings.CutPrefix(*nbdListen, "unix:"); ok && domain != nil {
+			if err := domain.OwnSocket(sock); err != nil {
+				cli.Fatal("ferry-agent", err)
+			}
 		}
 		nbdSrv = nbd.NewServer(log)
 		for _, e := range a.NBDExports() {

@@ -56,7 +56,16 @@ func main() {
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC address for agents and ferryctl")
 	fs.StringVar(&cfg.MetricsListen, "metrics", cfg.MetricsListen, "admin address for /metrics and pprof (empty: off)")
 	fs.StringVar(&cfg.Codec, "codec", cfg.Codec, "compression of journaled data: zstd, s2 (about 2x faster, ~7% larger) or none")
+	compute := fs.String("compute", "hook", "how failover creates VMs: libvirt (built in; see --libvirt-*) or hook (--compute-hook, for other hypervisors)")
 	fs.StringVar(&cfg.ComputeHook, "compute-hook", "", "command that creates, starts, stops and deletes VMs at failover (see the README)")
+	lv := processserver.LibvirtConfig{}
+	fs.StringVar(&lv.URI, "libvirt-uri", "qemu:///system", "--compute libvirt: the recovery site's libvirt")
+	fs.StringVar(&lv.Network, "libvirt-network", "", "--compute libvirt: the recovery network of planned and unplanned failovers when ferryctl names none")
+	fs.StringVar(&lv.Dir, "libvirt-dir", "", "--compute libvirt: directory of recovered domains' NBD sockets and console logs, reachable by QEMU's user (default DATA/libvirt)")
+	fs.StringVar(&lv.DomainType, "libvirt-domain-type", "", "--compute libvirt: kvm or qemu (default: kvm when /dev/kvm runs guests here, else qemu)")
+	fs.StringVar(&lv.Prefix, "libvirt-prefix", "", "--compute libvirt: prefix of the names of domains Ferry creates")
+	fs.DurationVar(&lv.ShutdownTimeout, "libvirt-shutdown-timeout", time.Minute, "--compute libvirt: how long a graceful shutdown may take before the domain is destroyed")
+	fs.DurationVar(&cfg.ProbeTimeout, "probe-timeout", 3*time.Minute, "how long the readiness probe waits for a failed-over VM to boot, lease an address and answer on SSH or RDP")
 	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "retention of the default replication policy when it is first created (VMware-style VMs follow vmware-72h); change policies with ferryctl policy")
 	fs.DurationVar(&cfg.RPOThreshold, "rpo-threshold", 15*time.Minute, "RPO alert threshold of the default policies when first created (metric ferry_ps_rpo_alert and an event)")
 	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run")
@@ -98,12 +107,35 @@ func main() {
 			cli.Fatal("ferry-ps", err)
 		}
 	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	switch *compute {
+	case "hook":
+	case "libvirt":
+		// QEMU opens failed-over disks by path under the data directory.
+		if err := os.MkdirAll(cfg.DataDir, 0o711); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+		if err := os.Chmod(cfg.DataDir, 0o711); err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+		if lv.Dir == "" {
+			lv.Dir = filepath.Join(cfg.DataDir, "libvirt")
+		}
+		lv.Logger = log
+		lc, err := processserver.NewLibvirtCompute(ctx, lv)
+		if err != nil {
+			cli.Fatal("ferry-ps", err)
+		}
+		defer lc.Close()
+		cfg.Compute = lc
+	default:
+		cli.Fatal("ferry-ps", fmt.Errorf("--compute %q: want libvirt or hook", *compute))
+	}
 	srv, err := processserver.New(cfg)
 	if err != nil {
 		cli.Fatal("ferry-ps", err)
 	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	if err := srv.Open(ctx); err != nil {
 		cli.Fatal("ferry-ps", err)
 	}

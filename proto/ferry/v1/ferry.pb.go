@@ -482,16 +482,21 @@ type MachineInfo struct {
 	Physical             bool                   `protobuf:"varint,3,opt,name=physical,proto3" json:"physical,omitempty"`
 	Hypervisor           string                 `protobuf:"bytes,4,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"` // "vmware", "hyperv" or "" for physical
 	ProtectedAsPhysical  bool                   `protobuf:"varint,5,opt,name=protected_as_physical,json=protectedAsPhysical,proto3" json:"protected_as_physical,omitempty"`
-	Dhcp                 bool                   `protobuf:"varint,6,opt,name=dhcp,proto3" json:"dhcp,omitempty"`
-	BootDrivers          []string               `protobuf:"bytes,7,rep,name=boot_drivers,json=bootDrivers,proto3" json:"boot_drivers,omitempty"` // Windows: storvsc, vmbus, storflt, intelide, atapi
-	RdpEnabled           bool                   `protobuf:"varint,8,opt,name=rdp_enabled,json=rdpEnabled,proto3" json:"rdp_enabled,omitempty"`
-	RdpFirewallProfiles  []string               `protobuf:"bytes,9,rep,name=rdp_firewall_profiles,json=rdpFirewallProfiles,proto3" json:"rdp_firewall_profiles,omitempty"` // Windows firewall profiles allowing RDP: public, private, domain
-	SanPolicy            string                 `protobuf:"bytes,10,opt,name=san_policy,json=sanPolicy,proto3" json:"san_policy,omitempty"`                                // Windows: OnlineAll is required
-	PendingUpdates       bool                   `protobuf:"varint,11,opt,name=pending_updates,json=pendingUpdates,proto3" json:"pending_updates,omitempty"`
-	SshEnabledAtBoot     bool                   `protobuf:"varint,12,opt,name=ssh_enabled_at_boot,json=sshEnabledAtBoot,proto3" json:"ssh_enabled_at_boot,omitempty"`
-	SshFirewallAllowed   bool                   `protobuf:"varint,13,opt,name=ssh_firewall_allowed,json=sshFirewallAllowed,proto3" json:"ssh_firewall_allowed,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Unset: not known (the agent could not tell); no failover processing
+	// is planned for an unknown value.
+	Dhcp                *bool    `protobuf:"varint,6,opt,name=dhcp,proto3,oneof" json:"dhcp,omitempty"`
+	BootDrivers         []string `protobuf:"bytes,7,rep,name=boot_drivers,json=bootDrivers,proto3" json:"boot_drivers,omitempty"` // Windows: storvsc, vmbus, storflt, intelide, atapi
+	RdpEnabled          bool     `protobuf:"varint,8,opt,name=rdp_enabled,json=rdpEnabled,proto3" json:"rdp_enabled,omitempty"`
+	RdpFirewallProfiles []string `protobuf:"bytes,9,rep,name=rdp_firewall_profiles,json=rdpFirewallProfiles,proto3" json:"rdp_firewall_profiles,omitempty"` // Windows firewall profiles allowing RDP: public, private, domain
+	SanPolicy           string   `protobuf:"bytes,10,opt,name=san_policy,json=sanPolicy,proto3" json:"san_policy,omitempty"`                                // Windows: OnlineAll is required
+	PendingUpdates      bool     `protobuf:"varint,11,opt,name=pending_updates,json=pendingUpdates,proto3" json:"pending_updates,omitempty"`
+	SshEnabledAtBoot    bool     `protobuf:"varint,12,opt,name=ssh_enabled_at_boot,json=sshEnabledAtBoot,proto3" json:"ssh_enabled_at_boot,omitempty"`
+	SshFirewallAllowed  bool     `protobuf:"varint,13,opt,name=ssh_firewall_allowed,json=sshFirewallAllowed,proto3" json:"ssh_firewall_allowed,omitempty"`
+	// The virtual hardware, read from the hypervisor (ferry-agent
+	// --libvirt-domain); unset for machines described by hand.
+	Hardware      *VirtualHardware `protobuf:"bytes,14,opt,name=hardware,proto3" json:"hardware,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MachineInfo) Reset() {
@@ -560,8 +565,8 @@ func (x *MachineInfo) GetProtectedAsPhysical() bool {
 }
 
 func (x *MachineInfo) GetDhcp() bool {
-	if x != nil {
-		return x.Dhcp
+	if x != nil && x.Dhcp != nil {
+		return *x.Dhcp
 	}
 	return false
 }
@@ -615,6 +620,266 @@ func (x *MachineInfo) GetSshFirewallAllowed() bool {
 	return false
 }
 
+func (x *MachineInfo) GetHardware() *VirtualHardware {
+	if x != nil {
+		return x.Hardware
+	}
+	return nil
+}
+
+// VirtualHardware is what a compute driver needs to recreate the machine.
+type VirtualHardware struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"` // where it was read: "libvirt:DOMAIN"
+	Vcpus         uint32                 `protobuf:"varint,2,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMib     uint64                 `protobuf:"varint,3,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	Arch          string                 `protobuf:"bytes,4,opt,name=arch,proto3" json:"arch,omitempty"`         // e.g. x86_64
+	Machine       string                 `protobuf:"bytes,5,opt,name=machine,proto3" json:"machine,omitempty"`   // e.g. pc-i440fx-7.2, q35
+	Firmware      string                 `protobuf:"bytes,6,opt,name=firmware,proto3" json:"firmware,omitempty"` // "bios", "efi" or "kernel" (direct kernel boot)
+	Kernel        string                 `protobuf:"bytes,7,opt,name=kernel,proto3" json:"kernel,omitempty"`     // direct kernel boot: paths on the host, and the command line
+	Initrd        string                 `protobuf:"bytes,8,opt,name=initrd,proto3" json:"initrd,omitempty"`
+	Cmdline       string                 `protobuf:"bytes,9,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
+	Disks         []*VirtualDisk         `protobuf:"bytes,10,rep,name=disks,proto3" json:"disks,omitempty"` // in the guest's order
+	Nics          []*VirtualNIC          `protobuf:"bytes,11,rep,name=nics,proto3" json:"nics,omitempty"`
+	GuestAgent    bool                   `protobuf:"varint,12,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"` // a QEMU guest agent channel (freeze/thaw)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VirtualHardware) Reset() {
+	*x = VirtualHardware{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VirtualHardware) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VirtualHardware) ProtoMessage() {}
+
+func (x *VirtualHardware) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VirtualHardware.ProtoReflect.Descriptor instead.
+func (*VirtualHardware) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VirtualHardware) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *VirtualHardware) GetMemoryMib() uint64 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+func (x *VirtualHardware) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetMachine() string {
+	if x != nil {
+		return x.Machine
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetFirmware() string {
+	if x != nil {
+		return x.Firmware
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetInitrd() string {
+	if x != nil {
+		return x.Initrd
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *VirtualHardware) GetDisks() []*VirtualDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *VirtualHardware) GetNics() []*VirtualNIC {
+	if x != nil {
+		return x.Nics
+	}
+	return nil
+}
+
+func (x *VirtualHardware) GetGuestAgent() bool {
+	if x != nil {
+		return x.GuestAgent
+	}
+	return false
+}
+
+type VirtualDisk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`     // the replicated disk's name
+	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"` // e.g. vda
+	Bus           string                 `protobuf:"bytes,3,opt,name=bus,proto3" json:"bus,omitempty"`       // virtio, sata, scsi, ide
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VirtualDisk) Reset() {
+	*x = VirtualDisk{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VirtualDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VirtualDisk) ProtoMessage() {}
+
+func (x *VirtualDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VirtualDisk.ProtoReflect.Descriptor instead.
+func (*VirtualDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *VirtualDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VirtualDisk) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *VirtualDisk) GetBus() string {
+	if x != nil {
+		return x.Bus
+	}
+	return ""
+}
+
+type VirtualNIC struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"` // virtio, e1000, ...
+	Mac           string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Network       string                 `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"` // at the primary site
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VirtualNIC) Reset() {
+	*x = VirtualNIC{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VirtualNIC) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VirtualNIC) ProtoMessage() {}
+
+func (x *VirtualNIC) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VirtualNIC.ProtoReflect.Descriptor instead.
+func (*VirtualNIC) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *VirtualNIC) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *VirtualNIC) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *VirtualNIC) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
 type DiskInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -625,7 +890,7 @@ type DiskInfo struct {
 
 func (x *DiskInfo) Reset() {
 	*x = DiskInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +902,7 @@ func (x *DiskInfo) String() string {
 func (*DiskInfo) ProtoMessage() {}
 
 func (x *DiskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[4]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +915,7 @@ func (x *DiskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskInfo.ProtoReflect.Descriptor instead.
 func (*DiskInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DiskInfo) GetName() string {
@@ -676,7 +941,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +953,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +966,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Batch) GetRecords() []*Record {
@@ -733,7 +998,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1010,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1023,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Record) GetSeq() uint64 {
@@ -849,7 +1114,7 @@ type Write struct {
 
 func (x *Write) Reset() {
 	*x = Write{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +1126,7 @@ func (x *Write) String() string {
 func (*Write) ProtoMessage() {}
 
 func (x *Write) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +1139,7 @@ func (x *Write) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Write.ProtoReflect.Descriptor instead.
 func (*Write) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Write) GetDisk() uint32 {
@@ -933,7 +1198,7 @@ type Marker struct {
 
 func (x *Marker) Reset() {
 	*x = Marker{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1210,7 @@ func (x *Marker) String() string {
 func (*Marker) ProtoMessage() {}
 
 func (x *Marker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1223,7 @@ func (x *Marker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Marker.ProtoReflect.Descriptor instead.
 func (*Marker) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Marker) GetConsistency() Consistency {
@@ -994,7 +1259,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1271,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1284,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Drain) GetBegin() bool {
@@ -1047,7 +1312,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1324,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1337,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Heartbeat) GetTimeUnixNano() int64 {
@@ -1103,7 +1368,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1380,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[11]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1393,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ServerMessage) GetMsg() isServerMessage_Msg {
@@ -1205,7 +1470,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1482,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[12]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1495,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Command) GetId() uint64 {
@@ -1345,7 +1610,7 @@ type Resync struct {
 
 func (x *Resync) Reset() {
 	*x = Resync{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1622,7 @@ func (x *Resync) String() string {
 func (*Resync) ProtoMessage() {}
 
 func (x *Resync) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[13]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1635,7 @@ func (x *Resync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resync.ProtoReflect.Descriptor instead.
 func (*Resync) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Resync) GetRanges() []*Range {
@@ -1391,7 +1656,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1668,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[14]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1681,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Range) GetDisk() uint32 {
@@ -1451,7 +1716,7 @@ type GroupHold struct {
 
 func (x *GroupHold) Reset() {
 	*x = GroupHold{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1728,7 @@ func (x *GroupHold) String() string {
 func (*GroupHold) ProtoMessage() {}
 
 func (x *GroupHold) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[15]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1741,7 @@ func (x *GroupHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupHold.ProtoReflect.Descriptor instead.
 func (*GroupHold) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GroupHold) GetTag() string {
@@ -1510,7 +1775,7 @@ type GroupCut struct {
 
 func (x *GroupCut) Reset() {
 	*x = GroupCut{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1787,7 @@ func (x *GroupCut) String() string {
 func (*GroupCut) ProtoMessage() {}
 
 func (x *GroupCut) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1800,7 @@ func (x *GroupCut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCut.ProtoReflect.Descriptor instead.
 func (*GroupCut) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GroupCut) GetTag() string {
@@ -1563,7 +1828,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1840,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1853,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Shutdown) GetFullCopy() bool {
@@ -1617,7 +1882,7 @@ type HelloAck struct {
 
 func (x *HelloAck) Reset() {
 	*x = HelloAck{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1894,7 @@ func (x *HelloAck) String() string {
 func (*HelloAck) ProtoMessage() {}
 
 func (x *HelloAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1907,7 @@ func (x *HelloAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloAck.ProtoReflect.Descriptor instead.
 func (*HelloAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HelloAck) GetDurableSeq() uint64 {
@@ -1689,7 +1954,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1966,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1979,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Ack) GetDurableSeq() uint64 {
@@ -1739,7 +2004,7 @@ type BlockHashesRequest struct {
 
 func (x *BlockHashesRequest) Reset() {
 	*x = BlockHashesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +2016,7 @@ func (x *BlockHashesRequest) String() string {
 func (*BlockHashesRequest) ProtoMessage() {}
 
 func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +2029,7 @@ func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesRequest.ProtoReflect.Descriptor instead.
 func (*BlockHashesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BlockHashesRequest) GetVm() string {
@@ -1815,7 +2080,7 @@ type BlockHashesResponse struct {
 
 func (x *BlockHashesResponse) Reset() {
 	*x = BlockHashesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +2092,7 @@ func (x *BlockHashesResponse) String() string {
 func (*BlockHashesResponse) ProtoMessage() {}
 
 func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2105,7 @@ func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesResponse.ProtoReflect.Descriptor instead.
 func (*BlockHashesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BlockHashesResponse) GetFirstChunk() uint64 {
@@ -1875,7 +2140,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2152,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2165,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EnrollRequest) GetToken() string {
@@ -1929,7 +2194,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2206,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2219,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EnrollResponse) GetCertDer() []byte {
@@ -1999,7 +2264,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2276,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2289,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Policy) GetName() string {
@@ -2084,7 +2349,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2361,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2374,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 type ListPoliciesResponse struct {
@@ -2121,7 +2386,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2398,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2411,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2166,7 +2431,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2443,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2456,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -2216,7 +2481,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2493,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2506,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 type ReplicationGroup struct {
@@ -2261,7 +2526,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2538,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2551,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2332,7 +2597,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2609,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2622,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 type ListGroupsResponse struct {
@@ -2369,7 +2634,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2381,7 +2646,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2394,7 +2659,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2413,7 +2678,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2690,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2703,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2456,7 +2721,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2733,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2746,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 type GroupPointRequest struct {
@@ -2494,7 +2759,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2771,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2784,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2548,7 +2813,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2825,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2838,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -2607,7 +2872,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2884,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2897,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -2662,7 +2927,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2939,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2952,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -2725,7 +2990,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +3002,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +3015,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PlanAction) GetName() string {
@@ -2782,7 +3047,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2794,7 +3059,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +3072,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 type ListPlansResponse struct {
@@ -2819,7 +3084,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +3096,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +3109,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -2863,7 +3128,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3140,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3153,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -2906,7 +3171,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3183,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3196,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 type RunPlanRequest struct {
@@ -2951,7 +3216,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3228,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3241,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -3023,7 +3288,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3300,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3048,7 +3313,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -3067,7 +3332,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3079,7 +3344,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3092,7 +3357,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -3111,7 +3376,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3388,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3401,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3158,7 +3423,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3170,7 +3435,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3183,7 +3448,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -3226,7 +3491,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3503,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3516,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3293,7 +3558,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3305,7 +3570,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3318,7 +3583,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3351,7 +3616,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3363,7 +3628,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3376,7 +3641,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3394,7 +3659,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3671,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3419,7 +3684,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 type ReprotectRequest struct {
@@ -3433,7 +3698,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3445,7 +3710,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3458,7 +3723,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -3488,7 +3753,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3500,7 +3765,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3778,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -3553,7 +3818,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3565,7 +3830,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3578,7 +3843,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -3626,7 +3891,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3638,7 +3903,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3651,7 +3916,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -3677,7 +3942,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3689,7 +3954,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3702,7 +3967,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -3721,7 +3986,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3733,7 +3998,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3746,7 +4011,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -3765,7 +4030,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3777,7 +4042,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3790,7 +4055,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -3809,7 +4074,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3821,7 +4086,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3834,7 +4099,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -3869,7 +4134,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3881,7 +4146,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3894,7 +4159,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4004,7 +4269,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4016,7 +4281,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4029,7 +4294,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *JobStep) GetName() string {
@@ -4086,7 +4351,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4098,7 +4363,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4111,7 +4376,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4144,7 +4409,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4156,7 +4421,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4169,7 +4434,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -4188,7 +4453,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4200,7 +4465,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4213,7 +4478,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -4245,7 +4510,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4257,7 +4522,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4270,7 +4535,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4365,7 +4630,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4377,7 +4642,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4390,7 +4655,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 type ListVMsResponse struct {
@@ -4402,7 +4667,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4414,7 +4679,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4427,7 +4692,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -4455,7 +4720,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4467,7 +4732,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4480,7 +4745,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *VM) GetName() string {
@@ -4555,7 +4820,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4567,7 +4832,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4580,7 +4845,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -4599,7 +4864,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4611,7 +4876,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4624,7 +4889,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -4647,7 +4912,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4659,7 +4924,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4672,7 +4937,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -4715,7 +4980,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4727,7 +4992,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4740,7 +5005,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -4779,7 +5044,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4791,7 +5056,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4804,7 +5069,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -4852,7 +5117,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4864,7 +5129,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4877,7 +5142,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -4903,7 +5168,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4915,7 +5180,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4928,7 +5193,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -4955,7 +5220,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4967,7 +5232,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4980,7 +5245,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -5055,7 +5320,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5067,7 +5332,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5080,7 +5345,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5136,7 +5401,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5148,7 +5413,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5161,7 +5426,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -5198,7 +5463,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5210,7 +5475,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5223,7 +5488,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -5264,7 +5529,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5276,7 +5541,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5289,7 +5554,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -5314,7 +5579,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5326,7 +5591,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5339,7 +5604,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -5381,7 +5646,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5393,7 +5658,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5406,7 +5671,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -5459,7 +5724,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5471,7 +5736,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5484,7 +5749,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 type ReprotectStatusResponse struct {
@@ -5503,7 +5768,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5515,7 +5780,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5528,7 +5793,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -5613,7 +5878,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"block_size\x18\x05 \x01(\rR\tblockSize\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12/\n" +
-	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\"\xf8\x03\n" +
+	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\"\xbd\x04\n" +
 	"\vMachineInfo\x12\x0e\n" +
 	"\x02os\x18\x01 \x01(\tR\x02os\x124\n" +
 	"\x16mobility_agent_version\x18\x02 \x01(\tR\x14mobilityAgentVersion\x12\x1a\n" +
@@ -5621,8 +5886,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"hypervisor\x18\x04 \x01(\tR\n" +
 	"hypervisor\x122\n" +
-	"\x15protected_as_physical\x18\x05 \x01(\bR\x13protectedAsPhysical\x12\x12\n" +
-	"\x04dhcp\x18\x06 \x01(\bR\x04dhcp\x12!\n" +
+	"\x15protected_as_physical\x18\x05 \x01(\bR\x13protectedAsPhysical\x12\x17\n" +
+	"\x04dhcp\x18\x06 \x01(\bH\x00R\x04dhcp\x88\x01\x01\x12!\n" +
 	"\fboot_drivers\x18\a \x03(\tR\vbootDrivers\x12\x1f\n" +
 	"\vrdp_enabled\x18\b \x01(\bR\n" +
 	"rdpEnabled\x122\n" +
@@ -5632,7 +5897,34 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	" \x01(\tR\tsanPolicy\x12'\n" +
 	"\x0fpending_updates\x18\v \x01(\bR\x0ependingUpdates\x12-\n" +
 	"\x13ssh_enabled_at_boot\x18\f \x01(\bR\x10sshEnabledAtBoot\x120\n" +
-	"\x14ssh_firewall_allowed\x18\r \x01(\bR\x12sshFirewallAllowed\"=\n" +
+	"\x14ssh_firewall_allowed\x18\r \x01(\bR\x12sshFirewallAllowed\x125\n" +
+	"\bhardware\x18\x0e \x01(\v2\x19.ferry.v1.VirtualHardwareR\bhardwareB\a\n" +
+	"\x05_dhcp\"\xea\x02\n" +
+	"\x0fVirtualHardware\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x14\n" +
+	"\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x03 \x01(\x04R\tmemoryMib\x12\x12\n" +
+	"\x04arch\x18\x04 \x01(\tR\x04arch\x12\x18\n" +
+	"\amachine\x18\x05 \x01(\tR\amachine\x12\x1a\n" +
+	"\bfirmware\x18\x06 \x01(\tR\bfirmware\x12\x16\n" +
+	"\x06kernel\x18\a \x01(\tR\x06kernel\x12\x16\n" +
+	"\x06initrd\x18\b \x01(\tR\x06initrd\x12\x18\n" +
+	"\acmdline\x18\t \x01(\tR\acmdline\x12+\n" +
+	"\x05disks\x18\n" +
+	" \x03(\v2\x15.ferry.v1.VirtualDiskR\x05disks\x12(\n" +
+	"\x04nics\x18\v \x03(\v2\x14.ferry.v1.VirtualNICR\x04nics\x12\x1f\n" +
+	"\vguest_agent\x18\f \x01(\bR\n" +
+	"guestAgent\"K\n" +
+	"\vVirtualDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12\x10\n" +
+	"\x03bus\x18\x03 \x01(\tR\x03bus\"N\n" +
+	"\n" +
+	"VirtualNIC\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x18\n" +
+	"\anetwork\x18\x03 \x01(\tR\anetwork\"=\n" +
 	"\bDiskInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -6047,7 +6339,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -6056,209 +6348,215 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*CommandResult)(nil),            // 4: ferry.v1.CommandResult
 	(*Hello)(nil),                    // 5: ferry.v1.Hello
 	(*MachineInfo)(nil),              // 6: ferry.v1.MachineInfo
-	(*DiskInfo)(nil),                 // 7: ferry.v1.DiskInfo
-	(*Batch)(nil),                    // 8: ferry.v1.Batch
-	(*Record)(nil),                   // 9: ferry.v1.Record
-	(*Write)(nil),                    // 10: ferry.v1.Write
-	(*Marker)(nil),                   // 11: ferry.v1.Marker
-	(*Drain)(nil),                    // 12: ferry.v1.Drain
-	(*Heartbeat)(nil),                // 13: ferry.v1.Heartbeat
-	(*ServerMessage)(nil),            // 14: ferry.v1.ServerMessage
-	(*Command)(nil),                  // 15: ferry.v1.Command
-	(*Resync)(nil),                   // 16: ferry.v1.Resync
-	(*Range)(nil),                    // 17: ferry.v1.Range
-	(*GroupHold)(nil),                // 18: ferry.v1.GroupHold
-	(*GroupCut)(nil),                 // 19: ferry.v1.GroupCut
-	(*Shutdown)(nil),                 // 20: ferry.v1.Shutdown
-	(*HelloAck)(nil),                 // 21: ferry.v1.HelloAck
-	(*Ack)(nil),                      // 22: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),       // 23: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil),      // 24: ferry.v1.BlockHashesResponse
-	(*EnrollRequest)(nil),            // 25: ferry.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 26: ferry.v1.EnrollResponse
-	(*Policy)(nil),                   // 27: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 28: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 29: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 30: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 31: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 32: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 33: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 34: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 35: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 36: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 37: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 38: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 39: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 40: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 41: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 42: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 43: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 44: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 45: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 46: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 47: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 48: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 49: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 50: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 51: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 52: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 53: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 54: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 55: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 56: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 57: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 58: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 59: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 60: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 61: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 62: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 63: ferry.v1.Job
-	(*JobStep)(nil),                  // 64: ferry.v1.JobStep
-	(*Finding)(nil),                  // 65: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 66: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 67: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 68: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 69: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 70: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 71: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 72: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 73: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 74: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 75: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 76: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 77: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 78: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 79: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 80: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 81: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 82: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 83: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 84: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 85: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 86: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 87: ferry.v1.ReprotectStatusResponse
+	(*VirtualHardware)(nil),          // 7: ferry.v1.VirtualHardware
+	(*VirtualDisk)(nil),              // 8: ferry.v1.VirtualDisk
+	(*VirtualNIC)(nil),               // 9: ferry.v1.VirtualNIC
+	(*DiskInfo)(nil),                 // 10: ferry.v1.DiskInfo
+	(*Batch)(nil),                    // 11: ferry.v1.Batch
+	(*Record)(nil),                   // 12: ferry.v1.Record
+	(*Write)(nil),                    // 13: ferry.v1.Write
+	(*Marker)(nil),                   // 14: ferry.v1.Marker
+	(*Drain)(nil),                    // 15: ferry.v1.Drain
+	(*Heartbeat)(nil),                // 16: ferry.v1.Heartbeat
+	(*ServerMessage)(nil),            // 17: ferry.v1.ServerMessage
+	(*Command)(nil),                  // 18: ferry.v1.Command
+	(*Resync)(nil),                   // 19: ferry.v1.Resync
+	(*Range)(nil),                    // 20: ferry.v1.Range
+	(*GroupHold)(nil),                // 21: ferry.v1.GroupHold
+	(*GroupCut)(nil),                 // 22: ferry.v1.GroupCut
+	(*Shutdown)(nil),                 // 23: ferry.v1.Shutdown
+	(*HelloAck)(nil),                 // 24: ferry.v1.HelloAck
+	(*Ack)(nil),                      // 25: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),       // 26: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil),      // 27: ferry.v1.BlockHashesResponse
+	(*EnrollRequest)(nil),            // 28: ferry.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 29: ferry.v1.EnrollResponse
+	(*Policy)(nil),                   // 30: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 31: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 32: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 33: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 34: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 35: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 36: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 37: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 38: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 39: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 40: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 41: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 42: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 43: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 44: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 45: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 46: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 47: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 48: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 49: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 50: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 51: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 52: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 53: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 54: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 55: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 56: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 57: ferry.v1.UnexportNBDResponse
+	(*ReprotectRequest)(nil),         // 58: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 59: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 60: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 61: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 62: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 63: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 64: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 65: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 66: ferry.v1.Job
+	(*JobStep)(nil),                  // 67: ferry.v1.JobStep
+	(*Finding)(nil),                  // 68: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 69: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 70: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 71: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 72: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 73: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 74: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 75: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 76: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 77: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 78: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 79: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 80: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 81: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 82: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 83: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 84: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 85: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 86: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 87: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 88: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 89: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 90: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
-	8,  // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
-	13, // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
+	11, // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
+	16, // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
 	4,  // 3: ferry.v1.AgentMessage.result:type_name -> ferry.v1.CommandResult
-	7,  // 4: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
+	10, // 4: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
 	6,  // 5: ferry.v1.Hello.machine:type_name -> ferry.v1.MachineInfo
-	9,  // 6: ferry.v1.Batch.records:type_name -> ferry.v1.Record
-	10, // 7: ferry.v1.Record.write:type_name -> ferry.v1.Write
-	11, // 8: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
-	12, // 9: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
-	0,  // 10: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
-	1,  // 11: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	21, // 12: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	22, // 13: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
-	15, // 14: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
-	20, // 15: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	27, // 16: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
-	18, // 17: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
-	19, // 18: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
-	16, // 19: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
-	17, // 20: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	27, // 21: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	27, // 22: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	32, // 23: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	40, // 24: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	41, // 25: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	41, // 26: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	39, // 27: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	50, // 28: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	2,  // 29: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	63, // 30: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	64, // 31: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	74, // 32: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	65, // 33: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	68, // 34: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	71, // 35: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	7,  // 36: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	74, // 37: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 38: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	80, // 39: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	7,  // 40: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	64, // 41: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	74, // 42: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 43: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	23, // 44: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	25, // 45: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	69, // 46: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	72, // 47: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	75, // 48: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	77, // 49: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	78, // 50: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	57, // 51: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	58, // 52: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	59, // 53: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	59, // 54: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	60, // 55: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	62, // 56: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	66, // 57: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	55, // 58: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	56, // 59: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	51, // 60: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	53, // 61: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	48, // 62: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	28, // 63: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	27, // 64: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	30, // 65: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	33, // 66: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	32, // 67: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	35, // 68: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	37, // 69: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	42, // 70: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	39, // 71: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	44, // 72: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	46, // 73: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	47, // 74: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	82, // 75: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	84, // 76: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	59, // 77: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	59, // 78: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	14, // 79: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	24, // 80: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	26, // 81: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	70, // 82: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	73, // 83: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	76, // 84: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	81, // 85: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	79, // 86: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	63, // 87: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	63, // 88: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	63, // 89: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	63, // 90: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	61, // 91: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	63, // 92: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	67, // 93: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	63, // 94: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	63, // 95: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	52, // 96: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	54, // 97: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	49, // 98: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	29, // 99: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	27, // 100: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	31, // 101: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	34, // 102: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	32, // 103: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	36, // 104: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	38, // 105: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	43, // 106: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	39, // 107: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	45, // 108: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	63, // 109: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	63, // 110: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	83, // 111: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	85, // 112: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	86, // 113: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	87, // 114: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	79, // [79:115] is the sub-list for method output_type
-	43, // [43:79] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	7,  // 6: ferry.v1.MachineInfo.hardware:type_name -> ferry.v1.VirtualHardware
+	8,  // 7: ferry.v1.VirtualHardware.disks:type_name -> ferry.v1.VirtualDisk
+	9,  // 8: ferry.v1.VirtualHardware.nics:type_name -> ferry.v1.VirtualNIC
+	12, // 9: ferry.v1.Batch.records:type_name -> ferry.v1.Record
+	13, // 10: ferry.v1.Record.write:type_name -> ferry.v1.Write
+	14, // 11: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
+	15, // 12: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
+	0,  // 13: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
+	1,  // 14: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
+	24, // 15: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	25, // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	18, // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
+	23, // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	30, // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	21, // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
+	22, // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
+	19, // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
+	20, // 23: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
+	30, // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	30, // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	35, // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	43, // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	44, // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	44, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	42, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	53, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	2,  // 32: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	66, // 33: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	67, // 34: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	77, // 35: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	68, // 36: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	71, // 37: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	74, // 38: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	10, // 39: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	77, // 40: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 41: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	83, // 42: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	10, // 43: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	67, // 44: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	77, // 45: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 46: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	26, // 47: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	28, // 48: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	72, // 49: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	75, // 50: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	78, // 51: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	80, // 52: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	81, // 53: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	60, // 54: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	61, // 55: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	62, // 56: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	62, // 57: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	63, // 58: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	65, // 59: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	69, // 60: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	58, // 61: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	59, // 62: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	54, // 63: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	56, // 64: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	51, // 65: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	31, // 66: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	30, // 67: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	33, // 68: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	36, // 69: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	35, // 70: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	38, // 71: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	40, // 72: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	45, // 73: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	42, // 74: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	47, // 75: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	49, // 76: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	50, // 77: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	85, // 78: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	87, // 79: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	62, // 80: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	62, // 81: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	17, // 82: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	27, // 83: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	29, // 84: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	73, // 85: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	76, // 86: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	79, // 87: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	84, // 88: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	82, // 89: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	66, // 90: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	66, // 91: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	66, // 92: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	66, // 93: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	64, // 94: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	66, // 95: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	70, // 96: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	66, // 97: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	66, // 98: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	55, // 99: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	57, // 100: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	52, // 101: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	32, // 102: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	30, // 103: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	34, // 104: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	37, // 105: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	35, // 106: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	39, // 107: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	41, // 108: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	46, // 109: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	42, // 110: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	48, // 111: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	66, // 112: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	66, // 113: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	86, // 114: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	88, // 115: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	89, // 116: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	90, // 117: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	82, // [82:118] is the sub-list for method output_type
+	46, // [46:82] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -6272,18 +6570,19 @@ func file_ferry_v1_ferry_proto_init() {
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Result)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[6].OneofWrappers = []any{
+	file_ferry_v1_ferry_proto_msgTypes[3].OneofWrappers = []any{}
+	file_ferry_v1_ferry_proto_msgTypes[9].OneofWrappers = []any{
 		(*Record_Write)(nil),
 		(*Record_Marker)(nil),
 		(*Record_Drain)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[10].OneofWrappers = []any{}
-	file_ferry_v1_ferry_proto_msgTypes[11].OneofWrappers = []any{
+	file_ferry_v1_ferry_proto_msgTypes[13].OneofWrappers = []any{}
+	file_ferry_v1_ferry_proto_msgTypes[14].OneofWrappers = []any{
 		(*ServerMessage_HelloAck)(nil),
 		(*ServerMessage_Ack)(nil),
 		(*ServerMessage_Command)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[12].OneofWrappers = []any{
+	file_ferry_v1_ferry_proto_msgTypes[15].OneofWrappers = []any{
 		(*Command_Shutdown)(nil),
 		(*Command_Policy)(nil),
 		(*Command_Hold)(nil),
@@ -6296,7 +6595,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   85,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
