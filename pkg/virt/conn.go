@@ -282,7 +282,7 @@ type Network struct {
 // Network looks a network up.
 func (c *Conn) Network(name string) (Network, error) {
 	n, err := c.l.NetworkLookupByName(name)
-	if libvirt.IsNotFound(err) {
+	if isNoNetwork(err) {
 		return Network{}, fmt.Errorf("%w: %s (virsh net-list --all lists the networks)", ErrNoNetwork, name)
 	}
 	if err != nil {
@@ -331,7 +331,7 @@ func (c *Conn) DefineNetwork(x string) error {
 // RemoveNetwork stops and undefines a network; a missing one is no error.
 func (c *Conn) RemoveNetwork(name string) error {
 	n, err := c.l.NetworkLookupByName(name)
-	if libvirt.IsNotFound(err) {
+	if isNoNetwork(err) {
 		return nil
 	}
 	if err != nil {
@@ -378,6 +378,11 @@ func (c *Conn) Address(name string) (string, error) {
 		}
 	}
 	return best.Ipaddr, nil
+}
+
+func isNoNetwork(err error) bool {
+	var e libvirt.Error
+	return errors.As(err, &e) && e.Code == uint32(libvirt.ErrNoNetwork)
 }
 
 // QEMUUser is the uid and gid QEMU runs as for domains of type typ, from

@@ -130,7 +130,7 @@ nc -ll -p 22 -e /bin/ssh-banner &
 	sleep 1
 	for e in /sys/class/input/event*; do
 		if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
-			dd if=/dev/${e##*/} bs=24 count=1 >/dev/null 2>&1
+			dd if=/dev/input/${e##*/} bs=24 count=1 >/dev/null 2>&1 || break
 			echo "ferry-guest: power button: shutting down"
 			sync
 			mount -o remount,ro /
