@@ -24,7 +24,7 @@ func TestHardwareRoundTrip(t *testing.T) {
 		Disks: []Disk{{Name: "os", Target: "vda", Bus: "virtio"}, {Name: "data", Target: "sdb", Bus: "sata"}},
 		NICs:  []NIC{{Model: "e1000", MAC: "52:54:00:12:34:56", Network: "site"}}, GuestAgent: true}
 	spec := DomainSpec{Name: "web", Type: "qemu", Hardware: want, Network: "site", ConsoleLog: filepath.Join(dir, "console.log"),
-		OSID: "http://debian.org/debian/12",
+		OSID:  "http://debian.org/debian/12",
 		Disks: []DiskSource{{Name: "os", NBDSocket: filepath.Join(dir, "nbd.sock"), NBDExport: "os"}, {Name: "data", File: data}}}
 	if err := spec.Check(); err != nil {
 		t.Fatal(err)
