@@ -598,3 +598,9 @@ func orNone(s string) string {
 	}
 	return s
 }
+
+// State returns a VM's protection state as the server keeps it.
+func (s *Server) State(ctx context.Context, vm string) (VMState, error) {
+	st, _, err := s.vmState(ctx, vm)
+	return st, err
+}

@@ -170,6 +170,9 @@ func (c *Conn) State(name string) (State, error) {
 	return Other, nil
 }
 
+// shutdownRepress is how often Shutdown presses the power button again.
+const shutdownRepress = 3 * time.Second
+
 // Shutdown asks the guest to power off (ACPI) and waits up to timeout for
 // it; then it destroys the domain. It reports whether the guest shut down
 // by itself. A domain already shut off is left alone.
@@ -185,6 +188,7 @@ func (c *Conn) Shutdown(ctx context.Context, name string, timeout time.Duration)
 		return false, c.destroy(d, name, err)
 	}
 	deadline := time.Now().Add(timeout)
+	press := time.Now()
 	for time.Now().Before(deadline) {
 		st, err := c.State(name)
 		if err != nil {
@@ -192,6 +196,11 @@ func (c *Conn) Shutdown(ctx context.Context, name string, timeout time.Duration)
 		}
 		if st == ShutOff {
 			return true, nil
+		}
+		if time.Since(press) > shutdownRepress {
+			// A guest still booting ignores the button: press it again.
+			c.l.DomainShutdownFlags(d, libvirt.DomainShutdownAcpiPowerBtn)
+			press = time.Now()
 		}
 		select {
 		case <-ctx.Done():

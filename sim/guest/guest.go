@@ -119,25 +119,25 @@ mkdir -p /run /tmp /data
 hostname ferry-guest
 for m in @MODULES@; do insmod /lib/ferry/$m 2>/dev/null; done
 echo "ferry-guest: init up $(cut -d' ' -f1 /proc/uptime)s"
+# The ACPI power button (libvirt's graceful shutdown) powers the guest off
+# with its file system clean. QEMU's machine may have more than one power
+# button device: every one is watched.
+powerdown() {
+	echo "ferry-guest: power button: shutting down"
+	sync
+	mount -o remount,ro /
+	poweroff -f
+}
+for e in /sys/class/input/event*; do
+	if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
+		(dd if=/dev/input/${e##*/} bs=24 count=1 >/dev/null 2>&1 && powerdown) &
+	fi
+done
 ip link set lo up
 if ip link set eth0 up 2>/dev/null; then
 	udhcpc -i eth0 -s /etc/udhcpc.sh -b -t 60 -T 1 >/dev/null 2>&1
 fi
 nc -ll -p 22 -e /bin/ssh-banner &
-# The ACPI power button (libvirt's graceful shutdown) powers the guest off
-# with its file system clean.
-(
-	sleep 1
-	for e in /sys/class/input/event*; do
-		if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
-			dd if=/dev/input/${e##*/} bs=24 count=1 >/dev/null 2>&1 || break
-			echo "ferry-guest: power button: shutting down"
-			sync
-			mount -o remount,ro /
-			poweroff -f
-		fi
-	done
-) &
 (
 	for i in 1 2 3 4 5 6 7 8 9 10; do
 		for p in /sys/class/virtio-ports/*; do
@@ -158,10 +158,15 @@ fi
 echo "ferry-guest: workload from record $n"
 while true; do
 	h=$(printf 'ferry-record-%d' $n | md5sum)
-	printf '%08d %s @PAD@\n' $n "${h%% *}" >> @RECORDS@
-	sync @RECORDS@
-	echo "ferry-fsynced $n"
-	n=$((n + 1))
+	# Reported only once both the append and the fsync succeeded (after a
+	# shutdown began, the file system is read-only and both fail).
+	if printf '%08d %s @PAD@\n' $n "${h%% *}" >> @RECORDS@ && sync @RECORDS@; then
+		echo "ferry-fsynced $n"
+		n=$((n + 1))
+	else
+		echo "ferry-guest: record $n not written"
+		sleep 1
+	fi
 done
 `
 
