@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -24,7 +26,9 @@ type FilePrimary struct {
 	// operator starts the VM.
 	StartHook string
 
-	opened map[string][]*blockdev.File
+	mu sync.Mutex
+	// alternate maps "VM:DISK" to the disks CreateDisks made.
+	alternate map[string]string
 }
 
 func (p *FilePrimary) OriginalDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, error) {
@@ -62,6 +66,14 @@ func (p *FilePrimary) CreateDisks(ctx context.Context, vm string, disks []journa
 		}
 		devs, paths = append(devs, f), append(paths, path)
 	}
+	p.mu.Lock()
+	if p.alternate == nil {
+		p.alternate = map[string]string{}
+	}
+	for i, d := range disks {
+		p.alternate[vm+":"+string(d.Name)] = paths[i]
+	}
+	p.mu.Unlock()
 	return devs, paths, nil
 }
 
@@ -70,10 +82,25 @@ func (p *FilePrimary) Start(ctx context.Context, vm, location string) error {
 		return nil
 	}
 	args := []string{vm, location}
-	for k, v := range p.Disks {
+	p.mu.Lock()
+	disks := p.Disks
+	if location == LocationAlternate {
+		// The VM starts on the disks failback wrote, not the originals.
+		disks = p.alternate
+	}
+	var names []string
+	for k := range disks {
 		if strings.HasPrefix(k, vm+":") {
-			args = append(args, strings.TrimPrefix(k, vm+":")+"="+v)
+			names = append(names, k)
 		}
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		args = append(args, strings.TrimPrefix(k, vm+":")+"="+disks[k])
+	}
+	p.mu.Unlock()
+	if len(names) == 0 {
+		return fmt.Errorf("no %s disks of %s are known: nothing to start", location, vm)
 	}
 	if out, err := exec.CommandContext(ctx, p.StartHook, args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("start hook: %v: %s", err, strings.TrimSpace(string(out)))
