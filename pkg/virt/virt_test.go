@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"libvirt.org/go/libvirtxml"
 )
 
 func TestHardwareRoundTrip(t *testing.T) {
@@ -106,5 +108,43 @@ func TestDialUnreachable(t *testing.T) {
 	}
 	if _, err := Dial(ctx, "not a uri"); err == nil {
 		t.Fatal("a bad URI was accepted")
+	}
+}
+
+// TestDomainDefaults: a machine described by hand (no hardware recorded)
+// still gets a bootable domain, and reading a domain skips what is not a
+// replicated disk (a CD-ROM).
+func TestDomainDefaults(t *testing.T) {
+	spec := DomainSpec{Name: "bare", Network: "rec", Disks: []DiskSource{{Name: "os", NBDSocket: "/run/s.sock", NBDExport: "os"}, {Name: "data", NBDSocket: "/run/s.sock", NBDExport: "data"}}}
+	x, err := spec.XML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(x); err != nil {
+		t.Fatal(err)
+	}
+	if d.Type != "qemu" || d.OS.Type.Arch != "x86_64" || d.VCPU.Value != 1 || d.Memory.Value != 512 {
+		t.Errorf("defaults: type %s arch %s vcpus %d memory %d", d.Type, d.OS.Type.Arch, d.VCPU.Value, d.Memory.Value)
+	}
+	if len(d.Devices.Interfaces) != 1 || d.Devices.Interfaces[0].Model.Type != "virtio" {
+		t.Errorf("NIC: %+v", d.Devices.Interfaces)
+	}
+	if got := []string{d.Devices.Disks[0].Target.Dev, d.Devices.Disks[1].Target.Dev}; got[0] != "vda" || got[1] != "vdb" {
+		t.Errorf("disk targets %v, want vda vdb", got)
+	}
+	d.Devices.Disks = append(d.Devices.Disks, libvirtxml.DomainDisk{Device: "cdrom",
+		Source: &libvirtxml.DomainDiskSource{Network: &libvirtxml.DomainDiskSourceNetwork{Protocol: "nbd", Name: "os"}},
+		Target: &libvirtxml.DomainDiskTarget{Dev: "sda", Bus: "sata"}})
+	x, _ = d.Marshal()
+	hw, osFamily, err := ReadHardware(x, func(src string) string { return strings.TrimPrefix(src, "nbd:") }, []string{"os", "data"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hw.Disks) != 2 || osFamily != "" {
+		t.Errorf("read %d disks (the CD-ROM is not one), os %q", len(hw.Disks), osFamily)
+	}
+	if x, _ := (DomainSpec{Name: "kvm", Type: "kvm", Disks: spec.Disks}).XML(); !strings.Contains(x, `type="kvm"`) {
+		t.Error("a kvm domain type was not kept")
 	}
 }
