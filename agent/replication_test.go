@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -308,4 +309,41 @@ func TestAgentRestart(t *testing.T) {
 	v.sync()
 	cc := ferrytest.Dial(t, ps.Addr)
 	v.verifyLatest(cc)
+}
+
+// TestAgentAheadOfReprotectWaits: an agent started with the epoch of a
+// direction not active yet (a machine that boots on its agent right after
+// failback) is neither accepted nor stopped; once the VM's epoch is raised
+// to it, everything it captured meanwhile arrives.
+func TestAgentAheadOfReprotectWaits(t *testing.T) {
+	ps := ferrytest.StartPS(t)
+	v := newVM(t, ps, 41, []int64{4 << 20}, nil)
+	for i := 0; i < 50; i++ {
+		v.write()
+	}
+	v.sync()
+	if err := v.a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	v.cfg.Epoch = 2
+	v.cfg.StateDir = t.TempDir() // a new agent at the same disks
+	v.start()
+	for i := 0; i < 50; i++ {
+		v.write()
+	}
+	// It keeps trying: refused as "not yet", not stopped.
+	ferrytest.WaitFor(t, 10*time.Second, "a refused attempt", func() bool { return v.a.Stats().Reconnects >= 2 })
+	select {
+	case <-v.a.Done():
+		t.Fatalf("the agent stopped: %v", v.a.Err())
+	default:
+	}
+	if v.a.Stats().Connected {
+		t.Fatal("an agent ahead of its reprotect was accepted")
+	}
+	if _, err := ps.Journal().BumpEpoch(context.Background(), journal.VMID(v.name)); err != nil {
+		t.Fatal(err)
+	}
+	v.sync()
+	v.verifyLatest(ferrytest.Dial(t, ps.Addr))
 }

@@ -119,7 +119,7 @@ func TestBadInputRefused(t *testing.T) {
 		{"wrong disk size", []*ferryv1.AgentMessage{hello("vm1", 1, size, 2*size)}, codes.FailedPrecondition, "disk 1 is \"data\" of 2097152 bytes, replica has \"data\" of 1048576"},
 		{"wrong disk count", []*ferryv1.AgentMessage{hello("vm1", 1, size)}, codes.FailedPrecondition, "agent has 1 disks, replica has 2"},
 		{"stale epoch", []*ferryv1.AgentMessage{hello("vm2", 1, size)}, codes.FailedPrecondition, "agent is at epoch 1, this receiver accepts epoch 2"},
-		{"future epoch", []*ferryv1.AgentMessage{hello("vm1", 5, size, size)}, codes.FailedPrecondition, "epoch 5"},
+		{"future epoch (waits for its reprotect)", []*ferryv1.AgentMessage{hello("vm1", 5, size, size)}, codes.Unavailable, "accepted once a reprotect raises the VM to epoch 5"},
 		{"unaligned offset", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Offset = 100 }))}, codes.InvalidArgument, "offset 100 is not aligned"},
 		{"offset past the end", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Offset = size }))}, codes.InvalidArgument, "run past the end"},
 		{"offset overflow", []*ferryv1.AgentMessage{ok, batch(good, bad(func(w *ferryv1.Write) { w.Offset = 1<<64 - bs }))}, codes.InvalidArgument, "run past the end"},

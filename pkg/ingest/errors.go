@@ -21,6 +21,9 @@ var (
 	ErrTransit = errors.New("record does not match its check")
 	// ErrEpoch is returned to an agent of another replication direction.
 	ErrEpoch = errors.New("epoch mismatch")
+	// ErrEpochAhead is returned to an agent of a direction not active yet:
+	// it waits (retries) until a reprotect raises the VM to its epoch.
+	ErrEpochAhead = errors.New("replication direction not active yet")
 	// ErrGeometry is returned when an agent's disks differ from the replica's.
 	ErrGeometry = errors.New("disks differ from the replica's")
 	// ErrTooLarge is returned for a batch or write above the configured limit.
@@ -67,7 +70,7 @@ func grpcStatus(err error) error {
 		code = codes.Aborted
 	case errors.Is(err, ErrDenied):
 		code = codes.PermissionDenied
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrEpochAhead):
 		code = codes.Unavailable
 	}
 	return status.Error(code, err.Error())

@@ -339,6 +339,11 @@ func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, er
 	if err != nil {
 		return journal.VM{}, err
 	}
+	if journal.Epoch(h.GetEpoch()) > vm.Epoch {
+		// Started ahead of its reprotect (a machine that boots on its agent
+		// right after failback): nothing is accepted until then.
+		return journal.VM{}, fmt.Errorf("%w: vm %s: agent is at epoch %d, the replica at %d: it is accepted once a reprotect raises the VM to epoch %d", ErrEpochAhead, name, h.GetEpoch(), vm.Epoch, h.GetEpoch())
+	}
 	if journal.Epoch(h.GetEpoch()) != vm.Epoch {
 		return journal.VM{}, fmt.Errorf("%w: vm %s: agent is at epoch %d, this receiver accepts epoch %d only (the replication direction changed; re-enroll the agent)", ErrEpoch, name, h.GetEpoch(), vm.Epoch)
 	}
