@@ -27,6 +27,11 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 		return nil, status.Errorf(codes.InvalidArgument, "vm %s: disks and epoch are required", name)
 	}
 	disks := wire.Disks(req.GetDisks())
+	if st, ok := s.cfg.Primary.(PrimaryStopper); ok {
+		if err := st.Stop(ctx, name); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "vm %s: the primary machine must stay shut down during reprotect: %v", name, err)
+		}
+	}
 	// A VM from an earlier cycle starts over.
 	if err := s.recv.Fence(ctx, journal.VMID(name)); err != nil {
 		return nil, err

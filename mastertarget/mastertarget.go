@@ -61,6 +61,12 @@ type Primary interface {
 	Start(ctx context.Context, vm string, location string) error
 }
 
+// PrimaryStopper is a Primary that can shut a primary machine down: the
+// master target keeps it shut down while its VM is reprotected.
+type PrimaryStopper interface {
+	Stop(ctx context.Context, vm string) error
+}
+
 // Config configures a Server.
 type Config struct {
 	DataDir       string

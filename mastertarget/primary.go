@@ -3,7 +3,6 @@ package mastertarget
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -53,7 +52,12 @@ func (p *FilePrimary) OriginalDisks(ctx context.Context, vm string, disks []jour
 
 func (p *FilePrimary) CreateDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, []string, error) {
 	dir := filepath.Join(p.AlternateDir, vm)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Traversable, not listable: a hypervisor that runs as its own user
+	// (libvirt's QEMU) opens the new disks by path.
+	if err := traversable(p.AlternateDir); err != nil {
+		return nil, nil, err
+	}
+	if err := traversable(dir); err != nil {
 		return nil, nil, err
 	}
 	var devs []blockdev.Device

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/pkg/virt"
 )
 
 const usage = `
@@ -38,6 +39,9 @@ func main() {
 	fs.Var(&disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
 	fs.StringVar(&prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")
 	fs.StringVar(&prim.StartHook, "start-hook", "", "command run as HOOK VM LOCATION DISK=PATH... to start the primary VM after failback")
+	var domains cli.Repeated
+	fs.Var(&domains, "libvirt-domain", "the primary machine of VM is this libvirt domain, as VM=DOMAIN; repeat: it is kept shut down during reprotect, started after an original-location failback, and copied onto the new disks after an alternate-location one (instead of --start-hook)")
+	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "the primary site's libvirt, for --libvirt-domain")
 	tlsDir := fs.String("tls-dir", "", "the master target's TLS identity ('ferry-ps ca issue --role mt'): TLS 1.3 with client certificates")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -65,6 +69,27 @@ Flags:
 	log, err := cli.Logger(*level)
 	if err != nil {
 		cli.Fatal("ferry-mt", err)
+	}
+	if len(domains) > 0 {
+		if prim.StartHook != "" {
+			cli.Fatal("ferry-mt", fmt.Errorf("--libvirt-domain and --start-hook both start primaries: give one"))
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := virt.Dial(dctx, *libvirtURI)
+		cancel()
+		if err != nil {
+			cli.Fatal("ferry-mt", err)
+		}
+		defer conn.Close()
+		lp := &mastertarget.LibvirtPrimary{FilePrimary: prim, Conn: conn, Domains: map[string]string{}}
+		for _, d := range domains {
+			vm, dom, ok := strings.Cut(d, "=")
+			if !ok || vm == "" || dom == "" {
+				cli.Fatal("ferry-mt", fmt.Errorf("libvirt-domain %q: want VM=DOMAIN", d))
+			}
+			lp.Domains[vm] = dom
+		}
+		cfg.Primary = lp
 	}
 	cfg.Logger = log
 	switch {
