@@ -21,10 +21,8 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
@@ -118,6 +116,8 @@ type lab struct {
 	conn                     *virt.Conn
 	lc                       *processserver.LibvirtCompute
 	ps                       *processserver.Server
+	mt                       *mastertarget.Server
+	extra                    []*agent.Agent // reverse replication
 	vms                      map[string]*protected
 	kernel                   guest.Kernel
 	bootStart                time.Time
@@ -147,7 +147,7 @@ func Drill(ctx context.Context, cfg Config) (*Report, error) {
 	if err := l.setup(ctx); err != nil {
 		return l.report, err
 	}
-	for _, stage := range []func(context.Context) error{l.testFailover, l.badInput, l.appPoint, l.plannedFailover, l.unplannedFailover} {
+	for _, stage := range []func(context.Context) error{l.testFailover, l.badInput, l.appPoint, l.plannedFailover, l.unplannedFailover, l.failbackOriginal, l.failbackAlternate} {
 		if err := stage(ctx); err != nil {
 			return l.report, err
 		}
@@ -162,7 +162,7 @@ func (l *lab) path(parts ...string) string {
 }
 
 func (l *lab) setup(ctx context.Context) error {
-	for _, d := range []string{"", "site", "ps", "libvirt", "checks"} {
+	for _, d := range []string{"", "site", "ps", "libvirt", "checks", "rec"} {
 		if err := os.MkdirAll(l.path(d), 0o711); err != nil {
 			return err
 		}
@@ -193,7 +193,10 @@ func (l *lab) setup(ctx context.Context) error {
 	}
 	l.report.DomainType, l.report.Why = l.lc.DomainType()
 	l.logf("domain type %s: %s", l.report.DomainType, l.report.Why)
-	l.ps, err = processserver.New(processserver.Config{DataDir: l.path("ps"), Listen: "127.0.0.1:0", Compute: l.lc,
+	if err := l.openMasterTarget(ctx); err != nil {
+		return err
+	}
+	l.ps, err = processserver.New(processserver.Config{DataDir: l.path("ps"), Listen: "127.0.0.1:0", Compute: l.lc, MasterTarget: l.mt.Addr(),
 		ProcessInterval: 2 * time.Second, GroupSchedule: -1, ProbeTimeout: 2 * time.Minute, Logger: l.cfg.Logger})
 	if err != nil {
 		return err
@@ -266,39 +269,10 @@ func (l *lab) protect(ctx context.Context, name string) error {
 	if err := l.conn.Define(spec); err != nil {
 		return err
 	}
-	dom := agent.LibvirtDomain{Conn: l.conn, Name: p.domain, ShutdownTimeout: 30 * time.Second}
-	machine, err := dom.Describe(map[string]string{"os": p.image}, true)
-	if err != nil {
-		return err
-	}
-	dev, err := blockdev.OpenFile(p.image, false)
-	if err != nil {
-		return err
-	}
-	p.agent, err = agent.New(agent.Config{VM: name, Disks: []agent.Disk{{Name: "os", Device: dev}}, StateDir: l.path("site", name+"-agent"),
-		Target: l.ps.Addr(), DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Mode: agent.ModeSplitter, CrashInterval: 2 * time.Second, IgnorePolicy: true, Machine: machine,
-		Freeze: dom.Freeze, Thaw: dom.Thaw, ShutdownMachine: dom.Shutdown, Logger: l.cfg.Logger.With("vm", name)})
-	if err != nil {
-		return err
-	}
-	if err := p.agent.Open(ctx); err != nil {
-		return err
-	}
 	l.vms[name] = p
-	lis, err := nbd.Listen("unix:" + sock)
-	if err != nil {
+	if err := l.serve(ctx, p, 0, name+"-agent"); err != nil {
 		return err
 	}
-	if err := dom.OwnSocket(sock); err != nil {
-		lis.Close()
-		return err
-	}
-	p.nbd = nbd.NewServer(l.cfg.Logger)
-	for _, e := range p.agent.NBDExports() {
-		p.nbd.Add(e)
-	}
-	go p.nbd.Serve(lis)
 	if l.bootStart.IsZero() {
 		l.bootStart = time.Now()
 	}
@@ -677,11 +651,21 @@ func (l *lab) teardown() {
 		}
 	}
 	for _, p := range l.vms {
-		p.nbd.Close()
-		p.agent.Abort()
+		if p.nbd != nil {
+			p.nbd.Close()
+		}
+		if p.agent != nil {
+			p.agent.Abort()
+		}
+	}
+	for _, a := range l.extra {
+		a.Abort()
 	}
 	if l.ps != nil {
 		l.ps.Close(ctx)
+	}
+	if l.mt != nil {
+		l.mt.Close(ctx)
 	}
 	if l.lc != nil {
 		l.lc.Close()

@@ -50,14 +50,17 @@ func traversableTempDir(t *testing.T) string {
 	return dir
 }
 
-// TestRealMachineDrill boots real guests under libvirt: a test failover on
-// NBD overlays with nothing left after cleanup, bad input refused, an
-// app-consistent point clean without journal replay, an unplanned failover
-// whose file system e2fsck finds consistent and which holds every record
-// the guest reported fsynced.
+// TestRealMachineDrill runs the whole cycle on real guests under libvirt:
+// a test failover on NBD overlays with nothing left after cleanup, bad
+// input refused, an app-consistent point clean without journal replay, a
+// planned failover that loses nothing, an unplanned failover whose file
+// system e2fsck finds consistent and which holds every record the guest
+// reported fsynced, change point, commit, reprotect, failback to the
+// original location (the primary boots with the recovery site's writes)
+// and to an alternate one (a new domain), and reprotect again.
 func TestRealMachineDrill(t *testing.T) {
 	needLibvirt(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	var out strings.Builder
 	rep, err := Drill(ctx, Config{Dir: traversableTempDir(t), Seed: 7, Logger: ferrytest.Logger(t), Out: &out})
@@ -76,13 +79,13 @@ func TestRealMachineDrill(t *testing.T) {
 	for _, s := range rep.Stages {
 		stages[strings.Fields(s.Name)[0]] = s
 	}
-	for _, name := range []string{"test", "clean", "bad", "app-consistent", "unplanned", "commit"} {
+	for _, name := range []string{"test", "clean", "bad", "app-consistent", "planned", "unplanned", "change", "commit", "reprotect", "fail"} {
 		s := stages[name]
 		if s == nil || len(s.Checks) == 0 {
 			t.Errorf("stage %s did not run", name)
 		}
 	}
-	for _, name := range []string{"test", "unplanned"} {
+	for _, name := range []string{"test", "planned", "unplanned", "change", "fail"} {
 		if s := stages[name]; s != nil && !strings.HasPrefix(s.Banner, guest.Banner) {
 			t.Errorf("%s failover: the probe read %q, not the guest's banner", name, s.Banner)
 		}
