@@ -3,7 +3,6 @@ package processserver
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,15 +24,11 @@ type MachineProber interface {
 // ProbeSSH connects to addr and reads the SSH server's identification line
 // (RFC 4253: "SSH-2.0-...").
 func ProbeSSH(ctx context.Context, addr string) (string, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := dialProbe(ctx, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	r := bufio.NewReader(io.LimitReader(c, 8<<10))
 	for {
 		line, err := r.ReadString('\n')
@@ -50,6 +45,20 @@ func ProbeSSH(ctx context.Context, addr string) (string, error) {
 	}
 }
 
+// dialProbe connects to addr with the context's deadline on every read
+// and write.
+func dialProbe(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	return c, nil
+}
+
 // x224Request is a TPKT-framed X.224 Connection Request with an RDP
 // negotiation request (TLS and CredSSP), as an RDP client opens with.
 var x224Request = []byte{
@@ -61,15 +70,11 @@ var x224Request = []byte{
 // ProbeRDP sends an X.224 Connection Request to addr and checks that an
 // X.224 Connection Confirm answers it.
 func ProbeRDP(ctx context.Context, addr string) (string, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := dialProbe(ctx, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	if _, err := c.Write(x224Request); err != nil {
 		return "", err
 	}
@@ -142,7 +147,7 @@ func (s *Server) probeReadiness(ctx context.Context, p MachineProber, m Machine,
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			add(what+" answers", false, fmt.Sprintf("%s did not answer within %v: %v (is the service started at boot and allowed by the guest's firewall?)", target, deadline, errors.Join(lastErr)))
+			add(what+" answers", false, fmt.Sprintf("%s did not answer within %v: %v (is the service started at boot and allowed by the guest's firewall?)", target, deadline, lastErr))
 			return f
 		case <-time.After(500 * time.Millisecond):
 		}
