@@ -278,7 +278,7 @@ func JobProto(j *Job) *ferryv1.Job {
 		out.Point = wire.PointProto(*j.Point)
 	}
 	for _, f := range j.Findings {
-		out.Findings = append(out.Findings, &ferryv1.Finding{Check: f.Check, Ok: f.OK, Detail: f.Detail})
+		out.Findings = append(out.Findings, &ferryv1.Finding{Check: f.Check, Ok: f.OK, Detail: f.Detail, Unknown: f.Unknown})
 	}
 	return out
 }

@@ -385,7 +385,10 @@ func printJob(j *ferryv1.Job, err error) error {
 	w.Flush()
 	for _, f := range j.GetFindings() {
 		mark := "ok  "
-		if !f.GetOk() {
+		switch {
+		case f.GetUnknown():
+			mark = "?   "
+		case !f.GetOk():
 			mark = "FIX "
 		}
 		fmt.Printf("  %s %s: %s\n", mark, f.GetCheck(), f.GetDetail())

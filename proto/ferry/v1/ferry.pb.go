@@ -4345,6 +4345,7 @@ type Finding struct {
 	Check         string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"`
 	Ok            bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
 	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Unknown       bool                   `protobuf:"varint,4,opt,name=unknown,proto3" json:"unknown,omitempty"` // the check could not be made
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4398,6 +4399,13 @@ func (x *Finding) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *Finding) GetUnknown() bool {
+	if x != nil {
+		return x.Unknown
+	}
+	return false
 }
 
 type StatusRequest struct {
@@ -6142,11 +6150,12 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\aoutcome\x18\x04 \x01(\tR\aoutcome\x12\x16\n" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x1d\n" +
 	"\n" +
-	"wall_nanos\x18\x06 \x01(\x03R\twallNanos\"G\n" +
+	"wall_nanos\x18\x06 \x01(\x03R\twallNanos\"a\n" +
 	"\aFinding\x12\x14\n" +
 	"\x05check\x18\x01 \x01(\tR\x05check\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x1f\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x18\n" +
+	"\aunknown\x18\x04 \x01(\bR\aunknown\"\x1f\n" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
