@@ -180,6 +180,16 @@ func (c *LibvirtCompute) Create(ctx context.Context, spec VMSpec) (inst Instance
 		}
 	}()
 	ds := DomainSpecFor(name, c.typ, spec.Machine, netName, filepath.Join(dir, "console.log"))
+	if spec.Test {
+		// The primary keeps running with its MAC: a test machine gets its
+		// own, or leases and probes would reach the primary.
+		nics := make([]virt.NIC, len(ds.Hardware.NICs))
+		for i, n := range ds.Hardware.NICs {
+			n.MAC = ""
+			nics[i] = n
+		}
+		ds.Hardware.NICs = nics
+	}
 	var exports []nbd.Export
 	for _, d := range spec.Disks {
 		if !spec.Test && d.Path != "" && !strings.Contains(d.Path, "://") {
