@@ -121,7 +121,12 @@ Flags:
 		defer dev.Close()
 		cfg.Disks = append(cfg.Disks, agent.Disk{Name: name, Device: dev})
 	}
-	cfg.Machine = &ferryv1.MachineInfo{Os: runtime.GOOS}
+	// Scanning its own disks, the agent runs on the machine it protects;
+	// serving them over NBD it runs beside it and does not know its OS.
+	cfg.Machine = &ferryv1.MachineInfo{}
+	if *nbdListen == "" {
+		cfg.Machine.Os = runtime.GOOS
+	}
 	var domain *agent.LibvirtDomain
 	if *libvirtDomain != "" {
 		if *machineFile != "" {
