@@ -31,7 +31,7 @@ func TestBinariesWithLibvirt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() }) // after the cleanup below
 	id := fmt.Sprintf("ferry-b%04x", uint16(os.Getpid())^uint16(time.Now().UnixNano()))
 	net := id + "-test"
 	subnet := fmt.Sprintf("10.%d.%d", 100+os.Getpid()%150, time.Now().Nanosecond()%256)
@@ -40,13 +40,20 @@ func TestBinariesWithLibvirt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		doms, _ := conn.Domains()
+		doms, err := conn.Domains()
+		if err != nil {
+			t.Errorf("list domains to remove: %v", err)
+		}
 		for _, d := range doms {
 			if strings.HasPrefix(d, id) {
-				conn.Undefine(d)
+				if err := conn.Undefine(d); err != nil {
+					t.Errorf("remove domain %s: %v", d, err)
+				}
 			}
 		}
-		conn.RemoveNetwork(net)
+		if err := conn.RemoveNetwork(net); err != nil {
+			t.Errorf("remove network %s: %v", net, err)
+		}
 	})
 
 	img, sock := filepath.Join(dir, "g-os.img"), filepath.Join(dir, "g.sock")

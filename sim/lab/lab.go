@@ -72,6 +72,8 @@ type Stage struct {
 
 // Report is a drill's outcome.
 type Report struct {
+	// ID is in the name of every domain and network of the drill.
+	ID              string
 	DomainType, Why string
 	PrimaryBoot     time.Duration
 	Stages          []*Stage
@@ -143,6 +145,7 @@ func Drill(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	// Names unique to this run, so that drills on one host do not meet.
 	l.id = fmt.Sprintf("%04x", uint16(os.Getpid())^uint16(time.Now().UnixNano()))
+	l.report.ID = l.id
 	defer l.teardown()
 	if err := l.setup(ctx); err != nil {
 		return l.report, err

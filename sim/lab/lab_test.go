@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,10 +97,18 @@ func TestRealMachineDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	doms, _ := c.Domains()
+	doms, err := c.Domains()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, d := range doms {
-		if strings.HasPrefix(d, "ferry-") {
+		if strings.HasPrefix(d, "ferry-"+rep.ID+"-") {
 			t.Errorf("domain %s left behind", d)
+		}
+	}
+	for _, n := range []string{"site", "test", "rec"} {
+		if _, err := c.Network("ferry-" + rep.ID + "-" + n); !errors.Is(err, virt.ErrNoNetwork) {
+			t.Errorf("network ferry-%s-%s left behind (%v)", rep.ID, n, err)
 		}
 	}
 }
