@@ -21,13 +21,18 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/virt"
+	"github.com/ferrydr/ferry/pkg/wire"
 	"github.com/ferrydr/ferry/processserver"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/guest"
 )
 
@@ -402,7 +407,7 @@ func (l *lab) testFailover(ctx context.Context) error {
 	c := l.stage("clean up the test failover")
 	job, err := l.ps.CleanupTest(ctx, "web")
 	c.check("job succeeded", err == nil, "%v", jobOutcome(job, err))
-	l.checkNothingLeft(c, dom, "test")
+	l.checkNothingLeft(c, dom, "web/test")
 	return nil
 }
 
@@ -413,8 +418,9 @@ func (l *lab) checkNothingLeft(s *Stage, dom, slot string) {
 	s.check("no domain left", err == nil && !ok, "domain %s exists: %v (%v)", dom, ok, err)
 	serving := l.lc.Serving()
 	s.check("no export left", len(serving) == 0, "serving %v", serving)
-	_, err = os.Stat(l.path("ps", "vms", "web", slot))
-	s.check("no scratch file left", errors.Is(err, os.ErrNotExist), "%s: %v", l.path("ps", "vms", "web", slot), err)
+	scratch := l.path("ps", "vms", filepath.FromSlash(slot))
+	_, err = os.Stat(scratch)
+	s.check("no scratch file left", errors.Is(err, os.ErrNotExist), "%s: %v", scratch, err)
 	_, err = os.Stat(l.path("libvirt", dom))
 	s.check("no socket or console log left", errors.Is(err, os.ErrNotExist), "%s: %v", l.path("libvirt", dom), err)
 }
@@ -464,19 +470,47 @@ func (l *lab) badInput(ctx context.Context) error {
 		if c.after != nil {
 			c.after()
 		} else {
-			l.checkNothingLeft(s, dom, "test")
+			l.checkNothingLeft(s, dom, "web/test")
 		}
 	}
 	_, err := virt.Dial(ctx, "qemu+unix:///system?socket="+l.path("no-libvirt.sock"))
 	s.check("an unreachable libvirt: refused", errors.Is(err, virt.ErrUnreachable), "%v", err)
-	// A machine whose kernel this host does not have.
-	spec := processserver.DomainSpecFor("ferry-"+l.id+"-nokernel", l.report.DomainType, processserver.Machine{Hardware: &virt.Hardware{
-		Firmware: virt.FirmwareKernel, Kernel: "/boot/vmlinuz-ferry-missing"}}, "", "")
-	spec.Disks = []virt.DiskSource{{Name: "os", File: l.path("site", "web-os.img")}}
-	err = l.conn.Define(spec)
-	ok, _ := l.conn.Exists(spec.Name)
-	s.check("a missing kernel: refused", errors.Is(err, virt.ErrMissingFile) && !ok, "%v (domain defined: %v)", err, ok)
+	// A machine whose kernel this host does not have: a VM protected with
+	// a description that names one.
+	if err := l.ghost(ctx); err != nil {
+		return err
+	}
+	job, err := l.ps.Failover(ctx, processserver.FailoverRequest{VM: "ghost", Type: processserver.FailoverTest, Network: l.testnet})
+	s.check("a missing kernel: refused", err != nil && job != nil && strings.Contains(job.Error, "vmlinuz-ferry-missing"), "%s", jobOutcome(job, err))
+	l.checkNothingLeft(s, "ferry-"+l.id+"-rec-ghost-test", "ghost/test")
 	return nil
+}
+
+// ghost protects a VM without a guest (an empty memory disk) whose
+// recorded hardware boots a kernel this host does not have.
+func (l *lab) ghost(ctx context.Context) error {
+	hw := virt.Hardware{VCPUs: 1, MemoryMiB: 128, Firmware: virt.FirmwareKernel, Kernel: "/boot/vmlinuz-ferry-missing",
+		Initrd: l.kernel.Initrd, Cmdline: guest.CmdLine}
+	a, err := agent.New(agent.Config{VM: "ghost", Disks: []agent.Disk{{Name: "os", Device: blockdev.NewMemory(16 << 20)}},
+		StateDir: l.path("site", "ghost-agent"), Target: l.ps.Addr(),
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Mode:        agent.ModeSplitter, CrashInterval: time.Second, IgnorePolicy: true,
+		Machine: &ferryv1.MachineInfo{Os: "linux", Hardware: wire.HardwareProto(&hw)}, Logger: l.cfg.Logger.With("vm", "ghost")})
+	if err != nil {
+		return err
+	}
+	if err := a.Open(ctx); err != nil {
+		return err
+	}
+	l.extra = append(l.extra, a)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if v, err := l.ps.Journal().VM(ctx, journal.VMID("ghost")); err == nil && v.Points > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vm ghost: no recovery point within a minute")
+		}
+	}
 }
 
 // appPoint cuts an app-consistent point through the guest agent's
