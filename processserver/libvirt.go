@@ -138,8 +138,9 @@ func (c *LibvirtCompute) Create(ctx context.Context, spec VMSpec) (inst Instance
 	inst = Instance{ID: name}
 	netName := spec.Network
 	switch {
-	case spec.Test && netName == "test-"+strings.TrimSuffix(spec.Name, "-test"):
-		// No test network named: the test machine gets no NIC at all.
+	case spec.Test && netName == "test-"+strings.TrimSuffix(spec.Name, "-test") && !c.networkExists(netName):
+		// No test network named (the process server's default name, and
+		// no libvirt network has it): the test machine gets no NIC at all.
 		netName = ""
 		inst.Isolated = true
 	case netName == "" && !spec.Test:
@@ -214,6 +215,11 @@ func (c *LibvirtCompute) Create(ctx context.Context, spec VMSpec) (inst Instance
 		return inst, err
 	}
 	return inst, nil
+}
+
+func (c *LibvirtCompute) networkExists(name string) bool {
+	_, err := c.conn.Network(name)
+	return err == nil
 }
 
 // DomainSpecFor is the domain a recovered machine gets: its recorded
