@@ -151,8 +151,12 @@ func Readiness(m Machine, inst Instance, console string) []Finding {
 	case "linux":
 		add("sshd starts at boot", m.SSHEnabledAtBoot, "sshd is not enabled at boot: enable the ssh service")
 		add("firewall allows ssh", m.SSHFirewallAllowed, "the firewall does not allow SSH (port 22)")
+	case "":
+		f = append(f, Finding{Check: "connection settings", Unknown: true,
+			Detail: "the machine's OS was not reported (describe it with ferry-agent --machine or --libvirt-domain): RDP/SSH settings not checked"})
 	default:
-		add("operating system known", false, fmt.Sprintf("the agent reported OS %q: connection checks skipped", m.OS))
+		f = append(f, Finding{Check: "connection settings", Unknown: true,
+			Detail: fmt.Sprintf("the agent reported OS %q: RDP/SSH settings not checked", m.OS)})
 	}
 	add("public ip", inst.PublicIP != "", "the VM has no public IP: reach it over a site-to-site VPN or add one")
 	add(fmt.Sprintf("security rules allow port %d", port), slices.Contains(inst.AllowedPorts, port),
