@@ -120,9 +120,6 @@ func (c *LibvirtCompute) Close() error {
 // DomainType is the domain type the driver uses, and why.
 func (c *LibvirtCompute) DomainType() (string, string) { return c.typ, c.typReason }
 
-// Conn is the driver's libvirt connection.
-func (c *LibvirtCompute) Conn() *virt.Conn { return c.conn }
-
 func (c *LibvirtCompute) AcceptsDevices() bool { return true }
 
 func (c *LibvirtCompute) domainDir(name string) string { return filepath.Join(c.cfg.Dir, name) }

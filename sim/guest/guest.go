@@ -425,17 +425,6 @@ func LastFsynced(console string) int {
 	return last
 }
 
-var addrRE = regexp.MustCompile(`ferry-guest: address (\S+)`)
-
-// Address is the last address the guest reported taking by DHCP.
-func Address(console string) string {
-	m := addrRE.FindAllStringSubmatch(console, -1)
-	if len(m) == 0 {
-		return ""
-	}
-	return m[len(m)-1][1]
-}
-
 func copyFile(from, to string, mode os.FileMode) error {
 	src, err := os.Open(from)
 	if err != nil {

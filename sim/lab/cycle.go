@@ -129,28 +129,19 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	if err := l.serve(ctx, web, uint64(v.Epoch)+1, "web-agent-forward"); err != nil {
 		return err
 	}
-	recDom := "ferry-" + l.id + "-rec-web"
-	start := time.Now()
-	job, err = l.ps.Failback(ctx, "web", "before", processserver.PointLatest)
-	f.measure(job, err, start, 0)
-	recConsole, _ := l.lc.Console(ctx, recDom)
-	recLast := guest.LastFsynced(recConsole)
-	if err != nil {
+	recLast, ok := l.failback(ctx, f, "web", "before", web.domain)
+	if !ok {
 		return nil
 	}
-	rst, _ := l.conn.State(recDom)
-	f.check("the recovered guest was shut down", rst == virt.ShutOff, "state %s", rst)
-	banner, err := l.waitSSH(ctx, web.domain, 3*time.Minute)
-	f.bootedAt(start, banner)
-	f.check("the primary boots from its own disk", err == nil, "%s %v", banner, err)
 	from := l.waitConsole(ctx, web, "workload from record")
 	f.check("it holds the writes made at the recovery site", from > recLast, "the primary goes on from record %d; the recovered guest reported %d fsynced", from, recLast)
 
 	c := l.stage("commit the failback of web")
 	job, err = l.ps.Commit(ctx, "web")
 	c.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
-	ok, _ := l.conn.Exists(recDom)
-	c.check("the recovery-site domain is deleted", !ok, "exists %v", ok)
+	recDom := "ferry-" + l.id + "-rec-web"
+	exists, _ := l.conn.Exists(recDom)
+	c.check("the recovery-site domain is deleted", !exists, "exists %v", exists)
 
 	r := l.stage("reprotect web forward again (the waiting agent resumes, by hash)")
 	job, err = l.ps.Reprotect(ctx, "web", "")
@@ -204,19 +195,11 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 		return nil
 	}
 	f := l.stage("fail db back to the alternate location, synchronizing during failover only")
-	recDom := "ferry-" + l.id + "-rec-db"
-	start := time.Now()
-	job, err = l.ps.Failback(ctx, "db", "during", processserver.PointLatest)
-	f.measure(job, err, start, 0)
-	recConsole, _ := l.lc.Console(ctx, recDom)
-	recLast := guest.LastFsynced(recConsole)
-	if err != nil {
+	alt := mastertarget.AlternateName(db.domain)
+	recLast, ok := l.failback(ctx, f, "db", "during", alt)
+	if !ok {
 		return nil
 	}
-	alt := mastertarget.AlternateName(db.domain)
-	banner, err := l.waitSSH(ctx, alt, 3*time.Minute)
-	f.bootedAt(start, banner)
-	f.check("a new domain boots on the new disks", err == nil, "%s: %s %v", alt, banner, err)
 	x, _ := l.conn.DomainXML(alt, true)
 	f.check("its disk is the alternate one", strings.Contains(x, l.path("site", "alternate", "db")), "domain %s", alt)
 	altGuest := &protected{name: "db-alternate", domain: alt, console: l.path("site", "alternate", "db", "console.log")}
@@ -228,6 +211,26 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	job, err = l.ps.Commit(ctx, "db")
 	cm.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	return nil
+}
+
+// failback fails vm back and waits for the domain it boots at the primary
+// site to answer SSH. It returns the last record the recovered guest
+// reported fsynced before it was shut down.
+func (l *lab) failback(ctx context.Context, f *Stage, vm, sync, booted string) (int, bool) {
+	recDom := "ferry-" + l.id + "-rec-" + vm
+	start := time.Now()
+	job, err := l.ps.Failback(ctx, vm, sync, processserver.PointLatest)
+	f.measure(job, err, start, 0)
+	recConsole, _ := l.lc.Console(ctx, recDom)
+	if err != nil {
+		return 0, false
+	}
+	st, _ := l.conn.State(recDom)
+	f.check("the recovered guest was shut down", st == virt.ShutOff, "state %s", st)
+	banner, err := l.waitSSH(ctx, booted, 3*time.Minute)
+	f.bootedAt(start, banner)
+	f.check("the primary site's domain boots", err == nil, "%s: %s %v", booted, banner, err)
+	return guest.LastFsynced(recConsole), err == nil
 }
 
 // serve starts a protected VM's agent again on its NBD front end.
