@@ -75,8 +75,8 @@ func (d LibvirtDomain) Shutdown(ctx context.Context) error {
 
 // OwnSocket gives the NBD front end's Unix socket to the user the domain's
 // QEMU runs as (libvirt's DAC label), mode 0600: QEMU and root can open the
-// disks, nobody else.
-func (d LibvirtDomain) OwnSocket(path string) error {
+// disks, nobody else. It returns that user, for the peer-credential check.
+func (d LibvirtDomain) OwnSocket(path string) (int, error) {
 	uid, gid, err := d.Conn.QEMUUser(virt.DomainTypeOf(d.Conn, d.Name))
 	if err == nil {
 		err = os.Chmod(path, 0o600)
@@ -85,7 +85,7 @@ func (d LibvirtDomain) OwnSocket(path string) error {
 		err = os.Chown(path, uid, gid)
 	}
 	if err != nil {
-		return fmt.Errorf("nbd socket %s for QEMU: %w", path, err)
+		return -1, fmt.Errorf("nbd socket %s for QEMU: %w", path, err)
 	}
-	return nil
+	return uid, nil
 }

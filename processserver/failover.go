@@ -13,7 +13,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/nbd"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -352,15 +351,15 @@ func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.
 				return fail(err)
 			}
 			files = append(files, scratch)
-			ov, err := s.j.OpenOverlay(ctx, vm.Name, point.ID, i, scratch)
+			ov, err := s.j.OpenOverlay(ctx, vm.Name, point.ID, i, s.scratch.wrap(slot, scratch))
 			if err != nil {
 				return fail(err)
 			}
 			spec := DiskSpec{Name: string(d.Name), Device: ov}
 			if !devices {
-				name := fmt.Sprintf("%s-test-%s", vm.Name, d.Name)
-				s.nbd.Add(nbd.Export{Name: name, Device: ov, BlockSize: blockdev.BlockSize})
-				spec.Path = s.nbdURI(name)
+				e := s.addExport(NBDExport{Name: exportName(string(vm.Name), "test", string(d.Name)), VM: string(vm.Name), Disk: string(d.Name),
+					Point: point, Writable: true, Test: true, slot: slot}, ov)
+				spec.Path = e.URI
 			}
 			specs = append(specs, spec)
 			continue
@@ -404,7 +403,18 @@ func mkdirTraversable(root, dir string) error {
 	}
 }
 
+// dropExports stops serving the NBD exports of a slot.
+func (s *Server) dropExports(slot string) {
+	for _, e := range s.Exports() {
+		if e.slot == slot {
+			s.dropExport(e.Name)
+		}
+	}
+}
+
+// closeDisks closes a slot's files and gives back its scratch quota.
 func (s *Server) closeDisks(slot string) {
+	defer s.scratch.release(slot)
 	s.filesMu.Lock()
 	files := s.files[slot]
 	delete(s.files, slot)
@@ -524,12 +534,7 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 			return "", err
 		}
 		slot := vmName + "/test"
-		if s.nbd != nil {
-			vm, _ := s.j.VM(ctx, journal.VMID(vmName))
-			for _, d := range vm.Disks {
-				s.nbd.Remove(fmt.Sprintf("%s-test-%s", vmName, d.Name))
-			}
-		}
+		s.dropExports(slot)
 		s.closeDisks(slot)
 		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
 			return "", err

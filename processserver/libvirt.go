@@ -244,7 +244,7 @@ func (c *LibvirtCompute) serveDisks(name, sock string, exports []nbd.Export) err
 		l.Close()
 		return fmt.Errorf("nbd socket for %s: %w", name, err)
 	}
-	srv := nbd.NewServer(c.log)
+	srv := nbd.NewServer(c.log, nbd.Access{UIDs: []int{c.uid}})
 	for _, e := range exports {
 		srv.Add(e)
 	}

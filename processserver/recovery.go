@@ -46,6 +46,8 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrNoMasterTarget), errors.Is(err, ErrNoNBD):
 		code = codes.FailedPrecondition
+	case errors.Is(err, ErrNoExport):
+		code = codes.NotFound
 	case errors.Is(err, ErrNoJob):
 		code = codes.NotFound
 		code = codes.FailedPrecondition
@@ -242,6 +244,15 @@ func (r *recovery) ExportNBD(ctx context.Context, req *ferryv1.ExportNBDRequest)
 		return nil, toStatus(err)
 	}
 	return &ferryv1.ExportNBDResponse{Uri: e.URI, Name: e.Name, PointId: uint64(e.Point.ID)}, nil
+}
+
+func (r *recovery) ListExports(ctx context.Context, req *ferryv1.ListExportsRequest) (*ferryv1.ListExportsResponse, error) {
+	resp := &ferryv1.ListExportsResponse{ScratchUsed: r.s.scratch.Used(), ScratchQuota: r.s.cfg.ScratchQuota}
+	for _, e := range r.s.Exports() {
+		resp.Exports = append(resp.Exports, &ferryv1.NBDExportInfo{Name: e.Name, Uri: e.URI, Vm: e.VM, Disk: e.Disk, PointId: uint64(e.Point.ID),
+			Writable: e.Writable, Test: e.Test, CreatedUnixNano: e.Created.UnixNano()})
+	}
+	return resp, nil
 }
 
 func (r *recovery) UnexportNBD(ctx context.Context, req *ferryv1.UnexportNBDRequest) (*ferryv1.UnexportNBDResponse, error) {

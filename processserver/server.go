@@ -69,8 +69,20 @@ type Config struct {
 	// recovery points (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
 	// NBDListen serves recovery points and test-failover disks over NBD
-	// (host:port or unix:PATH); empty: off.
+	// (host:port or unix:PATH); empty: off. A Unix socket is mode 0600 and
+	// admits only the server's user and root (the kernel's peer
+	// credentials); TCP needs TLS (clients present an operator or admin
+	// certificate of the deployment's CA, after NBD STARTTLS) or
+	// NBDInsecure.
 	NBDListen string
+	// NBDInsecure serves NBD over plain TCP without authentication.
+	NBDInsecure bool
+	// ScratchQuota bounds the bytes all writable exports (NBD copy-on-write
+	// exports and test-failover disks) may write into their scratch files
+	// together (default 16 GiB), so that a client writing without end fills
+	// its export, not the journal's file system; a write beyond it fails
+	// with ENOSPC.
+	ScratchQuota int64
 	// Retention is the default policy's recovery point retention when the
 	// server creates it (default 24 h, as for Hyper-V-style protection;
 	// VMware-style VMs get the 72 h policy; negative: the longest, 35
@@ -147,6 +159,10 @@ type Server struct {
 	vmLocks map[string]chan struct{}
 	filesMu sync.Mutex
 	files   map[string][]*blockdev.File // open disk files per VM slot
+	scratch *scratchQuota
+
+	exportsMu sync.Mutex
+	exports   map[string]NBDExport
 
 	stop     context.CancelFunc
 	bg       context.Context // ends when the server closes
@@ -219,6 +235,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RPOThreshold == 0 {
 		cfg.RPOThreshold = 15 * time.Minute
 	}
+	if cfg.ScratchQuota == 0 {
+		cfg.ScratchQuota = 16 << 30
+	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -226,6 +245,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
 		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}, alerting: map[string]bool{},
+		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
 		planResume: map[string]chan struct{}{}}, nil
@@ -329,12 +349,16 @@ func (s *Server) Open(ctx context.Context) error {
 		s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
 	}
 	if s.cfg.NBDListen != "" {
+		if !strings.HasPrefix(s.cfg.NBDListen, "unix:") && s.cfg.TLS == nil && !s.cfg.NBDInsecure {
+			s.Close(ctx)
+			return fmt.Errorf("nbd listen %s: %w (serve the gRPC API with TLS, listen on unix:PATH, or pass --nbd-insecure)", s.cfg.NBDListen, nbd.ErrPlainTCP)
+		}
 		l, err := nbd.Listen(s.cfg.NBDListen)
 		if err != nil {
 			s.Close(ctx)
 			return fmt.Errorf("nbd listen %s: %w", s.cfg.NBDListen, err)
 		}
-		s.nbd = nbd.NewServer(s.log)
+		s.nbd = nbd.NewServer(s.log, s.nbdAccess())
 		if path, ok := strings.CutPrefix(s.cfg.NBDListen, "unix:"); ok {
 			s.nbdURI = func(e string) string { return "nbd+unix:///" + e + "?socket=" + path }
 		} else {

@@ -38,6 +38,8 @@ var (
 	ErrOutOfRange = errors.New("access beyond the end of the device")
 	// ErrClosed is returned by a device that has been closed.
 	ErrClosed = errors.New("device is closed")
+	// ErrNoSpace is returned by a device whose space quota is used up.
+	ErrNoSpace = errors.New("no space left in the device's quota")
 )
 
 // checkRange reports whether [off, off+n) lies within a device of size size.

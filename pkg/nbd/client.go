@@ -1,11 +1,13 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 )
 
 // Client is a minimal NBD client (fixed newstyle, one request at a time):
@@ -18,7 +20,10 @@ type Client struct {
 }
 
 // Dial connects to addr (host:port or unix:PATH) and opens export.
-func Dial(addr, export string) (*Client, error) {
+func Dial(addr, export string) (*Client, error) { return DialTLS(addr, export, nil) }
+
+// DialTLS is Dial with STARTTLS when cfg is set.
+func DialTLS(addr, export string, cfg *tls.Config) (*Client, error) {
 	network := "tcp"
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", path
@@ -28,14 +33,14 @@ func Dial(addr, export string) (*Client, error) {
 		return nil, err
 	}
 	cl := &Client{c: c}
-	if err := cl.handshake(export); err != nil {
+	if err := cl.handshake(export, cfg); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("nbd %s export %q: %w", addr, export, err)
 	}
 	return cl, nil
 }
 
-func (cl *Client) handshake(export string) error {
+func (cl *Client) handshake(export string, cfg *tls.Config) error {
 	var hs [18]byte
 	if _, err := io.ReadFull(cl.c, hs[:]); err != nil {
 		return err
@@ -47,6 +52,35 @@ func (cl *Client) handshake(export string) error {
 		return fmt.Errorf("server does not support no-zeroes")
 	}
 	req := binary.BigEndian.AppendUint32(nil, clientFixedNew|clientNoZeroes)
+	if cfg != nil {
+		req = binary.BigEndian.AppendUint64(req, magicOpt)
+		req = binary.BigEndian.AppendUint32(req, optStartTLS)
+		req = binary.BigEndian.AppendUint32(req, 0)
+		if _, err := cl.c.Write(req); err != nil {
+			return err
+		}
+		var rep [20]byte
+		if _, err := io.ReadFull(cl.c, rep[:]); err != nil {
+			return err
+		}
+		if typ := binary.BigEndian.Uint32(rep[12:]); typ != repAck {
+			return fmt.Errorf("server refused STARTTLS (reply %#x)", typ)
+		}
+		if n := binary.BigEndian.Uint32(rep[16:]); n != 0 {
+			return fmt.Errorf("STARTTLS reply carries %d bytes", n)
+		}
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			if host, _, err := net.SplitHostPort(cl.c.RemoteAddr().String()); err == nil {
+				cfg.ServerName = host
+			}
+		}
+		tc := tls.Client(cl.c, cfg)
+		if err := tc.Handshake(); err != nil {
+			return err
+		}
+		cl.c, req = tc, nil
+	}
 	req = binary.BigEndian.AppendUint64(req, magicOpt)
 	req = binary.BigEndian.AppendUint32(req, optExportName)
 	req = binary.BigEndian.AppendUint32(req, uint32(len(export)))
@@ -86,7 +120,8 @@ func (cl *Client) request(typ uint16, flags uint16, off int64, length int, data 
 	case binary.BigEndian.Uint64(rep[8:]) != cl.handle:
 		return fmt.Errorf("reply to request %d, sent %d", binary.BigEndian.Uint64(rep[8:]), cl.handle)
 	case binary.BigEndian.Uint32(rep[4:]) != 0:
-		return fmt.Errorf("request failed with error %d", binary.BigEndian.Uint32(rep[4:]))
+		// NBD's error values are Linux's errno values.
+		return fmt.Errorf("request failed: %w", syscall.Errno(binary.BigEndian.Uint32(rep[4:])))
 	}
 	return nil
 }

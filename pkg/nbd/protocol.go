@@ -20,6 +20,7 @@ const (
 	optExportName = 1
 	optAbort      = 2
 	optList       = 3
+	optStartTLS   = 5
 	optInfo       = 6
 	optGo         = 7
 
@@ -27,7 +28,9 @@ const (
 	repServer     = 2
 	repInfo       = 3
 	repErrUnsup   = 1<<31 + 1
+	repErrPolicy  = 1<<31 + 2
 	repErrInvalid = 1<<31 + 3
+	repErrTLSReqd = 1<<31 + 5
 	repErrUnknown = 1<<31 + 6
 
 	infoExport    = 0

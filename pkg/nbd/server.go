@@ -2,14 +2,19 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
@@ -25,10 +30,37 @@ type Export struct {
 	BlockSize uint32
 }
 
+// Access says who may use a Server. A disk served over NBD is the whole
+// machine's data, so nothing is open by default: a client comes through a
+// Unix socket as an allowed user, or over TCP with TLS and a certificate
+// Authorize accepts. Plain TCP needs Insecure.
+type Access struct {
+	// TLS, when set, is required of every TCP client: before anything else
+	// it sends STARTTLS (NBD_OPT_STARTTLS) and completes the handshake;
+	// other options are answered NBD_REP_ERR_TLS_REQD. Its ClientAuth
+	// should require and verify client certificates.
+	TLS *tls.Config
+	// Authorize decides whether a TLS client's verified certificate may
+	// use the exports (nil: any certificate the TLS config verified).
+	Authorize func(tls.ConnectionState) error
+	// UIDs are the users whose processes may connect through a Unix
+	// socket, checked by the kernel's peer credentials; the server's own
+	// user and root are always allowed.
+	UIDs []int
+	// Insecure serves TCP clients without TLS or authentication. Listing
+	// exports is then refused, so that only a client that was told an
+	// export's (unguessable) name can open it.
+	Insecure bool
+}
+
+// ErrPlainTCP is returned for a TCP listener without TLS or Insecure.
+var ErrPlainTCP = errors.New("nbd over plain TCP has no authentication: serve it with TLS, on a unix: socket, or pass the insecure flag")
+
 // Server serves exports to NBD clients. Exports may be added and removed
 // while it runs; a connection keeps the device it opened.
 type Server struct {
-	log *slog.Logger
+	log    *slog.Logger
+	access Access
 
 	mu      sync.Mutex
 	exports map[string]*exportState
@@ -44,12 +76,24 @@ type exportState struct {
 	mu sync.Mutex
 }
 
-// NewServer returns a server with no exports.
-func NewServer(log *slog.Logger) *Server {
+// NewServer returns a server with no exports that admits clients as a
+// says.
+func NewServer(log *slog.Logger, a Access) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{log: log.With("component", "nbd"), exports: map[string]*exportState{}, conns: map[net.Conn]struct{}{}}
+	return &Server{log: log.With("component", "nbd"), access: a, exports: map[string]*exportState{}, conns: map[net.Conn]struct{}{}}
+}
+
+// Exports returns the names of the exports offered, sorted.
+func (s *Server) Exports() []string { return s.names() }
+
+// Has reports whether an export of that name is offered.
+func (s *Server) Has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.exports[name]
+	return ok
 }
 
 // Add offers an export, replacing one of the same name.
@@ -91,13 +135,19 @@ func (s *Server) names() []string {
 	return out
 }
 
-// Serve accepts connections on l until Close.
-func (s *Server) Serve(l net.Listener) {
+// Serve accepts connections on l until Close. A TCP listener without TLS
+// or Insecure is closed at once with ErrPlainTCP.
+func (s *Server) Serve(l net.Listener) error {
+	if _, unix := l.(*net.UnixListener); !unix && s.access.TLS == nil && !s.access.Insecure {
+		l.Close()
+		s.log.Error("nbd not served", "listen", l.Addr().String(), "err", ErrPlainTCP)
+		return ErrPlainTCP
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		l.Close()
-		return
+		return net.ErrClosed
 	}
 	s.ls = append(s.ls, l)
 	s.wg.Add(1)
@@ -106,13 +156,13 @@ func (s *Server) Serve(l net.Listener) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			return
+			return err
 		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
-			return
+			return net.ErrClosed
 		}
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
@@ -145,23 +195,47 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Listen opens "unix:PATH" or a TCP "host:port".
+// Listen opens "unix:PATH" (a socket only its owner may open: mode 0600)
+// or a TCP "host:port".
 func Listen(addr string) (net.Listener, error) {
-	if path, ok := cutPrefix(addr, "unix:"); ok {
-		return net.Listen("unix", path)
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			l.Close()
+			return nil, err
+		}
+		return l, nil
 	}
 	return net.Listen("tcp", addr)
 }
 
-func cutPrefix(s, p string) (string, bool) {
-	if len(s) >= len(p) && s[:len(p)] == p {
-		return s[len(p):], true
+// admitUnix checks a Unix-socket client's user against the allowed ones.
+func (s *Server) admitUnix(c *net.UnixConn) error {
+	uid, pid, err := unixPeer(c)
+	if err != nil {
+		return err
 	}
-	return s, false
+	if uid == 0 || uid == os.Getuid() || slices.Contains(s.access.UIDs, uid) {
+		return nil
+	}
+	return fmt.Errorf("process %d of uid %d may not use this socket", pid, uid)
 }
 
 // handle negotiates, then serves transmission until the client leaves.
 func (s *Server) handle(c net.Conn) error {
+	// authenticated: a Unix client of an allowed user, or a TLS client
+	// whose certificate was accepted; only these may list exports.
+	authenticated := false
+	if uc, ok := c.(*net.UnixConn); ok {
+		if err := s.admitUnix(uc); err != nil {
+			return fmt.Errorf("refused: %w", err)
+		}
+		authenticated = true
+	}
+	needTLS := !authenticated && s.access.TLS != nil
 	var hs [18]byte
 	binary.BigEndian.PutUint64(hs[0:], magicInit)
 	binary.BigEndian.PutUint64(hs[8:], magicOpt)
@@ -194,7 +268,48 @@ func (s *Server) handle(c net.Conn) error {
 		if _, err := io.ReadFull(c, data); err != nil {
 			return err
 		}
+		if needTLS {
+			switch opt {
+			case optStartTLS:
+			case optAbort:
+				optReply(c, opt, repAck, nil)
+				return io.EOF
+			case optExportName:
+				return errors.New("refused: the client asked for an export before STARTTLS")
+			default:
+				if err := optReply(c, opt, repErrTLSReqd, []byte("this server requires TLS")); err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		switch opt {
+		case optStartTLS:
+			if !needTLS || len(data) != 0 {
+				if err := optReply(c, opt, repErrInvalid, nil); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := optReply(c, opt, repAck, nil); err != nil {
+				return err
+			}
+			tc := tls.Server(c, s.access.TLS)
+			tc.SetDeadline(time.Now().Add(30 * time.Second))
+			if err := tc.Handshake(); err != nil {
+				return fmt.Errorf("refused: tls: %w", err)
+			}
+			tc.SetDeadline(time.Time{})
+			st := tc.ConnectionState()
+			if len(st.VerifiedChains) == 0 {
+				return errors.New("refused: the client presented no certificate from this deployment's CA")
+			}
+			if s.access.Authorize != nil {
+				if err := s.access.Authorize(st); err != nil {
+					return fmt.Errorf("refused: %w", err)
+				}
+			}
+			c, needTLS, authenticated = tc, false, true
 		case optExportName:
 			e := s.export(string(data))
 			if e == nil {
@@ -213,6 +328,12 @@ func (s *Server) handle(c net.Conn) error {
 			optReply(c, opt, repAck, nil)
 			return io.EOF
 		case optList:
+			if !authenticated {
+				if err := optReply(c, opt, repErrPolicy, []byte("listing exports needs an authenticated client")); err != nil {
+					return err
+				}
+				continue
+			}
 			for _, name := range s.names() {
 				b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
 				if err := optReply(c, opt, repServer, append(b, name...)); err != nil {
@@ -355,6 +476,9 @@ func (s *Server) transmit(c net.Conn, e *exportState) error {
 			if err := e.write(ctx, p, int64(off)); err != nil {
 				s.log.Warn("nbd write", "export", e.Name, "off", off, "err", err)
 				errno = errIO
+				if errors.Is(err, blockdev.ErrNoSpace) {
+					errno = errNoSpc
+				}
 				break
 			}
 			if flags&cmdFlagFUA != 0 {

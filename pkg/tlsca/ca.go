@@ -35,6 +35,9 @@ const (
 	RoleOperator     = "operator" // NAME is the person or tool
 	RoleServer       = "ps"       // a process server
 	RoleMasterTarget = "mt"       // a master target
+	// RoleAdmin is an operator who may also upload recovery plans with
+	// command actions, which run on the process server.
+	RoleAdmin = "admin"
 )
 
 // Files of a CA directory.
@@ -223,7 +226,21 @@ func WriteIdentity(dir string, key *ecdsa.PrivateKey, certDER, caDER []byte) err
 	if err := writePEM(filepath.Join(dir, CertFile), "CERTIFICATE", certDER, 0o644); err != nil {
 		return err
 	}
-	return writePEM(filepath.Join(dir, CACert), "CERTIFICATE", caDER, 0o644)
+	if err := writePEM(filepath.Join(dir, CACert), "CERTIFICATE", caDER, 0o644); err != nil {
+		return err
+	}
+	// The names QEMU's tls-creds-x509 and libnbd's nbds:// look for, so
+	// that the directory serves qemu-img, qemu-io and nbdcopy as it is.
+	for link, target := range map[string]string{"ca-cert.pem": CACert, "client-cert.pem": CertFile, "client-key.pem": KeyFile} {
+		p := filepath.Join(dir, link)
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err := os.Symlink(target, p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ReadCert reads a PEM certificate file.

@@ -259,11 +259,12 @@ func (l *lab) serve(ctx context.Context, p *protected, epoch uint64, state strin
 	if err != nil {
 		return err
 	}
-	if err := dom.OwnSocket(sock); err != nil {
+	uid, err := dom.OwnSocket(sock)
+	if err != nil {
 		lis.Close()
 		return err
 	}
-	p.nbd = nbd.NewServer(l.cfg.Logger)
+	p.nbd = nbd.NewServer(l.cfg.Logger, nbd.Access{UIDs: []int{uid}})
 	for _, e := range p.agent.NBDExports() {
 		p.nbd.Add(e)
 	}

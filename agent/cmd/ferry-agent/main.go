@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,7 +59,9 @@ func main() {
 	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
 	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
 	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
-	nbdListen := fs.String("nbd-listen", "", "serve the disks over NBD on host:port or unix:PATH and capture every write (write splitter) instead of scanning")
+	nbdListen := fs.String("nbd-listen", "", "serve the disks over NBD on unix:PATH (mode 0600; only this user, root and, with --libvirt-domain, QEMU's user may connect) or host:port (needs --nbd-tls-dir or --nbd-insecure) and capture every write (write splitter) instead of scanning")
+	nbdTLS := fs.String("nbd-tls-dir", "", "serve --nbd-listen host:port with TLS (NBD STARTTLS) from this identity, issued with 'ferry-ps ca issue --role agent --name VM --host HOST'; clients present an operator or admin certificate, or this VM's agent certificate")
+	nbdInsecure := fs.Bool("nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches the port can read and write the protected disks")
 	fs.DurationVar(&cfg.AppInterval, "app-interval", 0, "cut an app-consistent point this often through --freeze-hook and --thaw-hook (needs --nbd-listen; 0: off)")
 	freezeHook := fs.String("freeze-hook", "", "command that quiesces the application (flush and hold writes, e.g. fsfreeze -f /srv), bounded by 10s")
 	thawHook := fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
@@ -247,16 +250,22 @@ Flags:
 	}
 	var nbdSrv *nbd.Server
 	if *nbdListen != "" {
+		access, err := frontEndAccess(*nbdListen, *nbdTLS, *nbdInsecure, cfg.VM)
+		if err != nil {
+			cli.Fatal("ferry-agent", err)
+		}
 		l, err := nbd.Listen(*nbdListen)
 		if err != nil {
 			cli.Fatal("ferry-agent", err)
 		}
 		if sock, ok := strings.CutPrefix(*nbdListen, "unix:"); ok && domain != nil {
-			if err := domain.OwnSocket(sock); err != nil {
+			uid, err := domain.OwnSocket(sock)
+			if err != nil {
 				cli.Fatal("ferry-agent", err)
 			}
+			access.UIDs = append(access.UIDs, uid)
 		}
-		nbdSrv = nbd.NewServer(log)
+		nbdSrv = nbd.NewServer(log, access)
 		for _, e := range a.NBDExports() {
 			nbdSrv.Add(e)
 		}
@@ -279,4 +288,37 @@ Flags:
 	if err := errors.Join(a.Err(), cerr); err != nil {
 		cli.Fatal("ferry-agent", err)
 	}
+}
+
+// frontEndAccess says who may use the disks the agent serves: on a Unix
+// socket its own user and root (and QEMU's user, added by the caller); on
+// TCP clients with certificates of the deployment's CA, or anyone with
+// --nbd-insecure.
+func frontEndAccess(listen, tlsDir string, insecureOK bool, vm string) (nbd.Access, error) {
+	if strings.HasPrefix(listen, "unix:") {
+		return nbd.Access{}, nil
+	}
+	if tlsDir == "" {
+		if !insecureOK {
+			return nbd.Access{}, fmt.Errorf("--nbd-listen %s: %w (--nbd-tls-dir DIR, or --nbd-insecure)", listen, nbd.ErrPlainTCP)
+		}
+		return nbd.Access{Insecure: true}, nil
+	}
+	cfg, err := tlsca.Config(tlsDir, true)
+	if err != nil {
+		return nbd.Access{}, fmt.Errorf("--nbd-tls-dir: %w", err)
+	}
+	return nbd.Access{TLS: cfg, Authorize: func(st tls.ConnectionState) error {
+		id, err := tlsca.IdentityOf(st.VerifiedChains[0][0])
+		if err != nil {
+			return err
+		}
+		switch {
+		case id.Role == tlsca.RoleOperator, id.Role == tlsca.RoleAdmin:
+		case id.Role == tlsca.RoleAgent && id.Name == vm:
+		default:
+			return fmt.Errorf("%s may not use the disks of %s", id, vm)
+		}
+		return nil
+	}}, nil
 }

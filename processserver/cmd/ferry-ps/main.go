@@ -69,7 +69,9 @@ func main() {
 	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "retention of the default replication policy when it is first created (VMware-style VMs follow vmware-72h); change policies with ferryctl policy")
 	fs.DurationVar(&cfg.RPOThreshold, "rpo-threshold", 15*time.Minute, "RPO alert threshold of the default policies when first created (metric ferry_ps_rpo_alert and an event)")
 	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run")
-	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port or unix:PATH")
+	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port (TLS with STARTTLS and an operator or admin certificate; plain only with --nbd-insecure) or unix:PATH (mode 0600, only this user and root)")
+	fs.BoolVar(&cfg.NBDInsecure, "nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches it and knows an export's name can read or write it")
+	fs.Int64Var(&cfg.ScratchQuota, "scratch-quota", 16<<30, "bytes all writable exports and test-failover disks may write together before their writes fail with ENOSPC")
 	fs.StringVar(&cfg.MasterTarget, "master-target", "", "the primary site's master target (host:port), for reprotect and failback")
 	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")
 	caDir := fs.String("ca", "", "the CA directory of ferry-ps ca init: TLS 1.3 with client certificates on every port, and agent enrollment")
@@ -177,9 +179,13 @@ func caCmd(args []string) {
 		return
 	}
 	switch *role {
-	case tlsca.RoleOperator, tlsca.RoleMasterTarget, tlsca.RoleServer:
+	case tlsca.RoleOperator, tlsca.RoleAdmin, tlsca.RoleMasterTarget, tlsca.RoleServer:
+	case tlsca.RoleAgent:
+		if len(hs) == 0 {
+			cli.Fatal("ferry-ps ca issue", fmt.Errorf("--role agent is issued only with --host, to serve an agent's NBD front end over TLS (agents enroll with a token)"))
+		}
 	default:
-		cli.Fatal("ferry-ps ca issue", fmt.Errorf("--role %q: want operator, mt or ps (agents enroll with a token)", *role))
+		cli.Fatal("ferry-ps ca issue", fmt.Errorf("--role %q: want operator, admin, mt, ps, or agent with --host", *role))
 	}
 	if *name == "" || *out == "" {
 		cli.Fatal("ferry-ps ca issue", fmt.Errorf("--name and --out are required"))

@@ -31,6 +31,7 @@ Usage:
   ferryctl --ps ADDR export --nbd --vm NAME --disk NAME [--point P] [--writable]
                                                           serve one disk of a point over NBD and print its URI
                                                           (--writable: copy-on-write, the point never changes)
+  ferryctl --ps ADDR exports                               list the NBD exports and the scratch quota's use
   ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
   ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses; without
                                                           --point scrub the VM's whole journal: report every
@@ -148,7 +149,13 @@ func main() {
 			break
 		}
 		err = export(ctx, conn, *vm, *point, *disk, *out)
+	case "exports":
+		err = listExports(ctx, rc)
 	case "unexport":
+		if fs.NArg() != 1 {
+			err = fmt.Errorf("unexport wants one export name (ferryctl exports lists them)")
+			break
+		}
 		_, err = rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: fs.Arg(0)})
 	case "verify":
 		pointSet := false
@@ -407,4 +414,25 @@ func table(header string) *tabwriter.Writer {
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(w, header)
 	return w
+}
+
+func listExports(ctx context.Context, rc ferryv1.RecoveryClient) error {
+	resp, err := rc.ListExports(ctx, &ferryv1.ListExportsRequest{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-14s %-8s %6s  %-13s %-20s %s\n", "VM", "DISK", "POINT", "KIND", "CREATED", "NAME / URI")
+	for _, e := range resp.GetExports() {
+		kind := "read-only"
+		switch {
+		case e.GetTest():
+			kind = "test failover"
+		case e.GetWritable():
+			kind = "copy-on-write"
+		}
+		fmt.Printf("%-14s %-8s %6d  %-13s %-20s %s\n%63s%s\n", e.GetVm(), e.GetDisk(), e.GetPointId(), kind,
+			time.Unix(0, e.GetCreatedUnixNano()).UTC().Format(time.RFC3339), e.GetName(), "", e.GetUri())
+	}
+	fmt.Printf("scratch: %d of %d bytes used by writable exports\n", resp.GetScratchUsed(), resp.GetScratchQuota())
+	return nil
 }

@@ -63,7 +63,7 @@ func TestFailoverWithHooks(t *testing.T) {
 	_, nbdErr := exec.LookPath("nbdcopy")
 	withNBD := nbdErr == nil
 	if withNBD {
-		psArgs = append(psArgs, "--nbd-listen", ferrytest.FreeAddr(t))
+		psArgs = append(psArgs, "--nbd-listen", "unix:"+filepath.Join(dir, "ps-nbd.sock"))
 	}
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
 	ag := ferrytest.Start(t, filepath.Join(bin, "ferry-agent"), "run", "--insecure", "--ps", addr, "--vm", "host1", "--disk", "os="+img,
@@ -112,7 +112,7 @@ func TestFailoverWithHooks(t *testing.T) {
 	}
 	id, path := instance()
 	if withNBD {
-		if !strings.HasPrefix(path, "nbd://") {
+		if !strings.HasPrefix(path, "nbd") {
 			t.Fatalf("test failover disk %q is not an NBD overlay", path)
 		}
 		copyPath := filepath.Join(dir, "testvm.img")

@@ -3687,6 +3687,205 @@ func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
+type ListExportsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsRequest) Reset() {
+	*x = ListExportsRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsRequest) ProtoMessage() {}
+
+func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
+func (*ListExportsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+}
+
+type NBDExportInfo struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Uri      string                 `protobuf:"bytes,2,opt,name=uri,proto3" json:"uri,omitempty"`
+	Vm       string                 `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
+	Disk     string                 `protobuf:"bytes,4,opt,name=disk,proto3" json:"disk,omitempty"`
+	PointId  uint64                 `protobuf:"varint,5,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
+	Writable bool                   `protobuf:"varint,6,opt,name=writable,proto3" json:"writable,omitempty"`
+	// test: the disk of a running test failover.
+	Test            bool  `protobuf:"varint,7,opt,name=test,proto3" json:"test,omitempty"`
+	CreatedUnixNano int64 `protobuf:"varint,8,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *NBDExportInfo) Reset() {
+	*x = NBDExportInfo{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NBDExportInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NBDExportInfo) ProtoMessage() {}
+
+func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NBDExportInfo.ProtoReflect.Descriptor instead.
+func (*NBDExportInfo) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *NBDExportInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NBDExportInfo) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *NBDExportInfo) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *NBDExportInfo) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *NBDExportInfo) GetPointId() uint64 {
+	if x != nil {
+		return x.PointId
+	}
+	return 0
+}
+
+func (x *NBDExportInfo) GetWritable() bool {
+	if x != nil {
+		return x.Writable
+	}
+	return false
+}
+
+func (x *NBDExportInfo) GetTest() bool {
+	if x != nil {
+		return x.Test
+	}
+	return false
+}
+
+func (x *NBDExportInfo) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+type ListExportsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Exports []*NBDExportInfo       `protobuf:"bytes,1,rep,name=exports,proto3" json:"exports,omitempty"`
+	// Bytes the writable exports' scratch files hold together, and the
+	// quota they share.
+	ScratchUsed   int64 `protobuf:"varint,2,opt,name=scratch_used,json=scratchUsed,proto3" json:"scratch_used,omitempty"`
+	ScratchQuota  int64 `protobuf:"varint,3,opt,name=scratch_quota,json=scratchQuota,proto3" json:"scratch_quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsResponse) Reset() {
+	*x = ListExportsResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsResponse) ProtoMessage() {}
+
+func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
+func (*ListExportsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListExportsResponse) GetExports() []*NBDExportInfo {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
+func (x *ListExportsResponse) GetScratchUsed() int64 {
+	if x != nil {
+		return x.ScratchUsed
+	}
+	return 0
+}
+
+func (x *ListExportsResponse) GetScratchQuota() int64 {
+	if x != nil {
+		return x.ScratchQuota
+	}
+	return 0
+}
+
 type ReprotectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -3698,7 +3897,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3710,7 +3909,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3723,7 +3922,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -3753,7 +3952,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3765,7 +3964,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3778,7 +3977,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -3818,7 +4017,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +4029,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +4042,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -3891,7 +4090,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3903,7 +4102,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3916,7 +4115,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -3942,7 +4141,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3954,7 +4153,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3967,7 +4166,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -3986,7 +4185,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3998,7 +4197,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4011,7 +4210,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -4030,7 +4229,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4042,7 +4241,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4055,7 +4254,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -4074,7 +4273,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4086,7 +4285,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4099,7 +4298,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -4134,7 +4333,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4146,7 +4345,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4159,7 +4358,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4269,7 +4468,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4281,7 +4480,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4493,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *JobStep) GetName() string {
@@ -4352,7 +4551,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4364,7 +4563,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4377,7 +4576,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4417,7 +4616,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4429,7 +4628,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4442,7 +4641,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -4461,7 +4660,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4473,7 +4672,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4486,7 +4685,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -4518,7 +4717,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4530,7 +4729,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4543,7 +4742,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4638,7 +4837,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4650,7 +4849,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4663,7 +4862,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 type ListVMsResponse struct {
@@ -4675,7 +4874,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4687,7 +4886,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4700,7 +4899,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -4728,7 +4927,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4740,7 +4939,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4753,7 +4952,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *VM) GetName() string {
@@ -4828,7 +5027,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4840,7 +5039,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4853,7 +5052,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -4872,7 +5071,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4884,7 +5083,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4897,7 +5096,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -4920,7 +5119,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4932,7 +5131,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4945,7 +5144,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -4988,7 +5187,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5000,7 +5199,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5013,7 +5212,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -5052,7 +5251,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5064,7 +5263,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5077,7 +5276,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -5125,7 +5324,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5137,7 +5336,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5150,7 +5349,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -5176,7 +5375,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5188,7 +5387,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5201,7 +5400,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -5228,7 +5427,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5240,7 +5439,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5253,7 +5452,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -5328,7 +5527,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5340,7 +5539,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5353,7 +5552,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5409,7 +5608,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5421,7 +5620,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5434,7 +5633,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -5471,7 +5670,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5483,7 +5682,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5496,7 +5695,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -5537,7 +5736,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5549,7 +5748,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5562,7 +5761,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -5587,7 +5786,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5599,7 +5798,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5612,7 +5811,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -5654,7 +5853,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5666,7 +5865,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5679,7 +5878,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -5732,7 +5931,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5744,7 +5943,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5757,7 +5956,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
 }
 
 type ReprotectStatusResponse struct {
@@ -5776,7 +5975,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5788,7 +5987,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5801,7 +6000,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -6103,7 +6302,21 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bpoint_id\x18\x03 \x01(\x04R\apointId\"(\n" +
 	"\x12UnexportNBDRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
-	"\x13UnexportNBDResponse\">\n" +
+	"\x13UnexportNBDResponse\"\x14\n" +
+	"\x12ListExportsRequest\"\xd0\x01\n" +
+	"\rNBDExportInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uri\x18\x02 \x01(\tR\x03uri\x12\x0e\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04disk\x18\x04 \x01(\tR\x04disk\x12\x19\n" +
+	"\bpoint_id\x18\x05 \x01(\x04R\apointId\x12\x1a\n" +
+	"\bwritable\x18\x06 \x01(\bR\bwritable\x12\x12\n" +
+	"\x04test\x18\a \x01(\bR\x04test\x12*\n" +
+	"\x11created_unix_nano\x18\b \x01(\x03R\x0fcreatedUnixNano\"\x90\x01\n" +
+	"\x13ListExportsResponse\x121\n" +
+	"\aexports\x18\x01 \x03(\v2\x17.ferry.v1.NBDExportInfoR\aexports\x12!\n" +
+	"\fscratch_used\x18\x02 \x01(\x03R\vscratchUsed\x12#\n" +
+	"\rscratch_quota\x18\x03 \x01(\x03R\fscratchQuota\">\n" +
 	"\x10ReprotectRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x1a\n" +
 	"\blocation\x18\x02 \x01(\tR\blocation\"K\n" +
@@ -6292,7 +6505,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012I\n" +
 	"\n" +
 	"Enrollment\x12;\n" +
-	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xd6\x0e\n" +
+	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xa2\x0f\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -6310,7 +6523,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tReprotect\x12\x1a.ferry.v1.ReprotectRequest\x1a\r.ferry.v1.Job\x124\n" +
 	"\bFailback\x12\x19.ferry.v1.FailbackRequest\x1a\r.ferry.v1.Job\x12D\n" +
 	"\tExportNBD\x12\x1a.ferry.v1.ExportNBDRequest\x1a\x1b.ferry.v1.ExportNBDResponse\x12J\n" +
-	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12G\n" +
+	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12J\n" +
+	"\vListExports\x12\x1c.ferry.v1.ListExportsRequest\x1a\x1d.ferry.v1.ListExportsResponse\x12G\n" +
 	"\n" +
 	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse\x12M\n" +
 	"\fListPolicies\x12\x1d.ferry.v1.ListPoliciesRequest\x1a\x1e.ferry.v1.ListPoliciesResponse\x12/\n" +
@@ -6348,7 +6562,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -6408,39 +6622,42 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*ExportNBDResponse)(nil),        // 55: ferry.v1.ExportNBDResponse
 	(*UnexportNBDRequest)(nil),       // 56: ferry.v1.UnexportNBDRequest
 	(*UnexportNBDResponse)(nil),      // 57: ferry.v1.UnexportNBDResponse
-	(*ReprotectRequest)(nil),         // 58: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 59: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 60: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 61: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 62: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 63: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 64: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 65: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 66: ferry.v1.Job
-	(*JobStep)(nil),                  // 67: ferry.v1.JobStep
-	(*Finding)(nil),                  // 68: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 69: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 70: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 71: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 72: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 73: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 74: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 75: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 76: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 77: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 78: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 79: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 80: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 81: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 82: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 83: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 84: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 85: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 86: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 87: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 88: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 89: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 90: ferry.v1.ReprotectStatusResponse
+	(*ListExportsRequest)(nil),       // 58: ferry.v1.ListExportsRequest
+	(*NBDExportInfo)(nil),            // 59: ferry.v1.NBDExportInfo
+	(*ListExportsResponse)(nil),      // 60: ferry.v1.ListExportsResponse
+	(*ReprotectRequest)(nil),         // 61: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 62: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 63: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 64: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 65: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 66: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 67: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 68: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 69: ferry.v1.Job
+	(*JobStep)(nil),                  // 70: ferry.v1.JobStep
+	(*Finding)(nil),                  // 71: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 72: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 73: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 74: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 75: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 76: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 77: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 78: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 79: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 80: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 81: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 82: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 83: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 84: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 85: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 86: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 87: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 88: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 89: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 90: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 91: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 92: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 93: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -6475,97 +6692,100 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	44, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
 	42, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
 	53, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	2,  // 32: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	66, // 33: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	67, // 34: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	77, // 35: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	68, // 36: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	71, // 37: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	74, // 38: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	10, // 39: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	77, // 40: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 41: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	83, // 42: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	10, // 43: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	67, // 44: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	77, // 45: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 46: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	26, // 47: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	28, // 48: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	72, // 49: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	75, // 50: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	78, // 51: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	80, // 52: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	81, // 53: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	60, // 54: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	61, // 55: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	62, // 56: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	62, // 57: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	63, // 58: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	65, // 59: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	69, // 60: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	58, // 61: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	59, // 62: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	54, // 63: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	56, // 64: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	51, // 65: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	31, // 66: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	30, // 67: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	33, // 68: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	36, // 69: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	35, // 70: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	38, // 71: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	40, // 72: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	45, // 73: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	42, // 74: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	47, // 75: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	49, // 76: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	50, // 77: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	85, // 78: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	87, // 79: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	62, // 80: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	62, // 81: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	17, // 82: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	27, // 83: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	29, // 84: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	73, // 85: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	76, // 86: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	79, // 87: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	84, // 88: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	82, // 89: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	66, // 90: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	66, // 91: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	66, // 92: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	66, // 93: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	64, // 94: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	66, // 95: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	70, // 96: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	66, // 97: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	66, // 98: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	55, // 99: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	57, // 100: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	52, // 101: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	32, // 102: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	30, // 103: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	34, // 104: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	37, // 105: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	35, // 106: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	39, // 107: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	41, // 108: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	46, // 109: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	42, // 110: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	48, // 111: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	66, // 112: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	66, // 113: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	86, // 114: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	88, // 115: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	89, // 116: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	90, // 117: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	82, // [82:118] is the sub-list for method output_type
-	46, // [46:82] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	59, // 32: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	2,  // 33: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	69, // 34: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	70, // 35: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	80, // 36: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	71, // 37: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	74, // 38: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	77, // 39: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	10, // 40: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	80, // 41: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 42: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	86, // 43: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	10, // 44: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	70, // 45: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	80, // 46: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 47: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	26, // 48: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	28, // 49: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	75, // 50: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	78, // 51: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	81, // 52: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	83, // 53: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	84, // 54: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	63, // 55: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	64, // 56: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	65, // 57: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	65, // 58: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	66, // 59: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	68, // 60: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	72, // 61: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	61, // 62: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	62, // 63: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	54, // 64: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	56, // 65: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	58, // 66: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	51, // 67: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	31, // 68: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	30, // 69: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	33, // 70: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	36, // 71: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	35, // 72: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	38, // 73: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	40, // 74: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	45, // 75: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	42, // 76: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	47, // 77: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	49, // 78: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	50, // 79: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	88, // 80: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	90, // 81: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	65, // 82: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	65, // 83: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	17, // 84: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	27, // 85: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	29, // 86: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	76, // 87: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	79, // 88: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	82, // 89: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	87, // 90: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	85, // 91: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	69, // 92: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	69, // 93: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	69, // 94: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	69, // 95: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	67, // 96: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	69, // 97: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	73, // 98: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	69, // 99: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	69, // 100: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	55, // 101: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	57, // 102: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	60, // 103: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	52, // 104: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	32, // 105: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	30, // 106: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	34, // 107: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	37, // 108: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	35, // 109: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	39, // 110: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	41, // 111: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	46, // 112: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	42, // 113: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	48, // 114: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	69, // 115: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	69, // 116: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	89, // 117: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	91, // 118: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	92, // 119: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	93, // 120: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	84, // [84:121] is the sub-list for method output_type
+	47, // [47:84] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -6604,7 +6824,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   88,
+			NumMessages:   91,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

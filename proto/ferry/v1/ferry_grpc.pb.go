@@ -302,6 +302,7 @@ const (
 	Recovery_Failback_FullMethodName     = "/ferry.v1.Recovery/Failback"
 	Recovery_ExportNBD_FullMethodName    = "/ferry.v1.Recovery/ExportNBD"
 	Recovery_UnexportNBD_FullMethodName  = "/ferry.v1.Recovery/UnexportNBD"
+	Recovery_ListExports_FullMethodName  = "/ferry.v1.Recovery/ListExports"
 	Recovery_ListEvents_FullMethodName   = "/ferry.v1.Recovery/ListEvents"
 	Recovery_ListPolicies_FullMethodName = "/ferry.v1.Recovery/ListPolicies"
 	Recovery_PutPolicy_FullMethodName    = "/ferry.v1.Recovery/PutPolicy"
@@ -356,7 +357,12 @@ type RecoveryClient interface {
 	// ExportNBD serves one disk of a recovery point over NBD: read-only, or
 	// copy-on-write (writes go to a scratch file; the point never changes).
 	ExportNBD(ctx context.Context, in *ExportNBDRequest, opts ...grpc.CallOption) (*ExportNBDResponse, error)
+	// UnexportNBD stops serving an export ListExports lists (not a running
+	// test failover's disk: its cleanup removes those).
 	UnexportNBD(ctx context.Context, in *UnexportNBDRequest, opts ...grpc.CallOption) (*UnexportNBDResponse, error)
+	// ListExports lists the NBD exports: recovery point exports and the
+	// disks of running test failovers, with the scratch quota's use.
+	ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
@@ -559,6 +565,16 @@ func (c *recoveryClient) UnexportNBD(ctx context.Context, in *UnexportNBDRequest
 	return out, nil
 }
 
+func (c *recoveryClient) ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListExportsResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListExports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *recoveryClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListEventsResponse)
@@ -728,7 +744,12 @@ type RecoveryServer interface {
 	// ExportNBD serves one disk of a recovery point over NBD: read-only, or
 	// copy-on-write (writes go to a scratch file; the point never changes).
 	ExportNBD(context.Context, *ExportNBDRequest) (*ExportNBDResponse, error)
+	// UnexportNBD stops serving an export ListExports lists (not a running
+	// test failover's disk: its cleanup removes those).
 	UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error)
+	// ListExports lists the NBD exports: recovery point exports and the
+	// disks of running test failovers, with the scratch quota's use.
+	ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
@@ -809,6 +830,9 @@ func (UnimplementedRecoveryServer) ExportNBD(context.Context, *ExportNBDRequest)
 }
 func (UnimplementedRecoveryServer) UnexportNBD(context.Context, *UnexportNBDRequest) (*UnexportNBDResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UnexportNBD not implemented")
+}
+func (UnimplementedRecoveryServer) ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListExports not implemented")
 }
 func (UnimplementedRecoveryServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -1151,6 +1175,24 @@ func _Recovery_UnexportNBD_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ListExports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListExportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListExports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListExports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListExports(ctx, req.(*ListExportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Recovery_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEventsRequest)
 	if err := dec(in); err != nil {
@@ -1451,6 +1493,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnexportNBD",
 			Handler:    _Recovery_UnexportNBD_Handler,
+		},
+		{
+			MethodName: "ListExports",
+			Handler:    _Recovery_ListExports_Handler,
 		},
 		{
 			MethodName: "ListEvents",

@@ -1,0 +1,137 @@
+package processserver_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/processserver"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// TestHostileNBDExports: export names cannot be guessed; a writable
+// export stops at the scratch quota with ENOSPC and the point stays as it
+// was; removal takes only a listed export's name (a path is refused and
+// the file it names stays); a process server without TLS does not serve
+// NBD on plain TCP unless told to.
+func TestHostileNBDExports(t *testing.T) {
+	ctx := context.Background()
+	sockDir, err := os.MkdirTemp("", "ferry-ps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "nbd.sock")
+	const quota = 64 << 10
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.NBDListen, c.ScratchQuota = "unix:"+sock, quota })
+	cc := ferrytest.Dial(t, ps.Addr)
+	rc := ferryv1.NewRecoveryClient(cc)
+	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm1", 1, 1<<20),
+		batch(drain(1, true), write(2, 0, 0, page(7)), drain(3, false), marker(4))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cow, err := ps.ExportNBD(ctx, "vm1", "latest", "os", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := ps.ExportNBD(ctx, "vm1", "latest", "os", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro2, err := ps.ExportNBD(ctx, "vm1", "latest", "os", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := regexp.MustCompile(`-[0-9a-f]{24}$`)
+	if !random.MatchString(cow.Name) || !random.MatchString(ro.Name) || ro.Name == ro2.Name {
+		t.Fatalf("export names %q, %q, %q: want 96 random bits each", cow.Name, ro.Name, ro2.Name)
+	}
+	for _, guess := range []string{"vm1-os-1-cow", "vm1-os-1-ro", strings.TrimSuffix(cow.Name, cow.Name[len(cow.Name)-4:]), ""} {
+		if cl, err := nbd.Dial("unix:"+sock, guess); err == nil {
+			cl.Close()
+			t.Fatalf("a guessed export name %q opened", guess)
+		}
+	}
+
+	// Writing past the quota: ENOSPC, after exactly the quota's blocks.
+	cl, err := nbd.Dial("unix:"+sock, cow.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{0xee}, 16<<10)
+	var written int
+	for off := int64(0); off < 1<<20; off += int64(len(chunk)) {
+		if err = cl.WriteAt(chunk, off, false); err != nil {
+			break
+		}
+		written += len(chunk)
+	}
+	cl.Close()
+	if !errors.Is(err, syscall.ENOSPC) || written != quota {
+		t.Fatalf("after %d bytes: %v; want ENOSPC after %d", written, err, quota)
+	}
+	list, err := rc.ListExports(ctx, &ferryv1.ListExportsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetExports()) != 3 || list.GetScratchUsed() != quota || list.GetScratchQuota() != quota {
+		t.Fatalf("exports: %v", list)
+	}
+	rcl, err := nbd.Dial("unix:"+sock, ro.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, bs)
+	if err := rcl.ReadAt(got, 0); err != nil || !bytes.Equal(got, page(7)) {
+		t.Fatalf("the point after writes to its copy-on-write export: %v", err)
+	}
+	rcl.Close()
+
+	// Removal: a path is not an export name.
+	victim := filepath.Join(filepath.Dir(ps.Dir), "victim.scratch")
+	os.WriteFile(victim, []byte("keep"), 0o600)
+	for _, name := range []string{"../../victim", "../victim", cow.Name + "/..", "nosuch"} {
+		_, err := rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: name})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("unexport %q: %v, want NotFound", name, err)
+		}
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "keep" {
+		t.Fatalf("the file outside the data directory: %q %v", b, err)
+	}
+	for _, e := range []string{cow.Name, ro.Name, ro2.Name} {
+		if _, err := rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if list, _ := rc.ListExports(ctx, &ferryv1.ListExportsRequest{}); len(list.GetExports()) != 0 || list.GetScratchUsed() != 0 {
+		t.Fatalf("after unexport: %v", list)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(ps.Dir, "nbd")); len(ents) != 0 {
+		t.Fatalf("scratch files left: %v", ents)
+	}
+
+	// Plain TCP needs the explicit flag.
+	srv, err := processserver.New(processserver.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NBDListen: "127.0.0.1:0", Logger: ferrytest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Open(ctx); !errors.Is(err, nbd.ErrPlainTCP) {
+		srv.Close(ctx)
+		t.Fatalf("plain TCP NBD: %v, want ErrPlainTCP", err)
+	}
+}
