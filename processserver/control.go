@@ -280,7 +280,7 @@ func getNamed[T any](c *control, bucket []byte, what, name string) (T, error) {
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucket).Get([]byte(name))
 		if v == nil {
-			return fmt.Errorf("%w: no %s named %q", ErrInvalidRequest, what, name)
+			return fmt.Errorf("%w: %w: no %s named %q", ErrInvalidRequest, ErrNotFound, what, name)
 		}
 		return json.Unmarshal(v, &x)
 	})

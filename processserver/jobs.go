@@ -25,6 +25,8 @@ type Job struct {
 	Waiting string `json:"waiting,omitempty"`
 	// Children are the per-VM jobs a plan job ran.
 	Children []uint64 `json:"children,omitempty"`
+	// By is who started the job (role/name of their certificate).
+	By string `json:"by,omitempty"`
 }
 
 // Step is one step of a job. Start and End are on the server's clock

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,6 +25,21 @@ import (
 type Plan struct {
 	Name   string      `json:"name"`
 	Groups []PlanGroup `json:"groups"`
+	// UploadedBy and Uploaded are set by the server on PutPlan.
+	UploadedBy string    `json:"uploadedBy,omitempty"`
+	Uploaded   time.Time `json:"uploaded,omitempty"`
+}
+
+// HasCommands reports whether the plan runs commands on the server.
+func (p Plan) HasCommands() bool {
+	for _, g := range p.Groups {
+		for _, a := range slices.Concat(g.Pre, g.Post) {
+			if !a.Manual {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PlanGroup is one stage of a plan.
@@ -47,31 +64,88 @@ type PlanActionRunner interface {
 	Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error)
 }
 
-// ShellActions runs each action's command with /bin/sh, FERRY_PLAN,
-// FERRY_GROUP and FERRY_OPERATION in its environment; a non-zero exit
-// fails the plan.
+// ShellActions runs each action's command with /bin/sh as an unprivileged
+// user, in its own process group, in / with a clean environment (PATH,
+// HOME=/, Env, and FERRY_PLAN, FERRY_GROUP, FERRY_OPERATION); a non-zero
+// exit fails the plan. At the timeout, and when the shell ends, whatever
+// is left of the group is killed. The output goes to the process server's
+// log only: job reports, which every operator reads, show its size.
 type ShellActions struct {
 	Timeout time.Duration
+	// User is who actions run as; nil: the server's own user.
+	User *syscall.Credential
+	// UserName names User in messages.
+	UserName string
+	Env      []string
+	Log      *slog.Logger
 }
+
+// actionOutputMax bounds the output kept for the server's log.
+const actionOutputMax = 8 << 10
 
 // Run implements PlanActionRunner.
 func (r ShellActions) Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error) {
+	if r.User != nil && os.Getuid() != 0 && int(r.User.Uid) != os.Getuid() {
+		return "", fmt.Errorf("action %q: the process server runs as uid %d and cannot run actions as %s (uid %d): start it as root, or choose the actions' user with --plan-action-user",
+			a.Name, os.Getuid(), r.UserName, r.User.Uid)
+	}
 	if r.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", a.Command)
-	cmd.Env = append(os.Environ(), "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
-	out, err := cmd.CombinedOutput()
-	text := strings.TrimSpace(string(out))
-	if len(text) > 2000 {
-		text = "..." + text[len(text)-2000:]
+	cmd.Dir = "/"
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "LANG=C.UTF-8"}, r.Env...)
+	cmd.Env = append(cmd.Env, "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: r.User}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	out := &tailBuffer{max: actionOutputMax}
+	cmd.Stdout, cmd.Stderr = out, out
+	err := cmd.Run()
+	if cmd.Process != nil {
+		// Children the action left behind in its group go with it.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	log := r.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Info("plan action ended", "plan", plan, "group", group, "action", a.Name, "err", err, "output_bytes", out.n, "output", out.String())
+	detail := fmt.Sprintf("%d bytes of output (in the process server's log)", out.n)
+	if ctx.Err() == context.DeadlineExceeded {
+		return detail, fmt.Errorf("action %q: killed after %v with its process group", a.Name, r.Timeout)
 	}
 	if err != nil {
-		return text, fmt.Errorf("action %q: %w", a.Name, err)
+		return detail, fmt.Errorf("action %q: %w", a.Name, err)
 	}
-	return text, nil
+	return detail, nil
+}
+
+// tailBuffer keeps the last max bytes written and counts them all.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	n   int64
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n += int64(len(p))
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
 }
 
 // Plan operations.
@@ -141,11 +215,26 @@ func (s *Server) Plan(name string) (Plan, error) {
 }
 
 // PutPlan creates or changes a recovery plan; its VMs must replicate to
-// this server.
+// this server. A plan with command actions, or replacing one, needs an
+// admin: its commands run on the process server.
 func (s *Server) PutPlan(ctx context.Context, p Plan) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
+	by, err := s.caller(ctx)
+	if err != nil {
+		return err
+	}
+	old, err := s.Plan(p.Name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if p.HasCommands() || old.HasCommands() {
+		if err := s.requireAdmin(ctx, "a recovery plan with command actions"); err != nil {
+			return err
+		}
+	}
+	p.UploadedBy, p.Uploaded = by, s.clock.Now()
 	for _, vm := range p.VMs() {
 		if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
 			return fmt.Errorf("%w: plan %s: %v", ErrInvalidRequest, p.Name, err)
@@ -154,10 +243,17 @@ func (s *Server) PutPlan(ctx context.Context, p Plan) error {
 	return putNamed(s.ctl, bucketPlans, p.Name, p)
 }
 
-// DeletePlan removes a recovery plan.
+// DeletePlan removes a recovery plan (one with command actions only for
+// an admin).
 func (s *Server) DeletePlan(ctx context.Context, name string) error {
-	if _, err := s.Plan(name); err != nil {
+	p, err := s.Plan(name)
+	if err != nil {
 		return err
+	}
+	if p.HasCommands() {
+		if err := s.requireAdmin(ctx, "a recovery plan with command actions"); err != nil {
+			return err
+		}
 	}
 	s.planMu.Lock()
 	_, running := s.planResume[name]
@@ -221,16 +317,22 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 		s.planMu.Unlock()
 		return nil, fmt.Errorf("%w: plan %s already has a job running", ErrState, p.Name)
 	}
-	resume := make(chan struct{}, 1)
+	resume := make(chan string, 1)
 	s.planResume[p.Name] = resume
 	s.planMu.Unlock()
-	run, err := s.newJob("plan-"+req.Operation, "plan/"+p.Name)
+	by, err := s.caller(ctx)
+	var run *jobRun
+	if err == nil {
+		run, err = s.newJob("plan-"+req.Operation, "plan/"+p.Name)
+	}
 	if err != nil {
 		s.planMu.Lock()
 		delete(s.planResume, p.Name)
 		s.planMu.Unlock()
 		return nil, err
 	}
+	run.job.By = by
+	s.log.Info("plan run", "plan", p.Name, "operation", req.Operation, "by", by, "uploaded_by", p.UploadedBy)
 	snapshot := *run.job
 	s.wg.Add(1)
 	go func() {
@@ -262,8 +364,12 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	if ch == nil {
 		return nil, fmt.Errorf("%w: plan %s has no job running", ErrState, name)
 	}
+	by, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	select {
-	case ch <- struct{}{}:
+	case ch <- by:
 	default:
 	}
 	// Answer once the job has left the manual step.
@@ -281,7 +387,7 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	}
 }
 
-func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan struct{}) error {
+func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan string) error {
 	points := map[string]string{}
 	if req.Operation != PlanCommit && req.Operation != PlanCleanupTest {
 		if err := run.step("select recovery points", func() (string, error) {
@@ -417,7 +523,7 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 
 // planAction runs one pre or post action; a manual one waits for
 // ResumePlan.
-func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int, when, op string, a PlanAction, resume chan struct{}) error {
+func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int, when, op string, a PlanAction, resume chan string) error {
 	name := stepf("group %d %s: %s", group, when, a.Name)
 	if !a.Manual {
 		return run.step(name, func() (string, error) { return s.cfg.PlanActions.Run(ctx, p.Name, group, op, a) })
@@ -430,8 +536,9 @@ func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int,
 		s.log.Info("plan waits for an operator", "plan", p.Name, "action", a.Name)
 		defer func() { run.job.Waiting = "" }()
 		select {
-		case <-resume:
-			return "resumed by an operator", nil
+		case by := <-resume:
+			s.log.Info("plan resumed", "plan", p.Name, "action", a.Name, "by", by)
+			return "resumed by " + by, nil
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
@@ -440,7 +547,10 @@ func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int,
 
 // PlanProto converts a plan for the wire.
 func PlanProto(p Plan) *ferryv1.RecoveryPlan {
-	out := &ferryv1.RecoveryPlan{Name: p.Name}
+	out := &ferryv1.RecoveryPlan{Name: p.Name, UploadedBy: p.UploadedBy}
+	if !p.Uploaded.IsZero() {
+		out.UploadedUnixNano = p.Uploaded.UnixNano()
+	}
 	conv := func(as []PlanAction) []*ferryv1.PlanAction {
 		var o []*ferryv1.PlanAction
 		for _, a := range as {

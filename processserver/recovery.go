@@ -277,7 +277,7 @@ func (r *recovery) ListEvents(ctx context.Context, req *ferryv1.ListEventsReques
 // JobProto converts a job for the wire.
 func JobProto(j *Job) *ferryv1.Job {
 	out := &ferryv1.Job{Id: j.ID, Type: j.Type, Vm: j.VM, StartUnixNano: j.Start.UnixNano(), Outcome: j.Outcome, Error: j.Error, Console: j.Console,
-		Waiting: j.Waiting, Children: j.Children}
+		Waiting: j.Waiting, Children: j.Children, RequestedBy: j.By}
 	if !j.End.IsZero() {
 		out.EndUnixNano = j.End.UnixNano()
 	}

@@ -102,9 +102,14 @@ type Config struct {
 	// PlanActionTimeout bounds a recovery plan's command actions (default
 	// 10 min).
 	PlanActionTimeout time.Duration
-	// PlanActions runs recovery plan actions (default: each action's
-	// command through /bin/sh; the simulator's are callbacks).
+	// PlanActions runs recovery plan actions (default: ShellActions as
+	// PlanActionUser; the simulator's are callbacks).
 	PlanActions PlanActionRunner
+	// PlanActionUser is the user command actions run as (default nobody):
+	// never the server's, which can read the CA's key and every replica.
+	PlanActionUser string
+	// PlanActionEnv is added to the actions' clean environment (NAME=VALUE).
+	PlanActionEnv []string
 	// TLS serves every port with TLS 1.3 and mutual authentication: agents
 	// need a certificate naming their VM, operators an operator
 	// certificate (tlsca). Nil: plain text.
@@ -178,7 +183,7 @@ type Server struct {
 	groupLast  map[string]time.Time
 	groupBusy  map[string]bool
 	planMu     sync.Mutex
-	planResume map[string]chan struct{}
+	planResume map[string]chan string
 
 	mtConn *grpc.ClientConn
 	mt     ferryv1.MasterTargetClient
@@ -221,7 +226,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.PlanActionTimeout = 10 * time.Minute
 	}
 	if cfg.PlanActions == nil {
-		cfg.PlanActions = ShellActions{Timeout: cfg.PlanActionTimeout}
+		if cfg.PlanActionUser == "" {
+			cfg.PlanActionUser = "nobody"
+		}
+		cred, err := lookupCredential(cfg.PlanActionUser)
+		if err != nil {
+			return nil, fmt.Errorf("plan action user: %w", err)
+		}
+		cfg.PlanActions = ShellActions{Timeout: cfg.PlanActionTimeout, User: cred, UserName: cfg.PlanActionUser, Env: cfg.PlanActionEnv, Log: cfg.Logger.With("component", "plan-actions")}
 	}
 	if cfg.ProbeTimeout == 0 {
 		cfg.ProbeTimeout = 3 * time.Minute
@@ -248,7 +260,7 @@ func New(cfg Config) (*Server, error) {
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
-		planResume: map[string]chan struct{}{}}, nil
+		planResume: map[string]chan string{}}, nil
 }
 
 // Open opens the journal and starts serving.
@@ -320,7 +332,7 @@ func (s *Server) Open(ctx context.Context) error {
 		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
 			"ferry.v1.Enrollment":  nil,
 			"ferry.v1.Replication": {tlsca.RoleAgent},
-			"ferry.v1.Recovery":    {tlsca.RoleOperator},
+			"ferry.v1.Recovery":    {tlsca.RoleOperator, tlsca.RoleAdmin},
 		})...)
 	}
 	s.grpc = grpc.NewServer(opts...)

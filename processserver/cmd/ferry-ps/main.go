@@ -68,7 +68,15 @@ func main() {
 	fs.DurationVar(&cfg.ProbeTimeout, "probe-timeout", 3*time.Minute, "how long the readiness probe waits for a failed-over VM to boot, lease an address and answer on SSH or RDP")
 	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "retention of the default replication policy when it is first created (VMware-style VMs follow vmware-72h); change policies with ferryctl policy")
 	fs.DurationVar(&cfg.RPOThreshold, "rpo-threshold", 15*time.Minute, "RPO alert threshold of the default policies when first created (metric ferry_ps_rpo_alert and an event)")
-	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run")
+	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run; then it is killed with its process group")
+	fs.StringVar(&cfg.PlanActionUser, "plan-action-user", "nobody", "user recovery plans' command actions run as (uploading such plans needs an admin certificate)")
+	fs.Func("plan-action-env", "NAME=VALUE added to the command actions' clean environment (repeatable)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("want NAME=VALUE")
+		}
+		cfg.PlanActionEnv = append(cfg.PlanActionEnv, v)
+		return nil
+	})
 	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port (TLS with STARTTLS and an operator or admin certificate; plain only with --nbd-insecure) or unix:PATH (mode 0600, only this user and root)")
 	fs.BoolVar(&cfg.NBDInsecure, "nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches it and knows an export's name can read or write it")
 	fs.Int64Var(&cfg.ScratchQuota, "scratch-quota", 16<<30, "bytes all writable exports and test-failover disks may write together before their writes fail with ENOSPC")

@@ -382,6 +382,9 @@ func printJob(j *ferryv1.Job, err error) error {
 	}
 	total := time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano())
 	fmt.Printf("job %d: %s of %s %s in %v\n", j.GetId(), j.GetType(), j.GetVm(), j.GetOutcome(), total.Round(time.Millisecond))
+	if j.GetRequestedBy() != "" {
+		fmt.Printf("requested by %s\n", j.GetRequestedBy())
+	}
 	if p := j.GetPoint(); p != nil {
 		fmt.Printf("recovery point %d (%s, %s, tag %q)\n", p.GetId(), consistency(p.GetConsistency()), time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339), p.GetTag())
 	}

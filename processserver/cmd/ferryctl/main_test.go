@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -161,8 +162,20 @@ func TestFailoverWithHooks(t *testing.T) {
 // actions, waits at its manual step and resumes.
 func TestPoliciesGroupsPlans(t *testing.T) {
 	bin, dir, hookDir, hook := hookSetup(t)
-	actionLog := filepath.Join(dir, "actions.log")
-	t.Setenv("FERRY_ACTION_LOG", actionLog)
+	// The actions run as an unprivileged user: their log is where that
+	// user may write.
+	actionDir, err := os.MkdirTemp("", "ferry-actions-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(actionDir)
+	os.Chmod(actionDir, 0o777)
+	actionLog := filepath.Join(actionDir, "actions.log")
+	actionUser := "nobody"
+	if os.Getuid() != 0 {
+		u, _ := user.Current()
+		actionUser = u.Username
+	}
 
 	addr := ferrytest.FreeAddr(t)
 	// Over TLS, as deployed: a CA, an operator certificate, agents enrolled
@@ -170,8 +183,10 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 	caDir, opDir := filepath.Join(dir, "ca"), filepath.Join(dir, "operator")
 	ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "ca", "init", "--ca", caDir)
 	ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "ca", "issue", "--ca", caDir, "--role", "operator", "--name", "ops", "--out", opDir)
+	adminDir := filepath.Join(dir, "admin")
+	ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "ca", "issue", "--ca", caDir, "--role", "admin", "--name", "root-ops", "--out", adminDir)
 	ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--ca", caDir, "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
-		"--compute-hook", hook, "--process-interval", "100ms")
+		"--compute-hook", hook, "--process-interval", "100ms", "--plan-action-user", actionUser, "--plan-action-env", "FERRY_ACTION_LOG="+actionLog)
 	for i, vm := range []string{"host-a", "host-b", "host-c"} {
 		img := filepath.Join(dir, vm+".img")
 		data := make([]byte, 4<<20)
@@ -272,9 +287,19 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 	// must still take the common one.
 	n := len(points("host-b"))
 	ferrytest.WaitFor(t, 30*time.Second, "newer points of host-b", func() bool { return len(points("host-b")) >= n+2 })
-	ctl("plan", "put", "--file", "testdata/plan.json")
-	if out := ctl("plan", "show", "erp"); !strings.Contains(out, "group 2 pre:  confirm the licence server is up (manual") {
+	// Its command actions run on the server: an operator may not upload
+	// the plan, an admin may.
+	if out, err := run("plan", "put", "--file", "testdata/plan.json"); err == nil || !strings.Contains(out, "needs an admin certificate") {
+		t.Fatalf("an operator uploading a plan with commands: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(filepath.Join(bin, "ferryctl"), "--ps", addr, "--tls-dir", adminDir, "plan", "put", "--file", "testdata/plan.json").CombinedOutput(); err != nil {
+		t.Fatalf("an admin uploading the plan: %v\n%s", err, out)
+	}
+	if out := ctl("plan", "show", "erp"); !strings.Contains(out, "group 2 pre:  confirm the licence server is up (manual") || !strings.Contains(out, "uploaded by admin/root-ops") {
 		t.Fatalf("plan show:\n%s", out)
+	}
+	if out, err := run("plan", "delete", "erp"); err == nil || !strings.Contains(out, "needs an admin certificate") {
+		t.Fatalf("an operator deleting a plan with commands: %v\n%s", err, out)
 	}
 	if out, err := run("plan", "run", "erp", "--op", "test-failover", "--point", "42"); err == nil || !strings.Contains(out, "custom point") {
 		t.Fatalf("a custom point for a plan: %v\n%s", err, out)
@@ -303,6 +328,16 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 		t.Fatal(err)
 	}
 	planJob := jobs.GetJobs()[len(jobs.GetJobs())-1]
+	if planJob.GetRequestedBy() != "operator/ops" {
+		t.Fatalf("plan job requested by %q", planJob.GetRequestedBy())
+	}
+	resumed := false
+	for _, st := range planJob.GetSteps() {
+		resumed = resumed || st.GetDetail() == "resumed by operator/ops"
+	}
+	if !resumed {
+		t.Fatalf("the manual step does not say who resumed it: %v", planJob.GetSteps())
+	}
 	// The group also cuts its points on its own now (every second, as the
 	// policy says): both members take the same, newest common one.
 	tags := map[string]string{}

@@ -239,6 +239,9 @@ func planCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) erro
 
 func printPlan(p *ferryv1.RecoveryPlan) {
 	fmt.Printf("plan %s\n", p.GetName())
+	if p.GetUploadedBy() != "" {
+		fmt.Printf("  uploaded by %s at %s\n", p.GetUploadedBy(), time.Unix(0, p.GetUploadedUnixNano()).UTC().Format(time.RFC3339))
+	}
 	for i, g := range p.GetGroups() {
 		for _, a := range g.GetPre() {
 			fmt.Printf("  group %d pre:  %s\n", i+1, actionText(a))

@@ -2863,11 +2863,15 @@ func (x *GroupPointResponse) GetVms() []string {
 }
 
 type RecoveryPlan struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Groups        []*PlanGroup           `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Groups []*PlanGroup           `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Set by the server: who uploaded the plan (the certificate's
+	// role/name) and when. Plans with command actions need an admin.
+	UploadedBy       string `protobuf:"bytes,3,opt,name=uploaded_by,json=uploadedBy,proto3" json:"uploaded_by,omitempty"`
+	UploadedUnixNano int64  `protobuf:"varint,4,opt,name=uploaded_unix_nano,json=uploadedUnixNano,proto3" json:"uploaded_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RecoveryPlan) Reset() {
@@ -2912,6 +2916,20 @@ func (x *RecoveryPlan) GetGroups() []*PlanGroup {
 		return x.Groups
 	}
 	return nil
+}
+
+func (x *RecoveryPlan) GetUploadedBy() string {
+	if x != nil {
+		return x.UploadedBy
+	}
+	return ""
+}
+
+func (x *RecoveryPlan) GetUploadedUnixNano() int64 {
+	if x != nil {
+		return x.UploadedUnixNano
+	}
+	return 0
 }
 
 // PlanGroup is one stage of a plan: its VMs fail over in parallel after
@@ -4326,7 +4344,9 @@ type Job struct {
 	// A plan job waiting for an operator: what to do before ResumePlan.
 	Waiting string `protobuf:"bytes,12,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	// The per-VM jobs a plan job ran.
-	Children      []uint64 `protobuf:"varint,13,rep,packed,name=children,proto3" json:"children,omitempty"`
+	Children []uint64 `protobuf:"varint,13,rep,packed,name=children,proto3" json:"children,omitempty"`
+	// Who started the job (a certificate's role/name), when known.
+	RequestedBy   string `protobuf:"bytes,14,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4450,6 +4470,13 @@ func (x *Job) GetChildren() []uint64 {
 		return x.Children
 	}
 	return nil
+}
+
+func (x *Job) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
 }
 
 type JobStep struct {
@@ -6255,10 +6282,13 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x12GroupPointResponse\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12$\n" +
 	"\x0emax_hold_nanos\x18\x02 \x01(\x03R\fmaxHoldNanos\x12\x10\n" +
-	"\x03vms\x18\x03 \x03(\tR\x03vms\"O\n" +
+	"\x03vms\x18\x03 \x03(\tR\x03vms\"\x9e\x01\n" +
 	"\fRecoveryPlan\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
-	"\x06groups\x18\x02 \x03(\v2\x13.ferry.v1.PlanGroupR\x06groups\"o\n" +
+	"\x06groups\x18\x02 \x03(\v2\x13.ferry.v1.PlanGroupR\x06groups\x12\x1f\n" +
+	"\vuploaded_by\x18\x03 \x01(\tR\n" +
+	"uploadedBy\x12,\n" +
+	"\x12uploaded_unix_nano\x18\x04 \x01(\x03R\x10uploadedUnixNano\"o\n" +
 	"\tPlanGroup\x12\x10\n" +
 	"\x03vms\x18\x01 \x03(\tR\x03vms\x12&\n" +
 	"\x03pre\x18\x02 \x03(\v2\x14.ferry.v1.PlanActionR\x03pre\x12(\n" +
@@ -6340,7 +6370,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x10ListJobsResponse\x12!\n" +
 	"\x04jobs\x18\x01 \x03(\v2\r.ferry.v1.JobR\x04jobs\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\x8c\x03\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\xaf\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x0e\n" +
@@ -6355,7 +6385,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	" \x03(\v2\x11.ferry.v1.FindingR\bfindings\x12\x18\n" +
 	"\aconsole\x18\v \x01(\tR\aconsole\x12\x18\n" +
 	"\awaiting\x18\f \x01(\tR\awaiting\x12\x1a\n" +
-	"\bchildren\x18\r \x03(\x04R\bchildren\"\xba\x01\n" +
+	"\bchildren\x18\r \x03(\x04R\bchildren\x12!\n" +
+	"\frequested_by\x18\x0e \x01(\tR\vrequestedBy\"\xba\x01\n" +
 	"\aJobStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12\"\n" +

@@ -1,0 +1,158 @@
+package processserver_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/processserver"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// tlsPS starts a process server with TLS and returns a client for each of
+// the given identities (role/name), issued by its CA, and the CA's
+// directory.
+func tlsPS(t *testing.T, ids ...tlsca.Identity) (*ferrytest.PS, map[string]*grpc.ClientConn, string) {
+	t.Helper()
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	ca, err := tlsca.Init(caDir, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := tlsca.Config(filepath.Join(caDir, "ps"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	conns := map[string]*grpc.ClientConn{}
+	for _, id := range ids {
+		d := filepath.Join(dir, id.Role+"-"+id.Name)
+		if err := ca.IssueTo(d, id, nil); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := tlsca.Config(d, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		conns[id.String()] = cc
+	}
+	return ps, conns, caDir
+}
+
+// TestHostilePlanActions: a plan with command actions needs an admin to be
+// uploaded, replaced or removed (an operator is refused and nothing
+// changes); the server records who uploaded it. Its commands run as an
+// unprivileged user, in / with a clean environment: they cannot read the
+// CA's key, their output is not in the step report, and at the timeout a
+// child that forked is killed with the action's process group.
+func TestHostilePlanActions(t *testing.T) {
+	ctx := context.Background()
+	op, admin := tlsca.Identity{Role: tlsca.RoleOperator, Name: "ops"}, tlsca.Identity{Role: tlsca.RoleAdmin, Name: "root-ops"}
+	_, conns, caDir := tlsPS(t, op, admin, tlsca.Identity{Role: tlsca.RoleAgent, Name: "vm1"})
+	if err := exchange(t, ferryv1.NewReplicationClient(conns["agent/vm1"]), hello("vm1", 1, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	opc, adminc := ferryv1.NewRecoveryClient(conns[op.String()]), ferryv1.NewRecoveryClient(conns[admin.String()])
+	withCommand := &ferryv1.RecoveryPlan{Name: "erp", Groups: []*ferryv1.PlanGroup{{Vms: []string{"vm1"},
+		Pre: []*ferryv1.PlanAction{{Name: "drain", Command: "cat " + filepath.Join(caDir, tlsca.CAKey)}}}}}
+	manualOnly := &ferryv1.RecoveryPlan{Name: "erp", Groups: []*ferryv1.PlanGroup{{Vms: []string{"vm1"},
+		Pre: []*ferryv1.PlanAction{{Name: "call the DBA", Manual: true}}}}}
+	plans := func() []*ferryv1.RecoveryPlan {
+		resp, err := opc.ListPlans(ctx, &ferryv1.ListPlansRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetPlans()
+	}
+	if _, err := opc.PutPlan(ctx, withCommand); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "admin certificate") {
+		t.Fatalf("an operator uploading a plan with a command: %v", err)
+	}
+	if len(plans()) != 0 {
+		t.Fatal("the refused plan was stored")
+	}
+	if _, err := opc.PutPlan(ctx, manualOnly); err != nil {
+		t.Fatalf("an operator uploading a plan without commands: %v", err)
+	}
+	if _, err := adminc.PutPlan(ctx, withCommand); err != nil {
+		t.Fatalf("an admin uploading a plan with a command: %v", err)
+	}
+	if ps := plans(); len(ps) != 1 || ps[0].GetUploadedBy() != "admin/root-ops" || ps[0].GetUploadedUnixNano() == 0 {
+		t.Fatalf("stored plans: %v", ps)
+	}
+	if _, err := opc.PutPlan(ctx, manualOnly); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an operator replacing a plan with commands: %v", err)
+	}
+	if _, err := opc.DeletePlan(ctx, &ferryv1.DeletePlanRequest{Name: "erp"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an operator deleting a plan with commands: %v", err)
+	}
+	if ps := plans(); len(ps) != 1 || len(ps[0].GetGroups()[0].GetPre()) != 1 || ps[0].GetGroups()[0].GetPre()[0].GetCommand() == "" {
+		t.Fatalf("the plan after refused changes: %v", ps)
+	}
+
+	if os.Getuid() != 0 {
+		t.Skip("running actions as another user needs root")
+	}
+	const nobody = 65534
+	runner := processserver.ShellActions{Timeout: 2 * time.Second, User: credential(nobody), UserName: "nobody", Log: ferrytest.Logger(t)}
+	shared, err := os.MkdirTemp("", "ferry-action-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(shared)
+	os.Chmod(shared, 0o777)
+	os.Setenv("FERRY_SERVER_SECRET", "server-environment") // the server's own environment
+	defer os.Unsetenv("FERRY_SERVER_SECRET")
+	detail, err := runner.Run(ctx, "erp", 1, "test-failover", processserver.PlanAction{Name: "leak",
+		Command: "id -u > " + shared + "/uid; pwd > " + shared + "/pwd; env > " + shared + "/env; echo SECRET-OUTPUT; cat " + filepath.Join(caDir, tlsca.CAKey)})
+	if err == nil {
+		t.Fatal("an action read the CA's key")
+	}
+	if strings.Contains(detail, "SECRET-OUTPUT") || strings.Contains(detail, "PRIVATE") || strings.Contains(err.Error(), "SECRET-OUTPUT") {
+		t.Fatalf("the step report carries the action's output: %q, %v", detail, err)
+	}
+	uid, _ := os.ReadFile(filepath.Join(shared, "uid"))
+	pwd, _ := os.ReadFile(filepath.Join(shared, "pwd"))
+	env, _ := os.ReadFile(filepath.Join(shared, "env"))
+	if strings.TrimSpace(string(uid)) != strconv.Itoa(nobody) || strings.TrimSpace(string(pwd)) != "/" {
+		t.Fatalf("the action ran as uid %q in %q", uid, pwd)
+	}
+	if strings.Contains(string(env), "server-environment") || !strings.Contains(string(env), "FERRY_PLAN=erp") {
+		t.Fatalf("the action's environment:\n%s", env)
+	}
+
+	start := time.Now()
+	_, err = runner.Run(ctx, "erp", 1, "test-failover", processserver.PlanAction{Name: "hang",
+		Command: "sleep 600 & echo $! > " + shared + "/child; sleep 600"})
+	if err == nil || !strings.Contains(err.Error(), "killed after") || time.Since(start) > 20*time.Second {
+		t.Fatalf("a hanging action: %v after %v", err, time.Since(start))
+	}
+	child, _ := os.ReadFile(filepath.Join(shared, "child"))
+	pid := strings.TrimSpace(string(child))
+	ferrytest.WaitFor(t, 10*time.Second, "the forked child "+pid+" to be gone", func() bool {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		// Gone, or a zombie waiting for a reaper that is not ours.
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
+}
+
+func credential(uid uint32) *syscall.Credential {
+	return &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
+}
