@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -23,8 +24,23 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	if loc != LocationOriginal && loc != LocationAlternate {
 		return nil, status.Errorf(codes.InvalidArgument, "location %q: want original or alternate", loc)
 	}
-	if len(req.GetDisks()) == 0 || req.GetEpoch() == 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "vm %s: disks and epoch are required", name)
+	if len(req.GetDisks()) == 0 || len(req.GetDisks()) > 64 || req.GetEpoch() == 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "vm %s: 1 to 64 disks and an epoch are required", name)
+	}
+	// Names become file names under the alternate directory: only plain
+	// names, as the process server accepted them from the agent.
+	if err := ingest.ValidName(name); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "vm name: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, d := range req.GetDisks() {
+		if err := ingest.ValidName(d.GetName()); err != nil || seen[d.GetName()] {
+			return nil, status.Errorf(codes.InvalidArgument, "vm %s: disk name %q: invalid or listed twice (%v)", name, d.GetName(), err)
+		}
+		seen[d.GetName()] = true
+		if err := ingest.CheckDiskSize(d.GetName(), d.GetSizeBytes(), s.cfg.MaxDiskBytes); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "vm %s: %v", name, err)
+		}
 	}
 	disks := wire.Disks(req.GetDisks())
 	if st, ok := s.cfg.Primary.(PrimaryStopper); ok {

@@ -88,6 +88,9 @@ type Config struct {
 	// certificate naming their VM, the process server its own. Nil: plain
 	// text.
 	TLS *tls.Config
+	// MaxDiskBytes bounds the size of a disk reverse replication may
+	// declare (default ingest.DefaultMaxDiskBytes).
+	MaxDiskBytes int64
 }
 
 // Server is a running master target.
@@ -166,7 +169,7 @@ func (s *Server) Open(ctx context.Context) error {
 	if err := s.reattach(ctx); err != nil {
 		return err
 	}
-	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt",
+	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt", MaxDiskBytes: s.cfg.MaxDiskBytes,
 		Authorize: s.authorize})
 	if err != nil {
 		return err

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -134,4 +138,124 @@ func TestHostileNBDExports(t *testing.T) {
 		srv.Close(ctx)
 		t.Fatalf("plain TCP NBD: %v, want ErrPlainTCP", err)
 	}
+}
+
+// TestHostileHugeDisk: a disk larger than the server accepts is refused at
+// hello and nothing is registered; one at the limit (64 TiB) with a single
+// block written is hashed, exported and served over NBD in memory that
+// follows what is stored, not the declared size.
+func TestHostileHugeDisk(t *testing.T) {
+	ctx := context.Background()
+	sockDir, err := os.MkdirTemp("", "ferry-ps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "nbd.sock")
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.NBDListen = "unix:" + sock })
+	cc := ferrytest.Dial(t, ps.Addr)
+	repl := ferryv1.NewReplicationClient(cc)
+	err = exchange(t, repl, hello("pib", 1, 1<<50))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "larger than this server accepts") {
+		t.Fatalf("a 1 PiB disk: %v", err)
+	}
+	if _, err := ps.Journal().VM(ctx, "pib"); err == nil {
+		t.Fatal("the refused VM was registered")
+	}
+
+	const size = ingest.DefaultMaxDiskBytes
+	last := uint64(size - bs)
+	if err := exchange(t, repl, hello("big", 1, size), batch(drain(1, true), write(2, 0, last, page(9)), drain(3, false), marker(4))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	allocated := func(what string, limit uint64, fn func()) {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		fn()
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > limit {
+			t.Fatalf("%s of a 64 TiB disk with one block allocated %d MiB, want at most %d", what, got>>20, limit>>20)
+		} else {
+			t.Logf("%s of a 64 TiB disk with one block: %d MiB allocated (client and server)", what, got>>20)
+		}
+	}
+	allocated("chunk hashes", 256<<20, func() {
+		stream, err := repl.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: "big", Disk: "os", ChunkSize: 16 << 20, Epoch: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n, differ uint64
+		zero := journal.ZeroSum(16 << 20)
+		for {
+			msg, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg.GetFirstChunk() != n {
+				t.Fatalf("hashes from chunk %d, want %d", msg.GetFirstChunk(), n)
+			}
+			for i, h := range msg.GetHashes() {
+				if h != zero {
+					differ++
+					if n+uint64(i) != uint64(size>>24)-1 {
+						t.Fatalf("chunk %d is not zero", n+uint64(i))
+					}
+				}
+			}
+			n += uint64(len(msg.GetHashes()))
+		}
+		if n != size>>24 || differ != 1 {
+			t.Fatalf("%d hashes, %d not zero", n, differ)
+		}
+	})
+	rc := ferryv1.NewRecoveryClient(cc)
+	allocated("export", 32<<20, func() {
+		stream, err := rc.ExportPoint(ctx, &ferryv1.ExportPointRequest{Vm: "big", Point: "latest", Disk: "os"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var data int
+		for {
+			msg, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(msg.GetData()) > 0 && (msg.GetOffset() != last || !bytes.Equal(msg.GetData(), page(9))) {
+				t.Fatalf("export sent %d bytes at %d", len(msg.GetData()), msg.GetOffset())
+			}
+			data += len(msg.GetData())
+		}
+		if data != bs {
+			t.Fatalf("export sent %d bytes, want one block", data)
+		}
+	})
+	allocated("NBD read", 32<<20, func() {
+		e, err := ps.ExportNBD(ctx, "big", "latest", "os", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := nbd.Dial("unix:"+sock, e.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		got := make([]byte, bs)
+		if err := cl.ReadAt(got, int64(last)); err != nil || !bytes.Equal(got, page(9)) {
+			t.Fatalf("last block over NBD: %v", err)
+		}
+		if err := cl.ReadAt(got, 1<<40); err != nil || !bytes.Equal(got, make([]byte, bs)) {
+			t.Fatalf("a block in the middle: %v", err)
+		}
+	})
 }

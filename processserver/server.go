@@ -77,6 +77,9 @@ type Config struct {
 	NBDListen string
 	// NBDInsecure serves NBD over plain TCP without authentication.
 	NBDInsecure bool
+	// MaxDiskBytes bounds the size an agent may declare for a disk (default
+	// ingest.DefaultMaxDiskBytes, 64 TiB).
+	MaxDiskBytes int64
 	// ScratchQuota bounds the bytes all writable exports (NBD copy-on-write
 	// exports and test-failover disks) may write into their scratch files
 	// together (default 16 GiB), so that a client writing without end fills
@@ -289,7 +292,7 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
-	s.recv, err = ingest.New(ingest.Config{
+	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes,
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,10 +40,23 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 // CreateFile creates (or truncates) a sparse image file of the given size.
 // Every byte reads as zero until written.
 func CreateFile(path string, size int64) (*File, error) {
+	return createFile(path, size, os.O_TRUNC)
+}
+
+// CreateNewFile is CreateFile for a path that must not exist yet: it never
+// overwrites a file or follows a link planted in its place.
+func CreateNewFile(path string, size int64) (*File, error) {
+	return createFile(path, size, os.O_EXCL)
+}
+
+// createFile opens path for a disk of size bytes, readable by its owner
+// only (a disk image is the machine's data), not following a symbolic
+// link as the last element.
+func createFile(path string, size int64, flag int) (*File, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("create disk %s: negative size %d", path, size)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|flag, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create disk: %w", err)
 	}

@@ -41,16 +41,41 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	if len(req.GetChunks()) > 0 {
 		only = req.GetChunks()
 	}
-	sums, seq, err := r.j.ChunkHashes(ctx, name, disk, chunk, only)
+	// Hashes go out as they are computed, 32Ki to a message: memory
+	// follows a window of the disk, not its declared size. Only the answer
+	// to a list of chunks is held whole, and that list came in one message.
+	const per = 32 << 10
+	var pending []uint64
+	var first uint64
+	var seq journal.Seq
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		err := stream.Send(&ferryv1.BlockHashesResponse{FirstChunk: first, Hashes: pending, Seq: uint64(seq)})
+		first += uint64(len(pending))
+		pending = pending[:0]
+		return err
+	}
+	_, err = r.j.EachChunkHash(ctx, name, disk, chunk, only, func(s journal.Seq, _ int64, sums []uint64) error {
+		seq = s
+		for len(sums) > 0 {
+			n := min(per-len(pending), len(sums))
+			pending = append(pending, sums[:n]...)
+			sums = sums[n:]
+			if len(pending) == per {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
 	if err != nil {
 		return grpcStatus(err)
-	}
-	const per = 32 << 10
-	for i := 0; i < len(sums); i += per {
-		msg := &ferryv1.BlockHashesResponse{FirstChunk: uint64(i), Hashes: sums[i:min(i+per, len(sums))], Seq: uint64(seq)}
-		if err := stream.Send(msg); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -46,6 +46,9 @@ type Config struct {
 	// receipt and commit (default 8): with MaxBatchBytes it bounds a
 	// stream's memory.
 	Depth int
+	// MaxDiskBytes bounds a disk's declared size (default DefaultMaxDiskBytes):
+	// a hello declaring a larger one is refused.
+	MaxDiskBytes int64
 	// Authorize, when set, is asked whether the stream's peer may write vm.
 	Authorize func(ctx context.Context, vm journal.VMID) error
 	// OnHello, when set, sees every accepted hello before it is answered
@@ -306,8 +309,8 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 			return journal.VM{}, fmt.Errorf("%w: disk %q listed twice", ErrBadHello, d.GetName())
 		}
 		seen[d.GetName()] = true
-		if d.GetSizeBytes() == 0 || d.GetSizeBytes()%blockdev.BlockSize != 0 || d.GetSizeBytes() > 1<<50 {
-			return journal.VM{}, fmt.Errorf("%w: disk %q size %d is not a positive multiple of %d", ErrBadHello, d.GetName(), d.GetSizeBytes(), blockdev.BlockSize)
+		if err := CheckDiskSize(d.GetName(), d.GetSizeBytes(), r.cfg.MaxDiskBytes); err != nil {
+			return journal.VM{}, fmt.Errorf("%w: %v", ErrBadHello, err)
 		}
 	}
 	if h.GetEpoch() == 0 {
@@ -356,6 +359,25 @@ func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, er
 		}
 	}
 	return vm, nil
+}
+
+// DefaultMaxDiskBytes is the largest disk a receiver accepts unless
+// configured otherwise: 64 TiB, the largest VHDX.
+const DefaultMaxDiskBytes = 64 << 40
+
+// CheckDiskSize checks a declared disk size: a positive multiple of the
+// block size, at most max bytes (0: DefaultMaxDiskBytes).
+func CheckDiskSize(disk string, size uint64, max int64) error {
+	if max <= 0 {
+		max = DefaultMaxDiskBytes
+	}
+	if size == 0 || size%blockdev.BlockSize != 0 {
+		return fmt.Errorf("disk %q size %d is not a positive multiple of %d", disk, size, blockdev.BlockSize)
+	}
+	if size > uint64(max) {
+		return fmt.Errorf("disk %q of %d bytes is larger than this server accepts (%d bytes; --max-disk-size)", disk, size, max)
+	}
+	return nil
 }
 
 // ValidName checks a VM or disk name: 1 to 128 letters, digits, '-', '_'

@@ -11,20 +11,30 @@ import (
 )
 
 // coverage tracks which blocks of a disk a newer write already supplies.
+// It is sparse (one 512-byte page per 4096 blocks that hold a covered
+// one): its memory follows what was written, not the disk's declared size.
 type coverage struct {
-	words []uint64
+	pages map[int64]*[64]uint64
 	n     int64
 	left  int64
 }
 
 func newCoverage(nblocks int64) *coverage {
-	return &coverage{words: make([]uint64, (nblocks+63)/64), n: nblocks, left: nblocks}
+	return &coverage{pages: map[int64]*[64]uint64{}, n: nblocks, left: nblocks}
 }
 
-func (c *coverage) covered(i int64) bool { return c.words[i/64]&(1<<(i%64)) != 0 }
+func (c *coverage) covered(i int64) bool {
+	p := c.pages[i>>12]
+	return p != nil && p[(i>>6)&63]&(1<<(i&63)) != 0
+}
 
 func (c *coverage) set(i int64) {
-	c.words[i/64] |= 1 << (i % 64)
+	p := c.pages[i>>12]
+	if p == nil {
+		p = new([64]uint64)
+		c.pages[i>>12] = p
+	}
+	p[(i>>6)&63] |= 1 << (i & 63)
 	c.left--
 }
 
@@ -316,24 +326,38 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, 
 // ChunkHashes returns the xxhash64 of chunks of one disk as of its newest
 // durable record, and that record's sequence: of every chunk when only is
 // nil (the last may be shorter), else of the chunks listed, in that order.
-// The disk is assembled in memory a window at a time, so memory stays
-// bounded whatever its size; chunks no write touched and that have no base
-// hash as zeros without being read.
+// See EachChunkHash; the answer of every chunk is held whole.
 func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSize int64, only []uint64) ([]uint64, Seq, error) {
+	var out []uint64
+	seq, err := j.EachChunkHash(ctx, name, disk, chunkSize, only, func(_ Seq, _ int64, sums []uint64) error {
+		out = append(out, sums...)
+		return nil
+	})
+	return out, seq, err
+}
+
+// EachChunkHash hashes chunks as ChunkHashes does and hands them to fn: of
+// every chunk (only nil) a window at a time in disk order, first being
+// the window's first chunk, seq the record they reflect; of the chunks listed, once, in the order
+// asked. The disk is assembled in memory a window at a time and what
+// tracks the chunks to read is sparse, so memory follows what is stored
+// and asked for, not the disk's declared size; chunks no write touched
+// and that have no base hash as zeros without being read.
+func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkSize int64, only []uint64, fn func(seq Seq, first int64, sums []uint64) error) (Seq, error) {
 	if chunkSize <= 0 || chunkSize%blockdev.BlockSize != 0 {
-		return nil, 0, fmt.Errorf("chunk hashes: %w: chunk size %d is not a multiple of %d", ErrInvalid, chunkSize, blockdev.BlockSize)
+		return 0, fmt.Errorf("chunk hashes: %w: chunk size %d is not a multiple of %d", ErrInvalid, chunkSize, blockdev.BlockSize)
 	}
 	// A resync asks for chunk hashes, then for the block hashes of the
 	// chunks that differ: the first pass keeps the block hashes so that
 	// the second needs no second read of the journal.
 	if chunkSize == blockdev.BlockSize && only != nil {
 		if sums, seq, ok := j.cachedBlockHashes(ctx, name, disk, only); ok {
-			return sums, seq, nil
+			return seq, fn(seq, 0, sums)
 		}
 	}
+	all := only == nil
 	var blockSums []uint64
 	base := j.Base(name)
-	var sums []uint64
 	var seq Seq
 	err := j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
@@ -346,12 +370,6 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 		seq = vm.LastSeq
 		size := vm.Disks[disk].Size
 		nchunks := (size + chunkSize - 1) / chunkSize
-		if only == nil {
-			only = make([]uint64, nchunks)
-			for i := range only {
-				only[i] = uint64(i)
-			}
-		}
 		wanted := map[int64][]int{} // chunk -> positions in the answer
 		for i, c := range only {
 			if int64(c) >= nchunks {
@@ -359,23 +377,29 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 			}
 			wanted[int64(c)] = append(wanted[int64(c)], i)
 		}
-		sums = make([]uint64, len(only))
-		zero := func(c int64) uint64 { return ZeroSum(int(min(chunkSize, size-c*chunkSize))) }
-		keep := chunkSize > blockdev.BlockSize && len(only) == int(nchunks) && size/blockdev.BlockSize*8 <= maxBlockHashCache
-		if keep {
+		var sums []uint64
+		if !all {
+			sums = make([]uint64, len(only))
+		}
+		// Every chunk but a short last one hashes the same when zero.
+		zeroFull, zeroLast := ZeroSum(int(min(chunkSize, size))), ZeroSum(int(size-(nchunks-1)*chunkSize))
+		zero := func(c int64) uint64 {
+			if c == nchunks-1 {
+				return zeroLast
+			}
+			return zeroFull
+		}
+		if all && chunkSize > blockdev.BlockSize && size/blockdev.BlockSize*8 <= maxBlockHashCache {
 			blockSums = make([]uint64, size/blockdev.BlockSize)
 			zb := ZeroSum(blockdev.BlockSize)
 			for i := range blockSums {
 				blockSums[i] = zb
 			}
 		}
-		// Chunks that need reading: those with a base, or touched by a write.
+		// Chunks that need reading: all with a base, else those touched
+		// by a write.
 		touched := newCoverage(nchunks)
-		if base != nil {
-			for c := range wanted {
-				touched.set(c)
-			}
-		} else {
+		if base == nil {
 			cur := tx.Bucket(vmBucketName(name)).Bucket(bucketMeta).Cursor()
 			for k, v := cur.First(); k != nil; k, v = cur.Next() {
 				r, err := decodeMeta(vm.Name, keySeq(k), v)
@@ -392,54 +416,78 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 				}
 			}
 		}
+		read := func(c int64) bool { return base != nil || touched.covered(c) }
 		const window = 64 << 20
 		perWin := max(1, window/chunkSize)
 		var buf []byte
+		var win []uint64
 		for w := int64(0); w < nchunks; w += perWin {
-			var read []int64
-			for c := w; c < min(w+perWin, nchunks); c++ {
-				if _, ok := wanted[c]; !ok {
-					continue
+			wend := min(w+perWin, nchunks)
+			var toRead []int64
+			if all {
+				win = win[:0]
+				for c := w; c < wend; c++ {
+					win = append(win, zero(c))
+					if read(c) {
+						toRead = append(toRead, c)
+					}
 				}
-				if !touched.covered(c) {
+			} else {
+				for c := w; c < wend; c++ {
+					pos, ok := wanted[c]
+					if !ok {
+						continue
+					}
+					if !read(c) {
+						for _, i := range pos {
+							sums[i] = zero(c)
+						}
+						continue
+					}
+					toRead = append(toRead, c)
+				}
+			}
+			if len(toRead) > 0 {
+				lo, hi := w*chunkSize, min(wend*chunkSize, size)
+				if buf == nil {
+					buf = make([]byte, perWin*chunkSize)
+				}
+				clear(buf)
+				if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.seal, buf); err != nil {
+					return err
+				}
+				for _, c := range toRead {
+					off := c*chunkSize - lo
+					end := min(off+chunkSize, hi-lo)
+					h := xxhash.Sum64(buf[off:end])
+					if all {
+						win[c-w] = h
+					}
 					for _, i := range wanted[c] {
-						sums[i] = zero(c)
+						sums[i] = h
 					}
-					continue
-				}
-				read = append(read, c)
-			}
-			if len(read) == 0 {
-				continue
-			}
-			lo, hi := w*chunkSize, min((w+perWin)*chunkSize, size)
-			if buf == nil {
-				buf = make([]byte, perWin*chunkSize)
-			}
-			clear(buf)
-			if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.seal, buf); err != nil {
-				return err
-			}
-			for _, c := range read {
-				off := c*chunkSize - lo
-				end := min(off+chunkSize, hi-lo)
-				h := xxhash.Sum64(buf[off:end])
-				for _, i := range wanted[c] {
-					sums[i] = h
-				}
-				if blockSums != nil {
-					for b := off; b < end; b += blockdev.BlockSize {
-						blockSums[(lo+b)/blockdev.BlockSize] = xxhash.Sum64(buf[b:min(b+blockdev.BlockSize, end)])
+					if blockSums != nil {
+						for b := off; b < end; b += blockdev.BlockSize {
+							blockSums[(lo+b)/blockdev.BlockSize] = xxhash.Sum64(buf[b:min(b+blockdev.BlockSize, end)])
+						}
 					}
 				}
 			}
+			if all {
+				if err := fn(seq, w, win); err != nil {
+					return err
+				}
+			}
+		}
+		if !all {
+			return fn(seq, 0, sums)
 		}
 		return nil
 	})
 	if err == nil && blockSums != nil {
 		j.cacheBlockHashes(name, disk, seq, blockSums)
 	}
-	return sums, seq, err
+	return seq, err
 }
 
 // maxBlockHashCache bounds the block hashes kept between the two levels

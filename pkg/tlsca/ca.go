@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -87,11 +88,11 @@ type CA struct {
 // Init creates a CA in dir (which must not hold one yet), and the
 // process server's own certificate for hosts under dir/ps.
 func Init(dir string, hosts []string) (*CA, error) {
-	if _, err := os.Stat(filepath.Join(dir, CAKey)); err == nil {
+	if _, err := os.Lstat(filepath.Join(dir, CAKey)); err == nil {
 		return nil, fmt.Errorf("ca init: %s already holds a CA", dir)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+	if err := privateDir(dir); err != nil {
+		return nil, fmt.Errorf("ca init: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -213,7 +214,7 @@ func (ca *CA) IssueTo(dir string, id Identity, hosts []string) error {
 // WriteIdentity stores a key, its certificate and the CA's certificate in
 // dir.
 func WriteIdentity(dir string, key *ecdsa.PrivateKey, certDER, caDER []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := privateDir(dir); err != nil {
 		return err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -287,9 +288,37 @@ func Config(dir string, requireClient bool) (*tls.Config, error) {
 	}, nil
 }
 
+// privateDir makes dir (mode 0700) or checks that the one there is a real
+// directory of this user that nobody else can read or change: keys are
+// written into it.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory (%v)", dir, fi.Mode().Type())
+	case ok && int(st.Uid) != os.Getuid():
+		return fmt.Errorf("%s belongs to uid %d, not to this user (%d): keys are not written where someone else can read them", dir, st.Uid, os.Getuid())
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("%s has mode %v: others may read or change it; chmod 700 it or choose a new directory", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// writePEM writes a file by a temporary one created exclusively (a link
+// planted under its name is not followed) and renamed into place.
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/virt"
 )
@@ -35,6 +36,7 @@ func main() {
 	var disks cli.Repeated
 	fs.StringVar(&cfg.DataDir, "data", "ferry-mt-data", "directory of the journal (created if missing)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7500", "gRPC address for agents on recovered VMs and for ferry-ps")
+	fs.Int64Var(&cfg.MaxDiskBytes, "max-disk-size", ingest.DefaultMaxDiskBytes, "largest disk (bytes) reverse replication may declare; larger ones are refused")
 	fs.StringVar(&cfg.MetricsListen, "metrics", "127.0.0.1:7501", "admin address for /metrics (empty: off)")
 	fs.Var(&disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
 	fs.StringVar(&prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")

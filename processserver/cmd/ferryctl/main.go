@@ -121,7 +121,8 @@ func main() {
 	vm := fs.String("vm", "", "VM name")
 	point := fs.String("point", processserver.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
 	disk := fs.String("disk", "", "disk name")
-	out := fs.String("out", "", "image file to write (created or truncated)")
+	out := fs.String("out", "", "image file to write (created, mode 0600; an existing file only with --force)")
+	force := fs.Bool("force", false, "export: replace an existing --out file")
 	typ := fs.String("type", "", "failover type: test, planned or unplanned")
 	network := fs.String("network", "", "test failover: the isolated network for the test VM (default test-VM)")
 	shutdown := fs.Bool("shutdown", false, "unplanned failover: try to shut the source down and sync first")
@@ -148,7 +149,7 @@ func main() {
 			}
 			break
 		}
-		err = export(ctx, conn, *vm, *point, *disk, *out)
+		err = export(ctx, conn, *vm, *point, *disk, *out, *force)
 	case "exports":
 		err = listExports(ctx, rc)
 	case "unexport":
@@ -255,15 +256,28 @@ func consistency(c ferryv1.Consistency) string {
 	return "?"
 }
 
-func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out string) error {
+func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out string, force bool) error {
 	if vm == "" || disk == "" || out == "" {
 		return fmt.Errorf("--vm, --disk and --out are required")
+	}
+	if fi, err := os.Lstat(out); err == nil {
+		if !force {
+			return fmt.Errorf("%s exists: pass --force to replace it", out)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file (%v): not replaced", out, fi.Mode().Type())
+		}
+		// Removed, then created anew: a link planted meanwhile is not
+		// followed.
+		if err := os.Remove(out); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	var f *blockdev.File
 	res, err := processserver.ExportDisk(ctx, conn, vm, point, disk, func(size int64) (blockdev.Device, error) {
 		var err error
-		f, err = blockdev.CreateFile(out, size)
+		f, err = blockdev.CreateNewFile(out, size)
 		return f, err
 	})
 	if f != nil {

@@ -123,6 +123,35 @@ func TestFailoverWithHooks(t *testing.T) {
 		path = copyPath
 	}
 	sameAsSource(path)
+	if withNBD {
+		if out := ctl("exports"); !strings.Contains(out, "test failover") || !strings.Contains(out, "host1") {
+			t.Fatalf("exports during the test failover:\n%s", out)
+		}
+	}
+
+	// Export to a file: mode 0600, never over an existing file or through
+	// a link planted in its place.
+	exp := filepath.Join(dir, "export.img")
+	ctl("export", "--vm", "host1", "--disk", "os", "--out", exp)
+	sameAsSource(exp)
+	if fi, err := os.Stat(exp); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("exported image mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	victim, link := filepath.Join(dir, "victim"), filepath.Join(dir, "link.img")
+	os.WriteFile(victim, []byte("keep"), 0o644)
+	os.Symlink(victim, link)
+	for _, args := range [][]string{{"--out", exp}, {"--out", link}, {"--out", link, "--force"}} {
+		cmd := exec.Command(filepath.Join(bin, "ferryctl"), append([]string{"--insecure", "--ps", addr, "export", "--vm", "host1", "--disk", "os"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err == nil || (!strings.Contains(string(out), "--force") && !strings.Contains(string(out), "not a regular file")) {
+			t.Fatalf("export %v: %v\n%s", args, err, out)
+		}
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Fatalf("export wrote through a link: victim holds %d bytes", len(b))
+	}
+	ctl("export", "--vm", "host1", "--disk", "os", "--out", exp, "--force")
+	sameAsSource(exp)
+
 	if st, _ := os.ReadFile(filepath.Join(hookDir, id, "state")); strings.TrimSpace(string(st)) != "running" {
 		t.Fatalf("hook VM state %q", st)
 	}
