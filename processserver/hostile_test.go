@@ -259,3 +259,34 @@ func TestHostileHugeDisk(t *testing.T) {
 		}
 	})
 }
+
+// TestHostileEncryptionKey: a process server whose journal is encrypted
+// does not start without the key or with another one (it would store new
+// data in plain text, or under a key nothing can read with), and the data
+// is there with the right key.
+func TestHostileEncryptionKey(t *testing.T) {
+	ctx := context.Background()
+	key := bytes.Repeat([]byte{1}, 32)
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.EncryptionKey = key })
+	cc := ferrytest.Dial(t, ps.Addr)
+	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm1", 1, 1<<20),
+		batch(drain(1, true), write(2, 0, 0, page(7)), drain(3, false), marker(4))); err != nil {
+		t.Fatal(err)
+	}
+	dir := ps.Dir
+	ps.Stop()
+	for name, k := range map[string][]byte{"no key": nil, "another key": bytes.Repeat([]byte{2}, 32)} {
+		srv, err := processserver.New(processserver.Config{DataDir: dir, Listen: "127.0.0.1:0", EncryptionKey: k, Logger: ferrytest.Logger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Open(ctx); !errors.Is(err, journal.ErrKey) {
+			srv.Close(ctx)
+			t.Fatalf("%s: %v, want ErrKey", name, err)
+		}
+	}
+	ps.Start()
+	if _, img := ferrytest.Export(t, ferrytest.Dial(t, ps.Addr), "vm1", "latest", "os"); !bytes.Equal(img[:bs], page(7)) {
+		t.Fatal("the data after the refused starts")
+	}
+}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -9,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // sealer encrypts write payloads at rest with AES-256-GCM. Each payload
@@ -70,6 +73,42 @@ func (s *sealer) open(r *Record, stored []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: encrypted payload does not authenticate (wrong key, or damaged)", ErrChecksum)
 	}
 	return out, nil
+}
+
+// keyCheckText is sealed under the journal's key when it is first opened
+// with one; opening it again proves the key is the same.
+var (
+	keyCheckName = []byte("check")
+	keyCheckText = []byte("ferry journal key check v1")
+	keyCheckAD   = []byte("ferry-journal-key-check")
+)
+
+// checkKey binds the journal to its key: the first open with a key records
+// a check sealed under it; afterwards a journal with a check opens only
+// with the key that opens the check, and never without one (new data would
+// be stored in plain text beside the encrypted).
+func checkKey(tx *bolt.Tx, s *sealer) error {
+	check := tx.Bucket(bucketKeys).Get(keyCheckName)
+	switch {
+	case s == nil && check == nil:
+		return nil
+	case s == nil:
+		return fmt.Errorf("%w: the journal is encrypted: open it with its key (--encryption-key-file)", ErrKey)
+	case check == nil:
+		out := make([]byte, nonceSize, nonceSize+len(keyCheckText)+s.aead.Overhead())
+		if _, err := rand.Read(out); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketKeys).Put(keyCheckName, s.aead.Seal(out, out[:nonceSize], keyCheckText, keyCheckAD))
+	}
+	if len(check) < nonceSize {
+		return fmt.Errorf("%w: the stored key check is damaged", ErrKey)
+	}
+	text, err := s.aead.Open(nil, check[:nonceSize], check[nonceSize:], keyCheckAD)
+	if err != nil || !bytes.Equal(text, keyCheckText) {
+		return fmt.Errorf("%w: the journal is encrypted with another key", ErrKey)
+	}
+	return nil
 }
 
 // ReadKeyFile reads a 32-byte key file: the raw bytes, or 64 hex digits.

@@ -24,6 +24,9 @@ var (
 	ErrChecksum = errors.New("stored data does not match its checksum")
 	// ErrInvalid is returned for a record that breaks the journal's rules.
 	ErrInvalid = errors.New("invalid record")
+	// ErrKey is returned when a journal is opened without the key it is
+	// encrypted with, or with another key.
+	ErrKey = errors.New("journal encryption key")
 	// ErrFailed is returned by every write after the journal failed to
 	// persist: nothing more is accepted or acknowledged until it is reopened.
 	ErrFailed = errors.New("journal failed to persist earlier data and accepts no more writes")

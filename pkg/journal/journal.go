@@ -25,6 +25,7 @@ var (
 	bucketMeta   = []byte("meta")
 	bucketData   = []byte("data")
 	bucketPoints = []byte("points")
+	bucketKeys   = []byte("keys")
 )
 
 func vmBucketName(vm VMID) []byte { return []byte("vm/" + string(vm)) }
@@ -93,8 +94,13 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	db.AllocSize = opts.AllocSize
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketVMs)
-		return err
+		if _, err := tx.CreateBucketIfNotExists(bucketVMs); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketKeys); err != nil {
+			return err
+		}
+		return checkKey(tx, seal)
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
