@@ -9,6 +9,8 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +65,8 @@ type sentBatch struct {
 type Agent struct {
 	cfg  Config
 	log  *slog.Logger
+	// instance identifies this agent's state to the receiver.
+	instance string
 	tr   *cbt.Tracker
 	m    *metrics
 	conn *grpc.ClientConn
@@ -197,6 +201,13 @@ func (a *Agent) Open(ctx context.Context) error {
 	st, ok, err := a.loadState()
 	if err != nil {
 		return err
+	}
+	if a.instance = st.Instance; a.instance == "" {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		a.instance = hex.EncodeToString(b[:])
 	}
 	a.scanTable = make([][]uint64, len(a.cfg.Disks))
 	switch {

@@ -23,6 +23,9 @@ type state struct {
 	Clean bool `json:"clean"`
 	// Acked is the receiver's durable sequence at a clean shutdown.
 	Acked uint64 `json:"acked"`
+	// Instance identifies this agent to the receiver, which replicates a
+	// VM from one instance only.
+	Instance string `json:"instance,omitempty"`
 }
 
 func (a *Agent) statePath() string { return filepath.Join(a.cfg.StateDir, "state.json") }
@@ -60,7 +63,7 @@ func (a *Agent) loadState() (state, bool, error) {
 
 func (a *Agent) saveState(clean bool) error {
 	a.mu.Lock()
-	st := state{VM: a.cfg.VM, Clean: clean, Acked: a.acked}
+	st := state{VM: a.cfg.VM, Clean: clean, Acked: a.acked, Instance: a.instance}
 	a.mu.Unlock()
 	for _, d := range a.cfg.Disks {
 		st.Disks = append(st.Disks, d.Name)

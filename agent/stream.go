@@ -31,7 +31,7 @@ func (a *Agent) session(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version, Machine: a.cfg.Machine}
+	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version, Machine: a.cfg.Machine, AgentInstance: a.instance}
 	for _, d := range a.cfg.Disks {
 		hello.Disks = append(hello.Disks, &ferryv1.DiskInfo{Name: d.Name, SizeBytes: uint64(d.Device.Size())})
 	}

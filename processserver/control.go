@@ -62,6 +62,18 @@ type VMState struct {
 	// Policy is the replication policy attached by an operator; empty:
 	// the default for the machine's kind.
 	Policy string `json:"policy,omitempty"`
+	// Agent is the agent instance the VM replicates from.
+	Agent *AgentBinding `json:"agent,omitempty"`
+	// AgentConflict describes the last agent refused for it.
+	AgentConflict string `json:"agentConflict,omitempty"`
+}
+
+// AgentBinding ties a VM's replication to one agent instance.
+type AgentBinding struct {
+	Instance string        `json:"instance"`
+	Peer     string        `json:"peer,omitempty"` // certificate identity and serial, address
+	Epoch    journal.Epoch `json:"epoch"`
+	Since    time.Time     `json:"since"`
 }
 
 // TestFailover is a running test failover.

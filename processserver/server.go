@@ -169,6 +169,8 @@ type Server struct {
 	files   map[string][]*blockdev.File // open disk files per VM slot
 	scratch *scratchQuota
 
+	bindMu sync.Mutex // orders agent binding decisions
+
 	exportsMu sync.Mutex
 	exports   map[string]NBDExport
 
@@ -296,6 +298,7 @@ func (s *Server) Open(ctx context.Context) error {
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
+		Admit:         s.admitAgent,
 		Authorize: func(ctx context.Context, vm journal.VMID) error {
 			return tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm))
 		},

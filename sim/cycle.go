@@ -91,10 +91,16 @@ func (d *Drill) RunRecovered(ctx context.Context, v *VM) error {
 }
 
 // StartAgent starts an agent for the VM where it runs now, replicating to
-// target with the given epoch, and waits until it is in sync.
+// target with the given epoch, and waits until it is in sync. Its state
+// is in the VM's agent directory (name "": the one the drill started
+// with, else one of that name).
 func (d *Drill) StartAgent(ctx context.Context, v *VM, target string, epoch uint64, name string) error {
+	dir := "agent-" + v.Config.Name
+	if name != "" {
+		dir += "-" + name
+	}
 	cfg := agent.Config{
-		VM: v.Config.Name, StateDir: filepath.Join(d.cfg.Dir, "agent-"+v.Config.Name+"-"+name), Target: target, Epoch: epoch,
+		VM: v.Config.Name, StateDir: filepath.Join(d.cfg.Dir, dir), Target: target, Epoch: epoch,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, IgnorePolicy: true,
 		Logger: d.log.With("vm", v.Config.Name, "agent", name), Registerer: prometheus.NewRegistry(),

@@ -111,7 +111,9 @@ func TestRPOAlert(t *testing.T) {
 		t.Fatalf("no alert after 10 minutes without points: %v %v", alert(), events())
 	}
 	st, _ := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "rpo-1"})
-	if err := d.StartAgent(ctx, v, d.PS.Addr(), st.GetVms()[0].GetEpoch(), "restarted"); err != nil {
+	// The machine's own agent comes back, from its state directory (the
+	// process server replicates a VM from one agent instance).
+	if err := d.StartAgent(ctx, v, d.PS.Addr(), st.GetVms()[0].GetEpoch(), ""); err != nil {
 		t.Fatal(err)
 	}
 	run(t, d, 2*time.Minute)

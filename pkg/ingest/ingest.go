@@ -51,6 +51,10 @@ type Config struct {
 	MaxDiskBytes int64
 	// Authorize, when set, is asked whether the stream's peer may write vm.
 	Authorize func(ctx context.Context, vm journal.VMID) error
+	// Admit, when set, is asked before a stream takes over its VM (and
+	// ends another stream of it) whether this agent may; an error refuses
+	// the stream and leaves the VM's stream as it is.
+	Admit func(ctx context.Context, h *ferryv1.Hello) error
 	// OnHello, when set, sees every accepted hello before it is answered
 	// (the process server keeps the machine's description) and may add to
 	// the answer (the VM's replication policy); an error refuses the
@@ -222,6 +226,13 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		r.m.rejected.WithLabelValues("hello").Inc()
 		r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
 		return grpcStatus(err)
+	}
+	if r.cfg.Admit != nil {
+		if err := r.cfg.Admit(ctx, hello); err != nil {
+			r.m.rejected.WithLabelValues("hello").Inc()
+			r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
+			return grpcStatus(fmt.Errorf("%w: %v", ErrDenied, err))
+		}
 	}
 	s, err := r.acquire(ctx, vm.Name)
 	if err != nil {

@@ -31,6 +31,7 @@ Usage:
   ferryctl --ps ADDR export --nbd --vm NAME --disk NAME [--point P] [--writable]
                                                           serve one disk of a point over NBD and print its URI
                                                           (--writable: copy-on-write, the point never changes)
+  ferryctl --ps ADDR agent release --vm NAME               let another agent instance replicate the VM (a moved machine)
   ferryctl --ps ADDR exports                               list the NBD exports and the scratch quota's use
   ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
   ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses; without
@@ -134,6 +135,10 @@ func main() {
 		fs.Lookup("point").DefValue = processserver.PointLatest
 		*point = processserver.PointLatest
 	}
+	sub := ""
+	if cmd == "agent" && len(rest) > 0 {
+		sub, rest = rest[0], rest[1:]
+	}
 	fs.Parse(rest)
 	rc := ferryv1.NewRecoveryClient(conn)
 	switch cmd {
@@ -152,6 +157,15 @@ func main() {
 		err = export(ctx, conn, *vm, *point, *disk, *out, *force)
 	case "exports":
 		err = listExports(ctx, rc)
+	case "agent":
+		if sub != "release" || *vm == "" {
+			err = fmt.Errorf("agent wants: release --vm NAME")
+			break
+		}
+		var resp *ferryv1.ReleaseAgentResponse
+		if resp, err = rc.ReleaseAgent(ctx, &ferryv1.VMRequest{Vm: *vm}); err == nil {
+			fmt.Printf("vm %s released from agent instance %s: the next agent to connect takes it\n", *vm, resp.GetReleased())
+		}
 	case "unexport":
 		if fs.NArg() != 1 {
 			err = fmt.Errorf("unexport wants one export name (ferryctl exports lists them)")
@@ -367,6 +381,12 @@ func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	for _, v := range resp.GetVms() {
 		if v.GetReverse() != "" {
 			fmt.Printf("%s reverse replication: %s\n", v.GetName(), v.GetReverse())
+		}
+		if vm != "" && v.GetAgent() != "" {
+			fmt.Printf("%s agent: %s\n", v.GetName(), v.GetAgent())
+		}
+		if v.GetAgentConflict() != "" {
+			fmt.Printf("%s AGENT CONFLICT: %s\n", v.GetName(), v.GetAgentConflict())
 		}
 	}
 	return nil

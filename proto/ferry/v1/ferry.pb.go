@@ -389,7 +389,11 @@ type Hello struct {
 	BlockSize    uint32 `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
 	AgentVersion string `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// What the receiver needs to know to fail the machine over.
-	Machine       *MachineInfo `protobuf:"bytes,7,opt,name=machine,proto3" json:"machine,omitempty"`
+	Machine *MachineInfo `protobuf:"bytes,7,opt,name=machine,proto3" json:"machine,omitempty"`
+	// The agent instance: random, kept in the agent's state directory. A VM
+	// replicates from one instance; another is refused until an operator
+	// releases the VM (or a reprotect starts a new epoch).
+	AgentInstance string `protobuf:"bytes,8,opt,name=agent_instance,json=agentInstance,proto3" json:"agent_instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +475,13 @@ func (x *Hello) GetMachine() *MachineInfo {
 		return x.Machine
 	}
 	return nil
+}
+
+func (x *Hello) GetAgentInstance() string {
+	if x != nil {
+		return x.AgentInstance
+	}
+	return ""
 }
 
 // MachineInfo describes the protected machine: what decides whether a
@@ -3705,6 +3716,51 @@ func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
+type ReleaseAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance the VM was bound to.
+	Released      string `protobuf:"bytes,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseAgentResponse) Reset() {
+	*x = ReleaseAgentResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseAgentResponse) ProtoMessage() {}
+
+func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseAgentResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseAgentResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ReleaseAgentResponse) GetReleased() string {
+	if x != nil {
+		return x.Released
+	}
+	return ""
+}
+
 type ListExportsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -3713,7 +3769,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3725,7 +3781,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3738,7 +3794,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 type NBDExportInfo struct {
@@ -3758,7 +3814,7 @@ type NBDExportInfo struct {
 
 func (x *NBDExportInfo) Reset() {
 	*x = NBDExportInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3770,7 +3826,7 @@ func (x *NBDExportInfo) String() string {
 func (*NBDExportInfo) ProtoMessage() {}
 
 func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3783,7 +3839,7 @@ func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NBDExportInfo.ProtoReflect.Descriptor instead.
 func (*NBDExportInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *NBDExportInfo) GetName() string {
@@ -3855,7 +3911,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3867,7 +3923,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3880,7 +3936,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListExportsResponse) GetExports() []*NBDExportInfo {
@@ -3915,7 +3971,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3927,7 +3983,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3940,7 +3996,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -3970,7 +4026,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4038,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4051,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -4035,7 +4091,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4047,7 +4103,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4060,7 +4116,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -4108,7 +4164,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4120,7 +4176,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4133,7 +4189,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -4159,7 +4215,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4171,7 +4227,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4184,7 +4240,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -4203,7 +4259,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4215,7 +4271,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4228,7 +4284,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -4247,7 +4303,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4259,7 +4315,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4272,7 +4328,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -4291,7 +4347,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4303,7 +4359,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4316,7 +4372,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -4353,7 +4409,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4365,7 +4421,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4378,7 +4434,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4495,7 +4551,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4507,7 +4563,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4520,7 +4576,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *JobStep) GetName() string {
@@ -4578,7 +4634,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4590,7 +4646,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4603,7 +4659,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4643,7 +4699,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4655,7 +4711,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4668,7 +4724,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -4687,7 +4743,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4699,7 +4755,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4712,7 +4768,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -4737,14 +4793,17 @@ type VMStatus struct {
 	// Reverse replication, as the master target reports it.
 	Reverse string `protobuf:"bytes,11,opt,name=reverse,proto3" json:"reverse,omitempty"`
 	// The RPO is above the threshold.
-	RpoAlert      bool `protobuf:"varint,12,opt,name=rpo_alert,json=rpoAlert,proto3" json:"rpo_alert,omitempty"`
+	RpoAlert bool `protobuf:"varint,12,opt,name=rpo_alert,json=rpoAlert,proto3" json:"rpo_alert,omitempty"`
+	// The agent instance the VM replicates from, and the last one refused.
+	Agent         string `protobuf:"bytes,13,opt,name=agent,proto3" json:"agent,omitempty"`
+	AgentConflict string `protobuf:"bytes,14,opt,name=agent_conflict,json=agentConflict,proto3" json:"agent_conflict,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4756,7 +4815,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4769,7 +4828,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4856,6 +4915,20 @@ func (x *VMStatus) GetRpoAlert() bool {
 	return false
 }
 
+func (x *VMStatus) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *VMStatus) GetAgentConflict() string {
+	if x != nil {
+		return x.AgentConflict
+	}
+	return ""
+}
+
 type ListVMsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -4864,7 +4937,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4876,7 +4949,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4889,7 +4962,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 type ListVMsResponse struct {
@@ -4901,7 +4974,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4913,7 +4986,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4926,7 +4999,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -4954,7 +5027,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4966,7 +5039,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4979,7 +5052,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *VM) GetName() string {
@@ -5054,7 +5127,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5066,7 +5139,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5079,7 +5152,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -5098,7 +5171,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5110,7 +5183,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5123,7 +5196,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -5146,7 +5219,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5158,7 +5231,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5171,7 +5244,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -5214,7 +5287,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5226,7 +5299,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5239,7 +5312,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -5278,7 +5351,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5290,7 +5363,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5303,7 +5376,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -5351,7 +5424,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5363,7 +5436,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5376,7 +5449,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -5402,7 +5475,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5414,7 +5487,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5427,7 +5500,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -5454,7 +5527,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5466,7 +5539,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5479,7 +5552,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -5554,7 +5627,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5566,7 +5639,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5579,7 +5652,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5635,7 +5708,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5647,7 +5720,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5660,7 +5733,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -5697,7 +5770,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5709,7 +5782,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5722,7 +5795,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -5763,7 +5836,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5775,7 +5848,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5788,7 +5861,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -5813,7 +5886,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5825,7 +5898,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5838,7 +5911,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -5880,7 +5953,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5892,7 +5965,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5905,7 +5978,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -5958,7 +6031,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5970,7 +6043,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5983,7 +6056,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
 }
 
 type ReprotectStatusResponse struct {
@@ -6002,7 +6075,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6014,7 +6087,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6027,7 +6100,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -6103,7 +6176,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1b\n" +
 	"\tfinal_seq\x18\x04 \x01(\x04R\bfinalSeq\x12\x1d\n" +
 	"\n" +
-	"hold_nanos\x18\x05 \x01(\x03R\tholdNanos\"\xe9\x01\n" +
+	"hold_nanos\x18\x05 \x01(\x03R\tholdNanos\"\x90\x02\n" +
 	"\x05Hello\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
@@ -6112,7 +6185,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"block_size\x18\x05 \x01(\rR\tblockSize\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12/\n" +
-	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\"\xbd\x04\n" +
+	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\x12%\n" +
+	"\x0eagent_instance\x18\b \x01(\tR\ragentInstance\"\xbd\x04\n" +
 	"\vMachineInfo\x12\x0e\n" +
 	"\x02os\x18\x01 \x01(\tR\x02os\x124\n" +
 	"\x16mobility_agent_version\x18\x02 \x01(\tR\x14mobilityAgentVersion\x12\x1a\n" +
@@ -6332,7 +6406,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bpoint_id\x18\x03 \x01(\x04R\apointId\"(\n" +
 	"\x12UnexportNBDRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
-	"\x13UnexportNBDResponse\"\x14\n" +
+	"\x13UnexportNBDResponse\"2\n" +
+	"\x14ReleaseAgentResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\tR\breleased\"\x14\n" +
 	"\x12ListExportsRequest\"\xd0\x01\n" +
 	"\rNBDExportInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -6403,7 +6479,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xdd\x02\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\x9a\x03\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -6418,7 +6494,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bpoint_id\x18\n" +
 	" \x01(\x04R\apointId\x12\x18\n" +
 	"\areverse\x18\v \x01(\tR\areverse\x12\x1b\n" +
-	"\trpo_alert\x18\f \x01(\bR\brpoAlert\"\x10\n" +
+	"\trpo_alert\x18\f \x01(\bR\brpoAlert\x12\x14\n" +
+	"\x05agent\x18\r \x01(\tR\x05agent\x12%\n" +
+	"\x0eagent_conflict\x18\x0e \x01(\tR\ragentConflict\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
@@ -6536,7 +6614,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012I\n" +
 	"\n" +
 	"Enrollment\x12;\n" +
-	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xa2\x0f\n" +
+	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xe7\x0f\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -6555,7 +6633,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bFailback\x12\x19.ferry.v1.FailbackRequest\x1a\r.ferry.v1.Job\x12D\n" +
 	"\tExportNBD\x12\x1a.ferry.v1.ExportNBDRequest\x1a\x1b.ferry.v1.ExportNBDResponse\x12J\n" +
 	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12J\n" +
-	"\vListExports\x12\x1c.ferry.v1.ListExportsRequest\x1a\x1d.ferry.v1.ListExportsResponse\x12G\n" +
+	"\vListExports\x12\x1c.ferry.v1.ListExportsRequest\x1a\x1d.ferry.v1.ListExportsResponse\x12C\n" +
+	"\fReleaseAgent\x12\x13.ferry.v1.VMRequest\x1a\x1e.ferry.v1.ReleaseAgentResponse\x12G\n" +
 	"\n" +
 	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse\x12M\n" +
 	"\fListPolicies\x12\x1d.ferry.v1.ListPoliciesRequest\x1a\x1e.ferry.v1.ListPoliciesResponse\x12/\n" +
@@ -6593,7 +6672,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -6653,42 +6732,43 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*ExportNBDResponse)(nil),        // 55: ferry.v1.ExportNBDResponse
 	(*UnexportNBDRequest)(nil),       // 56: ferry.v1.UnexportNBDRequest
 	(*UnexportNBDResponse)(nil),      // 57: ferry.v1.UnexportNBDResponse
-	(*ListExportsRequest)(nil),       // 58: ferry.v1.ListExportsRequest
-	(*NBDExportInfo)(nil),            // 59: ferry.v1.NBDExportInfo
-	(*ListExportsResponse)(nil),      // 60: ferry.v1.ListExportsResponse
-	(*ReprotectRequest)(nil),         // 61: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 62: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 63: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 64: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 65: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 66: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 67: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 68: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 69: ferry.v1.Job
-	(*JobStep)(nil),                  // 70: ferry.v1.JobStep
-	(*Finding)(nil),                  // 71: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 72: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 73: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 74: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 75: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 76: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 77: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 78: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 79: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 80: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 81: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 82: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 83: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 84: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 85: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 86: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 87: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 88: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 89: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 90: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 91: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 92: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 93: ferry.v1.ReprotectStatusResponse
+	(*ReleaseAgentResponse)(nil),     // 58: ferry.v1.ReleaseAgentResponse
+	(*ListExportsRequest)(nil),       // 59: ferry.v1.ListExportsRequest
+	(*NBDExportInfo)(nil),            // 60: ferry.v1.NBDExportInfo
+	(*ListExportsResponse)(nil),      // 61: ferry.v1.ListExportsResponse
+	(*ReprotectRequest)(nil),         // 62: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 63: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 64: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 65: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 66: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 67: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 68: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 69: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 70: ferry.v1.Job
+	(*JobStep)(nil),                  // 71: ferry.v1.JobStep
+	(*Finding)(nil),                  // 72: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 73: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 74: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 75: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 76: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 77: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 78: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 79: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 80: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 81: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 82: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 83: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 84: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 85: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 86: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 87: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 88: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 89: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 90: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 91: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 92: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 93: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 94: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -6723,97 +6803,99 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	44, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
 	42, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
 	53, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	59, // 32: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	60, // 32: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
 	2,  // 33: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	69, // 34: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	70, // 35: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	80, // 36: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	71, // 37: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	74, // 38: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	77, // 39: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	70, // 34: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	71, // 35: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	81, // 36: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	72, // 37: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	75, // 38: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	78, // 39: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
 	10, // 40: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	80, // 41: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	81, // 41: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
 	0,  // 42: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	86, // 43: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	87, // 43: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
 	10, // 44: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	70, // 45: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	80, // 46: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	71, // 45: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	81, // 46: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
 	3,  // 47: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
 	26, // 48: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
 	28, // 49: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	75, // 50: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	78, // 51: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	81, // 52: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	83, // 53: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	84, // 54: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	63, // 55: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	64, // 56: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	65, // 57: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	65, // 58: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	66, // 59: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	68, // 60: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	72, // 61: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	61, // 62: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	62, // 63: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	76, // 50: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	79, // 51: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	82, // 52: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	84, // 53: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	85, // 54: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	64, // 55: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	65, // 56: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	66, // 57: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	66, // 58: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	67, // 59: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	69, // 60: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	73, // 61: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	62, // 62: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	63, // 63: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
 	54, // 64: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
 	56, // 65: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	58, // 66: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
-	51, // 67: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	31, // 68: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	30, // 69: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	33, // 70: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	36, // 71: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	35, // 72: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	38, // 73: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	40, // 74: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	45, // 75: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	42, // 76: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	47, // 77: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	49, // 78: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	50, // 79: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	88, // 80: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	90, // 81: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	65, // 82: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	65, // 83: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	17, // 84: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	27, // 85: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	29, // 86: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	76, // 87: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	79, // 88: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	82, // 89: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	87, // 90: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	85, // 91: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	69, // 92: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	69, // 93: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	69, // 94: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	69, // 95: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	67, // 96: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	69, // 97: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	73, // 98: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	69, // 99: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	69, // 100: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	55, // 101: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	57, // 102: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	60, // 103: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	52, // 104: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	32, // 105: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	30, // 106: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	34, // 107: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	37, // 108: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	35, // 109: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	39, // 110: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	41, // 111: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	46, // 112: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	42, // 113: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	48, // 114: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	69, // 115: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	69, // 116: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	89, // 117: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	91, // 118: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	92, // 119: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	93, // 120: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	84, // [84:121] is the sub-list for method output_type
-	47, // [47:84] is the sub-list for method input_type
+	59, // 66: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	66, // 67: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
+	51, // 68: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	31, // 69: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	30, // 70: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	33, // 71: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	36, // 72: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	35, // 73: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	38, // 74: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	40, // 75: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	45, // 76: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	42, // 77: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	47, // 78: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	49, // 79: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	50, // 80: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	89, // 81: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	91, // 82: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	66, // 83: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	66, // 84: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	17, // 85: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	27, // 86: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	29, // 87: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	77, // 88: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	80, // 89: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	83, // 90: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	88, // 91: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	86, // 92: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	70, // 93: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	70, // 94: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	70, // 95: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	70, // 96: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	68, // 97: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	70, // 98: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	74, // 99: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	70, // 100: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	70, // 101: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	55, // 102: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	57, // 103: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	61, // 104: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	58, // 105: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	52, // 106: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	32, // 107: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	30, // 108: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	34, // 109: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	37, // 110: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	35, // 111: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	39, // 112: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	41, // 113: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	46, // 114: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	42, // 115: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	48, // 116: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	70, // 117: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	70, // 118: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	90, // 119: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	92, // 120: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	93, // 121: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	94, // 122: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	85, // [85:123] is the sub-list for method output_type
+	47, // [47:85] is the sub-list for method input_type
 	47, // [47:47] is the sub-list for extension type_name
 	47, // [47:47] is the sub-list for extension extendee
 	0,  // [0:47] is the sub-list for field type_name
@@ -6855,7 +6937,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   91,
+			NumMessages:   92,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

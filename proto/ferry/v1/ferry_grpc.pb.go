@@ -303,6 +303,7 @@ const (
 	Recovery_ExportNBD_FullMethodName    = "/ferry.v1.Recovery/ExportNBD"
 	Recovery_UnexportNBD_FullMethodName  = "/ferry.v1.Recovery/UnexportNBD"
 	Recovery_ListExports_FullMethodName  = "/ferry.v1.Recovery/ListExports"
+	Recovery_ReleaseAgent_FullMethodName = "/ferry.v1.Recovery/ReleaseAgent"
 	Recovery_ListEvents_FullMethodName   = "/ferry.v1.Recovery/ListEvents"
 	Recovery_ListPolicies_FullMethodName = "/ferry.v1.Recovery/ListPolicies"
 	Recovery_PutPolicy_FullMethodName    = "/ferry.v1.Recovery/PutPolicy"
@@ -363,6 +364,9 @@ type RecoveryClient interface {
 	// ListExports lists the NBD exports: recovery point exports and the
 	// disks of running test failovers, with the scratch quota's use.
 	ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error)
+	// ReleaseAgent unbinds a VM from its agent instance, so that the next
+	// agent to connect (a moved or rebuilt machine) takes it.
+	ReleaseAgent(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReleaseAgentResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
@@ -575,6 +579,16 @@ func (c *recoveryClient) ListExports(ctx context.Context, in *ListExportsRequest
 	return out, nil
 }
 
+func (c *recoveryClient) ReleaseAgent(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReleaseAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseAgentResponse)
+	err := c.cc.Invoke(ctx, Recovery_ReleaseAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *recoveryClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListEventsResponse)
@@ -750,6 +764,9 @@ type RecoveryServer interface {
 	// ListExports lists the NBD exports: recovery point exports and the
 	// disks of running test failovers, with the scratch quota's use.
 	ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error)
+	// ReleaseAgent unbinds a VM from its agent instance, so that the next
+	// agent to connect (a moved or rebuilt machine) takes it.
+	ReleaseAgent(context.Context, *VMRequest) (*ReleaseAgentResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
@@ -833,6 +850,9 @@ func (UnimplementedRecoveryServer) UnexportNBD(context.Context, *UnexportNBDRequ
 }
 func (UnimplementedRecoveryServer) ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListExports not implemented")
+}
+func (UnimplementedRecoveryServer) ReleaseAgent(context.Context, *VMRequest) (*ReleaseAgentResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReleaseAgent not implemented")
 }
 func (UnimplementedRecoveryServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -1193,6 +1213,24 @@ func _Recovery_ListExports_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ReleaseAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ReleaseAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ReleaseAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ReleaseAgent(ctx, req.(*VMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Recovery_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEventsRequest)
 	if err := dec(in); err != nil {
@@ -1497,6 +1535,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListExports",
 			Handler:    _Recovery_ListExports_Handler,
+		},
+		{
+			MethodName: "ReleaseAgent",
+			Handler:    _Recovery_ReleaseAgent_Handler,
 		},
 		{
 			MethodName: "ListEvents",

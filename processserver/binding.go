@@ -1,0 +1,114 @@
+package processserver
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/ferrydr/ferry/pkg/journal"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// EventAgentConflict is raised when a second agent instance claims a VM.
+const (
+	EventAgentConflict = "agent-conflict"
+	EventAgentReleased = "agent-released"
+	EventAgentBound    = "agent-bound"
+)
+
+// admitAgent binds a VM to the first agent instance that replicates it and
+// refuses any other, so that two machines claiming one identity cannot
+// take turns writing its replica. A new epoch (a reprotect, started by an
+// operator) or ReleaseAgent lets another instance bind.
+func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	st, err := s.ctl.state(h.GetVm())
+	if err != nil {
+		return err
+	}
+	inst, who := h.GetAgentInstance(), peerName(ctx)
+	b := st.Agent
+	switch {
+	case b != nil && b.Instance == inst && inst != "":
+		return nil
+	case b != nil && journal.Epoch(h.GetEpoch()) <= b.Epoch:
+		claimant := inst
+		if claimant == "" {
+			claimant = "(an agent that does not name its instance)"
+		}
+		detail := fmt.Sprintf("agent instance %s from %s was refused: vm %s replicates from instance %s (%s) since %s; if the machine moved, run: ferryctl agent release --vm %s",
+			claimant, who, h.GetVm(), b.Instance, b.Peer, b.Since.UTC().Format("2006-01-02T15:04:05Z"), h.GetVm())
+		// One event per new claimant, not one per retry.
+		if st.AgentConflict != detail {
+			s.ctl.update(h.GetVm(), func(st *VMState) { st.AgentConflict = detail })
+			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentConflict, Detail: detail})
+			s.log.Warn("second agent refused", "vm", h.GetVm(), "claimant", claimant, "peer", who, "bound", b.Instance)
+		}
+		return fmt.Errorf("%s", detail)
+	case inst == "":
+		// An agent that does not name its instance binds nothing.
+		return nil
+	}
+	nb := &AgentBinding{Instance: inst, Peer: who, Epoch: journal.Epoch(h.GetEpoch()), Since: s.clock.Now()}
+	if err := s.ctl.update(h.GetVm(), func(st *VMState) { st.Agent, st.AgentConflict = nb, "" }); err != nil {
+		return err
+	}
+	if b != nil {
+		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentBound,
+			Detail: fmt.Sprintf("epoch %d replicates from agent instance %s (%s), was %s", nb.Epoch, inst, who, b.Instance)})
+	}
+	return nil
+}
+
+// ReleaseAgent unbinds vm from its agent instance; by names the operator.
+func (s *Server) ReleaseAgent(ctx context.Context, vm string) (string, error) {
+	if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+		return "", err
+	}
+	by, err := s.caller(ctx)
+	if err != nil {
+		return "", err
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	st, err := s.ctl.state(vm)
+	if err != nil {
+		return "", err
+	}
+	if st.Agent == nil {
+		return "", fmt.Errorf("%w: vm %s is not bound to an agent instance", ErrState, vm)
+	}
+	if err := s.ctl.update(vm, func(st *VMState) { st.Agent, st.AgentConflict = nil, "" }); err != nil {
+		return "", err
+	}
+	s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: EventAgentReleased,
+		Detail: fmt.Sprintf("%s released agent instance %s; the next agent to connect takes the VM", by, st.Agent.Instance)})
+	s.log.Info("agent released", "vm", vm, "instance", st.Agent.Instance, "by", by)
+	return st.Agent.Instance, nil
+}
+
+// peerName names a stream's peer: its certificate (role/name, serial) and
+// address.
+func peerName(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "unknown peer"
+	}
+	out := p.Addr.String()
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		c := ti.State.PeerCertificates[0]
+		out = fmt.Sprintf("%s serial %x at %s", c.Subject.CommonName, c.SerialNumber, out)
+	}
+	return out
+}
+
+func (r *recovery) ReleaseAgent(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.ReleaseAgentResponse, error) {
+	inst, err := r.s.ReleaseAgent(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ReleaseAgentResponse{Released: inst}, nil
+}
