@@ -63,13 +63,13 @@ type sentBatch struct {
 // Agent protects one VM. Create it with New, start it with Open, stop it
 // with Close.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
+	cfg Config
+	log *slog.Logger
 	// instance identifies this agent's state to the receiver.
 	instance string
-	tr   *cbt.Tracker
-	m    *metrics
-	conn *grpc.ClientConn
+	tr       *cbt.Tracker
+	m        *metrics
+	conn     *grpc.ClientConn
 
 	// Owned by the replication goroutine.
 	nextSeq   uint64 // 0 until the first hello answer

@@ -169,7 +169,7 @@ func (s *Server) Open(ctx context.Context) error {
 	if err := s.reattach(ctx); err != nil {
 		return err
 	}
-	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt", MaxDiskBytes: s.cfg.MaxDiskBytes,
+	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt", MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
 		Authorize: s.authorize})
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -16,6 +17,7 @@ const (
 	EventAgentConflict = "agent-conflict"
 	EventAgentReleased = "agent-released"
 	EventAgentBound    = "agent-bound"
+	EventDiskResized   = "disk-resized"
 )
 
 // admitAgent binds a VM to the first agent instance that replicates it and
@@ -27,6 +29,9 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 	defer s.bindMu.Unlock()
 	st, err := s.ctl.state(h.GetVm())
 	if err != nil {
+		return err
+	}
+	if err := s.checkDiskSizes(ctx, h, &st); err != nil {
 		return err
 	}
 	inst, who := h.GetAgentInstance(), peerName(ctx)
@@ -59,6 +64,33 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 	if b != nil {
 		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentBound,
 			Detail: fmt.Sprintf("epoch %d replicates from agent instance %s (%s), was %s", nb.Epoch, inst, who, b.Instance)})
+	}
+	return nil
+}
+
+// checkDiskSizes refuses an agent whose disks changed size since the VM
+// was registered, with an event the first time: the replica and its
+// points keep the size they were taken at.
+func (s *Server) checkDiskSizes(ctx context.Context, h *ferryv1.Hello, st *VMState) error {
+	vm, err := s.j.VM(ctx, journal.VMID(h.GetVm()))
+	if err != nil || journal.Epoch(h.GetEpoch()) != vm.Epoch {
+		return nil // a new VM, or the receiver judges the epoch
+	}
+	for i, d := range h.GetDisks() {
+		if i >= len(vm.Disks) || d.GetName() != string(vm.Disks[i].Name) || int64(d.GetSizeBytes()) == vm.Disks[i].Size {
+			continue
+		}
+		detail := fmt.Sprintf("disk %s of vm %s is now %d bytes; its replica and recovery points are %d bytes. Replication stopped: give the disk back its size, or protect the machine again under a new VM name (ferry-agent --vm NEW --state NEWDIR); the points of %s stay until retention removes them",
+			d.GetName(), h.GetVm(), d.GetSizeBytes(), vm.Disks[i].Size, h.GetVm())
+		if st.DiskConflict != detail {
+			s.ctl.update(h.GetVm(), func(st *VMState) { st.DiskConflict = detail })
+			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventDiskResized, Detail: detail})
+			s.log.Warn("protected disk changed size", "vm", h.GetVm(), "disk", d.GetName(), "size", d.GetSizeBytes(), "replica", vm.Disks[i].Size)
+		}
+		return fmt.Errorf("%w: %s", ingest.ErrGeometry, detail)
+	}
+	if st.DiskConflict != "" {
+		s.ctl.update(h.GetVm(), func(st *VMState) { st.DiskConflict = "" })
 	}
 	return nil
 }

@@ -66,6 +66,8 @@ type VMState struct {
 	Agent *AgentBinding `json:"agent,omitempty"`
 	// AgentConflict describes the last agent refused for it.
 	AgentConflict string `json:"agentConflict,omitempty"`
+	// DiskConflict says which protected disk changed size.
+	DiskConflict string `json:"diskConflict,omitempty"`
 }
 
 // AgentBinding ties a VM's replication to one agent instance.

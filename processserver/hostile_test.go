@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,6 +21,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/pkg/wire"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -288,5 +290,71 @@ func TestHostileEncryptionKey(t *testing.T) {
 	ps.Start()
 	if _, img := ferrytest.Export(t, ferrytest.Dial(t, ps.Addr), "vm1", "latest", "os"); !bytes.Equal(img[:bs], page(7)) {
 		t.Fatal("the data after the refused starts")
+	}
+}
+
+// TestHostileAgentMetadata: a marker stamped in the future gets the
+// server's time (a point dated 2255 would hide the VM's RPO for good);
+// tags with control characters, and the group/ prefix the server did not
+// ask for, are refused with nothing stored; a protected disk that changed
+// size stops replication with an event and a way out, once.
+func TestHostileAgentMetadata(t *testing.T) {
+	ctx := context.Background()
+	ps := ferrytest.StartPS(t)
+	cc := ferrytest.Dial(t, ps.Addr)
+	repl := ferryv1.NewReplicationClient(cc)
+	rc := ferryv1.NewRecoveryClient(cc)
+	mark := func(seq uint64, tag string, at time.Time) *ferryv1.Record {
+		return wire.Seal(&ferryv1.Record{Seq: seq, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{
+			Consistency: ferryv1.Consistency_CONSISTENCY_CRASH, Tag: tag, TimeUnixNano: at.UnixNano()}}})
+	}
+	future := time.Date(2255, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(drain(1, true), write(2, 0, 0, page(7)), drain(3, false), mark(4, "late", future))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: "vm1"})
+	if err != nil || len(pts.GetPoints()) != 1 {
+		t.Fatalf("points: %v %v", pts, err)
+	}
+	if at := time.Unix(0, pts.GetPoints()[0].GetTimeUnixNano()); at.After(time.Now().Add(time.Minute)) {
+		t.Fatalf("a marker stamped %v made a point dated %v", future, at)
+	}
+	for _, tag := range []string{"evil\x1b]0;pwned\x07", "line\nbreak", "group/erp/1", "bidi\u202eoverride"} {
+		err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(5, 0, bs, page(8)), mark(6, tag, time.Now())))
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("tag %q: %v, want InvalidArgument", tag, err)
+		}
+	}
+	if vm, _ := ps.Journal().VM(ctx, "vm1"); vm.LastSeq != 4 {
+		t.Fatalf("refused batches stored records: last seq %d", vm.LastSeq)
+	}
+
+	// The disk grew.
+	for range 3 {
+		err := exchange(t, repl, hello("vm1", 1, 2<<20))
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "new VM name") {
+			t.Fatalf("a grown disk: %v", err)
+		}
+	}
+	evs, _ := rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: "vm1"})
+	resized := 0
+	for _, e := range evs.GetEvents() {
+		if e.GetKind() == "disk-resized" {
+			resized++
+		}
+	}
+	st, _ := rc.Status(ctx, &ferryv1.StatusRequest{Vm: "vm1"})
+	if resized != 1 || !strings.Contains(st.GetVms()[0].GetDiskConflict(), "now 2097152 bytes") {
+		t.Fatalf("%d disk-resized events, status %q", resized, st.GetVms()[0].GetDiskConflict())
+	}
+	// Back at its size, the conflict clears and replication goes on.
+	if err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(5, 0, bs, page(8)), mark(6, "ok", time.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := rc.Status(ctx, &ferryv1.StatusRequest{Vm: "vm1"}); st.GetVms()[0].GetDiskConflict() != "" {
+		t.Fatalf("conflict after the size came back: %q", st.GetVms()[0].GetDiskConflict())
 	}
 }

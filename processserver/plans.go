@@ -16,6 +16,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -187,6 +188,8 @@ func (p Plan) Validate() error {
 			switch {
 			case strings.TrimSpace(a.Name) == "":
 				return fmt.Errorf("%w: plan %s: group %d has an action without a name", ErrInvalidRequest, p.Name, i+1)
+			case ingest.CheckTag(a.Name) != nil:
+				return fmt.Errorf("%w: plan %s: action name %q: at most 256 printable characters", ErrInvalidRequest, p.Name, a.Name)
 			case a.Manual && a.Command != "":
 				return fmt.Errorf("%w: plan %s: action %q is manual and has a command; choose one", ErrInvalidRequest, p.Name, a.Name)
 			case !a.Manual && strings.TrimSpace(a.Command) == "":

@@ -205,7 +205,7 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 		}
 		vs := &ferryv1.VMStatus{Name: string(vm.Name), State: string(st.State), Allowed: st.Allowed(), Points: uint32(vm.Points),
 			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch),
-			RpoAlert: r.s.alertingFor(string(vm.Name)), AgentConflict: st.AgentConflict}
+			RpoAlert: r.s.alertingFor(string(vm.Name)), AgentConflict: st.AgentConflict, DiskConflict: st.DiskConflict}
 		if b := st.Agent; b != nil {
 			vs.Agent = fmt.Sprintf("instance %s (%s), epoch %d, since %s", b.Instance, b.Peer, b.Epoch, b.Since.UTC().Format(time.RFC3339))
 		}

@@ -294,7 +294,7 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
-	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes,
+	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,

@@ -15,15 +15,19 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -51,6 +55,12 @@ type Config struct {
 	MaxDiskBytes int64
 	// Authorize, when set, is asked whether the stream's peer may write vm.
 	Authorize func(ctx context.Context, vm journal.VMID) error
+	// Clock is the receiver's time (default real): a marker stamped more
+	// than MaxClockSkew after it gets its receipt time instead.
+	Clock clock.Clock
+	// MaxClockSkew bounds how far in the future an agent's marker time may
+	// be (default 5 min).
+	MaxClockSkew time.Duration
 	// Admit, when set, is asked before a stream takes over its VM (and
 	// ends another stream of it) whether this agent may; an error refuses
 	// the stream and leaves the VM's stream as it is.
@@ -67,6 +77,10 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	c.Clock = clock.Or(c.Clock)
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = 5 * time.Minute
+	}
 	if c.Codec == 0 {
 		c.Codec = journal.CodecZstd
 	}
@@ -110,6 +124,9 @@ type Receiver struct {
 	mu       sync.Mutex
 	sessions map[journal.VMID]*session
 	closed   bool
+	// granted are the group/ tags the receiver asked each VM's agent to
+	// cut (the newest few): an agent may not use the prefix on its own.
+	granted map[journal.VMID][]string
 
 	received sync.Map // journal.VMID -> *vmCounters
 
@@ -231,7 +248,10 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		if err := r.cfg.Admit(ctx, hello); err != nil {
 			r.m.rejected.WithLabelValues("hello").Inc()
 			r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
-			return grpcStatus(fmt.Errorf("%w: %v", ErrDenied, err))
+			if !errors.Is(err, ErrGeometry) {
+				err = fmt.Errorf("%w: %v", ErrDenied, err)
+			}
+			return grpcStatus(err)
 		}
 	}
 	s, err := r.acquire(ctx, vm.Name)
@@ -419,6 +439,9 @@ func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Co
 		return nil, fmt.Errorf("vm %s: its agent is not connected", vm)
 	}
 	ch := make(chan *ferryv1.CommandResult, 1)
+	if cut := cmd.GetCut(); cut != nil && !cut.GetAbort() {
+		r.grant(vm, cut.GetTag())
+	}
 	s.cmdMu.Lock()
 	s.cmdID++
 	cmd.Id = s.cmdID
@@ -451,6 +474,48 @@ func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Co
 		}
 	}
 	return res, nil
+}
+
+// ReservedTagPrefix starts the tags of multi-VM points, which only the
+// receiver asks for.
+const ReservedTagPrefix = "group/"
+
+// maxGranted bounds the reserved tags remembered per VM.
+const maxGranted = 16
+
+func (r *Receiver) grant(vm journal.VMID, tag string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.granted == nil {
+		r.granted = map[journal.VMID][]string{}
+	}
+	g := append(r.granted[vm], tag)
+	if len(g) > maxGranted {
+		g = g[len(g)-maxGranted:]
+	}
+	r.granted[vm] = g
+}
+
+func (r *Receiver) wasGranted(vm journal.VMID, tag string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Contains(r.granted[vm], tag)
+}
+
+// CheckTag checks a marker's tag: at most 256 bytes of printable UTF-8.
+func CheckTag(tag string) error {
+	if len(tag) > 256 {
+		return fmt.Errorf("tag of %d bytes (at most 256)", len(tag))
+	}
+	if !utf8.ValidString(tag) {
+		return fmt.Errorf("tag %q is not UTF-8", tag)
+	}
+	for _, c := range tag {
+		if !unicode.IsPrint(c) {
+			return fmt.Errorf("tag %q holds %U: only printable characters", tag, c)
+		}
+	}
+	return nil
 }
 
 // Fence ends vm's open stream, if any, and waits until it has let go.

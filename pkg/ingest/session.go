@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -231,8 +232,12 @@ func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
 			if !consistent {
 				return nil, bad(seq, ErrBadRecord, "marker inside a drain: the replica is not write-ordered until the drain ends")
 			}
-			if len(body.Marker.GetTag()) > 256 {
-				return nil, bad(seq, ErrBadRecord, "marker tag of %d bytes (at most 256)", len(body.Marker.GetTag()))
+			tag := body.Marker.GetTag()
+			if err := CheckTag(tag); err != nil {
+				return nil, bad(seq, ErrBadRecord, "marker %v", err)
+			}
+			if strings.HasPrefix(tag, ReservedTagPrefix) && !r.wasGranted(s.name, tag) {
+				return nil, bad(seq, ErrBadRecord, "marker tag %q: the prefix %s is for multi-VM points the server asks for", tag, ReservedTagPrefix)
 			}
 		case *ferryv1.Record_Drain:
 			consistent = !body.Drain.GetBegin()
@@ -300,10 +305,17 @@ func (r *Receiver) process(j *job) error {
 			out.Kind = journal.KindMarker
 			out.Consistency, _ = wire.Consistency(m.GetConsistency())
 			out.Tag = m.GetTag()
+			// The agent's clock says when the point was cut, but not later
+			// than the receiver's clock allows: a point stamped in the
+			// future would look fresh for as long, and hide the RPO.
+			now := r.cfg.Clock.Now().UTC()
+			out.Time = now
 			if ns := m.GetTimeUnixNano(); ns != 0 {
-				out.Time = time.Unix(0, ns).UTC()
-			} else {
-				out.Time = time.Now().UTC()
+				if t := time.Unix(0, ns).UTC(); !t.After(now.Add(r.cfg.MaxClockSkew)) {
+					out.Time = t
+				} else {
+					r.log.Warn("marker stamped in the future: the receipt time is kept instead", "vm", vm, "seq", rec.GetSeq(), "stamped", t, "now", now)
+				}
 			}
 		case *ferryv1.Record_Drain:
 			out.Kind = journal.KindDrainEnd

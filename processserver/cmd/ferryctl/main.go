@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 
@@ -204,7 +206,7 @@ func main() {
 		var resp *ferryv1.ListEventsResponse
 		if resp, err = rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: *vm}); err == nil {
 			for _, e := range resp.GetEvents() {
-				fmt.Printf("%s  %-14s %-14s %s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), e.GetVm(), e.GetKind(), e.GetDetail())
+				fmt.Printf("%s  %-14s %-14s %s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), e.GetVm(), e.GetKind(), safe(e.GetDetail()))
 			}
 		}
 	case "jobs":
@@ -255,7 +257,7 @@ func listPoints(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error
 	w := table("ID\tTIME\tAGE\tCONSISTENCY\tTAG")
 	for _, p := range resp.GetPoints() {
 		t := time.Unix(0, p.GetTimeUnixNano())
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", p.GetId(), t.UTC().Format(time.RFC3339), time.Since(t).Round(time.Second), consistency(p.GetConsistency()), p.GetTag())
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", p.GetId(), t.UTC().Format(time.RFC3339), time.Since(t).Round(time.Second), consistency(p.GetConsistency()), safe(p.GetTag()))
 	}
 	return w.Flush()
 }
@@ -334,7 +336,7 @@ func scrub(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 		if c.GetDisk() >= 0 {
 			where = fmt.Sprintf("disk %d, offset %d, %d bytes", c.GetDisk(), c.GetOffset(), c.GetLength())
 		}
-		fmt.Printf("CORRUPT record %d: %s: %s; unusable points: %v\n", c.GetSeq(), where, c.GetError(), c.GetPoints())
+		fmt.Printf("CORRUPT record %d: %s: %s; unusable points: %v\n", c.GetSeq(), where, safe(c.GetError()), c.GetPoints())
 	}
 	for _, p := range r.GetBadPoints() {
 		fmt.Printf("CORRUPT point %d: its stored entry fails its checksum\n", p)
@@ -380,13 +382,16 @@ func status(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	}
 	for _, v := range resp.GetVms() {
 		if v.GetReverse() != "" {
-			fmt.Printf("%s reverse replication: %s\n", v.GetName(), v.GetReverse())
+			fmt.Printf("%s reverse replication: %s\n", v.GetName(), safe(v.GetReverse()))
 		}
 		if vm != "" && v.GetAgent() != "" {
-			fmt.Printf("%s agent: %s\n", v.GetName(), v.GetAgent())
+			fmt.Printf("%s agent: %s\n", v.GetName(), safe(v.GetAgent()))
 		}
 		if v.GetAgentConflict() != "" {
-			fmt.Printf("%s AGENT CONFLICT: %s\n", v.GetName(), v.GetAgentConflict())
+			fmt.Printf("%s AGENT CONFLICT: %s\n", v.GetName(), safe(v.GetAgentConflict()))
+		}
+		if v.GetDiskConflict() != "" {
+			fmt.Printf("%s DISK SIZE CHANGED: %s\n", v.GetName(), safe(v.GetDiskConflict()))
 		}
 	}
 	return nil
@@ -420,11 +425,11 @@ func printJob(j *ferryv1.Job, err error) error {
 		fmt.Printf("requested by %s\n", j.GetRequestedBy())
 	}
 	if p := j.GetPoint(); p != nil {
-		fmt.Printf("recovery point %d (%s, %s, tag %q)\n", p.GetId(), consistency(p.GetConsistency()), time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339), p.GetTag())
+		fmt.Printf("recovery point %d (%s, %s, tag %q)\n", p.GetId(), consistency(p.GetConsistency()), time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339), safe(p.GetTag()))
 	}
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	for _, s := range j.GetSteps() {
-		fmt.Fprintf(w, "  %s\t%s\t%v\t%s\n", s.GetName(), s.GetOutcome(), time.Duration(s.GetEndUnixNano()-s.GetStartUnixNano()).Round(time.Millisecond), s.GetDetail())
+		fmt.Fprintf(w, "  %s\t%s\t%v\t%s\n", s.GetName(), s.GetOutcome(), time.Duration(s.GetEndUnixNano()-s.GetStartUnixNano()).Round(time.Millisecond), safe(s.GetDetail()))
 	}
 	w.Flush()
 	for _, f := range j.GetFindings() {
@@ -435,13 +440,13 @@ func printJob(j *ferryv1.Job, err error) error {
 		case !f.GetOk():
 			mark = "FIX "
 		}
-		fmt.Printf("  %s %s: %s\n", mark, f.GetCheck(), f.GetDetail())
+		fmt.Printf("  %s %s: %s\n", mark, f.GetCheck(), safe(f.GetDetail()))
 	}
 	if c := j.GetConsole(); c != "" {
-		fmt.Printf("console:\n  %s\n", strings.ReplaceAll(strings.TrimSpace(c), "\n", "\n  "))
+		fmt.Printf("console:\n  %s\n", strings.ReplaceAll(safe(strings.TrimSpace(strings.ReplaceAll(c, "\r", ""))), "\\n", "\n  "))
 	}
 	if j.GetOutcome() != "succeeded" {
-		return fmt.Errorf("job %d failed: %s", j.GetId(), j.GetError())
+		return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
 	}
 	return nil
 }
@@ -472,4 +477,39 @@ func listExports(ctx context.Context, rc ferryv1.RecoveryClient) error {
 	}
 	fmt.Printf("scratch: %d of %d bytes used by writable exports\n", resp.GetScratchUsed(), resp.GetScratchQuota())
 	return nil
+}
+
+// safe escapes control characters in text that came from elsewhere (a
+// guest's console, an agent's tag, a hook's message), so that it cannot
+// move the cursor, retitle the terminal or hide lines on the operator's
+// screen: newlines become \n, the rest \xNN or \uNNNN.
+func safe(s string) string {
+	clean := true
+	for _, c := range s {
+		if !unicode.IsPrint(c) && c != ' ' {
+			clean = false
+			break
+		}
+	}
+	if clean && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i, w := 0, 0; i < len(s); i += w {
+		c, n := utf8.DecodeRuneInString(s[i:])
+		w = n
+		switch {
+		case c == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case c == '\n':
+			b.WriteString("\\n")
+		case c == ' ' || unicode.IsPrint(c):
+			b.WriteRune(c)
+		case c < 0x100:
+			fmt.Fprintf(&b, "\\x%02x", c)
+		default:
+			fmt.Fprintf(&b, "\\u%04x", c)
+		}
+	}
+	return b.String()
 }

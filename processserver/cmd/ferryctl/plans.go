@@ -155,7 +155,7 @@ func groupCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) err
 		if err != nil {
 			return err
 		}
-		fmt.Printf("multi-VM point %s cut on %s; longest hold %v\n", res.GetTag(), strings.Join(res.GetVms(), ", "), time.Duration(res.GetMaxHoldNanos()))
+		fmt.Printf("multi-VM point %s cut on %s; longest hold %v\n", safe(res.GetTag()), strings.Join(res.GetVms(), ", "), time.Duration(res.GetMaxHoldNanos()))
 		return nil
 	}
 	return fmt.Errorf("group %s: unknown; want list, create, delete or point", args[0])
@@ -257,7 +257,7 @@ func actionText(a *ferryv1.PlanAction) string {
 	if a.GetManual() {
 		return a.GetName() + " (manual: the plan waits for 'ferryctl plan resume')"
 	}
-	return fmt.Sprintf("%s: %s", a.GetName(), a.GetCommand())
+	return fmt.Sprintf("%s: %s", a.GetName(), safe(a.GetCommand()))
 }
 
 // followPlan prints a plan job's steps as they end, until it ends or waits
@@ -270,18 +270,18 @@ func followPlan(ctx context.Context, rc ferryv1.RecoveryClient, id uint64) error
 			return err
 		}
 		for _, s := range j.GetSteps()[shown:] {
-			fmt.Printf("  %-50s %-9s %s\n", s.GetName(), s.GetOutcome(), s.GetDetail())
+			fmt.Printf("  %-50s %-9s %s\n", s.GetName(), s.GetOutcome(), safe(s.GetDetail()))
 		}
 		shown = len(j.GetSteps())
 		switch {
 		case j.GetWaiting() != "":
-			fmt.Printf("job %d waits for an operator: %s\n", j.GetId(), j.GetWaiting())
+			fmt.Printf("job %d waits for an operator: %s\n", j.GetId(), safe(j.GetWaiting()))
 			return nil
 		case j.GetOutcome() == processserver.OutcomeSucceeded:
 			fmt.Printf("job %d: %s of %s succeeded (per-VM jobs %v)\n", j.GetId(), j.GetType(), j.GetVm(), j.GetChildren())
 			return nil
 		case j.GetOutcome() == processserver.OutcomeFailed:
-			return fmt.Errorf("job %d failed: %s", j.GetId(), j.GetError())
+			return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
 		}
 		select {
 		case <-ctx.Done():

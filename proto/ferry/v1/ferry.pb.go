@@ -4797,6 +4797,8 @@ type VMStatus struct {
 	// The agent instance the VM replicates from, and the last one refused.
 	Agent         string `protobuf:"bytes,13,opt,name=agent,proto3" json:"agent,omitempty"`
 	AgentConflict string `protobuf:"bytes,14,opt,name=agent_conflict,json=agentConflict,proto3" json:"agent_conflict,omitempty"`
+	// A protected disk changed size: replication stopped.
+	DiskConflict  string `protobuf:"bytes,15,opt,name=disk_conflict,json=diskConflict,proto3" json:"disk_conflict,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4925,6 +4927,13 @@ func (x *VMStatus) GetAgent() string {
 func (x *VMStatus) GetAgentConflict() string {
 	if x != nil {
 		return x.AgentConflict
+	}
+	return ""
+}
+
+func (x *VMStatus) GetDiskConflict() string {
+	if x != nil {
+		return x.DiskConflict
 	}
 	return ""
 }
@@ -6479,7 +6488,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\x9a\x03\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xbf\x03\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -6496,7 +6505,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\areverse\x18\v \x01(\tR\areverse\x12\x1b\n" +
 	"\trpo_alert\x18\f \x01(\bR\brpoAlert\x12\x14\n" +
 	"\x05agent\x18\r \x01(\tR\x05agent\x12%\n" +
-	"\x0eagent_conflict\x18\x0e \x01(\tR\ragentConflict\"\x10\n" +
+	"\x0eagent_conflict\x18\x0e \x01(\tR\ragentConflict\x12#\n" +
+	"\rdisk_conflict\x18\x0f \x01(\tR\fdiskConflict\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
