@@ -116,7 +116,7 @@ func TestBadInputRefused(t *testing.T) {
 		{"disk listed twice", []*ferryv1.AgentMessage{{Msg: &ferryv1.AgentMessage_Hello{Hello: &ferryv1.Hello{Vm: "x", Epoch: 1, BlockSize: bs, Disks: []*ferryv1.DiskInfo{{Name: "os", SizeBytes: size}, {Name: "os", SizeBytes: size}}}}}}, codes.InvalidArgument, "listed twice"},
 		{"disk size not whole blocks", []*ferryv1.AgentMessage{hello("x", 1, size+1)}, codes.InvalidArgument, "not a positive multiple"},
 		{"epoch zero", []*ferryv1.AgentMessage{hello("x", 0, size)}, codes.InvalidArgument, "epoch 0"},
-		{"wrong disk size", []*ferryv1.AgentMessage{hello("vm1", 1, size, 2*size)}, codes.FailedPrecondition, "disk 1 is \"data\" of 2097152 bytes, replica has \"data\" of 1048576"},
+		{"wrong disk size", []*ferryv1.AgentMessage{hello("vm1", 1, size, 2*size)}, codes.FailedPrecondition, "disk data of vm vm1 is now 2097152 bytes; its replica and recovery points are 1048576 bytes"},
 		{"wrong disk count", []*ferryv1.AgentMessage{hello("vm1", 1, size)}, codes.FailedPrecondition, "agent has 1 disks, replica has 2"},
 		{"stale epoch", []*ferryv1.AgentMessage{hello("vm2", 1, size)}, codes.FailedPrecondition, "agent is at epoch 1, this receiver accepts epoch 2"},
 		{"future epoch (waits for its reprotect)", []*ferryv1.AgentMessage{hello("vm1", 5, size, size)}, codes.Unavailable, "accepted once a reprotect raises the VM to epoch 5"},

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
@@ -65,6 +66,12 @@ type Instance struct {
 	AllowedPorts []int
 }
 
+// InstanceFinder is a compute layer that can find the machine it made for
+// a VM name: a failover interrupted inside Create is then undone.
+type InstanceFinder interface {
+	Find(ctx context.Context, name string) (id string, found bool, err error)
+}
+
 // HookCompute runs one operator-supplied command for every action:
 //
 //	HOOK create NAME NETWORK test|prod DISK=PATH...   prints the instance ID on its first line,
@@ -72,8 +79,13 @@ type Instance struct {
 //	HOOK start|stop|delete ID
 //	HOOK console ID                                   prints the boot log
 //	HOOK process ID REASON...                         extra failover processing
+//	HOOK find NAME                                    prints the ID of the machine create made for NAME, if any
+//	                                                  (optional: exit 2 if the hook does not know the action)
 type HookCompute struct {
 	Command string
+	// Timeout bounds each call (default 10 min); then the hook is killed
+	// with its process group.
+	Timeout time.Duration
 }
 
 func (h HookCompute) run(ctx context.Context, args ...string) (string, error) {
@@ -81,12 +93,31 @@ func (h HookCompute) run(ctx context.Context, args ...string) (string, error) {
 		return "", fmt.Errorf("no compute hook is configured: start ferry-ps with --compute-hook to let failover create VMs")
 	}
 	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, h.Command, args...)
+	cmd := exec.Command(h.Command, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
+	cmd.WaitDelay = 5 * time.Second
+	timeout := h.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Minute
+	}
+	timedOut, err := runInGroup(ctx, cmd, timeout)
+	if timedOut {
+		return "", fmt.Errorf("compute hook %s %s: killed with its process group after %v", h.Command, args[0], timeout)
+	}
+	if err != nil {
 		return "", fmt.Errorf("compute hook %s %s: %v: %s", h.Command, args[0], err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
+}
+
+// Find implements InstanceFinder with the hook's optional find action.
+func (h HookCompute) Find(ctx context.Context, name string) (string, bool, error) {
+	out, err := h.run(ctx, "find", name)
+	if err != nil {
+		return "", false, err
+	}
+	id := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
+	return id, id != "", nil
 }
 
 func (h HookCompute) Create(ctx context.Context, spec VMSpec) (Instance, error) {

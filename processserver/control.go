@@ -68,6 +68,27 @@ type VMState struct {
 	AgentConflict string `json:"agentConflict,omitempty"`
 	// DiskConflict says which protected disk changed size.
 	DiskConflict string `json:"diskConflict,omitempty"`
+	// Intent is an operation under way, recorded before it changes the
+	// compute layer or the journal, so that a restart finishes or undoes it.
+	Intent *Intent `json:"intent,omitempty"`
+}
+
+// Intent kinds.
+const (
+	IntentFailover = "failover"
+	IntentCommit   = "commit"
+)
+
+// Intent is an operation that spans the compute layer and two databases.
+type Intent struct {
+	Op  string `json:"op"`
+	Job uint64 `json:"job"`
+	// Slot of the VM's disks, the name the compute layer is asked to create
+	// and, once it answered, the instance it created.
+	Slot     string    `json:"slot,omitempty"`
+	Name     string    `json:"name,omitempty"`
+	Instance string    `json:"instance,omitempty"`
+	Started  time.Time `json:"started"`
 }
 
 // AgentBinding ties a VM's replication to one agent instance.
@@ -216,6 +237,22 @@ func (c *control) update(vm string, fn func(*VMState)) error {
 		}
 		return b.Put([]byte(vm), buf)
 	})
+}
+
+// states returns every VM's state.
+func (c *control) states() ([]VMState, error) {
+	var out []VMState
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketStates).ForEach(func(k, v []byte) error {
+			var st VMState
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("state of %s: %w", k, err)
+			}
+			out = append(out, st)
+			return nil
+		})
+	})
+	return out, err
 }
 
 // putJob stores a job, giving it an ID when it has none.

@@ -82,6 +82,10 @@ func (s *Server) lockVM(name string) func() {
 // once it started.
 func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error) {
 	defer s.lockVM(req.VM)()
+	// What an interrupted failover left is removed first.
+	if err := s.resolveIntent(ctx, req.VM); err != nil {
+		return nil, fmt.Errorf("%w: vm %s: %v", ErrState, req.VM, err)
+	}
 	st, vm, err := s.vmState(ctx, req.VM)
 	if err != nil {
 		return nil, err
@@ -206,6 +210,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 	s.readiness(ctx, run, st.Machine, inst)
 	now := s.clock.Now()
 	return s.ctl.update(req.VM, func(st *VMState) {
+		st.Intent = nil
 		if test {
 			st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
 		} else {
@@ -231,23 +236,38 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 				s.log.Error("remove the VM of a failed failover", "vm", st.Name, "instance", inst.ID, "err", err)
 			}
 		}
+		s.dropExports(slot)
 		s.closeDisks(slot)
 		os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot)))
+		s.ctl.update(st.Name, func(st *VMState) { st.Intent = nil })
 	}
 	err := run.step("create VM", func() (string, error) {
-		disks, how, err := s.prepareDisks(ctx, vm, point, test, slot)
-		if err != nil {
-			return "", err
-		}
+		// Recorded before anything is made: a restart undoes what this
+		// failover made, instead of leaving it beside the next attempt's.
 		name := st.Name
 		if test {
 			name += "-test"
+		}
+		intent := &Intent{Op: IntentFailover, Job: run.job.ID, Slot: slot, Name: name, Started: s.clock.Now()}
+		if err := s.ctl.update(st.Name, func(st *VMState) { st.Intent = intent }); err != nil {
+			return "", err
+		}
+		disks, how, err := s.prepareDisks(ctx, vm, point, test, slot)
+		if err != nil {
+			return "", err
 		}
 		inst, err = s.compute.Create(ctx, VMSpec{Name: name, Test: test, Network: network, Disks: disks, Machine: st.Machine})
 		if err != nil {
 			return "", err
 		}
 		created = true
+		if err := s.ctl.update(st.Name, func(st *VMState) {
+			if st.Intent != nil {
+				st.Intent.Instance = inst.ID
+			}
+		}); err != nil {
+			return "", err
+		}
 		if test && !inst.Isolated {
 			return "", fmt.Errorf("network %q is not isolated: a test failover must not reach production", network)
 		}
@@ -500,10 +520,17 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 		if err != nil {
 			return "", err
 		}
-		if err := s.j.DeletePoints(ctx, journal.VMID(vmName)); err != nil {
+		// The points and the state live in two files: the intent lets a
+		// restart between them finish the commit.
+		intent := &Intent{Op: IntentCommit, Job: run.job.ID, Started: s.clock.Now()}
+		if err := s.ctl.update(vmName, func(st *VMState) { st.Intent = intent }); err != nil {
 			return "", err
 		}
-		if err := s.ctl.update(vmName, func(st *VMState) { st.State = StateCommitted }); err != nil {
+		if err := s.j.DeletePoints(ctx, journal.VMID(vmName)); err != nil {
+			s.ctl.update(vmName, func(st *VMState) { st.Intent = nil })
+			return "", err
+		}
+		if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Intent = StateCommitted, nil }); err != nil {
 			return "", err
 		}
 		return stepf("%d points deleted; instance %s keeps running from point %d", vm.Points, st.Failover.Instance, st.Failover.Point), nil

@@ -46,6 +46,8 @@ const (
 	OutcomeSucceeded = "succeeded"
 	OutcomeFailed    = "failed"
 	OutcomeSkipped   = "skipped"
+	// OutcomeInterrupted: the process server stopped while the job ran.
+	OutcomeInterrupted = "interrupted"
 )
 
 // jobRun records the steps of one job as they happen.

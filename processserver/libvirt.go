@@ -124,6 +124,12 @@ func (c *LibvirtCompute) AcceptsDevices() bool { return true }
 
 func (c *LibvirtCompute) domainDir(name string) string { return filepath.Join(c.cfg.Dir, name) }
 
+// Find implements InstanceFinder: the domain Create makes for a name.
+func (c *LibvirtCompute) Find(ctx context.Context, name string) (string, bool, error) {
+	ok, err := c.conn.Exists(c.cfg.Prefix + name)
+	return c.cfg.Prefix + name, ok, err
+}
+
 // Create defines the domain from the machine's recorded hardware.
 func (c *LibvirtCompute) Create(ctx context.Context, spec VMSpec) (inst Instance, err error) {
 	name := c.cfg.Prefix + spec.Name

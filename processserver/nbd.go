@@ -83,7 +83,9 @@ func (s *Server) addExport(e NBDExport, dev blockdev.Device) NBDExport {
 }
 
 func (s *Server) dropExport(name string) {
-	s.nbd.Remove(name)
+	if s.nbd != nil {
+		s.nbd.Remove(name)
+	}
 	s.exportsMu.Lock()
 	delete(s.exports, name)
 	s.exportsMu.Unlock()

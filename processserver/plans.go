@@ -90,32 +90,24 @@ func (r ShellActions) Run(ctx context.Context, plan string, group int, op string
 		return "", fmt.Errorf("action %q: the process server runs as uid %d and cannot run actions as %s (uid %d): start it as root, or choose the actions' user with --plan-action-user",
 			a.Name, os.Getuid(), r.UserName, r.User.Uid)
 	}
-	if r.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
-		defer cancel()
-	}
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", a.Command)
+	cmd := exec.Command("/bin/sh", "-c", a.Command)
 	cmd.Dir = "/"
 	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "LANG=C.UTF-8"}, r.Env...)
 	cmd.Env = append(cmd.Env, "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: r.User}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.User}
+	// The output goes through a pipe the command's children may hold: it
+	// is closed at the latest this long after the group is killed.
 	cmd.WaitDelay = 5 * time.Second
 	out := &tailBuffer{max: actionOutputMax}
 	cmd.Stdout, cmd.Stderr = out, out
-	err := cmd.Run()
-	if cmd.Process != nil {
-		// Children the action left behind in its group go with it.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	}
+	timedOut, err := runInGroup(ctx, cmd, r.Timeout)
 	log := r.Log
 	if log == nil {
 		log = slog.Default()
 	}
 	log.Info("plan action ended", "plan", plan, "group", group, "action", a.Name, "err", err, "output_bytes", out.n, "output", out.String())
 	detail := fmt.Sprintf("%d bytes of output (in the process server's log)", out.n)
-	if ctx.Err() == context.DeadlineExceeded {
+	if timedOut {
 		return detail, fmt.Errorf("action %q: killed after %v with its process group", a.Name, r.Timeout)
 	}
 	if err != nil {

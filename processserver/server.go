@@ -293,6 +293,11 @@ func (s *Server) Open(ctx context.Context) error {
 		j.Close()
 		return err
 	}
+	if err := s.recoverInterrupted(ctx); err != nil {
+		s.ctl.close()
+		j.Close()
+		return fmt.Errorf("open process server: interrupted operations: %w", err)
+	}
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
 	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
 		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
