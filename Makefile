@@ -72,8 +72,9 @@ demo: build
 	@echo "== ferry-ps on 127.0.0.1:17400 (TLS 1.3, client certificates; metrics on :17401), ferry-agent enrolled with a token, protecting a 256 MiB image"
 	@bin/ferry-ps serve --ca $(DEMO)/ca --data $(DEMO)/ps --listen 127.0.0.1:17400 --metrics 127.0.0.1:17401 2>$(DEMO)/ps.log & echo $$! > $(DEMO)/ps.pid
 	@sleep 0.5
+	@bin/ferry-ps enroll --ca $(DEMO)/ca --vm demo-vm > $(DEMO)/token
 	@bin/ferry-agent run --ps 127.0.0.1:17400 --vm demo-vm --disk os=$(DEMO)/disk.img --state $(DEMO)/agent \
-		--token $$(bin/ferry-ps enroll --ca $(DEMO)/ca --vm demo-vm) \
+		--token-file $(DEMO)/token \
 		--scan-interval 500ms --crash-interval 2s 2>$(DEMO)/agent.log & echo $$! > $(DEMO)/agent.pid
 	@sleep 2
 	@echo "== the VM writes 40 MiB more while protected"

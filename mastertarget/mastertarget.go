@@ -183,7 +183,7 @@ func (s *Server) Open(ctx context.Context) error {
 		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
 			"ferry.v1.Replication":  {tlsca.RoleAgent},
 			"ferry.v1.MasterTarget": {tlsca.RoleServer},
-		})...)
+		}, nil)...)
 	}
 	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, s.recv)

@@ -3,6 +3,7 @@ package processserver
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -38,6 +39,11 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 	b := st.Agent
 	switch {
 	case b != nil && b.Instance == inst && inst != "":
+		if slices.Contains(s.recv.Sessions(), journal.VMID(h.GetVm())) {
+			// The same agent again (it reconnected): its new stream ends
+			// the old one.
+			s.audit(AuditEntry{Who: "agent instance " + inst, Addr: who, Action: "stream takeover", Target: h.GetVm(), Outcome: "ok"})
+		}
 		return nil
 	case b != nil && journal.Epoch(h.GetEpoch()) <= b.Epoch:
 		claimant := inst
@@ -47,6 +53,7 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 		detail := fmt.Sprintf("agent instance %s from %s was refused: vm %s replicates from instance %s (%s) since %s; if the machine moved, run: ferryctl agent release --vm %s",
 			claimant, who, h.GetVm(), b.Instance, b.Peer, b.Since.UTC().Format("2006-01-02T15:04:05Z"), h.GetVm())
 		// One event per new claimant, not one per retry.
+		s.audit(AuditEntry{Who: "agent instance " + claimant, Addr: who, Action: "replicate", Target: h.GetVm(), Outcome: "refused: bound to instance " + b.Instance})
 		if st.AgentConflict != detail {
 			s.ctl.update(h.GetVm(), func(st *VMState) { st.AgentConflict = detail })
 			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentConflict, Detail: detail})

@@ -117,6 +117,8 @@ type Config struct {
 	// need a certificate naming their VM, operators an operator
 	// certificate (tlsca). Nil: plain text.
 	TLS *tls.Config
+	// IdentityDir holds the server's certificate, for its expiry metric.
+	IdentityDir string
 	// CA signs enrolling agents' certificates (the Enrollment API); nil:
 	// enrollment is off.
 	CA *tlsca.CA
@@ -314,6 +316,18 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	s.recv.Open(ctx)
+	if s.cfg.Registerer != nil && s.cfg.IdentityDir != "" {
+		dir := s.cfg.IdentityDir
+		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_certificate_expiry_seconds",
+			Help: "Seconds until the process server's certificate expires (issue a new one with ferry-ps ca issue --role ps before)."},
+			func() float64 {
+				_, na, err := tlsca.Expiry(dir)
+				if err != nil {
+					return 0
+				}
+				return time.Until(na).Seconds()
+			}))
+	}
 	if s.cfg.Registerer != nil {
 		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_failed",
 			Help: "1 once a journal commit failed (e.g. a failed fsync or a full disk): nothing more is accepted until ferry-ps restarts."},
@@ -339,18 +353,23 @@ func (s *Server) Open(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(s.cfg.MaxStreams),
 	}
+	// First in the chain: calls the policy refuses are audited too.
+	opts = append(opts, s.auditOptions()...)
 	if s.cfg.TLS != nil {
 		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
 			"ferry.v1.Enrollment":  nil,
 			"ferry.v1.Replication": {tlsca.RoleAgent},
 			"ferry.v1.Recovery":    {tlsca.RoleOperator, tlsca.RoleAdmin},
-		})...)
+		}, s.handshakeFailed)...)
 	}
 	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
 	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
 	if s.cfg.CA != nil {
-		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log})
+		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log, Audit: func(ctx context.Context, action, vm string) {
+			who, addr := callerOf(ctx)
+			s.audit(AuditEntry{Who: who, Addr: addr, Action: action, Target: vm, Outcome: "ok"})
+		}})
 	}
 	s.wg.Add(1)
 	go func() {

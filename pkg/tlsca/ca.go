@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -39,6 +40,13 @@ const (
 	// RoleAdmin is an operator who may also upload recovery plans with
 	// command actions, which run on the process server.
 	RoleAdmin = "admin"
+)
+
+// Certificate lifetimes: agents renew theirs (ferry-agent does when a
+// third of its lifetime is left), the others are issued again.
+const (
+	AgentLifetime  = 90 * 24 * time.Hour
+	IssuedLifetime = 365 * 24 * time.Hour
 )
 
 // Files of a CA directory.
@@ -198,13 +206,18 @@ func (ca *CA) Sign(pub crypto.PublicKey, id Identity, hosts []string, ttl time.D
 }
 
 // IssueTo creates a key pair and a certificate for id in dir (cert.pem,
-// key.pem and the CA's ca.crt), valid for two years.
+// key.pem and the CA's ca.crt), valid for IssuedLifetime.
 func (ca *CA) IssueTo(dir string, id Identity, hosts []string) error {
+	return ca.IssueFor(dir, id, hosts, IssuedLifetime)
+}
+
+// IssueFor is IssueTo with a lifetime.
+func (ca *CA) IssueFor(dir string, id Identity, hosts []string, ttl time.Duration) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
 	}
-	der, err := ca.Sign(&key.PublicKey, id, hosts, 2*365*24*time.Hour)
+	der, err := ca.Sign(&key.PublicKey, id, hosts, ttl)
 	if err != nil {
 		return err
 	}
@@ -262,17 +275,14 @@ func ReadCert(path string) (*x509.Certificate, error) {
 // certificate and verifies any it gets (requireClient: refuses a client
 // without one); as a client it verifies the server against the CA.
 func Config(dir string, requireClient bool) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+	id := &identityFiles{dir: dir}
+	if _, err := id.current(); err != nil {
+		return nil, err
 	}
 	caCert, err := ReadCert(filepath.Join(dir, CACert))
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	// The chain carries the CA too: an enrolling agent checks it against
-	// its token's fingerprint.
-	cert.Certificate = append(cert.Certificate, caCert.Raw)
 	pool := x509.NewCertPool()
 	pool.AddCert(caCert)
 	auth := tls.VerifyClientCertIfGiven
@@ -280,12 +290,65 @@ func Config(dir string, requireClient bool) (*tls.Config, error) {
 		auth = tls.RequireAndVerifyClientCert
 	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		ClientCAs:    pool,
-		ClientAuth:   auth,
+		MinVersion: tls.VersionTLS13,
+		// Read again when the files change: a renewed certificate is used
+		// from the next handshake on, without a restart.
+		GetCertificate:       func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return id.current() },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.current() },
+		RootCAs:              pool,
+		ClientCAs:            pool,
+		ClientAuth:           auth,
 	}, nil
+}
+
+// identityFiles is dir's certificate and key, loaded again when cert.pem
+// changes.
+type identityFiles struct {
+	dir  string
+	mu   sync.Mutex
+	mod  time.Time
+	cert *tls.Certificate
+}
+
+func (f *identityFiles) current() (*tls.Certificate, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, err := os.Stat(filepath.Join(f.dir, CertFile))
+	if err != nil {
+		if f.cert != nil {
+			return f.cert, nil
+		}
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	if f.cert != nil && fi.ModTime().Equal(f.mod) {
+		return f.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(f.dir, CertFile), filepath.Join(f.dir, KeyFile))
+	if err != nil {
+		if f.cert != nil {
+			return f.cert, nil // a renewal half written: the old one still serves
+		}
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	caCert, err := ReadCert(filepath.Join(f.dir, CACert))
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	// The chain carries the CA too: an enrolling agent checks it against
+	// its token's fingerprint.
+	cert.Certificate = append(cert.Certificate, caCert.Raw)
+	f.cert, f.mod = &cert, fi.ModTime()
+	return f.cert, nil
+}
+
+// Expiry returns when the certificate in dir expires, and when it was
+// issued.
+func Expiry(dir string) (notBefore, notAfter time.Time, err error) {
+	c, err := ReadCert(filepath.Join(dir, CertFile))
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	return c.NotBefore, c.NotAfter, nil
 }
 
 // privateDir makes dir (mode 0700) or checks that the one there is a real

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,10 +71,15 @@ func (p Policy) check(ctx context.Context, method string) error {
 }
 
 // ServerOptions returns the gRPC options that serve TLS with cfg and
-// enforce the policy on every call.
-func ServerOptions(cfg *tls.Config, p Policy) []grpc.ServerOption {
+// enforce the policy on every call. onFail, when set, hears of every
+// handshake that failed (no certificate, another CA's, a revoked one).
+func ServerOptions(cfg *tls.Config, p Policy, onFail func(addr net.Addr, err error)) []grpc.ServerOption {
+	var creds credentials.TransportCredentials = credentials.NewTLS(cfg)
+	if onFail != nil {
+		creds = failureCreds{creds, onFail}
+	}
 	return []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(cfg)),
+		grpc.Creds(creds),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := p.check(ctx, info.FullMethod); err != nil {
 				return nil, err
@@ -87,6 +93,24 @@ func ServerOptions(cfg *tls.Config, p Policy) []grpc.ServerOption {
 			return h(srv, ss)
 		}),
 	}
+}
+
+// failureCreds reports failed server handshakes.
+type failureCreds struct {
+	credentials.TransportCredentials
+	onFail func(net.Addr, error)
+}
+
+func (c failureCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	nc, ai, err := c.TransportCredentials.ServerHandshake(conn)
+	if err != nil {
+		c.onFail(conn.RemoteAddr(), err)
+	}
+	return nc, ai, err
+}
+
+func (c failureCreds) Clone() credentials.TransportCredentials {
+	return failureCreds{c.TransportCredentials.Clone(), c.onFail}
 }
 
 // AgentAuthorizer returns the check a receiver makes before an agent
@@ -202,6 +226,8 @@ type EnrollServer struct {
 	ferryv1.UnimplementedEnrollmentServer
 	CA  *CA
 	Log *slog.Logger
+	// Audit, when set, records each enrollment and renewal.
+	Audit func(ctx context.Context, action, vm string)
 }
 
 // Enroll redeems the token and signs the agent's request: its
@@ -219,10 +245,68 @@ func (e *EnrollServer) Enroll(ctx context.Context, req *ferryv1.EnrollRequest) (
 		e.Log.Warn("enrollment refused", "err", err)
 		return nil, status.Errorf(codes.PermissionDenied, "enroll: %v", err)
 	}
-	der, err := e.CA.Sign(csr.PublicKey, Identity{RoleAgent, vm}, nil, 365*24*time.Hour)
+	der, err := e.CA.Sign(csr.PublicKey, Identity{RoleAgent, vm}, nil, AgentLifetime)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "enroll: %v", err)
 	}
 	e.Log.Info("agent enrolled", "vm", vm)
+	if e.Audit != nil {
+		e.Audit(ctx, "enroll", vm)
+	}
 	return &ferryv1.EnrollResponse{CertDer: der, CaDer: e.CA.Cert.Raw, Vm: vm}, nil
+}
+
+// Renew signs a new certificate for the VM the caller's current agent
+// certificate names (verified and checked against the revocation list by
+// the handshake).
+func (e *EnrollServer) Renew(ctx context.Context, req *ferryv1.RenewRequest) (*ferryv1.EnrollResponse, error) {
+	id, err := PeerIdentity(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "renew: present the agent certificate to renew: %v", err)
+	}
+	if id.Role != RoleAgent {
+		return nil, status.Errorf(codes.PermissionDenied, "renew: %s is not an agent's certificate (others are issued with ferry-ps ca issue)", id)
+	}
+	csr, err := x509.ParseCertificateRequest(req.GetCsrDer())
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "renew: certificate request: %v", err)
+	}
+	der, err := e.CA.Sign(csr.PublicKey, id, nil, AgentLifetime)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "renew: %v", err)
+	}
+	e.Log.Info("agent certificate renewed", "vm", id.Name)
+	if e.Audit != nil {
+		e.Audit(ctx, "renew", id.Name)
+	}
+	return &ferryv1.EnrollResponse{CertDer: der, CaDer: e.CA.Cert.Raw, Vm: id.Name}, nil
+}
+
+// RenewIdentity asks the server at conn for a new certificate with a new
+// key and replaces dir's identity with it. The current one authenticates
+// the call.
+func RenewIdentity(ctx context.Context, conn grpc.ClientConnInterface, dir string) (time.Time, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return time.Time{}, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ferry agent"}}, key)
+	if err != nil {
+		return time.Time{}, err
+	}
+	resp, err := ferryv1.NewEnrollmentClient(conn).Renew(ctx, &ferryv1.RenewRequest{CsrDer: csr})
+	if err != nil {
+		return time.Time{}, err
+	}
+	c, err := x509.ParseCertificate(resp.GetCertDer())
+	if err != nil {
+		return time.Time{}, err
+	}
+	if err := WriteIdentity(dir, key, resp.GetCertDer(), resp.GetCaDer()); err != nil {
+		return time.Time{}, err
+	}
+	return c.NotAfter, nil
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -70,7 +72,7 @@ func main() {
 	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "libvirt of --libvirt-domain")
 	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
 	tlsDir := fs.String("tls-dir", "", "the agent's TLS identity (cert.pem, key.pem, ca.crt; default STATE/tls once enrolled)")
-	token := fs.String("token", "", "a single-use enrollment token from 'ferry-ps enroll': gets the agent's certificate into --tls-dir first")
+	tokenFile := fs.String("token-file", "", "file holding a single-use enrollment token from 'ferry-ps enroll' ('-': standard input; or set FERRY_ENROLL_TOKEN): gets the agent's certificate into --tls-dir first. Not a flag value: command lines are visible to every user in ps")
 	insecureOK := fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
@@ -196,13 +198,17 @@ Flags:
 	if *tlsDir == "" && !*insecureOK {
 		*tlsDir = filepath.Join(cfg.StateDir, "tls")
 	}
-	if *token != "" && !tlsca.HasIdentity(*tlsDir) {
+	token, err := readToken(*tokenFile)
+	if err != nil {
+		cli.Fatal("ferry-agent", err)
+	}
+	if token != "" && !tlsca.HasIdentity(*tlsDir) {
 		// The process server may not be up yet: keep trying while it is
 		// unreachable; a refused token is final.
 		var vm string
 		for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
 			ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			vm, err = tlsca.Enroll(ectx, cfg.Target, *token, *tlsDir)
+			vm, err = tlsca.Enroll(ectx, cfg.Target, token, *tlsDir)
 			cancel()
 			if c := status.Code(err); err == nil || (c != codes.Unavailable && c != codes.DeadlineExceeded) {
 				break
@@ -221,7 +227,7 @@ Flags:
 	if *insecureOK {
 		*tlsDir = ""
 	} else if !tlsca.HasIdentity(*tlsDir) {
-		cli.Fatal("ferry-agent", fmt.Errorf("no certificate in %s: enroll with --token (ferry-ps enroll --vm %s) or pass --insecure for plain text", *tlsDir, cfg.VM))
+		cli.Fatal("ferry-agent", fmt.Errorf("no certificate in %s: enroll with --token-file or FERRY_ENROLL_TOKEN (ferry-ps enroll --vm %s) or pass --insecure for plain text", *tlsDir, cfg.VM))
 	}
 	creds, err := tlsca.DialOption(*tlsDir, *insecureOK, log)
 	if err != nil {
@@ -230,6 +236,18 @@ Flags:
 	cfg.DialOptions = []grpc.DialOption{creds}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
+	if *tlsDir != "" {
+		dir := *tlsDir
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_agent_certificate_expiry_seconds",
+			Help: "Seconds until the agent's certificate expires (it renews itself when a third of its lifetime is left)."},
+			func() float64 {
+				_, na, err := tlsca.Expiry(dir)
+				if err != nil {
+					return 0
+				}
+				return time.Until(na).Seconds()
+			}))
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		cli.Fatal("ferry-agent", err)
@@ -247,6 +265,9 @@ Flags:
 	defer stop()
 	if err := a.Open(ctx); err != nil {
 		cli.Fatal("ferry-agent", err)
+	}
+	if *tlsDir != "" {
+		go renewLoop(ctx, log, cfg.Target, *tlsDir, creds)
 	}
 	var nbdSrv *nbd.Server
 	if *nbdListen != "" {
@@ -321,4 +342,56 @@ func frontEndAccess(listen, tlsDir string, insecureOK bool, vm string) (nbd.Acce
 		}
 		return nil
 	}}, nil
+}
+
+// readToken reads the enrollment token from a file, standard input ("-")
+// or FERRY_ENROLL_TOKEN.
+func readToken(file string) (string, error) {
+	var raw []byte
+	var err error
+	switch file {
+	case "":
+		return strings.TrimSpace(os.Getenv("FERRY_ENROLL_TOKEN")), nil
+	case "-":
+		raw, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	default:
+		raw, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	return strings.TrimSpace(string(raw)), nil
+}
+
+// renewLoop renews the agent's certificate when a third of its lifetime
+// is left, checking every hour; the connection picks the new one up at
+// its next handshake.
+func renewLoop(ctx context.Context, log *slog.Logger, target, dir string, creds grpc.DialOption) {
+	for {
+		nb, na, err := tlsca.Expiry(dir)
+		if err == nil && time.Until(na) < na.Sub(nb)/3 {
+			err = func() error {
+				conn, err := grpc.NewClient(target, creds)
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				rctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				until, err := tlsca.RenewIdentity(rctx, conn, dir)
+				if err == nil {
+					log.Info("certificate renewed", "dir", dir, "valid_until", until)
+				}
+				return err
+			}()
+		}
+		if err != nil {
+			log.Warn("certificate renewal", "dir", dir, "expires", na, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+	}
 }

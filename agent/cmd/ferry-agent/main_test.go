@@ -91,7 +91,7 @@ func TestScanModeBinary(t *testing.T) {
 			return n >= 2
 		})
 		out := filepath.Join(dir, "export.img")
-		cmd := exec.Command(filepath.Join(bin, "ferryctl"), "--insecure", "--ps", addr, "export", "--vm", "files1", "--disk", "os", "--point", fmt.Sprint(id), "--out", out)
+		cmd := exec.Command(filepath.Join(bin, "ferryctl"), "--insecure", "--ps", addr, "export", "--vm", "files1", "--disk", "os", "--point", fmt.Sprint(id), "--out", out, "--force")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("ferryctl export: %v\n%s", err, b)
 		}

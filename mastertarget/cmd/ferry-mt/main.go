@@ -45,6 +45,7 @@ func main() {
 	fs.Var(&domains, "libvirt-domain", "the primary machine of VM is this libvirt domain, as VM=DOMAIN; repeat: it is kept shut down during reprotect, started after an original-location failback, and copied onto the new disks after an alternate-location one (instead of --start-hook)")
 	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "the primary site's libvirt, for --libvirt-domain")
 	tlsDir := fs.String("tls-dir", "", "the master target's TLS identity ('ferry-ps ca issue --role mt'): TLS 1.3 with client certificates")
+	revocations := fs.String("revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
@@ -96,7 +97,10 @@ Flags:
 	cfg.Logger = log
 	switch {
 	case *tlsDir != "":
-		if cfg.TLS, err = tlsca.Config(*tlsDir, false); err != nil {
+		if cfg.TLS, err = tlsca.Config(*tlsDir, false); err == nil && *revocations != "" {
+			cfg.TLS = tlsca.WithRevocations(cfg.TLS, *revocations)
+		}
+		if err != nil {
 			cli.Fatal("ferry-mt", err)
 		}
 	case *insecureOK:

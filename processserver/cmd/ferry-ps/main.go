@@ -27,11 +27,15 @@ Usage:
   ferry-ps ca init --ca DIR [--host H,...]
                                     create the deployment's CA and the server's certificate
                                     (for localhost, 127.0.0.1 and the hosts given)
-  ferry-ps ca issue --ca DIR --role operator|mt|ps --name NAME --out DIR [--host H,...]
-                                    issue a key and certificate (ferryctl --tls-dir, ferry-mt --tls-dir)
+  ferry-ps ca issue --ca DIR --role operator|admin|mt|ps --name NAME --out DIR [--host H,...] [--ttl D]
+                                    issue a key and certificate (ferryctl --tls-dir, ferry-mt --tls-dir);
+                                    admin certificates may also upload plans with command actions
+  ferry-ps ca revoke --ca DIR --cert FILE [--reason TEXT]
+                                    revoke a certificate: refused at the next handshake
+                                    (ferry-mt reads the list with --revocations DIR/revoked.json)
   ferry-ps enroll --ca DIR --vm NAME [--ttl 1h]
                                     print a single-use enrollment token for an agent
-                                    (ferry-agent run --token TOKEN ...)
+                                    (ferry-agent run --token-file FILE ...)
 
 Run 'ferry-ps serve --help' for the flags.
 `
@@ -106,6 +110,9 @@ func main() {
 		if cfg.TLS, err = tlsca.Config(filepath.Join(*caDir, "ps"), false); err != nil {
 			cli.Fatal("ferry-ps", err)
 		}
+		// Every handshake is checked against the CA's revocation list.
+		cfg.TLS = tlsca.WithRevocations(cfg.TLS, filepath.Join(*caDir, tlsca.RevokedFile))
+		cfg.IdentityDir = filepath.Join(*caDir, "ps")
 		if cfg.MasterTargetTLS, err = tlsca.Config(filepath.Join(*caDir, "ps"), false); err != nil {
 			cli.Fatal("ferry-ps", err)
 		}
@@ -161,7 +168,7 @@ func main() {
 }
 
 func caCmd(args []string) {
-	if len(args) == 0 || (args[0] != "init" && args[0] != "issue") {
+	if len(args) == 0 || (args[0] != "init" && args[0] != "issue" && args[0] != "revoke") {
 		cli.Usage(usage)
 	}
 	fs := flag.NewFlagSet("ca "+args[0], flag.ExitOnError)
@@ -170,6 +177,9 @@ func caCmd(args []string) {
 	role := fs.String("role", "", "issue: operator, mt (master target) or ps (process server)")
 	name := fs.String("name", "", "issue: the holder's name")
 	out := fs.String("out", "", "issue: directory for cert.pem, key.pem and ca.crt")
+	ttl := fs.Duration("ttl", tlsca.IssuedLifetime, "issue: how long the certificate is valid")
+	certFile := fs.String("cert", "", "revoke: the certificate (PEM) to revoke")
+	reason := fs.String("reason", "", "revoke: why, for the record")
 	fs.Parse(args[1:])
 	if *dir == "" {
 		cli.Fatal("ferry-ps ca", fmt.Errorf("--ca DIR is required"))
@@ -179,6 +189,25 @@ func caCmd(args []string) {
 		if h = strings.TrimSpace(h); h != "" {
 			hs = append(hs, h)
 		}
+	}
+	if args[0] == "revoke" {
+		ca, err := tlsca.Load(*dir)
+		if err != nil {
+			cli.Fatal("ferry-ps ca revoke", err)
+		}
+		if *certFile == "" {
+			cli.Fatal("ferry-ps ca revoke", fmt.Errorf("--cert FILE is required"))
+		}
+		c, err := tlsca.ReadCert(*certFile)
+		if err != nil {
+			cli.Fatal("ferry-ps ca revoke", err)
+		}
+		if err := ca.Revoke(c, *reason); err != nil {
+			cli.Fatal("ferry-ps ca revoke", err)
+		}
+		id, _ := tlsca.IdentityOf(c)
+		fmt.Printf("%s (serial %s) revoked: servers reading %s refuse it from their next handshake\n", id, c.SerialNumber.Text(16), filepath.Join(*dir, tlsca.RevokedFile))
+		return
 	}
 	if args[0] == "init" {
 		ca, err := tlsca.Init(*dir, append([]string{"localhost", "127.0.0.1", "::1"}, hs...))
@@ -204,7 +233,7 @@ func caCmd(args []string) {
 	if err != nil {
 		cli.Fatal("ferry-ps ca issue", err)
 	}
-	if err := ca.IssueTo(*out, tlsca.Identity{Role: *role, Name: *name}, hs); err != nil {
+	if err := ca.IssueFor(*out, tlsca.Identity{Role: *role, Name: *name}, hs, *ttl); err != nil {
 		cli.Fatal("ferry-ps ca issue", err)
 	}
 	fmt.Printf("%s/%s: key and certificate in %s\n", *role, *name, *out)

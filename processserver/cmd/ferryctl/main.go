@@ -34,6 +34,8 @@ Usage:
                                                           serve one disk of a point over NBD and print its URI
                                                           (--writable: copy-on-write, the point never changes)
   ferryctl --ps ADDR agent release --vm NAME               let another agent instance replicate the VM (a moved machine)
+  ferryctl --ps ADDR audit [--limit N]                     who changed what, from where: calls, exports, enrollments,
+                                                          stream takeovers, failed handshakes
   ferryctl --ps ADDR exports                               list the NBD exports and the scratch quota's use
   ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
   ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses; without
@@ -132,6 +134,7 @@ func main() {
 	location := fs.String("location", "original", "reprotect: original (send only what differs) or alternate (new disks, send everything)")
 	overNBD := fs.Bool("nbd", false, "export: serve over NBD instead of writing a file")
 	writable := fs.Bool("writable", false, "export --nbd: copy-on-write instead of read-only")
+	limit := fs.Int("limit", 100, "audit: the newest this many entries (0: all kept)")
 	syncOpt := fs.String("sync", "before", "failback: before (copy while the VM runs, final delta at downtime) or during (whole disks after shutdown)")
 	if cmd == "failover" || cmd == "change-point" || cmd == "failback" {
 		fs.Lookup("point").DefValue = processserver.PointLatest
@@ -159,6 +162,16 @@ func main() {
 		err = export(ctx, conn, *vm, *point, *disk, *out, *force)
 	case "exports":
 		err = listExports(ctx, rc)
+	case "audit":
+		var resp *ferryv1.ListAuditResponse
+		if resp, err = rc.ListAudit(ctx, &ferryv1.ListAuditRequest{Limit: uint32(*limit)}); err == nil {
+			w := table("TIME\tWHO\tFROM\tACTION\tTARGET\tOUTCOME")
+			for _, e := range resp.GetEntries() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), safe(e.GetWho()), safe(e.GetAddr()),
+					strings.TrimPrefix(e.GetAction(), "/ferry.v1.Recovery/"), safe(e.GetTarget()), safe(e.GetOutcome()))
+			}
+			err = w.Flush()
+		}
 	case "agent":
 		if sub != "release" || *vm == "" {
 			err = fmt.Errorf("agent wants: release --vm NAME")

@@ -224,7 +224,9 @@ func TestPoliciesGroupsPlans(t *testing.T) {
 		}
 		os.WriteFile(img, data, 0o644)
 		token := strings.TrimSpace(ferrytest.Run(t, filepath.Join(bin, "ferry-ps"), "enroll", "--ca", caDir, "--vm", vm))
-		args := []string{"run", "--ps", addr, "--vm", vm, "--disk", "os=" + img, "--state", filepath.Join(dir, "agent-"+vm), "--scan-interval", "100ms", "--token", token}
+		tokenFile := filepath.Join(dir, vm+".token")
+		os.WriteFile(tokenFile, []byte(token+"\n"), 0o600)
+		args := []string{"run", "--ps", addr, "--vm", vm, "--disk", "os=" + img, "--state", filepath.Join(dir, "agent-"+vm), "--scan-interval", "100ms", "--token-file", tokenFile}
 		if vm != "host-c" {
 			// The group's members capture writes in their splitter.
 			args = append(args, "--nbd-listen", "unix:"+filepath.Join(dir, vm+".sock"))

@@ -2140,6 +2140,51 @@ func (x *BlockHashesResponse) GetSeq() uint64 {
 	return 0
 }
 
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A PKCS#10 certificate request for the agent's new key.
+	CsrDer        []byte `protobuf:"bytes,1,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RenewRequest) GetCsrDer() []byte {
+	if x != nil {
+		return x.CsrDer
+	}
+	return nil
+}
+
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -2151,7 +2196,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2208,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2221,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EnrollRequest) GetToken() string {
@@ -2205,7 +2250,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2262,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2275,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EnrollResponse) GetCertDer() []byte {
@@ -2275,7 +2320,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2332,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2345,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Policy) GetName() string {
@@ -2360,7 +2405,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2417,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2430,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 type ListPoliciesResponse struct {
@@ -2397,7 +2442,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2454,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2467,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2442,7 +2487,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2499,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2512,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -2492,7 +2537,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2549,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2562,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 type ReplicationGroup struct {
@@ -2537,7 +2582,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2594,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2607,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2608,7 +2653,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2665,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2678,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 type ListGroupsResponse struct {
@@ -2645,7 +2690,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2702,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2715,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2689,7 +2734,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2746,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2759,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2732,7 +2777,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +2789,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +2802,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 type GroupPointRequest struct {
@@ -2770,7 +2815,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2827,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2840,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2824,7 +2869,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +2881,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +2894,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -2887,7 +2932,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2899,7 +2944,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2912,7 +2957,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -2956,7 +3001,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3013,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3026,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -3019,7 +3064,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3076,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3089,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PlanAction) GetName() string {
@@ -3076,7 +3121,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3088,7 +3133,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3101,7 +3146,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 type ListPlansResponse struct {
@@ -3113,7 +3158,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3125,7 +3170,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3138,7 +3183,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -3157,7 +3202,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3169,7 +3214,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3227,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -3200,7 +3245,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +3257,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +3270,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 type RunPlanRequest struct {
@@ -3245,7 +3290,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3302,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3270,7 +3315,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -3317,7 +3362,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3374,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3387,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -3361,7 +3406,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3418,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3431,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -3405,7 +3450,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3462,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3475,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3452,7 +3497,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3509,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3522,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -3520,7 +3565,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +3577,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +3590,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3587,7 +3632,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3644,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3657,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3645,7 +3690,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3702,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3715,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3688,7 +3733,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3700,7 +3745,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3713,7 +3758,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 type ReleaseAgentResponse struct {
@@ -3726,7 +3771,7 @@ type ReleaseAgentResponse struct {
 
 func (x *ReleaseAgentResponse) Reset() {
 	*x = ReleaseAgentResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3738,7 +3783,7 @@ func (x *ReleaseAgentResponse) String() string {
 func (*ReleaseAgentResponse) ProtoMessage() {}
 
 func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3751,7 +3796,7 @@ func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAgentResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseAgentResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReleaseAgentResponse) GetReleased() string {
@@ -3759,6 +3804,179 @@ func (x *ReleaseAgentResponse) GetReleased() string {
 		return x.Released
 	}
 	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The newest this many entries (0: all kept).
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListAuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type AuditEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TimeUnixNano  int64                  `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Who           string                 `protobuf:"bytes,2,opt,name=who,proto3" json:"who,omitempty"`
+	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	Action        string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	Target        string                 `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	Outcome       string                 `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEntry) Reset() {
+	*x = AuditEntry{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEntry) ProtoMessage() {}
+
+func (x *AuditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
+func (*AuditEntry) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *AuditEntry) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetWho() string {
+	if x != nil {
+		return x.Who
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *ListAuditResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
 }
 
 type ListExportsRequest struct {
@@ -3769,7 +3987,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3781,7 +3999,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3794,7 +4012,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 type NBDExportInfo struct {
@@ -3814,7 +4032,7 @@ type NBDExportInfo struct {
 
 func (x *NBDExportInfo) Reset() {
 	*x = NBDExportInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +4044,7 @@ func (x *NBDExportInfo) String() string {
 func (*NBDExportInfo) ProtoMessage() {}
 
 func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +4057,7 @@ func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NBDExportInfo.ProtoReflect.Descriptor instead.
 func (*NBDExportInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *NBDExportInfo) GetName() string {
@@ -3911,7 +4129,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3923,7 +4141,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3936,7 +4154,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListExportsResponse) GetExports() []*NBDExportInfo {
@@ -3971,7 +4189,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3983,7 +4201,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3996,7 +4214,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -4026,7 +4244,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4038,7 +4256,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4051,7 +4269,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -4091,7 +4309,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4103,7 +4321,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4116,7 +4334,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -4164,7 +4382,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4176,7 +4394,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4189,7 +4407,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -4215,7 +4433,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4227,7 +4445,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4240,7 +4458,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -4259,7 +4477,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4271,7 +4489,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4284,7 +4502,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -4303,7 +4521,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4315,7 +4533,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4328,7 +4546,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -4347,7 +4565,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4359,7 +4577,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4372,7 +4590,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -4409,7 +4627,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4421,7 +4639,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4434,7 +4652,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4551,7 +4769,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4563,7 +4781,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4576,7 +4794,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *JobStep) GetName() string {
@@ -4634,7 +4852,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4864,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4877,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4699,7 +4917,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4711,7 +4929,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4724,7 +4942,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -4743,7 +4961,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4755,7 +4973,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4768,7 +4986,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -4805,7 +5023,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4817,7 +5035,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4830,7 +5048,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *VMStatus) GetName() string {
@@ -4946,7 +5164,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4958,7 +5176,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4971,7 +5189,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 type ListVMsResponse struct {
@@ -4983,7 +5201,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4995,7 +5213,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5008,7 +5226,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5036,7 +5254,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5048,7 +5266,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5061,7 +5279,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *VM) GetName() string {
@@ -5136,7 +5354,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5148,7 +5366,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5161,7 +5379,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -5180,7 +5398,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5192,7 +5410,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5205,7 +5423,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -5228,7 +5446,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5240,7 +5458,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5253,7 +5471,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -5296,7 +5514,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5308,7 +5526,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5321,7 +5539,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -5360,7 +5578,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5372,7 +5590,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5385,7 +5603,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -5433,7 +5651,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5445,7 +5663,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5458,7 +5676,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -5484,7 +5702,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5496,7 +5714,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5509,7 +5727,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -5536,7 +5754,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5548,7 +5766,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5561,7 +5779,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -5636,7 +5854,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5648,7 +5866,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5661,7 +5879,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5717,7 +5935,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5729,7 +5947,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5742,7 +5960,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -5779,7 +5997,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5791,7 +6009,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5804,7 +6022,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -5845,7 +6063,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5857,7 +6075,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5870,7 +6088,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -5895,7 +6113,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5907,7 +6125,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5920,7 +6138,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -5962,7 +6180,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5974,7 +6192,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5987,7 +6205,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -6040,7 +6258,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6052,7 +6270,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6065,7 +6283,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
 }
 
 type ReprotectStatusResponse struct {
@@ -6084,7 +6302,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6096,7 +6314,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6109,7 +6327,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -6324,7 +6542,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
 	"\x06hashes\x18\x02 \x03(\x06R\x06hashes\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\">\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"'\n" +
+	"\fRenewRequest\x12\x17\n" +
+	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\">\n" +
 	"\rEnrollRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\"R\n" +
@@ -6417,7 +6637,19 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
 	"\x13UnexportNBDResponse\"2\n" +
 	"\x14ReleaseAgentResponse\x12\x1a\n" +
-	"\breleased\x18\x01 \x01(\tR\breleased\"\x14\n" +
+	"\breleased\x18\x01 \x01(\tR\breleased\"(\n" +
+	"\x10ListAuditRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"\xa2\x01\n" +
+	"\n" +
+	"AuditEntry\x12$\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x10\n" +
+	"\x03who\x18\x02 \x01(\tR\x03who\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\"C\n" +
+	"\x11ListAuditResponse\x12.\n" +
+	"\aentries\x18\x01 \x03(\v2\x14.ferry.v1.AuditEntryR\aentries\"\x14\n" +
 	"\x12ListExportsRequest\"\xd0\x01\n" +
 	"\rNBDExportInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -6621,10 +6853,11 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x17FAILOVER_TYPE_UNPLANNED\x10\x032\x9d\x01\n" +
 	"\vReplication\x12@\n" +
 	"\tReplicate\x12\x16.ferry.v1.AgentMessage\x1a\x17.ferry.v1.ServerMessage(\x010\x01\x12L\n" +
-	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012I\n" +
+	"\vBlockHashes\x12\x1c.ferry.v1.BlockHashesRequest\x1a\x1d.ferry.v1.BlockHashesResponse0\x012\x84\x01\n" +
 	"\n" +
 	"Enrollment\x12;\n" +
-	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse2\xe7\x0f\n" +
+	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse\x129\n" +
+	"\x05Renew\x12\x16.ferry.v1.RenewRequest\x1a\x18.ferry.v1.EnrollResponse2\xad\x10\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -6644,7 +6877,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tExportNBD\x12\x1a.ferry.v1.ExportNBDRequest\x1a\x1b.ferry.v1.ExportNBDResponse\x12J\n" +
 	"\vUnexportNBD\x12\x1c.ferry.v1.UnexportNBDRequest\x1a\x1d.ferry.v1.UnexportNBDResponse\x12J\n" +
 	"\vListExports\x12\x1c.ferry.v1.ListExportsRequest\x1a\x1d.ferry.v1.ListExportsResponse\x12C\n" +
-	"\fReleaseAgent\x12\x13.ferry.v1.VMRequest\x1a\x1e.ferry.v1.ReleaseAgentResponse\x12G\n" +
+	"\fReleaseAgent\x12\x13.ferry.v1.VMRequest\x1a\x1e.ferry.v1.ReleaseAgentResponse\x12D\n" +
+	"\tListAudit\x12\x1a.ferry.v1.ListAuditRequest\x1a\x1b.ferry.v1.ListAuditResponse\x12G\n" +
 	"\n" +
 	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse\x12M\n" +
 	"\fListPolicies\x12\x1d.ferry.v1.ListPoliciesRequest\x1a\x1e.ferry.v1.ListPoliciesResponse\x12/\n" +
@@ -6682,7 +6916,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -6712,73 +6946,77 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Ack)(nil),                      // 25: ferry.v1.Ack
 	(*BlockHashesRequest)(nil),       // 26: ferry.v1.BlockHashesRequest
 	(*BlockHashesResponse)(nil),      // 27: ferry.v1.BlockHashesResponse
-	(*EnrollRequest)(nil),            // 28: ferry.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 29: ferry.v1.EnrollResponse
-	(*Policy)(nil),                   // 30: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 31: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 32: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 33: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 34: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 35: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 36: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 37: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 38: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 39: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 40: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 41: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 42: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 43: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 44: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 45: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 46: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 47: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 48: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 49: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 50: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 51: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 52: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 53: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 54: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 55: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 56: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 57: ferry.v1.UnexportNBDResponse
-	(*ReleaseAgentResponse)(nil),     // 58: ferry.v1.ReleaseAgentResponse
-	(*ListExportsRequest)(nil),       // 59: ferry.v1.ListExportsRequest
-	(*NBDExportInfo)(nil),            // 60: ferry.v1.NBDExportInfo
-	(*ListExportsResponse)(nil),      // 61: ferry.v1.ListExportsResponse
-	(*ReprotectRequest)(nil),         // 62: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 63: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 64: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 65: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 66: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 67: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 68: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 69: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 70: ferry.v1.Job
-	(*JobStep)(nil),                  // 71: ferry.v1.JobStep
-	(*Finding)(nil),                  // 72: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 73: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 74: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 75: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 76: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 77: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 78: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 79: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 80: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 81: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 82: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 83: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 84: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 85: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 86: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 87: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 88: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 89: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 90: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 91: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 92: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 93: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 94: ferry.v1.ReprotectStatusResponse
+	(*RenewRequest)(nil),             // 28: ferry.v1.RenewRequest
+	(*EnrollRequest)(nil),            // 29: ferry.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 30: ferry.v1.EnrollResponse
+	(*Policy)(nil),                   // 31: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 32: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 33: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 34: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 35: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 36: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 37: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 38: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 39: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 40: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 41: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 42: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 43: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 44: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 45: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 46: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 47: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 48: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 49: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 50: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 51: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 52: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 53: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 54: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 55: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 56: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 57: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 58: ferry.v1.UnexportNBDResponse
+	(*ReleaseAgentResponse)(nil),     // 59: ferry.v1.ReleaseAgentResponse
+	(*ListAuditRequest)(nil),         // 60: ferry.v1.ListAuditRequest
+	(*AuditEntry)(nil),               // 61: ferry.v1.AuditEntry
+	(*ListAuditResponse)(nil),        // 62: ferry.v1.ListAuditResponse
+	(*ListExportsRequest)(nil),       // 63: ferry.v1.ListExportsRequest
+	(*NBDExportInfo)(nil),            // 64: ferry.v1.NBDExportInfo
+	(*ListExportsResponse)(nil),      // 65: ferry.v1.ListExportsResponse
+	(*ReprotectRequest)(nil),         // 66: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 67: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 68: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 69: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 70: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 71: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 72: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 73: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 74: ferry.v1.Job
+	(*JobStep)(nil),                  // 75: ferry.v1.JobStep
+	(*Finding)(nil),                  // 76: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 77: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 78: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 79: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 80: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 81: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 82: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 83: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 84: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 85: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 86: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 87: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 88: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 89: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 90: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 91: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 92: ferry.v1.VerifyPointResponse
+	(*PrepareReprotectRequest)(nil),  // 93: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 94: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 95: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 96: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 97: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 98: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -6800,115 +7038,120 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	25, // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	18, // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
 	23, // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	30, // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	31, // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
 	21, // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
 	22, // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
 	19, // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
 	20, // 23: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	30, // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	30, // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	35, // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	43, // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	44, // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	44, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	42, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	53, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	60, // 32: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
-	2,  // 33: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	70, // 34: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	71, // 35: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	81, // 36: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	72, // 37: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	75, // 38: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	78, // 39: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	10, // 40: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	81, // 41: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 42: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	87, // 43: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	10, // 44: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	71, // 45: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	81, // 46: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 47: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	26, // 48: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	28, // 49: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	76, // 50: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	79, // 51: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	82, // 52: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	84, // 53: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	85, // 54: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	64, // 55: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	65, // 56: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	66, // 57: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	66, // 58: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	67, // 59: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	69, // 60: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	73, // 61: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	62, // 62: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	63, // 63: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	54, // 64: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	56, // 65: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	59, // 66: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
-	66, // 67: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
-	51, // 68: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	31, // 69: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	30, // 70: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	33, // 71: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	36, // 72: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	35, // 73: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	38, // 74: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	40, // 75: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	45, // 76: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	42, // 77: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	47, // 78: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	49, // 79: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	50, // 80: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	89, // 81: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	91, // 82: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	66, // 83: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	66, // 84: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	17, // 85: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	27, // 86: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	29, // 87: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	77, // 88: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	80, // 89: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	83, // 90: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	88, // 91: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	86, // 92: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	70, // 93: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	70, // 94: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	70, // 95: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	70, // 96: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	68, // 97: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	70, // 98: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	74, // 99: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	70, // 100: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	70, // 101: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	55, // 102: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	57, // 103: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	61, // 104: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	58, // 105: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
-	52, // 106: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	32, // 107: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	30, // 108: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	34, // 109: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	37, // 110: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	35, // 111: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	39, // 112: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	41, // 113: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	46, // 114: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	42, // 115: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	48, // 116: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	70, // 117: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	70, // 118: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	90, // 119: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	92, // 120: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	93, // 121: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	94, // 122: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	85, // [85:123] is the sub-list for method output_type
-	47, // [47:85] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	31, // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	31, // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	36, // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	44, // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	45, // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	45, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	43, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	54, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	61, // 32: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
+	64, // 33: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	2,  // 34: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	74, // 35: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	75, // 36: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	85, // 37: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	76, // 38: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	79, // 39: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	82, // 40: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	10, // 41: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	85, // 42: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,  // 43: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	91, // 44: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	10, // 45: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	75, // 46: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	85, // 47: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,  // 48: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	26, // 49: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	29, // 50: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	28, // 51: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
+	80, // 52: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	83, // 53: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	86, // 54: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	88, // 55: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	89, // 56: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	68, // 57: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	69, // 58: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	70, // 59: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	70, // 60: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	71, // 61: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	73, // 62: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	77, // 63: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	66, // 64: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	67, // 65: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	55, // 66: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	57, // 67: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	63, // 68: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	70, // 69: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
+	60, // 70: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
+	52, // 71: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	32, // 72: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	31, // 73: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	34, // 74: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	37, // 75: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	36, // 76: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	39, // 77: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	41, // 78: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	46, // 79: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	43, // 80: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	48, // 81: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	50, // 82: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	51, // 83: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	93, // 84: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	95, // 85: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	70, // 86: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	70, // 87: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	17, // 88: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	27, // 89: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	30, // 90: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	30, // 91: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
+	81, // 92: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	84, // 93: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	87, // 94: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	92, // 95: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	90, // 96: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	74, // 97: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	74, // 98: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	74, // 99: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	74, // 100: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	72, // 101: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	74, // 102: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	78, // 103: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	74, // 104: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	74, // 105: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	56, // 106: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	58, // 107: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	65, // 108: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	59, // 109: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	62, // 110: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
+	53, // 111: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	33, // 112: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	31, // 113: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	35, // 114: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	38, // 115: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	36, // 116: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	40, // 117: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	42, // 118: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	47, // 119: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	43, // 120: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	49, // 121: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	74, // 122: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	74, // 123: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	94, // 124: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	96, // 125: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	97, // 126: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	98, // 127: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	88, // [88:128] is the sub-list for method output_type
+	48, // [48:88] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -6947,7 +7190,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   92,
+			NumMessages:   96,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -177,6 +177,7 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Enrollment_Enroll_FullMethodName = "/ferry.v1.Enrollment/Enroll"
+	Enrollment_Renew_FullMethodName  = "/ferry.v1.Enrollment/Renew"
 )
 
 // EnrollmentClient is the client API for Enrollment service.
@@ -188,6 +189,10 @@ const (
 // client certificate.
 type EnrollmentClient interface {
 	Enroll(ctx context.Context, in *EnrollRequest, opts ...grpc.CallOption) (*EnrollResponse, error)
+	// Renew gives an agent a new certificate for its VM before the current
+	// one expires; the call is authenticated with the current one (not
+	// revoked), so no token is needed.
+	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*EnrollResponse, error)
 }
 
 type enrollmentClient struct {
@@ -208,6 +213,16 @@ func (c *enrollmentClient) Enroll(ctx context.Context, in *EnrollRequest, opts .
 	return out, nil
 }
 
+func (c *enrollmentClient) Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*EnrollResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnrollResponse)
+	err := c.cc.Invoke(ctx, Enrollment_Renew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EnrollmentServer is the server API for Enrollment service.
 // All implementations must embed UnimplementedEnrollmentServer
 // for forward compatibility.
@@ -217,6 +232,10 @@ func (c *enrollmentClient) Enroll(ctx context.Context, in *EnrollRequest, opts .
 // client certificate.
 type EnrollmentServer interface {
 	Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error)
+	// Renew gives an agent a new certificate for its VM before the current
+	// one expires; the call is authenticated with the current one (not
+	// revoked), so no token is needed.
+	Renew(context.Context, *RenewRequest) (*EnrollResponse, error)
 	mustEmbedUnimplementedEnrollmentServer()
 }
 
@@ -229,6 +248,9 @@ type UnimplementedEnrollmentServer struct{}
 
 func (UnimplementedEnrollmentServer) Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Enroll not implemented")
+}
+func (UnimplementedEnrollmentServer) Renew(context.Context, *RenewRequest) (*EnrollResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedEnrollmentServer) mustEmbedUnimplementedEnrollmentServer() {}
 func (UnimplementedEnrollmentServer) testEmbeddedByValue()                    {}
@@ -269,6 +291,24 @@ func _Enrollment_Enroll_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Enrollment_Renew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EnrollmentServer).Renew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Enrollment_Renew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EnrollmentServer).Renew(ctx, req.(*RenewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Enrollment_ServiceDesc is the grpc.ServiceDesc for Enrollment service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -279,6 +319,10 @@ var Enrollment_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Enroll",
 			Handler:    _Enrollment_Enroll_Handler,
+		},
+		{
+			MethodName: "Renew",
+			Handler:    _Enrollment_Renew_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -304,6 +348,7 @@ const (
 	Recovery_UnexportNBD_FullMethodName  = "/ferry.v1.Recovery/UnexportNBD"
 	Recovery_ListExports_FullMethodName  = "/ferry.v1.Recovery/ListExports"
 	Recovery_ReleaseAgent_FullMethodName = "/ferry.v1.Recovery/ReleaseAgent"
+	Recovery_ListAudit_FullMethodName    = "/ferry.v1.Recovery/ListAudit"
 	Recovery_ListEvents_FullMethodName   = "/ferry.v1.Recovery/ListEvents"
 	Recovery_ListPolicies_FullMethodName = "/ferry.v1.Recovery/ListPolicies"
 	Recovery_PutPolicy_FullMethodName    = "/ferry.v1.Recovery/PutPolicy"
@@ -367,6 +412,10 @@ type RecoveryClient interface {
 	// ReleaseAgent unbinds a VM from its agent instance, so that the next
 	// agent to connect (a moved or rebuilt machine) takes it.
 	ReleaseAgent(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReleaseAgentResponse, error)
+	// ListAudit returns the audit log, newest last: every call that changes
+	// something or reads a replica out, enrollments, stream takeovers and
+	// failed handshakes, with who and from where.
+	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
@@ -589,6 +638,16 @@ func (c *recoveryClient) ReleaseAgent(ctx context.Context, in *VMRequest, opts .
 	return out, nil
 }
 
+func (c *recoveryClient) ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditResponse)
+	err := c.cc.Invoke(ctx, Recovery_ListAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *recoveryClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListEventsResponse)
@@ -767,6 +826,10 @@ type RecoveryServer interface {
 	// ReleaseAgent unbinds a VM from its agent instance, so that the next
 	// agent to connect (a moved or rebuilt machine) takes it.
 	ReleaseAgent(context.Context, *VMRequest) (*ReleaseAgentResponse, error)
+	// ListAudit returns the audit log, newest last: every call that changes
+	// something or reads a replica out, enrollments, stream takeovers and
+	// failed handshakes, with who and from where.
+	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	// ListEvents returns what happened to VMs that operators must see: RPO
 	// over its threshold and back.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
@@ -853,6 +916,9 @@ func (UnimplementedRecoveryServer) ListExports(context.Context, *ListExportsRequ
 }
 func (UnimplementedRecoveryServer) ReleaseAgent(context.Context, *VMRequest) (*ReleaseAgentResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReleaseAgent not implemented")
+}
+func (UnimplementedRecoveryServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListAudit not implemented")
 }
 func (UnimplementedRecoveryServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -1231,6 +1297,24 @@ func _Recovery_ReleaseAgent_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ListAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ListAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ListAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ListAudit(ctx, req.(*ListAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Recovery_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEventsRequest)
 	if err := dec(in); err != nil {
@@ -1539,6 +1623,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReleaseAgent",
 			Handler:    _Recovery_ReleaseAgent_Handler,
+		},
+		{
+			MethodName: "ListAudit",
+			Handler:    _Recovery_ListAudit_Handler,
 		},
 		{
 			MethodName: "ListEvents",
