@@ -3,8 +3,10 @@ package journal
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -53,6 +55,12 @@ type ApplyStats struct {
 // VM's base, becomes the disk as of upTo. With compare set it reads dst
 // first and writes only the 4 KiB blocks that differ.
 func (j *Journal) Apply(ctx context.Context, name VMID, upTo Seq, disk int, dst blockdev.Device, compare bool) (ApplyStats, error) {
+	return j.apply(ctx, name, upTo, disk, dst, compare, nil)
+}
+
+// apply is Apply that also hands every 4 KiB block it considers to block
+// with the block's xxhash (zero: the block is zeros).
+func (j *Journal) apply(ctx context.Context, name VMID, upTo Seq, disk int, dst blockdev.Device, compare bool, block func(i int64, sum uint64, zero bool)) (ApplyStats, error) {
 	var st ApplyStats
 	err := j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
@@ -72,6 +80,17 @@ func (j *Journal) Apply(ctx context.Context, name VMID, upTo Seq, disk int, dst 
 				data = zeros[:e.Length]
 			}
 			st.Read += e.Length
+			if block != nil {
+				for b := int64(0); b < e.Length; b += blockdev.BlockSize {
+					p := data[b:min(b+blockdev.BlockSize, e.Length)]
+					zero := e.Data == nil || blockdev.IsZero(p)
+					var sum uint64
+					if !zero {
+						sum = xxhash.Sum64(p)
+					}
+					block((e.Offset+b)/blockdev.BlockSize, sum, zero)
+				}
+			}
 			if !compare {
 				st.Written += e.Length
 				_, err := dst.WriteAt(ctx, data, e.Offset)
@@ -100,4 +119,42 @@ func (j *Journal) Apply(ctx context.Context, name VMID, upTo Seq, disk int, dst 
 		err = dst.Sync(ctx)
 	}
 	return st, err
+}
+
+// bucketBaseSums holds, per VM, the xxhash64 of every non-zero block
+// retention folded into its base (key: disk, block index): reads from the
+// base are checked against them like reads from records.
+var bucketBaseSums = []byte("basesums")
+
+func baseSumKey(disk int, block int64) []byte {
+	k := binary.BigEndian.AppendUint16(make([]byte, 0, 10), uint16(disk))
+	return binary.BigEndian.AppendUint64(k, uint64(block))
+}
+
+// checkBase verifies blocks read from a base against the sums retention
+// recorded. A block without a sum must be zero when the whole base was
+// made by retention (vm.BaseChecked); otherwise it is from a base attached
+// from outside (a primary's own disk at the master target) and is taken as
+// it is.
+func checkBase(tx *bolt.Tx, vm *VM, disk int, off int64, p []byte) error {
+	sums := tx.Bucket(vmBucketName(vm.Name)).Bucket(bucketBaseSums)
+	bs := int64(blockdev.BlockSize)
+	for i := int64(0); i < int64(len(p)); i += bs {
+		blk := p[i:min(i+bs, int64(len(p)))]
+		var want []byte
+		if sums != nil {
+			want = sums.Get(baseSumKey(disk, (off+i)/bs))
+		}
+		bad := ""
+		switch {
+		case want != nil && binary.BigEndian.Uint64(want) != xxhash.Sum64(blk):
+			bad = "does not match the sum recorded when retention wrote it"
+		case want == nil && vm.BaseChecked && !blockdev.IsZero(blk):
+			bad = "holds data where retention left zeros"
+		}
+		if bad != "" {
+			return &CorruptError{VM: vm.Name, Seq: vm.BaseSeq, Disk: disk, Offset: off + i, Err: fmt.Errorf("%w: base image block %s", ErrChecksum, bad)}
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ package journal
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -184,12 +186,47 @@ func (j *Journal) CreateVM(ctx context.Context, vm VM) error {
 	})
 }
 
+// vmRecordV1 starts a VM record with a checksum: the JSON state, then the
+// xxhash64 of the VM's name and that JSON. A record that starts with '{'
+// is from before checksums and is read as it is.
+const vmRecordV1 = 0x01
+
 func putVM(tx *bolt.Tx, vm *VM) error {
-	buf, err := json.Marshal(vm)
+	js, err := json.Marshal(vm)
 	if err != nil {
 		return err
 	}
+	buf := make([]byte, 0, 1+len(js)+8)
+	buf = append(append(buf, vmRecordV1), js...)
+	buf = binary.BigEndian.AppendUint64(buf, vmRecordSum(vm.Name, js))
 	return tx.Bucket(bucketVMs).Put([]byte(vm.Name), buf)
+}
+
+func vmRecordSum(name VMID, js []byte) uint64 {
+	d := xxhash.New()
+	d.WriteString(string(name))
+	d.Write([]byte{0})
+	d.Write(js)
+	return d.Sum64()
+}
+
+// decodeVM checks and decodes a stored VM record.
+func decodeVM(name VMID, buf []byte) (*VM, error) {
+	js := buf
+	if len(buf) > 0 && buf[0] == vmRecordV1 {
+		if len(buf) < 1+8 {
+			return nil, &CorruptError{VM: name, Disk: -1, Err: fmt.Errorf("%w: VM record of %d bytes", ErrChecksum, len(buf))}
+		}
+		js = buf[1 : len(buf)-8]
+		if binary.BigEndian.Uint64(buf[len(buf)-8:]) != vmRecordSum(name, js) {
+			return nil, &CorruptError{VM: name, Disk: -1, Err: fmt.Errorf("%w: VM record", ErrChecksum)}
+		}
+	}
+	vm := new(VM)
+	if err := json.Unmarshal(js, vm); err != nil {
+		return nil, &CorruptError{VM: name, Disk: -1, Err: fmt.Errorf("%w: VM record: %v", ErrChecksum, err)}
+	}
+	return vm, nil
 }
 
 func getVM(tx *bolt.Tx, name VMID) (*VM, error) {
@@ -197,11 +234,7 @@ func getVM(tx *bolt.Tx, name VMID) (*VM, error) {
 	if buf == nil {
 		return nil, fmt.Errorf("vm %s: %w", name, ErrNoVM)
 	}
-	vm := new(VM)
-	if err := json.Unmarshal(buf, vm); err != nil {
-		return nil, fmt.Errorf("vm %s: decode state: %w", name, err)
-	}
-	return vm, nil
+	return decodeVM(name, buf)
 }
 
 // VM returns the state of one VM.
@@ -222,11 +255,11 @@ func (j *Journal) VMs(ctx context.Context) ([]VM, error) {
 	var out []VM
 	err := j.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
-			var vm VM
-			if err := json.Unmarshal(v, &vm); err != nil {
-				return fmt.Errorf("vm %s: decode state: %w", k, err)
+			vm, err := decodeVM(VMID(k), v)
+			if err != nil {
+				return err
 			}
-			out = append(out, vm)
+			out = append(out, *vm)
 			return nil
 		})
 	})

@@ -171,6 +171,9 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 			if _, err := base[disk].ReadAt(ctx, bbuf[:c], off); err != nil {
 				return fmt.Errorf("vm %s: read base of disk %d at %d: %w", vm.Name, disk, off, err)
 			}
+			if err := checkBase(tx, vm, disk, off, bbuf[:c]); err != nil {
+				return err
+			}
 			// Zero blocks of the base are not reported, as blocks no
 			// write supplied are not.
 			for i := int64(0); i < c; {

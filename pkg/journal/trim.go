@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -62,9 +63,18 @@ func (j *Journal) Trim(ctx context.Context, name VMID, upTo Seq, base []blockdev
 	if err != nil {
 		return st, err
 	}
-	// 2. Writes up to upTo onto the base.
+	// 2. Writes up to upTo onto the base, noting each block's sum.
+	type blockSum struct {
+		disk  int
+		block int64
+		sum   uint64
+		zero  bool
+	}
+	var sums []blockSum
 	for i, d := range base {
-		as, err := j.Apply(ctx, name, upTo, i, d, false)
+		as, err := j.apply(ctx, name, upTo, i, d, false, func(b int64, sum uint64, zero bool) {
+			sums = append(sums, blockSum{i, b, sum, zero})
+		})
 		if err != nil {
 			return st, fmt.Errorf("trim vm %s: roll base forward: %w", name, err)
 		}
@@ -78,6 +88,26 @@ func (j *Journal) Trim(ctx context.Context, name VMID, upTo Seq, base []blockdev
 		}
 		b := tx.Bucket(vmBucketName(name))
 		meta, data := b.Bucket(bucketMeta), b.Bucket(bucketData)
+		// The sums go with the records that supplied the blocks: while
+		// those records exist, reads take the blocks from them.
+		bsums, err := b.CreateBucketIfNotExists(bucketBaseSums)
+		if err != nil {
+			return err
+		}
+		for _, s := range sums {
+			k := baseSumKey(s.disk, s.block)
+			if s.zero {
+				err = bsums.Delete(k)
+			} else {
+				err = bsums.Put(k, binary.BigEndian.AppendUint64(nil, s.sum))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if vm.BaseSeq == 0 {
+			vm.BaseChecked = true
+		}
 		c := meta.Cursor()
 		for k, _ := c.First(); k != nil && keySeq(k) <= upTo; k, _ = c.First() {
 			if v := data.Get(k); v != nil {

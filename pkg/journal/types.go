@@ -67,6 +67,9 @@ type VM struct {
 	// BaseSeq is the last record folded into the VM's base by retention:
 	// records run from BaseSeq+1 to LastSeq.
 	BaseSeq Seq `json:"base_seq,omitempty"`
+	// BaseChecked: the base was made by retention from nothing, so every
+	// non-zero block of it has a recorded sum.
+	BaseChecked bool `json:"base_checked,omitempty"`
 	// Consistent is false while a drain is open, and before the first one
 	// (the initial replication) has ended.
 	Consistent bool `json:"consistent"`
