@@ -51,11 +51,11 @@ func stored(t *testing.T, j *Journal, seq Seq) []byte {
 	return out
 }
 
-// TestSealUsesFreshNonces: the same payload stored twice gets two nonces
+// TestHostileSealUsesFreshNonces: the same payload stored twice gets two nonces
 // and two ciphertexts. With a fixed nonce GCM's ciphertext is the
 // plaintext XOR one keystream, whatever the associated data: equal
 // payloads would show, and two payloads' XOR would leak.
-func TestSealUsesFreshNonces(t *testing.T) {
+func TestHostileSealUsesFreshNonces(t *testing.T) {
 	p := bytes.Repeat([]byte("same payload "), 400)[:4096]
 	j := sealedJournal(t, p, p)
 	s2, s3 := stored(t, j, 2), stored(t, j, 3)
@@ -73,12 +73,12 @@ func TestSealUsesFreshNonces(t *testing.T) {
 	}
 }
 
-// TestSealBindsRecordPlace: a payload copied, with its metadata's length,
+// TestHostileSealBindsRecordPlace: a payload copied, with its metadata's length,
 // codec and checksum, into another record (another place on the disk) has
 // the right checksum but does not authenticate there: the associated data
 // names the record and its place. Without it the copy would read back as
 // that disk's data.
-func TestSealBindsRecordPlace(t *testing.T) {
+func TestHostileSealBindsRecordPlace(t *testing.T) {
 	ctx := context.Background()
 	a, b := bytes.Repeat([]byte{0xaa}, 4096), bytes.Repeat([]byte{0xbb}, 4096)
 	j := sealedJournal(t, a, b)

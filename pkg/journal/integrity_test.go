@@ -15,9 +15,9 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
-// TestBitFlipsInVMRecord: every bit flipped in a VM's stored state is
+// TestHostileBitFlipsInVMRecord: every bit flipped in a VM's stored state is
 // refused with a checksum error, not read as other numbers.
-func TestBitFlipsInVMRecord(t *testing.T) {
+func TestHostileBitFlipsInVMRecord(t *testing.T) {
 	ctx := context.Background()
 	j, err := Open(filepath.Join(t.TempDir(), "journal.db"), Options{NoSync: true})
 	if err != nil {
@@ -48,9 +48,9 @@ func TestBitFlipsInVMRecord(t *testing.T) {
 	}
 }
 
-// TestFlippedEncryptedFlag: a record whose encrypted flag flips is refused
+// TestHostileFlippedEncryptedFlag: a record whose encrypted flag flips is refused
 // (the metadata's checksum covers the flag), both ways.
-func TestFlippedEncryptedFlag(t *testing.T) {
+func TestHostileFlippedEncryptedFlag(t *testing.T) {
 	ctx := context.Background()
 	j := sealedJournal(t, bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096))
 	j.db.Update(func(tx *bolt.Tx) error {
@@ -64,11 +64,11 @@ func TestFlippedEncryptedFlag(t *testing.T) {
 	}
 }
 
-// TestBitFlipsInRetentionBase rolls a VM's base forward with retention,
+// TestHostileBitFlipsInRetentionBase rolls a VM's base forward with retention,
 // then flips bits in the base image file, in blocks retention wrote and in
 // blocks it left zero: every point that reads a flipped block fails with a
 // checksum error naming the place, and none serves wrong data.
-func TestBitFlipsInRetentionBase(t *testing.T) {
+func TestHostileBitFlipsInRetentionBase(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	j, err := Open(filepath.Join(dir, "journal.db"), Options{NoSync: true})

@@ -74,11 +74,11 @@ func qemuIO(addr, export, certDir string, cmds ...string) ([]byte, error) {
 	return exec.Command("qemu-io", args...).CombinedOutput()
 }
 
-// TestTLSRealClients: qemu-io with tls-creds-x509 and nbdinfo/nbdcopy with
+// TestHostileNBDOverTLS: qemu-io with tls-creds-x509 and nbdinfo/nbdcopy with
 // nbds:// read and write over TLS with an operator certificate; without a
 // certificate, with one of another CA, with a role the server does not
 // admit, or in plain text they are refused and nothing is read or changed.
-func TestTLSRealClients(t *testing.T) {
+func TestHostileNBDOverTLS(t *testing.T) {
 	ferrytest.NeedNBDClients(t)
 	addr, caDir, disk, ro := tlsServer(t)
 	op := filepath.Join(caDir, tlsca.RoleOperator)
@@ -180,9 +180,9 @@ func TestTLSRealClients(t *testing.T) {
 	}
 }
 
-// TestPlainTCPRefused: a server without TLS does not serve TCP unless told
+// TestHostileNBDPlainTCP: a server without TLS does not serve TCP unless told
 // it may do so insecurely.
-func TestPlainTCPRefused(t *testing.T) {
+func TestHostileNBDPlainTCP(t *testing.T) {
 	srv := nbd.NewServer(ferrytest.Logger(t), nbd.Access{})
 	defer srv.Close()
 	l, err := nbd.Listen("127.0.0.1:0")
@@ -198,10 +198,10 @@ func TestPlainTCPRefused(t *testing.T) {
 	}
 }
 
-// TestUnixPeerCredentials: the socket is 0600, and a process of another
+// TestHostileNBDPeerCredentials: the socket is 0600, and a process of another
 // user is refused by its kernel-reported credentials even when the mode
 // would let it in; a user named in Access.UIDs is admitted.
-func TestUnixPeerCredentials(t *testing.T) {
+func TestHostileNBDPeerCredentials(t *testing.T) {
 	ferrytest.NeedNBDClients(t)
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run a client as another user")

@@ -2,9 +2,9 @@ package main
 
 import "testing"
 
-// TestSafeEscapesControlCharacters: text from guests and agents cannot
+// TestHostileTerminalEscapes: text from guests and agents cannot
 // drive the operator's terminal.
-func TestSafeEscapesControlCharacters(t *testing.T) {
+func TestHostileTerminalEscapes(t *testing.T) {
 	for in, want := range map[string]string{
 		"plain text, ünïcode":       "plain text, ünïcode",
 		"\x1b[2J\x1b]0;owned\x07ok": `\x1b[2J\x1b]0;owned\x07ok`,
