@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/proc"
 )
 
 // Compute creates and runs VMs at the recovery site. The simulator
@@ -100,7 +101,7 @@ func (h HookCompute) run(ctx context.Context, args ...string) (string, error) {
 	if timeout == 0 {
 		timeout = 10 * time.Minute
 	}
-	timedOut, err := runInGroup(ctx, cmd, timeout)
+	timedOut, err := proc.RunInGroup(ctx, cmd, timeout)
 	if timedOut {
 		return "", fmt.Errorf("compute hook %s %s: killed with its process group after %v", h.Command, args[0], timeout)
 	}

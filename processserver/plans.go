@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/proc"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -100,7 +101,7 @@ func (r ShellActions) Run(ctx context.Context, plan string, group int, op string
 	cmd.WaitDelay = 5 * time.Second
 	out := &tailBuffer{max: actionOutputMax}
 	cmd.Stdout, cmd.Stderr = out, out
-	timedOut, err := runInGroup(ctx, cmd, r.Timeout)
+	timedOut, err := proc.RunInGroup(ctx, cmd, r.Timeout)
 	log := r.Log
 	if log == nil {
 		log = slog.Default()

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -30,6 +31,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/pkg/proc"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/virt"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -170,13 +172,7 @@ Flags:
 		if cmd == "" {
 			return nil
 		}
-		return func(ctx context.Context) error {
-			out, err := exec.CommandContext(ctx, "sh", "-c", cmd).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(string(out)))
-			}
-			return nil
-		}
+		return func(ctx context.Context) error { return runHook(ctx, cmd) }
 	}
 	cfg.Freeze, cfg.Thaw = hook(*freezeHook), hook(*thawHook)
 	if domain != nil && *freezeHook == "" && cfg.Machine.GetHardware().GetGuestAgent() {
@@ -187,13 +183,7 @@ Flags:
 	}
 	if *shutdownHook != "" {
 		hook := *shutdownHook
-		cfg.ShutdownMachine = func(ctx context.Context) error {
-			out, err := exec.CommandContext(ctx, "sh", "-c", hook).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("%s: %v: %s", hook, err, strings.TrimSpace(string(out)))
-			}
-			return nil
-		}
+		cfg.ShutdownMachine = func(ctx context.Context) error { return runHook(ctx, hook) }
 	}
 	if *tlsDir == "" && !*insecureOK {
 		*tlsDir = filepath.Join(cfg.StateDir, "tls")
@@ -394,4 +384,23 @@ func renewLoop(ctx context.Context, log *slog.Logger, target, dir string, creds 
 		case <-time.After(time.Hour):
 		}
 	}
+}
+
+// runHook runs an operator's hook with sh in its own process group: when
+// ctx ends (the freeze hook's 10 s bound) the group is killed, children
+// that hold its output included, so the hook cannot hold the machine's
+// writes longer.
+func runHook(ctx context.Context, cmd string) error {
+	c := exec.Command("sh", "-c", cmd)
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	c.WaitDelay = 2 * time.Second
+	timedOut, err := proc.RunInGroup(ctx, c, 0)
+	if timedOut {
+		return fmt.Errorf("%s: killed with its process group: %w", cmd, ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(out.String()))
+	}
+	return nil
 }

@@ -1,17 +1,21 @@
-package processserver
+// Package proc runs the commands operators configure (hooks, plan actions)
+// so that none outlives its bound: each in its own process group, killed
+// whole.
+package proc
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"syscall"
 	"time"
 )
 
-// runInGroup runs cmd in its own process group, bounded by ctx (and by
+// RunInGroup runs cmd in its own process group, bounded by ctx (and by
 // timeout when positive): when the time is up the whole group is killed,
 // children that forked included, and whatever the command left running in
 // its group is killed when it ends. It reports whether the time ran out.
-func runInGroup(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (timedOut bool, err error) {
+func RunInGroup(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (timedOut bool, err error) {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -27,18 +31,27 @@ func runInGroup(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (time
 	}
 	pid := cmd.Process.Pid
 	done := make(chan struct{})
-	killed := make(chan bool, 1)
+	killedc := make(chan bool, 1)
 	go func() {
 		select {
 		case <-ctx.Done():
 			syscall.Kill(-pid, syscall.SIGKILL)
-			killed <- true
+			killedc <- true
 		case <-done:
-			killed <- false
+			killedc <- false
 		}
 	}()
 	err = cmd.Wait()
 	close(done)
 	syscall.Kill(-pid, syscall.SIGKILL)
-	return <-killed, err
+	killed := <-killedc
+	st := cmd.ProcessState
+	if st != nil && st.Success() && errors.Is(err, exec.ErrWaitDelay) {
+		// It ended well but left a child holding its output: the child went
+		// with the group.
+		err = nil
+	}
+	// Timed out only if the command itself was still running when the
+	// group was killed.
+	return killed && (st == nil || !st.Exited()), err
 }
