@@ -180,6 +180,26 @@ func TestHostileNBDOverTLS(t *testing.T) {
 	}
 }
 
+// TestHostileNBDNoDefaultExport: an empty export name does not open the
+// only export (its name may be what keeps others out).
+func TestHostileNBDNoDefaultExport(t *testing.T) {
+	srv := nbd.NewServer(ferrytest.Logger(t), nbd.Access{Insecure: true})
+	defer srv.Close()
+	srv.Add(nbd.Export{Name: "vm1-os-1-ro-0123456789abcdef01234567", Device: blockdev.NewMemory(1 << 20), ReadOnly: true})
+	l, err := nbd.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	if cl, err := nbd.Dial(l.Addr().String(), ""); err == nil {
+		cl.Close()
+		t.Fatal("the empty name opened the only export")
+	}
+	if !srv.Has("vm1-os-1-ro-0123456789abcdef01234567") || len(srv.Exports()) != 1 {
+		t.Fatal("Has/Exports")
+	}
+}
+
 // TestHostileNBDPlainTCP: a server without TLS does not serve TCP unless told
 // it may do so insecurely.
 func TestHostileNBDPlainTCP(t *testing.T) {

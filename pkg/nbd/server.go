@@ -77,7 +77,7 @@ type exportState struct {
 }
 
 // NewServer returns a server with no exports that admits clients as a
-// says.
+// says (a nil log: the default logger).
 func NewServer(log *slog.Logger, a Access) *Server {
 	if log == nil {
 		log = slog.Default()
@@ -113,14 +113,11 @@ func (s *Server) Remove(name string) {
 	s.mu.Unlock()
 }
 
+// export returns the export of that name. There is no default export: an
+// export's name may be what keeps others out of it.
 func (s *Server) export(name string) *exportState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if name == "" && len(s.exports) == 1 {
-		for _, e := range s.exports {
-			return e
-		}
-	}
 	return s.exports[name]
 }
 
