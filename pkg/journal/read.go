@@ -17,23 +17,38 @@ type coverage struct {
 	pages map[int64]*[64]uint64
 	n     int64
 	left  int64
+	// The page last looked at: runs of blocks stay on one page.
+	lastIdx  int64
+	lastPage *[64]uint64
 }
 
 func newCoverage(nblocks int64) *coverage {
-	return &coverage{pages: map[int64]*[64]uint64{}, n: nblocks, left: nblocks}
+	return &coverage{pages: map[int64]*[64]uint64{}, n: nblocks, left: nblocks, lastIdx: -1}
+}
+
+func (c *coverage) page(i int64, create bool) *[64]uint64 {
+	idx := i >> 12
+	if idx == c.lastIdx && c.lastPage != nil {
+		return c.lastPage
+	}
+	p := c.pages[idx]
+	if p == nil && create {
+		p = new([64]uint64)
+		c.pages[idx] = p
+	}
+	if p != nil {
+		c.lastIdx, c.lastPage = idx, p
+	}
+	return p
 }
 
 func (c *coverage) covered(i int64) bool {
-	p := c.pages[i>>12]
+	p := c.page(i, false)
 	return p != nil && p[(i>>6)&63]&(1<<(i&63)) != 0
 }
 
 func (c *coverage) set(i int64) {
-	p := c.pages[i>>12]
-	if p == nil {
-		p = new([64]uint64)
-		c.pages[i>>12] = p
-	}
+	p := c.page(i, true)
 	p[(i>>6)&63] |= 1 << (i & 63)
 	c.left--
 }
