@@ -1,0 +1,102 @@
+package tlsca_test
+
+import (
+	"crypto/tls"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrydr/ferry/pkg/tlsca"
+)
+
+// handshake runs one TLS handshake between a server of srvDir and a
+// client of cliDir and returns the server's error.
+func handshake(t *testing.T, srv *tls.Config, cliDir string) error {
+	t.Helper()
+	cli, err := tlsca.Config(cliDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.ServerName = "127.0.0.1"
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		b, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			return
+		}
+		c := tls.Client(b, cli)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Handshake()
+		c.Close()
+	}()
+	a, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := tls.Server(a, srv)
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	return s.Handshake()
+}
+
+// TestHostileRevokedCertificates: a revoked certificate is refused at the
+// next handshake without a restart, others are not; an unreadable list
+// refuses everyone; a certificate issued without hosts cannot serve.
+func TestHostileRevokedCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := filepath.Join(dir, "alice"), filepath.Join(dir, "bob")
+	ca.IssueTo(alice, tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}, nil)
+	ca.IssueTo(bob, tlsca.Identity{Role: tlsca.RoleOperator, Name: "bob"}, nil)
+	base, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(dir, "ca", tlsca.RevokedFile)
+	srv := tlsca.WithRevocations(base, list)
+	if err := handshake(t, srv, alice); err != nil {
+		t.Fatalf("before any revocation: %v", err)
+	}
+	c, _ := tlsca.ReadCert(filepath.Join(alice, tlsca.CertFile))
+	if err := ca.Revoke(c, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Revoke(c, "twice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(t, srv, alice); err == nil {
+		t.Fatal("a revoked certificate completed a handshake")
+	}
+	if err := handshake(t, srv, bob); err != nil {
+		t.Fatalf("another certificate after a revocation: %v", err)
+	}
+	if err := handshake(t, base, alice); err != nil {
+		t.Fatalf("without the list: %v", err)
+	}
+	os.WriteFile(list, []byte("not json"), 0o644)
+	if err := handshake(t, srv, bob); err == nil {
+		t.Fatal("an unreadable revocation list let a client in")
+	}
+	os.Remove(list)
+	if err := handshake(t, srv, alice); err != nil {
+		t.Fatalf("after the list was removed: %v", err)
+	}
+
+	// Alice's certificate has no hosts: as a server it is refused.
+	asServer, err := tlsca.Config(alice, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(t, asServer, bob); err == nil {
+		t.Fatal("a certificate issued without hosts served TLS")
+	}
+}
