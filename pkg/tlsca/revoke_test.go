@@ -2,9 +2,11 @@ package tlsca_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +75,9 @@ func TestHostileRevokedCertificates(t *testing.T) {
 	if err := ca.Revoke(c, "twice"); err != nil {
 		t.Fatal(err)
 	}
+	if raw, _ := os.ReadFile(filepath.Join(dir, "ca", tlsca.RevokedFile)); strings.Count(string(raw), c.SerialNumber.Text(16)) != 1 {
+		t.Fatalf("revoking twice listed the serial twice:\n%s", raw)
+	}
 	if err := handshake(t, srv, alice); err == nil {
 		t.Fatal("a revoked certificate completed a handshake")
 	}
@@ -91,7 +96,13 @@ func TestHostileRevokedCertificates(t *testing.T) {
 		t.Fatalf("after the list was removed: %v", err)
 	}
 
-	// Alice's certificate has no hosts: as a server it is refused.
+	// Alice's certificate has no hosts: it is not a server certificate
+	// (the enrolment check relies on that, not on host names).
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	if _, err := c.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Fatal("a certificate issued without hosts verifies for server use")
+	}
 	asServer, err := tlsca.Config(alice, true)
 	if err != nil {
 		t.Fatal(err)
