@@ -207,9 +207,10 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			return err
 		}
 	}
-	s.readiness(ctx, run, st.Machine, inst)
+	// The machine runs and the source is fenced: from here the failover
+	// stands, and a restart keeps it (the readiness checks only report).
 	now := s.clock.Now()
-	return s.ctl.update(req.VM, func(st *VMState) {
+	if err := s.ctl.update(req.VM, func(st *VMState) {
 		st.Intent = nil
 		if test {
 			st.Test = &TestFailover{Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
@@ -217,7 +218,11 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			st.State = StateFailedOver
 			st.Failover = &ActiveFailover{Type: req.Type, Instance: inst.ID, Point: point.ID, Network: inst.Network, Started: now}
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	s.readiness(ctx, run, st.Machine, inst)
+	return nil
 }
 
 // bringUp creates the VM from point's disks, processes it if the machine
@@ -490,8 +495,13 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 		if err != nil {
 			return err
 		}
+		if err := s.ctl.update(vmName, func(st *VMState) {
+			st.Failover.Instance, st.Failover.Point, st.Intent = inst.ID, point.ID, nil
+		}); err != nil {
+			return err
+		}
 		s.readiness(ctx, run, st.Machine, inst)
-		return s.ctl.update(vmName, func(st *VMState) { st.Failover.Instance, st.Failover.Point = inst.ID, point.ID })
+		return nil
 	}()
 	return run.finish(err)
 }

@@ -58,11 +58,14 @@ func TestHostileCrashDuringFailover(t *testing.T) {
 	os.Remove(hold)
 	failover.Wait()
 
-	ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
-	ferrytest.WaitFor(t, 30*time.Second, "ferry-ps back", func() bool {
-		_, err := ctl("vms")
-		return err == nil
-	})
+	ps = ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
+	back := func() {
+		ferrytest.WaitFor(t, 30*time.Second, "ferry-ps back", func() bool {
+			_, err := ctl("vms")
+			return err == nil
+		})
+	}
+	back()
 	if n := machines(); n != 0 {
 		t.Fatalf("%d machines after the restart, want the interrupted failover's removed", n)
 	}
@@ -78,6 +81,19 @@ func TestHostileCrashDuringFailover(t *testing.T) {
 	}
 	if n := machines(); n != 1 {
 		t.Fatalf("%d machines after the retried failover, want 1", n)
+	}
+	// A failover and a change of point that completed stand across a kill.
+	if out, err := ctl("change-point", "--vm", "host1", "--point", "latest-processed"); err != nil || !strings.Contains(out, "succeeded") {
+		t.Fatalf("change point: %v\n%s", err, out)
+	}
+	ps.Kill()
+	ps = ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), psArgs...)
+	back()
+	if n := machines(); n != 1 {
+		t.Fatalf("%d machines after a restart with a completed failover, want 1", n)
+	}
+	if st, _ := ctl("status", "--vm", "host1"); !strings.Contains(st, "failed-over") {
+		t.Fatalf("status after the restart:\n%s", st)
 	}
 	if out, err := ctl("commit", "--vm", "host1"); err != nil {
 		t.Fatalf("commit: %v\n%s", err, out)
