@@ -3,6 +3,7 @@ package processserver_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -155,4 +156,70 @@ func TestHostilePlanActions(t *testing.T) {
 
 func credential(uid uint32) *syscall.Credential {
 	return &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
+}
+
+// TestHostileNBDOverTLSAtTheProcessServer: with TLS, ferry-ps serves its
+// exports on TCP only after STARTTLS, to operator and admin certificates:
+// nbdinfo reads a point with an operator's, and is refused with an
+// agent's, a master target's, or none.
+func TestHostileNBDOverTLSAtTheProcessServer(t *testing.T) {
+	ferrytest.NeedNBDClients(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	ca, err := tlsca.Init(caDir, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := tlsca.Config(filepath.Join(caDir, "ps"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA, c.NBDListen = srvTLS, ca, "127.0.0.1:0" })
+	ids := map[string]tlsca.Identity{"operator": {Role: tlsca.RoleOperator, Name: "ops"}, "agent": {Role: tlsca.RoleAgent, Name: "vm1"},
+		"mt": {Role: tlsca.RoleMasterTarget, Name: "mt"}}
+	for d, id := range ids {
+		if err := ca.IssueTo(filepath.Join(dir, d), id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, _ := tlsca.Config(filepath.Join(dir, "agent"), false)
+	cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm1", 1, 1<<20),
+		batch(drain(1, true), write(2, 0, 0, page(7)), drain(3, false), marker(4))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e, err := ps.ExportNBD(ctx, "vm1", "latest", "os", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e.URI, "nbds://127.0.0.1:") {
+		t.Fatalf("export URI %s", e.URI)
+	}
+	with := func(d string) ([]byte, error) {
+		uri := e.URI
+		if d != "" {
+			uri += "?tls-certificates=" + filepath.Join(dir, d)
+		}
+		return exec.Command("nbdinfo", uri).CombinedOutput()
+	}
+	if out, err := with("operator"); err != nil || !strings.Contains(string(out), "1048576") {
+		t.Fatalf("an operator's certificate: %v\n%s", err, out)
+	}
+	for _, d := range []string{"agent", "mt", ""} {
+		if out, err := with(d); err == nil {
+			t.Fatalf("certificate %q read the export:\n%s", d, out)
+		}
+	}
+	plain := strings.Replace(e.URI, "nbds://", "nbd://", 1)
+	if out, err := exec.Command("nbdinfo", plain).CombinedOutput(); err == nil {
+		t.Fatalf("plain NBD read the export:\n%s", out)
+	}
 }

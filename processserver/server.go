@@ -404,8 +404,11 @@ func (s *Server) Open(ctx context.Context) error {
 		if path, ok := strings.CutPrefix(s.cfg.NBDListen, "unix:"); ok {
 			s.nbdURI = func(e string) string { return "nbd+unix:///" + e + "?socket=" + path }
 		} else {
-			addr := l.Addr().String()
-			s.nbdURI = func(e string) string { return "nbd://" + addr + "/" + e }
+			addr, scheme := l.Addr().String(), "nbd"
+			if s.cfg.TLS != nil {
+				scheme = "nbds" // STARTTLS, as libnbd names it
+			}
+			s.nbdURI = func(e string) string { return scheme + "://" + addr + "/" + e }
 		}
 		go s.nbd.Serve(l)
 	}
