@@ -65,6 +65,9 @@ type Config struct {
 	// ComputeHook).
 	Compute     Compute
 	ComputeHook string
+	// ComputeHookTimeout bounds each call of the compute hook (default
+	// 10 min); then it is killed with its process group.
+	ComputeHookTimeout time.Duration
 	// ProcessInterval is how often received markers are processed into
 	// recovery points (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
@@ -221,7 +224,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Compute == nil {
-		cfg.Compute = HookCompute{Command: cfg.ComputeHook}
+		cfg.Compute = HookCompute{Command: cfg.ComputeHook, Timeout: cfg.ComputeHookTimeout}
 	}
 	if cfg.ProcessInterval == 0 {
 		cfg.ProcessInterval = 5 * time.Second
