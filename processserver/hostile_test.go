@@ -295,8 +295,8 @@ func TestHostileEncryptionKey(t *testing.T) {
 
 // TestHostileAgentMetadata: a marker stamped in the future gets the
 // server's time (a point dated 2255 would hide the VM's RPO for good);
-// tags with control characters, and the group/ prefix the server did not
-// ask for, are refused with nothing stored; a protected disk that changed
+// tags with control characters are refused with nothing stored, and a
+// group/ tag the server did not ask for does not make a multi-VM point; a protected disk that changed
 // size stops replication with an event and a way out, once.
 func TestHostileAgentMetadata(t *testing.T) {
 	ctx := context.Background()
@@ -322,7 +322,7 @@ func TestHostileAgentMetadata(t *testing.T) {
 	if at := time.Unix(0, pts.GetPoints()[0].GetTimeUnixNano()); at.After(time.Now().Add(time.Minute)) {
 		t.Fatalf("a marker stamped %v made a point dated %v", future, at)
 	}
-	for _, tag := range []string{"evil\x1b]0;pwned\x07", "line\nbreak", "group/erp/1", "bidi\u202eoverride"} {
+	for _, tag := range []string{"evil\x1b]0;pwned\x07", "line\nbreak", "bidi\u202eoverride"} {
 		err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(5, 0, bs, page(8)), mark(6, tag, time.Now())))
 		if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("tag %q: %v, want InvalidArgument", tag, err)
@@ -330,6 +330,17 @@ func TestHostileAgentMetadata(t *testing.T) {
 	}
 	if vm, _ := ps.Journal().VM(ctx, "vm1"); vm.LastSeq != 4 {
 		t.Fatalf("refused batches stored records: last seq %d", vm.LastSeq)
+	}
+	// A multi-VM tag the server did not ask for is kept, not as one.
+	if err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(5, 0, bs, page(8)), mark(6, "group/erp/1", time.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.ProcessAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ = rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: "vm1"})
+	if tag := pts.GetPoints()[len(pts.GetPoints())-1].GetTag(); tag != "unasked:group/erp/1" {
+		t.Fatalf("an agent's own group/ tag became %q", tag)
 	}
 
 	// The disk grew.
@@ -351,7 +362,7 @@ func TestHostileAgentMetadata(t *testing.T) {
 		t.Fatalf("%d disk-resized events, status %q", resized, st.GetVms()[0].GetDiskConflict())
 	}
 	// Back at its size, the conflict clears and replication goes on.
-	if err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(5, 0, bs, page(8)), mark(6, "ok", time.Now()))); err != nil {
+	if err := exchange(t, repl, hello("vm1", 1, 1<<20), batch(write(7, 0, bs, page(8)), mark(8, "ok", time.Now()))); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := rc.Status(ctx, &ferryv1.StatusRequest{Vm: "vm1"}); st.GetVms()[0].GetDiskConflict() != "" {

@@ -480,6 +480,10 @@ func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Co
 // receiver asks for.
 const ReservedTagPrefix = "group/"
 
+// UnaskedTagPrefix is put in front of a reserved tag the receiver did not
+// ask for.
+const UnaskedTagPrefix = "unasked:"
+
 // maxGranted bounds the reserved tags remembered per VM.
 const maxGranted = 16
 

@@ -236,9 +236,7 @@ func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
 			if err := CheckTag(tag); err != nil {
 				return nil, bad(seq, ErrBadRecord, "marker %v", err)
 			}
-			if strings.HasPrefix(tag, ReservedTagPrefix) && !r.wasGranted(s.name, tag) {
-				return nil, bad(seq, ErrBadRecord, "marker tag %q: the prefix %s is for multi-VM points the server asks for", tag, ReservedTagPrefix)
-			}
+
 		case *ferryv1.Record_Drain:
 			consistent = !body.Drain.GetBegin()
 		default:
@@ -305,6 +303,13 @@ func (r *Receiver) process(j *job) error {
 			out.Kind = journal.KindMarker
 			out.Consistency, _ = wire.Consistency(m.GetConsistency())
 			out.Tag = m.GetTag()
+			if strings.HasPrefix(out.Tag, ReservedTagPrefix) && !r.wasGranted(vm, out.Tag) {
+				// Only the receiver makes multi-VM points. The marker is kept
+				// (a receiver that restarted forgot what it asked for, and an
+				// agent must not stop over it) but not as one of those.
+				r.log.Warn("marker tag the receiver did not ask for: kept as a single-VM point", "vm", vm, "seq", rec.GetSeq(), "tag", out.Tag)
+				out.Tag = UnaskedTagPrefix + out.Tag
+			}
 			// The agent's clock says when the point was cut, but not later
 			// than the receiver's clock allows: a point stamped in the
 			// future would look fresh for as long, and hide the RPO.
