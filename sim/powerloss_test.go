@@ -58,7 +58,17 @@ func TestPowerLossProcessServer(t *testing.T) {
 		}
 		ps := ferrytest.Start(t, filepath.Join(bin, "ferry-ps"), "serve", "--insecure", "--data", mnt, "--listen", addr, "--metrics", "",
 			"--process-interval", "100ms", "--log-level", "warn")
-		ferrytest.WaitFor(t, 30*time.Second, "the agent to connect", func() bool { return a.Stats().Connected })
+		// Generous: beside the real-machine drill on two cores, ferry-ps on
+		// the FUSE file system starts slowly. An agent that was refused
+		// fails the test at once.
+		ferrytest.WaitFor(t, 90*time.Second, "the agent to connect", func() bool {
+			select {
+			case <-a.Done():
+				t.Fatalf("cycle %d: the agent stopped: %v", cycle, a.Err())
+			default:
+			}
+			return a.Stats().Connected
+		})
 		if cycle == 0 {
 			wctx, cancel := context.WithTimeout(ctx, time.Minute)
 			err := a.WaitSynced(wctx) // markers count once the initial copy is done
