@@ -85,17 +85,6 @@ func NewServer(log *slog.Logger, a Access) *Server {
 	return &Server{log: log.With("component", "nbd"), access: a, exports: map[string]*exportState{}, conns: map[net.Conn]struct{}{}}
 }
 
-// Exports returns the names of the exports offered, sorted.
-func (s *Server) Exports() []string { return s.names() }
-
-// Has reports whether an export of that name is offered.
-func (s *Server) Has(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.exports[name]
-	return ok
-}
-
 // Add offers an export, replacing one of the same name.
 func (s *Server) Add(e Export) {
 	if e.BlockSize == 0 {
