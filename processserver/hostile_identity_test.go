@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -28,36 +27,10 @@ import (
 // certificate's expiry.
 func TestHostileIdentityLifecycle(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	ca, err := tlsca.Init(caDir, []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := tlsca.Config(filepath.Join(caDir, "ps"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS = tlsca.WithRevocations(srvTLS, filepath.Join(caDir, tlsca.RevokedFile))
 	reg := prometheus.NewRegistry()
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) {
-		c.TLS, c.CA, c.IdentityDir, c.Registerer, c.Gatherer = srvTLS, ca, filepath.Join(caDir, "ps"), reg, reg
-	})
-	dial := func(idDir string) *grpc.ClientConn {
-		cfg, err := tlsca.Config(idDir, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		return cc
-	}
-	alice, bob := filepath.Join(dir, "alice"), filepath.Join(dir, "bob")
-	ca.IssueTo(alice, tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}, nil)
-	ca.IssueTo(bob, tlsca.Identity{Role: tlsca.RoleOperator, Name: "bob"}, nil)
+	site := startTLSSite(t, func(c *processserver.Config) { c.Registerer, c.Gatherer = reg, reg })
+	ps, ca, dial, dir := site.PS, site.CA, site.dial, t.TempDir()
+	alice, bob := site.issue(tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}), site.issue(tlsca.Identity{Role: tlsca.RoleOperator, Name: "bob"})
 	if _, err := ferryv1.NewRecoveryClient(dial(alice)).ListVMs(ctx, &ferryv1.ListVMsRequest{}); err != nil {
 		t.Fatal(err)
 	}

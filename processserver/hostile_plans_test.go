@@ -11,9 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
@@ -21,42 +19,6 @@ import (
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
-
-// tlsPS starts a process server with TLS and returns a client for each of
-// the given identities (role/name), issued by its CA, and the CA's
-// directory.
-func tlsPS(t *testing.T, ids ...tlsca.Identity) (*ferrytest.PS, map[string]*grpc.ClientConn, string) {
-	t.Helper()
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	ca, err := tlsca.Init(caDir, []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := tlsca.Config(filepath.Join(caDir, "ps"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
-	conns := map[string]*grpc.ClientConn{}
-	for _, id := range ids {
-		d := filepath.Join(dir, id.Role+"-"+id.Name)
-		if err := ca.IssueTo(d, id, nil); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := tlsca.Config(d, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		conns[id.String()] = cc
-	}
-	return ps, conns, caDir
-}
 
 // TestHostilePlanActions: a plan with command actions needs an admin to be
 // uploaded, replaced or removed (an operator is refused and nothing
@@ -67,11 +29,12 @@ func tlsPS(t *testing.T, ids ...tlsca.Identity) (*ferrytest.PS, map[string]*grpc
 func TestHostilePlanActions(t *testing.T) {
 	ctx := context.Background()
 	op, admin := tlsca.Identity{Role: tlsca.RoleOperator, Name: "ops"}, tlsca.Identity{Role: tlsca.RoleAdmin, Name: "root-ops"}
-	_, conns, caDir := tlsPS(t, op, admin, tlsca.Identity{Role: tlsca.RoleAgent, Name: "vm1"})
-	if err := exchange(t, ferryv1.NewReplicationClient(conns["agent/vm1"]), hello("vm1", 1, 1<<20)); err != nil {
+	site := startTLSSite(t)
+	caDir := site.CADir
+	if err := exchange(t, ferryv1.NewReplicationClient(site.dial(site.issue(tlsca.Identity{Role: tlsca.RoleAgent, Name: "vm1"}))), hello("vm1", 1, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
-	opc, adminc := ferryv1.NewRecoveryClient(conns[op.String()]), ferryv1.NewRecoveryClient(conns[admin.String()])
+	opc, adminc := ferryv1.NewRecoveryClient(site.dial(site.issue(op))), ferryv1.NewRecoveryClient(site.dial(site.issue(admin)))
 	withCommand := &ferryv1.RecoveryPlan{Name: "erp", Groups: []*ferryv1.PlanGroup{{Vms: []string{"vm1"},
 		Pre: []*ferryv1.PlanAction{{Name: "drain", Command: "cat " + filepath.Join(caDir, tlsca.CAKey)}}}}}
 	manualOnly := &ferryv1.RecoveryPlan{Name: "erp", Groups: []*ferryv1.PlanGroup{{Vms: []string{"vm1"},
@@ -165,30 +128,14 @@ func credential(uid uint32) *syscall.Credential {
 func TestHostileNBDOverTLSAtTheProcessServer(t *testing.T) {
 	ferrytest.NeedNBDClients(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	ca, err := tlsca.Init(caDir, []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
+	site := startTLSSite(t, func(c *processserver.Config) { c.NBDListen = "127.0.0.1:0" })
+	ps := site.PS
+	dirs := map[string]string{}
+	for d, id := range map[string]tlsca.Identity{"operator": {Role: tlsca.RoleOperator, Name: "ops"}, "agent": {Role: tlsca.RoleAgent, Name: "vm1"},
+		"mt": {Role: tlsca.RoleMasterTarget, Name: "mt"}} {
+		dirs[d] = site.issue(id)
 	}
-	srvTLS, err := tlsca.Config(filepath.Join(caDir, "ps"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA, c.NBDListen = srvTLS, ca, "127.0.0.1:0" })
-	ids := map[string]tlsca.Identity{"operator": {Role: tlsca.RoleOperator, Name: "ops"}, "agent": {Role: tlsca.RoleAgent, Name: "vm1"},
-		"mt": {Role: tlsca.RoleMasterTarget, Name: "mt"}}
-	for d, id := range ids {
-		if err := ca.IssueTo(filepath.Join(dir, d), id, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, _ := tlsca.Config(filepath.Join(dir, "agent"), false)
-	cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := site.dial(dirs["agent"])
 	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm1", 1, 1<<20),
 		batch(drain(1, true), write(2, 0, 0, page(7)), drain(3, false), marker(4))); err != nil {
 		t.Fatal(err)
@@ -206,7 +153,7 @@ func TestHostileNBDOverTLSAtTheProcessServer(t *testing.T) {
 	with := func(d string) ([]byte, error) {
 		uri := e.URI
 		if d != "" {
-			uri += "?tls-certificates=" + filepath.Join(dir, d)
+			uri += "?tls-certificates=" + dirs[d]
 		}
 		return exec.Command("nbdinfo", uri).CombinedOutput()
 	}
