@@ -21,6 +21,13 @@ func handshake(t *testing.T, srv *tls.Config, cliDir string) error {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return handshakeWith(t, srv, cli)
+}
+
+// handshakeWith is handshake with a client configuration made earlier.
+func handshakeWith(t *testing.T, srv, cli *tls.Config) error {
+	t.Helper()
+	cli = cli.Clone()
 	cli.ServerName = "127.0.0.1"
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -68,6 +75,12 @@ func TestHostileRevokedCertificates(t *testing.T) {
 	if err := handshake(t, srv, alice); err != nil {
 		t.Fatalf("before any revocation: %v", err)
 	}
+	// A configuration made now, before alice's certificate is revoked and
+	// issued again into the same directory, must present the new one.
+	aliceCfg, err := tlsca.Config(alice, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, _ := tlsca.ReadCert(filepath.Join(alice, tlsca.CertFile))
 	if err := ca.Revoke(c, "test"); err != nil {
 		t.Fatal(err)
@@ -83,6 +96,16 @@ func TestHostileRevokedCertificates(t *testing.T) {
 	}
 	if err := handshake(t, srv, bob); err != nil {
 		t.Fatalf("another certificate after a revocation: %v", err)
+	}
+	if err := handshakeWith(t, srv, aliceCfg); err == nil {
+		t.Fatal("the revoked certificate, through a configuration made before")
+	}
+	time.Sleep(10 * time.Millisecond) // a new modification time for cert.pem
+	if err := ca.IssueTo(alice, tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshakeWith(t, srv, aliceCfg); err != nil {
+		t.Fatalf("a certificate issued again was not picked up without a restart: %v", err)
 	}
 	if err := handshake(t, base, alice); err != nil {
 		t.Fatalf("without the list: %v", err)
