@@ -59,7 +59,7 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentConflict, Detail: detail})
 			s.log.Warn("second agent refused", "vm", h.GetVm(), "claimant", claimant, "peer", who, "bound", b.Instance)
 		}
-		return fmt.Errorf("%s", detail)
+		return fmt.Errorf("%w: %s", ingest.ErrDenied, detail)
 	case inst == "":
 		// An agent that does not name its instance binds nothing.
 		return nil

@@ -63,7 +63,9 @@ type Config struct {
 	MaxClockSkew time.Duration
 	// Admit, when set, is asked before a stream takes over its VM (and
 	// ends another stream of it) whether this agent may; an error refuses
-	// the stream and leaves the VM's stream as it is.
+	// the stream and leaves the VM's stream as it is. It should wrap
+	// ErrDenied, ErrGeometry or another of the receiver's errors, which
+	// decide the status code.
 	Admit func(ctx context.Context, h *ferryv1.Hello) error
 	// OnHello, when set, sees every accepted hello before it is answered
 	// (the process server keeps the machine's description) and may add to
@@ -248,9 +250,6 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		if err := r.cfg.Admit(ctx, hello); err != nil {
 			r.m.rejected.WithLabelValues("hello").Inc()
 			r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
-			if !errors.Is(err, ErrGeometry) {
-				err = fmt.Errorf("%w: %v", ErrDenied, err)
-			}
 			return grpcStatus(err)
 		}
 	}
