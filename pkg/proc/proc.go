@@ -25,7 +25,8 @@ func RunInGroup(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (time
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
-	// exec.CommandContext's cancel kills only the process: the group goes.
+	// Not exec.CommandContext, whose cancel kills only the process: here
+	// the whole group goes.
 	if err := cmd.Start(); err != nil {
 		return false, err
 	}
