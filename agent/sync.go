@@ -509,7 +509,7 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 			a.tr.EnterBitmap()
 			a.tr.MarkAllDirty()
 		}
-		seq, err := a.finalMarker(s)
+		seq, err := a.finalMarker(s, cmd.GetShutdown().GetTag())
 		if err != nil {
 			return err
 		}
@@ -523,8 +523,12 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 }
 
 // finalMarker sends everything the stopped machine wrote and cuts a last
-// marker after it. It returns the marker's sequence.
-func (a *Agent) finalMarker(s *sender) (uint64, error) {
+// marker after it, tagged tag ("shutdown" when empty). It returns the
+// marker's sequence.
+func (a *Agent) finalMarker(s *sender, tag string) (uint64, error) {
+	if tag == "" {
+		tag = "shutdown"
+	}
 	if a.cfg.Mode == ModeScan {
 		a.scanDue.Store(true)
 	}
@@ -535,7 +539,7 @@ func (a *Agent) finalMarker(s *sender) (uint64, error) {
 		}
 		if idle {
 			a.lastMark = a.cfg.Clock.Now()
-			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "shutdown", Time: a.lastMark})); err != nil {
+			if err := s.add(markerRecord(cbt.MarkRequest{Tag: tag, Time: a.lastMark})); err != nil {
 				return 0, err
 			}
 			seq := a.nextSeq - 1

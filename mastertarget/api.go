@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
@@ -90,7 +93,161 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 // Failback shuts the recovered VM down, takes its last writes, applies the
 // point to the primary disks and starts the primary VM.
 func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (*ferryv1.MTFailbackResponse, error) {
-	name := req.GetVm()
+	out, err := s.failback(ctx, []string{req.GetVm()}, req.GetSync(), req.GetPoint(), "")
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// FailbackGroup fails a replication group's members back together: all
+// are shut down before any point is applied, and their final markers share
+// one group tag, the group's common point.
+func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroupRequest) (*ferryv1.MTFailbackGroupResponse, error) {
+	if err := ingest.ValidName(req.GetGroup()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
+	}
+	if n := len(req.GetVms()); n < 1 || n > 16 {
+		return nil, status.Errorf(codes.InvalidArgument, "group %s: 1 to 16 VMs, not %d", req.GetGroup(), n)
+	}
+	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+req.GetGroup()+"/", s.clock.Now().UnixNano())
+	out, err := s.failback(ctx, req.GetVms(), req.GetSync(), "latest", tag)
+	if err != nil {
+		return nil, err
+	}
+	return &ferryv1.MTFailbackGroupResponse{Results: out, Tag: tag}, nil
+}
+
+// fbVM is one VM's failback in progress.
+type fbVM struct {
+	name   string
+	vmid   journal.VMID
+	t      *target
+	resp   *ferryv1.MTFailbackResponse
+	before int64     // bytes received before the recovered VM was shut down
+	t0     time.Time // the recovered VM's shutdown began
+	final  uint64
+	point  journal.Point
+	failed bool
+}
+
+// step runs one step of f's failback and records it in its response.
+func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error {
+	st := &ferryv1.JobStep{Name: name, StartUnixNano: s.clock.Now().UnixNano()}
+	wall := time.Now()
+	detail, err := fn()
+	st.EndUnixNano, st.WallNanos, st.Detail, st.Outcome = s.clock.Now().UnixNano(), int64(time.Since(wall)), detail, "succeeded"
+	if err != nil {
+		st.Outcome, st.Detail = "failed", strings.TrimPrefix(detail+": "+err.Error(), ": ")
+		f.failed = true
+	}
+	f.resp.Steps = append(f.resp.Steps, st)
+	return err
+}
+
+// PresyncBound is the delta below which synchronization before failover
+// stops folding the recovered VM's points into the target disks and shuts
+// it down: what arrives later is applied during downtime.
+const PresyncBound = 8 << 20
+
+// failback fails vms back: each is checked, synchronized (sync "before":
+// the newest point is folded into the target disks while the recovered VM
+// still runs), shut down (all of them before any is applied; with a tag,
+// their final markers carry it), processed, applied and started. A VM that
+// does not shut down stops the failback of every VM asked for, with
+// nothing applied and nothing lost.
+func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string) ([]*ferryv1.MTFailbackResponse, error) {
+	if syncMode != "before" && syncMode != "during" {
+		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", syncMode)
+	}
+	if point != "latest" && point != "latest-app" {
+		return nil, status.Errorf(codes.InvalidArgument, "point %q: failback offers latest or latest-app", point)
+	}
+	if err := s.j.ProcessAll(ctx, nil); err != nil {
+		return nil, err
+	}
+	var fs []*fbVM
+	seen := map[string]bool{}
+	for _, name := range vms {
+		if seen[name] {
+			return nil, status.Errorf(codes.InvalidArgument, "vm %s is listed twice", name)
+		}
+		seen[name] = true
+		f, err := s.checkFailback(ctx, name, point)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, f)
+	}
+	s.mu.Lock()
+	for _, f := range fs {
+		if s.failbacks[f.name] {
+			s.mu.Unlock()
+			return nil, status.Errorf(codes.FailedPrecondition, "vm %s is failing back already", f.name)
+		}
+	}
+	for _, f := range fs {
+		s.failbacks[f.name] = true
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		for _, f := range fs {
+			delete(s.failbacks, f.name)
+		}
+		s.mu.Unlock()
+	}()
+	out := make([]*ferryv1.MTFailbackResponse, len(fs))
+	for i, f := range fs {
+		out[i] = f.resp
+	}
+	if syncMode == "before" {
+		for _, f := range fs {
+			if s.step(f, "synchronize before shutdown", func() (string, error) { return s.presync(ctx, f, point) }) != nil {
+				return out, nil
+			}
+		}
+	}
+	// Every member is shut down before any point is applied: their final
+	// points hold no write made after another member stopped.
+	var wg sync.WaitGroup
+	t0 := s.clock.Now()
+	for _, f := range fs {
+		f.before, f.t0 = s.recv.ReceivedBytes(f.vmid), t0
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.step(f, "shut down recovered VM", func() (string, error) { return s.shutdown(ctx, f, syncMode, tag) })
+		}()
+	}
+	wg.Wait()
+	var moved int64
+	for _, f := range fs {
+		if f.failed {
+			for _, g := range fs {
+				if !g.failed {
+					g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: s.clock.Now().UnixNano(),
+						EndUnixNano: s.clock.Now().UnixNano(), Outcome: "failed",
+						Detail: fmt.Sprintf("vm %s did not shut down: no point was applied; the recovered VMs' data is all here, reverse replication goes on once they run again", f.name)})
+				}
+			}
+			return out, nil
+		}
+		moved += s.recv.ReceivedBytes(f.vmid) - f.before
+	}
+	if s.clock.Simulated() && moved > 0 {
+		// What moved over the link during downtime takes its time; the
+		// members share the link.
+		s.clock.Sleep(ctx, time.Duration(float64(moved)/float64(s.cfg.LinkRate)*float64(time.Second)))
+	}
+	for _, f := range fs {
+		s.finishFailback(ctx, f, syncMode, point, tag)
+	}
+	return out, nil
+}
+
+// checkFailback checks that vm can fail back now.
+func (s *Server) checkFailback(ctx context.Context, name, point string) (*fbVM, error) {
 	vmid := journal.VMID(name)
 	t, err := s.target(name)
 	if err != nil {
@@ -99,15 +256,6 @@ func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (
 	if t == nil || t.Retired {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s is not replicating to this master target", name)
 	}
-	if req.GetSync() != "before" && req.GetSync() != "during" {
-		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", req.GetSync())
-	}
-	if req.GetPoint() != "latest" && req.GetPoint() != "latest-app" {
-		return nil, status.Errorf(codes.InvalidArgument, "point %q: failback offers latest or latest-app", req.GetPoint())
-	}
-	if err := s.ProcessAll(ctx); err != nil {
-		return nil, err
-	}
 	vm, err := s.j.VM(ctx, vmid)
 	if err != nil {
 		return nil, err
@@ -115,88 +263,139 @@ func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (
 	if vm.Points == 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", name)
 	}
-	if req.GetPoint() == "latest-app" && !s.hasApp(ctx, vmid) {
+	if point == "latest-app" && !s.hasApp(ctx, vmid) {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no app-consistent point at the master target", name)
 	}
-	resp := &ferryv1.MTFailbackResponse{}
-	step := func(n string, fn func() (string, error)) error {
-		st := &ferryv1.JobStep{Name: n, StartUnixNano: s.clock.Now().UnixNano()}
-		wall := time.Now()
-		detail, err := fn()
-		st.EndUnixNano, st.WallNanos, st.Detail, st.Outcome = s.clock.Now().UnixNano(), int64(time.Since(wall)), detail, "succeeded"
-		if err != nil {
-			st.Outcome, st.Detail = "failed", strings.TrimPrefix(detail+": "+err.Error(), ": ")
-		}
-		resp.Steps = append(resp.Steps, st)
-		return err
+	return &fbVM{name: name, vmid: vmid, t: t, resp: &ferryv1.MTFailbackResponse{}}, nil
+}
+
+// presync folds the newest point (the newest app-consistent one for a
+// latest-app failback) into the target disks while the recovered VM runs,
+// round after round until a round folds less than PresyncBound: only what
+// arrives after it is written to the primary during downtime.
+func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, error) {
+	devs, err := s.devices(f.name)
+	if err != nil {
+		return "", err
 	}
-	before := s.recv.ReceivedBytes(vmid)
-	t0 := s.clock.Now()
-	var final uint64
-	if err := step("shut down recovered VM", func() (string, error) {
-		res, err := s.recv.Command(ctx, vmid, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: req.GetSync() == "during"}}})
-		if err != nil {
+	var folded int64
+	rounds := 0
+	for rounds < 8 {
+		if _, err := s.j.Process(ctx, f.vmid, journal.Seq(math.MaxUint64)); err != nil {
 			return "", err
 		}
-		if !res.GetOk() {
-			return "", errors.New(res.GetError())
-		}
-		final = res.GetFinalSeq()
-		if moved := s.recv.ReceivedBytes(vmid) - before; s.clock.Simulated() && moved > 0 {
-			// What moved over the link during downtime takes its time.
-			s.clock.Sleep(ctx, time.Duration(float64(moved)/float64(s.cfg.LinkRate)*float64(time.Second)))
-		}
-		how := "final delta"
-		if req.GetSync() == "during" {
-			how = "whole disks, no checksums"
-		}
-		return fmt.Sprintf("recovered VM shut down; %s received up to marker %d", how, final), nil
-	}); err != nil {
-		return resp, nil
-	}
-	var point journal.Point
-	if err := step("process final data", func() (string, error) {
-		st, err := s.j.Process(ctx, vmid, journal.Seq(final))
-		if err != nil {
-			return "", err
-		}
-		if req.GetPoint() == "latest" {
-			point, err = s.j.Point(ctx, vmid, journal.Seq(final))
+		var upTo journal.Point
+		if point == "latest-app" {
+			upTo, err = s.latestApp(ctx, f.vmid)
 		} else {
-			point, err = s.latestApp(ctx, vmid)
+			var pts []journal.Point
+			pts, err = s.j.Points(ctx, f.vmid)
+			if err == nil && len(pts) > 0 {
+				upTo = pts[len(pts)-1]
+			}
 		}
-		return fmt.Sprintf("%d writes verified; point %d (%s)", st.Writes, point.ID, point.Consistency), err
-	}); err != nil {
-		return resp, nil
+		if err != nil {
+			return "", err
+		}
+		vm, err := s.j.VM(ctx, f.vmid)
+		if err != nil {
+			return "", err
+		}
+		if upTo.ID <= vm.BaseSeq {
+			break
+		}
+		rounds++
+		st, err := s.j.Trim(ctx, f.vmid, upTo.ID, devs)
+		if err != nil {
+			return "", err
+		}
+		folded += st.BytesApplied
+		if st.BytesApplied < PresyncBound {
+			break
+		}
 	}
-	resp.Point = wire.PointProto(point)
-	if err := step("apply point to primary disks", func() (string, error) {
-		s.mu.Lock()
-		devs := s.targets[name]
-		s.mu.Unlock()
-		compare := t.Location == LocationOriginal && req.GetSync() == "before"
+	return fmt.Sprintf("%s of the recovered VM's points written to the %s disks in %d rounds while it ran (until a round moved less than %s)",
+		cli.Bytes(folded), f.t.Location, rounds, cli.Bytes(PresyncBound)), nil
+}
+
+// shutdown asks the recovered VM's agent to shut its machine down and
+// waits for its final marker.
+func (s *Server) shutdown(ctx context.Context, f *fbVM, sync, tag string) (string, error) {
+	res, err := s.recv.Command(ctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: sync == "during", Tag: tag}}})
+	if err != nil {
+		return "", err
+	}
+	if !res.GetOk() {
+		return "", fmt.Errorf("vm %s: %s; nothing was applied, the recovered VM's data is all at the master target and it may be failed back again", f.name, res.GetError())
+	}
+	f.final = res.GetFinalSeq()
+	how := "final delta"
+	if sync == "during" {
+		how = "whole disks, no checksums"
+	}
+	return fmt.Sprintf("recovered VM shut down; %s received up to marker %d", how, f.final), nil
+}
+
+// finishFailback processes f's final data, applies the point to the target
+// disks and starts the primary.
+func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag string) {
+	if s.step(f, "process final data", func() (string, error) {
+		st, err := s.j.Process(ctx, f.vmid, journal.Seq(f.final))
+		if err != nil {
+			return "", err
+		}
+		if point == "latest" {
+			f.point, err = s.j.Point(ctx, f.vmid, journal.Seq(f.final))
+		} else {
+			f.point, err = s.latestApp(ctx, f.vmid)
+		}
+		if err == nil && tag != "" && f.point.Tag != tag {
+			err = fmt.Errorf("final point %d carries %q, not the group's tag %q", f.point.ID, f.point.Tag, tag)
+		}
+		return fmt.Sprintf("%d writes verified; point %d (%s)", st.Writes, f.point.ID, f.point.Consistency), err
+	}) != nil {
+		return
+	}
+	f.resp.Point = wire.PointProto(f.point)
+	if s.step(f, "apply point to primary disks", func() (string, error) {
+		devs, err := s.devices(f.name)
+		if err != nil {
+			return "", err
+		}
+		compare := f.t.Location == LocationOriginal && sync == "before"
 		var read, written int64
+		start := s.clock.Now()
+		wall := time.Now()
 		for i, d := range devs {
-			st, err := s.j.Apply(ctx, vmid, point.ID, i, d, compare)
+			st, err := s.j.Apply(ctx, f.vmid, f.point.ID, i, d, compare)
 			if err != nil {
 				return "", err
 			}
 			read, written = read+st.Read, written+st.Written
 		}
-		resp.AppliedBytes = uint64(written)
-		return fmt.Sprintf("%s location: %d of %d changed bytes written", t.Location, written, read), nil
-	}); err != nil {
-		return resp, nil
+		took := time.Since(wall)
+		how := "measured"
+		if s.clock.Simulated() {
+			// Writing the primary's disks takes its time too.
+			took, how = time.Duration(float64(written)/float64(s.cfg.DiskRate)*float64(time.Second)), fmt.Sprintf("modeled at %s/s", cli.Bytes(s.cfg.DiskRate))
+			s.clock.Sleep(ctx, took)
+		} else {
+			took = s.clock.Now().Sub(start)
+		}
+		f.resp.AppliedBytes, f.resp.AppliedNanos = uint64(written), int64(took)
+		return fmt.Sprintf("%s location: %s of %s of journaled writes written during downtime in %v (%s)", f.t.Location,
+			cli.Bytes(written), cli.Bytes(read), took.Round(time.Millisecond), how), nil
+	}) != nil {
+		return
 	}
-	if err := step("start primary VM", func() (string, error) {
-		return "", s.cfg.Primary.Start(ctx, name, t.Location)
-	}); err != nil {
-		return resp, nil
+	if s.step(f, "start primary VM", func() (string, error) {
+		return "", s.cfg.Primary.Start(ctx, f.name, f.t.Location)
+	}) != nil {
+		return
 	}
-	resp.DowntimeNanos = int64(s.clock.Now().Sub(t0))
-	resp.DowntimeBytes = uint64(s.recv.ReceivedBytes(vmid) - before)
-	resp.TotalBytes = uint64(s.recv.ReceivedBytes(vmid))
-	return resp, nil
+	f.resp.DowntimeNanos = int64(s.clock.Now().Sub(f.t0))
+	f.resp.DowntimeBytes = uint64(s.recv.ReceivedBytes(f.vmid) - f.before)
+	f.resp.TotalBytes = uint64(s.recv.ReceivedBytes(f.vmid))
 }
 
 func (s *Server) hasApp(ctx context.Context, vm journal.VMID) bool {
@@ -235,6 +434,8 @@ func (s *Server) Retire(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.R
 	if err := s.putTarget(t); err != nil {
 		return nil, err
 	}
+	s.alerts.Forget(name)
+	s.rpoAlert.DeleteLabelValues(name)
 	s.mu.Lock()
 	for _, d := range s.targets[name] {
 		if f, ok := d.(*blockdev.File); ok {

@@ -31,16 +31,9 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/policy"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
-)
-
-// The failback policy: created with every reverse replication and not
-// editable.
-const (
-	PolicyRPOThreshold   = 15 * time.Minute
-	PolicyRetention      = 24 * time.Hour
-	PolicyAppConsistency = 60 * time.Minute
 )
 
 // Locations of a failback.
@@ -78,6 +71,10 @@ type Config struct {
 	// recovery site (bytes/s, default 12.5 MB/s): a failback charges the
 	// bytes it moves during downtime to it.
 	LinkRate int64
+	// DiskRate models, on a simulated clock, how fast the primary's disks
+	// are written (bytes/s, default 200 MB/s): a failback charges what it
+	// applies during downtime to it. On real time it is measured.
+	DiskRate int64
 	// ProcessInterval is how often received markers become failback points
 	// (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
@@ -110,8 +107,12 @@ type Server struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 
-	mu      sync.Mutex
-	targets map[string][]blockdev.Device // where each VM's data lands
+	mu        sync.Mutex
+	targets   map[string][]blockdev.Device // where each VM's data lands
+	failbacks map[string]bool              // VMs failing back now
+
+	alerts   policy.Alerts
+	rpoAlert *prometheus.GaugeVec
 }
 
 // target is what the master target keeps of a reprotected VM.
@@ -142,11 +143,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LinkRate == 0 {
 		cfg.LinkRate = 12500000
 	}
+	if cfg.DiskRate == 0 {
+		cfg.DiskRate = 200000000
+	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "mt"), clock: clock.Or(cfg.Clock), targets: map[string][]blockdev.Device{}}, nil
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "mt"), clock: clock.Or(cfg.Clock), targets: map[string][]blockdev.Device{},
+		failbacks: map[string]bool{}, rpoAlert: newRPOAlert(cfg.Registerer)}, nil
 }
 
 // Open opens the journal and serves replication and the master target API.
@@ -170,7 +175,12 @@ func (s *Server) Open(ctx context.Context) error {
 		return err
 	}
 	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt", MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
-		Authorize: s.authorize})
+		Authorize: s.authorize, OnHello: func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
+			// The recovered VM's agent cuts points at the failback
+			// policy's frequencies.
+			ack.Policy = policy.Failback().Proto(nil)
+			return nil
+		}})
 	if err != nil {
 		return err
 	}
@@ -262,8 +272,12 @@ func (s *Server) Close(ctx context.Context) error {
 	return nil
 }
 
-// ProcessAll turns received markers into failback points.
-func (s *Server) ProcessAll(ctx context.Context) error { return s.j.ProcessAll(ctx, nil) }
+// ProcessAll turns received markers into failback points and applies the
+// failback policy: retention and the RPO alert.
+func (s *Server) ProcessAll(ctx context.Context) error {
+	err := s.j.ProcessAll(ctx, nil)
+	return errors.Join(err, s.applyPolicy(ctx))
+}
 
 func (s *Server) target(vm string) (*target, error) {
 	var t *target

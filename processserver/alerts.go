@@ -5,10 +5,14 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/policy"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Event kinds.
@@ -61,7 +65,20 @@ func (s *Server) Events(ctx context.Context, vm string) ([]Event, error) {
 			return nil
 		})
 	})
-	return out, err
+	if err != nil || s.mt == nil {
+		return out, err
+	}
+	// Reverse replication's events are the master target's.
+	res, err := s.mt.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: vm})
+	if err != nil {
+		s.log.Warn("the master target's events are left out: it did not answer", "err", err)
+		return out, nil
+	}
+	for _, e := range res.GetEvents() {
+		out = append(out, Event{Time: time.Unix(0, e.GetTimeUnixNano()).UTC(), VM: e.GetVm(), Kind: "master-target/" + e.GetKind(), Detail: e.GetDetail()})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, nil
 }
 
 // checkRPO raises an alert for every VM whose RPO (age of its newest
@@ -84,22 +101,18 @@ func (s *Server) checkRPO(ctx context.Context) error {
 		}
 		threshold := pol.RPOThreshold
 		rpo := now.Sub(vm.LatestPoint)
-		over := rpo > threshold
-		s.alertMu.Lock()
-		was := s.alerting[string(vm.Name)]
-		s.alerting[string(vm.Name)] = over
-		s.alertMu.Unlock()
+		tr := s.alerts.Check(string(vm.Name), rpo, threshold)
 		v := 0.0
-		if over {
+		if s.alerts.Alerting(string(vm.Name)) {
 			v = 1
 		}
 		s.rpoAlert.WithLabelValues(string(vm.Name)).Set(v)
-		switch {
-		case over && !was:
+		switch tr {
+		case policy.Raised:
 			s.log.Warn("RPO above threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second), "threshold", threshold)
 			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPOExceeded,
 				Detail: fmt.Sprintf("RPO %v is above the %v threshold (newest point %s)", rpo.Round(time.Second), threshold, vm.LatestPoint.Format(time.RFC3339))})
-		case !over && was:
+		case policy.Cleared:
 			s.log.Info("RPO back under threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second))
 			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPORecovered,
 				Detail: fmt.Sprintf("RPO %v is back under the %v threshold", rpo.Round(time.Second), threshold)})
@@ -109,11 +122,7 @@ func (s *Server) checkRPO(ctx context.Context) error {
 }
 
 // alerting reports whether vm's RPO is above its threshold now.
-func (s *Server) alertingFor(vm string) bool {
-	s.alertMu.Lock()
-	defer s.alertMu.Unlock()
-	return s.alerting[vm]
-}
+func (s *Server) alertingFor(vm string) bool { return s.alerts.Alerting(vm) }
 
 func newRPOAlert(reg prometheus.Registerer) *prometheus.GaugeVec {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_ps_rpo_alert", Help: "1 while a VM's RPO is above the threshold."}, []string{"vm"})

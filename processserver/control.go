@@ -124,6 +124,9 @@ func (v *VMState) Allowed() []string {
 		if v.Test != nil {
 			return []string{ActionCleanupTest}
 		}
+		if v.Machine.VMwareStyle() {
+			return []string{ActionTestFailover, ActionUnplannedFailover}
+		}
 		return []string{ActionTestFailover, ActionPlannedFailover, ActionUnplannedFailover}
 	case StateFailedOver:
 		return []string{ActionChangePoint, ActionCommit}
@@ -147,6 +150,8 @@ type StateError struct {
 	Test    bool
 	Action  string
 	Allowed []string
+	// Hint says why, when the state alone does not.
+	Hint string
 }
 
 func (e *StateError) Error() string {
@@ -162,6 +167,9 @@ func (e *StateError) Error() string {
 	if e.State == StateEnabling {
 		hint = " (the initial replication has not produced a recovery point yet)"
 	}
+	if e.Hint != "" {
+		hint += " (" + e.Hint + ")"
+	}
 	return fmt.Sprintf("vm %s is %s%s: %s is not allowed; allowed: %s", e.VM, st, hint, e.Action, allowed)
 }
 
@@ -171,7 +179,12 @@ func (v *VMState) require(action string) error {
 	if slices.Contains(v.Allowed(), action) {
 		return nil
 	}
-	return &StateError{VM: v.Name, State: v.State, Test: v.Test != nil, Action: action, Allowed: v.Allowed()}
+	e := &StateError{VM: v.Name, State: v.State, Test: v.Test != nil, Action: action, Allowed: v.Allowed()}
+	if action == ActionPlannedFailover && v.State == StateProtected && v.Test == nil && v.Machine.VMwareStyle() {
+		e.Hint = stepf("planned failover is offered for Hyper-V-style machines; %s is %s: fail it over unplanned (with --shutdown to shut it down first and lose nothing it wrote)",
+			v.Name, v.Machine.Kind())
+	}
+	return e
 }
 
 var (

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -80,13 +82,37 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, 
 // delta when sync is "before"; the whole disks, without checksums, when
 // "during"), applies the point to the primary disks and starts the primary.
 func (s *Server) Failback(ctx context.Context, vmName, sync, point string) (*Job, error) {
-	defer s.lockVM(vmName)()
-	st, _, err := s.vmState(ctx, vmName)
-	if err != nil {
-		return nil, err
+	jobs, errs := s.failback(ctx, "", []string{vmName}, sync, point)
+	return jobs[0], errs[0]
+}
+
+// failback fails vms back, each with its own job. With a group, they are
+// the members of that replication group: the master target shuts them all
+// down before it applies any point and each fails back to its final
+// marker, which carries the group's tag (their common point).
+func (s *Server) failback(ctx context.Context, group string, vms []string, sync, point string) ([]*Job, []error) {
+	jobs, errs := make([]*Job, len(vms)), make([]error, len(vms))
+	fail := func(err error) ([]*Job, []error) {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return jobs, errs
 	}
-	if err := st.require(ActionFailback); err != nil {
-		return nil, err
+	sorted := slices.Clone(vms)
+	slices.Sort(sorted)
+	for _, vm := range sorted {
+		defer s.lockVM(vm)()
+	}
+	for _, vm := range vms {
+		st, _, err := s.vmState(ctx, vm)
+		if err != nil {
+			return fail(err)
+		}
+		if err := st.require(ActionFailback); err != nil {
+			return fail(err)
+		}
 	}
 	if sync == "" {
 		sync = "before"
@@ -94,50 +120,100 @@ func (s *Server) Failback(ctx context.Context, vmName, sync, point string) (*Job
 	if point == "" {
 		point = PointLatest
 	}
-	run, err := s.newJob(ActionFailback, vmName)
-	if err != nil {
-		return nil, err
+	if group != "" && point != PointLatest {
+		return fail(fmt.Errorf("%w: a replication group fails back to its common point after every member shut down, not %q", ErrInvalidRequest, point))
 	}
-	err = func() error {
-		if s.mt == nil {
-			return run.step("check prerequisites", func() (string, error) { return "", ErrNoMasterTarget })
+	runs := make([]*jobRun, len(vms))
+	finish := func() ([]*Job, []error) {
+		for i, run := range runs {
+			if run != nil {
+				jobs[i], errs[i] = run.finish(errs[i])
+			}
 		}
-		var resp *ferryv1.MTFailbackResponse
-		if err := run.step("check prerequisites", func() (string, error) {
-			rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vmName})
+		return jobs, errs
+	}
+	failRuns := func(err error) ([]*Job, []error) {
+		fail(err)
+		return finish()
+	}
+	for i, vm := range vms {
+		run, err := s.newJob(ActionFailback, vm)
+		if err != nil {
+			return failRuns(err)
+		}
+		runs[i], jobs[i] = run, run.job
+	}
+	for i, vm := range vms {
+		errs[i] = runs[i].step("check prerequisites", func() (string, error) {
+			if s.mt == nil {
+				return "", ErrNoMasterTarget
+			}
+			rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm})
 			if err != nil {
 				return "", err
 			}
 			if !rs.GetRegistered() {
-				return "", fmt.Errorf("vm %s is not replicating to the master target", vmName)
+				return "", fmt.Errorf("vm %s is not replicating to the master target", vm)
 			}
-			return stepf("%s location, %d failback points, %s received; sync %s, point %s", rs.GetLocation(), rs.GetPoints(), cli.Bytes(int64(rs.GetReceivedBytes())), sync, point), nil
-		}); err != nil {
-			return err
-		}
-		resp, err = s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vmName, Sync: sync, Point: point})
-		if err != nil {
-			return err
-		}
-		for _, mst := range resp.GetSteps() {
-			run.job.Steps = append(run.job.Steps, Step{Name: "master target: " + mst.GetName(), Start: time.Unix(0, mst.GetStartUnixNano()),
-				End: time.Unix(0, mst.GetEndUnixNano()), Outcome: mst.GetOutcome(), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
-			if mst.GetOutcome() != OutcomeSucceeded {
-				return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
+			if rs.GetPoints() == 0 {
+				return "", fmt.Errorf("%w: vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", ErrState, vm)
 			}
-		}
-		if p := resp.GetPoint(); p != nil {
-			jp := wire.Point(journal.VMID(vmName), p)
-			run.job.Point = &jp
-		}
-		return run.step("record failback", func() (string, error) {
-			err := s.ctl.update(vmName, func(st *VMState) { st.State = StateFailedBack })
-			return stepf("downtime %v; %s moved during downtime, %s in all since reprotect; %s written to the primary disks",
-				time.Duration(resp.GetDowntimeNanos()).Round(time.Millisecond), cli.Bytes(int64(resp.GetDowntimeBytes())),
-				cli.Bytes(int64(resp.GetTotalBytes())), cli.Bytes(int64(resp.GetAppliedBytes()))), err
+			how := ""
+			if group != "" {
+				how = stepf("; with replication group %s (%s), to its common point", group, strings.Join(vms, ", "))
+			}
+			return stepf("%s location, %d failback points, %s received; sync %s, point %s%s", rs.GetLocation(), rs.GetPoints(), cli.Bytes(int64(rs.GetReceivedBytes())), sync, point, how), nil
 		})
-	}()
-	return run.finish(err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = fmt.Errorf("%w: another member of replication group %s cannot fail back: %v", ErrState, group, err)
+			}
+		}
+		return finish()
+	}
+	var resps []*ferryv1.MTFailbackResponse
+	if group != "" {
+		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: sync})
+		if err != nil {
+			return failRuns(err)
+		}
+		resps = out.GetResults()
+	} else {
+		out, err := s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vms[0], Sync: sync, Point: point})
+		if err != nil {
+			return failRuns(err)
+		}
+		resps = []*ferryv1.MTFailbackResponse{out}
+	}
+	if len(resps) != len(vms) {
+		return failRuns(fmt.Errorf("the master target answered for %d VMs, %d were asked", len(resps), len(vms)))
+	}
+	for i, vm := range vms {
+		run, resp := runs[i], resps[i]
+		errs[i] = func() error {
+			for _, mst := range resp.GetSteps() {
+				run.job.Steps = append(run.job.Steps, Step{Name: "master target: " + mst.GetName(), Start: time.Unix(0, mst.GetStartUnixNano()),
+					End: time.Unix(0, mst.GetEndUnixNano()), Outcome: mst.GetOutcome(), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
+				if mst.GetOutcome() != OutcomeSucceeded {
+					return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
+				}
+			}
+			if p := resp.GetPoint(); p != nil {
+				jp := wire.Point(journal.VMID(vm), p)
+				run.job.Point = &jp
+			}
+			return run.step("record failback", func() (string, error) {
+				err := s.ctl.update(vm, func(st *VMState) { st.State = StateFailedBack })
+				return stepf("downtime %v; %s received and %s written to the primary disks in %v during downtime; %s received in all since reprotect",
+					time.Duration(resp.GetDowntimeNanos()).Round(time.Millisecond), cli.Bytes(int64(resp.GetDowntimeBytes())),
+					cli.Bytes(int64(resp.GetAppliedBytes())), time.Duration(resp.GetAppliedNanos()).Round(time.Millisecond),
+					cli.Bytes(int64(resp.GetTotalBytes()))), err
+			})
+		}()
+	}
+	return finish()
 }
 
 // commitFailback deletes the recovery-site VM and retires reverse

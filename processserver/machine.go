@@ -35,6 +35,29 @@ type Machine struct {
 	Hardware *virt.Hardware `json:"hardware,omitempty"`
 }
 
+// VMwareStyle reports whether the machine is protected the way ASR
+// protects VMware VMs and physical servers (a mobility agent in the
+// machine): it fails over unplanned only, and its reverse replication is
+// relayed by the recovery site's process server.
+func (m Machine) VMwareStyle() bool {
+	return m.Hypervisor == "vmware" || m.Physical || m.ProtectedAsPhysical
+}
+
+// Kind names the machine's protection, for messages.
+func (m Machine) Kind() string {
+	switch {
+	case m.Physical:
+		return "a physical server"
+	case m.ProtectedAsPhysical:
+		return "a VM protected as a physical server"
+	case m.Hypervisor == "vmware":
+		return "a VMware VM"
+	case m.Hypervisor == "hyperv":
+		return "a Hyper-V VM"
+	}
+	return "a VM"
+}
+
 func machineFromProto(m *ferryv1.MachineInfo) Machine {
 	return Machine{
 		OS: m.GetOs(), AgentVersion: m.GetMobilityAgentVersion(), Physical: m.GetPhysical(), Hypervisor: m.GetHypervisor(),
@@ -49,6 +72,10 @@ func machineFromProto(m *ferryv1.MachineInfo) Machine {
 // recovery site without failover processing.
 var RequiredBootDrivers = []string{"storvsc", "vmbus", "storflt", "intelide", "atapi"}
 
+// DisableVMwareTools is the failover processing task of a Windows VM from
+// VMware: its VMware Tools are disabled, since it no longer runs on VMware.
+const DisableVMwareTools = "VMware Windows VM: disable VMware Tools"
+
 // FailoverProcessingReasons lists why a machine needs extra failover
 // processing; none means it boots as it is.
 func FailoverProcessingReasons(m Machine) []string {
@@ -61,6 +88,9 @@ func FailoverProcessingReasons(m Machine) []string {
 	}
 	if m.Hypervisor == "vmware" && m.OS == "linux" {
 		r = append(r, "VMware Linux VM")
+	}
+	if m.Hypervisor == "vmware" && m.OS == "windows" {
+		r = append(r, DisableVMwareTools)
 	}
 	if m.Hypervisor == "hyperv" && m.ProtectedAsPhysical {
 		r = append(r, "Hyper-V VM protected as a physical server")

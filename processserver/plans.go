@@ -49,6 +49,9 @@ type PlanGroup struct {
 	VMs  []string     `json:"vms"`
 	Pre  []PlanAction `json:"pre,omitempty"`
 	Post []PlanAction `json:"post,omitempty"`
+	// FailbackSync is how the group synchronizes at failback when the run
+	// does not say: before (default) or during.
+	FailbackSync string `json:"failback_sync,omitempty"`
 }
 
 // PlanAction is a command run by the process server, or a manual step the
@@ -150,6 +153,8 @@ const (
 	PlanChangePoint       = ActionChangePoint
 	PlanCommit            = ActionCommit
 	PlanCleanupTest       = ActionCleanupTest
+	PlanReprotect         = ActionReprotect
+	PlanFailback          = ActionFailback
 )
 
 // planPoints are the point options a plan accepts; a custom point ID is
@@ -176,6 +181,9 @@ func (p Plan) Validate() error {
 				return fmt.Errorf("%w: plan %s: vm %s is in group %d and group %d", ErrInvalidRequest, p.Name, vm, at, i+1)
 			}
 			seen[vm] = i + 1
+		}
+		if g.FailbackSync != "" && g.FailbackSync != "before" && g.FailbackSync != "during" {
+			return fmt.Errorf("%w: plan %s: group %d: failback_sync %q: want before or during", ErrInvalidRequest, p.Name, i+1, g.FailbackSync)
 		}
 		for _, a := range slices.Concat(g.Pre, g.Post) {
 			switch {
@@ -268,6 +276,10 @@ type PlanRequest struct {
 	Point    string
 	Network  string
 	Shutdown bool
+	// Location of a reprotect: original (default) or alternate.
+	Location string
+	// Sync of a failback: before (default) or during.
+	Sync string
 }
 
 // RunPlan checks the request and starts the plan's job; it returns the job
@@ -295,8 +307,28 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 			return nil, fmt.Errorf("%w: plan %s: a planned failover always uses each VM's final point after shutdown, not %q", ErrInvalidRequest, p.Name, req.Point)
 		}
 	case PlanCommit, PlanCleanupTest:
+	case PlanReprotect:
+		if req.Location == "" {
+			req.Location = "original"
+		}
+		if req.Location != "original" && req.Location != "alternate" {
+			return nil, fmt.Errorf("%w: plan %s: location %q: want original or alternate", ErrInvalidRequest, p.Name, req.Location)
+		}
+	case PlanFailback:
+		if req.Point == "" {
+			req.Point = PointLatest
+		}
+		if req.Sync != "" && req.Sync != "before" && req.Sync != "during" {
+			return nil, fmt.Errorf("%w: plan %s: sync %q: want before or during", ErrInvalidRequest, p.Name, req.Sync)
+		}
+		if req.Point != PointLatest && req.Point != PointLatestApp {
+			return nil, fmt.Errorf("%w: plan %s: point %q: a failback takes latest or latest-app", ErrInvalidRequest, p.Name, req.Point)
+		}
+		if err := s.checkGroupsTogether(p); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, fmt.Errorf("%w: plan operation %q: want test-failover, planned-failover, unplanned-failover, change-point, commit or cleanup-test", ErrInvalidRequest, req.Operation)
+		return nil, fmt.Errorf("%w: plan operation %q: want test-failover, planned-failover, unplanned-failover, change-point, commit, cleanup-test, reprotect or failback", ErrInvalidRequest, req.Operation)
 	}
 	// Every VM must allow the operation before anything starts.
 	for _, vm := range p.VMs() {
@@ -305,6 +337,9 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 			return nil, err
 		}
 		if err := st.require(req.Operation); err != nil {
+			return nil, fmt.Errorf("plan %s: %w", p.Name, err)
+		}
+		if err := s.hasPoint(ctx, vm, req.Operation); err != nil {
 			return nil, fmt.Errorf("plan %s: %w", p.Name, err)
 		}
 	}
@@ -385,7 +420,9 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 
 func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan string) error {
 	points := map[string]string{}
-	if req.Operation != PlanCommit && req.Operation != PlanCleanupTest {
+	switch req.Operation {
+	case PlanCommit, PlanCleanupTest, PlanReprotect, PlanFailback:
+	default:
 		if err := run.step("select recovery points", func() (string, error) {
 			var err error
 			points, err = s.planPoints(ctx, p, req.Point)
@@ -401,7 +438,9 @@ func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanReque
 			return err
 		}
 	}
-	actions := req.Operation == PlanTestFailover || req.Operation == PlanPlannedFailover || req.Operation == PlanUnplannedFailover
+	// Actions and manual steps run around the groups of whatever moves
+	// VMs between the sites: failovers, reprotect and failback.
+	actions := req.Operation != PlanCommit && req.Operation != PlanCleanupTest && req.Operation != PlanChangePoint
 	for gi, g := range p.Groups {
 		n := gi + 1
 		if actions {
@@ -422,6 +461,68 @@ func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanReque
 					return err
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// checkGroupsTogether refuses a failback plan that splits a replication
+// group across plan groups or leaves a member out: a group's members fail
+// back together, to their common point.
+func (s *Server) checkGroupsTogether(p Plan) error {
+	in := map[string]int{} // VM -> plan group
+	for gi, g := range p.Groups {
+		for _, vm := range g.VMs {
+			in[vm] = gi + 1
+		}
+	}
+	for gi, g := range p.Groups {
+		for _, vm := range g.VMs {
+			rg, ok, err := s.groupOf(vm)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			for _, m := range rg.VMs {
+				if in[m] != gi+1 {
+					where := "is not in the plan"
+					if in[m] > 0 {
+						where = stepf("is in plan group %d", in[m])
+					}
+					return fmt.Errorf("%w: plan %s: replication group %s fails back together to its common point, but %s is in plan group %d and %s %s",
+						ErrInvalidRequest, p.Name, rg.Name, vm, gi+1, m, where)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// hasPoint checks that vm has the recovery point the operation needs: a
+// failover one at this process server, a failback one at the master
+// target.
+func (s *Server) hasPoint(ctx context.Context, vm, op string) error {
+	switch op {
+	case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover:
+		v, err := s.j.VM(ctx, journal.VMID(vm))
+		if err != nil {
+			return err
+		}
+		if v.Points == 0 {
+			return fmt.Errorf("%w: vm %s has no recovery point yet", ErrState, vm)
+		}
+	case PlanFailback:
+		if s.mt == nil {
+			return ErrNoMasterTarget
+		}
+		rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm})
+		if err != nil {
+			return err
+		}
+		if rs.GetPoints() == 0 {
+			return fmt.Errorf("%w: vm %s has no recovery point at the master target yet: reverse replication has not produced one", ErrState, vm)
 		}
 	}
 	return nil
@@ -470,12 +571,52 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 	return out, nil
 }
 
-// planGroup runs the operation on the group's VMs in parallel.
+// planGroup runs the operation on the group's VMs in parallel. A failback
+// runs the members of a replication group together, to their common point.
 func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req PlanRequest, points map[string]string) (string, error) {
+	if req.Sync == "" {
+		req.Sync = g.FailbackSync
+	}
 	jobs := make([]*Job, len(g.VMs))
 	errs := make([]error, len(g.VMs))
 	var wg sync.WaitGroup
+	together := map[string][]int{} // replication group -> indices into g.VMs
+	var order []string
+	grouped := map[int]bool{}
+	if req.Operation == PlanFailback {
+		for i, vm := range g.VMs {
+			rg, ok, err := s.groupOf(vm)
+			if err != nil {
+				return "", err
+			}
+			if ok {
+				if together[rg.Name] == nil {
+					order = append(order, rg.Name)
+				}
+				together[rg.Name] = append(together[rg.Name], i)
+				grouped[i] = true
+			}
+		}
+	}
+	for _, name := range order {
+		idx := together[name]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var vms []string
+			for _, k := range idx {
+				vms = append(vms, g.VMs[k])
+			}
+			js, es := s.failback(ctx, name, vms, req.Sync, req.Point)
+			for n, k := range idx {
+				jobs[k], errs[k] = js[n], es[n]
+			}
+		}()
+	}
 	for i, vm := range g.VMs {
+		if grouped[i] {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -493,6 +634,10 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 				jobs[i], errs[i] = s.Commit(ctx, vm)
 			case PlanCleanupTest:
 				jobs[i], errs[i] = s.CleanupTest(ctx, vm)
+			case PlanReprotect:
+				jobs[i], errs[i] = s.Reprotect(ctx, vm, req.Location)
+			case PlanFailback:
+				jobs[i], errs[i] = s.Failback(ctx, vm, req.Sync, req.Point)
 			}
 		}()
 	}
@@ -555,7 +700,7 @@ func PlanProto(p Plan) *ferryv1.RecoveryPlan {
 		return o
 	}
 	for _, g := range p.Groups {
-		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post)})
+		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post), FailbackSync: g.FailbackSync})
 	}
 	return out
 }
@@ -571,7 +716,7 @@ func PlanFromProto(in *ferryv1.RecoveryPlan) Plan {
 		return o
 	}
 	for _, g := range in.GetGroups() {
-		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost())})
+		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost()), FailbackSync: g.GetFailbackSync()})
 	}
 	return p
 }
@@ -605,7 +750,7 @@ func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanReques
 
 func (r *recovery) RunPlan(ctx context.Context, req *ferryv1.RunPlanRequest) (*ferryv1.Job, error) {
 	j, err := r.s.RunPlan(ctx, PlanRequest{Plan: req.GetPlan(), Operation: req.GetOperation(), Point: req.GetPoint(),
-		Network: req.GetNetwork(), Shutdown: req.GetShutdown()})
+		Network: req.GetNetwork(), Shutdown: req.GetShutdown(), Location: req.GetLocation(), Sync: req.GetSync()})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/policy"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -25,34 +25,20 @@ const (
 	PolicyVMware = "vmware-72h"
 	// PolicyFailback is what reprotected VMs follow while they replicate to
 	// the master target; Ferry creates it and it cannot be edited.
-	PolicyFailback = "failback"
+	PolicyFailback = policy.FailbackName
 )
 
-// Policy is a named replication policy: which recovery points Ferry keeps
-// and cuts for the VMs that follow it, and when it alerts.
-type Policy struct {
-	Name string `json:"name"`
-	// Retention: points older than this are deleted.
-	Retention time.Duration `json:"retention"`
-	// CrashInterval: the agent cuts a crash-consistent point this often.
-	CrashInterval time.Duration `json:"crash_interval"`
-	// AppInterval: the agent cuts an app-consistent point this often; 0
-	// disables app-consistent points. App points closer together than
-	// this are kept as crash-consistent.
-	AppInterval time.Duration `json:"app_interval"`
-	// RPOThreshold raises an alert for a VM whose newest point is older.
-	RPOThreshold time.Duration `json:"rpo_threshold"`
-	// Builtin policies are Ferry's own and cannot be edited.
-	Builtin bool `json:"builtin,omitempty"`
-}
+// Policy is a named replication policy (pkg/policy, shared with the
+// master target).
+type Policy = policy.Policy
 
 var (
 	bucketPolicies = []byte("policies")
 	nameRE         = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 )
 
-// Validate reports the first field that is out of range.
-func (p Policy) Validate() error {
+// validatePolicy reports the first field of p that is out of range.
+func validatePolicy(p Policy) error {
 	switch {
 	case !nameRE.MatchString(p.Name):
 		return fmt.Errorf("%w: policy name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, p.Name)
@@ -82,7 +68,7 @@ func (s *Server) builtinPolicies() []Policy {
 	return []Policy{
 		{Name: PolicyDefault, Retention: ret, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
 		{Name: PolicyVMware, Retention: 72 * time.Hour, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
-		{Name: PolicyFailback, Retention: 24 * time.Hour, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: 15 * time.Minute, Builtin: true},
+		policy.Failback(),
 	}
 }
 
@@ -124,7 +110,7 @@ func (s *Server) PutPolicy(ctx context.Context, p Policy) error {
 		return fmt.Errorf("%w: the failback policy is created by Ferry and cannot be edited", ErrInvalidRequest)
 	}
 	p.Builtin = false
-	if err := p.Validate(); err != nil {
+	if err := validatePolicy(p); err != nil {
 		return err
 	}
 	if err := putNamed(s.ctl, bucketPolicies, p.Name, p); err != nil {
@@ -204,44 +190,10 @@ func (s *Server) pushPolicy(vm journal.VMID, p Policy) {
 }
 
 // PolicyProto converts a policy for the wire.
-func PolicyProto(p Policy, vms []string) *ferryv1.Policy {
-	return &ferryv1.Policy{Name: p.Name, RetentionSeconds: int64(p.Retention / time.Second), CrashIntervalSeconds: int64(p.CrashInterval / time.Second),
-		AppIntervalSeconds: int64(p.AppInterval / time.Second), RpoThresholdSeconds: int64(p.RPOThreshold / time.Second), Builtin: p.Builtin, Vms: vms}
-}
+func PolicyProto(p Policy, vms []string) *ferryv1.Policy { return p.Proto(vms) }
 
 // PolicyFromProto converts a policy from the wire.
-func PolicyFromProto(p *ferryv1.Policy) Policy {
-	return Policy{Name: p.GetName(), Retention: time.Duration(p.GetRetentionSeconds()) * time.Second,
-		CrashInterval: time.Duration(p.GetCrashIntervalSeconds()) * time.Second, AppInterval: time.Duration(p.GetAppIntervalSeconds()) * time.Second,
-		RPOThreshold: time.Duration(p.GetRpoThresholdSeconds()) * time.Second}
-}
-
-// thinAppPoints keeps app-consistent points only as often as vm's policy
-// says: an app point closer than AppInterval to the previous one kept (or
-// any, when the policy has them off) is kept as crash-consistent.
-func (s *Server) thinAppPoints(ctx context.Context, vm journal.VM, p Policy) error {
-	pts, err := s.j.Points(ctx, vm.Name)
-	if err != nil {
-		return err
-	}
-	var last time.Time
-	var demote []journal.Seq
-	for _, pt := range pts {
-		if pt.Consistency != journal.App || strings.HasPrefix(pt.Tag, groupTagPrefix) {
-			continue // multi-VM points follow their group's frequency
-		}
-		if p.AppInterval == 0 || (!last.IsZero() && pt.Time.Sub(last) < p.AppInterval) {
-			demote = append(demote, pt.ID)
-			continue
-		}
-		last = pt.Time
-	}
-	if len(demote) == 0 {
-		return nil
-	}
-	s.log.Info("app-consistent points thinned", "vm", vm.Name, "policy", p.Name, "points", len(demote))
-	return s.j.SetConsistency(ctx, vm.Name, demote, journal.Crash)
-}
+func PolicyFromProto(p *ferryv1.Policy) Policy { return policy.FromProto(p) }
 
 func (r *recovery) ListPolicies(ctx context.Context, _ *ferryv1.ListPoliciesRequest) (*ferryv1.ListPoliciesResponse, error) {
 	pols, err := r.s.Policies()

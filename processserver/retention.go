@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/policy"
 )
 
 // baseDevices returns the VM's base images, creating sparse ones on first
@@ -94,24 +95,19 @@ func (s *Server) applyRetention(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		if err := s.thinAppPoints(ctx, vm, pol); err != nil {
+		if n, err := policy.ThinAppPoints(ctx, s.j, vm.Name, pol); err != nil {
 			errs = append(errs, err)
+		} else if n > 0 {
+			s.log.Info("app-consistent points thinned", "vm", vm.Name, "policy", pol.Name, "points", n)
 		}
-		upTo, err := s.j.RetainFrom(ctx, vm.Name, s.clock.Now().Add(-pol.Retention))
-		if err != nil || upTo == 0 {
-			continue
-		}
-		devs, err := s.baseDevices(vm)
+		ts, err := policy.Retain(ctx, s.j, vm.Name, pol, s.clock.Now(), func() ([]blockdev.Device, error) { return s.baseDevices(vm) })
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		ts, err := s.j.Trim(ctx, vm.Name, upTo, devs)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		if ts.PointsDeleted > 0 || ts.RecordsDeleted > 0 {
+			s.log.Info("retention", "vm", vm.Name, "points_deleted", ts.PointsDeleted, "records_deleted", ts.RecordsDeleted, "bytes_freed", ts.BytesFreed)
 		}
-		s.log.Info("retention", "vm", vm.Name, "base_seq", upTo, "points_deleted", ts.PointsDeleted, "records_deleted", ts.RecordsDeleted, "bytes_freed", ts.BytesFreed)
 	}
 	return errors.Join(errs...)
 }

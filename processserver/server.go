@@ -31,6 +31,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/policy"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -183,8 +184,7 @@ type Server struct {
 	bg       context.Context // ends when the server closes
 	nbd      *nbd.Server
 	nbdURI   func(export string) string
-	alertMu  sync.Mutex
-	alerting map[string]bool
+	alerts   policy.Alerts
 	rpoAlert *prometheus.GaugeVec
 
 	groupMetrics
@@ -266,7 +266,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
-		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{}, alerting: map[string]bool{},
+		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{},
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},

@@ -29,6 +29,9 @@ type Instance struct {
 	Running   bool
 	Deleted   bool
 	Processed bool
+	// ToolsDisabled: failover processing disabled the VMware Tools of a
+	// Windows VM from VMware.
+	ToolsDisabled bool
 	Console   string
 }
 
@@ -165,6 +168,7 @@ func (c *Compute) ProcessFailover(ctx context.Context, id string, reasons []stri
 	}
 	c.mu.Lock()
 	inst.Processed = true
+	inst.ToolsDisabled = slices.Contains(reasons, processserver.DisableVMwareTools)
 	c.mu.Unlock()
 	return nil
 }

@@ -247,43 +247,62 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 // failback. It starts the agent on the side that now runs the VM, waits
 // for its resync and reports what it sent against what differed.
 func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location string) *Entry {
-	st := d.status(ctx, v.Config.Name)
-	forward := st.GetState() == "failback-committed"
-	// What the target's replica holds: the primary's own disks (reverse,
-	// original location), or what the process server had when the primary
-	// site was lost (forward).
-	var replica []*blockdev.Memory
-	switch {
-	case forward:
-		o, _ := v.Truth("@outage")
-		replica = o.Disks
-	case location == "original":
-		replica = v.disks
-	}
-	var differ int64
-	if replica != nil {
-		differ = differingBlocks(ctx, v.active, replica)
-	}
+	b := d.reprotectBaseline(ctx, v, location)
 	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: location})
-	action := "reprotect to the master target (" + location + " location)"
-	if forward {
-		action = "reprotect forward to the process server"
-	}
-	e := d.record(rep, v, action, job, err)
+	e := d.record(rep, v, b.action, job, err)
 	if e.Failed != "" {
 		return e
 	}
-	st = d.status(ctx, v.Config.Name)
-	target := d.MT.Addr()
-	if forward {
+	d.afterReprotect(ctx, rep, v, e, b)
+	return e
+}
+
+// reprotectBaseline is what a reprotect of a VM should send: the blocks
+// where the VM's disks differ from the target's replica.
+type reprotectBaseline struct {
+	forward bool
+	action  string
+	replica []*blockdev.Memory
+	differ  int64
+}
+
+func (d *Drill) reprotectBaseline(ctx context.Context, v *VM, location string) reprotectBaseline {
+	st := d.status(ctx, v.Config.Name)
+	b := reprotectBaseline{forward: st.GetState() == "failback-committed"}
+	// What the target's replica holds: the primary's own disks (reverse,
+	// original location), or what the process server had when the primary
+	// site was lost (forward).
+	switch {
+	case b.forward:
+		o, _ := v.Truth("@outage")
+		b.replica = o.Disks
+	case location == "original" || location == "":
+		b.replica = v.disks
+	}
+	if b.replica != nil {
+		b.differ = differingBlocks(ctx, v.active, b.replica)
+	}
+	b.action = "reprotect to the master target (" + orDefault(location, "original") + " location)"
+	if b.forward {
+		b.action = "reprotect forward to the process server"
+	}
+	return b
+}
+
+// afterReprotect starts the agent of a reprotected VM where it runs now,
+// waits for its resync and checks what it sent against what differed.
+func (d *Drill) afterReprotect(ctx context.Context, rep *Report, v *VM, e *Entry, b reprotectBaseline) {
+	st := d.status(ctx, v.Config.Name)
+	target := d.ReverseTarget(v)
+	if b.forward {
 		target = d.PS.Addr()
 	}
 	if err := d.StartAgent(ctx, v, target, st.GetEpoch(), fmt.Sprintf("epoch%d", st.GetEpoch())); err != nil {
 		e.Failed = err.Error()
-		rep.fail("%s %s: %v", v.Config.Name, action, err)
-		return e
+		rep.fail("%s %s: %v", v.Config.Name, b.action, err)
+		return
 	}
-	if !forward {
+	if !b.forward {
 		v.recoveredAgent = v.Agent
 	}
 	as := v.Agent.Stats()
@@ -292,19 +311,22 @@ func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location stri
 		total += dev.Size()
 	}
 	e.Notes = append(e.Notes, fmt.Sprintf("resync sent %s of data and received %s of hashes for %s of disks", cli.Bytes(as.SentBytes), cli.Bytes(as.HashBytes), cli.Bytes(total)))
-	if replica == nil {
+	if b.replica == nil {
 		e.Verified = "alternate location: new disks, everything copied"
-		return e
+		return
 	}
-	want := differ * blockdev.BlockSize
+	want := b.differ * blockdev.BlockSize
 	ratio := float64(as.SentBytes+as.HashBytes) / float64(want+as.HashBytes)
-	e.Verified = fmt.Sprintf("%d blocks (%s) differed from the target's replica; transfer %.3f× of them plus the hashes", differ, cli.Bytes(want), ratio)
+	e.Verified = fmt.Sprintf("%d blocks (%s) differed from the target's replica; transfer %.3f× of them plus the hashes", b.differ, cli.Bytes(want), ratio)
 	if ratio > 1.1 {
 		e.Failed = "reprotect sent more than 1.1× what differs"
 		rep.fail("%s: %s (%.3f×)", v.Config.Name, e.Failed, ratio)
 	}
-	return e
 }
+
+// ReverseTarget is where a recovered VM's agent replicates after a
+// reprotect to the primary site: the master target.
+func (d *Drill) ReverseTarget(v *VM) string { return d.MT.Addr() }
 
 // Failback fails a reprotected VM back and checks the disks now primary
 // equal the recovered VM's disks at the point used.

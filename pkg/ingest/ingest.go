@@ -441,6 +441,9 @@ func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Co
 	if cut := cmd.GetCut(); cut != nil && !cut.GetAbort() {
 		r.grant(vm, cut.GetTag())
 	}
+	if sh := cmd.GetShutdown(); sh != nil && sh.GetTag() != "" {
+		r.grant(vm, sh.GetTag())
+	}
 	s.cmdMu.Lock()
 	s.cmdID++
 	cmd.Id = s.cmdID

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/mastertarget"
+	"github.com/ferrydr/ferry/pkg/policy"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
@@ -48,16 +49,20 @@ func main() {
 	revocations := fs.String("revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fb := policy.Failback()
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-mt serve [flags]
 
 Receives reverse replication after a reprotect. At the original location it
 writes onto the primary machine's own disks (--disk) and only what differs is
-sent; at an alternate location onto new disks. The failback policy is fixed:
-RPO threshold %v, retention %v, app-consistent points every %v.
+sent; at an alternate location onto new disks. It applies the failback
+policy, which nobody edits: the recovered VM's agent cuts crash-consistent
+points every %v and app-consistent ones every %v, points older than %v
+are deleted (their data folded into the target disks), and a VM whose newest
+point is older than %v raises an rpo-exceeded event (ferryctl events).
 
 Flags:
-`, mastertarget.PolicyRPOThreshold, mastertarget.PolicyRetention, mastertarget.PolicyAppConsistency)
+`, fb.CrashInterval, fb.AppInterval, fb.Retention, fb.RPOThreshold)
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[2:])

@@ -176,8 +176,10 @@ func planCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) erro
 	fs := flag.NewFlagSet("plan "+args[0], flag.ExitOnError)
 	name, flags := positional(args[1:])
 	file := fs.String("file", "", "put: the plan as JSON")
-	op := fs.String("op", "", "run: test-failover, planned-failover, unplanned-failover, change-point, commit or cleanup-test")
-	point := fs.String("point", "", "run: latest, latest-processed, latest-app, latest-multivm-processed or latest-multivm-app")
+	op := fs.String("op", "", "run: test-failover, planned-failover, unplanned-failover, change-point, commit, cleanup-test, reprotect or failback")
+	point := fs.String("point", "", "run: latest, latest-processed, latest-app, latest-multivm-processed or latest-multivm-app (failback: latest or latest-app)")
+	location := fs.String("location", "", "run reprotect: original (default) or alternate")
+	syncMode := fs.String("sync", "", "run failback: before (default: synchronize before failover) or during (failover only)")
 	network := fs.String("network", "", "run test-failover: the isolated network")
 	shutdown := fs.Bool("shutdown", false, "run unplanned-failover: try to shut the sources down first")
 	fs.Parse(flags)
@@ -222,7 +224,8 @@ func planCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) erro
 		_, err := rc.DeletePlan(ctx, &ferryv1.DeletePlanRequest{Name: name})
 		return err
 	case "run":
-		j, err := rc.RunPlan(ctx, &ferryv1.RunPlanRequest{Plan: name, Operation: *op, Point: *point, Network: *network, Shutdown: *shutdown})
+		j, err := rc.RunPlan(ctx, &ferryv1.RunPlanRequest{Plan: name, Operation: *op, Point: *point, Network: *network, Shutdown: *shutdown,
+			Location: *location, Sync: *syncMode})
 		if err != nil {
 			return err
 		}

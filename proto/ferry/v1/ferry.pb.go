@@ -1832,7 +1832,11 @@ type Shutdown struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// After shutting down, send every block of every disk, not only the
 	// changes (failback that synchronizes during failover only).
-	FullCopy      bool `protobuf:"varint,1,opt,name=full_copy,json=fullCopy,proto3" json:"full_copy,omitempty"`
+	FullCopy bool `protobuf:"varint,1,opt,name=full_copy,json=fullCopy,proto3" json:"full_copy,omitempty"`
+	// The final marker's tag ("shutdown" when empty). The members of a
+	// replication group that fail back together share one group/ tag: their
+	// final markers form the group's common point.
+	Tag           string `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1872,6 +1876,13 @@ func (x *Shutdown) GetFullCopy() bool {
 		return x.FullCopy
 	}
 	return false
+}
+
+func (x *Shutdown) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
 }
 
 type HelloAck struct {
@@ -2991,10 +3002,14 @@ func (x *RecoveryPlan) GetUploadedUnixNano() int64 {
 // PlanGroup is one stage of a plan: its VMs fail over in parallel after
 // the pre actions, then the post actions run.
 type PlanGroup struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vms           []string               `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
-	Pre           []*PlanAction          `protobuf:"bytes,2,rep,name=pre,proto3" json:"pre,omitempty"`
-	Post          []*PlanAction          `protobuf:"bytes,3,rep,name=post,proto3" json:"post,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vms   []string               `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	Pre   []*PlanAction          `protobuf:"bytes,2,rep,name=pre,proto3" json:"pre,omitempty"`
+	Post  []*PlanAction          `protobuf:"bytes,3,rep,name=post,proto3" json:"post,omitempty"`
+	// How this group's VMs synchronize at failback when the run does not
+	// say: "before" (the default) or "during" (failover only: for VMs whose
+	// disks change almost entirely).
+	FailbackSync  string `protobuf:"bytes,4,opt,name=failback_sync,json=failbackSync,proto3" json:"failback_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3048,6 +3063,13 @@ func (x *PlanGroup) GetPost() []*PlanAction {
 		return x.Post
 	}
 	return nil
+}
+
+func (x *PlanGroup) GetFailbackSync() string {
+	if x != nil {
+		return x.FailbackSync
+	}
+	return ""
 }
 
 // PlanAction is a command the process server runs (with FERRY_PLAN,
@@ -3277,13 +3299,17 @@ type RunPlanRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Plan  string                 `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
 	// test-failover, planned-failover, unplanned-failover, change-point,
-	// commit or cleanup-test.
+	// commit, cleanup-test, reprotect or failback.
 	Operation string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
 	// latest, latest-processed, latest-app, latest-multivm-processed or
 	// latest-multivm-app; custom points are refused for plans.
-	Point         string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
-	Network       string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
-	Shutdown      bool   `protobuf:"varint,5,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	Point    string `protobuf:"bytes,3,opt,name=point,proto3" json:"point,omitempty"`
+	Network  string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	Shutdown bool   `protobuf:"varint,5,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	// reprotect: "original" (default) or "alternate".
+	Location string `protobuf:"bytes,6,opt,name=location,proto3" json:"location,omitempty"`
+	// failback: "before" (default) or "during".
+	Sync          string `protobuf:"bytes,7,opt,name=sync,proto3" json:"sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3351,6 +3377,20 @@ func (x *RunPlanRequest) GetShutdown() bool {
 		return x.Shutdown
 	}
 	return false
+}
+
+func (x *RunPlanRequest) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+func (x *RunPlanRequest) GetSync() string {
+	if x != nil {
+		return x.Sync
+	}
+	return ""
 }
 
 type ResumePlanRequest struct {
@@ -5984,6 +6024,122 @@ func (x *VerifyPointResponse) GetBytesChecked() uint64 {
 	return 0
 }
 
+type MTFailbackGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replication group's name; its members' final markers are tagged
+	// group/NAME/failback-N.
+	Group         string   `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vms           []string `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	Sync          string   `protobuf:"bytes,3,opt,name=sync,proto3" json:"sync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MTFailbackGroupRequest) Reset() {
+	*x = MTFailbackGroupRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTFailbackGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTFailbackGroupRequest) ProtoMessage() {}
+
+func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTFailbackGroupRequest.ProtoReflect.Descriptor instead.
+func (*MTFailbackGroupRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *MTFailbackGroupRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *MTFailbackGroupRequest) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *MTFailbackGroupRequest) GetSync() string {
+	if x != nil {
+		return x.Sync
+	}
+	return ""
+}
+
+type MTFailbackGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per VM, in the order asked.
+	Results []*MTFailbackResponse `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// The tag of the common point.
+	Tag           string `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MTFailbackGroupResponse) Reset() {
+	*x = MTFailbackGroupResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTFailbackGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTFailbackGroupResponse) ProtoMessage() {}
+
+func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTFailbackGroupResponse.ProtoReflect.Descriptor instead.
+func (*MTFailbackGroupResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *MTFailbackGroupResponse) GetResults() []*MTFailbackResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *MTFailbackGroupResponse) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
 type PrepareReprotectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -5997,7 +6153,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6009,7 +6165,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6022,7 +6178,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -6063,7 +6219,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6075,7 +6231,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6088,7 +6244,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -6113,7 +6269,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6125,7 +6281,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6138,7 +6294,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -6172,15 +6328,17 @@ type MTFailbackResponse struct {
 	// all since reprotect.
 	DowntimeBytes uint64 `protobuf:"varint,4,opt,name=downtime_bytes,json=downtimeBytes,proto3" json:"downtime_bytes,omitempty"`
 	TotalBytes    uint64 `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
-	// Bytes written to the primary disks.
+	// Bytes written to the primary disks during downtime, and how long it
+	// took (modeled on a simulated clock).
 	AppliedBytes  uint64 `protobuf:"varint,6,opt,name=applied_bytes,json=appliedBytes,proto3" json:"applied_bytes,omitempty"`
+	AppliedNanos  int64  `protobuf:"varint,7,opt,name=applied_nanos,json=appliedNanos,proto3" json:"applied_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6192,7 +6350,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6205,7 +6363,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -6250,6 +6408,13 @@ func (x *MTFailbackResponse) GetAppliedBytes() uint64 {
 	return 0
 }
 
+func (x *MTFailbackResponse) GetAppliedNanos() int64 {
+	if x != nil {
+		return x.AppliedNanos
+	}
+	return 0
+}
+
 type RetireResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -6258,7 +6423,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6270,7 +6435,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6283,7 +6448,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
 }
 
 type ReprotectStatusResponse struct {
@@ -6302,7 +6467,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6314,7 +6479,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6327,7 +6492,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -6516,9 +6681,10 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x0etimeout_millis\x18\x03 \x01(\x03R\rtimeoutMillis\"2\n" +
 	"\bGroupCut\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x14\n" +
-	"\x05abort\x18\x02 \x01(\bR\x05abort\"'\n" +
+	"\x05abort\x18\x02 \x01(\bR\x05abort\"9\n" +
 	"\bShutdown\x12\x1b\n" +
-	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\"\xb0\x01\n" +
+	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"\xb0\x01\n" +
 	"\bHelloAck\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\x12\x14\n" +
@@ -6591,11 +6757,12 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x06groups\x18\x02 \x03(\v2\x13.ferry.v1.PlanGroupR\x06groups\x12\x1f\n" +
 	"\vuploaded_by\x18\x03 \x01(\tR\n" +
 	"uploadedBy\x12,\n" +
-	"\x12uploaded_unix_nano\x18\x04 \x01(\x03R\x10uploadedUnixNano\"o\n" +
+	"\x12uploaded_unix_nano\x18\x04 \x01(\x03R\x10uploadedUnixNano\"\x94\x01\n" +
 	"\tPlanGroup\x12\x10\n" +
 	"\x03vms\x18\x01 \x03(\tR\x03vms\x12&\n" +
 	"\x03pre\x18\x02 \x03(\v2\x14.ferry.v1.PlanActionR\x03pre\x12(\n" +
-	"\x04post\x18\x03 \x03(\v2\x14.ferry.v1.PlanActionR\x04post\"R\n" +
+	"\x04post\x18\x03 \x03(\v2\x14.ferry.v1.PlanActionR\x04post\x12#\n" +
+	"\rfailback_sync\x18\x04 \x01(\tR\ffailbackSync\"R\n" +
 	"\n" +
 	"PlanAction\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -6606,13 +6773,15 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05plans\x18\x01 \x03(\v2\x16.ferry.v1.RecoveryPlanR\x05plans\"'\n" +
 	"\x11DeletePlanRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
-	"\x12DeletePlanResponse\"\x8e\x01\n" +
+	"\x12DeletePlanResponse\"\xbe\x01\n" +
 	"\x0eRunPlanRequest\x12\x12\n" +
 	"\x04plan\x18\x01 \x01(\tR\x04plan\x12\x1c\n" +
 	"\toperation\x18\x02 \x01(\tR\toperation\x12\x14\n" +
 	"\x05point\x18\x03 \x01(\tR\x05point\x12\x18\n" +
 	"\anetwork\x18\x04 \x01(\tR\anetwork\x12\x1a\n" +
-	"\bshutdown\x18\x05 \x01(\bR\bshutdown\"'\n" +
+	"\bshutdown\x18\x05 \x01(\bR\bshutdown\x12\x1a\n" +
+	"\blocation\x18\x06 \x01(\tR\blocation\x12\x12\n" +
+	"\x04sync\x18\a \x01(\tR\x04sync\"'\n" +
 	"\x11ResumePlanRequest\x12\x12\n" +
 	"\x04plan\x18\x01 \x01(\tR\x04plan\"#\n" +
 	"\x11ListEventsRequest\x12\x0e\n" +
@@ -6801,7 +6970,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x13VerifyPointResponse\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\x04R\apointId\x12%\n" +
 	"\x0ewrites_checked\x18\x02 \x01(\x04R\rwritesChecked\x12#\n" +
-	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\"\x85\x01\n" +
+	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\"T\n" +
+	"\x16MTFailbackGroupRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
+	"\x03vms\x18\x02 \x03(\tR\x03vms\x12\x12\n" +
+	"\x04sync\x18\x03 \x01(\tR\x04sync\"c\n" +
+	"\x17MTFailbackGroupResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.ferry.v1.MTFailbackResponseR\aresults\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"\x85\x01\n" +
 	"\x17PrepareReprotectRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
@@ -6812,7 +6988,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x11MTFailbackRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
 	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x14\n" +
-	"\x05point\x18\x03 \x01(\tR\x05point\"\x80\x02\n" +
+	"\x05point\x18\x03 \x01(\tR\x05point\"\xa5\x02\n" +
 	"\x12MTFailbackResponse\x12'\n" +
 	"\x05steps\x18\x01 \x03(\v2\x11.ferry.v1.JobStepR\x05steps\x12-\n" +
 	"\x05point\x18\x02 \x01(\v2\x17.ferry.v1.RecoveryPointR\x05point\x12%\n" +
@@ -6820,7 +6996,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x0edowntime_bytes\x18\x04 \x01(\x04R\rdowntimeBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x05 \x01(\x04R\n" +
 	"totalBytes\x12#\n" +
-	"\rapplied_bytes\x18\x06 \x01(\x04R\fappliedBytes\"\x10\n" +
+	"\rapplied_bytes\x18\x06 \x01(\x04R\fappliedBytes\x12#\n" +
+	"\rapplied_nanos\x18\a \x01(\x03R\fappliedNanos\"\x10\n" +
 	"\x0eRetireResponse\"\x94\x02\n" +
 	"\x17ReprotectStatusResponse\x12\x1e\n" +
 	"\n" +
@@ -6896,12 +7073,15 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"DeletePlan\x12\x1b.ferry.v1.DeletePlanRequest\x1a\x1c.ferry.v1.DeletePlanResponse\x122\n" +
 	"\aRunPlan\x12\x18.ferry.v1.RunPlanRequest\x1a\r.ferry.v1.Job\x128\n" +
 	"\n" +
-	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\xb4\x02\n" +
+	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\xd3\x03\n" +
 	"\fMasterTarget\x12Y\n" +
 	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
 	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
 	"\x06Retire\x12\x13.ferry.v1.VMRequest\x1a\x18.ferry.v1.RetireResponse\x12I\n" +
-	"\x0fReprotectStatus\x12\x13.ferry.v1.VMRequest\x1a!.ferry.v1.ReprotectStatusResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x0fReprotectStatus\x12\x13.ferry.v1.VMRequest\x1a!.ferry.v1.ReprotectStatusResponse\x12T\n" +
+	"\rFailbackGroup\x12 .ferry.v1.MTFailbackGroupRequest\x1a!.ferry.v1.MTFailbackGroupResponse\x12G\n" +
+	"\n" +
+	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_ferry_proto_rawDescOnce sync.Once
@@ -6916,7 +7096,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 98)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -7011,147 +7191,154 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*ScrubResponse)(nil),            // 90: ferry.v1.ScrubResponse
 	(*Corruption)(nil),               // 91: ferry.v1.Corruption
 	(*VerifyPointResponse)(nil),      // 92: ferry.v1.VerifyPointResponse
-	(*PrepareReprotectRequest)(nil),  // 93: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 94: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 95: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 96: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 97: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 98: ferry.v1.ReprotectStatusResponse
+	(*MTFailbackGroupRequest)(nil),   // 93: ferry.v1.MTFailbackGroupRequest
+	(*MTFailbackGroupResponse)(nil),  // 94: ferry.v1.MTFailbackGroupResponse
+	(*PrepareReprotectRequest)(nil),  // 95: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 96: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 97: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 98: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 99: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 100: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
-	5,  // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
-	11, // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
-	16, // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
-	4,  // 3: ferry.v1.AgentMessage.result:type_name -> ferry.v1.CommandResult
-	10, // 4: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
-	6,  // 5: ferry.v1.Hello.machine:type_name -> ferry.v1.MachineInfo
-	7,  // 6: ferry.v1.MachineInfo.hardware:type_name -> ferry.v1.VirtualHardware
-	8,  // 7: ferry.v1.VirtualHardware.disks:type_name -> ferry.v1.VirtualDisk
-	9,  // 8: ferry.v1.VirtualHardware.nics:type_name -> ferry.v1.VirtualNIC
-	12, // 9: ferry.v1.Batch.records:type_name -> ferry.v1.Record
-	13, // 10: ferry.v1.Record.write:type_name -> ferry.v1.Write
-	14, // 11: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
-	15, // 12: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
-	0,  // 13: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
-	1,  // 14: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	24, // 15: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	25, // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
-	18, // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
-	23, // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	31, // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
-	21, // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
-	22, // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
-	19, // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
-	20, // 23: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	31, // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	31, // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	36, // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	44, // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	45, // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	45, // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	43, // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	54, // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	61, // 32: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
-	64, // 33: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
-	2,  // 34: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	74, // 35: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	75, // 36: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	85, // 37: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	76, // 38: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	79, // 39: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	82, // 40: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	10, // 41: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	85, // 42: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,  // 43: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	91, // 44: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	10, // 45: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	75, // 46: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	85, // 47: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,  // 48: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	26, // 49: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	29, // 50: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	28, // 51: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
-	80, // 52: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	83, // 53: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	86, // 54: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	88, // 55: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	89, // 56: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	68, // 57: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	69, // 58: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	70, // 59: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	70, // 60: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	71, // 61: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	73, // 62: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	77, // 63: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	66, // 64: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	67, // 65: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	55, // 66: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	57, // 67: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	63, // 68: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
-	70, // 69: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
-	60, // 70: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
-	52, // 71: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	32, // 72: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	31, // 73: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	34, // 74: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	37, // 75: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	36, // 76: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	39, // 77: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	41, // 78: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	46, // 79: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	43, // 80: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	48, // 81: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	50, // 82: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	51, // 83: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	93, // 84: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	95, // 85: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	70, // 86: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	70, // 87: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	17, // 88: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	27, // 89: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	30, // 90: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	30, // 91: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
-	81, // 92: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	84, // 93: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	87, // 94: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	92, // 95: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	90, // 96: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	74, // 97: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	74, // 98: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	74, // 99: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	74, // 100: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	72, // 101: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	74, // 102: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	78, // 103: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	74, // 104: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	74, // 105: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	56, // 106: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	58, // 107: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	65, // 108: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	59, // 109: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
-	62, // 110: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
-	53, // 111: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	33, // 112: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	31, // 113: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	35, // 114: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	38, // 115: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	36, // 116: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	40, // 117: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	42, // 118: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	47, // 119: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	43, // 120: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	49, // 121: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	74, // 122: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	74, // 123: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	94, // 124: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	96, // 125: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	97, // 126: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	98, // 127: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	88, // [88:128] is the sub-list for method output_type
-	48, // [48:88] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	5,   // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
+	11,  // 1: ferry.v1.AgentMessage.batch:type_name -> ferry.v1.Batch
+	16,  // 2: ferry.v1.AgentMessage.heartbeat:type_name -> ferry.v1.Heartbeat
+	4,   // 3: ferry.v1.AgentMessage.result:type_name -> ferry.v1.CommandResult
+	10,  // 4: ferry.v1.Hello.disks:type_name -> ferry.v1.DiskInfo
+	6,   // 5: ferry.v1.Hello.machine:type_name -> ferry.v1.MachineInfo
+	7,   // 6: ferry.v1.MachineInfo.hardware:type_name -> ferry.v1.VirtualHardware
+	8,   // 7: ferry.v1.VirtualHardware.disks:type_name -> ferry.v1.VirtualDisk
+	9,   // 8: ferry.v1.VirtualHardware.nics:type_name -> ferry.v1.VirtualNIC
+	12,  // 9: ferry.v1.Batch.records:type_name -> ferry.v1.Record
+	13,  // 10: ferry.v1.Record.write:type_name -> ferry.v1.Write
+	14,  // 11: ferry.v1.Record.marker:type_name -> ferry.v1.Marker
+	15,  // 12: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
+	0,   // 13: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
+	1,   // 14: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
+	24,  // 15: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	25,  // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	18,  // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
+	23,  // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	31,  // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	21,  // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
+	22,  // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
+	19,  // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
+	20,  // 23: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
+	31,  // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	31,  // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	36,  // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	44,  // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	45,  // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	45,  // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	43,  // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	54,  // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	61,  // 32: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
+	64,  // 33: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	2,   // 34: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	74,  // 35: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	75,  // 36: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	85,  // 37: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	76,  // 38: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	79,  // 39: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	82,  // 40: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	10,  // 41: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	85,  // 42: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,   // 43: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	91,  // 44: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	98,  // 45: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
+	10,  // 46: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	75,  // 47: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	85,  // 48: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,   // 49: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	26,  // 50: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	29,  // 51: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	28,  // 52: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
+	80,  // 53: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	83,  // 54: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	86,  // 55: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	88,  // 56: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	89,  // 57: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	68,  // 58: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	69,  // 59: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	70,  // 60: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	70,  // 61: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	71,  // 62: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	73,  // 63: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	77,  // 64: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	66,  // 65: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	67,  // 66: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	55,  // 67: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	57,  // 68: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	63,  // 69: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	70,  // 70: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
+	60,  // 71: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
+	52,  // 72: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	32,  // 73: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	31,  // 74: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	34,  // 75: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	37,  // 76: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	36,  // 77: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	39,  // 78: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	41,  // 79: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	46,  // 80: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	43,  // 81: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	48,  // 82: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	50,  // 83: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	51,  // 84: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	95,  // 85: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	97,  // 86: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	70,  // 87: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	70,  // 88: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	93,  // 89: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
+	52,  // 90: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	17,  // 91: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	27,  // 92: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	30,  // 93: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	30,  // 94: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
+	81,  // 95: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	84,  // 96: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	87,  // 97: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	92,  // 98: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	90,  // 99: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	74,  // 100: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	74,  // 101: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	74,  // 102: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	74,  // 103: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	72,  // 104: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	74,  // 105: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	78,  // 106: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	74,  // 107: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	74,  // 108: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	56,  // 109: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	58,  // 110: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	65,  // 111: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	59,  // 112: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	62,  // 113: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
+	53,  // 114: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	33,  // 115: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	31,  // 116: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	35,  // 117: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	38,  // 118: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	36,  // 119: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	40,  // 120: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	42,  // 121: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	47,  // 122: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	43,  // 123: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	49,  // 124: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	74,  // 125: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	74,  // 126: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	96,  // 127: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	98,  // 128: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	99,  // 129: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	100, // 130: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	94,  // 131: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
+	53,  // 132: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	91,  // [91:133] is the sub-list for method output_type
+	49,  // [49:91] is the sub-list for method input_type
+	49,  // [49:49] is the sub-list for extension type_name
+	49,  // [49:49] is the sub-list for extension extendee
+	0,   // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -7190,7 +7377,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   96,
+			NumMessages:   98,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -1696,6 +1696,8 @@ const (
 	MasterTarget_Failback_FullMethodName         = "/ferry.v1.MasterTarget/Failback"
 	MasterTarget_Retire_FullMethodName           = "/ferry.v1.MasterTarget/Retire"
 	MasterTarget_ReprotectStatus_FullMethodName  = "/ferry.v1.MasterTarget/ReprotectStatus"
+	MasterTarget_FailbackGroup_FullMethodName    = "/ferry.v1.MasterTarget/FailbackGroup"
+	MasterTarget_ListEvents_FullMethodName       = "/ferry.v1.MasterTarget/ListEvents"
 )
 
 // MasterTargetClient is the client API for MasterTarget service.
@@ -1718,6 +1720,14 @@ type MasterTargetClient interface {
 	// committed: its agent is fenced and its journal dropped.
 	Retire(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*RetireResponse, error)
 	ReprotectStatus(ctx context.Context, in *VMRequest, opts ...grpc.CallOption) (*ReprotectStatusResponse, error)
+	// FailbackGroup fails the members of a replication group back together:
+	// every recovered VM is shut down before any point is applied, and each
+	// fails back to its final marker, which shares the group's tag (the
+	// group's common point).
+	FailbackGroup(ctx context.Context, in *MTFailbackGroupRequest, opts ...grpc.CallOption) (*MTFailbackGroupResponse, error)
+	// ListEvents returns the master target's events (RPO alerts of reverse
+	// replication under the failback policy), oldest first.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 }
 
 type masterTargetClient struct {
@@ -1768,6 +1778,26 @@ func (c *masterTargetClient) ReprotectStatus(ctx context.Context, in *VMRequest,
 	return out, nil
 }
 
+func (c *masterTargetClient) FailbackGroup(ctx context.Context, in *MTFailbackGroupRequest, opts ...grpc.CallOption) (*MTFailbackGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MTFailbackGroupResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_FailbackGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterTargetClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MasterTargetServer is the server API for MasterTarget service.
 // All implementations must embed UnimplementedMasterTargetServer
 // for forward compatibility.
@@ -1788,6 +1818,14 @@ type MasterTargetServer interface {
 	// committed: its agent is fenced and its journal dropped.
 	Retire(context.Context, *VMRequest) (*RetireResponse, error)
 	ReprotectStatus(context.Context, *VMRequest) (*ReprotectStatusResponse, error)
+	// FailbackGroup fails the members of a replication group back together:
+	// every recovered VM is shut down before any point is applied, and each
+	// fails back to its final marker, which shares the group's tag (the
+	// group's common point).
+	FailbackGroup(context.Context, *MTFailbackGroupRequest) (*MTFailbackGroupResponse, error)
+	// ListEvents returns the master target's events (RPO alerts of reverse
+	// replication under the failback policy), oldest first.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	mustEmbedUnimplementedMasterTargetServer()
 }
 
@@ -1809,6 +1847,12 @@ func (UnimplementedMasterTargetServer) Retire(context.Context, *VMRequest) (*Ret
 }
 func (UnimplementedMasterTargetServer) ReprotectStatus(context.Context, *VMRequest) (*ReprotectStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReprotectStatus not implemented")
+}
+func (UnimplementedMasterTargetServer) FailbackGroup(context.Context, *MTFailbackGroupRequest) (*MTFailbackGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FailbackGroup not implemented")
+}
+func (UnimplementedMasterTargetServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
 }
 func (UnimplementedMasterTargetServer) mustEmbedUnimplementedMasterTargetServer() {}
 func (UnimplementedMasterTargetServer) testEmbeddedByValue()                      {}
@@ -1903,6 +1947,42 @@ func _MasterTarget_ReprotectStatus_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MasterTarget_FailbackGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MTFailbackGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).FailbackGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_FailbackGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).FailbackGroup(ctx, req.(*MTFailbackGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MasterTarget_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MasterTarget_ServiceDesc is the grpc.ServiceDesc for MasterTarget service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1925,6 +2005,14 @@ var MasterTarget_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReprotectStatus",
 			Handler:    _MasterTarget_ReprotectStatus_Handler,
+		},
+		{
+			MethodName: "FailbackGroup",
+			Handler:    _MasterTarget_FailbackGroup_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _MasterTarget_ListEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

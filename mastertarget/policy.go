@@ -1,0 +1,187 @@
+package mastertarget
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/policy"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// Event kinds the master target raises.
+const (
+	EventRPOExceeded  = "rpo-exceeded"
+	EventRPORecovered = "rpo-recovered"
+)
+
+// Event is something that happened to a reverse replication.
+type Event struct {
+	Time   time.Time `json:"time"`
+	VM     string    `json:"vm"`
+	Kind   string    `json:"kind"`
+	Detail string    `json:"detail"`
+}
+
+var bucketEvents = []byte("events")
+
+func (s *Server) addEvent(e Event) error {
+	buf, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketEvents)
+		if err != nil {
+			return err
+		}
+		id, _ := b.NextSequence()
+		return b.Put(binary.BigEndian.AppendUint64(nil, id), buf)
+	})
+}
+
+// Events returns the events of vm (all VMs when empty), oldest first.
+func (s *Server) Events(vm string) ([]Event, error) {
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if vm == "" || e.VM == vm {
+				out = append(out, e)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ListEvents serves Events to the process server.
+func (s *Server) ListEvents(ctx context.Context, req *ferryv1.ListEventsRequest) (*ferryv1.ListEventsResponse, error) {
+	evs, err := s.Events(req.GetVm())
+	if err != nil {
+		return nil, err
+	}
+	out := &ferryv1.ListEventsResponse{}
+	for _, e := range evs {
+		out.Events = append(out.Events, &ferryv1.Event{TimeUnixNano: e.Time.UnixNano(), Vm: e.VM, Kind: e.Kind, Detail: e.Detail})
+	}
+	return out, nil
+}
+
+// active returns the VMs replicating here now.
+func (s *Server) active() ([]target, error) {
+	var ts []target
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTargets).ForEach(func(k, v []byte) error {
+			var t target
+			if err := json.Unmarshal(v, &t); err != nil {
+				return err
+			}
+			if !t.Retired {
+				ts = append(ts, t)
+			}
+			return nil
+		})
+	})
+	return ts, err
+}
+
+// applyPolicy applies the failback policy to every reverse replication:
+// app-consistent points thinned to its frequency, points older than its
+// retention deleted and their records folded into the target disks (the
+// primary's own, or the alternate ones), and the RPO alert raised and
+// cleared with an event each time.
+func (s *Server) applyPolicy(ctx context.Context) error {
+	ts, err := s.active()
+	if err != nil {
+		return err
+	}
+	pol := policy.Failback()
+	now := s.clock.Now()
+	var errs []error
+	for _, t := range ts {
+		vmid := journal.VMID(t.VM)
+		if s.failingBack(t.VM) {
+			continue // the failback decides what is kept until it ends
+		}
+		if _, err := policy.ThinAppPoints(ctx, s.j, vmid, pol); err != nil {
+			errs = append(errs, err)
+		}
+		ts, err := policy.Retain(ctx, s.j, vmid, pol, now, func() ([]blockdev.Device, error) { return s.devices(t.VM) })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("vm %s: retention: %w", t.VM, err))
+		} else if ts.PointsDeleted > 0 || ts.RecordsDeleted > 0 {
+			s.log.Info("retention", "vm", t.VM, "points_deleted", ts.PointsDeleted, "records_deleted", ts.RecordsDeleted,
+				"bytes_freed", ts.BytesFreed, "bytes_applied", ts.BytesApplied)
+		}
+		vm, err := s.j.VM(ctx, vmid)
+		if err != nil {
+			if !errors.Is(err, journal.ErrNoVM) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if vm.LatestPoint.IsZero() {
+			continue // the first sync has not cut a point yet
+		}
+		rpo := now.Sub(vm.LatestPoint)
+		tr := s.alerts.Check(t.VM, rpo, pol.RPOThreshold)
+		v := 0.0
+		if s.alerts.Alerting(t.VM) {
+			v = 1
+		}
+		s.rpoAlert.WithLabelValues(t.VM).Set(v)
+		switch tr {
+		case policy.Raised:
+			s.log.Warn("reverse replication RPO above threshold", "vm", t.VM, "rpo", rpo.Round(time.Second), "threshold", pol.RPOThreshold)
+			errs = append(errs, s.addEvent(Event{Time: now, VM: t.VM, Kind: EventRPOExceeded,
+				Detail: fmt.Sprintf("reverse replication RPO %v is above the failback policy's %v threshold (newest point %s)",
+					rpo.Round(time.Second), pol.RPOThreshold, vm.LatestPoint.Format(time.RFC3339))}))
+		case policy.Cleared:
+			s.log.Info("reverse replication RPO back under threshold", "vm", t.VM, "rpo", rpo.Round(time.Second))
+			errs = append(errs, s.addEvent(Event{Time: now, VM: t.VM, Kind: EventRPORecovered,
+				Detail: fmt.Sprintf("reverse replication RPO %v is back under the failback policy's %v threshold", rpo.Round(time.Second), pol.RPOThreshold)}))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// devices returns the disks vm's reverse replication lands on.
+func (s *Server) devices(vm string) ([]blockdev.Device, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	devs, ok := s.targets[vm]
+	if !ok {
+		return nil, fmt.Errorf("vm %s: no target disks attached", vm)
+	}
+	return devs, nil
+}
+
+// failingBack reports whether a failback of vm is under way.
+func (s *Server) failingBack(vm string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failbacks[vm]
+}
+
+func newRPOAlert(reg prometheus.Registerer) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_mt_rpo_alert",
+		Help: "1 while a reverse replication's RPO is above the failback policy's threshold."}, []string{"vm"})
+	reg.MustRegister(g)
+	return g
+}
