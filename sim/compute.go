@@ -32,7 +32,7 @@ type Instance struct {
 	// ToolsDisabled: failover processing disabled the VMware Tools of a
 	// Windows VM from VMware.
 	ToolsDisabled bool
-	Console   string
+	Console       string
 }
 
 // Compute is the recovery site's simulated compute: it creates VMs on

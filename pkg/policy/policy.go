@@ -120,7 +120,7 @@ const (
 // Alerts tracks which VMs' RPO is above their threshold. It is safe for
 // concurrent use.
 type Alerts struct {
-	mu  sync.Mutex
+	mu   sync.Mutex
 	over map[string]bool
 }
 

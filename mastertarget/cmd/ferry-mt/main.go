@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/mastertarget"
-	"github.com/ferrydr/ferry/pkg/policy"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/policy"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/virt"
 )
