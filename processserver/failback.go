@@ -31,7 +31,7 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, 
 	if err := st.require(ActionReprotect); err != nil {
 		return nil, err
 	}
-	run, err := s.newJob(ActionReprotect, vmName)
+	run, err := s.newJob(ctx, ActionReprotect, vmName)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 		return finish()
 	}
 	for i, vm := range vms {
-		run, err := s.newJob(ActionFailback, vm)
+		run, err := s.newJob(ctx, ActionFailback, vm)
 		if err != nil {
 			return failRuns(err)
 		}
@@ -219,7 +219,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 // commitFailback deletes the recovery-site VM and retires reverse
 // replication.
 func (s *Server) commitFailback(ctx context.Context, st VMState) (*Job, error) {
-	run, err := s.newJob(ActionCommit, st.Name)
+	run, err := s.newJob(ctx, ActionCommit, st.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -97,7 +98,7 @@ func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error
 	if err := st.require(action); err != nil {
 		return nil, err
 	}
-	run, err := s.newJob(action, req.VM)
+	run, err := s.newJob(ctx, action, req.VM)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +210,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 	}
 	// The machine runs and the source is fenced: from here the failover
 	// stands, and a restart keeps it (the readiness checks only report).
-	now := s.clock.Now()
+	now := clock.From(ctx, s.clock).Now()
 	if err := s.ctl.update(req.VM, func(st *VMState) {
 		st.Intent = nil
 		if test {
@@ -253,7 +254,7 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 		if test {
 			name += "-test"
 		}
-		intent := &Intent{Op: IntentFailover, Job: run.job.ID, Slot: slot, Name: name, Started: s.clock.Now()}
+		intent := &Intent{Op: IntentFailover, Job: run.job.ID, Slot: slot, Name: name, Started: clock.From(ctx, s.clock).Now()}
 		if err := s.ctl.update(st.Name, func(st *VMState) { st.Intent = intent }); err != nil {
 			return "", err
 		}
@@ -459,7 +460,7 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 	if err := st.require(ActionChangePoint); err != nil {
 		return nil, err
 	}
-	run, err := s.newJob(ActionChangePoint, vmName)
+	run, err := s.newJob(ctx, ActionChangePoint, vmName)
 	if err != nil {
 		return nil, err
 	}
@@ -521,7 +522,7 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 	if st.State == StateFailedBack {
 		return s.commitFailback(ctx, st)
 	}
-	run, err := s.newJob(ActionCommit, vmName)
+	run, err := s.newJob(ctx, ActionCommit, vmName)
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +533,7 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 		}
 		// The points and the state live in two files: the intent lets a
 		// restart between them finish the commit.
-		intent := &Intent{Op: IntentCommit, Job: run.job.ID, Started: s.clock.Now()}
+		intent := &Intent{Op: IntentCommit, Job: run.job.ID, Started: clock.From(ctx, s.clock).Now()}
 		if err := s.ctl.update(vmName, func(st *VMState) { st.Intent = intent }); err != nil {
 			return "", err
 		}
@@ -558,7 +559,7 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 	if err := st.require(ActionCleanupTest); err != nil {
 		return nil, err
 	}
-	run, err := s.newJob(ActionCleanupTest, vmName)
+	run, err := s.newJob(ctx, ActionCleanupTest, vmName)
 	if err != nil {
 		return nil, err
 	}
@@ -586,7 +587,7 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 func (s *Server) resolvePoint(ctx context.Context, vm journal.VMID, opt string) (journal.Point, journal.ProcessStats, error) {
 	switch opt {
 	case PointLatest:
-		p, ps, err := s.j.CutPoint(ctx, vm, PointLatest, s.clock.Now())
+		p, ps, err := s.j.CutPoint(ctx, vm, PointLatest, clock.From(ctx, s.clock).Now())
 		s.charge(ctx, ps)
 		return p, ps, err
 	case PointLatestProcessed, "":
@@ -623,7 +624,7 @@ func (s *Server) process(ctx context.Context, vm journal.VMID, upTo journal.Seq)
 // process server (ProcessRate), so a drill's jobs show it.
 func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
 	if s.clock.Simulated() && s.cfg.ProcessRate > 0 && ps.Bytes > 0 {
-		s.clock.Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
+		clock.From(ctx, s.clock).Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
 	}
 }
 

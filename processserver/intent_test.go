@@ -40,7 +40,7 @@ func TestHostileCrashDuringCommit(t *testing.T) {
 	if _, err := s.j.Process(ctx, "vm1", 4); err != nil {
 		t.Fatal(err)
 	}
-	run, err := s.newJob(ActionCommit, "vm1")
+	run, err := s.newJob(ctx, ActionCommit, "vm1")
 	if err != nil {
 		t.Fatal(err)
 	}

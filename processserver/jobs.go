@@ -3,8 +3,10 @@ package processserver
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
 
@@ -54,23 +56,63 @@ const (
 type jobRun struct {
 	s   *Server
 	job *Job
+	// clock times the job: the server's, or the timeline of the plan
+	// group it runs in (clock.WithTimeline).
+	clock clock.Clock
 }
 
-func (s *Server) newJob(typ, vm string) (*jobRun, error) {
-	j := &Job{Type: typ, VM: vm, Start: s.clock.Now(), Outcome: OutcomeRunning}
+func (s *Server) newJob(ctx context.Context, typ, vm string) (*jobRun, error) {
+	c := clock.From(ctx, s.clock)
+	j := &Job{Type: typ, VM: vm, Start: c.Now(), Outcome: OutcomeRunning}
 	if err := s.ctl.putJob(j); err != nil {
 		return nil, err
 	}
 	s.log.Info("job started", "job", j.ID, "type", typ, "vm", vm)
-	return &jobRun{s: s, job: j}, nil
+	if f, ok := ctx.Value(jobCreatedKey{}).(func()); ok {
+		f()
+	}
+	return &jobRun{s: s, job: j, clock: c}, nil
+}
+
+type jobCreatedKey struct{}
+
+// inOrder runs the tasks side by side but lets each start only once the
+// one before it has created its jobs (jobs[i] of them) or ended, so that
+// the jobs of a plan group are numbered in the plan's order.
+func inOrder(ctx context.Context, jobs []int, tasks []func(ctx context.Context)) {
+	var wg sync.WaitGroup
+	for i, task := range tasks {
+		created := make(chan struct{})
+		var mu sync.Mutex
+		left := jobs[i]
+		tctx := context.WithValue(ctx, jobCreatedKey{}, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if left--; left == 0 {
+				close(created)
+			}
+		})
+		ended := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(ended)
+			task(tctx)
+		}()
+		select {
+		case <-created:
+		case <-ended:
+		}
+	}
+	wg.Wait()
 }
 
 // step runs fn as a named step. fn returns a detail for the report.
 func (r *jobRun) step(name string, fn func() (string, error)) error {
-	st := Step{Name: name, Start: r.s.clock.Now()}
+	st := Step{Name: name, Start: r.clock.Now()}
 	wall := time.Now()
 	detail, err := fn()
-	st.End, st.Wall, st.Detail = r.s.clock.Now(), time.Since(wall), detail
+	st.End, st.Wall, st.Detail = r.clock.Now(), time.Since(wall), detail
 	st.Outcome = OutcomeSucceeded
 	if err != nil {
 		st.Outcome = OutcomeFailed
@@ -87,13 +129,13 @@ func (r *jobRun) step(name string, fn func() (string, error)) error {
 
 // skip records a step that did not apply.
 func (r *jobRun) skip(name, why string) {
-	now := r.s.clock.Now()
+	now := r.clock.Now()
 	r.job.Steps = append(r.job.Steps, Step{Name: name, Start: now, End: now, Outcome: OutcomeSkipped, Detail: why})
 }
 
 // finish ends the job with err's outcome and persists it.
 func (r *jobRun) finish(err error) (*Job, error) {
-	r.job.End = r.s.clock.Now()
+	r.job.End = r.clock.Now()
 	r.job.Outcome = OutcomeSucceeded
 	if err != nil {
 		r.job.Outcome, r.job.Error = OutcomeFailed, err.Error()

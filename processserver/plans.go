@@ -16,6 +16,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/proc"
@@ -354,7 +355,7 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 	by, err := s.caller(ctx)
 	var run *jobRun
 	if err == nil {
-		run, err = s.newJob("plan-"+req.Operation, "plan/"+p.Name)
+		run, err = s.newJob(ctx, "plan-"+req.Operation, "plan/"+p.Name)
 	}
 	if err != nil {
 		s.planMu.Lock()
@@ -579,7 +580,26 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 	}
 	jobs := make([]*Job, len(g.VMs))
 	errs := make([]error, len(g.VMs))
-	var wg sync.WaitGroup
+	// On a simulated clock every VM (or replication group failing back
+	// together) runs on a timeline of its own, so that what one is charged
+	// does not show in another's times; the plan goes on after the longest.
+	var tlMu sync.Mutex
+	var longest time.Duration
+	own := func(ctx context.Context) (context.Context, func()) {
+		vctx, tl := clock.WithTimeline(ctx, s.clock)
+		return vctx, func() {
+			if tl != nil {
+				tlMu.Lock()
+				longest = max(longest, tl.Elapsed())
+				tlMu.Unlock()
+			}
+		}
+	}
+	defer func() {
+		if a, ok := clock.From(ctx, s.clock).(clock.Advancer); ok && longest > 0 {
+			a.Advance(longest)
+		}
+	}()
 	together := map[string][]int{} // replication group -> indices into g.VMs
 	var order []string
 	grouped := map[int]bool{}
@@ -598,11 +618,14 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 			}
 		}
 	}
+	var counts []int
+	var tasks []func(context.Context)
 	for _, name := range order {
 		idx := together[name]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		counts = append(counts, len(idx))
+		tasks = append(tasks, func(ctx context.Context) {
+			ctx, done := own(ctx)
+			defer done()
 			var vms []string
 			for _, k := range idx {
 				vms = append(vms, g.VMs[k])
@@ -611,15 +634,16 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 			for n, k := range idx {
 				jobs[k], errs[k] = js[n], es[n]
 			}
-		}()
+		})
 	}
 	for i, vm := range g.VMs {
 		if grouped[i] {
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		counts = append(counts, 1)
+		tasks = append(tasks, func(ctx context.Context) {
+			ctx, done := own(ctx)
+			defer done()
 			switch req.Operation {
 			case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover:
 				typ := map[string]string{PlanTestFailover: FailoverTest, PlanPlannedFailover: FailoverPlanned, PlanUnplannedFailover: FailoverUnplanned}[req.Operation]
@@ -639,9 +663,9 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 			case PlanFailback:
 				jobs[i], errs[i] = s.Failback(ctx, vm, req.Sync, req.Point)
 			}
-		}()
+		})
 	}
-	wg.Wait()
+	inOrder(ctx, counts, tasks)
 	var parts []string
 	var failed []error
 	for i, vm := range g.VMs {

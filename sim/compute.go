@@ -44,12 +44,12 @@ type Compute struct {
 	mu        sync.Mutex
 	networks  map[string]Network
 	instances map[string]*Instance
-	next      int
+	next      map[string]int
 }
 
 // NewCompute returns a compute with the given networks.
 func NewCompute(c clock.Clock, nets ...Network) *Compute {
-	cp := &Compute{clock: c, networks: map[string]Network{}, instances: map[string]*Instance{}}
+	cp := &Compute{clock: c, networks: map[string]Network{}, instances: map[string]*Instance{}, next: map[string]int{}}
 	for _, n := range nets {
 		cp.networks[n.Name] = n
 	}
@@ -74,12 +74,14 @@ func (c *Compute) Create(ctx context.Context, spec processserver.VMSpec) (proces
 	if !ok {
 		return processserver.Instance{}, fmt.Errorf("network %q does not exist at the recovery site", spec.Network)
 	}
-	c.next++
-	inst := &Instance{ID: fmt.Sprintf("sim-%d-%s", c.next, spec.Name), Spec: spec, Network: net}
+	// Numbered per name, so that VMs created side by side get the same IDs
+	// whatever order they come in.
+	c.next[spec.Name]++
+	inst := &Instance{ID: fmt.Sprintf("sim-%s-%d", spec.Name, c.next[spec.Name]), Spec: spec, Network: net}
 	c.instances[inst.ID] = inst
 	out := processserver.Instance{ID: inst.ID, Network: net.Name, Isolated: net.Isolated, AllowedPorts: net.AllowedPorts}
 	if net.PublicIP {
-		out.PublicIP = fmt.Sprintf("20.50.0.%d", c.next)
+		out.PublicIP = fmt.Sprintf("20.50.0.%d", len(c.instances))
 	}
 	return out, nil
 }
@@ -163,7 +165,7 @@ func (c *Compute) ProcessFailover(ctx context.Context, id string, reasons []stri
 	if err != nil {
 		return err
 	}
-	if err := c.clock.Sleep(ctx, processserver.FailoverProcessingTime(strings.TrimSuffix(inst.Spec.Name, "-test"))); err != nil {
+	if err := clock.From(ctx, c.clock).Sleep(ctx, processserver.FailoverProcessingTime(strings.TrimSuffix(inst.Spec.Name, "-test"))); err != nil {
 		return err
 	}
 	c.mu.Lock()

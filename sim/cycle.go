@@ -347,11 +347,18 @@ func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *
 	if e.Failed != "" {
 		return e
 	}
+	d.checkFailback(ctx, rep, v, e, job)
+	return e
+}
+
+// checkFailback checks that the disks now primary equal the recovered VM's
+// disks when it shut down, and reports the failback's downtime.
+func (d *Drill) checkFailback(ctx context.Context, rep *Report, v *VM, e *Entry, job *ferryv1.Job) {
 	truth, ok := v.Truth("shutdown")
 	if !ok {
 		e.Failed = "no ground truth of the recovered VM at shutdown"
 		rep.fail("%s failback: %s", v.Config.Name, e.Failed)
-		return e
+		return
 	}
 	var n int64
 	for i, dev := range v.active {
@@ -360,7 +367,7 @@ func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *
 		if err != nil {
 			e.Failed = fmt.Sprintf("primary disk%d: %v", i, err)
 			rep.fail("%s failback: %s", v.Config.Name, e.Failed)
-			return e
+			return
 		}
 	}
 	e.Verified = fmt.Sprintf("ok: all %s of the primary's disks equal the recovered VM at its final point", cli.Bytes(n))
@@ -374,9 +381,8 @@ func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *
 		e.DowntimeBytes = rs.Stats().SentBytes - v.sentBeforeFailback
 	}
 	for _, s := range job.GetSteps() {
-		if s.GetName() == "record failback" {
+		if s.GetName() == "record failback" || s.GetName() == "master target: synchronize before shutdown" {
 			e.Notes = append(e.Notes, s.GetDetail())
 		}
 	}
-	return e
 }

@@ -90,8 +90,9 @@ func PlanDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
 
 // PlanRun runs a plan operation through the recovery API, resuming it at
 // each manual step, records the plan job and every VM's job, and verifies
-// each VM the plan failed over.
-func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRequest) {
+// each VM the plan failed over. It reports whether everything succeeded.
+func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRequest) bool {
+	failures := len(rep.Failures)
 	planVM := &VM{Config: VMConfig{Name: "plan " + req.GetPlan()}}
 	job, err := d.Recovery.RunPlan(ctx, req)
 	for err == nil {
@@ -107,7 +108,7 @@ func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 		action += " (" + req.GetPoint() + ")"
 	}
 	if e := d.record(rep, planVM, action, job, err); e.Failed != "" {
-		return
+		return false
 	}
 	tags := map[string]string{}
 	for _, id := range job.GetChildren() {
@@ -133,6 +134,7 @@ func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 			rep.note("plan %s: web-1 and db-1 both took multi-VM point %s; app-1 its own latest processed point", req.GetPlan(), a)
 		}
 	}
+	return len(rep.Failures) == failures
 }
 
 // waitJob follows a job until it ends or waits for an operator.

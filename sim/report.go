@@ -40,6 +40,11 @@ type Report struct {
 	// Failures lists every verification that failed; a drill with any is
 	// a failed drill.
 	Failures []string
+	// Wall prints each step's wall-clock time too. Off, a report depends
+	// only on the seed: the same seed prints the same report.
+	Wall bool
+	// Dir is the drill's directory, printed as $DIR.
+	Dir string
 }
 
 func (r *Report) fail(format string, args ...any) {
@@ -51,7 +56,17 @@ func (r *Report) note(format string, args ...any) {
 }
 
 // Print writes the report for people.
-func (r *Report) Print(w io.Writer) {
+func (r *Report) Print(out io.Writer) {
+	var buf strings.Builder
+	r.print(&buf)
+	text := buf.String()
+	if r.Dir != "" {
+		text = strings.ReplaceAll(text, r.Dir, "$DIR")
+	}
+	io.WriteString(out, text)
+}
+
+func (r *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "Ferry drill %q, seed %d\n", r.Scenario, r.Seed)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "  %s\n", n)
@@ -67,7 +82,11 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "   RTO        %s (job %d, %s)\n", total.Round(100*time.Millisecond), j.GetId(), j.GetOutcome())
 			for _, st := range j.GetSteps() {
 				d := time.Duration(st.GetEndUnixNano() - st.GetStartUnixNano())
-				fmt.Fprintf(w, "     %-26s %-9s %8s  wall %-8s %s\n", st.GetName(), st.GetOutcome(), d.Round(100*time.Millisecond), time.Duration(st.GetWallNanos()).Round(time.Millisecond), st.GetDetail())
+				if r.Wall {
+					fmt.Fprintf(w, "     %-26s %-9s %8s  wall %-8s %s\n", st.GetName(), st.GetOutcome(), d.Round(100*time.Millisecond), time.Duration(st.GetWallNanos()).Round(time.Millisecond), st.GetDetail())
+				} else {
+					fmt.Fprintf(w, "     %-26s %-9s %8s  %s\n", st.GetName(), st.GetOutcome(), d.Round(100*time.Millisecond), st.GetDetail())
+				}
 			}
 			if j.GetError() != "" {
 				fmt.Fprintf(w, "   error      %s\n", j.GetError())

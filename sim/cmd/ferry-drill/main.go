@@ -18,7 +18,8 @@ func main() {
 	fs := flag.NewFlagSet("ferry-drill", flag.ExitOnError)
 	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
 	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
-	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) or plan (the same through a recovery plan with a replication group)")
+	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) plan (the same through a recovery plan with a replication group) or plan-cycle (the whole cycle through a recovery plan)")
+	wall := fs.Bool("wall", false, "print each step's wall-clock time too (the report then differs run to run; without it the same seed prints the same report)")
 	compute := fs.String("compute", "sim", "sim (the simulator's machines) or libvirt (real guests booted under libvirt: see below)")
 	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "--compute libvirt: the libvirt to run guests on")
 	dir := fs.String("dir", "", "directory for the process server's and agents' files (default: a new temporary one, removed after)")
@@ -39,6 +40,14 @@ failover: each VM gets a test failover on an isolated network, verified and
 cleaned up while replication goes on; the primary site is lost; each VM fails
 over unplanned to its latest processed point, changes to the latest point,
 and commits.
+
+plan-cycle: the whole cycle through one recovery plan: web-1 and db-1 are a
+replication group and the plan's first group, app-1 the second after a manual
+step; unplanned failover of the plan to the latest multi-VM processed point,
+commit, reprotect of the plan to the master target, failback of the plan (the
+group synchronizing before failover, to its common point cut after both
+members shut down; app-1 during failover only), commit, reprotect forward and
+a test failover of the plan.
 
 plan: web-1 and db-1 form a replication group (multi-VM points); a recovery
 plan fails db-1 over first, then web-1 and app-1 after a manual step, with
@@ -107,11 +116,14 @@ Flags:
 		run = sim.FailoverDrill
 	case "plan":
 		run = sim.PlanDrill
+	case "plan-cycle":
+		run = sim.PlanCycleDrill
 	default:
-		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle, failover or plan", *scenario))
+		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle, failover, plan or plan-cycle", *scenario))
 	}
 	rep, err := run(ctx, sim.Config{Seed: *seed, Dir: *dir, Logger: log}, *minutes)
 	if rep != nil {
+		rep.Wall, rep.Dir = *wall, *dir
 		rep.Print(os.Stdout)
 	}
 	if err != nil {
