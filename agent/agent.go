@@ -101,6 +101,7 @@ type Agent struct {
 
 	// The policy's frequencies (nanoseconds; 0: off).
 	crashEvery atomic.Int64
+	policy     atomic.Pointer[ferryv1.Policy]
 	appEvery   atomic.Int64
 	holdMu     sync.Mutex
 	hold       *groupHold

@@ -121,9 +121,17 @@ func (a *Agent) freeze(ctx context.Context) error {
 	return err
 }
 
+// Policy is the replication policy the receiver last sent (nil before
+// the first hello was answered).
+func (a *Agent) Policy() *ferryv1.Policy { return a.policy.Load() }
+
 // setPolicy follows the receiver's replication policy.
 func (a *Agent) setPolicy(p *ferryv1.Policy) {
-	if p == nil || a.cfg.IgnorePolicy {
+	if p == nil {
+		return
+	}
+	a.policy.Store(p)
+	if a.cfg.IgnorePolicy {
 		return
 	}
 	crash := time.Duration(p.GetCrashIntervalSeconds()) * time.Second

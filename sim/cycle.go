@@ -102,7 +102,8 @@ func (d *Drill) StartAgent(ctx context.Context, v *VM, target string, epoch uint
 	cfg := agent.Config{
 		VM: v.Config.Name, StateDir: filepath.Join(d.cfg.Dir, dir), Target: target, Epoch: epoch,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, IgnorePolicy: true,
+		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, IgnorePolicy: true, Freeze: v.freeze,
+		OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
 		Logger: d.log.With("vm", v.Config.Name, "agent", name), Registerer: prometheus.NewRegistry(),
 	}
 	for i, dev := range v.active {

@@ -554,3 +554,7 @@ func equalDevices(ctx context.Context, a, b blockdev.Device) (int64, error) {
 
 // TempDir makes a directory for a drill under the system's temp dir.
 func TempDir() (string, error) { return os.MkdirTemp("", "ferry-drill-") }
+
+// EqualDevices compares two devices byte for byte; it returns the bytes
+// compared.
+func EqualDevices(ctx context.Context, a, b blockdev.Device) (int64, error) { return equalDevices(ctx, a, b) }

@@ -1,0 +1,326 @@
+package sim_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrydr/ferry/mastertarget"
+	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/processserver"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/sim"
+	"github.com/ferrydr/ferry/sim/fault"
+)
+
+// TestPlanCycleDrill runs the whole cycle through a recovery plan twice
+// with one seed: every disk equals its ground truth at every stage, the
+// replication group fails back to one common point, and the two reports
+// are the same.
+func TestPlanCycleDrill(t *testing.T) {
+	var reports []string
+	for range 2 {
+		dir := t.TempDir()
+		rep, err := sim.PlanCycleDrill(context.Background(), sim.Config{Seed: 5, Dir: dir, Logger: ferrytest.Logger(t)}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		noFailures(t, rep)
+		rep.Dir = dir
+		var b strings.Builder
+		rep.Print(&b)
+		reports = append(reports, b.String())
+		fb := map[string]*sim.Entry{}
+		for _, e := range rep.Entries {
+			if e.Action == "failback (plan site)" {
+				fb[e.VM] = e
+			}
+		}
+		if len(fb) != 3 {
+			t.Fatalf("%d failback entries, want 3", len(fb))
+		}
+		web, db := fb["web-1"].Point.GetTag(), fb["db-1"].Point.GetTag()
+		if !strings.HasPrefix(web, "group/shop/failback-") || web != db {
+			t.Fatalf("grouped VMs failed back to %q and %q", web, db)
+		}
+		if fb["app-1"].Point.GetTag() != "shutdown" {
+			t.Fatalf("app-1 failed back to %q", fb["app-1"].Point.GetTag())
+		}
+	}
+	if reports[0] != reports[1] {
+		a, b := strings.Split(reports[0], "\n"), strings.Split(reports[1], "\n")
+		for i := range min(len(a), len(b)) {
+			if a[i] != b[i] {
+				t.Fatalf("same seed, different reports at line %d:\n%s\n%s", i+1, a[i], b[i])
+			}
+		}
+		t.Fatalf("same seed, reports of %d and %d lines", len(a), len(b))
+	}
+}
+
+// reverse fails vm over unplanned, commits, runs it at the recovery site
+// and reprotects it to the master target, its agent replicating through a
+// fault proxy (the WAN).
+func reverse(t *testing.T, d *sim.Drill, vm string) *fault.Proxy {
+	t.Helper()
+	ctx := context.Background()
+	rep := &sim.Report{}
+	v := d.VM(vm)
+	d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: vm, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest"})
+	d.Commit(ctx, rep, v)
+	noFailures(t, rep)
+	if err := d.RunRecovered(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: vm, Location: "original"})
+	if err != nil || job.GetOutcome() != "succeeded" {
+		t.Fatalf("reprotect: %v %s", err, job.GetError())
+	}
+	st, err := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: vm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := fault.Listen(d.MT.Addr(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	if err := d.StartAgent(ctx, v, px.Addr(), st.GetVms()[0].GetEpoch(), "reverse"); err != nil {
+		t.Fatal(err)
+	}
+	return px
+}
+
+// TestMasterTargetFailbackPolicy replicates a recovered VM back to the
+// master target for 72 virtual hours under the failback policy: retention
+// keeps its journal bounded (points older than 24 h go, their data folded
+// into the primary's disks), the agent is told the policy in its hello,
+// and cutting the reverse link for 20 virtual minutes raises an RPO alert
+// that clears when the link is back, each with an event the process server
+// lists too. The failback after it still equals the ground truth.
+func TestMasterTargetFailbackPolicy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("72 virtual hours")
+	}
+	ctx := context.Background()
+	vm := linux("fb-1", 1<<10, sim.Uniform)
+	vm.Disks = []int64{4 * mib}
+	d, err := sim.New(ctx, sim.Config{Seed: 3, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
+		Logger: ferrytest.Logger(t), MasterTarget: true, Tick: 5 * time.Minute, CrashInterval: 5 * time.Minute, ProcessInterval: 30 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.PS.Journal())
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, 10*time.Minute)
+	px := reverse(t, d, "fb-1")
+	v := d.VM("fb-1")
+	if got := v.Agent.Policy(); got.GetName() != policy.FailbackName || got.GetRpoThresholdSeconds() != 15*60 || got.GetRetentionSeconds() != 24*3600 {
+		t.Fatalf("the reverse agent follows %v, want the failback policy", got)
+	}
+	pol := policy.Failback()
+	var sizes []int64 // the master target's stored bytes, every virtual hour
+	for h := 0; h < 72; h++ {
+		run(t, d, time.Hour)
+		if err := d.ProcessNow(ctx); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.MT.Journal().VM(ctx, "fb-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, int64(st.StoredBytes))
+		pts, err := d.MT.Journal().Points(ctx, "fb-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if age := d.Clock.Now().Sub(pts[0].Time); age > pol.Retention+time.Hour {
+			t.Fatalf("hour %d: the oldest failback point is %v old, past the %v retention", h+1, age, pol.Retention)
+		}
+	}
+	peak := func(from, to int) (m int64) {
+		for _, s := range sizes[from:to] {
+			m = max(m, s)
+		}
+		return m
+	}
+	first, second, third := peak(0, 24), peak(24, 48), peak(48, 72)
+	t.Logf("master target journal peak per day: %d, %d, %d bytes", first, second, third)
+	if third > second+second/4 || second > first*2 {
+		t.Fatalf("the master target's journal grows under the failback policy: peaks per day %d, %d, %d bytes", first, second, third)
+	}
+	if evs, _ := d.MT.Events(""); len(evs) != 0 {
+		t.Fatalf("events before the link was cut: %v", evs)
+	}
+
+	// Cut the reverse link for 20 virtual minutes.
+	px.CutAfter(1)
+	px.Reset()
+	for range 4 {
+		d.Clock.Advance(5 * time.Minute)
+		if !v.Agent.Mark(false, "") {
+			t.Fatal("the agent refused a marker")
+		}
+		if err := d.MT.ProcessAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := d.MT.Events("fb-1")
+	if err != nil || len(evs) != 1 || evs[0].Kind != mastertarget.EventRPOExceeded {
+		t.Fatalf("after 20 minutes without the link: events %v (%v), want one rpo-exceeded", evs, err)
+	}
+	px.CutAfter(0)
+	run(t, d, 10*time.Minute)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ = d.MT.Events("fb-1")
+	if len(evs) != 2 || evs[1].Kind != mastertarget.EventRPORecovered {
+		t.Fatalf("after the link came back: events %v, want rpo-exceeded then rpo-recovered", evs)
+	}
+	psEvents, err := d.Recovery.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: "fb-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, e := range psEvents.GetEvents() {
+		kinds = append(kinds, e.GetKind())
+	}
+	if !strings.Contains(strings.Join(kinds, ","), "master-target/rpo-exceeded,master-target/rpo-recovered") {
+		t.Fatalf("ferryctl events shows %v", kinds)
+	}
+	rep := &sim.Report{}
+	d.Failback(ctx, rep, v, "before")
+	noFailures(t, rep)
+}
+
+// TestFailoverTypesPerMachineKind: planned failover is refused for a
+// VMware VM with a clear error and allowed for a Hyper-V one; a Windows VM
+// from VMware gets its VMware Tools disabled by failover processing.
+func TestFailoverTypesPerMachineKind(t *testing.T) {
+	ctx := context.Background()
+	hv := linux("hv-1", 32<<10, sim.Uniform)
+	hv.Machine.Hypervisor = "hyperv"
+	vw := sim.VMConfig{Name: "vw-1", Disks: []int64{8 * mib}, Workload: sim.Workload{Churn: 32 << 10, Pattern: sim.Uniform},
+		Machine: &ferryv1.MachineInfo{Os: "windows", MobilityAgentVersion: "9.55", Hypervisor: "vmware", Dhcp: proto.Bool(true),
+			BootDrivers: processserver.RequiredBootDrivers, RdpEnabled: true, RdpFirewallProfiles: []string{"public"}, SanPolicy: "OnlineAll"}}
+	d := start(t, 11, hv, vw)
+	run(t, d, 2*time.Minute)
+	_, err := d.Recovery.Failover(ctx, &ferryv1.FailoverRequest{Vm: "vw-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_PLANNED})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "planned failover is offered for Hyper-V-style machines; vw-1 is a VMware VM") {
+		t.Fatalf("planned failover of a VMware VM: %v", err)
+	}
+	st, _ := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "vw-1"})
+	if fmt.Sprint(st.GetVms()[0].GetAllowed()) != "[test-failover unplanned-failover]" {
+		t.Fatalf("a VMware VM is offered %v", st.GetVms()[0].GetAllowed())
+	}
+	rep := &sim.Report{}
+	d.Failover(ctx, rep, d.VM("hv-1"), &ferryv1.FailoverRequest{Vm: "hv-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_PLANNED})
+	e := d.Failover(ctx, rep, d.VM("vw-1"), &ferryv1.FailoverRequest{Vm: "vw-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Shutdown: true, Point: "latest"})
+	noFailures(t, rep)
+	var processing string
+	for _, s := range e.Job.GetSteps() {
+		if s.GetName() == "failover processing" {
+			processing = s.GetDetail()
+		}
+	}
+	if !strings.Contains(processing, processserver.DisableVMwareTools) {
+		t.Fatalf("failover processing of a Windows VM from VMware: %q", processing)
+	}
+	st, _ = d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "vw-1"})
+	inst, ok := d.Compute.Instance(st.GetVms()[0].GetInstance())
+	if !ok || !inst.ToolsDisabled {
+		t.Fatalf("the recovered VMware VM's tools were not disabled (%v)", ok)
+	}
+}
+
+// TestFailbackWhenRecoveredVMWillNotShutDown: a failback whose recovered
+// VM does not shut down fails with a clear error, applies nothing and
+// loses nothing: once the VM shuts down, the failback equals the ground
+// truth.
+func TestFailbackWhenRecoveredVMWillNotShutDown(t *testing.T) {
+	ctx := context.Background()
+	d, err := sim.New(ctx, sim.Config{Seed: 12, VMs: []sim.VMConfig{linux("fb-1", 64<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
+		Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.PS.Journal())
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, time.Minute)
+	reverse(t, d, "fb-1")
+	run(t, d, 2*time.Minute)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := d.VM("fb-1")
+	v.Config.ShutdownFails = true
+	job, err := d.Recovery.Failback(ctx, &ferryv1.FailbackRequest{Vm: "fb-1", Sync: "before"})
+	if err != nil || job.GetOutcome() != "failed" || !strings.Contains(job.GetError(), "did not shut down") || !strings.Contains(job.GetError(), "nothing was applied") {
+		t.Fatalf("failback of a VM that will not shut down: %v %q", err, job.GetError())
+	}
+	st, _ := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "fb-1"})
+	if st.GetVms()[0].GetState() != "reprotected" {
+		t.Fatalf("after the failed failback the VM is %s", st.GetVms()[0].GetState())
+	}
+	run(t, d, time.Minute)
+	v.Config.ShutdownFails = false
+	rep := &sim.Report{}
+	d.Failback(ctx, rep, v, "before")
+	noFailures(t, rep)
+}
+
+// TestAppConsistentFailback fails back to the newest app-consistent point
+// the recovered VM's agent cut, which equals its ground truth.
+func TestAppConsistentFailback(t *testing.T) {
+	ctx := context.Background()
+	vm := linux("fb-1", 64<<10, sim.Uniform)
+	vm.App = true
+	d, err := sim.New(ctx, sim.Config{Seed: 13, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(),
+		Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true, AppInterval: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, time.Minute)
+	reverse(t, d, "fb-1")
+	run(t, d, 3*time.Minute)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := d.VM("fb-1")
+	job, err := d.Recovery.Failback(ctx, &ferryv1.FailbackRequest{Vm: "fb-1", Sync: "before", Point: "latest-app"})
+	if err != nil || job.GetOutcome() != "succeeded" {
+		t.Fatalf("app-consistent failback: %v %s", err, job.GetError())
+	}
+	p := job.GetPoint()
+	if p.GetConsistency() != ferryv1.Consistency_CONSISTENCY_APP {
+		t.Fatalf("failed back to a %v point", p.GetConsistency())
+	}
+	truth, ok := v.Truth(p.GetTag())
+	if !ok {
+		t.Fatalf("no ground truth for point %d %q", p.GetId(), p.GetTag())
+	}
+	for i, dev := range v.Active() {
+		if n, err := sim.EqualDevices(ctx, dev, truth.Disks[i]); err != nil {
+			t.Fatalf("primary disk%d after an app-consistent failback (%d bytes equal): %v", i, n, err)
+		}
+	}
+}
