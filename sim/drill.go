@@ -557,4 +557,6 @@ func TempDir() (string, error) { return os.MkdirTemp("", "ferry-drill-") }
 
 // EqualDevices compares two devices byte for byte; it returns the bytes
 // compared.
-func EqualDevices(ctx context.Context, a, b blockdev.Device) (int64, error) { return equalDevices(ctx, a, b) }
+func EqualDevices(ctx context.Context, a, b blockdev.Device) (int64, error) {
+	return equalDevices(ctx, a, b)
+}

@@ -324,3 +324,45 @@ func TestAppConsistentFailback(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanFailbackRefusals: a plan failback is refused before anything
+// starts when a replication group is split across plan groups, for a bad
+// sync or point, or while its VMs are not reprotected.
+func TestPlanFailbackRefusals(t *testing.T) {
+	ctx := context.Background()
+	d, err := sim.New(ctx, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("a-1", 16<<10, sim.Uniform), linux("b-1", 16<<10, sim.Uniform)},
+		Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true,
+		Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	split := &ferryv1.RecoveryPlan{Name: "split", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1"}}, {Vms: []string{"b-1"}}}}
+	whole := &ferryv1.RecoveryPlan{Name: "whole", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}
+	for _, p := range []*ferryv1.RecoveryPlan{split, whole} {
+		if _, err := d.Recovery.PutPlan(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "bad", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1"}, FailbackSync: "later"}}}); err == nil {
+		t.Fatal("a plan group with failback_sync later was stored")
+	}
+	for _, c := range []struct {
+		req  *ferryv1.RunPlanRequest
+		want string
+	}{
+		{&ferryv1.RunPlanRequest{Plan: "split", Operation: "failback"}, "replication group pair fails back together"},
+		{&ferryv1.RunPlanRequest{Plan: "whole", Operation: "failback", Sync: "later"}, `sync "later"`},
+		{&ferryv1.RunPlanRequest{Plan: "whole", Operation: "failback", Point: "latest-processed"}, "a failback takes latest or latest-app"},
+		{&ferryv1.RunPlanRequest{Plan: "whole", Operation: "reprotect", Location: "elsewhere"}, `location "elsewhere"`},
+		{&ferryv1.RunPlanRequest{Plan: "whole", Operation: "failback"}, "failback is not allowed"},
+	} {
+		_, err := d.Recovery.RunPlan(ctx, c.req)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%v: %v, want an error saying %q", c.req, err, c.want)
+		}
+	}
+	if jobs, _ := d.Recovery.ListJobs(ctx, &ferryv1.ListJobsRequest{}); len(jobs.GetJobs()) != 0 {
+		t.Fatalf("refused plans left %d jobs", len(jobs.GetJobs()))
+	}
+}
