@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -29,6 +30,13 @@ func TestHarness(t *testing.T) {
 			return bench.Failback(ctx, bench.FailbackConfig{Dir: dir, Bytes: 8 << 20, Fractions: []float64{0.1}})
 		},
 		"rto": func() (*bench.Table, error) { return bench.RTO(ctx, bench.RTOConfig{Dir: dir, SizesGiB: []int64{1}}) },
+		"relay": func() (*bench.Table, error) {
+			tb, err := bench.Relay(ctx, bench.RelayConfig{Dir: dir, Minutes: 2})
+			if err == nil && tb.Values["wan bytes saved x"] <= 1.2 {
+				err = fmt.Errorf("the relay saved only %.2f× of the WAN's bytes", tb.Values["wan bytes saved x"])
+			}
+			return tb, err
+		},
 		"rpo": func() (*bench.Table, error) {
 			return bench.RPO(ctx, bench.RPOConfig{Dir: dir, VMs: 2, Levels: []int64{4e6}, Duration: 4 * time.Second})
 		},

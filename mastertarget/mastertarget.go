@@ -191,7 +191,9 @@ func (s *Server) Open(ctx context.Context) error {
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20), grpc.MaxSendMsgSize(8 << 20), grpc.MaxConcurrentStreams(64)}
 	if s.cfg.TLS != nil {
 		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
-			"ferry.v1.Replication":  {tlsca.RoleAgent},
+			// The recovery-site process server relays the streams of
+			// VMware-style VMs (it checked their agent's certificate).
+			"ferry.v1.Replication":  {tlsca.RoleAgent, tlsca.RoleServer},
 			"ferry.v1.MasterTarget": {tlsca.RoleServer},
 		}, nil)...)
 	}
@@ -227,10 +229,13 @@ func (s *Server) Open(ctx context.Context) error {
 	return nil
 }
 
-// authorize lets agents write only VMs registered for reverse replication.
+// authorize lets agents write only their VM, and the process server
+// relaying for them any VM, of those registered for reverse replication.
 func (s *Server) authorize(ctx context.Context, vm journal.VMID) error {
-	if err := tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm)); err != nil {
-		return err
+	if id, err := tlsca.PeerIdentity(ctx); s.cfg.TLS == nil || err != nil || id.Role != tlsca.RoleServer {
+		if err := tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm)); err != nil {
+			return err
+		}
 	}
 	t, err := s.target(string(vm))
 	if err != nil {

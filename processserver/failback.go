@@ -71,6 +71,10 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, 
 			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, location }); err != nil {
 				return "", err
 			}
+			if st.Machine.VMwareStyle() {
+				return stepf("%s location %v; %s: start the recovered VM's agent with --ps <this process server> --epoch %d: this process server relays its replication to the master target, verified and compressed",
+					location, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
+			}
 			return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", location, resp.GetTargets(), vm.Epoch), nil
 		})
 	}()

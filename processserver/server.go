@@ -180,12 +180,13 @@ type Server struct {
 	exportsMu sync.Mutex
 	exports   map[string]NBDExport
 
-	stop     context.CancelFunc
-	bg       context.Context // ends when the server closes
-	nbd      *nbd.Server
-	nbdURI   func(export string) string
-	alerts   policy.Alerts
-	rpoAlert *prometheus.GaugeVec
+	stop         context.CancelFunc
+	bg           context.Context // ends when the server closes
+	nbd          *nbd.Server
+	nbdURI       func(export string) string
+	alerts       policy.Alerts
+	relayMetrics relayMetrics
+	rpoAlert     *prometheus.GaugeVec
 
 	groupMetrics
 	groupMu    sync.Mutex
@@ -268,7 +269,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
 		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{},
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
-		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer),
+		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer), relayMetrics: newRelayMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
 		planResume: map[string]chan string{}}, nil
 }
@@ -366,7 +367,7 @@ func (s *Server) Open(ctx context.Context) error {
 		}, s.handshakeFailed)...)
 	}
 	s.grpc = grpc.NewServer(opts...)
-	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
+	ferryv1.RegisterReplicationServer(s.grpc, &replication{s: s})
 	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
 	if s.cfg.CA != nil {
 		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log, Audit: func(ctx context.Context, action, vm string) {

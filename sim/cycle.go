@@ -305,6 +305,9 @@ func (d *Drill) afterReprotect(ctx context.Context, rep *Report, v *VM, e *Entry
 	}
 	if !b.forward {
 		v.recoveredAgent = v.Agent
+		if d.Relayed(v) {
+			e.Notes = append(e.Notes, "reverse replication relayed by the recovery site's process server (verified, compressed on the WAN)")
+		}
 	}
 	as := v.Agent.Stats()
 	var total int64
@@ -326,8 +329,23 @@ func (d *Drill) afterReprotect(ctx context.Context, rep *Report, v *VM, e *Entry
 }
 
 // ReverseTarget is where a recovered VM's agent replicates after a
-// reprotect to the primary site: the master target.
-func (d *Drill) ReverseTarget(v *VM) string { return d.MT.Addr() }
+// reprotect to the primary site: a VMware-style VM's to the recovery
+// site's process server, which relays it to the master target (unless
+// Config.DirectReverse), any other straight to the master target over the
+// WAN.
+func (d *Drill) ReverseTarget(v *VM) string {
+	if d.Relayed(v) {
+		return d.PS.Addr()
+	}
+	return d.WAN.Addr()
+}
+
+// Relayed reports whether v's reverse replication goes through the
+// recovery site's process server.
+func (d *Drill) Relayed(v *VM) bool {
+	m := v.Config.Machine
+	return !d.cfg.DirectReverse && (m.GetHypervisor() == "vmware" || m.GetPhysical() || m.GetProtectedAsPhysical())
+}
 
 // Failback fails a reprotected VM back and checks the disks now primary
 // equal the recovered VM's disks at the point used.

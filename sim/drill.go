@@ -60,6 +60,10 @@ type Config struct {
 	// MasterTarget starts a master target at the primary site, for
 	// reprotect and failback.
 	MasterTarget bool
+	// DirectReverse makes every recovered VM's agent replicate straight to
+	// the master target; otherwise VMware-style VMs replicate through the
+	// recovery site's process server, which relays them.
+	DirectReverse bool
 	// LinkRate is the modeled bandwidth between the sites, bytes/s of
 	// virtual time (default 12.5 MB/s, 100 Mbit/s): failback charges the
 	// bytes moved during downtime to it.
@@ -89,11 +93,15 @@ var Start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Drill is a running simulation.
 type Drill struct {
-	cfg          Config
-	Clock        *clock.Virtual
-	PS           *processserver.Server
-	Compute      *Compute
-	MT           *mastertarget.Server
+	cfg     Config
+	Clock   *clock.Virtual
+	PS      *processserver.Server
+	Compute *Compute
+	MT      *mastertarget.Server
+	// WAN carries everything that reaches the master target from the
+	// recovery site (the process server's calls, relayed and direct
+	// reverse replication): its byte counts are the WAN's.
+	WAN          *fault.Proxy
 	VMs          []*VM
 	Recovery     ferryv1.RecoveryClient
 	conn         *grpc.ClientConn
@@ -150,7 +158,12 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		if err := mt.Open(ctx); err != nil {
 			return nil, err
 		}
-		d.MT, mtAddr = mt, mt.Addr()
+		wan, err := fault.Listen(mt.Addr(), cfg.Seed)
+		if err != nil {
+			mt.Close(ctx)
+			return nil, err
+		}
+		d.MT, d.WAN, mtAddr = mt, wan, wan.Addr()
 	}
 	d.psConfig = processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
@@ -253,6 +266,9 @@ func (d *Drill) Close() error {
 	var err error
 	if d.PS != nil {
 		err = d.PS.Close(ctx)
+	}
+	if d.WAN != nil {
+		d.WAN.Close()
 	}
 	if d.MT != nil {
 		d.MT.Close(ctx)

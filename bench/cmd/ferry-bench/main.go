@@ -16,7 +16,7 @@ const usage = `
 ferry-bench measures Ferry, each figure beside a baseline from the same run.
 
 Usage:
-  ferry-bench [flags] throughput|resync|rpo|rto|failback|all
+  ferry-bench [flags] throughput|resync|rpo|rto|failback|relay|all
 
   throughput  agent -> process server delta throughput for incompressible, ~2:1
               and mostly-zero data, against the in-process limit and a raw
@@ -26,6 +26,8 @@ Usage:
   rpo         achieved RPO (p50/p99/max) of VMs under churn with 1 s points
   rto         test failover and committed failover time against disk size
   failback    original-location reprotect against a full copy
+  relay       WAN bytes of reverse replication relayed (verified, compressed)
+              by the recovery-site process server against direct
 
 Flags:
 `
@@ -82,6 +84,7 @@ func main() {
 	run("failback", func() (*bench.Table, error) {
 		return bench.Failback(ctx, bench.FailbackConfig{Dir: *dir, Bytes: *size << 20})
 	})
+	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: *dir}) })
 	if len(tables) == 0 {
 		fs.Usage()
 		os.Exit(2)
