@@ -102,9 +102,15 @@ type Agent struct {
 	// The policy's frequencies (nanoseconds; 0: off).
 	crashEvery atomic.Int64
 	policy     atomic.Pointer[ferryv1.Policy]
-	appEvery   atomic.Int64
-	holdMu     sync.Mutex
-	hold       *groupHold
+	// deferred: the receiver synchronizes during failover only; nothing
+	// is sent until its shutdown command asks for the whole disks.
+	deferred atomic.Bool
+	// checkpointDue: the receiver asked for a point; the next scan pass
+	// cuts one even if it finds no change.
+	checkpointDue atomic.Bool
+	appEvery      atomic.Int64
+	holdMu        sync.Mutex
+	hold          *groupHold
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -333,6 +339,9 @@ func (a *Agent) Synced() bool {
 	a.mu.Lock()
 	empty := len(a.window) == 0
 	a.mu.Unlock()
+	if a.deferred.Load() {
+		return a.connected.Load() && empty // nothing is to be sent before the failback
+	}
 	return a.connected.Load() && need(a.need.Load()) == needNone && st.Mode == cbt.ModeQueue &&
 		st.QueueLen == 0 && empty && !a.scanDue.Load()
 }
@@ -366,13 +375,16 @@ type Stats struct {
 	Need        string
 	// Reconnects counts streams that ended and were opened again.
 	Reconnects int64
+	// Deferred: the receiver synchronizes during failover only, and the
+	// agent sends nothing until the failback.
+	Deferred bool
 }
 
 // Stats returns a snapshot of the agent's state.
 func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Reconnects: a.reconnects.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String()}
+	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Reconnects: a.reconnects.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String(), Deferred: a.deferred.Load()}
 }
 
 // run keeps a stream open, reconnecting with backoff, until ctx ends or the

@@ -89,7 +89,12 @@ func (a *Agent) reconcile(ha *ferryv1.HelloAck) []*sentBatch {
 		first = a.window[0].recs[0].GetSeq()
 	}
 	fresh := a.nextSeq == 0
+	a.deferred.Store(ha.GetDeferSync() && d == 0 && len(a.window) == 0)
 	switch {
+	case a.deferred.Load():
+		// Synchronize during failover only: nothing moves now; the
+		// failback's shutdown asks for the whole disks.
+		a.need.Store(int32(needNone))
 	case fresh && ha.GetReplicaEmpty():
 		// An empty replica: copy everything (all-zero blocks are skipped).
 		a.need.Store(int32(needInitial))

@@ -63,6 +63,10 @@ func (a *Agent) replicate(s *sender) error {
 // queue's next changes. It reports idle when there was nothing to do.
 func (a *Agent) step(s *sender) (idle bool, err error) {
 	switch {
+	case a.deferred.Load():
+		// Track what changes (a bitmap: bounded) and send nothing.
+		a.tr.EnterBitmap()
+		return true, nil
 	case need(a.need.Load()) == needInitial:
 		return false, a.initial(s)
 	case need(a.need.Load()) == needResync:
@@ -345,8 +349,9 @@ func (a *Agent) scan(s *sender) error {
 		}
 		a.scanTable[i] = local
 	}
+	asked := a.checkpointDue.Swap(false)
 	if changed == 0 {
-		if every := time.Duration(a.crashEvery.Load()); every > 0 && a.cfg.Clock.Now().Sub(a.lastMark) >= every {
+		if every := time.Duration(a.crashEvery.Load()); asked || every > 0 && a.cfg.Clock.Now().Sub(a.lastMark) >= every {
 			a.lastMark = a.cfg.Clock.Now()
 			if err := s.add(markerRecord(cbt.MarkRequest{Tag: "scan", Time: a.lastMark})); err != nil {
 				return err
@@ -487,6 +492,16 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 		} else {
 			res.Ok = true
 		}
+	case cmd.GetCheckpoint() != nil:
+		if a.cfg.Mode == ModeScan {
+			a.checkpointDue.Store(true) // the next pass cuts a point, changes or not
+			a.scanDue.Store(true)
+			res.Ok = true
+		} else if a.Mark(false, cmd.GetCheckpoint().GetTag()) {
+			res.Ok = true
+		} else {
+			res.Error = "no point can be cut now (the agent is draining its bitmap or its queue is full)"
+		}
 	case cmd.GetCut() != nil:
 		held, err := a.cutGroup(cmd.GetCut())
 		res.HoldNanos = int64(held)
@@ -506,6 +521,7 @@ func (a *Agent) command(s *sender, cmd *ferryv1.Command) error {
 		}
 		if cmd.GetShutdown().GetFullCopy() {
 			// No checksums: every block of every disk goes again.
+			a.deferred.Store(false)
 			a.tr.EnterBitmap()
 			a.tr.MarkAllDirty()
 		}

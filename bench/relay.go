@@ -99,7 +99,7 @@ func reverseRun(ctx context.Context, cfg RelayConfig, direct bool) (sent, up, do
 		return 0, 0, 0, err
 	}
 	up0, down0 := d.WAN.Bytes()
-	d.Reprotect(ctx, rep, v, "original")
+	d.Reprotect(ctx, rep, v, "original", "")
 	if len(rep.Failures) == 0 {
 		if err := d.Run(ctx, time.Duration(cfg.Minutes)*time.Minute); err != nil {
 			return 0, 0, 0, err

@@ -61,7 +61,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	if err := s.j.CreateVM(ctx, journal.VM{Name: journal.VMID(name), Disks: disks, Epoch: journal.Epoch(req.GetEpoch()), BlockSize: blockdev.BlockSize}); err != nil {
 		return nil, err
 	}
-	t := &target{VM: name, Location: loc, Disks: disks}
+	t := &target{VM: name, Location: loc, Disks: disks, SyncDuring: req.GetSyncDuring()}
 	var devs []blockdev.Device
 	var err error
 	if loc == LocationOriginal {
@@ -86,7 +86,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	s.mu.Lock()
 	s.targets[name] = devs
 	s.mu.Unlock()
-	s.log.Info("reverse replication prepared", "vm", name, "location", loc, "epoch", req.GetEpoch())
+	s.log.Info("reverse replication prepared", "vm", name, "location", loc, "epoch", req.GetEpoch(), "sync_during", t.SyncDuring)
 	return &ferryv1.PrepareReprotectResponse{Targets: t.Paths}, nil
 }
 
@@ -173,7 +173,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 			return nil, status.Errorf(codes.InvalidArgument, "vm %s is listed twice", name)
 		}
 		seen[name] = true
-		f, err := s.checkFailback(ctx, name, point)
+		f, err := s.checkFailback(ctx, name, syncMode, point)
 		if err != nil {
 			return nil, err
 		}
@@ -247,7 +247,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 }
 
 // checkFailback checks that vm can fail back now.
-func (s *Server) checkFailback(ctx context.Context, name, point string) (*fbVM, error) {
+func (s *Server) checkFailback(ctx context.Context, name, syncMode, point string) (*fbVM, error) {
 	vmid := journal.VMID(name)
 	t, err := s.target(name)
 	if err != nil {
@@ -260,7 +260,10 @@ func (s *Server) checkFailback(ctx context.Context, name, point string) (*fbVM, 
 	if err != nil {
 		return nil, err
 	}
-	if vm.Points == 0 {
+	if t.SyncDuring && syncMode == "before" {
+		return nil, status.Errorf(codes.FailedPrecondition, "vm %s was reprotected to synchronize during failover only: nothing was copied before, so it fails back with sync during", name)
+	}
+	if vm.Points == 0 && !t.SyncDuring {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", name)
 	}
 	if point == "latest-app" && !s.hasApp(ctx, vmid) {
@@ -281,6 +284,9 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 	var folded int64
 	rounds := 0
 	for rounds < 8 {
+		if point != "latest-app" {
+			s.checkpoint(ctx, f)
+		}
 		if _, err := s.j.Process(ctx, f.vmid, journal.Seq(math.MaxUint64)); err != nil {
 			return "", err
 		}
@@ -316,6 +322,40 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 	}
 	return fmt.Sprintf("%s of the recovered VM's points written to the %s disks in %d rounds while it ran (until a round moved less than %s)",
 		cli.Bytes(folded), f.t.Location, rounds, cli.Bytes(PresyncBound)), nil
+}
+
+// checkpoint asks the recovered VM's agent for a point behind everything
+// written so far and waits (up to 10 s) until it is here and processed,
+// so that a synchronization round folds all of it. Without it (an agent
+// that cannot cut one now) the round folds the newest point there is.
+func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
+	pts, err := s.j.Points(ctx, f.vmid)
+	if err != nil {
+		return
+	}
+	var before journal.Seq
+	if len(pts) > 0 {
+		before = pts[len(pts)-1].ID
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := s.recv.Command(cctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Checkpoint{Checkpoint: &ferryv1.Checkpoint{Tag: "failback-sync"}}})
+	if err != nil || !res.GetOk() {
+		s.log.Info("no checkpoint for this synchronization round", "vm", f.name, "err", err, "agent", res.GetError())
+		return
+	}
+	for cctx.Err() == nil {
+		if _, err := s.j.Process(cctx, f.vmid, journal.Seq(math.MaxUint64)); err != nil {
+			return
+		}
+		if pts, err := s.j.Points(cctx, f.vmid); err != nil || (len(pts) > 0 && pts[len(pts)-1].ID > before) {
+			return
+		}
+		select {
+		case <-cctx.Done():
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // shutdown asks the recovered VM's agent to shut its machine down and
@@ -458,7 +498,7 @@ func (s *Server) ReprotectStatus(ctx context.Context, req *ferryv1.VMRequest) (*
 	if t == nil || t.Retired {
 		return out, nil
 	}
-	out.Registered, out.Location = true, t.Location
+	out.Registered, out.Location, out.SyncDuring = true, t.Location, t.SyncDuring
 	vm, err := s.j.VM(ctx, journal.VMID(name))
 	if err != nil {
 		return nil, err

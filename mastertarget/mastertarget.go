@@ -122,6 +122,9 @@ type target struct {
 	Disks    []journal.Disk `json:"disks"`
 	Paths    []string       `json:"paths,omitempty"`
 	Retired  bool           `json:"retired"`
+	// SyncDuring: the failback synchronizes during failover only; the
+	// agent sends nothing before it.
+	SyncDuring bool `json:"sync_during,omitempty"`
 }
 
 var bucketTargets = []byte("targets")
@@ -179,6 +182,11 @@ func (s *Server) Open(ctx context.Context) error {
 			// The recovered VM's agent cuts points at the failback
 			// policy's frequencies.
 			ack.Policy = policy.Failback().Proto(nil)
+			t, err := s.target(h.GetVm())
+			if err != nil {
+				return err
+			}
+			ack.DeferSync = t != nil && t.SyncDuring && !s.failingBack(h.GetVm())
 			return nil
 		}})
 	if err != nil {

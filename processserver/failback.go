@@ -22,7 +22,11 @@ var ErrNoMasterTarget = errors.New("no master target configured: start ferry-ps 
 // onto the primary's own disks, only what differs is sent; alternate: onto
 // new disks, everything is sent); after a committed failback, from the
 // primary back to this process server, resynced by hash.
-func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, error) {
+//
+// sync says how the failback will synchronize: "before" (default) or
+// "during", for which reverse replication moves nothing before the failback
+// copies the whole disks (no checksum pre-sync).
+func (s *Server) Reprotect(ctx context.Context, vmName, location, sync string) (*Job, error) {
 	defer s.lockVM(vmName)()
 	st, vm, err := s.vmState(ctx, vmName)
 	if err != nil {
@@ -59,14 +63,21 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location string) (*Job, 
 			if location != "original" && location != "alternate" {
 				return "", fmt.Errorf("%w: location %q: want original or alternate", ErrInvalidRequest, location)
 			}
+			if sync != "" && sync != "before" && sync != "during" {
+				return "", fmt.Errorf("%w: sync %q: want before or during", ErrInvalidRequest, sync)
+			}
 			return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
 		}); err != nil {
 			return err
 		}
 		return run.step("prepare master target", func() (string, error) {
-			resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch), Location: location})
+			resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch),
+				Location: location, SyncDuring: sync == "during"})
 			if err != nil {
 				return "", err
+			}
+			if sync == "during" {
+				location += " (synchronize during failover only: nothing moves before the failback)"
 			}
 			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, location }); err != nil {
 				return "", err
@@ -118,11 +129,21 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 			return fail(err)
 		}
 	}
-	if sync == "" {
-		sync = "before"
-	}
 	if point == "" {
 		point = PointLatest
+	}
+	if sync == "" {
+		sync = "before"
+		// A VM reprotected to synchronize during failover only has
+		// nothing to fail back from otherwise.
+		for _, vm := range vms {
+			if s.mt == nil {
+				break
+			}
+			if rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm}); err == nil && rs.GetSyncDuring() {
+				sync = "during"
+			}
+		}
 	}
 	if group != "" && point != PointLatest {
 		return fail(fmt.Errorf("%w: a replication group fails back to its common point after every member shut down, not %q", ErrInvalidRequest, point))
@@ -159,7 +180,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 			if !rs.GetRegistered() {
 				return "", fmt.Errorf("vm %s is not replicating to the master target", vm)
 			}
-			if rs.GetPoints() == 0 {
+			if rs.GetPoints() == 0 && !rs.GetSyncDuring() {
 				return "", fmt.Errorf("%w: vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", ErrState, vm)
 			}
 			how := ""

@@ -522,7 +522,7 @@ func (s *Server) hasPoint(ctx context.Context, vm, op string) error {
 		if err != nil {
 			return err
 		}
-		if rs.GetPoints() == 0 {
+		if rs.GetPoints() == 0 && !rs.GetSyncDuring() {
 			return fmt.Errorf("%w: vm %s has no recovery point at the master target yet: reverse replication has not produced one", ErrState, vm)
 		}
 	}
@@ -659,7 +659,7 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 			case PlanCleanupTest:
 				jobs[i], errs[i] = s.CleanupTest(ctx, vm)
 			case PlanReprotect:
-				jobs[i], errs[i] = s.Reprotect(ctx, vm, req.Location)
+				jobs[i], errs[i] = s.Reprotect(ctx, vm, req.Location, req.Sync)
 			case PlanFailback:
 				jobs[i], errs[i] = s.Failback(ctx, vm, req.Sync, req.Point)
 			}

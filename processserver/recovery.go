@@ -235,7 +235,7 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 }
 
 func (r *recovery) Reprotect(ctx context.Context, req *ferryv1.ReprotectRequest) (*ferryv1.Job, error) {
-	return jobReply(r.s.Reprotect(ctx, req.GetVm(), req.GetLocation()))
+	return jobReply(r.s.Reprotect(ctx, req.GetVm(), req.GetLocation(), req.GetSync()))
 }
 
 func (r *recovery) Failback(ctx context.Context, req *ferryv1.FailbackRequest) (*ferryv1.Job, error) {

@@ -191,7 +191,11 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 		if i == len(d.VMs)-1 {
 			loc = "alternate"
 		}
-		if e := d.Reprotect(ctx, rep, v, loc); e.Failed != "" {
+		sync := ""
+		if i == 1 {
+			sync = "during" // this VM fails back synchronizing during failover only
+		}
+		if e := d.Reprotect(ctx, rep, v, loc, sync); e.Failed != "" {
 			return rep, nil
 		}
 	}
@@ -225,7 +229,7 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 
 	// Stage 4: reprotect forward.
 	for _, v := range d.VMs {
-		if e := d.Reprotect(ctx, rep, v, ""); e.Failed != "" {
+		if e := d.Reprotect(ctx, rep, v, "", ""); e.Failed != "" {
 			return rep, nil
 		}
 	}
@@ -247,9 +251,13 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 // failover (location original or alternate), or forward after a committed
 // failback. It starts the agent on the side that now runs the VM, waits
 // for its resync and reports what it sent against what differed.
-func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location string) *Entry {
+//
+// sync "during" reprotects for a failback that synchronizes during
+// failover only: the agent must send nothing until then.
+func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location, sync string) *Entry {
 	b := d.reprotectBaseline(ctx, v, location)
-	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: location})
+	b.during = sync == "during"
+	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: location, Sync: sync})
 	e := d.record(rep, v, b.action, job, err)
 	if e.Failed != "" {
 		return e
@@ -265,6 +273,8 @@ type reprotectBaseline struct {
 	action  string
 	replica []*blockdev.Memory
 	differ  int64
+	// during: the failback synchronizes during failover only.
+	during bool
 }
 
 func (d *Drill) reprotectBaseline(ctx context.Context, v *VM, location string) reprotectBaseline {
@@ -315,6 +325,14 @@ func (d *Drill) afterReprotect(ctx context.Context, rep *Report, v *VM, e *Entry
 		total += dev.Size()
 	}
 	e.Notes = append(e.Notes, fmt.Sprintf("resync sent %s of data and received %s of hashes for %s of disks", cli.Bytes(as.SentBytes), cli.Bytes(as.HashBytes), cli.Bytes(total)))
+	if b.during {
+		e.Verified = "synchronize during failover only: no checksum pre-sync, nothing sent before the failback"
+		if as.SentBytes != 0 || as.HashBytes != 0 || !as.Deferred {
+			e.Failed = "the agent of a VM reprotected to synchronize during failover only sent data or hashes"
+			rep.fail("%s: %s", v.Config.Name, e.Failed)
+		}
+		return
+	}
 	if b.replica == nil {
 		e.Verified = "alternate location: new disks, everything copied"
 		return

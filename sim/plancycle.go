@@ -155,8 +155,23 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 // VM's agent where it runs and checks its resync.
 func (d *Drill) planReprotect(ctx context.Context, rep *Report, location string) bool {
 	base := map[string]reprotectBaseline{}
+	plan, err := d.Recovery.ListPlans(ctx, &ferryv1.ListPlansRequest{})
+	if err != nil {
+		rep.fail("list plans: %v", err)
+		return false
+	}
+	during := map[string]bool{}
+	for _, p := range plan.GetPlans() {
+		for _, g := range p.GetGroups() {
+			for _, vm := range g.GetVms() {
+				during[vm] = p.GetName() == "site" && g.GetFailbackSync() == "during"
+			}
+		}
+	}
 	for _, v := range d.VMs {
-		base[v.Config.Name] = d.reprotectBaseline(ctx, v, location)
+		b := d.reprotectBaseline(ctx, v, location)
+		b.during = location != "" && during[v.Config.Name]
+		base[v.Config.Name] = b
 	}
 	jobs, ok := d.planJob(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "reprotect", Location: location})
 	if !ok {

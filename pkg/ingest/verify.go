@@ -37,6 +37,3 @@ func VerifyBatch(vm string, b *ferryv1.Batch) error {
 	}
 	return nil
 }
-
-
-

@@ -99,7 +99,7 @@ func (l *lab) waitReverse(ctx context.Context, a *agent.Agent, vm string) (*ferr
 func (l *lab) failbackOriginal(ctx context.Context) error {
 	web := l.vms["web"]
 	s := l.stage("reprotect web to the original location (only what differs goes back)")
-	job, err := l.ps.Reprotect(ctx, "web", mastertarget.LocationOriginal)
+	job, err := l.ps.Reprotect(ctx, "web", mastertarget.LocationOriginal, "")
 	s.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if err != nil {
 		return nil
@@ -144,7 +144,7 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	c.check("the recovery-site domain is deleted", !exists, "exists %v", exists)
 
 	r := l.stage("reprotect web forward again (the waiting agent resumes, by hash)")
-	job, err = l.ps.Reprotect(ctx, "web", "")
+	job, err = l.ps.Reprotect(ctx, "web", "", "")
 	r.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if _, err := l.waitRecords(ctx, web, 20); err != nil {
 		return err
@@ -181,7 +181,7 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	job, err := l.ps.Commit(ctx, "db")
 	c.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	s := l.stage("reprotect db to an alternate location (everything goes back)")
-	job, err = l.ps.Reprotect(ctx, "db", mastertarget.LocationAlternate)
+	job, err = l.ps.Reprotect(ctx, "db", mastertarget.LocationAlternate, "")
 	s.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if err != nil {
 		return nil

@@ -135,7 +135,7 @@ func main() {
 	overNBD := fs.Bool("nbd", false, "export: serve over NBD instead of writing a file")
 	writable := fs.Bool("writable", false, "export --nbd: copy-on-write instead of read-only")
 	limit := fs.Int("limit", 100, "audit: the newest this many entries (0: all kept)")
-	syncOpt := fs.String("sync", "before", "failback: before (copy while the VM runs, final delta at downtime) or during (whole disks after shutdown)")
+	syncOpt := fs.String("sync", "", "reprotect and failback: before (the default: copy while the VM runs, final delta at downtime) or during (failover only: nothing moves before the failback, then the whole disks after shutdown, without checksums; a VM reprotected so fails back so)")
 	if cmd == "failover" || cmd == "change-point" || cmd == "failback" {
 		fs.Lookup("point").DefValue = processserver.PointLatest
 		*point = processserver.PointLatest
@@ -212,7 +212,7 @@ func main() {
 	case "cleanup-test":
 		err = printJob(rc.CleanupTest(ctx, &ferryv1.VMRequest{Vm: *vm}))
 	case "reprotect":
-		err = printJob(rc.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: *vm, Location: *location}))
+		err = printJob(rc.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: *vm, Location: *location, Sync: *syncOpt}))
 	case "failback":
 		err = printJob(rc.Failback(ctx, &ferryv1.FailbackRequest{Vm: *vm, Sync: *syncOpt, Point: *point}))
 	case "events":

@@ -1474,6 +1474,7 @@ type Command struct {
 	//	*Command_Hold
 	//	*Command_Cut
 	//	*Command_Resync
+	//	*Command_Checkpoint
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1568,6 +1569,15 @@ func (x *Command) GetResync() *Resync {
 	return nil
 }
 
+func (x *Command) GetCheckpoint() *Checkpoint {
+	if x != nil {
+		if x, ok := x.Action.(*Command_Checkpoint); ok {
+			return x.Checkpoint
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -1602,6 +1612,13 @@ type Command_Resync struct {
 	Resync *Resync `protobuf:"bytes,6,opt,name=resync,proto3,oneof"`
 }
 
+type Command_Checkpoint struct {
+	// Cut a crash-consistent point now, behind everything written so far
+	// (a scan-mode agent: after its next pass, if it found changes). The
+	// master target asks for it while it synchronizes a failback.
+	Checkpoint *Checkpoint `protobuf:"bytes,7,opt,name=checkpoint,proto3,oneof"`
+}
+
 func (*Command_Shutdown) isCommand_Action() {}
 
 func (*Command_Policy) isCommand_Action() {}
@@ -1612,6 +1629,52 @@ func (*Command_Cut) isCommand_Action() {}
 
 func (*Command_Resync) isCommand_Action() {}
 
+func (*Command_Checkpoint) isCommand_Action() {}
+
+type Checkpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Checkpoint) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
 type Resync struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ranges        []*Range               `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
@@ -1621,7 +1684,7 @@ type Resync struct {
 
 func (x *Resync) Reset() {
 	*x = Resync{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1696,7 @@ func (x *Resync) String() string {
 func (*Resync) ProtoMessage() {}
 
 func (x *Resync) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[16]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1709,7 @@ func (x *Resync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resync.ProtoReflect.Descriptor instead.
 func (*Resync) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Resync) GetRanges() []*Range {
@@ -1667,7 +1730,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1742,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[17]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1755,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Range) GetDisk() uint32 {
@@ -1727,7 +1790,7 @@ type GroupHold struct {
 
 func (x *GroupHold) Reset() {
 	*x = GroupHold{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1802,7 @@ func (x *GroupHold) String() string {
 func (*GroupHold) ProtoMessage() {}
 
 func (x *GroupHold) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[18]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1815,7 @@ func (x *GroupHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupHold.ProtoReflect.Descriptor instead.
 func (*GroupHold) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GroupHold) GetTag() string {
@@ -1786,7 +1849,7 @@ type GroupCut struct {
 
 func (x *GroupCut) Reset() {
 	*x = GroupCut{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1861,7 @@ func (x *GroupCut) String() string {
 func (*GroupCut) ProtoMessage() {}
 
 func (x *GroupCut) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[19]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1874,7 @@ func (x *GroupCut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCut.ProtoReflect.Descriptor instead.
 func (*GroupCut) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GroupCut) GetTag() string {
@@ -1843,7 +1906,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +1918,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[20]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +1931,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Shutdown) GetFullCopy() bool {
@@ -1897,14 +1960,18 @@ type HelloAck struct {
 	ReplicaEmpty bool `protobuf:"varint,4,opt,name=replica_empty,json=replicaEmpty,proto3" json:"replica_empty,omitempty"`
 	// The replication policy the VM follows: the agent cuts crash- and
 	// app-consistent points at its frequencies.
-	Policy        *Policy `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *Policy `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Synchronize during failover only: the agent sends nothing and only
+	// tracks what changes, until a Shutdown with full_copy asks for the whole
+	// disks (no checksum pre-sync, no reverse replication before failback).
+	DeferSync     bool `protobuf:"varint,6,opt,name=defer_sync,json=deferSync,proto3" json:"defer_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HelloAck) Reset() {
 	*x = HelloAck{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +1983,7 @@ func (x *HelloAck) String() string {
 func (*HelloAck) ProtoMessage() {}
 
 func (x *HelloAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[21]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +1996,7 @@ func (x *HelloAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloAck.ProtoReflect.Descriptor instead.
 func (*HelloAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HelloAck) GetDurableSeq() uint64 {
@@ -1967,6 +2034,13 @@ func (x *HelloAck) GetPolicy() *Policy {
 	return nil
 }
 
+func (x *HelloAck) GetDeferSync() bool {
+	if x != nil {
+		return x.DeferSync
+	}
+	return false
+}
+
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DurableSeq    uint64                 `protobuf:"varint,1,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
@@ -1976,7 +2050,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2062,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[22]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2075,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Ack) GetDurableSeq() uint64 {
@@ -2026,7 +2100,7 @@ type BlockHashesRequest struct {
 
 func (x *BlockHashesRequest) Reset() {
 	*x = BlockHashesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2038,7 +2112,7 @@ func (x *BlockHashesRequest) String() string {
 func (*BlockHashesRequest) ProtoMessage() {}
 
 func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[23]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2051,7 +2125,7 @@ func (x *BlockHashesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesRequest.ProtoReflect.Descriptor instead.
 func (*BlockHashesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BlockHashesRequest) GetVm() string {
@@ -2102,7 +2176,7 @@ type BlockHashesResponse struct {
 
 func (x *BlockHashesResponse) Reset() {
 	*x = BlockHashesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2188,7 @@ func (x *BlockHashesResponse) String() string {
 func (*BlockHashesResponse) ProtoMessage() {}
 
 func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[24]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2201,7 @@ func (x *BlockHashesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockHashesResponse.ProtoReflect.Descriptor instead.
 func (*BlockHashesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BlockHashesResponse) GetFirstChunk() uint64 {
@@ -2161,7 +2235,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2247,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[25]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2260,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewRequest) GetCsrDer() []byte {
@@ -2207,7 +2281,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2293,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[26]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2306,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EnrollRequest) GetToken() string {
@@ -2261,7 +2335,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2347,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[27]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2360,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnrollResponse) GetCertDer() []byte {
@@ -2331,7 +2405,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2417,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[28]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2430,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Policy) GetName() string {
@@ -2416,7 +2490,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2502,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2515,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
 }
 
 type ListPoliciesResponse struct {
@@ -2453,7 +2527,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2465,7 +2539,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2478,7 +2552,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2498,7 +2572,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2584,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2597,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -2548,7 +2622,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2634,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2647,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 type ReplicationGroup struct {
@@ -2593,7 +2667,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2679,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2692,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2664,7 +2738,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2750,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2763,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 type ListGroupsResponse struct {
@@ -2701,7 +2775,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2787,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2800,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2745,7 +2819,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +2831,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +2844,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2788,7 +2862,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +2874,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +2887,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 type GroupPointRequest struct {
@@ -2826,7 +2900,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +2912,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +2925,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2880,7 +2954,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2892,7 +2966,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2905,7 +2979,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -2943,7 +3017,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2955,7 +3029,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2968,7 +3042,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -3016,7 +3090,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3102,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3115,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -3086,7 +3160,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3172,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3185,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PlanAction) GetName() string {
@@ -3143,7 +3217,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3229,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3242,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 type ListPlansResponse struct {
@@ -3180,7 +3254,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3192,7 +3266,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3205,7 +3279,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -3224,7 +3298,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3236,7 +3310,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3249,7 +3323,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -3267,7 +3341,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3353,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3366,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 type RunPlanRequest struct {
@@ -3316,7 +3390,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3328,7 +3402,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3341,7 +3415,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -3402,7 +3476,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3488,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3501,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -3446,7 +3520,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3458,7 +3532,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3471,7 +3545,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -3490,7 +3564,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3502,7 +3576,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3515,7 +3589,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3537,7 +3611,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +3623,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +3636,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -3605,7 +3679,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3617,7 +3691,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3630,7 +3704,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3672,7 +3746,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3684,7 +3758,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3697,7 +3771,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3730,7 +3804,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3742,7 +3816,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3755,7 +3829,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3773,7 +3847,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +3859,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +3872,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 type ReleaseAgentResponse struct {
@@ -3811,7 +3885,7 @@ type ReleaseAgentResponse struct {
 
 func (x *ReleaseAgentResponse) Reset() {
 	*x = ReleaseAgentResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3823,7 +3897,7 @@ func (x *ReleaseAgentResponse) String() string {
 func (*ReleaseAgentResponse) ProtoMessage() {}
 
 func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3836,7 +3910,7 @@ func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAgentResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseAgentResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ReleaseAgentResponse) GetReleased() string {
@@ -3856,7 +3930,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3868,7 +3942,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3881,7 +3955,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListAuditRequest) GetLimit() uint32 {
@@ -3905,7 +3979,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3917,7 +3991,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3930,7 +4004,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *AuditEntry) GetTimeUnixNano() int64 {
@@ -3984,7 +4058,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3996,7 +4070,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4009,7 +4083,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -4027,7 +4101,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4039,7 +4113,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4052,7 +4126,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 type NBDExportInfo struct {
@@ -4072,7 +4146,7 @@ type NBDExportInfo struct {
 
 func (x *NBDExportInfo) Reset() {
 	*x = NBDExportInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4084,7 +4158,7 @@ func (x *NBDExportInfo) String() string {
 func (*NBDExportInfo) ProtoMessage() {}
 
 func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4097,7 +4171,7 @@ func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NBDExportInfo.ProtoReflect.Descriptor instead.
 func (*NBDExportInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *NBDExportInfo) GetName() string {
@@ -4169,7 +4243,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4181,7 +4255,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4194,7 +4268,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListExportsResponse) GetExports() []*NBDExportInfo {
@@ -4222,14 +4296,19 @@ type ReprotectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vm    string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
 	// "original" or "alternate" (reverse reprotect only).
-	Location      string `protobuf:"bytes,2,opt,name=location,proto3" json:"location,omitempty"`
+	Location string `protobuf:"bytes,2,opt,name=location,proto3" json:"location,omitempty"`
+	// How the failback will synchronize: "before" (default: reverse
+	// replication starts now, by hash at the original location) or "during"
+	// (failover only: nothing moves until the failback copies the whole
+	// disks).
+	Sync          string `protobuf:"bytes,3,opt,name=sync,proto3" json:"sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4241,7 +4320,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4254,7 +4333,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -4267,6 +4346,13 @@ func (x *ReprotectRequest) GetVm() string {
 func (x *ReprotectRequest) GetLocation() string {
 	if x != nil {
 		return x.Location
+	}
+	return ""
+}
+
+func (x *ReprotectRequest) GetSync() string {
+	if x != nil {
+		return x.Sync
 	}
 	return ""
 }
@@ -4284,7 +4370,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4296,7 +4382,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4309,7 +4395,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -4349,7 +4435,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4361,7 +4447,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4374,7 +4460,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -4422,7 +4508,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4434,7 +4520,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4447,7 +4533,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -4473,7 +4559,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4485,7 +4571,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4498,7 +4584,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -4517,7 +4603,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4529,7 +4615,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4542,7 +4628,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -4561,7 +4647,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4573,7 +4659,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4586,7 +4672,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -4605,7 +4691,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4617,7 +4703,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4630,7 +4716,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -4667,7 +4753,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4679,7 +4765,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4692,7 +4778,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4809,7 +4895,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4821,7 +4907,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4834,7 +4920,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *JobStep) GetName() string {
@@ -4892,7 +4978,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4904,7 +4990,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4917,7 +5003,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Finding) GetCheck() string {
@@ -4957,7 +5043,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4969,7 +5055,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4982,7 +5068,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -5001,7 +5087,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5013,7 +5099,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5026,7 +5112,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -5063,7 +5149,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5075,7 +5161,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5088,7 +5174,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *VMStatus) GetName() string {
@@ -5204,7 +5290,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5216,7 +5302,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5229,7 +5315,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 type ListVMsResponse struct {
@@ -5241,7 +5327,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5253,7 +5339,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5266,7 +5352,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5294,7 +5380,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5306,7 +5392,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5319,7 +5405,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *VM) GetName() string {
@@ -5394,7 +5480,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5406,7 +5492,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5419,7 +5505,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -5438,7 +5524,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5450,7 +5536,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5463,7 +5549,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -5486,7 +5572,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5498,7 +5584,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5511,7 +5597,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -5554,7 +5640,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5566,7 +5652,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5579,7 +5665,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -5618,7 +5704,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5630,7 +5716,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5643,7 +5729,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -5691,7 +5777,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5703,7 +5789,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5716,7 +5802,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -5742,7 +5828,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5754,7 +5840,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5767,7 +5853,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -5794,7 +5880,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5806,7 +5892,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5819,7 +5905,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -5894,7 +5980,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5906,7 +5992,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5919,7 +6005,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -5975,7 +6061,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5987,7 +6073,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6000,7 +6086,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -6037,7 +6123,7 @@ type MTFailbackGroupRequest struct {
 
 func (x *MTFailbackGroupRequest) Reset() {
 	*x = MTFailbackGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6049,7 +6135,7 @@ func (x *MTFailbackGroupRequest) String() string {
 func (*MTFailbackGroupRequest) ProtoMessage() {}
 
 func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6062,7 +6148,7 @@ func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *MTFailbackGroupRequest) GetGroup() string {
@@ -6098,7 +6184,7 @@ type MTFailbackGroupResponse struct {
 
 func (x *MTFailbackGroupResponse) Reset() {
 	*x = MTFailbackGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6110,7 +6196,7 @@ func (x *MTFailbackGroupResponse) String() string {
 func (*MTFailbackGroupResponse) ProtoMessage() {}
 
 func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6123,7 +6209,7 @@ func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *MTFailbackGroupResponse) GetResults() []*MTFailbackResponse {
@@ -6146,14 +6232,17 @@ type PrepareReprotectRequest struct {
 	Disks []*DiskInfo            `protobuf:"bytes,2,rep,name=disks,proto3" json:"disks,omitempty"`
 	Epoch uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// "original" or "alternate".
-	Location      string `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
+	Location string `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
+	// Synchronize during failover only: the agent sends nothing until the
+	// failback (HelloAck.defer_sync).
+	SyncDuring    bool `protobuf:"varint,5,opt,name=sync_during,json=syncDuring,proto3" json:"sync_during,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6165,7 +6254,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6178,7 +6267,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -6209,6 +6298,13 @@ func (x *PrepareReprotectRequest) GetLocation() string {
 	return ""
 }
 
+func (x *PrepareReprotectRequest) GetSyncDuring() bool {
+	if x != nil {
+		return x.SyncDuring
+	}
+	return false
+}
+
 type PrepareReprotectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Where reverse replication writes, for the report.
@@ -6219,7 +6315,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6231,7 +6327,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6244,7 +6340,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -6269,7 +6365,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6281,7 +6377,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6294,7 +6390,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -6338,7 +6434,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6350,7 +6446,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6363,7 +6459,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -6423,7 +6519,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6435,7 +6531,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6448,7 +6544,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
 }
 
 type ReprotectStatusResponse struct {
@@ -6461,13 +6557,15 @@ type ReprotectStatusResponse struct {
 	ResyncProgress float64                `protobuf:"fixed64,6,opt,name=resync_progress,json=resyncProgress,proto3" json:"resync_progress,omitempty"`
 	ReceivedBytes  uint64                 `protobuf:"varint,7,opt,name=received_bytes,json=receivedBytes,proto3" json:"received_bytes,omitempty"`
 	Points         uint32                 `protobuf:"varint,8,opt,name=points,proto3" json:"points,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Reprotected to synchronize during failover only.
+	SyncDuring    bool `protobuf:"varint,9,opt,name=sync_during,json=syncDuring,proto3" json:"sync_during,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6479,7 +6577,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6492,7 +6590,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -6549,6 +6647,13 @@ func (x *ReprotectStatusResponse) GetPoints() uint32 {
 		return x.Points
 	}
 	return 0
+}
+
+func (x *ReprotectStatusResponse) GetSyncDuring() bool {
+	if x != nil {
+		return x.SyncDuring
+	}
+	return false
 }
 
 var File_ferry_v1_ferry_proto protoreflect.FileDescriptor
@@ -6660,15 +6765,21 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\thello_ack\x18\x01 \x01(\v2\x12.ferry.v1.HelloAckH\x00R\bhelloAck\x12!\n" +
 	"\x03ack\x18\x02 \x01(\v2\r.ferry.v1.AckH\x00R\x03ack\x12-\n" +
 	"\acommand\x18\x03 \x01(\v2\x11.ferry.v1.CommandH\x00R\acommandB\x05\n" +
-	"\x03msg\"\x80\x02\n" +
+	"\x03msg\"\xb8\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
 	"\bshutdown\x18\x02 \x01(\v2\x12.ferry.v1.ShutdownH\x00R\bshutdown\x12*\n" +
 	"\x06policy\x18\x03 \x01(\v2\x10.ferry.v1.PolicyH\x00R\x06policy\x12)\n" +
 	"\x04hold\x18\x04 \x01(\v2\x13.ferry.v1.GroupHoldH\x00R\x04hold\x12&\n" +
 	"\x03cut\x18\x05 \x01(\v2\x12.ferry.v1.GroupCutH\x00R\x03cut\x12*\n" +
-	"\x06resync\x18\x06 \x01(\v2\x10.ferry.v1.ResyncH\x00R\x06resyncB\b\n" +
-	"\x06action\"1\n" +
+	"\x06resync\x18\x06 \x01(\v2\x10.ferry.v1.ResyncH\x00R\x06resync\x126\n" +
+	"\n" +
+	"checkpoint\x18\a \x01(\v2\x14.ferry.v1.CheckpointH\x00R\n" +
+	"checkpointB\b\n" +
+	"\x06action\"\x1e\n" +
+	"\n" +
+	"Checkpoint\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\"1\n" +
 	"\x06Resync\x12'\n" +
 	"\x06ranges\x18\x01 \x03(\v2\x0f.ferry.v1.RangeR\x06ranges\"K\n" +
 	"\x05Range\x12\x12\n" +
@@ -6684,7 +6795,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05abort\x18\x02 \x01(\bR\x05abort\"9\n" +
 	"\bShutdown\x12\x1b\n" +
 	"\tfull_copy\x18\x01 \x01(\bR\bfullCopy\x12\x10\n" +
-	"\x03tag\x18\x02 \x01(\tR\x03tag\"\xb0\x01\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"\xcf\x01\n" +
 	"\bHelloAck\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\x12\x14\n" +
@@ -6693,7 +6804,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"consistent\x18\x03 \x01(\bR\n" +
 	"consistent\x12#\n" +
 	"\rreplica_empty\x18\x04 \x01(\bR\freplicaEmpty\x12(\n" +
-	"\x06policy\x18\x05 \x01(\v2\x10.ferry.v1.PolicyR\x06policy\"&\n" +
+	"\x06policy\x18\x05 \x01(\v2\x10.ferry.v1.PolicyR\x06policy\x12\x1d\n" +
+	"\n" +
+	"defer_sync\x18\x06 \x01(\bR\tdeferSync\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
 	"durableSeq\"\x85\x01\n" +
@@ -6832,10 +6945,11 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x13ListExportsResponse\x121\n" +
 	"\aexports\x18\x01 \x03(\v2\x17.ferry.v1.NBDExportInfoR\aexports\x12!\n" +
 	"\fscratch_used\x18\x02 \x01(\x03R\vscratchUsed\x12#\n" +
-	"\rscratch_quota\x18\x03 \x01(\x03R\fscratchQuota\">\n" +
+	"\rscratch_quota\x18\x03 \x01(\x03R\fscratchQuota\"R\n" +
 	"\x10ReprotectRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x1a\n" +
-	"\blocation\x18\x02 \x01(\tR\blocation\"K\n" +
+	"\blocation\x18\x02 \x01(\tR\blocation\x12\x12\n" +
+	"\x04sync\x18\x03 \x01(\tR\x04sync\"K\n" +
 	"\x0fFailbackRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
 	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x14\n" +
@@ -6977,12 +7091,14 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x04sync\x18\x03 \x01(\tR\x04sync\"c\n" +
 	"\x17MTFailbackGroupResponse\x126\n" +
 	"\aresults\x18\x01 \x03(\v2\x1c.ferry.v1.MTFailbackResponseR\aresults\x12\x10\n" +
-	"\x03tag\x18\x02 \x01(\tR\x03tag\"\x85\x01\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"\xa6\x01\n" +
 	"\x17PrepareReprotectRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\blocation\x18\x04 \x01(\tR\blocation\"4\n" +
+	"\blocation\x18\x04 \x01(\tR\blocation\x12\x1f\n" +
+	"\vsync_during\x18\x05 \x01(\bR\n" +
+	"syncDuring\"4\n" +
 	"\x18PrepareReprotectResponse\x12\x18\n" +
 	"\atargets\x18\x01 \x03(\tR\atargets\"M\n" +
 	"\x11MTFailbackRequest\x12\x0e\n" +
@@ -6998,7 +7114,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"totalBytes\x12#\n" +
 	"\rapplied_bytes\x18\x06 \x01(\x04R\fappliedBytes\x12#\n" +
 	"\rapplied_nanos\x18\a \x01(\x03R\fappliedNanos\"\x10\n" +
-	"\x0eRetireResponse\"\x94\x02\n" +
+	"\x0eRetireResponse\"\xb5\x02\n" +
 	"\x17ReprotectStatusResponse\x12\x1e\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\bR\n" +
@@ -7012,7 +7128,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"consistent\x12'\n" +
 	"\x0fresync_progress\x18\x06 \x01(\x01R\x0eresyncProgress\x12%\n" +
 	"\x0ereceived_bytes\x18\a \x01(\x04R\rreceivedBytes\x12\x16\n" +
-	"\x06points\x18\b \x01(\rR\x06points*V\n" +
+	"\x06points\x18\b \x01(\rR\x06points\x12\x1f\n" +
+	"\vsync_during\x18\t \x01(\bR\n" +
+	"syncDuring*V\n" +
 	"\vConsistency\x12\x1b\n" +
 	"\x17CONSISTENCY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_CRASH\x10\x01\x12\x13\n" +
@@ -7096,7 +7214,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 98)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 99)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -7117,88 +7235,89 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*Heartbeat)(nil),                // 16: ferry.v1.Heartbeat
 	(*ServerMessage)(nil),            // 17: ferry.v1.ServerMessage
 	(*Command)(nil),                  // 18: ferry.v1.Command
-	(*Resync)(nil),                   // 19: ferry.v1.Resync
-	(*Range)(nil),                    // 20: ferry.v1.Range
-	(*GroupHold)(nil),                // 21: ferry.v1.GroupHold
-	(*GroupCut)(nil),                 // 22: ferry.v1.GroupCut
-	(*Shutdown)(nil),                 // 23: ferry.v1.Shutdown
-	(*HelloAck)(nil),                 // 24: ferry.v1.HelloAck
-	(*Ack)(nil),                      // 25: ferry.v1.Ack
-	(*BlockHashesRequest)(nil),       // 26: ferry.v1.BlockHashesRequest
-	(*BlockHashesResponse)(nil),      // 27: ferry.v1.BlockHashesResponse
-	(*RenewRequest)(nil),             // 28: ferry.v1.RenewRequest
-	(*EnrollRequest)(nil),            // 29: ferry.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 30: ferry.v1.EnrollResponse
-	(*Policy)(nil),                   // 31: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 32: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 33: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 34: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 35: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 36: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 37: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 38: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 39: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 40: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 41: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 42: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 43: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 44: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 45: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 46: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 47: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 48: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 49: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 50: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 51: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 52: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 53: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 54: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 55: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 56: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 57: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 58: ferry.v1.UnexportNBDResponse
-	(*ReleaseAgentResponse)(nil),     // 59: ferry.v1.ReleaseAgentResponse
-	(*ListAuditRequest)(nil),         // 60: ferry.v1.ListAuditRequest
-	(*AuditEntry)(nil),               // 61: ferry.v1.AuditEntry
-	(*ListAuditResponse)(nil),        // 62: ferry.v1.ListAuditResponse
-	(*ListExportsRequest)(nil),       // 63: ferry.v1.ListExportsRequest
-	(*NBDExportInfo)(nil),            // 64: ferry.v1.NBDExportInfo
-	(*ListExportsResponse)(nil),      // 65: ferry.v1.ListExportsResponse
-	(*ReprotectRequest)(nil),         // 66: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 67: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 68: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 69: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 70: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 71: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 72: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 73: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 74: ferry.v1.Job
-	(*JobStep)(nil),                  // 75: ferry.v1.JobStep
-	(*Finding)(nil),                  // 76: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 77: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 78: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 79: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 80: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 81: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 82: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 83: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 84: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 85: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 86: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 87: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 88: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 89: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 90: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 91: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 92: ferry.v1.VerifyPointResponse
-	(*MTFailbackGroupRequest)(nil),   // 93: ferry.v1.MTFailbackGroupRequest
-	(*MTFailbackGroupResponse)(nil),  // 94: ferry.v1.MTFailbackGroupResponse
-	(*PrepareReprotectRequest)(nil),  // 95: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 96: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 97: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 98: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 99: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 100: ferry.v1.ReprotectStatusResponse
+	(*Checkpoint)(nil),               // 19: ferry.v1.Checkpoint
+	(*Resync)(nil),                   // 20: ferry.v1.Resync
+	(*Range)(nil),                    // 21: ferry.v1.Range
+	(*GroupHold)(nil),                // 22: ferry.v1.GroupHold
+	(*GroupCut)(nil),                 // 23: ferry.v1.GroupCut
+	(*Shutdown)(nil),                 // 24: ferry.v1.Shutdown
+	(*HelloAck)(nil),                 // 25: ferry.v1.HelloAck
+	(*Ack)(nil),                      // 26: ferry.v1.Ack
+	(*BlockHashesRequest)(nil),       // 27: ferry.v1.BlockHashesRequest
+	(*BlockHashesResponse)(nil),      // 28: ferry.v1.BlockHashesResponse
+	(*RenewRequest)(nil),             // 29: ferry.v1.RenewRequest
+	(*EnrollRequest)(nil),            // 30: ferry.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 31: ferry.v1.EnrollResponse
+	(*Policy)(nil),                   // 32: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 33: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 34: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 35: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 36: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 37: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 38: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 39: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 40: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 41: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 42: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 43: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 44: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 45: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 46: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 47: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 48: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 49: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 50: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 51: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 52: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 53: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 54: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 55: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 56: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 57: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 58: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 59: ferry.v1.UnexportNBDResponse
+	(*ReleaseAgentResponse)(nil),     // 60: ferry.v1.ReleaseAgentResponse
+	(*ListAuditRequest)(nil),         // 61: ferry.v1.ListAuditRequest
+	(*AuditEntry)(nil),               // 62: ferry.v1.AuditEntry
+	(*ListAuditResponse)(nil),        // 63: ferry.v1.ListAuditResponse
+	(*ListExportsRequest)(nil),       // 64: ferry.v1.ListExportsRequest
+	(*NBDExportInfo)(nil),            // 65: ferry.v1.NBDExportInfo
+	(*ListExportsResponse)(nil),      // 66: ferry.v1.ListExportsResponse
+	(*ReprotectRequest)(nil),         // 67: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 68: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 69: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 70: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 71: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 72: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 73: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 74: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 75: ferry.v1.Job
+	(*JobStep)(nil),                  // 76: ferry.v1.JobStep
+	(*Finding)(nil),                  // 77: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 78: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 79: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 80: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 81: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 82: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 83: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 84: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 85: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 86: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 87: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 88: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 89: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 90: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 91: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 92: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 93: ferry.v1.VerifyPointResponse
+	(*MTFailbackGroupRequest)(nil),   // 94: ferry.v1.MTFailbackGroupRequest
+	(*MTFailbackGroupResponse)(nil),  // 95: ferry.v1.MTFailbackGroupResponse
+	(*PrepareReprotectRequest)(nil),  // 96: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 97: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 98: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 99: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 100: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 101: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,   // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -7216,129 +7335,130 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	15,  // 12: ferry.v1.Record.drain:type_name -> ferry.v1.Drain
 	0,   // 13: ferry.v1.Marker.consistency:type_name -> ferry.v1.Consistency
 	1,   // 14: ferry.v1.Drain.reason:type_name -> ferry.v1.DrainReason
-	24,  // 15: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
-	25,  // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
+	25,  // 15: ferry.v1.ServerMessage.hello_ack:type_name -> ferry.v1.HelloAck
+	26,  // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	18,  // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
-	23,  // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	31,  // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
-	21,  // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
-	22,  // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
-	19,  // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
-	20,  // 23: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	31,  // 24: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	31,  // 25: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	36,  // 26: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	44,  // 27: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	45,  // 28: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	45,  // 29: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	43,  // 30: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	54,  // 31: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	61,  // 32: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
-	64,  // 33: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
-	2,   // 34: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	74,  // 35: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	75,  // 36: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	85,  // 37: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	76,  // 38: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	79,  // 39: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	82,  // 40: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	10,  // 41: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	85,  // 42: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
-	0,   // 43: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	91,  // 44: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	98,  // 45: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
-	10,  // 46: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	75,  // 47: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	85,  // 48: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
-	3,   // 49: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
-	26,  // 50: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
-	29,  // 51: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
-	28,  // 52: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
-	80,  // 53: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	83,  // 54: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	86,  // 55: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	88,  // 56: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	89,  // 57: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	68,  // 58: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	69,  // 59: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	70,  // 60: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	70,  // 61: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	71,  // 62: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	73,  // 63: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	77,  // 64: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	66,  // 65: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	67,  // 66: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	55,  // 67: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	57,  // 68: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	63,  // 69: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
-	70,  // 70: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
-	60,  // 71: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
-	52,  // 72: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	32,  // 73: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	31,  // 74: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	34,  // 75: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	37,  // 76: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	36,  // 77: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	39,  // 78: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	41,  // 79: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	46,  // 80: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	43,  // 81: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	48,  // 82: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	50,  // 83: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	51,  // 84: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	95,  // 85: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	97,  // 86: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	70,  // 87: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	70,  // 88: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	93,  // 89: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
-	52,  // 90: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	17,  // 91: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	27,  // 92: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	30,  // 93: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	30,  // 94: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
-	81,  // 95: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	84,  // 96: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	87,  // 97: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	92,  // 98: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	90,  // 99: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	74,  // 100: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	74,  // 101: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	74,  // 102: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	74,  // 103: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	72,  // 104: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	74,  // 105: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	78,  // 106: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	74,  // 107: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	74,  // 108: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	56,  // 109: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	58,  // 110: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	65,  // 111: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	59,  // 112: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
-	62,  // 113: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
-	53,  // 114: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	33,  // 115: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	31,  // 116: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	35,  // 117: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	38,  // 118: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	36,  // 119: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	40,  // 120: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	42,  // 121: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	47,  // 122: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	43,  // 123: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	49,  // 124: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	74,  // 125: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	74,  // 126: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	96,  // 127: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	98,  // 128: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	99,  // 129: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	100, // 130: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	94,  // 131: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
-	53,  // 132: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	91,  // [91:133] is the sub-list for method output_type
-	49,  // [49:91] is the sub-list for method input_type
-	49,  // [49:49] is the sub-list for extension type_name
-	49,  // [49:49] is the sub-list for extension extendee
-	0,   // [0:49] is the sub-list for field type_name
+	24,  // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
+	32,  // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	22,  // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
+	23,  // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
+	20,  // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
+	19,  // 23: ferry.v1.Command.checkpoint:type_name -> ferry.v1.Checkpoint
+	21,  // 24: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
+	32,  // 25: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	32,  // 26: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	37,  // 27: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	45,  // 28: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	46,  // 29: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	46,  // 30: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	44,  // 31: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	55,  // 32: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	62,  // 33: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
+	65,  // 34: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	2,   // 35: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
+	75,  // 36: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	76,  // 37: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	86,  // 38: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	77,  // 39: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	80,  // 40: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	83,  // 41: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	10,  // 42: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
+	86,  // 43: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	0,   // 44: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
+	92,  // 45: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	99,  // 46: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
+	10,  // 47: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
+	76,  // 48: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	86,  // 49: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	3,   // 50: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
+	27,  // 51: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
+	30,  // 52: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
+	29,  // 53: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
+	81,  // 54: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	84,  // 55: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	87,  // 56: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	89,  // 57: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	90,  // 58: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	69,  // 59: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	70,  // 60: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	71,  // 61: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	71,  // 62: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	72,  // 63: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	74,  // 64: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	78,  // 65: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	67,  // 66: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	68,  // 67: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	56,  // 68: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	58,  // 69: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	64,  // 70: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	71,  // 71: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
+	61,  // 72: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
+	53,  // 73: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	33,  // 74: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	32,  // 75: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	35,  // 76: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	38,  // 77: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	37,  // 78: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	40,  // 79: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	42,  // 80: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	47,  // 81: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	44,  // 82: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	49,  // 83: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	51,  // 84: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	52,  // 85: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	96,  // 86: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	98,  // 87: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	71,  // 88: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	71,  // 89: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	94,  // 90: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
+	53,  // 91: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	17,  // 92: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	28,  // 93: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	31,  // 94: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	31,  // 95: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
+	82,  // 96: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	85,  // 97: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	88,  // 98: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	93,  // 99: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	91,  // 100: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	75,  // 101: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	75,  // 102: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	75,  // 103: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	75,  // 104: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	73,  // 105: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	75,  // 106: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	79,  // 107: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	75,  // 108: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	75,  // 109: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	57,  // 110: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	59,  // 111: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	66,  // 112: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	60,  // 113: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	63,  // 114: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
+	54,  // 115: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	34,  // 116: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	32,  // 117: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	36,  // 118: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	39,  // 119: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	37,  // 120: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	41,  // 121: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	43,  // 122: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	48,  // 123: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	44,  // 124: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	50,  // 125: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	75,  // 126: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	75,  // 127: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	97,  // 128: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	99,  // 129: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	100, // 130: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	101, // 131: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	95,  // 132: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
+	54,  // 133: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	92,  // [92:134] is the sub-list for method output_type
+	50,  // [50:92] is the sub-list for method input_type
+	50,  // [50:50] is the sub-list for extension type_name
+	50,  // [50:50] is the sub-list for extension extendee
+	0,   // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -7370,6 +7490,7 @@ func file_ferry_v1_ferry_proto_init() {
 		(*Command_Hold)(nil),
 		(*Command_Cut)(nil),
 		(*Command_Resync)(nil),
+		(*Command_Checkpoint)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -7377,7 +7498,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   98,
+			NumMessages:   99,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
