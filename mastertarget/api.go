@@ -238,7 +238,13 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 	if s.clock.Simulated() && moved > 0 {
 		// What moved over the link during downtime takes its time; the
 		// members share the link.
-		s.clock.Sleep(ctx, time.Duration(float64(moved)/float64(s.cfg.LinkRate)*float64(time.Second)))
+		took := time.Duration(float64(moved) / float64(s.cfg.LinkRate) * float64(time.Second))
+		s.clock.Sleep(ctx, took)
+		for _, f := range fs {
+			f.resp.Steps = append(f.resp.Steps, &ferryv1.JobStep{Name: "receive final data", StartUnixNano: s.clock.Now().Add(-took).UnixNano(),
+				EndUnixNano: s.clock.Now().UnixNano(), Outcome: "succeeded",
+				Detail: fmt.Sprintf("%s over the link from the recovery site in %v (modeled at %s/s)", cli.Bytes(moved), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
+		}
 	}
 	for _, f := range fs {
 		s.finishFailback(ctx, f, syncMode, point, tag)

@@ -158,7 +158,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 				if point, err = s.j.Point(ctx, name, journal.Seq(final)); err != nil {
 					return "", err
 				}
-				return stepf("processed %d writes (%s) up to the final point %d", ps.Writes, cli.Bytes(ps.Bytes), point.ID), nil
+				return stepf("processed %d writes (%s) up to the final point %d%s", ps.Writes, cli.Bytes(ps.Bytes), point.ID, s.modeled(ps)), nil
 			})
 			if err != nil {
 				return err
@@ -183,7 +183,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			}
 			detail := stepf("%s: point %d (%s, %s)", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339))
 			if ps.Writes > 0 {
-				detail += stepf(" after processing %d pending writes (%s)", ps.Writes, cli.Bytes(ps.Bytes))
+				detail += stepf(" after processing %d pending writes (%s)%s", ps.Writes, cli.Bytes(ps.Bytes), s.modeled(ps))
 			}
 			return detail, nil
 		}); err != nil {
@@ -473,7 +473,7 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 			if err != nil {
 				return "", err
 			}
-			return stepf("%s: point %d (%s, %s), %d writes processed first", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339), ps.Writes), nil
+			return stepf("%s: point %d (%s, %s), %d writes processed first%s", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339), ps.Writes, s.modeled(ps)), nil
 		}); err != nil {
 			return err
 		}
@@ -626,6 +626,14 @@ func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
 	if s.clock.Simulated() && s.cfg.ProcessRate > 0 && ps.Bytes > 0 {
 		clock.From(ctx, s.clock).Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
 	}
+}
+
+// modeled says, on a simulated clock, that processing's time was modeled.
+func (s *Server) modeled(ps journal.ProcessStats) string {
+	if !s.clock.Simulated() || s.cfg.ProcessRate <= 0 || ps.Bytes == 0 {
+		return ""
+	}
+	return stepf("; its time modeled at %s/s", cli.Bytes(s.cfg.ProcessRate))
 }
 
 // ProcessAll processes every VM's received data into recovery points.

@@ -410,7 +410,7 @@ func (d *Drill) checkFailback(ctx context.Context, rep *Report, v *VM, e *Entry,
 	e.Verified = fmt.Sprintf("ok: all %s of the primary's disks equal the recovered VM at its final point", cli.Bytes(n))
 	for _, s := range job.GetSteps() {
 		switch s.GetName() {
-		case "master target: shut down recovered VM", "master target: process final data", "master target: apply point to primary disks", "master target: start primary VM":
+		case "master target: shut down recovered VM", "master target: receive final data", "master target: process final data", "master target: apply point to primary disks", "master target: start primary VM":
 			e.Downtime += time.Duration(s.GetEndUnixNano() - s.GetStartUnixNano())
 		}
 	}

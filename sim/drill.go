@@ -193,6 +193,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	d.Recovery = ferryv1.NewRecoveryClient(d.conn)
 	for i, vc := range cfg.VMs {
 		v := newVM(vc, cfg.Seed*1000+uint64(i))
+		v.clock = d.Clock
 		target := ps.Addr()
 		if cfg.Proxy {
 			px, err := fault.Listen(target, cfg.Seed*1000+uint64(i))
@@ -320,6 +321,11 @@ func (d *Drill) sync(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			return fmt.Errorf("vm %s: %w", v.Config.Name, err)
+		}
+		// Everything it wrote is acknowledged by the receiver now (an
+		// agent that defers to the failback has sent nothing).
+		if !v.Agent.Stats().Deferred {
+			v.acked = writeNote{At: d.Clock.Now(), Written: v.Written}
 		}
 	}
 	return nil

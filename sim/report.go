@@ -16,12 +16,16 @@ type Entry struct {
 	Action string
 	Job    *ferryv1.Job
 	Point  *ferryv1.RecoveryPoint
-	// Age of the point when the action started (virtual time).
+	// Age of the point's newest data when the action started (virtual
+	// time).
 	PointAge time.Duration
-	// Data loss against ground truth: what the VM wrote after the point
-	// and before it was lost (or the action started).
-	LossSeconds float64
-	LossBytes   int64
+	// Data loss against ground truth: the writes the VM's agent had
+	// acknowledged that the point lacks, and the age of the oldest of them
+	// when the action started (or the VM was lost); UnackedBytes were
+	// written but never acknowledged (lost with the site).
+	LossSeconds  float64
+	LossBytes    int64
+	UnackedBytes int64
 	Verified    string
 	Notes       []string
 	Failed      string
@@ -74,8 +78,9 @@ func (r *Report) print(w io.Writer) {
 	for _, e := range r.Entries {
 		fmt.Fprintf(w, "\n== %s: %s\n", e.VM, e.Action)
 		if e.Point != nil {
-			fmt.Fprintf(w, "   point      %d, %s, tag %q, %s old at the start\n", e.Point.GetId(), consistencyName(e.Point.GetConsistency()), e.Point.GetTag(), e.PointAge.Round(time.Second))
-			fmt.Fprintf(w, "   RPO        %s of writes lost (%.0f s) against ground truth\n", cli.Bytes(e.LossBytes), e.LossSeconds)
+			fmt.Fprintf(w, "   point      %d, %s, tag %q, its newest data %s old at the start\n", e.Point.GetId(), consistencyName(e.Point.GetConsistency()), e.Point.GetTag(), e.PointAge.Round(time.Second))
+			fmt.Fprintf(w, "   RPO        %s of acknowledged writes missing from the point, the oldest %.0f s old; %s written and never acknowledged\n",
+				cli.Bytes(e.LossBytes), e.LossSeconds, cli.Bytes(e.UnackedBytes))
 		}
 		if j := e.Job; j != nil {
 			total := time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano())

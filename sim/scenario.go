@@ -136,19 +136,33 @@ func (d *Drill) pointCounts(ctx context.Context) map[string]int {
 	return out
 }
 
-// loss computes the data loss of a point against the VM's state when the
-// job started (or when the VM was lost).
+// loss measures what a point lacks against the writes the VM's agent had
+// acknowledged when the job started (or when the VM was lost): their bytes
+// and the age of the oldest of them; what the VM wrote that was never
+// acknowledged is counted apart. The point's age is the age of the newest
+// write it holds.
 func (d *Drill) loss(v *VM, e *Entry, truth Mark) {
 	end, endWritten := d.Clock.Now(), v.Written
 	if e.Job != nil && e.Job.GetStartUnixNano() != 0 {
 		end = time.Unix(0, e.Job.GetStartUnixNano())
 	}
+	start := end
 	if m, ok := v.Truth("@end"); ok && !v.Running {
 		// The VM was lost: what it wrote up to then is what is at stake.
 		end, endWritten = m.Time, m.Written
 	}
-	e.LossBytes = endWritten - truth.Written
-	e.LossSeconds = end.Sub(truth.Time).Seconds()
+	acked := min(v.acked.Written, endWritten)
+	e.LossBytes = max(0, acked-truth.Written)
+	e.LossSeconds = 0
+	if e.LossBytes > 0 {
+		if at := v.oldestAfter(truth.Written); !at.IsZero() {
+			e.LossSeconds = end.Sub(at).Seconds()
+		}
+	}
+	e.UnackedBytes = max(0, endWritten-max(acked, truth.Written))
+	if at := v.newestIn(truth.Written); !at.IsZero() {
+		e.PointAge = start.Sub(at)
+	}
 }
 
 // verify checks an instance against the truth of its point.

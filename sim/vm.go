@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/clock"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -77,6 +78,11 @@ type VM struct {
 
 	logPos  int64
 	Written int64 // bytes written so far
+	// notes say when the VM wrote what (each work call); acked is what
+	// its agent had acknowledged (Written) when it was last in sync.
+	clock   clock.Clock
+	notes   []writeNote
+	acked   writeNote
 	marks   int
 	// truth maps a marker's tag to the disks when it was cut; group
 	// markers record theirs from the agent's goroutine.
@@ -160,7 +166,40 @@ func (v *VM) work(ctx context.Context, n int64) error {
 		v.Written += size
 		n -= size
 	}
+	if v.clock != nil {
+		v.notes = append(v.notes, writeNote{At: v.clock.Now(), Written: v.Written})
+	}
 	return nil
+}
+
+// writeNote says how much the VM had written by a moment.
+type writeNote struct {
+	At      time.Time
+	Written int64
+}
+
+// newestIn is when the VM made the newest write of its first written
+// bytes (zero if none).
+func (v *VM) newestIn(written int64) time.Time {
+	var at time.Time
+	for _, n := range v.notes {
+		if n.Written > written {
+			break
+		}
+		at = n.At
+	}
+	return at
+}
+
+// oldestAfter is when the VM made its first write beyond its first
+// written bytes (zero if none).
+func (v *VM) oldestAfter(written int64) time.Time {
+	for _, n := range v.notes {
+		if n.Written > written {
+			return n.At
+		}
+	}
+	return time.Time{}
 }
 
 // dev is where the VM writes disk i now: through its agent's splitter
