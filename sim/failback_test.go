@@ -366,3 +366,27 @@ func TestPlanFailbackRefusals(t *testing.T) {
 		t.Fatalf("refused plans left %d jobs", len(jobs.GetJobs()))
 	}
 }
+
+// TestUnplannedDefaultPoint: an unplanned failover that names no point and
+// does not shut the source down uses the latest point: everything
+// received is processed first and the point lacks no acknowledged write.
+func TestUnplannedDefaultPoint(t *testing.T) {
+	ctx := context.Background()
+	d := start(t, 15, linux("u-1", 128<<10, sim.Uniform))
+	run(t, d, 3*time.Minute) // leaves received data unprocessed
+	if err := d.Outage(ctx, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	rep := &sim.Report{}
+	e := d.Failover(ctx, rep, d.VM("u-1"), &ferryv1.FailoverRequest{Vm: "u-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED})
+	noFailures(t, rep)
+	var sel string
+	for _, s := range e.Job.GetSteps() {
+		if s.GetName() == "select recovery point" {
+			sel = s.GetDetail()
+		}
+	}
+	if !strings.HasPrefix(sel, "latest: ") || e.LossBytes != 0 || e.UnackedBytes != 64<<10 {
+		t.Fatalf("unplanned failover without a point: %q, tag %q, %d acknowledged bytes missing, %d never acknowledged", sel, e.Point.GetTag(), e.LossBytes, e.UnackedBytes)
+	}
+}

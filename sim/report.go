@@ -26,9 +26,9 @@ type Entry struct {
 	LossSeconds  float64
 	LossBytes    int64
 	UnackedBytes int64
-	Verified    string
-	Notes       []string
-	Failed      string
+	Verified     string
+	Notes        []string
+	Failed       string
 	// Failback: shutdown of the recovered VM to start of the primary, and
 	// the bytes that moved in between.
 	Downtime      time.Duration

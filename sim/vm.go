@@ -80,10 +80,10 @@ type VM struct {
 	Written int64 // bytes written so far
 	// notes say when the VM wrote what (each work call); acked is what
 	// its agent had acknowledged (Written) when it was last in sync.
-	clock   clock.Clock
-	notes   []writeNote
-	acked   writeNote
-	marks   int
+	clock clock.Clock
+	notes []writeNote
+	acked writeNote
+	marks int
 	// truth maps a marker's tag to the disks when it was cut; group
 	// markers record theirs from the agent's goroutine.
 	truthMu sync.Mutex
