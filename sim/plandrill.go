@@ -59,7 +59,8 @@ func PlanDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
 	for _, h := range holds {
 		longest = max(longest, h)
 	}
-	rep.note("ran %d virtual minutes: %d multi-VM points, longest hold of a member's writes %v", minutes+1, len(holds), longest)
+	rep.note("ran %d virtual minutes: %d multi-VM points", minutes+1, len(holds))
+	rep.WallNotes = append(rep.WallNotes, fmt.Sprintf("longest hold of a member's writes for a multi-VM point: %v", longest))
 
 	if _, err := d.Recovery.RunPlan(ctx, &ferryv1.RunPlanRequest{Plan: "site", Operation: "test-failover", Point: "latest-42"}); err != nil {
 		rep.note("a custom point for the plan is refused: %v", err)

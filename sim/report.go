@@ -49,6 +49,8 @@ type Report struct {
 	Wall bool
 	// Dir is the drill's directory, printed as $DIR.
 	Dir string
+	// WallNotes are measured in real time; printed with Wall only.
+	WallNotes []string
 }
 
 func (r *Report) fail(format string, args ...any) {
@@ -74,6 +76,11 @@ func (r *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "Ferry drill %q, seed %d\n", r.Scenario, r.Seed)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "  %s\n", n)
+	}
+	if r.Wall {
+		for _, n := range r.WallNotes {
+			fmt.Fprintf(w, "  %s (wall clock)\n", n)
+		}
 	}
 	for _, e := range r.Entries {
 		fmt.Fprintf(w, "\n== %s: %s\n", e.VM, e.Action)
