@@ -27,7 +27,11 @@ import (
 // are the same.
 func TestPlanCycleDrill(t *testing.T) {
 	var reports []string
-	for range 2 {
+	runs := 2
+	if raceEnabled {
+		runs = 1 // the race detector's run checks the cycle; make test compares two
+	}
+	for range runs {
 		dir := t.TempDir()
 		rep, err := sim.PlanCycleDrill(context.Background(), sim.Config{Seed: 5, Dir: dir, Logger: ferrytest.Logger(t)}, 3)
 		if err != nil {
@@ -55,7 +59,7 @@ func TestPlanCycleDrill(t *testing.T) {
 			t.Fatalf("app-1 failed back to %q", fb["app-1"].Point.GetTag())
 		}
 	}
-	if reports[0] != reports[1] {
+	if runs == 2 && reports[0] != reports[1] {
 		a, b := strings.Split(reports[0], "\n"), strings.Split(reports[1], "\n")
 		for i := range min(len(a), len(b)) {
 			if a[i] != b[i] {
@@ -130,8 +134,12 @@ func TestMasterTargetFailbackPolicy(t *testing.T) {
 		t.Fatalf("the reverse agent follows %v, want the failback policy", got)
 	}
 	pol := policy.Failback()
+	hours := 72
+	if raceEnabled {
+		hours = 36 // a day and a half: past the retention window, at a tenth of the speed
+	}
 	var sizes []int64 // the master target's stored bytes, every virtual hour
-	for h := 0; h < 72; h++ {
+	for h := 0; h < hours; h++ {
 		run(t, d, time.Hour)
 		if err := d.ProcessNow(ctx); err != nil {
 			t.Fatal(err)
@@ -155,10 +163,14 @@ func TestMasterTargetFailbackPolicy(t *testing.T) {
 		}
 		return m
 	}
-	first, second, third := peak(0, 24), peak(24, 48), peak(48, 72)
-	t.Logf("master target journal peak per day: %d, %d, %d bytes", first, second, third)
-	if third > second+second/4 || second > first*2 {
-		t.Fatalf("the master target's journal grows under the failback policy: peaks per day %d, %d, %d bytes", first, second, third)
+	if hours == 72 {
+		first, second, third := peak(0, 24), peak(24, 48), peak(48, 72)
+		t.Logf("master target journal peak per day: %d, %d, %d bytes", first, second, third)
+		if third > second+second/4 || second > first*2 {
+			t.Fatalf("the master target's journal grows under the failback policy: peaks per day %d, %d, %d bytes", first, second, third)
+		}
+	} else if first, rest := peak(0, 24), peak(24, hours); rest > first+first/4 {
+		t.Fatalf("the master target's journal grows under the failback policy: peak %d bytes on the first day, %d after", first, rest)
 	}
 	if evs, _ := d.MT.Events(""); len(evs) != 0 {
 		t.Fatalf("events before the link was cut: %v", evs)
