@@ -41,7 +41,7 @@ func TestAlerts(t *testing.T) {
 // TestFailback pins the seed's failback policy.
 func TestFailback(t *testing.T) {
 	p := Failback()
-	if p.Name != FailbackName || p.RPOThreshold != 15*time.Minute || p.Retention != 24*time.Hour || p.AppInterval != time.Hour || !p.Builtin {
+	if p.Name != FailbackName || p.CrashInterval != 5*time.Minute || p.RPOThreshold != 15*time.Minute || p.Retention != 24*time.Hour || p.AppInterval != time.Hour || !p.Builtin {
 		t.Fatalf("failback policy %+v", p)
 	}
 	if q := FromProto(p.Proto(nil)); q.Retention != p.Retention || q.RPOThreshold != p.RPOThreshold || q.AppInterval != p.AppInterval || q.CrashInterval != p.CrashInterval {
