@@ -204,6 +204,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 	if syncMode == "before" {
 		for _, f := range fs {
 			if s.step(f, "synchronize before shutdown", func() (string, error) { return s.presync(ctx, f, point) }) != nil {
+				s.stopOthers(fs, fmt.Sprintf("vm %s could not be synchronized: no VM was shut down and nothing was applied", f.name))
 				return out, nil
 			}
 		}
@@ -224,13 +225,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 	var moved int64
 	for _, f := range fs {
 		if f.failed {
-			for _, g := range fs {
-				if !g.failed {
-					g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: s.clock.Now().UnixNano(),
-						EndUnixNano: s.clock.Now().UnixNano(), Outcome: "failed",
-						Detail: fmt.Sprintf("vm %s did not shut down: no point was applied; the recovered VMs' data is all here, reverse replication goes on once they run again", f.name)})
-				}
-			}
+			s.stopOthers(fs, fmt.Sprintf("vm %s did not shut down: no point was applied; this VM is shut down at the recovery site with all its data here: start it there again, or fail the group back once %s shuts down", f.name, f.name))
 			return out, nil
 		}
 		moved += s.recv.ReceivedBytes(f.vmid) - f.before
@@ -243,13 +238,27 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 		for _, f := range fs {
 			f.resp.Steps = append(f.resp.Steps, &ferryv1.JobStep{Name: "receive final data", StartUnixNano: s.clock.Now().Add(-took).UnixNano(),
 				EndUnixNano: s.clock.Now().UnixNano(), Outcome: "succeeded",
-				Detail: fmt.Sprintf("%s over the link from the recovery site in %v (modeled at %s/s)", cli.Bytes(moved), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
+				Detail: fmt.Sprintf("%s over the link from the recovery site (for all %d VMs failing back together) in %v (modeled at %s/s)",
+					cli.Bytes(moved), len(fs), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
 		}
 	}
 	for _, f := range fs {
 		s.finishFailback(ctx, f, syncMode, point, tag)
 	}
 	return out, nil
+}
+
+// stopOthers ends the failback of every VM whose steps did not fail yet
+// with a failed step saying why: the PS must not take a VM for failed back
+// because its own steps went well.
+func (s *Server) stopOthers(fs []*fbVM, why string) {
+	now := s.clock.Now().UnixNano()
+	for _, g := range fs {
+		if !g.failed {
+			g.failed = true
+			g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: now, EndUnixNano: now, Outcome: "failed", Detail: why})
+		}
+	}
 }
 
 // checkFailback checks that vm can fail back now.

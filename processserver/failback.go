@@ -225,10 +225,12 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 					return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
 				}
 			}
-			if p := resp.GetPoint(); p != nil {
-				jp := wire.Point(journal.VMID(vm), p)
-				run.job.Point = &jp
+			p := resp.GetPoint()
+			if p == nil {
+				return fmt.Errorf("%w: the master target did not finish the failback of vm %s", ErrFailover, vm)
 			}
+			jp := wire.Point(journal.VMID(vm), p)
+			run.job.Point = &jp
 			return run.step("record failback", func() (string, error) {
 				err := s.ctl.update(vm, func(st *VMState) { st.State = StateFailedBack })
 				return stepf("downtime %v; %s received and %s written to the primary disks in %v during downtime; %s received in all since reprotect",

@@ -403,3 +403,70 @@ func TestUnplannedDefaultPoint(t *testing.T) {
 		t.Fatalf("unplanned failover without a point: %q, tag %q, %d acknowledged bytes missing, %d never acknowledged", sel, e.Point.GetTag(), e.LossBytes, e.UnackedBytes)
 	}
 }
+
+// TestGroupFailbackWhenAMemberWillNotShutDown: when one member of a
+// replication group does not shut down, the group's failback fails for
+// every member (no member is taken for failed back), and once it shuts
+// down the group fails back to its common point, equal to the ground
+// truth.
+func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
+	ctx := context.Background()
+	d, err := sim.New(ctx, sim.Config{Seed: 16, VMs: []sim.VMConfig{linux("a-1", 32<<10, sim.Uniform), linux("b-1", 32<<10, sim.Uniform)},
+		Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true,
+		Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, time.Minute)
+	reverse(t, d, "a-1")
+	reverse(t, d, "b-1")
+	run(t, d, 2*time.Minute)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "pair", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	d.VM("b-1").Config.ShutdownFails = true
+	job := runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "pair", Operation: "failback"})
+	if job.GetOutcome() != "failed" || len(job.GetChildren()) != 2 {
+		t.Fatalf("group failback with a member that will not shut down: %s, %d children", job.GetOutcome(), len(job.GetChildren()))
+	}
+	for _, id := range job.GetChildren() {
+		c, err := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		if err != nil || c.GetOutcome() != "failed" || !strings.Contains(c.GetError(), "b-1") {
+			t.Fatalf("%s's failback job: %s %q (%v)", c.GetVm(), c.GetOutcome(), c.GetError(), err)
+		}
+		st, _ := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: c.GetVm()})
+		if s := st.GetVms()[0].GetState(); s != "reprotected" {
+			t.Fatalf("%s is %s after the group's failback failed", c.GetVm(), s)
+		}
+	}
+	d.VM("b-1").Config.ShutdownFails = false
+	job = runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "pair", Operation: "failback"})
+	if job.GetOutcome() != "succeeded" {
+		t.Fatalf("group failback once every member shuts down: %s %s", job.GetOutcome(), job.GetError())
+	}
+	tags := map[string]bool{}
+	for _, id := range job.GetChildren() {
+		c, _ := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		tags[c.GetPoint().GetTag()] = true
+		v := d.VM(c.GetVm())
+		truth, ok := v.Truth("shutdown")
+		if !ok {
+			t.Fatalf("no shutdown truth of %s", v.Config.Name)
+		}
+		for i, dev := range v.Active() {
+			if _, err := sim.EqualDevices(ctx, dev, truth.Disks[i]); err != nil {
+				t.Fatalf("%s disk%d after the group's failback: %v", v.Config.Name, i, err)
+			}
+		}
+	}
+	if len(tags) != 1 {
+		t.Fatalf("the group's members failed back to points tagged %v, not one common point", tags)
+	}
+}
