@@ -93,7 +93,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 // Failback shuts the recovered VM down, takes its last writes, applies the
 // point to the primary disks and starts the primary VM.
 func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (*ferryv1.MTFailbackResponse, error) {
-	out, err := s.failback(ctx, []string{req.GetVm()}, req.GetSync(), req.GetPoint(), "")
+	out, err := s.failback(ctx, []string{req.GetVm()}, req.GetSync(), req.GetPoint(), "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,21 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 		return nil, status.Errorf(codes.InvalidArgument, "group %s: 1 to 16 VMs, not %d", req.GetGroup(), n)
 	}
 	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+req.GetGroup()+"/", s.clock.Now().UnixNano())
-	out, err := s.failback(ctx, req.GetVms(), req.GetSync(), "latest", tag)
+	point := req.GetPoint()
+	var fixed map[string]journal.Seq
+	switch point {
+	case "", "latest":
+		point = "latest"
+	case "latest-app":
+		// The members' newest common app-consistent multi-VM point.
+		var err error
+		if fixed, err = s.commonApp(ctx, req.GetGroup(), req.GetVms()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "point %q: a group fails back to latest or latest-app", point)
+	}
+	out, err := s.failback(ctx, req.GetVms(), req.GetSync(), point, tag, fixed)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +143,9 @@ type fbVM struct {
 	final  uint64
 	point  journal.Point
 	failed bool
+	// fixed is the point a group's member fails back to when it is not
+	// its final one (the group's common app-consistent point).
+	fixed journal.Seq
 }
 
 // step runs one step of f's failback and records it in its response.
@@ -156,7 +173,7 @@ const PresyncBound = 8 << 20
 // their final markers carry it), processed, applied and started. A VM that
 // does not shut down stops the failback of every VM asked for, with
 // nothing applied and nothing lost.
-func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string) ([]*ferryv1.MTFailbackResponse, error) {
+func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string, fixed map[string]journal.Seq) ([]*ferryv1.MTFailbackResponse, error) {
 	if syncMode != "before" && syncMode != "during" {
 		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", syncMode)
 	}
@@ -177,6 +194,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 		if err != nil {
 			return nil, err
 		}
+		f.fixed = fixed[name]
 		fs = append(fs, f)
 	}
 	s.mu.Lock()
@@ -306,7 +324,9 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 			return "", err
 		}
 		var upTo journal.Point
-		if point == "latest-app" {
+		if f.fixed != 0 {
+			upTo, err = s.j.Point(ctx, f.vmid, f.fixed)
+		} else if point == "latest-app" {
 			upTo, err = s.latestApp(ctx, f.vmid)
 		} else {
 			var pts []journal.Point
@@ -399,12 +419,15 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag s
 		if err != nil {
 			return "", err
 		}
-		if point == "latest" {
+		switch {
+		case f.fixed != 0:
+			f.point, err = s.j.Point(ctx, f.vmid, f.fixed)
+		case point == "latest":
 			f.point, err = s.j.Point(ctx, f.vmid, journal.Seq(f.final))
-		} else {
+		default:
 			f.point, err = s.latestApp(ctx, f.vmid)
 		}
-		if err == nil && tag != "" && f.point.Tag != tag {
+		if err == nil && tag != "" && f.fixed == 0 && f.point.Tag != tag {
 			err = fmt.Errorf("final point %d carries %q, not the group's tag %q", f.point.ID, f.point.Tag, tag)
 		}
 		return fmt.Sprintf("%d writes verified; point %d (%s)", st.Writes, f.point.ID, f.point.Consistency), err

@@ -145,9 +145,6 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 			}
 		}
 	}
-	if group != "" && point != PointLatest {
-		return fail(fmt.Errorf("%w: a replication group fails back to its common point after every member shut down, not %q", ErrInvalidRequest, point))
-	}
 	runs := make([]*jobRun, len(vms))
 	finish := func() ([]*Job, []error) {
 		for i, run := range runs {
@@ -200,7 +197,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 	}
 	var resps []*ferryv1.MTFailbackResponse
 	if group != "" {
-		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: sync})
+		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: sync, Point: point})
 		if err != nil {
 			return failRuns(err)
 		}

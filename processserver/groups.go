@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry/pkg/group"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -34,9 +35,6 @@ type Group struct {
 const (
 	MaxGroupVMs        = 16
 	defaultHoldTimeout = 2 * time.Second
-	// groupTagPrefix starts the tag of every multi-VM marker:
-	// group/NAME/N.
-	groupTagPrefix = "group/"
 )
 
 // Multi-VM point options for recovery plans.
@@ -150,6 +148,19 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 	if err != nil {
 		return GroupPointResult{}, err
 	}
+	if reverse, err := s.replicatingBack(g); err != nil || reverse {
+		if err != nil {
+			return GroupPointResult{}, err
+		}
+		// The members replicate to the master target: it cuts the point.
+		resp, err := s.mt.GroupPoint(ctx, &ferryv1.MTGroupPointRequest{Group: name, Vms: g.VMs, App: app, HoldTimeoutMillis: g.holdTimeout().Milliseconds()})
+		if err != nil {
+			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
+				Detail: fmt.Sprintf("group %s: multi-VM point at the master target not cut: %v", name, err)})
+			return GroupPointResult{}, fmt.Errorf("group %s at the master target: %w", name, err)
+		}
+		return GroupPointResult{Tag: resp.GetTag(), MaxHold: time.Duration(resp.GetMaxHoldNanos()), VMs: resp.GetVms()}, nil
+	}
 	s.groupMu.Lock()
 	l, ok := s.groupLocks[name]
 	if !ok {
@@ -168,7 +179,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 	}); err != nil {
 		return GroupPointResult{}, err
 	}
-	res := GroupPointResult{Tag: fmt.Sprintf("%s%s/%d", groupTagPrefix, name, n), VMs: g.VMs}
+	res := GroupPointResult{Tag: group.Tag(name, n), VMs: g.VMs}
 	kind := "crash"
 	if app {
 		kind = "app"
@@ -181,135 +192,47 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 		return res, fmt.Errorf("group %s: %w", name, err)
 	}
 
-	// Phase one: every member holds. The wait covers a freeze for app
-	// points; a member that held early lets go by itself after the hold
-	// timeout, and its cut then fails.
-	hold := &ferryv1.GroupHold{Tag: res.Tag, App: app, TimeoutMillis: g.holdTimeout().Milliseconds()}
-	wait := g.holdTimeout()
-	if app {
-		wait += 15 * time.Second
-	}
-	hctx, cancel := context.WithTimeout(ctx, wait)
-	errs := s.commandAll(hctx, g.VMs, func(string) *ferryv1.Command {
-		return &ferryv1.Command{Action: &ferryv1.Command_Hold{Hold: hold}}
-	}, nil)
-	cancel()
-	if err := firstErr(errs); err != nil {
-		s.commandAll(ctx, g.VMs, func(string) *ferryv1.Command {
-			return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: res.Tag, Abort: true}}}
-		}, nil)
-		return fail(fmt.Errorf("barrier not reached: %w", err))
-	}
-
-	// Phase two: every member cuts the marker and lets go.
-	var mu sync.Mutex
-	errs = s.commandAll(ctx, g.VMs, func(string) *ferryv1.Command {
-		return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: res.Tag}}}
-	}, func(vm string, r *ferryv1.CommandResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		d := time.Duration(r.GetHoldNanos())
+	holds, err := group.Cut(ctx, s.recv, res.Tag, g.VMs, app, g.holdTimeout())
+	for _, d := range holds {
 		res.MaxHold = max(res.MaxHold, d)
 		s.groupHold.Observe(d.Seconds())
-	})
-	if err := firstErr(errs); err != nil {
-		return fail(fmt.Errorf("marker not cut on every member (the point is not common): %w", err))
+	}
+	if err != nil {
+		return fail(err)
 	}
 	s.groupPoints.WithLabelValues(name, kind, "ok").Inc()
 	s.log.Info("multi-VM point cut", "group", name, "tag", res.Tag, "app", app, "max_hold", res.MaxHold)
 	return res, nil
 }
 
-// commandAll sends a command to the agents of vms in parallel and returns
-// each one's error (nil when it answered ok); ok is called with each good
-// answer.
-func (s *Server) commandAll(ctx context.Context, vms []string, cmd func(vm string) *ferryv1.Command, ok func(string, *ferryv1.CommandResult)) []error {
-	errs := make([]error, len(vms))
-	var wg sync.WaitGroup
-	for i, vm := range vms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, err := s.recv.Command(ctx, journal.VMID(vm), cmd(vm))
-			switch {
-			case err != nil && ctx.Err() != nil:
-				errs[i] = fmt.Errorf("vm %s: no answer in time: %w", vm, err)
-			case err != nil:
-				errs[i] = err
-			case !r.GetOk():
-				errs[i] = fmt.Errorf("vm %s: %s", vm, r.GetError())
-			case ok != nil:
-				ok(vm, r)
-			}
-		}()
-	}
-	wg.Wait()
-	return errs
-}
-
-// firstErr joins the errors of commandAll into one, or returns nil.
-func firstErr(errs []error) error {
-	var msgs []string
-	for _, err := range errs {
+// replicatingBack reports whether every member of g replicates to the
+// master target now (reprotected); members in different directions are an
+// error: no point can be common to them.
+func (s *Server) replicatingBack(g Group) (bool, error) {
+	back := 0
+	for _, vm := range g.VMs {
+		st, err := s.ctl.state(vm)
 		if err != nil {
-			msgs = append(msgs, err.Error())
+			return false, err
+		}
+		if st.State == StateReprotected {
+			back++
 		}
 	}
-	if len(msgs) == 0 {
-		return nil
+	switch {
+	case back == 0:
+		return false, nil
+	case back < len(g.VMs) || s.mt == nil:
+		return false, fmt.Errorf("%w: group %s: only %d of its %d VMs replicate back to the master target: no multi-VM point can be common to them", ErrState, g.Name, back, len(g.VMs))
 	}
-	return fmt.Errorf("%s", strings.Join(msgs, "; "))
-}
-
-// groupTagSeq returns N of a tag group/NAME/N of group name.
-func groupTagSeq(tag, name string) (uint64, bool) {
-	rest, ok := strings.CutPrefix(tag, groupTagPrefix+name+"/")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(rest, 10, 64)
-	return n, err == nil
+	return true, nil
 }
 
 // commonPoints returns, for every member of g, its processed point of the
 // newest multi-VM marker that every member has as a point (app-consistent
 // on every member when app is set).
 func (s *Server) commonPoints(ctx context.Context, g Group, app bool) (map[string]journal.Point, error) {
-	count := map[uint64]int{}
-	byVM := map[string]map[uint64]journal.Point{}
-	for _, vm := range g.VMs {
-		pts, err := s.j.Points(ctx, journal.VMID(vm))
-		if err != nil {
-			return nil, err
-		}
-		byVM[vm] = map[uint64]journal.Point{}
-		for _, p := range pts {
-			n, ok := groupTagSeq(p.Tag, g.Name)
-			if !ok || (app && p.Consistency != journal.App) {
-				continue
-			}
-			byVM[vm][n] = p
-			count[n]++
-		}
-	}
-	var best uint64
-	for n, c := range count {
-		if c == len(g.VMs) && n > best {
-			best = n
-		}
-	}
-	if best == 0 {
-		kind := ""
-		if app {
-			kind = "app-consistent "
-		}
-		return nil, fmt.Errorf("group %s: %w: no processed %smulti-VM point common to %s", g.Name, journal.ErrNoPoint, kind, strings.Join(g.VMs, ", "))
-	}
-	out := map[string]journal.Point{}
-	for _, vm := range g.VMs {
-		out[vm] = byVM[vm][best]
-	}
-	return out, nil
+	return group.Common(ctx, s.j, g.Name, g.VMs, app)
 }
 
 // scheduleGroups cuts each group's multi-VM points at its frequencies.

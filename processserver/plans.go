@@ -325,7 +325,7 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 		if req.Point != PointLatest && req.Point != PointLatestApp {
 			return nil, fmt.Errorf("%w: plan %s: point %q: a failback takes latest or latest-app", ErrInvalidRequest, p.Name, req.Point)
 		}
-		if err := s.checkGroupsTogether(p, req.Point); err != nil {
+		if err := s.checkGroupsTogether(p); err != nil {
 			return nil, err
 		}
 	default:
@@ -470,7 +470,7 @@ func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanReque
 // checkGroupsTogether refuses a failback plan that splits a replication
 // group across plan groups or leaves a member out: a group's members fail
 // back together, to their common point.
-func (s *Server) checkGroupsTogether(p Plan, point string) error {
+func (s *Server) checkGroupsTogether(p Plan) error {
 	in := map[string]int{} // VM -> plan group
 	for gi, g := range p.Groups {
 		for _, vm := range g.VMs {
@@ -485,10 +485,6 @@ func (s *Server) checkGroupsTogether(p Plan, point string) error {
 			}
 			if !ok {
 				continue
-			}
-			if point != PointLatest {
-				return fmt.Errorf("%w: plan %s: vm %s of replication group %s fails back to the group's common point, cut after every member shut down (latest), not %s",
-					ErrInvalidRequest, p.Name, vm, rg.Name, point)
 			}
 			for _, m := range rg.VMs {
 				if in[m] != gi+1 {

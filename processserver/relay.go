@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -48,14 +49,21 @@ func newRelayMetrics(reg prometheus.Registerer) relayMetrics {
 	return m
 }
 
-// relayed reports whether vm's agent replicates through this server to
-// the master target now.
-func (s *Server) relayed(vm string) bool {
+// relayed reports whether an agent of vm at epoch replicates through this
+// server to the master target: the VM is reprotected and the agent is of
+// the reverse direction (the epoch the reprotect gave the master target).
+// Any other agent of the VM, such as the primary's started ahead with the
+// next epoch, is this server's own to answer.
+func (s *Server) relayed(ctx context.Context, vm string, epoch uint64) bool {
 	if s.mt == nil {
 		return false
 	}
 	st, err := s.ctl.state(vm)
-	return err == nil && (st.State == StateReprotected)
+	if err != nil || st.State != StateReprotected {
+		return false
+	}
+	v, err := s.j.VM(ctx, journal.VMID(vm))
+	return err == nil && uint64(v.Epoch) == epoch
 }
 
 // peeked is a stream whose first message was read already.
@@ -77,14 +85,14 @@ func (r *replication) Replicate(stream ferryv1.Replication_ReplicateServer) erro
 	if err != nil {
 		return err
 	}
-	if h := first.GetHello(); h != nil && r.s.relayed(h.GetVm()) {
+	if h := first.GetHello(); h != nil && r.s.relayed(stream.Context(), h.GetVm(), h.GetEpoch()) {
 		return r.s.relay(stream, first)
 	}
 	return r.s.recv.Replicate(&peeked{Replication_ReplicateServer: stream, first: first})
 }
 
 func (r *replication) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.Replication_BlockHashesServer) error {
-	if !r.s.relayed(req.GetVm()) {
+	if !r.s.relayed(stream.Context(), req.GetVm(), req.GetEpoch()) {
 		return r.s.recv.BlockHashes(req, stream)
 	}
 	if err := tlsca.AgentAuthorizer(r.s.cfg.TLS)(stream.Context(), req.GetVm()); err != nil {

@@ -93,6 +93,12 @@ func startRelaySite(t *testing.T) *relaySite {
 // certificate of an agent of vm.
 func (r *relaySite) agent(t *testing.T, vm string) ferryv1.Replication_ReplicateClient {
 	t.Helper()
+	return r.agentTo(t, vm, r.ps.Addr())
+}
+
+// agentTo opens a replication stream to addr with an agent's certificate.
+func (r *relaySite) agentTo(t *testing.T, vm, addr string) ferryv1.Replication_ReplicateClient {
+	t.Helper()
 	dir := filepath.Join(r.dir, "agent-"+vm)
 	if err := r.ca.IssueTo(dir, tlsca.Identity{Role: tlsca.RoleAgent, Name: vm}, nil); err != nil && !strings.Contains(err.Error(), "exist") {
 		t.Fatal(err)
@@ -101,7 +107,7 @@ func (r *relaySite) agent(t *testing.T, vm string) ferryv1.Replication_Replicate
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient(r.ps.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +121,10 @@ func (r *relaySite) agent(t *testing.T, vm string) ferryv1.Replication_Replicate
 	return st
 }
 
-func relayHello(vm string) *ferryv1.AgentMessage {
-	return &ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Hello{Hello: &ferryv1.Hello{Vm: vm, Epoch: 2, BlockSize: 4096,
+func relayHello(vm string) *ferryv1.AgentMessage { return helloAt(vm, 2) }
+
+func helloAt(vm string, epoch uint64) *ferryv1.AgentMessage {
+	return &ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Hello{Hello: &ferryv1.Hello{Vm: vm, Epoch: epoch, BlockSize: 4096,
 		Disks: []*ferryv1.DiskInfo{{Name: "os", SizeBytes: 1 << 20}}, AgentInstance: "test"}}}
 }
 
@@ -209,3 +217,50 @@ func TestHostileRelay(t *testing.T) {
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestHostileEpochTakeover: an agent of another direction of a
+// reprotected VM (the primary's, started ahead with the next epoch; an old
+// one) cannot take the VM's stream over, at the relay or at the master
+// target: it is refused and the recovered VM's relayed stream goes on.
+func TestHostileEpochTakeover(t *testing.T) {
+	r := startRelaySite(t)
+	st := r.agent(t, "web")
+	if err := st.Send(relayHello("web")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := st.Recv(); err != nil || m.GetHelloAck() == nil {
+		t.Fatalf("hello: %v %v", m, err)
+	}
+	for _, c := range []struct {
+		name  string
+		addr  string
+		epoch uint64
+		code  codes.Code
+	}{
+		{"the primary's agent, ahead, at the process server", r.ps.Addr(), 3, codes.Unavailable},
+		{"an old agent at the process server", r.ps.Addr(), 1, codes.FailedPrecondition},
+		{"the primary's agent, ahead, at the master target", r.mt.Addr(), 3, codes.Unavailable},
+		{"an old agent at the master target", r.mt.Addr(), 1, codes.FailedPrecondition},
+	} {
+		other := r.agentTo(t, "web", c.addr)
+		if err := other.Send(helloAt("web", c.epoch)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := other.Recv(); status.Code(err) != c.code {
+			t.Fatalf("%s: %v, want %v", c.name, err, c.code)
+		}
+	}
+	data := []byte(strings.Repeat("still here ", 400))[:4096]
+	if err := st.Send(relayBatch(1, data, xxhash.Sum64(data))); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := st.Recv()
+		if err != nil {
+			t.Fatalf("the recovered VM's relayed stream after the attempts: %v", err)
+		}
+		if m.GetAck().GetDurableSeq() == 1 {
+			break
+		}
+	}
+}

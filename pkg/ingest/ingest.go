@@ -253,6 +253,16 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 			return grpcStatus(err)
 		}
 	}
+	// An agent of another direction must not take the stream over from
+	// the VM's own agent: its epoch is checked before (and again, with the
+	// journal's state, after) the takeover.
+	if cur, err := r.j.VM(ctx, vm.Name); err == nil {
+		if err := checkEpoch(hello, cur); err != nil {
+			r.m.rejected.WithLabelValues("hello").Inc()
+			r.log.Warn("stream refused", "vm", hello.GetVm(), "err", err)
+			return grpcStatus(err)
+		}
+	}
 	s, err := r.acquire(ctx, vm.Name)
 	if err != nil {
 		return grpcStatus(err)
@@ -355,6 +365,19 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 	return journal.VM{Name: name}, nil
 }
 
+// checkEpoch refuses an agent of another replication direction than vm's.
+func checkEpoch(h *ferryv1.Hello, vm journal.VM) error {
+	if journal.Epoch(h.GetEpoch()) > vm.Epoch {
+		// Started ahead of its reprotect (a machine that boots on its agent
+		// right after failback): nothing is accepted until then.
+		return fmt.Errorf("%w: vm %s: agent is at epoch %d, the replica at %d: it is accepted once a reprotect raises the VM to epoch %d", ErrEpochAhead, vm.Name, h.GetEpoch(), vm.Epoch, h.GetEpoch())
+	}
+	if journal.Epoch(h.GetEpoch()) != vm.Epoch {
+		return fmt.Errorf("%w: vm %s: agent is at epoch %d, this receiver accepts epoch %d only (the replication direction changed; re-enroll the agent)", ErrEpoch, vm.Name, h.GetEpoch(), vm.Epoch)
+	}
+	return nil
+}
+
 // openVM returns the VM's journal state, registering it on its first
 // stream, and checks that the agent's disks and epoch match it.
 func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
@@ -372,13 +395,8 @@ func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, er
 	if err != nil {
 		return journal.VM{}, err
 	}
-	if journal.Epoch(h.GetEpoch()) > vm.Epoch {
-		// Started ahead of its reprotect (a machine that boots on its agent
-		// right after failback): nothing is accepted until then.
-		return journal.VM{}, fmt.Errorf("%w: vm %s: agent is at epoch %d, the replica at %d: it is accepted once a reprotect raises the VM to epoch %d", ErrEpochAhead, name, h.GetEpoch(), vm.Epoch, h.GetEpoch())
-	}
-	if journal.Epoch(h.GetEpoch()) != vm.Epoch {
-		return journal.VM{}, fmt.Errorf("%w: vm %s: agent is at epoch %d, this receiver accepts epoch %d only (the replication direction changed; re-enroll the agent)", ErrEpoch, name, h.GetEpoch(), vm.Epoch)
+	if err := checkEpoch(h, vm); err != nil {
+		return journal.VM{}, err
 	}
 	if len(disks) != len(vm.Disks) {
 		return journal.VM{}, fmt.Errorf("%w: vm %s: agent has %d disks, replica has %d", ErrGeometry, name, len(disks), len(vm.Disks))

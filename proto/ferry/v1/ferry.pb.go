@@ -6110,20 +6110,92 @@ func (x *VerifyPointResponse) GetBytesChecked() uint64 {
 	return 0
 }
 
+type MTGroupPointRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Group             string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vms               []string               `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	App               bool                   `protobuf:"varint,3,opt,name=app,proto3" json:"app,omitempty"`
+	HoldTimeoutMillis int64                  `protobuf:"varint,4,opt,name=hold_timeout_millis,json=holdTimeoutMillis,proto3" json:"hold_timeout_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *MTGroupPointRequest) Reset() {
+	*x = MTGroupPointRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTGroupPointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTGroupPointRequest) ProtoMessage() {}
+
+func (x *MTGroupPointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTGroupPointRequest.ProtoReflect.Descriptor instead.
+func (*MTGroupPointRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *MTGroupPointRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *MTGroupPointRequest) GetVms() []string {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *MTGroupPointRequest) GetApp() bool {
+	if x != nil {
+		return x.App
+	}
+	return false
+}
+
+func (x *MTGroupPointRequest) GetHoldTimeoutMillis() int64 {
+	if x != nil {
+		return x.HoldTimeoutMillis
+	}
+	return 0
+}
+
 type MTFailbackGroupRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The replication group's name; its members' final markers are tagged
 	// group/NAME/failback-N.
-	Group         string   `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	Vms           []string `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
-	Sync          string   `protobuf:"bytes,3,opt,name=sync,proto3" json:"sync,omitempty"`
+	Group string   `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vms   []string `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	Sync  string   `protobuf:"bytes,3,opt,name=sync,proto3" json:"sync,omitempty"`
+	// "latest" (default: the final markers after every member shut down)
+	// or "latest-app" (the newest app-consistent multi-VM point common to
+	// every member).
+	Point         string `protobuf:"bytes,4,opt,name=point,proto3" json:"point,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MTFailbackGroupRequest) Reset() {
 	*x = MTFailbackGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6135,7 +6207,7 @@ func (x *MTFailbackGroupRequest) String() string {
 func (*MTFailbackGroupRequest) ProtoMessage() {}
 
 func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6148,7 +6220,7 @@ func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *MTFailbackGroupRequest) GetGroup() string {
@@ -6172,6 +6244,13 @@ func (x *MTFailbackGroupRequest) GetSync() string {
 	return ""
 }
 
+func (x *MTFailbackGroupRequest) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
 type MTFailbackGroupResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One per VM, in the order asked.
@@ -6184,7 +6263,7 @@ type MTFailbackGroupResponse struct {
 
 func (x *MTFailbackGroupResponse) Reset() {
 	*x = MTFailbackGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6196,7 +6275,7 @@ func (x *MTFailbackGroupResponse) String() string {
 func (*MTFailbackGroupResponse) ProtoMessage() {}
 
 func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6209,7 +6288,7 @@ func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *MTFailbackGroupResponse) GetResults() []*MTFailbackResponse {
@@ -6242,7 +6321,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6254,7 +6333,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6267,7 +6346,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -6315,7 +6394,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6327,7 +6406,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6340,7 +6419,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -6365,7 +6444,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6377,7 +6456,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6390,7 +6469,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -6434,7 +6513,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6446,7 +6525,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6459,7 +6538,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -6519,7 +6598,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6531,7 +6610,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6544,7 +6623,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{98}
 }
 
 type ReprotectStatusResponse struct {
@@ -6565,7 +6644,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6577,7 +6656,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6590,7 +6669,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{98}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -7084,11 +7163,17 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x13VerifyPointResponse\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\x04R\apointId\x12%\n" +
 	"\x0ewrites_checked\x18\x02 \x01(\x04R\rwritesChecked\x12#\n" +
-	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\"T\n" +
+	"\rbytes_checked\x18\x03 \x01(\x04R\fbytesChecked\"\x7f\n" +
+	"\x13MTGroupPointRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
+	"\x03vms\x18\x02 \x03(\tR\x03vms\x12\x10\n" +
+	"\x03app\x18\x03 \x01(\bR\x03app\x12.\n" +
+	"\x13hold_timeout_millis\x18\x04 \x01(\x03R\x11holdTimeoutMillis\"j\n" +
 	"\x16MTFailbackGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
 	"\x03vms\x18\x02 \x03(\tR\x03vms\x12\x12\n" +
-	"\x04sync\x18\x03 \x01(\tR\x04sync\"c\n" +
+	"\x04sync\x18\x03 \x01(\tR\x04sync\x12\x14\n" +
+	"\x05point\x18\x04 \x01(\tR\x05point\"c\n" +
 	"\x17MTFailbackGroupResponse\x126\n" +
 	"\aresults\x18\x01 \x03(\v2\x1c.ferry.v1.MTFailbackResponseR\aresults\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\"\xa6\x01\n" +
@@ -7191,7 +7276,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"DeletePlan\x12\x1b.ferry.v1.DeletePlanRequest\x1a\x1c.ferry.v1.DeletePlanResponse\x122\n" +
 	"\aRunPlan\x12\x18.ferry.v1.RunPlanRequest\x1a\r.ferry.v1.Job\x128\n" +
 	"\n" +
-	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\xd3\x03\n" +
+	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\x9e\x04\n" +
 	"\fMasterTarget\x12Y\n" +
 	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
 	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
@@ -7199,7 +7284,9 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x0fReprotectStatus\x12\x13.ferry.v1.VMRequest\x1a!.ferry.v1.ReprotectStatusResponse\x12T\n" +
 	"\rFailbackGroup\x12 .ferry.v1.MTFailbackGroupRequest\x1a!.ferry.v1.MTFailbackGroupResponse\x12G\n" +
 	"\n" +
-	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"ListEvents\x12\x1b.ferry.v1.ListEventsRequest\x1a\x1c.ferry.v1.ListEventsResponse\x12I\n" +
+	"\n" +
+	"GroupPoint\x12\x1d.ferry.v1.MTGroupPointRequest\x1a\x1c.ferry.v1.GroupPointResponseB1Z/github.com/ferrydr/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_ferry_proto_rawDescOnce sync.Once
@@ -7214,7 +7301,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 99)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -7310,14 +7397,15 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*ScrubResponse)(nil),            // 91: ferry.v1.ScrubResponse
 	(*Corruption)(nil),               // 92: ferry.v1.Corruption
 	(*VerifyPointResponse)(nil),      // 93: ferry.v1.VerifyPointResponse
-	(*MTFailbackGroupRequest)(nil),   // 94: ferry.v1.MTFailbackGroupRequest
-	(*MTFailbackGroupResponse)(nil),  // 95: ferry.v1.MTFailbackGroupResponse
-	(*PrepareReprotectRequest)(nil),  // 96: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 97: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 98: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 99: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 100: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 101: ferry.v1.ReprotectStatusResponse
+	(*MTGroupPointRequest)(nil),      // 94: ferry.v1.MTGroupPointRequest
+	(*MTFailbackGroupRequest)(nil),   // 95: ferry.v1.MTFailbackGroupRequest
+	(*MTFailbackGroupResponse)(nil),  // 96: ferry.v1.MTFailbackGroupResponse
+	(*PrepareReprotectRequest)(nil),  // 97: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 98: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 99: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 100: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 101: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 102: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,   // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -7366,7 +7454,7 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	86,  // 43: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
 	0,   // 44: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
 	92,  // 45: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	99,  // 46: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
+	100, // 46: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
 	10,  // 47: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
 	76,  // 48: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
 	86,  // 49: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
@@ -7406,56 +7494,58 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	49,  // 83: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
 	51,  // 84: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
 	52,  // 85: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	96,  // 86: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	98,  // 87: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	97,  // 86: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	99,  // 87: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
 	71,  // 88: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
 	71,  // 89: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	94,  // 90: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
+	95,  // 90: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
 	53,  // 91: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	17,  // 92: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	28,  // 93: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	31,  // 94: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	31,  // 95: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
-	82,  // 96: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	85,  // 97: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	88,  // 98: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	93,  // 99: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	91,  // 100: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	75,  // 101: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	75,  // 102: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	75,  // 103: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	75,  // 104: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	73,  // 105: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	75,  // 106: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	79,  // 107: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	75,  // 108: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	75,  // 109: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	57,  // 110: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	59,  // 111: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	66,  // 112: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	60,  // 113: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
-	63,  // 114: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
-	54,  // 115: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	34,  // 116: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	32,  // 117: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	36,  // 118: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	39,  // 119: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	37,  // 120: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	41,  // 121: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	43,  // 122: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	48,  // 123: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	44,  // 124: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	50,  // 125: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	75,  // 126: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	75,  // 127: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	97,  // 128: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	99,  // 129: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	100, // 130: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	101, // 131: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	95,  // 132: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
-	54,  // 133: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	92,  // [92:134] is the sub-list for method output_type
-	50,  // [50:92] is the sub-list for method input_type
+	94,  // 92: ferry.v1.MasterTarget.GroupPoint:input_type -> ferry.v1.MTGroupPointRequest
+	17,  // 93: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	28,  // 94: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	31,  // 95: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	31,  // 96: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
+	82,  // 97: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	85,  // 98: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	88,  // 99: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	93,  // 100: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	91,  // 101: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	75,  // 102: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	75,  // 103: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	75,  // 104: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	75,  // 105: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	73,  // 106: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	75,  // 107: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	79,  // 108: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	75,  // 109: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	75,  // 110: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	57,  // 111: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	59,  // 112: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	66,  // 113: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	60,  // 114: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	63,  // 115: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
+	54,  // 116: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	34,  // 117: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	32,  // 118: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	36,  // 119: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	39,  // 120: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	37,  // 121: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	41,  // 122: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	43,  // 123: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	48,  // 124: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	44,  // 125: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	50,  // 126: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	75,  // 127: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	75,  // 128: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	98,  // 129: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	100, // 130: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	101, // 131: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	102, // 132: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	96,  // 133: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
+	54,  // 134: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	43,  // 135: ferry.v1.MasterTarget.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	93,  // [93:136] is the sub-list for method output_type
+	50,  // [50:93] is the sub-list for method input_type
 	50,  // [50:50] is the sub-list for extension type_name
 	50,  // [50:50] is the sub-list for extension extendee
 	0,   // [0:50] is the sub-list for field type_name
@@ -7498,7 +7588,7 @@ func file_ferry_v1_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   99,
+			NumMessages:   100,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -1698,6 +1698,7 @@ const (
 	MasterTarget_ReprotectStatus_FullMethodName  = "/ferry.v1.MasterTarget/ReprotectStatus"
 	MasterTarget_FailbackGroup_FullMethodName    = "/ferry.v1.MasterTarget/FailbackGroup"
 	MasterTarget_ListEvents_FullMethodName       = "/ferry.v1.MasterTarget/ListEvents"
+	MasterTarget_GroupPoint_FullMethodName       = "/ferry.v1.MasterTarget/GroupPoint"
 )
 
 // MasterTargetClient is the client API for MasterTarget service.
@@ -1728,6 +1729,10 @@ type MasterTargetClient interface {
 	// ListEvents returns the master target's events (RPO alerts of reverse
 	// replication under the failback policy), oldest first.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// GroupPoint cuts a multi-VM point of a replication group whose members
+	// replicate back to the master target, with the same barrier as the
+	// process server's.
+	GroupPoint(ctx context.Context, in *MTGroupPointRequest, opts ...grpc.CallOption) (*GroupPointResponse, error)
 }
 
 type masterTargetClient struct {
@@ -1798,6 +1803,16 @@ func (c *masterTargetClient) ListEvents(ctx context.Context, in *ListEventsReque
 	return out, nil
 }
 
+func (c *masterTargetClient) GroupPoint(ctx context.Context, in *MTGroupPointRequest, opts ...grpc.CallOption) (*GroupPointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GroupPointResponse)
+	err := c.cc.Invoke(ctx, MasterTarget_GroupPoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MasterTargetServer is the server API for MasterTarget service.
 // All implementations must embed UnimplementedMasterTargetServer
 // for forward compatibility.
@@ -1826,6 +1841,10 @@ type MasterTargetServer interface {
 	// ListEvents returns the master target's events (RPO alerts of reverse
 	// replication under the failback policy), oldest first.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// GroupPoint cuts a multi-VM point of a replication group whose members
+	// replicate back to the master target, with the same barrier as the
+	// process server's.
+	GroupPoint(context.Context, *MTGroupPointRequest) (*GroupPointResponse, error)
 	mustEmbedUnimplementedMasterTargetServer()
 }
 
@@ -1853,6 +1872,9 @@ func (UnimplementedMasterTargetServer) FailbackGroup(context.Context, *MTFailbac
 }
 func (UnimplementedMasterTargetServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedMasterTargetServer) GroupPoint(context.Context, *MTGroupPointRequest) (*GroupPointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GroupPoint not implemented")
 }
 func (UnimplementedMasterTargetServer) mustEmbedUnimplementedMasterTargetServer() {}
 func (UnimplementedMasterTargetServer) testEmbeddedByValue()                      {}
@@ -1983,6 +2005,24 @@ func _MasterTarget_ListEvents_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MasterTarget_GroupPoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MTGroupPointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterTargetServer).GroupPoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MasterTarget_GroupPoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterTargetServer).GroupPoint(ctx, req.(*MTGroupPointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MasterTarget_ServiceDesc is the grpc.ServiceDesc for MasterTarget service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -2013,6 +2053,10 @@ var MasterTarget_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _MasterTarget_ListEvents_Handler,
+		},
+		{
+			MethodName: "GroupPoint",
+			Handler:    _MasterTarget_GroupPoint_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
