@@ -469,3 +469,59 @@ func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
 		t.Fatalf("the group's members failed back to points tagged %v, not one common point", tags)
 	}
 }
+
+// TestGroupAppConsistentFailback: while a replication group replicates
+// back, the process server has the master target cut its multi-VM points;
+// an app-consistent failback of the group's plan takes the newest common
+// app-consistent one on every member, equal to the ground truth.
+func TestGroupAppConsistentFailback(t *testing.T) {
+	ctx := context.Background()
+	a, b := linux("a-1", 32<<10, sim.Uniform), linux("b-1", 32<<10, sim.Hotspot)
+	a.App, b.App = true, true
+	d, err := sim.New(ctx, sim.Config{Seed: 17, VMs: []sim.VMConfig{a, b}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
+		Logger: ferrytest.Logger(t), MasterTarget: true, Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}},
+		GroupInterval: time.Minute, GroupAppInterval: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, time.Minute)
+	reverse(t, d, "a-1")
+	reverse(t, d, "b-1")
+	run(t, d, 5*time.Minute)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "pair", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	job := runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "pair", Operation: "failback", Point: "latest-app"})
+	if job.GetOutcome() != "succeeded" {
+		t.Fatalf("app-consistent failback of the group: %s %s", job.GetOutcome(), job.GetError())
+	}
+	tags := map[string]bool{}
+	for _, id := range job.GetChildren() {
+		c, _ := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		p := c.GetPoint()
+		if p.GetConsistency() != ferryv1.Consistency_CONSISTENCY_APP || !strings.HasPrefix(p.GetTag(), "group/pair/") {
+			t.Fatalf("%s failed back to %v point %q", c.GetVm(), p.GetConsistency(), p.GetTag())
+		}
+		tags[p.GetTag()] = true
+		v := d.VM(c.GetVm())
+		truth, ok := v.Truth(p.GetTag())
+		if !ok {
+			t.Fatalf("no ground truth of %s at %s", v.Config.Name, p.GetTag())
+		}
+		for i, dev := range v.Active() {
+			if _, err := sim.EqualDevices(ctx, dev, truth.Disks[i]); err != nil {
+				t.Fatalf("%s disk%d after the group's app-consistent failback: %v", v.Config.Name, i, err)
+			}
+		}
+	}
+	if len(tags) != 1 {
+		t.Fatalf("the members failed back to %v, not one common point", tags)
+	}
+}
