@@ -37,3 +37,27 @@ func TestTimeline(t *testing.T) {
 		t.Fatal("real time got a timeline")
 	}
 }
+
+// TestVirtualNeverBack: a virtual clock and a timeline never go back, and
+// a sleep on an ended context moves nothing.
+func TestVirtualNeverBack(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	v := NewVirtual(start)
+	v.Advance(-time.Hour)
+	ctx, tl := WithTimeline(context.Background(), v)
+	tl.Sleep(ctx, -time.Hour)
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := v.Sleep(done, time.Hour); err == nil {
+		t.Fatal("a sleep on an ended context succeeded")
+	}
+	if err := tl.Sleep(done, time.Hour); err == nil {
+		t.Fatal("a timeline's sleep on an ended context succeeded")
+	}
+	if v.Now() != start || tl.Now() != start {
+		t.Fatalf("clock %v, timeline %v, want both at %v", v.Now(), tl.Now(), start)
+	}
+	if _, ok := Or(nil).(Real); !ok || Or(v) != Clock(v) {
+		t.Fatal("Or")
+	}
+}
