@@ -2,6 +2,7 @@ package mastertarget_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -92,6 +93,38 @@ func TestFailbackRefusals(t *testing.T) {
 			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Sync: "during"})
 			return err
 		}, codes.InvalidArgument, "1 to 16 VMs"},
+		{"group of 17 VMs", func() error {
+			vms := make([]string, 17)
+			for i := range vms {
+				vms[i] = fmt.Sprintf("vm%d", i)
+			}
+			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Vms: vms, Sync: "during"})
+			return err
+		}, codes.InvalidArgument, "1 to 16 VMs"},
+		{"group of 16 VMs passes the count (and stops at the first unknown VM)", func() error {
+			vms := make([]string, 16)
+			for i := range vms {
+				vms[i] = fmt.Sprintf("vm%d", i)
+			}
+			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Vms: vms, Sync: "during"})
+			return err
+		}, codes.FailedPrecondition, "vm vm0 is not replicating"},
+		{"reprotect to somewhere else", func() error {
+			_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "mail", Disks: disks, Epoch: 2, Location: "elsewhere"})
+			return err
+		}, codes.InvalidArgument, `location "elsewhere"`},
+		{"reprotect without an epoch", func() error {
+			_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "mail", Disks: disks, Location: "alternate"})
+			return err
+		}, codes.InvalidArgument, "an epoch are required"},
+		{"reprotect of 65 disks", func() error {
+			var many []*ferryv1.DiskInfo
+			for i := range 65 {
+				many = append(many, &ferryv1.DiskInfo{Name: fmt.Sprintf("d%d", i), SizeBytes: 1 << 20})
+			}
+			_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "mail", Disks: many, Epoch: 2, Location: "alternate"})
+			return err
+		}, codes.InvalidArgument, "1 to 64 disks"},
 		{"VM twice in a group", func() error {
 			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Vms: []string{"db", "db"}, Sync: "during"})
 			return err
