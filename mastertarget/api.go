@@ -107,8 +107,8 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 	if err := ingest.ValidName(req.GetGroup()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
 	}
-	if n := len(req.GetVms()); n < 1 || n > 16 {
-		return nil, status.Errorf(codes.InvalidArgument, "group %s: 1 to 16 VMs, not %d", req.GetGroup(), n)
+	if n := len(req.GetVms()); n < 2 || n > 16 {
+		return nil, status.Errorf(codes.InvalidArgument, "group %s: a replication group has 2 to 16 VMs, not %d", req.GetGroup(), n)
 	}
 	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+req.GetGroup()+"/", s.clock.Now().UnixNano())
 	point := req.GetPoint()

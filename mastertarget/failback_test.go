@@ -89,10 +89,10 @@ func TestFailbackRefusals(t *testing.T) {
 			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "../x", Vms: []string{"web"}, Sync: "during"})
 			return err
 		}, codes.InvalidArgument, "group name"},
-		{"group of no VM", func() error {
-			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Sync: "during"})
+		{"group of one VM", func() error {
+			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Vms: []string{"db"}, Sync: "during"})
 			return err
-		}, codes.InvalidArgument, "1 to 16 VMs"},
+		}, codes.InvalidArgument, "2 to 16 VMs"},
 		{"group of 17 VMs", func() error {
 			vms := make([]string, 17)
 			for i := range vms {
@@ -100,7 +100,7 @@ func TestFailbackRefusals(t *testing.T) {
 			}
 			_, err := c.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: "shop", Vms: vms, Sync: "during"})
 			return err
-		}, codes.InvalidArgument, "1 to 16 VMs"},
+		}, codes.InvalidArgument, "2 to 16 VMs"},
 		{"group of 16 VMs passes the count (and stops at the first unknown VM)", func() error {
 			vms := make([]string, 16)
 			for i := range vms {
@@ -117,6 +117,17 @@ func TestFailbackRefusals(t *testing.T) {
 			_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "mail", Disks: disks, Location: "alternate"})
 			return err
 		}, codes.InvalidArgument, "an epoch are required"},
+		{"reprotect of 64 disks is taken", func() error {
+			var many []*ferryv1.DiskInfo
+			for i := range 64 {
+				many = append(many, &ferryv1.DiskInfo{Name: fmt.Sprintf("d%d", i), SizeBytes: 1 << 20})
+			}
+			_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "big", Disks: many, Epoch: 2, Location: "alternate"})
+			if err != nil {
+				return err
+			}
+			return status.Error(codes.AlreadyExists, "taken")
+		}, codes.AlreadyExists, "taken"},
 		{"reprotect of 65 disks", func() error {
 			var many []*ferryv1.DiskInfo
 			for i := range 65 {
