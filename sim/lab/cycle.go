@@ -180,8 +180,8 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	c := l.stage("commit the planned failover of db")
 	job, err := l.ps.Commit(ctx, "db")
 	c.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
-	s := l.stage("reprotect db to an alternate location (everything goes back)")
-	job, err = l.ps.Reprotect(ctx, "db", mastertarget.LocationAlternate, "")
+	s := l.stage("reprotect db to an alternate location, synchronizing during failover only (nothing moves before the failback)")
+	job, err = l.ps.Reprotect(ctx, "db", mastertarget.LocationAlternate, "during")
 	s.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if err != nil {
 		return nil
@@ -190,10 +190,19 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := l.waitReverse(ctx, rev, "db"); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = rev.WaitSynced(sctx)
+	cancel()
+	if err != nil {
 		s.check("reverse replication", false, "%v", err)
 		return nil
 	}
+	// The guest keeps writing; its agent only tracks what changes.
+	time.Sleep(3 * time.Second)
+	rs, err := l.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "db"})
+	as := rev.Stats()
+	s.check("nothing moves before the failback", err == nil && rs.GetReceivedBytes() == 0 && as.Deferred && as.SentBytes == 0 && as.HashBytes == 0,
+		"the agent sent %d bytes and got %d of hashes; the master target received %d (%v)", as.SentBytes, as.HashBytes, rs.GetReceivedBytes(), err)
 	f := l.stage("fail db back to the alternate location, synchronizing during failover only")
 	alt := mastertarget.AlternateName(db.domain)
 	recLast, ok := l.failback(ctx, f, "db", "during", alt)
