@@ -169,7 +169,10 @@ func (s *Server) relay(agent ferryv1.Replication_ReplicateServer, hello *ferryv1
 				s.relayMetrics.received.Add(float64(n))
 			}
 			if err := up.Send(m); err != nil {
-				fromAgent <- relayErr(up, err)
+				// The master target's stream ended (or broke): its status
+				// comes from the receiving goroutine, the only one that
+				// calls Recv.
+				fromAgent <- errUpstreamEnded
 				return
 			}
 		}
@@ -181,7 +184,13 @@ func (s *Server) relay(agent ferryv1.Replication_ReplicateServer, hello *ferryv1
 		}
 		return err // the master target's status, as it gave it
 	case err := <-fromAgent:
-		if errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, errUpstreamEnded):
+			if err := <-down; err != io.EOF {
+				return err
+			}
+			return status.Error(codes.Unavailable, "the master target ended the stream")
+		case errors.Is(err, io.EOF):
 			up.CloseSend()
 			if err := <-down; err != io.EOF {
 				return err
@@ -192,8 +201,11 @@ func (s *Server) relay(agent ferryv1.Replication_ReplicateServer, hello *ferryv1
 	}
 }
 
+// errUpstreamEnded: a send to the master target found its stream ended.
+var errUpstreamEnded = errors.New("the master target's stream ended")
+
 // relayErr is the master target's status when a send failed because its
-// stream ended.
+// stream ended; only for sends made before anyone else reads the stream.
 func relayErr(up ferryv1.Replication_ReplicateClient, err error) error {
 	if err == io.EOF {
 		if _, rerr := up.Recv(); rerr != nil && rerr != io.EOF {
