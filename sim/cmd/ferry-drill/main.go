@@ -64,7 +64,8 @@ fsfreeze in the guest; the primary site is lost while the guest writes and
 the guest fails over unplanned to latest, boots, changes point and commits;
 a second guest fails over planned. Then reprotect and failback: to the
 original location (the primary boots with the recovery site's writes) and
-reprotect again, and to an alternate location (a new domain). Each recovered
+reprotect again, and to an alternate location (a new domain), reprotected
+to synchronize during failover only: nothing moves before its failback. Each recovered
 file system is checked by e2fsck and its records against what the guest
 reported fsynced. It needs libvirtd with QEMU, linux-image-amd64,
 busybox-static and e2fsprogs, and runs as root.
