@@ -206,8 +206,11 @@ func (d *Drill) planJob(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 		_, err = d.Recovery.ResumePlan(ctx, &ferryv1.ResumePlanRequest{Plan: req.GetPlan()})
 	}
 	action := req.GetOperation()
-	if req.GetLocation() != "" {
-		action += " (" + req.GetLocation() + " location)"
+	if p := req.GetPoint(); p != "" {
+		action += " (" + p + ")"
+	}
+	if l := req.GetLocation(); l != "" {
+		action += " (" + l + " location)"
 	}
 	if e := d.record(rep, planVM, action, job, err); e.Failed != "" {
 		return nil, false

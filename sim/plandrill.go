@@ -94,31 +94,13 @@ func PlanDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
 // each VM the plan failed over. It reports whether everything succeeded.
 func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRequest) bool {
 	failures := len(rep.Failures)
-	planVM := &VM{Config: VMConfig{Name: "plan " + req.GetPlan()}}
-	job, err := d.Recovery.RunPlan(ctx, req)
-	for err == nil {
-		job, err = d.waitJob(ctx, job.GetId())
-		if err != nil || job.GetWaiting() == "" {
-			break
-		}
-		rep.note("plan %s waits: %s; the drill's operator resumes it", req.GetPlan(), job.GetWaiting())
-		_, err = d.Recovery.ResumePlan(ctx, &ferryv1.ResumePlanRequest{Plan: req.GetPlan()})
-	}
-	action := req.GetOperation()
-	if req.GetPoint() != "" {
-		action += " (" + req.GetPoint() + ")"
-	}
-	if e := d.record(rep, planVM, action, job, err); e.Failed != "" {
+	children, ok := d.planJob(ctx, rep, req)
+	if !ok {
 		return false
 	}
 	tags := map[string]string{}
-	for _, id := range job.GetChildren() {
-		c, err := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+	for _, c := range children {
 		v := d.VM(c.GetVm())
-		if err != nil || v == nil {
-			rep.fail("plan job %d: child job %d: %v", job.GetId(), id, err)
-			continue
-		}
 		e := d.record(rep, v, fmt.Sprintf("%s (plan %s)", c.GetType(), req.GetPlan()), c, nil)
 		if e.Failed != "" || e.Point == nil {
 			continue
