@@ -2,7 +2,6 @@ package mastertarget
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/policy"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -19,56 +19,17 @@ import (
 
 // Event kinds the master target raises.
 const (
-	EventRPOExceeded  = "rpo-exceeded"
-	EventRPORecovered = "rpo-recovered"
+	EventRPOExceeded  = events.RPOExceeded
+	EventRPORecovered = events.RPORecovered
 )
 
 // Event is something that happened to a reverse replication.
-type Event struct {
-	Time   time.Time `json:"time"`
-	VM     string    `json:"vm"`
-	Kind   string    `json:"kind"`
-	Detail string    `json:"detail"`
-}
+type Event = events.Event
 
-var bucketEvents = []byte("events")
-
-func (s *Server) addEvent(e Event) error {
-	buf, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketEvents)
-		if err != nil {
-			return err
-		}
-		id, _ := b.NextSequence()
-		return b.Put(binary.BigEndian.AppendUint64(nil, id), buf)
-	})
-}
+func (s *Server) addEvent(e Event) error { return events.Add(s.db, e) }
 
 // Events returns the events of vm (all VMs when empty), oldest first.
-func (s *Server) Events(vm string) ([]Event, error) {
-	var out []Event
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEvents)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			if vm == "" || e.VM == vm {
-				out = append(out, e)
-			}
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Server) Events(vm string) ([]Event, error) { return events.List(s.db, vm) }
 
 // ListEvents serves Events to the process server.
 func (s *Server) ListEvents(ctx context.Context, req *ferryv1.ListEventsRequest) (*ferryv1.ListEventsResponse, error) {

@@ -2,69 +2,32 @@ package processserver
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/policy"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Event kinds.
 const (
-	EventRPOExceeded  = "rpo-exceeded"
-	EventRPORecovered = "rpo-recovered"
+	EventRPOExceeded  = events.RPOExceeded
+	EventRPORecovered = events.RPORecovered
 )
 
 // Event is something that happened to a VM that operators must see.
-type Event struct {
-	Time   time.Time `json:"time"`
-	VM     string    `json:"vm"`
-	Kind   string    `json:"kind"`
-	Detail string    `json:"detail"`
-}
+type Event = events.Event
 
-var bucketEvents = []byte("events")
+func (c *control) addEvent(e Event) error { return events.Add(c.db, e) }
 
-func (c *control) addEvent(e Event) error {
-	buf, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return c.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketEvents)
-		if err != nil {
-			return err
-		}
-		id, _ := b.NextSequence()
-		return b.Put(binary.BigEndian.AppendUint64(nil, id), buf)
-	})
-}
-
-// Events returns the events of vm (all VMs when empty), oldest first.
+// Events returns the events of vm (all VMs when empty), oldest first: this
+// server's and the master target's.
 func (s *Server) Events(ctx context.Context, vm string) ([]Event, error) {
-	var out []Event
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEvents)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			if vm == "" || e.VM == vm {
-				out = append(out, e)
-			}
-			return nil
-		})
-	})
+	out, err := events.List(s.ctl.db, vm)
 	if err != nil || s.mt == nil {
 		return out, err
 	}
