@@ -410,26 +410,7 @@ func TestUnplannedDefaultPoint(t *testing.T) {
 // truth.
 func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.New(ctx, sim.Config{Seed: 16, VMs: []sim.VMConfig{linux("a-1", 32<<10, sim.Uniform), linux("b-1", 32<<10, sim.Uniform)},
-		Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true,
-		Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
-	run(t, d, time.Minute)
-	reverse(t, d, "a-1")
-	reverse(t, d, "b-1")
-	run(t, d, 2*time.Minute)
-	if err := d.ProcessNow(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "pair", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}); err != nil {
-		t.Fatal(err)
-	}
+	d := reversedPair(t, sim.Config{Seed: 16, VMs: []sim.VMConfig{linux("a-1", 32<<10, sim.Uniform), linux("b-1", 32<<10, sim.Uniform)}}, 2*time.Minute)
 	d.VM("b-1").Config.ShutdownFails = true
 	job := runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "pair", Operation: "failback"})
 	if job.GetOutcome() != "failed" || len(job.GetChildren()) != 2 {
@@ -450,14 +431,56 @@ func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
 	if job.GetOutcome() != "succeeded" {
 		t.Fatalf("group failback once every member shuts down: %s %s", job.GetOutcome(), job.GetError())
 	}
+	failedBackTogether(t, d, job, func(*ferryv1.RecoveryPoint) string { return "shutdown" })
+}
+
+// reversedPair starts a drill of cfg's two VMs a-1 and b-1 as replication
+// group pair with a master target, fails them over, runs them at the
+// recovery site, reprotects them, replicates back for dur and puts plan
+// pair of both.
+func reversedPair(t *testing.T, cfg sim.Config, dur time.Duration) *sim.Drill {
+	t.Helper()
+	ctx := context.Background()
+	cfg.Networks, cfg.Dir, cfg.Logger, cfg.MasterTarget = sim.DefaultNetworks(), t.TempDir(), ferrytest.Logger(t), true
+	cfg.Groups = []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}
+	d, err := sim.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	run(t, d, time.Minute)
+	reverse(t, d, "a-1")
+	reverse(t, d, "b-1")
+	run(t, d, dur)
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "pair", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// failedBackTogether checks a plan's failback of a group: every member's
+// disks equal the ground truth of the marker truthOf names for its point,
+// and all took points of one tag.
+func failedBackTogether(t *testing.T, d *sim.Drill, job *ferryv1.Job, truthOf func(*ferryv1.RecoveryPoint) string) {
+	t.Helper()
+	ctx := context.Background()
 	tags := map[string]bool{}
 	for _, id := range job.GetChildren() {
-		c, _ := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		c, err := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
 		tags[c.GetPoint().GetTag()] = true
 		v := d.VM(c.GetVm())
-		truth, ok := v.Truth("shutdown")
+		truth, ok := v.Truth(truthOf(c.GetPoint()))
 		if !ok {
-			t.Fatalf("no shutdown truth of %s", v.Config.Name)
+			t.Fatalf("no ground truth of %s for point %q", v.Config.Name, c.GetPoint().GetTag())
 		}
 		for i, dev := range v.Active() {
 			if _, err := sim.EqualDevices(ctx, dev, truth.Disks[i]); err != nil {
@@ -478,50 +501,16 @@ func TestGroupAppConsistentFailback(t *testing.T) {
 	ctx := context.Background()
 	a, b := linux("a-1", 32<<10, sim.Uniform), linux("b-1", 32<<10, sim.Hotspot)
 	a.App, b.App = true, true
-	d, err := sim.New(ctx, sim.Config{Seed: 17, VMs: []sim.VMConfig{a, b}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
-		Logger: ferrytest.Logger(t), MasterTarget: true, Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}},
-		GroupInterval: time.Minute, GroupAppInterval: 2 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
-	run(t, d, time.Minute)
-	reverse(t, d, "a-1")
-	reverse(t, d, "b-1")
-	run(t, d, 5*time.Minute)
-	if err := d.ProcessNow(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Recovery.PutPlan(ctx, &ferryv1.RecoveryPlan{Name: "pair", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}); err != nil {
-		t.Fatal(err)
-	}
+	d := reversedPair(t, sim.Config{Seed: 17, VMs: []sim.VMConfig{a, b}, GroupInterval: time.Minute, GroupAppInterval: 2 * time.Minute}, 5*time.Minute)
 	job := runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "pair", Operation: "failback", Point: "latest-app"})
 	if job.GetOutcome() != "succeeded" {
 		t.Fatalf("app-consistent failback of the group: %s %s", job.GetOutcome(), job.GetError())
 	}
-	tags := map[string]bool{}
 	for _, id := range job.GetChildren() {
 		c, _ := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
-		p := c.GetPoint()
-		if p.GetConsistency() != ferryv1.Consistency_CONSISTENCY_APP || !strings.HasPrefix(p.GetTag(), "group/pair/") {
+		if p := c.GetPoint(); p.GetConsistency() != ferryv1.Consistency_CONSISTENCY_APP || !strings.HasPrefix(p.GetTag(), "group/pair/") {
 			t.Fatalf("%s failed back to %v point %q", c.GetVm(), p.GetConsistency(), p.GetTag())
 		}
-		tags[p.GetTag()] = true
-		v := d.VM(c.GetVm())
-		truth, ok := v.Truth(p.GetTag())
-		if !ok {
-			t.Fatalf("no ground truth of %s at %s", v.Config.Name, p.GetTag())
-		}
-		for i, dev := range v.Active() {
-			if _, err := sim.EqualDevices(ctx, dev, truth.Disks[i]); err != nil {
-				t.Fatalf("%s disk%d after the group's app-consistent failback: %v", v.Config.Name, i, err)
-			}
-		}
 	}
-	if len(tags) != 1 {
-		t.Fatalf("the members failed back to %v, not one common point", tags)
-	}
+	failedBackTogether(t, d, job, (*ferryv1.RecoveryPoint).GetTag)
 }
