@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )
@@ -61,16 +60,7 @@ func TestFullCycleDrill(t *testing.T) {
 // produced no point yet cannot fail back, and says so.
 func TestFailbackNeedsAPoint(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.New(ctx, sim.Config{Seed: 8, VMs: []sim.VMConfig{linux("fb-1", 64<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
-		Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.PS.Journal())
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
+	d := mtDrill(t, sim.Config{Seed: 8, VMs: []sim.VMConfig{linux("fb-1", 64<<10, sim.Uniform)}})
 	run(t, d, 70*time.Second)
 	rep := &sim.Report{}
 	v := d.VM("fb-1")

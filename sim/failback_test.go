@@ -117,16 +117,7 @@ func TestMasterTargetFailbackPolicy(t *testing.T) {
 	ctx := context.Background()
 	vm := linux("fb-1", 1<<10, sim.Uniform)
 	vm.Disks = []int64{4 * mib}
-	d, err := sim.New(ctx, sim.Config{Seed: 3, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: t.TempDir(),
-		Logger: ferrytest.Logger(t), MasterTarget: true, Tick: 5 * time.Minute, CrashInterval: 5 * time.Minute, ProcessInterval: 30 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.PS.Journal())
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
+	d := mtDrill(t, sim.Config{Seed: 3, VMs: []sim.VMConfig{vm}, Tick: 5 * time.Minute, CrashInterval: 5 * time.Minute, ProcessInterval: 30 * time.Minute})
 	run(t, d, 10*time.Minute)
 	px := reverse(t, d, "fb-1")
 	v := d.VM("fb-1")
@@ -263,16 +254,7 @@ func TestFailoverTypesPerMachineKind(t *testing.T) {
 // truth.
 func TestFailbackWhenRecoveredVMWillNotShutDown(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.New(ctx, sim.Config{Seed: 12, VMs: []sim.VMConfig{linux("fb-1", 64<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
-		Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.PS.Journal())
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
+	d := mtDrill(t, sim.Config{Seed: 12, VMs: []sim.VMConfig{linux("fb-1", 64<<10, sim.Uniform)}})
 	run(t, d, time.Minute)
 	reverse(t, d, "fb-1")
 	run(t, d, 2*time.Minute)
@@ -302,15 +284,7 @@ func TestAppConsistentFailback(t *testing.T) {
 	ctx := context.Background()
 	vm := linux("fb-1", 64<<10, sim.Uniform)
 	vm.App = true
-	d, err := sim.New(ctx, sim.Config{Seed: 13, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(),
-		Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true, AppInterval: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
+	d := mtDrill(t, sim.Config{Seed: 13, VMs: []sim.VMConfig{vm}, AppInterval: time.Minute})
 	run(t, d, time.Minute)
 	reverse(t, d, "fb-1")
 	run(t, d, 3*time.Minute)
@@ -342,13 +316,8 @@ func TestAppConsistentFailback(t *testing.T) {
 // sync or point, or while its VMs are not reprotected.
 func TestPlanFailbackRefusals(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.New(ctx, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("a-1", 16<<10, sim.Uniform), linux("b-1", 16<<10, sim.Uniform)},
-		Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t), MasterTarget: true,
+	d := mtDrill(t, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("a-1", 16<<10, sim.Uniform), linux("b-1", 16<<10, sim.Uniform)},
 		Groups: []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
 	split := &ferryv1.RecoveryPlan{Name: "split", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1"}}, {Vms: []string{"b-1"}}}}
 	whole := &ferryv1.RecoveryPlan{Name: "whole", Groups: []*ferryv1.PlanGroup{{Vms: []string{"a-1", "b-1"}}}}
 	for _, p := range []*ferryv1.RecoveryPlan{split, whole} {
@@ -434,6 +403,23 @@ func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
 	failedBackTogether(t, d, job, func(*ferryv1.RecoveryPoint) string { return "shutdown" })
 }
 
+// mtDrill starts a drill of cfg with a master target on the default
+// networks; both servers' journals are checked at the end.
+func mtDrill(t *testing.T, cfg sim.Config) *sim.Drill {
+	t.Helper()
+	cfg.Networks, cfg.Dir, cfg.Logger, cfg.MasterTarget = sim.DefaultNetworks(), t.TempDir(), ferrytest.Logger(t), true
+	d, err := sim.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, d.PS.Journal())
+		journaltest.MustCheck(t, d.MT.Journal())
+		d.Close()
+	})
+	return d
+}
+
 // reversedPair starts a drill of cfg's two VMs a-1 and b-1 as replication
 // group pair with a master target, fails them over, runs them at the
 // recovery site, reprotects them, replicates back for dur and puts plan
@@ -441,16 +427,8 @@ func TestGroupFailbackWhenAMemberWillNotShutDown(t *testing.T) {
 func reversedPair(t *testing.T, cfg sim.Config, dur time.Duration) *sim.Drill {
 	t.Helper()
 	ctx := context.Background()
-	cfg.Networks, cfg.Dir, cfg.Logger, cfg.MasterTarget = sim.DefaultNetworks(), t.TempDir(), ferrytest.Logger(t), true
 	cfg.Groups = []processserver.Group{{Name: "pair", VMs: []string{"a-1", "b-1"}}}
-	d, err := sim.New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		journaltest.MustCheck(t, d.MT.Journal())
-		d.Close()
-	})
+	d := mtDrill(t, cfg)
 	run(t, d, time.Minute)
 	reverse(t, d, "a-1")
 	reverse(t, d, "b-1")
