@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
@@ -100,24 +99,16 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 		if vm.LatestPoint.IsZero() {
 			continue // the first sync has not cut a point yet
 		}
-		rpo := now.Sub(vm.LatestPoint)
-		tr := s.alerts.Check(t.VM, rpo, pol.RPOThreshold)
-		v := 0.0
-		if s.alerts.Alerting(t.VM) {
-			v = 1
+		e, ok := s.alerts.Observe(t.VM, now, vm.LatestPoint, pol.RPOThreshold, s.rpoAlert, "reverse replication RPO (failback policy)")
+		if !ok {
+			continue
 		}
-		s.rpoAlert.WithLabelValues(t.VM).Set(v)
-		switch tr {
-		case policy.Raised:
-			s.log.Warn("reverse replication RPO above threshold", "vm", t.VM, "rpo", rpo.Round(time.Second), "threshold", pol.RPOThreshold)
-			errs = append(errs, s.addEvent(Event{Time: now, VM: t.VM, Kind: EventRPOExceeded,
-				Detail: fmt.Sprintf("reverse replication RPO %v is above the failback policy's %v threshold (newest point %s)",
-					rpo.Round(time.Second), pol.RPOThreshold, vm.LatestPoint.Format(time.RFC3339))}))
-		case policy.Cleared:
-			s.log.Info("reverse replication RPO back under threshold", "vm", t.VM, "rpo", rpo.Round(time.Second))
-			errs = append(errs, s.addEvent(Event{Time: now, VM: t.VM, Kind: EventRPORecovered,
-				Detail: fmt.Sprintf("reverse replication RPO %v is back under the failback policy's %v threshold", rpo.Round(time.Second), pol.RPOThreshold)}))
+		if e.Kind == EventRPOExceeded {
+			s.log.Warn("reverse replication RPO above threshold", "vm", t.VM, "detail", e.Detail)
+		} else {
+			s.log.Info("reverse replication RPO back under threshold", "vm", t.VM, "detail", e.Detail)
 		}
+		errs = append(errs, s.addEvent(e))
 	}
 	return errors.Join(errs...)
 }

@@ -2,14 +2,12 @@ package processserver
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrydr/ferry/pkg/events"
-	"github.com/ferrydr/ferry/pkg/policy"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -62,24 +60,16 @@ func (s *Server) checkRPO(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		threshold := pol.RPOThreshold
-		rpo := now.Sub(vm.LatestPoint)
-		tr := s.alerts.Check(string(vm.Name), rpo, threshold)
-		v := 0.0
-		if s.alerts.Alerting(string(vm.Name)) {
-			v = 1
+		e, ok := s.alerts.Observe(string(vm.Name), now, vm.LatestPoint, pol.RPOThreshold, s.rpoAlert, "RPO")
+		if !ok {
+			continue
 		}
-		s.rpoAlert.WithLabelValues(string(vm.Name)).Set(v)
-		switch tr {
-		case policy.Raised:
-			s.log.Warn("RPO above threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second), "threshold", threshold)
-			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPOExceeded,
-				Detail: fmt.Sprintf("RPO %v is above the %v threshold (newest point %s)", rpo.Round(time.Second), threshold, vm.LatestPoint.Format(time.RFC3339))})
-		case policy.Cleared:
-			s.log.Info("RPO back under threshold", "vm", vm.Name, "rpo", rpo.Round(time.Second))
-			s.ctl.addEvent(Event{Time: now, VM: string(vm.Name), Kind: EventRPORecovered,
-				Detail: fmt.Sprintf("RPO %v is back under the %v threshold", rpo.Round(time.Second), threshold)})
+		if e.Kind == EventRPOExceeded {
+			s.log.Warn("RPO above threshold", "vm", vm.Name, "detail", e.Detail)
+		} else {
+			s.log.Info("RPO back under threshold", "vm", vm.Name, "detail", e.Detail)
 		}
+		s.ctl.addEvent(e)
 	}
 	return nil
 }

@@ -8,11 +8,15 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -149,6 +153,29 @@ func (a *Alerts) Alerting(vm string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.over[vm]
+}
+
+// Observe checks vm's RPO (now minus its newest point) against threshold,
+// sets vm's gauge (1 while the alert is raised) and returns the event of a
+// raise or a clear (ok false when nothing changed). what names the RPO in
+// the event ("RPO", "reverse replication RPO").
+func (a *Alerts) Observe(vm string, now, newest time.Time, threshold time.Duration, gauge *prometheus.GaugeVec, what string) (e events.Event, ok bool) {
+	rpo := now.Sub(newest)
+	tr := a.Check(vm, rpo, threshold)
+	v := 0.0
+	if a.Alerting(vm) {
+		v = 1
+	}
+	gauge.WithLabelValues(vm).Set(v)
+	switch tr {
+	case Raised:
+		return events.Event{Time: now, VM: vm, Kind: events.RPOExceeded,
+			Detail: fmt.Sprintf("%s %v is above the %v threshold (newest point %s)", what, rpo.Round(time.Second), threshold, newest.Format(time.RFC3339))}, true
+	case Cleared:
+		return events.Event{Time: now, VM: vm, Kind: events.RPORecovered,
+			Detail: fmt.Sprintf("%s %v is back under the %v threshold", what, rpo.Round(time.Second), threshold)}, true
+	}
+	return events.Event{}, false
 }
 
 // Forget drops vm (it stopped replicating here).
