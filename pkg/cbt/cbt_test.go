@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,5 +193,86 @@ func TestHoldBlocksWrites(t *testing.T) {
 	got := tr.Pop(1 << 20)
 	if len(got) != 2 || got[0].Mark == nil || got[0].Mark.Tag != "group/g/1" || got[1].Mark != nil {
 		t.Fatalf("queue after the hold: %+v", got)
+	}
+}
+
+// gatedDevice holds the first write inside WriteAt until released and
+// notes whether another write entered meanwhile; it can also fail writes.
+type gatedDevice struct {
+	*blockdev.Memory
+	mu       sync.Mutex
+	inside   int
+	overlap  chan struct{}
+	entered  chan struct{}
+	release  chan struct{}
+	fail     error
+	gateNext bool
+}
+
+func (g *gatedDevice) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	g.mu.Lock()
+	if g.fail != nil {
+		g.mu.Unlock()
+		return 0, g.fail
+	}
+	g.inside++
+	if g.inside > 1 {
+		close(g.overlap)
+	}
+	gate := g.gateNext
+	g.gateNext = false
+	g.mu.Unlock()
+	if gate {
+		close(g.entered)
+		<-g.release
+	}
+	n, err := g.Memory.WriteAt(ctx, p, off)
+	g.mu.Lock()
+	g.inside--
+	g.mu.Unlock()
+	return n, err
+}
+
+// TestSplitterOrdersWrites: the splitter applies a write to the local disk
+// and queues it under one lock, so two writes to the same block reach the
+// disk and the queue in the same order (the replica ends as the disk
+// does), and a write the disk refused is not queued.
+func TestSplitterOrdersWrites(t *testing.T) {
+	ctx := context.Background()
+	dev := &gatedDevice{Memory: blockdev.NewMemory(1 << 20), overlap: make(chan struct{}), entered: make(chan struct{}), release: make(chan struct{}), gateNext: true}
+	tr := cbt.NewTracker([]blockdev.Device{dev}, 1<<20)
+	done := make(chan error, 2)
+	go func() {
+		_, err := tr.Device(0).WriteAt(ctx, bytes.Repeat([]byte{'A'}, bs), 0)
+		done <- err
+	}()
+	<-dev.entered
+	go func() {
+		_, err := tr.Device(0).WriteAt(ctx, bytes.Repeat([]byte{'B'}, bs), 0)
+		done <- err
+	}()
+	select {
+	case <-dev.overlap:
+		t.Fatal("a second write reached the disk while the first was being applied: the queue's order and the disk's can differ")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(dev.release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := tr.Pop(1 << 20)
+	disk := make([]byte, bs)
+	dev.ReadAt(ctx, disk, 0)
+	if len(got) != 2 || !bytes.Equal(got[1].Data, disk) {
+		t.Fatalf("queue %d changes; the last queued write and the disk differ (disk holds %q)", len(got), disk[:1])
+	}
+	dev.fail = errors.New("medium error")
+	if _, err := tr.Device(0).WriteAt(ctx, bytes.Repeat([]byte{'C'}, bs), bs); !errors.Is(err, dev.fail) {
+		t.Fatalf("write to a failing disk: %v", err)
+	}
+	if st := tr.Stats(); st.QueueLen != 0 || st.DirtyBlocks != 0 {
+		t.Fatalf("a write the disk refused was tracked: %+v", st)
 	}
 }
