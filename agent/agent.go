@@ -73,7 +73,6 @@ type Agent struct {
 
 	// Owned by the replication goroutine.
 	nextSeq   uint64 // 0 until the first hello answer
-	drainOpen bool
 	sweepDisk int
 	sweepOff  int64
 	scanTable [][]uint64
@@ -90,6 +89,12 @@ type Agent struct {
 	connected  atomic.Bool
 	progress   atomic.Uint64 // float64 bits; NaN when nothing is in progress
 	scanDue    atomic.Bool
+	// drainOpen: a drain began on the stream and its end is not sent yet
+	// (written by the replication goroutine, read by Synced).
+	drainOpen atomic.Bool
+	// issued is the last sequence given to a record; Synced holds only
+	// once the receiver acknowledged it.
+	issued atomic.Uint64
 
 	mu          sync.Mutex
 	window      []*sentBatch
@@ -342,8 +347,13 @@ func (a *Agent) Synced() bool {
 	if a.deferred.Load() {
 		return a.connected.Load() && empty // nothing is to be sent before the failback
 	}
+	// A record sits in the batch being built (popped from the queue, not
+	// yet in the window), or a drain's end is still to be sent: not synced.
+	a.mu.Lock()
+	allAcked := a.acked >= a.issued.Load()
+	a.mu.Unlock()
 	return a.connected.Load() && need(a.need.Load()) == needNone && st.Mode == cbt.ModeQueue &&
-		st.QueueLen == 0 && empty && !a.scanDue.Load()
+		st.QueueLen == 0 && empty && allAcked && !a.drainOpen.Load() && !a.scanDue.Load()
 }
 
 // WaitSynced waits until Synced holds.

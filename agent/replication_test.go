@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +35,8 @@ type vmUnderTest struct {
 	// truth maps a marker's tag to every disk's image when it was cut.
 	truth map[string][][]byte
 	marks int
+	// touched holds every block written through the splitter ({disk, block}).
+	touched map[[2]int64]bool
 }
 
 func newVM(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func(*agent.Config)) *vmUnderTest {
@@ -42,7 +46,7 @@ func newVM(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func
 // newVMWith is newVM with data written to the disks before protection
 // starts (after it, every write must go through the splitter).
 func newVMWith(t *testing.T, ps *ferrytest.PS, seed uint64, sizes []int64, tune func(*agent.Config), prefill func([]*blockdev.Memory)) *vmUnderTest {
-	v := &vmUnderTest{t: t, name: fmt.Sprintf("vm-%d", seed), rng: rand.New(rand.NewPCG(seed, 99)), truth: map[string][][]byte{}}
+	v := &vmUnderTest{t: t, name: fmt.Sprintf("vm-%d", seed), rng: rand.New(rand.NewPCG(seed, 99)), truth: map[string][][]byte{}, touched: map[[2]int64]bool{}}
 	cfg := agent.Config{
 		VM:          v.name,
 		StateDir:    t.TempDir(),
@@ -107,6 +111,9 @@ func (v *vmUnderTest) write() {
 	}
 	if _, err := v.a.Disk(d).WriteAt(context.Background(), data, off); err != nil {
 		v.t.Fatal(err)
+	}
+	for b := off / bs; b < (off+int64(len(data)))/bs; b++ {
+		v.touched[[2]int64{int64(d), b}] = true
 	}
 }
 
@@ -286,7 +293,9 @@ func TestOutageOverflowsToBitmap(t *testing.T) {
 
 // TestAgentRestart stops the agent cleanly while the server is down, so
 // its unacknowledged changes must survive in the saved bitmap, and checks
-// a new agent on the same state converges without a full copy.
+// a new agent on the same state converges without a full copy: it sends
+// no more than the blocks written during the outage and compares no
+// hashes.
 func TestAgentRestart(t *testing.T) {
 	ps := ferrytest.StartPS(t)
 	v := newVM(t, ps, 31, []int64{4 << 20}, func(c *agent.Config) { c.ShutdownTimeout = 200 * time.Millisecond })
@@ -295,6 +304,7 @@ func TestAgentRestart(t *testing.T) {
 	}
 	v.sync()
 	ps.Stop()
+	clear(v.touched)
 	for i := 0; i < 100; i++ {
 		v.write()
 	}
@@ -309,6 +319,82 @@ func TestAgentRestart(t *testing.T) {
 	v.sync()
 	cc := ferrytest.Dial(t, ps.Addr)
 	v.verifyLatest(cc)
+	st := v.a.Stats()
+	if limit := int64(len(v.touched)) * bs; st.SentBytes == 0 || st.SentBytes > limit || st.HashBytes != 0 {
+		t.Fatalf("restarted agent sent %d bytes and compared %d bytes of hashes; want at most the %d bytes written during the outage and no resync",
+			st.SentBytes, st.HashBytes, limit)
+	}
+}
+
+// TestResyncFindsTheLastChunk changes only the last block of each disk
+// while no agent runs (one disk a whole number of chunks, one not): a new
+// agent's resync by hash finds exactly those blocks and sends only them.
+func TestResyncFindsTheLastChunk(t *testing.T) {
+	ps := ferrytest.StartPS(t)
+	v := newVM(t, ps, 33, []int64{4 << 20, 1<<20 + 12<<10}, nil)
+	for i := 0; i < 60; i++ {
+		v.write()
+	}
+	v.sync()
+	if err := v.a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range v.disks {
+		if _, err := d.WriteAt(context.Background(), []byte(strings.Repeat("end of disk ", bs/12+1))[:bs], d.Size()-bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A new agent at the same disks (its state lost): the operator lets
+	// it in, and it resyncs by hash.
+	if _, err := ps.ReleaseAgent(context.Background(), v.name); err != nil {
+		t.Fatal(err)
+	}
+	v.cfg.StateDir = t.TempDir()
+	v.start()
+	v.sync()
+	v.verifyLatest(ferrytest.Dial(t, ps.Addr))
+	if st := v.a.Stats(); st.SentBytes != 2*bs || st.HashBytes == 0 {
+		t.Fatalf("resync sent %d bytes after comparing %d bytes of hashes; want the 2 changed blocks (%d bytes)", st.SentBytes, st.HashBytes, 2*bs)
+	}
+}
+
+// TestReceiverLostAcknowledgedRecords puts the process server's journal
+// back to an older copy (a restore from backup): it lost records it had
+// acknowledged. The agent must notice that the receiver's stream does not
+// continue its own and resync by hash, instead of sending on from where it
+// was; the replica ends equal to the disks.
+func TestReceiverLostAcknowledgedRecords(t *testing.T) {
+	ps := ferrytest.StartPS(t)
+	v := newVM(t, ps, 35, []int64{2 << 20}, nil)
+	for i := 0; i < 40; i++ {
+		v.write()
+	}
+	v.sync()
+	journalPath := filepath.Join(ps.Dir, "journal.db")
+	ps.Stop()
+	old, err := os.ReadFile(journalPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.Start()
+	for i := 0; i < 40; i++ {
+		v.write()
+	}
+	v.sync()
+	before := v.a.Stats()
+	ps.Stop()
+	if err := os.WriteFile(journalPath, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ps.Start()
+	for i := 0; i < 10; i++ {
+		v.write()
+	}
+	v.sync()
+	v.verifyLatest(ferrytest.Dial(t, ps.Addr))
+	if after := v.a.Stats(); after.HashBytes == before.HashBytes {
+		t.Fatal("the agent did not resync by hash against a receiver that lost acknowledged records")
+	}
 }
 
 // TestAgentAheadOfReprotectWaits: an agent started with the epoch of a

@@ -118,9 +118,10 @@ func (a *Agent) reconcile(ha *ferryv1.HelloAck) []*sentBatch {
 	}
 	if len(a.window) == 0 {
 		a.nextSeq = d + 1
+		a.issued.Store(d)
 	}
 	if fresh {
-		a.drainOpen = !ha.GetConsistent() && d > 0
+		a.drainOpen.Store(!ha.GetConsistent() && d > 0)
 	}
 	a.acked = d
 	return append([]*sentBatch(nil), a.window...)
@@ -200,6 +201,7 @@ func (s *sender) add(rec *ferryv1.Record) error {
 	}
 	rec.Seq = s.a.nextSeq
 	wire.Seal(rec)
+	s.a.issued.Store(rec.Seq)
 	s.a.nextSeq++
 	s.batch = append(s.batch, rec)
 	s.bytes += n

@@ -71,7 +71,7 @@ func (a *Agent) step(s *sender) (idle bool, err error) {
 		return false, a.initial(s)
 	case need(a.need.Load()) == needResync:
 		return false, a.resync(s)
-	case a.drainOpen || a.tr.Stats().Mode == cbt.ModeBitmap:
+	case a.drainOpen.Load() || a.tr.Stats().Mode == cbt.ModeBitmap:
 		a.tr.EnterBitmap()
 		return false, a.drain(s, ferryv1.DrainReason_DRAIN_REASON_OVERFLOW)
 	case a.cfg.Mode == ModeScan && a.scanDue.Load():
@@ -123,10 +123,10 @@ func (a *Agent) sendChange(s *sender, c cbt.Change) (int, error) {
 
 // beginDrain opens a drain on the stream if none is open.
 func (a *Agent) beginDrain(s *sender, reason ferryv1.DrainReason) error {
-	if a.drainOpen {
+	if a.drainOpen.Load() {
 		return nil
 	}
-	a.drainOpen = true
+	a.drainOpen.Store(true)
 	return s.add(drainRecord(true, reason))
 }
 
@@ -173,10 +173,10 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 			}
 		}
 	}
-	a.drainOpen = false
 	if err := s.add(drainRecord(false, reason)); err != nil {
 		return err
 	}
+	a.drainOpen.Store(false)
 	a.lastMark = a.cfg.Clock.Now()
 	if err := s.add(markerRecord(cbt.MarkRequest{Tag: "drain-end", Time: a.lastMark})); err != nil {
 		return err
