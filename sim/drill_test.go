@@ -91,8 +91,18 @@ func TestPlannedFailoverLosesNothing(t *testing.T) {
 	run(t, d, 90*time.Second)
 	rep := &sim.Report{}
 	v := d.VM("pf-1")
+	before, err := d.PS.Journal().VM(ctx, "pf-1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: "pf-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_PLANNED})
 	noFailures(t, rep)
+	// Fencing raised the epoch: the source's agent (of the old epoch) is
+	// refused for good, also by a process server restarted since.
+	after, err := d.PS.Journal().VM(ctx, "pf-1")
+	if err != nil || after.Epoch != before.Epoch+1 {
+		t.Fatalf("epoch %d before the failover, %d after (%v); want it raised by one", before.Epoch, after.Epoch, err)
+	}
 	if e.Point.GetTag() != "shutdown" || e.LossBytes != 0 || v.Running {
 		t.Fatalf("planned failover: point %q, %d bytes lost, source running %v", e.Point.GetTag(), e.LossBytes, v.Running)
 	}

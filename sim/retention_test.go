@@ -43,6 +43,18 @@ func TestRetention(t *testing.T) {
 		if st.Points > 24*6+4 {
 			t.Fatalf("%d h: %d points kept with a 24 h window", h, st.Points)
 		}
+		// Nothing inside the window goes: once it is full, the oldest
+		// point is less than one crash interval younger than the window.
+		if h >= 24 {
+			pts, err := d.PS.Journal().Points(ctx, "ret-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			oldest := d.Clock.Now().Sub(pts[0].Time)
+			if st.Points < 24*6-1 || oldest > 24*time.Hour || oldest < 24*time.Hour-10*time.Minute {
+				t.Fatalf("%d h: %d points, the oldest %v old; want the whole 24 h window of 10-minute points", h, st.Points, oldest)
+			}
+		}
 		stored = append(stored, st.StoredBytes)
 	}
 	// From 30 h on the window is full: storage stays level.
@@ -54,7 +66,8 @@ func TestRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := d.VMs[0]
-	for _, p := range []*ferryv1.RecoveryPoint{pts.GetPoints()[0], pts.GetPoints()[len(pts.GetPoints())-1]} {
+	all := pts.GetPoints()
+	for _, p := range []*ferryv1.RecoveryPoint{all[0], all[1], all[len(all)/2], all[len(all)-1]} {
 		truth, err := d.TruthFor(v, p)
 		if err != nil {
 			t.Fatal(err)
@@ -63,9 +76,11 @@ func TestRetention(t *testing.T) {
 		if age > 24*time.Hour+time.Hour {
 			t.Fatalf("point %d is %v old with a 24 h window", p.GetId(), age)
 		}
-		img := exportDisk(t, d, "ret-1", fmt.Sprint(p.GetId()), "disk0", truth.Disks[0].Size())
-		if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, truth.Disks[0])); diff != "" {
-			t.Fatalf("point %d (%v old) differs from ground truth after retention: %s", p.GetId(), age.Round(time.Minute), diff)
+		for i, disk := range truth.Disks {
+			img := exportDisk(t, d, "ret-1", fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), disk.Size())
+			if diff := ferrytest.Diff(ferrytest.Image(t, img), ferrytest.Image(t, disk)); diff != "" {
+				t.Fatalf("point %d (%v old) disk%d differs from ground truth after retention: %s", p.GetId(), age.Round(time.Minute), i, diff)
+			}
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -298,17 +299,12 @@ func (d *Drill) CleanupTest(ctx context.Context, rep *Report, v *VM) *Entry {
 // compares it with the truth.
 func (d *Drill) verifyExport(ctx context.Context, v *VM, p *ferryv1.RecoveryPoint, truth Mark) error {
 	for i := range truth.Disks {
-		img := blockdev.NewMemory(truth.Disks[i].Size())
-		stream, err := d.Recovery.ExportPoint(ctx, &ferryv1.ExportPointRequest{Vm: v.Config.Name, Point: fmt.Sprint(p.GetId()), Disk: fmt.Sprintf("disk%d", i)})
-		if err != nil {
-			return err
-		}
-		for {
-			c, err := stream.Recv()
-			if err != nil {
-				break
-			}
-			img.WriteAt(ctx, c.GetData(), int64(c.GetOffset()))
+		var img blockdev.Device
+		if _, err := processserver.ExportDisk(ctx, d.conn, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), func(size int64) (blockdev.Device, error) {
+			img = blockdev.NewMemory(size)
+			return img, nil
+		}); err != nil {
+			return fmt.Errorf("export point %d disk%d: %w", p.GetId(), i, err)
 		}
 		if _, err := equalDevices(ctx, img, truth.Disks[i]); err != nil {
 			return fmt.Errorf("point %d disk%d: %w", p.GetId(), i, err)
