@@ -14,10 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -427,7 +427,7 @@ func TestAgentAheadOfReprotectWaits(t *testing.T) {
 	if v.a.Stats().Connected {
 		t.Fatal("an agent ahead of its reprotect was accepted")
 	}
-	if _, err := ps.Journal().BumpEpoch(context.Background(), journal.VMID(v.name)); err != nil {
+	if _, err := ps.Journal().BumpEpoch(context.Background(), ferry.VMID(v.name)); err != nil {
 		t.Fatal(err)
 	}
 	v.sync()

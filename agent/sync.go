@@ -8,9 +8,9 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -367,11 +367,11 @@ func (a *Agent) scan(s *sender) error {
 func zeroTable(size int64) []uint64 {
 	n := (size + ChunkSize - 1) / ChunkSize
 	t := make([]uint64, n)
-	full := journal.ZeroSum(ChunkSize)
+	full := ferry.ZeroSum(ChunkSize)
 	for i := range t {
 		t[i] = full
 	}
-	t[n-1] = journal.ZeroSum(int(size - (n-1)*ChunkSize))
+	t[n-1] = ferry.ZeroSum(int(size - (n-1)*ChunkSize))
 	return t
 }
 

@@ -13,10 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -33,13 +33,13 @@ type memPrimary struct {
 	disks []blockdev.Device
 }
 
-func (p *memPrimary) OriginalDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, error) {
+func (p *memPrimary) OriginalDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.disks, nil
 }
 
-func (p *memPrimary) CreateDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, []string, error) {
+func (p *memPrimary) CreateDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, []string, error) {
 	var out []blockdev.Device
 	for _, d := range disks {
 		out = append(out, blockdev.NewMemory(d.Size))

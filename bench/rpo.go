@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/processserver"
 )
 
@@ -164,7 +164,7 @@ loop:
 			break loop
 		case now := <-samp.C:
 			for i := range agents {
-				vm, err := ps.Journal().VM(ctx, journal.VMID(fmt.Sprintf("vm%d", i)))
+				vm, err := ps.Journal().VM(ctx, ferry.VMID(fmt.Sprintf("vm%d", i)))
 				if err != nil || vm.LatestPoint.IsZero() {
 					continue
 				}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
@@ -52,13 +53,13 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 		}
 	}
 	// A VM from an earlier cycle starts over.
-	if err := s.recv.Fence(ctx, journal.VMID(name)); err != nil {
+	if err := s.recv.Fence(ctx, ferry.VMID(name)); err != nil {
 		return nil, err
 	}
-	if err := s.j.DeleteVM(ctx, journal.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
+	if err := s.j.DeleteVM(ctx, ferry.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
 		return nil, err
 	}
-	if err := s.j.CreateVM(ctx, journal.VM{Name: journal.VMID(name), Disks: disks, Epoch: journal.Epoch(req.GetEpoch()), BlockSize: blockdev.BlockSize}); err != nil {
+	if err := s.j.CreateVM(ctx, journal.VM{Name: ferry.VMID(name), Disks: disks, Epoch: ferry.Epoch(req.GetEpoch()), BlockSize: blockdev.BlockSize}); err != nil {
 		return nil, err
 	}
 	t := &target{VM: name, Location: loc, Disks: disks, SyncDuring: req.GetSyncDuring()}
@@ -68,7 +69,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 		// The primary's own disks are the base: reverse replication
 		// compares with them and sends only what differs.
 		if devs, err = s.cfg.Primary.OriginalDisks(ctx, name, disks); err == nil {
-			err = s.j.AttachBase(ctx, journal.VMID(name), devs)
+			err = s.j.AttachBase(ctx, ferry.VMID(name), devs)
 		}
 		for _, d := range disks {
 			t.Paths = append(t.Paths, "original:"+string(d.Name))
@@ -112,7 +113,7 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 	}
 	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+req.GetGroup()+"/", s.clock.Now().UnixNano())
 	point := req.GetPoint()
-	var fixed map[string]journal.Seq
+	var fixed map[string]ferry.Seq
 	switch point {
 	case "", "latest":
 		point = "latest"
@@ -135,17 +136,17 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 // fbVM is one VM's failback in progress.
 type fbVM struct {
 	name   string
-	vmid   journal.VMID
+	vmid   ferry.VMID
 	t      *target
 	resp   *ferryv1.MTFailbackResponse
 	before int64     // bytes received before the recovered VM was shut down
 	t0     time.Time // the recovered VM's shutdown began
 	final  uint64
-	point  journal.Point
+	point  ferry.Point
 	failed bool
 	// fixed is the point a group's member fails back to when it is not
 	// its final one (the group's common app-consistent point).
-	fixed journal.Seq
+	fixed ferry.Seq
 }
 
 // step runs one step of f's failback and records it in its response.
@@ -173,7 +174,7 @@ const PresyncBound = 8 << 20
 // their final markers carry it), processed, applied and started. A VM that
 // does not shut down stops the failback of every VM asked for, with
 // nothing applied and nothing lost.
-func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string, fixed map[string]journal.Seq) ([]*ferryv1.MTFailbackResponse, error) {
+func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string, fixed map[string]ferry.Seq) ([]*ferryv1.MTFailbackResponse, error) {
 	if syncMode != "before" && syncMode != "during" {
 		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", syncMode)
 	}
@@ -281,7 +282,7 @@ func (s *Server) stopOthers(fs []*fbVM, why string) {
 
 // checkFailback checks that vm can fail back now.
 func (s *Server) checkFailback(ctx context.Context, name, syncMode, point string) (*fbVM, error) {
-	vmid := journal.VMID(name)
+	vmid := ferry.VMID(name)
 	t, err := s.target(name)
 	if err != nil {
 		return nil, err
@@ -320,16 +321,16 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 		if point != "latest-app" {
 			s.checkpoint(ctx, f)
 		}
-		if _, err := s.j.Process(ctx, f.vmid, journal.Seq(math.MaxUint64)); err != nil {
+		if _, err := s.j.Process(ctx, f.vmid, ferry.Seq(math.MaxUint64)); err != nil {
 			return "", err
 		}
-		var upTo journal.Point
+		var upTo ferry.Point
 		if f.fixed != 0 {
 			upTo, err = s.j.Point(ctx, f.vmid, f.fixed)
 		} else if point == "latest-app" {
 			upTo, err = s.latestApp(ctx, f.vmid)
 		} else {
-			var pts []journal.Point
+			var pts []ferry.Point
 			pts, err = s.j.Points(ctx, f.vmid)
 			if err == nil && len(pts) > 0 {
 				upTo = pts[len(pts)-1]
@@ -368,7 +369,7 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 	if err != nil {
 		return
 	}
-	var before journal.Seq
+	var before ferry.Seq
 	if len(pts) > 0 {
 		before = pts[len(pts)-1].ID
 	}
@@ -380,7 +381,7 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 		return
 	}
 	for cctx.Err() == nil {
-		if _, err := s.j.Process(cctx, f.vmid, journal.Seq(math.MaxUint64)); err != nil {
+		if _, err := s.j.Process(cctx, f.vmid, ferry.Seq(math.MaxUint64)); err != nil {
 			return
 		}
 		if pts, err := s.j.Points(cctx, f.vmid); err != nil || (len(pts) > 0 && pts[len(pts)-1].ID > before) {
@@ -415,7 +416,7 @@ func (s *Server) shutdown(ctx context.Context, f *fbVM, sync, tag string) (strin
 // disks and starts the primary.
 func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag string) {
 	if s.step(f, "process final data", func() (string, error) {
-		st, err := s.j.Process(ctx, f.vmid, journal.Seq(f.final))
+		st, err := s.j.Process(ctx, f.vmid, ferry.Seq(f.final))
 		if err != nil {
 			return "", err
 		}
@@ -423,7 +424,7 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag s
 		case f.fixed != 0:
 			f.point, err = s.j.Point(ctx, f.vmid, f.fixed)
 		case point == "latest":
-			f.point, err = s.j.Point(ctx, f.vmid, journal.Seq(f.final))
+			f.point, err = s.j.Point(ctx, f.vmid, ferry.Seq(f.final))
 		default:
 			f.point, err = s.latestApp(ctx, f.vmid)
 		}
@@ -476,22 +477,22 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag s
 	f.resp.TotalBytes = uint64(s.recv.ReceivedBytes(f.vmid))
 }
 
-func (s *Server) hasApp(ctx context.Context, vm journal.VMID) bool {
+func (s *Server) hasApp(ctx context.Context, vm ferry.VMID) bool {
 	_, err := s.latestApp(ctx, vm)
 	return err == nil
 }
 
-func (s *Server) latestApp(ctx context.Context, vm journal.VMID) (journal.Point, error) {
+func (s *Server) latestApp(ctx context.Context, vm ferry.VMID) (ferry.Point, error) {
 	pts, err := s.j.Points(ctx, vm)
 	if err != nil {
-		return journal.Point{}, err
+		return ferry.Point{}, err
 	}
 	for i := len(pts) - 1; i >= 0; i-- {
-		if pts[i].Consistency == journal.App {
+		if pts[i].Consistency == ferry.App {
 			return pts[i], nil
 		}
 	}
-	return journal.Point{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
+	return ferry.Point{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
 }
 
 // Retire ends reverse replication after a committed failback: the agent on
@@ -502,10 +503,10 @@ func (s *Server) Retire(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.R
 	if err != nil || t == nil {
 		return nil, status.Errorf(codes.NotFound, "vm %s is not known to this master target", name)
 	}
-	if err := s.recv.Fence(ctx, journal.VMID(name)); err != nil {
+	if err := s.recv.Fence(ctx, ferry.VMID(name)); err != nil {
 		return nil, err
 	}
-	if _, err := s.j.BumpEpoch(ctx, journal.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
+	if _, err := s.j.BumpEpoch(ctx, ferry.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
 		return nil, err
 	}
 	t.Retired = true
@@ -537,14 +538,14 @@ func (s *Server) ReprotectStatus(ctx context.Context, req *ferryv1.VMRequest) (*
 		return out, nil
 	}
 	out.Registered, out.Location, out.SyncDuring = true, t.Location, t.SyncDuring
-	vm, err := s.j.VM(ctx, journal.VMID(name))
+	vm, err := s.j.VM(ctx, ferry.VMID(name))
 	if err != nil {
 		return nil, err
 	}
 	out.Epoch, out.DurableSeq, out.Consistent, out.Points = uint64(vm.Epoch), uint64(vm.LastSeq), vm.Consistent, uint32(vm.Points)
-	if p, ok := s.recv.Progress(journal.VMID(name)); ok {
+	if p, ok := s.recv.Progress(ferry.VMID(name)); ok {
 		out.ResyncProgress = p
 	}
-	out.ReceivedBytes = uint64(s.recv.ReceivedBytes(journal.VMID(name)))
+	out.ReceivedBytes = uint64(s.recv.ReceivedBytes(ferry.VMID(name)))
 	return out, nil
 }

@@ -8,9 +8,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
 	"github.com/ferrydr/ferry/pkg/ingest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -81,7 +81,7 @@ func (s *Server) GroupPoint(ctx context.Context, req *ferryv1.MTGroupPointReques
 
 // commonApp returns each member's point of the group's newest
 // app-consistent multi-VM point, processed first.
-func (s *Server) commonApp(ctx context.Context, name string, vms []string) (map[string]journal.Seq, error) {
+func (s *Server) commonApp(ctx context.Context, name string, vms []string) (map[string]ferry.Seq, error) {
 	if err := s.j.ProcessAll(ctx, nil); err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func (s *Server) commonApp(ctx context.Context, name string, vms []string) (map[
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
 	}
-	out := map[string]journal.Seq{}
+	out := map[string]ferry.Seq{}
 	for vm, p := range pts {
 		out[vm] = p.ID
 	}

@@ -27,6 +27,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
@@ -46,10 +47,10 @@ const (
 // Implementations are safe for concurrent use.
 type Primary interface {
 	// OriginalDisks returns the primary machine's own disks of vm.
-	OriginalDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, error)
+	OriginalDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, error)
 	// CreateDisks makes new, zeroed disks for vm at an alternate location;
 	// it returns where they are, for the report.
-	CreateDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, []string, error)
+	CreateDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, []string, error)
 	// Start starts the primary VM on its disks after failback.
 	Start(ctx context.Context, vm string, location string) error
 }
@@ -117,11 +118,11 @@ type Server struct {
 
 // target is what the master target keeps of a reprotected VM.
 type target struct {
-	VM       string         `json:"vm"`
-	Location string         `json:"location"`
-	Disks    []journal.Disk `json:"disks"`
-	Paths    []string       `json:"paths,omitempty"`
-	Retired  bool           `json:"retired"`
+	VM       string       `json:"vm"`
+	Location string       `json:"location"`
+	Disks    []ferry.Disk `json:"disks"`
+	Paths    []string     `json:"paths,omitempty"`
+	Retired  bool         `json:"retired"`
 	// SyncDuring: the failback synchronizes during failover only; the
 	// agent sends nothing before it.
 	SyncDuring bool `json:"sync_during,omitempty"`
@@ -239,7 +240,7 @@ func (s *Server) Open(ctx context.Context) error {
 
 // authorize lets agents write only their VM, and the process server
 // relaying for them any VM, of those registered for reverse replication.
-func (s *Server) authorize(ctx context.Context, vm journal.VMID) error {
+func (s *Server) authorize(ctx context.Context, vm ferry.VMID) error {
 	if id, err := tlsca.PeerIdentity(ctx); s.cfg.TLS == nil || err != nil || id.Role != tlsca.RoleServer {
 		if err := tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm)); err != nil {
 			return err
@@ -341,7 +342,7 @@ func (s *Server) reattach(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reattach vm %s: %w", t.VM, err)
 		}
-		if err := s.j.AttachBase(ctx, journal.VMID(t.VM), devs); err != nil {
+		if err := s.j.AttachBase(ctx, ferry.VMID(t.VM), devs); err != nil {
 			return err
 		}
 		s.mu.Lock()

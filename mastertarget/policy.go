@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -75,7 +76,7 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 	now := s.clock.Now()
 	var errs []error
 	for _, t := range ts {
-		vmid := journal.VMID(t.VM)
+		vmid := ferry.VMID(t.VM)
 		if s.failingBack(t.VM) {
 			continue // the failback decides what is kept until it ends
 		}

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 )
 
 // FilePrimary is the primary site of real machines: original disks are
@@ -30,7 +30,7 @@ type FilePrimary struct {
 	alternate map[string]string
 }
 
-func (p *FilePrimary) OriginalDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, error) {
+func (p *FilePrimary) OriginalDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, error) {
 	var out []blockdev.Device
 	for _, d := range disks {
 		path, ok := p.Disks[vm+":"+string(d.Name)]
@@ -50,7 +50,7 @@ func (p *FilePrimary) OriginalDisks(ctx context.Context, vm string, disks []jour
 	return out, nil
 }
 
-func (p *FilePrimary) CreateDisks(ctx context.Context, vm string, disks []journal.Disk) ([]blockdev.Device, []string, error) {
+func (p *FilePrimary) CreateDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, []string, error) {
 	dir := filepath.Join(p.AlternateDir, vm)
 	// Traversable, not listable: a hypervisor that runs as its own user
 	// (libvirt's QEMU) opens the new disks by path.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry"
 )
 
 // TestFilePrimaryStartsOnTheFailedBackDisks runs the start hook after an
@@ -43,7 +43,7 @@ func TestFilePrimaryStartsOnTheFailedBackDisks(t *testing.T) {
 	if err := p.Start(ctx, "web", LocationAlternate); err == nil {
 		t.Fatal("started an alternate location without its disks")
 	}
-	devs, paths, err := p.CreateDisks(ctx, "web", []journal.Disk{{Name: "os", Size: 8192}})
+	devs, paths, err := p.CreateDisks(ctx, "web", []ferry.Disk{{Name: "os", Size: 8192}})
 	if err != nil {
 		t.Fatal(err)
 	}

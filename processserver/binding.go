@@ -8,8 +8,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ingest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -39,13 +39,13 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 	b := st.Agent
 	switch {
 	case b != nil && b.Instance == inst && inst != "":
-		if slices.Contains(s.recv.Sessions(), journal.VMID(h.GetVm())) {
+		if slices.Contains(s.recv.Sessions(), ferry.VMID(h.GetVm())) {
 			// The same agent again (it reconnected): its new stream ends
 			// the old one.
 			s.audit(AuditEntry{Who: "agent instance " + inst, Addr: who, Action: "stream takeover", Target: h.GetVm(), Outcome: "ok"})
 		}
 		return nil
-	case b != nil && journal.Epoch(h.GetEpoch()) <= b.Epoch:
+	case b != nil && ferry.Epoch(h.GetEpoch()) <= b.Epoch:
 		claimant := inst
 		if claimant == "" {
 			claimant = "(an agent that does not name its instance)"
@@ -64,7 +64,7 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 		// An agent that does not name its instance binds nothing.
 		return nil
 	}
-	nb := &AgentBinding{Instance: inst, Peer: who, Epoch: journal.Epoch(h.GetEpoch()), Since: s.clock.Now()}
+	nb := &AgentBinding{Instance: inst, Peer: who, Epoch: ferry.Epoch(h.GetEpoch()), Since: s.clock.Now()}
 	if err := s.ctl.update(h.GetVm(), func(st *VMState) { st.Agent, st.AgentConflict = nb, "" }); err != nil {
 		return err
 	}
@@ -79,8 +79,8 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 // was registered, with an event the first time: the replica and its
 // points keep the size they were taken at.
 func (s *Server) checkDiskSizes(ctx context.Context, h *ferryv1.Hello, st *VMState) error {
-	vm, err := s.j.VM(ctx, journal.VMID(h.GetVm()))
-	if err != nil || journal.Epoch(h.GetEpoch()) != vm.Epoch {
+	vm, err := s.j.VM(ctx, ferry.VMID(h.GetVm()))
+	if err != nil || ferry.Epoch(h.GetEpoch()) != vm.Epoch {
 		return nil // a new VM, or the receiver judges the epoch
 	}
 	for i, d := range h.GetDisks() {
@@ -104,7 +104,7 @@ func (s *Server) checkDiskSizes(ctx context.Context, h *ferryv1.Hello, st *VMSta
 
 // ReleaseAgent unbinds vm from its agent instance; by names the operator.
 func (s *Server) ReleaseAgent(ctx context.Context, vm string) (string, error) {
-	if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+	if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
 		return "", err
 	}
 	by, err := s.caller(ctx)

@@ -11,7 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry"
 )
 
 // State is a VM's protection state as the process server sees it.
@@ -93,25 +93,25 @@ type Intent struct {
 
 // AgentBinding ties a VM's replication to one agent instance.
 type AgentBinding struct {
-	Instance string        `json:"instance"`
-	Peer     string        `json:"peer,omitempty"` // certificate identity and serial, address
-	Epoch    journal.Epoch `json:"epoch"`
-	Since    time.Time     `json:"since"`
+	Instance string      `json:"instance"`
+	Peer     string      `json:"peer,omitempty"` // certificate identity and serial, address
+	Epoch    ferry.Epoch `json:"epoch"`
+	Since    time.Time   `json:"since"`
 }
 
 // TestFailover is a running test failover.
 type TestFailover struct {
-	Instance string      `json:"instance"`
-	Point    journal.Seq `json:"point"`
-	Network  string      `json:"network"`
-	Started  time.Time   `json:"started"`
+	Instance string    `json:"instance"`
+	Point    ferry.Seq `json:"point"`
+	Network  string    `json:"network"`
+	Started  time.Time `json:"started"`
 }
 
 // ActiveFailover is a planned or unplanned failover, before or after commit.
 type ActiveFailover struct {
-	Type     string      `json:"type"`
-	Instance string      `json:"instance"`
-	Point    journal.Seq `json:"point"`
+	Type     string    `json:"type"`
+	Instance string    `json:"instance"`
+	Point    ferry.Seq `json:"point"`
 	// Network the VM runs on at the recovery site.
 	Network string    `json:"network,omitempty"`
 	Started time.Time `json:"started"`

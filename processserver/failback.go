@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -226,7 +226,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 			if p == nil {
 				return fmt.Errorf("%w: the master target did not finish the failback of vm %s", ErrFailover, vm)
 			}
-			jp := wire.Point(journal.VMID(vm), p)
+			jp := wire.Point(ferry.VMID(vm), p)
 			run.job.Point = &jp
 			return run.step("record failback", func() (string, error) {
 				err := s.ctl.update(vm, func(st *VMState) { st.State = StateFailedBack })

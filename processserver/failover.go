@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
@@ -47,7 +48,7 @@ var ErrFailover = errors.New("failover failed")
 // vmState returns the control state of vm, with enabling/protected derived
 // from the journal.
 func (s *Server) vmState(ctx context.Context, name string) (VMState, journal.VM, error) {
-	vm, err := s.j.VM(ctx, journal.VMID(name))
+	vm, err := s.j.VM(ctx, ferry.VMID(name))
 	if err != nil {
 		return VMState{}, vm, err
 	}
@@ -110,7 +111,7 @@ func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error
 var ErrInvalidRequest = errors.New("invalid request")
 
 func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, req FailoverRequest) error {
-	name := journal.VMID(req.VM)
+	name := ferry.VMID(req.VM)
 	test := req.Type == FailoverTest
 	network := req.Network
 	if test && network == "" {
@@ -130,7 +131,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 		return err
 	}
 
-	var point journal.Point
+	var point ferry.Point
 	shutdownOK := false
 	if req.Type == FailoverPlanned || (req.Type == FailoverUnplanned && req.Shutdown) {
 		var final uint64
@@ -151,11 +152,11 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 		if err == nil {
 			shutdownOK = true
 			err = run.step("synchronize latest data", func() (string, error) {
-				ps, err := s.process(ctx, name, journal.Seq(final))
+				ps, err := s.process(ctx, name, ferry.Seq(final))
 				if err != nil {
 					return "", err
 				}
-				if point, err = s.j.Point(ctx, name, journal.Seq(final)); err != nil {
+				if point, err = s.j.Point(ctx, name, ferry.Seq(final)); err != nil {
 					return "", err
 				}
 				return stepf("processed %d writes (%s) up to the final point %d%s", ps.Writes, cli.Bytes(ps.Bytes), point.ID, s.modeled(ps)), nil
@@ -228,7 +229,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 
 // bringUp creates the VM from point's disks, processes it if the machine
 // needs that, and starts it.
-func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, point journal.Point, test bool, network string) (Instance, error) {
+func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, point ferry.Point, test bool, network string) (Instance, error) {
 	var inst Instance
 	slot := st.Name + "/failover"
 	if test {
@@ -347,7 +348,7 @@ func (s *Server) readiness(ctx context.Context, run *jobRun, m Machine, inst Ins
 // prepareDisks gives the VM its disks: copy-on-write overlays for a test
 // failover when compute runs on devices (no copy: start time does not grow
 // with disk size), image files materialized from the point otherwise.
-func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point journal.Point, test bool, slot string) ([]DiskSpec, string, error) {
+func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point ferry.Point, test bool, slot string) ([]DiskSpec, string, error) {
 	dir := filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, "", err
@@ -465,7 +466,7 @@ func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, err
 		return nil, err
 	}
 	err = func() error {
-		var point journal.Point
+		var point ferry.Point
 		if err := run.step("select recovery point", func() (string, error) {
 			var ps journal.ProcessStats
 			var err error
@@ -527,7 +528,7 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 		return nil, err
 	}
 	err = run.step("delete recovery points", func() (string, error) {
-		vm, err := s.j.VM(ctx, journal.VMID(vmName))
+		vm, err := s.j.VM(ctx, ferry.VMID(vmName))
 		if err != nil {
 			return "", err
 		}
@@ -537,7 +538,7 @@ func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
 		if err := s.ctl.update(vmName, func(st *VMState) { st.Intent = intent }); err != nil {
 			return "", err
 		}
-		if err := s.j.DeletePoints(ctx, journal.VMID(vmName)); err != nil {
+		if err := s.j.DeletePoints(ctx, ferry.VMID(vmName)); err != nil {
 			s.ctl.update(vmName, func(st *VMState) { st.Intent = nil })
 			return "", err
 		}
@@ -584,7 +585,7 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 
 // resolvePoint turns a point option into a point of vm, processing first
 // for "latest".
-func (s *Server) resolvePoint(ctx context.Context, vm journal.VMID, opt string) (journal.Point, journal.ProcessStats, error) {
+func (s *Server) resolvePoint(ctx context.Context, vm ferry.VMID, opt string) (ferry.Point, journal.ProcessStats, error) {
 	switch opt {
 	case PointLatest:
 		p, ps, err := s.j.CutPoint(ctx, vm, PointLatest, clock.From(ctx, s.clock).Now())
@@ -596,25 +597,25 @@ func (s *Server) resolvePoint(ctx context.Context, vm journal.VMID, opt string) 
 	case PointLatestApp:
 		pts, err := s.j.Points(ctx, vm)
 		if err != nil {
-			return journal.Point{}, journal.ProcessStats{}, err
+			return ferry.Point{}, journal.ProcessStats{}, err
 		}
 		for i := len(pts) - 1; i >= 0; i-- {
-			if pts[i].Consistency == journal.App {
+			if pts[i].Consistency == ferry.App {
 				return pts[i], journal.ProcessStats{}, nil
 			}
 		}
-		return journal.Point{}, journal.ProcessStats{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
+		return ferry.Point{}, journal.ProcessStats{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
 	}
 	id, err := strconv.ParseUint(opt, 10, 64)
 	if err != nil {
-		return journal.Point{}, journal.ProcessStats{}, fmt.Errorf("%w: point %q: want latest, latest-processed, latest-app or a point ID", ErrInvalidRequest, opt)
+		return ferry.Point{}, journal.ProcessStats{}, fmt.Errorf("%w: point %q: want latest, latest-processed, latest-app or a point ID", ErrInvalidRequest, opt)
 	}
-	p, err := s.j.Point(ctx, vm, journal.Seq(id))
+	p, err := s.j.Point(ctx, vm, ferry.Seq(id))
 	return p, journal.ProcessStats{}, err
 }
 
 // process turns received markers into points up to upTo.
-func (s *Server) process(ctx context.Context, vm journal.VMID, upTo journal.Seq) (journal.ProcessStats, error) {
+func (s *Server) process(ctx context.Context, vm ferry.VMID, upTo ferry.Seq) (journal.ProcessStats, error) {
 	ps, err := s.j.Process(ctx, vm, upTo)
 	s.charge(ctx, ps)
 	return ps, err

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -105,7 +105,7 @@ func (s *Server) PutGroup(ctx context.Context, g Group) error {
 		return err
 	}
 	for _, vm := range g.VMs {
-		if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+		if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
 			return fmt.Errorf("%w: group %s: %v", ErrInvalidRequest, g.Name, err)
 		}
 		if other, ok, err := s.groupOf(vm); err != nil {
@@ -231,7 +231,7 @@ func (s *Server) replicatingBack(g Group) (bool, error) {
 // commonPoints returns, for every member of g, its processed point of the
 // newest multi-VM marker that every member has as a point (app-consistent
 // on every member when app is set).
-func (s *Server) commonPoints(ctx context.Context, g Group, app bool) (map[string]journal.Point, error) {
+func (s *Server) commonPoints(ctx context.Context, g Group, app bool) (map[string]ferry.Point, error) {
 	return group.Common(ctx, s.j, g.Name, g.VMs, app)
 }
 

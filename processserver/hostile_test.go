@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -192,7 +193,7 @@ func TestHostileHugeDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 		var n, differ uint64
-		zero := journal.ZeroSum(16 << 20)
+		zero := ferry.ZeroSum(16 << 20)
 		for {
 			msg, err := stream.Recv()
 			if errors.Is(err, io.EOF) {

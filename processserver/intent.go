@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
 
@@ -60,7 +61,7 @@ func (s *Server) resolveIntent(ctx context.Context, vm string) error {
 	case IntentCommit:
 		// The points may be gone already: deleting again is harmless, and
 		// the state follows.
-		if err := s.j.DeletePoints(ctx, journal.VMID(vm)); err != nil && !errors.Is(err, journal.ErrNoVM) {
+		if err := s.j.DeletePoints(ctx, ferry.VMID(vm)); err != nil && !errors.Is(err, journal.ErrNoVM) {
 			return fmt.Errorf("finish the interrupted commit of %s: %w", vm, err)
 		}
 		if err := s.ctl.update(vm, func(st *VMState) { st.State, st.Intent = StateCommitted, nil }); err != nil {

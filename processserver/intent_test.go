@@ -7,6 +7,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
 
@@ -28,13 +29,13 @@ func TestHostileCrashDuringCommit(t *testing.T) {
 		return s
 	}
 	s := open()
-	if err := s.j.CreateVM(ctx, journal.VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []journal.Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
+	if err := s.j.CreateVM(ctx, journal.VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
 		t.Fatal(err)
 	}
 	p := make([]byte, 4096)
 	if err := s.j.Append(ctx, []journal.Record{{VM: "vm1", Seq: 1, Kind: journal.KindDrainBegin},
 		{VM: "vm1", Seq: 2, Kind: journal.KindWrite, Length: 4096, Sum: xxhash.Sum64(p), Codec: journal.CodecRaw, Payload: p},
-		{VM: "vm1", Seq: 3, Kind: journal.KindDrainEnd}, {VM: "vm1", Seq: 4, Kind: journal.KindMarker, Consistency: journal.Crash, Time: time.Now()}}); err != nil {
+		{VM: "vm1", Seq: 3, Kind: journal.KindDrainEnd}, {VM: "vm1", Seq: 4, Kind: journal.KindMarker, Consistency: ferry.Crash, Time: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.j.Process(ctx, "vm1", 4); err != nil {

@@ -6,23 +6,23 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/clock"
-	"github.com/ferrydr/ferry/pkg/journal"
 )
 
 // Job is one operator action with its steps, persisted and listable.
 type Job struct {
-	ID       uint64         `json:"id"`
-	Type     string         `json:"type"`
-	VM       string         `json:"vm"`
-	Start    time.Time      `json:"start"`
-	End      time.Time      `json:"end"`
-	Outcome  string         `json:"outcome"` // running, succeeded, failed
-	Error    string         `json:"error,omitempty"`
-	Steps    []Step         `json:"steps"`
-	Point    *journal.Point `json:"point,omitempty"`
-	Findings []Finding      `json:"findings,omitempty"`
-	Console  string         `json:"console,omitempty"`
+	ID       uint64       `json:"id"`
+	Type     string       `json:"type"`
+	VM       string       `json:"vm"`
+	Start    time.Time    `json:"start"`
+	End      time.Time    `json:"end"`
+	Outcome  string       `json:"outcome"` // running, succeeded, failed
+	Error    string       `json:"error,omitempty"`
+	Steps    []Step       `json:"steps"`
+	Point    *ferry.Point `json:"point,omitempty"`
+	Findings []Finding    `json:"findings,omitempty"`
+	Console  string       `json:"console,omitempty"`
 	// Waiting: a plan job waits for an operator to do this and resume it.
 	Waiting string `json:"waiting,omitempty"`
 	// Children are the per-VM jobs a plan job ran.

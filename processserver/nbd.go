@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
@@ -51,7 +51,7 @@ type NBDExport struct {
 	URI      string
 	VM       string
 	Disk     string
-	Point    journal.Point
+	Point    ferry.Point
 	Writable bool
 	// Test names the export of a running test failover's disk (removed by
 	// its cleanup, not by UnexportNBD).
@@ -111,11 +111,11 @@ func (s *Server) ExportNBD(ctx context.Context, vmName, point, disk string, writ
 	if s.nbd == nil {
 		return NBDExport{}, ErrNoNBD
 	}
-	vm, err := s.j.VM(ctx, journal.VMID(vmName))
+	vm, err := s.j.VM(ctx, ferry.VMID(vmName))
 	if err != nil {
 		return NBDExport{}, err
 	}
-	di, err := vm.DiskIndex(journal.DiskID(disk))
+	di, err := vm.DiskIndex(ferry.DiskID(disk))
 	if err != nil {
 		return NBDExport{}, err
 	}

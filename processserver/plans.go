@@ -16,9 +16,9 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/proc"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -241,7 +241,7 @@ func (s *Server) PutPlan(ctx context.Context, p Plan) error {
 	}
 	p.UploadedBy, p.Uploaded = by, s.clock.Now()
 	for _, vm := range p.VMs() {
-		if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+		if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
 			return fmt.Errorf("%w: plan %s: %v", ErrInvalidRequest, p.Name, err)
 		}
 	}
@@ -507,7 +507,7 @@ func (s *Server) checkGroupsTogether(p Plan) error {
 func (s *Server) hasPoint(ctx context.Context, vm, op string) error {
 	switch op {
 	case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover:
-		v, err := s.j.VM(ctx, journal.VMID(vm))
+		v, err := s.j.VM(ctx, ferry.VMID(vm))
 		if err != nil {
 			return err
 		}

@@ -10,7 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/policy"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -134,15 +134,15 @@ func (s *Server) AttachPolicy(ctx context.Context, vm, name string) error {
 	if p.Builtin {
 		return fmt.Errorf("%w: the %s policy is attached by Ferry to reprotected VMs only", ErrInvalidRequest, name)
 	}
-	if _, err := s.j.VM(ctx, journal.VMID(vm)); err != nil {
+	if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
 		return err
 	}
 	if err := s.ctl.update(vm, func(st *VMState) { st.Policy = name }); err != nil {
 		return err
 	}
 	s.log.Info("policy attached", "vm", vm, "policy", name)
-	if slices.Contains(s.recv.Sessions(), journal.VMID(vm)) {
-		s.pushPolicy(journal.VMID(vm), p)
+	if slices.Contains(s.recv.Sessions(), ferry.VMID(vm)) {
+		s.pushPolicy(ferry.VMID(vm), p)
 	}
 	return nil
 }
@@ -175,7 +175,7 @@ func (s *Server) policyFor(vm string) (Policy, error) {
 
 // pushPolicy tells a connected agent its policy; one that misses it gets it
 // with its next hello.
-func (s *Server) pushPolicy(vm journal.VMID, p Policy) {
+func (s *Server) pushPolicy(vm ferry.VMID, p Policy) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
@@ -63,7 +64,7 @@ func toStatus(err error) error {
 // ResolvePoint turns an operator's point name into a recovery point of vm:
 // latest (processes everything received first), latest-processed,
 // latest-app or an ID.
-func (s *Server) ResolvePoint(ctx context.Context, vm journal.VMID, name string) (journal.Point, error) {
+func (s *Server) ResolvePoint(ctx context.Context, vm ferry.VMID, name string) (ferry.Point, error) {
 	p, _, err := s.resolvePoint(ctx, vm, name)
 	return p, err
 }
@@ -81,7 +82,7 @@ func (r *recovery) ListVMs(ctx context.Context, _ *ferryv1.ListVMsRequest) (*fer
 }
 
 func (r *recovery) ListPoints(ctx context.Context, req *ferryv1.ListPointsRequest) (*ferryv1.ListPointsResponse, error) {
-	pts, err := r.s.j.Points(ctx, journal.VMID(req.GetVm()))
+	pts, err := r.s.j.Points(ctx, ferry.VMID(req.GetVm()))
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -97,12 +98,12 @@ const exportChunk = 1 << 20
 
 func (r *recovery) ExportPoint(req *ferryv1.ExportPointRequest, stream ferryv1.Recovery_ExportPointServer) error {
 	ctx := stream.Context()
-	name := journal.VMID(req.GetVm())
+	name := ferry.VMID(req.GetVm())
 	vm, err := r.s.j.VM(ctx, name)
 	if err != nil {
 		return toStatus(err)
 	}
-	disk, err := vm.DiskIndex(journal.DiskID(req.GetDisk()))
+	disk, err := vm.DiskIndex(ferry.DiskID(req.GetDisk()))
 	if err != nil {
 		return toStatus(err)
 	}
@@ -130,7 +131,7 @@ func (r *recovery) ExportPoint(req *ferryv1.ExportPointRequest, stream ferryv1.R
 }
 
 func (r *recovery) VerifyPoint(ctx context.Context, req *ferryv1.VerifyPointRequest) (*ferryv1.VerifyPointResponse, error) {
-	name := journal.VMID(req.GetVm())
+	name := ferry.VMID(req.GetVm())
 	p, err := r.s.ResolvePoint(ctx, name, req.GetPoint())
 	if err != nil {
 		return nil, toStatus(err)

@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ingest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -62,7 +62,7 @@ func (s *Server) relayed(ctx context.Context, vm string, epoch uint64) bool {
 	if err != nil || st.State != StateReprotected {
 		return false
 	}
-	v, err := s.j.VM(ctx, journal.VMID(vm))
+	v, err := s.j.VM(ctx, ferry.VMID(vm))
 	return err == nil && uint64(v.Epoch) == epoch
 }
 

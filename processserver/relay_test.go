@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/policy"
@@ -76,7 +77,7 @@ func startRelaySite(t *testing.T) *relaySite {
 	t.Cleanup(func() { r.ps.Close(context.Background()) })
 	// web was failed over (epoch 2) and reprotected to an alternate
 	// location at the primary site.
-	disks := []journal.Disk{{Name: "os", Size: 1 << 20}}
+	disks := []ferry.Disk{{Name: "os", Size: 1 << 20}}
 	if err := r.ps.j.CreateVM(ctx, journal.VM{Name: "web", Disks: disks, Epoch: 2, BlockSize: 4096}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -27,7 +28,7 @@ type ScrubResult struct {
 // data (the points that read the corrupt data stay unusable: reading them
 // fails with the record's location).
 func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
-	rep, err := s.j.Scrub(ctx, journal.VMID(vm))
+	rep, err := s.j.Scrub(ctx, ferry.VMID(vm))
 	res := ScrubResult{ScrubReport: rep}
 	if err != nil || (len(rep.Corrupt) == 0 && len(rep.BadPoints) == 0) {
 		return res, err
@@ -51,10 +52,10 @@ func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
 		res.ResyncErr = fmt.Errorf("vm %s is %s: no agent replicates it to this server", vm, st.State)
 	case len(ranges) == 0:
 		res.ResyncErr = fmt.Errorf("no corrupt write has a known location")
-	case !slices.Contains(s.recv.Sessions(), journal.VMID(vm)):
+	case !slices.Contains(s.recv.Sessions(), ferry.VMID(vm)):
 		res.ResyncErr = fmt.Errorf("vm %s: its agent is not connected", vm)
 	default:
-		r, err := s.recv.Command(ctx, journal.VMID(vm), &ferryv1.Command{Action: &ferryv1.Command_Resync{Resync: &ferryv1.Resync{Ranges: ranges}}})
+		r, err := s.recv.Command(ctx, ferry.VMID(vm), &ferryv1.Command{Action: &ferryv1.Command_Resync{Resync: &ferryv1.Resync{Ranges: ranges}}})
 		if err == nil && !r.GetOk() {
 			err = fmt.Errorf("%s", r.GetError())
 		}

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
@@ -310,7 +311,7 @@ func (s *Server) Open(ctx context.Context) error {
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
 		Admit:         s.admitAgent,
-		Authorize: func(ctx context.Context, vm journal.VMID) error {
+		Authorize: func(ctx context.Context, vm ferry.VMID) error {
 			return tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm))
 		},
 	})

@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
-	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -27,7 +27,7 @@ func (p *primarySite) vm(name string) (*VM, error) {
 	return nil, fmt.Errorf("no VM %s at the primary site", name)
 }
 
-func (p *primarySite) OriginalDisks(ctx context.Context, name string, disks []journal.Disk) ([]blockdev.Device, error) {
+func (p *primarySite) OriginalDisks(ctx context.Context, name string, disks []ferry.Disk) ([]blockdev.Device, error) {
 	v, err := p.vm(name)
 	if err != nil {
 		return nil, err
@@ -39,7 +39,7 @@ func (p *primarySite) OriginalDisks(ctx context.Context, name string, disks []jo
 	return out, nil
 }
 
-func (p *primarySite) CreateDisks(ctx context.Context, name string, disks []journal.Disk) ([]blockdev.Device, []string, error) {
+func (p *primarySite) CreateDisks(ctx context.Context, name string, disks []ferry.Disk) ([]blockdev.Device, []string, error) {
 	v, err := p.vm(name)
 	if err != nil {
 		return nil, nil, err

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
@@ -95,7 +95,7 @@ func TestBitFlipsAtRest(t *testing.T) {
 		}
 		flipped += len(flips)
 		ferrytest.WaitFor(t, 30*time.Second, "the agent to reconnect", func() bool {
-			return slices.Contains(d.PS.Receiver().Sessions(), journal.VMID("rot-1"))
+			return slices.Contains(d.PS.Receiver().Sessions(), ferry.VMID("rot-1"))
 		})
 		res, err := d.PS.Scrub(ctx, "rot-1")
 		if err != nil {

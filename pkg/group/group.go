@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -81,7 +82,7 @@ func commandAll(ctx context.Context, r *ingest.Receiver, vms []string, cmd func(
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := r.Command(ctx, journal.VMID(vm), cmd())
+			res, err := r.Command(ctx, ferry.VMID(vm), cmd())
 			switch {
 			case err != nil && ctx.Err() != nil:
 				errs[i] = fmt.Errorf("vm %s: no answer in time: %w", vm, err)
@@ -115,18 +116,18 @@ func joined(errs []error) error {
 // Common returns, for every member of group name, its processed point of
 // the newest multi-VM marker that every member has as a point
 // (app-consistent on every member when app is set).
-func Common(ctx context.Context, j *journal.Journal, name string, vms []string, app bool) (map[string]journal.Point, error) {
+func Common(ctx context.Context, j *journal.Journal, name string, vms []string, app bool) (map[string]ferry.Point, error) {
 	count := map[uint64]int{}
-	byVM := map[string]map[uint64]journal.Point{}
+	byVM := map[string]map[uint64]ferry.Point{}
 	for _, vm := range vms {
-		pts, err := j.Points(ctx, journal.VMID(vm))
+		pts, err := j.Points(ctx, ferry.VMID(vm))
 		if err != nil {
 			return nil, err
 		}
-		byVM[vm] = map[uint64]journal.Point{}
+		byVM[vm] = map[uint64]ferry.Point{}
 		for _, p := range pts {
 			n, ok := TagSeq(p.Tag, name)
-			if !ok || (app && p.Consistency != journal.App) {
+			if !ok || (app && p.Consistency != ferry.App) {
 				continue
 			}
 			byVM[vm][n] = p
@@ -146,7 +147,7 @@ func Common(ctx context.Context, j *journal.Journal, name string, vms []string, 
 		}
 		return nil, fmt.Errorf("group %s: %w: no processed %smulti-VM point common to %s", name, journal.ErrNoPoint, kind, strings.Join(vms, ", "))
 	}
-	out := map[string]journal.Point{}
+	out := map[string]ferry.Point{}
 	for _, vm := range vms {
 		out[vm] = byVM[vm][best]
 	}

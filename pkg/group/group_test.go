@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 )
@@ -47,22 +48,22 @@ func TestCommon(t *testing.T) {
 		"b": {{"group/g/1", true}, {"group/g/2", false}, {"group/g/4", true}},
 	}
 	for _, vm := range []string{"a", "b"} {
-		name := journal.VMID(vm)
-		if err := j.CreateVM(ctx, journal.VM{Name: name, Epoch: 1, BlockSize: 4096, Disks: []journal.Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
+		name := ferry.VMID(vm)
+		if err := j.CreateVM(ctx, journal.VM{Name: name, Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
 			t.Fatal(err)
 		}
 		recs := []journal.Record{{VM: name, Seq: 1, Kind: journal.KindDrainBegin}, {VM: name, Seq: 2, Kind: journal.KindDrainEnd}}
 		for i, m := range marks[vm] {
-			r := journal.Record{VM: name, Seq: journal.Seq(3 + i), Kind: journal.KindMarker, Consistency: journal.Crash, Tag: m.tag, Time: t0.Add(time.Duration(i) * time.Minute)}
+			r := journal.Record{VM: name, Seq: ferry.Seq(3 + i), Kind: journal.KindMarker, Consistency: ferry.Crash, Tag: m.tag, Time: t0.Add(time.Duration(i) * time.Minute)}
 			if m.app {
-				r.Consistency = journal.App
+				r.Consistency = ferry.App
 			}
 			recs = append(recs, r)
 		}
 		if err := j.Append(ctx, recs); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := j.Process(ctx, name, journal.Seq(2+len(marks[vm]))); err != nil {
+		if _, err := j.Process(ctx, name, ferry.Seq(2+len(marks[vm]))); err != nil {
 			t.Fatal(err)
 		}
 	}

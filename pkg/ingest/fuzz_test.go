@@ -7,6 +7,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -25,7 +26,7 @@ func FuzzBatch(f *testing.F) {
 		{Records: []*ferryv1.Record{
 			{Seq: 1, Body: &ferryv1.Record_Drain{Drain: &ferryv1.Drain{Begin: true}}},
 			{Seq: 2, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{Disk: 0, Offset: 4096, Length: 4096, Data: page, Xxhash: xxhash.Sum64(page)}}},
-			{Seq: 3, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{Disk: 1, Offset: 0, Length: 8192, Zero: true, Xxhash: journal.ZeroSum(8192)}}},
+			{Seq: 3, Body: &ferryv1.Record_Write{Write: &ferryv1.Write{Disk: 1, Offset: 0, Length: 8192, Zero: true, Xxhash: ferry.ZeroSum(8192)}}},
 			{Seq: 4, Body: &ferryv1.Record_Drain{Drain: &ferryv1.Drain{}}},
 			{Seq: 5, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Consistency: ferryv1.Consistency_CONSISTENCY_APP, Tag: "t"}}},
 		}},
@@ -58,7 +59,7 @@ func FuzzBatch(f *testing.F) {
 		}
 		// Half the inputs meet a VM whose initial drain has not ended.
 		info := journal.VM{Name: "vm", Epoch: 1, BlockSize: 4096, Consistent: len(raw)%2 == 0,
-			Disks: []journal.Disk{{Name: "a", Size: 1 << 20}, {Name: "b", Size: 64 << 10}}}
+			Disks: []ferry.Disk{{Name: "a", Size: 1 << 20}, {Name: "b", Size: 64 << 10}}}
 		s := newSession(ctx, "vm")
 		s.vm, s.next, s.consistent = info, 1, info.Consistent
 		jb, err := r.check(s, &b)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -13,7 +14,7 @@ import (
 // agent can resync by sending only the chunks that differ.
 func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.Replication_BlockHashesServer) error {
 	ctx := stream.Context()
-	name := journal.VMID(req.GetVm())
+	name := ferry.VMID(req.GetVm())
 	if r.cfg.Authorize != nil {
 		if err := r.cfg.Authorize(ctx, name); err != nil {
 			return grpcStatus(fmt.Errorf("%w: vm %s: %v", ErrDenied, name, err))
@@ -26,10 +27,10 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	if err != nil {
 		return grpcStatus(err)
 	}
-	if journal.Epoch(req.GetEpoch()) != vm.Epoch {
+	if ferry.Epoch(req.GetEpoch()) != vm.Epoch {
 		return grpcStatus(fmt.Errorf("%w: vm %s: asked at epoch %d, replica is at epoch %d", ErrEpoch, name, req.GetEpoch(), vm.Epoch))
 	}
-	disk, err := vm.DiskIndex(journal.DiskID(req.GetDisk()))
+	disk, err := vm.DiskIndex(ferry.DiskID(req.GetDisk()))
 	if err != nil {
 		return grpcStatus(fmt.Errorf("%w: %v", ErrBadHello, err))
 	}
@@ -47,7 +48,7 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	const per = 32 << 10
 	var pending []uint64
 	var first uint64
-	var seq journal.Seq
+	var seq ferry.Seq
 	flush := func() error {
 		if len(pending) == 0 {
 			return nil
@@ -57,7 +58,7 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 		pending = pending[:0]
 		return err
 	}
-	_, err = r.j.EachChunkHash(ctx, name, disk, chunk, only, func(s journal.Seq, _ int64, sums []uint64) error {
+	_, err = r.j.EachChunkHash(ctx, name, disk, chunk, only, func(s ferry.Seq, _ int64, sums []uint64) error {
 		seq = s
 		for len(sums) > 0 {
 			n := min(per-len(pending), len(sums))

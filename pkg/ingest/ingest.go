@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -54,7 +55,7 @@ type Config struct {
 	// a hello declaring a larger one is refused.
 	MaxDiskBytes int64
 	// Authorize, when set, is asked whether the stream's peer may write vm.
-	Authorize func(ctx context.Context, vm journal.VMID) error
+	Authorize func(ctx context.Context, vm ferry.VMID) error
 	// Clock is the receiver's time (default real): a marker stamped more
 	// than MaxClockSkew after it gets its receipt time instead.
 	Clock clock.Clock
@@ -124,11 +125,11 @@ type Receiver struct {
 	commit *committer
 
 	mu       sync.Mutex
-	sessions map[journal.VMID]*session
+	sessions map[ferry.VMID]*session
 	closed   bool
 	// granted are the group/ tags the receiver asked each VM's agent to
 	// cut (the newest few): an agent may not use the prefix on its own.
-	granted map[journal.VMID][]string
+	granted map[ferry.VMID][]string
 
 	received sync.Map // journal.VMID -> *vmCounters
 
@@ -154,7 +155,7 @@ func New(cfg Config) (*Receiver, error) {
 		log:      cfg.Logger,
 		m:        newMetrics(cfg.Namespace, cfg.Registerer, cfg.Journal),
 		jobs:     make(chan *job, cfg.Workers*2),
-		sessions: map[journal.VMID]*session{},
+		sessions: map[ferry.VMID]*session{},
 	}
 	r.pool.New = func() any { b := make([]byte, 0, cfg.MaxWriteBytes+cfg.MaxWriteBytes/8+64); return &b }
 	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, pool: &r.pool, m: r.m}
@@ -202,27 +203,27 @@ type vmCounters struct {
 	progress atomic.Uint64 // float64 bits of the last reported resync progress
 }
 
-func (r *Receiver) counters(vm journal.VMID) *vmCounters {
+func (r *Receiver) counters(vm ferry.VMID) *vmCounters {
 	c, _ := r.received.LoadOrStore(vm, new(vmCounters))
 	return c.(*vmCounters)
 }
 
 // ReceivedBytes is the write payload received for vm since the receiver
 // started.
-func (r *Receiver) ReceivedBytes(vm journal.VMID) int64 { return r.counters(vm).received.Load() }
+func (r *Receiver) ReceivedBytes(vm ferry.VMID) int64 { return r.counters(vm).received.Load() }
 
 // Progress is the last initial-replication or resync progress vm's agent
 // reported (0 to 1), and whether it reported any.
-func (r *Receiver) Progress(vm journal.VMID) (float64, bool) {
+func (r *Receiver) Progress(vm ferry.VMID) (float64, bool) {
 	b := r.counters(vm).progress.Load()
 	return math.Float64frombits(b), b != 0
 }
 
 // Sessions returns the VMs with an open stream.
-func (r *Receiver) Sessions() []journal.VMID {
+func (r *Receiver) Sessions() []ferry.VMID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]journal.VMID, 0, len(r.sessions))
+	out := make([]ferry.VMID, 0, len(r.sessions))
 	for vm := range r.sessions {
 		out = append(out, vm)
 	}
@@ -356,7 +357,7 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 	if h.GetEpoch() == 0 {
 		return journal.VM{}, fmt.Errorf("%w: epoch 0", ErrBadHello)
 	}
-	name := journal.VMID(h.GetVm())
+	name := ferry.VMID(h.GetVm())
 	if r.cfg.Authorize != nil {
 		if err := r.cfg.Authorize(ctx, name); err != nil {
 			return journal.VM{}, fmt.Errorf("%w: vm %s: %v", ErrDenied, name, err)
@@ -367,12 +368,12 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 
 // checkEpoch refuses an agent of another replication direction than vm's.
 func checkEpoch(h *ferryv1.Hello, vm journal.VM) error {
-	if journal.Epoch(h.GetEpoch()) > vm.Epoch {
+	if ferry.Epoch(h.GetEpoch()) > vm.Epoch {
 		// Started ahead of its reprotect (a machine that boots on its agent
 		// right after failback): nothing is accepted until then.
 		return fmt.Errorf("%w: vm %s: agent is at epoch %d, the replica at %d: it is accepted once a reprotect raises the VM to epoch %d", ErrEpochAhead, vm.Name, h.GetEpoch(), vm.Epoch, h.GetEpoch())
 	}
-	if journal.Epoch(h.GetEpoch()) != vm.Epoch {
+	if ferry.Epoch(h.GetEpoch()) != vm.Epoch {
 		return fmt.Errorf("%w: vm %s: agent is at epoch %d, this receiver accepts epoch %d only (the replication direction changed; re-enroll the agent)", ErrEpoch, vm.Name, h.GetEpoch(), vm.Epoch)
 	}
 	return nil
@@ -381,11 +382,11 @@ func checkEpoch(h *ferryv1.Hello, vm journal.VM) error {
 // openVM returns the VM's journal state, registering it on its first
 // stream, and checks that the agent's disks and epoch match it.
 func (r *Receiver) openVM(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
-	name := journal.VMID(h.GetVm())
+	name := ferry.VMID(h.GetVm())
 	disks := wire.Disks(h.GetDisks())
 	vm, err := r.j.VM(ctx, name)
 	if errors.Is(err, journal.ErrNoVM) {
-		vm = journal.VM{Name: name, Disks: disks, Epoch: journal.Epoch(h.GetEpoch()), BlockSize: blockdev.BlockSize}
+		vm = journal.VM{Name: name, Disks: disks, Epoch: ferry.Epoch(h.GetEpoch()), BlockSize: blockdev.BlockSize}
 		if err := r.j.CreateVM(ctx, vm); err != nil {
 			return journal.VM{}, err
 		}
@@ -448,7 +449,7 @@ func ValidName(s string) error {
 // Command sends a command to the agent of vm's open stream and waits for
 // its result. For a shutdown it also waits until everything up to the
 // final marker is durable.
-func (r *Receiver) Command(ctx context.Context, vm journal.VMID, cmd *ferryv1.Command) (*ferryv1.CommandResult, error) {
+func (r *Receiver) Command(ctx context.Context, vm ferry.VMID, cmd *ferryv1.Command) (*ferryv1.CommandResult, error) {
 	r.mu.Lock()
 	s := r.sessions[vm]
 	r.mu.Unlock()
@@ -507,11 +508,11 @@ const UnaskedTagPrefix = "unasked:"
 // maxGranted bounds the reserved tags remembered per VM.
 const maxGranted = 16
 
-func (r *Receiver) grant(vm journal.VMID, tag string) {
+func (r *Receiver) grant(vm ferry.VMID, tag string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.granted == nil {
-		r.granted = map[journal.VMID][]string{}
+		r.granted = map[ferry.VMID][]string{}
 	}
 	g := append(r.granted[vm], tag)
 	if len(g) > maxGranted {
@@ -520,7 +521,7 @@ func (r *Receiver) grant(vm journal.VMID, tag string) {
 	r.granted[vm] = g
 }
 
-func (r *Receiver) wasGranted(vm journal.VMID, tag string) bool {
+func (r *Receiver) wasGranted(vm ferry.VMID, tag string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Contains(r.granted[vm], tag)
@@ -545,7 +546,7 @@ func CheckTag(tag string) error {
 // Fence ends vm's open stream, if any, and waits until it has let go.
 // After a change of direction the caller raises the VM's epoch so that
 // the agent cannot come back.
-func (r *Receiver) Fence(ctx context.Context, vm journal.VMID) error {
+func (r *Receiver) Fence(ctx context.Context, vm ferry.VMID) error {
 	r.mu.Lock()
 	s := r.sessions[vm]
 	r.mu.Unlock()
@@ -563,7 +564,7 @@ func (r *Receiver) Fence(ctx context.Context, vm journal.VMID) error {
 
 // acquire makes s the only stream of vm, ending an older one first and
 // waiting until everything it had verified is committed or dropped.
-func (r *Receiver) acquire(ctx context.Context, vm journal.VMID) (*session, error) {
+func (r *Receiver) acquire(ctx context.Context, vm ferry.VMID) (*session, error) {
 	for {
 		r.mu.Lock()
 		if r.closed {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
@@ -20,7 +21,7 @@ import (
 
 // session is one open stream of one VM.
 type session struct {
-	name     journal.VMID
+	name     ferry.VMID
 	ctx      context.Context
 	cancel   context.CancelFunc
 	released chan struct{}
@@ -43,7 +44,7 @@ type session struct {
 	err     error
 }
 
-func newSession(parent context.Context, vm journal.VMID) *session {
+func newSession(parent context.Context, vm ferry.VMID) *session {
 	ctx, cancel := context.WithCancel(parent)
 	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1),
 		cmds: make(chan *ferryv1.Command), results: map[uint64]chan *ferryv1.CommandResult{}}
@@ -266,7 +267,7 @@ func zeroSum(n int) uint64 {
 	if v, ok := zeroSums.Load(n); ok {
 		return v.(uint64)
 	}
-	s := journal.ZeroSum(n)
+	s := ferry.ZeroSum(n)
 	zeroSums.Store(n, s)
 	return s
 }
@@ -276,7 +277,7 @@ func (r *Receiver) process(j *job) error {
 	j.out = make([]journal.Record, len(j.in))
 	for i, rec := range j.in {
 		out := &j.out[i]
-		*out = journal.Record{VM: vm, Seq: journal.Seq(rec.GetSeq())}
+		*out = journal.Record{VM: vm, Seq: ferry.Seq(rec.GetSeq())}
 		switch body := rec.GetBody().(type) {
 		case *ferryv1.Record_Write:
 			w := body.Write

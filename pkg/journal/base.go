@@ -9,6 +9,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -18,7 +19,7 @@ import (
 // primary machine's own disks, so that reprotect to the original location
 // compares with what is there and sends only what differs. Bases are not
 // persisted: the owner attaches them again after a restart.
-func (j *Journal) AttachBase(ctx context.Context, name VMID, devs []blockdev.Device) error {
+func (j *Journal) AttachBase(ctx context.Context, name ferry.VMID, devs []blockdev.Device) error {
 	vm, err := j.VM(ctx, name)
 	if err != nil {
 		return err
@@ -38,7 +39,7 @@ func (j *Journal) AttachBase(ctx context.Context, name VMID, devs []blockdev.Dev
 }
 
 // Base returns the VM's base devices, or nil.
-func (j *Journal) Base(name VMID) []blockdev.Device {
+func (j *Journal) Base(name ferry.VMID) []blockdev.Device {
 	j.baseMu.RLock()
 	defer j.baseMu.RUnlock()
 	return j.bases[name]
@@ -54,13 +55,13 @@ type ApplyStats struct {
 // to upTo supplied (the newest write of each), so that dst, holding the
 // VM's base, becomes the disk as of upTo. With compare set it reads dst
 // first and writes only the 4 KiB blocks that differ.
-func (j *Journal) Apply(ctx context.Context, name VMID, upTo Seq, disk int, dst blockdev.Device, compare bool) (ApplyStats, error) {
+func (j *Journal) Apply(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, dst blockdev.Device, compare bool) (ApplyStats, error) {
 	return j.apply(ctx, name, upTo, disk, dst, compare, nil)
 }
 
 // apply is Apply that also hands every 4 KiB block it considers to block
 // with the block's xxhash (zero: the block is zeros).
-func (j *Journal) apply(ctx context.Context, name VMID, upTo Seq, disk int, dst blockdev.Device, compare bool, block func(i int64, sum uint64, zero bool)) (ApplyStats, error) {
+func (j *Journal) apply(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, dst blockdev.Device, compare bool, block func(i int64, sum uint64, zero bool)) (ApplyStats, error) {
 	var st ApplyStats
 	err := j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)

@@ -154,15 +154,3 @@ func decode(dst []byte, codec Codec, payload []byte, length int, sum uint64) ([]
 	}
 	return out, nil
 }
-
-// ZeroSum returns the xxhash64 of n zero bytes.
-func ZeroSum(n int) uint64 {
-	d := xxhash.New()
-	var z [4096]byte
-	for n > 0 {
-		c := min(n, len(z))
-		d.Write(z[:c])
-		n -= c
-	}
-	return d.Sum64()
-}

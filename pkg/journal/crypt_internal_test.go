@@ -11,6 +11,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -24,14 +25,14 @@ func sealedJournal(t *testing.T, a, b []byte) *Journal {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { j.Close() })
-	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []Disk{{Name: "os", Size: 64 << 10}}}); err != nil {
+	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 64 << 10}}}); err != nil {
 		t.Fatal(err)
 	}
-	w := func(seq Seq, off int64, p []byte) Record {
+	w := func(seq ferry.Seq, off int64, p []byte) Record {
 		return Record{VM: "vm1", Seq: seq, Kind: KindWrite, Offset: off, Length: len(p), Sum: xxhash.Sum64(p), Codec: CodecRaw, Payload: p}
 	}
 	recs := []Record{{VM: "vm1", Seq: 1, Kind: KindDrainBegin}, w(2, 0, a), w(3, 4096, b), {VM: "vm1", Seq: 4, Kind: KindDrainEnd},
-		{VM: "vm1", Seq: 5, Kind: KindMarker, Consistency: Crash, Time: time.Now()}}
+		{VM: "vm1", Seq: 5, Kind: KindMarker, Consistency: ferry.Crash, Time: time.Now()}}
 	if err := j.Append(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func sealedJournal(t *testing.T, a, b []byte) *Journal {
 	return j
 }
 
-func stored(t *testing.T, j *Journal, seq Seq) []byte {
+func stored(t *testing.T, j *Journal, seq ferry.Seq) []byte {
 	t.Helper()
 	var out []byte
 	j.db.View(func(tx *bolt.Tx) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -29,7 +30,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []journal.Disk{{Name: "os", Size: 64 << 10}}}
+	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []ferry.Disk{{Name: "os", Size: 64 << 10}}}
 	if err := j.CreateVM(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -43,14 +44,14 @@ func TestEncryptionAtRest(t *testing.T) {
 	b := bytes.Repeat([]byte("compressible "), bs/13+1)[:bs]
 	copy(b[200:], canary)
 	comp, _ := journal.NewCompressor(journal.CodecZstd)
-	rec := func(seq journal.Seq, kind journal.Kind, off int64, data []byte) journal.Record {
+	rec := func(seq ferry.Seq, kind journal.Kind, off int64, data []byte) journal.Record {
 		r := journal.Record{VM: "vm1", Seq: seq, Kind: kind}
 		if data != nil {
 			r.Offset, r.Length, r.Sum = off, len(data), xxhash.Sum64(data)
 			r.Codec, r.Payload = comp.Encode(nil, data)
 		}
 		if kind == journal.KindMarker {
-			r.Consistency, r.Time = journal.Crash, time.Now()
+			r.Consistency, r.Time = ferry.Crash, time.Now()
 		}
 		return r
 	}

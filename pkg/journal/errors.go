@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"github.com/ferrydr/ferry"
 )
 
 var (
@@ -34,8 +35,8 @@ var (
 
 // CorruptError locates a stored write whose data failed verification.
 type CorruptError struct {
-	VM     VMID
-	Seq    Seq
+	VM     ferry.VMID
+	Seq    ferry.Seq
 	Disk   int
 	Offset int64
 	Err    error

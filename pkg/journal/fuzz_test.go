@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/ferrydr/ferry"
 )
 
 // FuzzDecode feeds arbitrary stored bytes to the record and payload
@@ -17,7 +18,7 @@ func FuzzDecode(f *testing.F) {
 	_, s := s2c.Encode(nil, data)
 	sum := xxhash.Sum64(data)
 	f.Add(uint8(CodecZstd), z, len(data), sum, encodeMeta(&Record{VM: "vm", Seq: 1, Kind: KindWrite, Length: 4096, Tag: "x"}))
-	f.Add(uint8(CodecS2), s, len(data), sum, encodeMeta(&Record{VM: "vm", Seq: 1, Kind: KindMarker, Consistency: App}))
+	f.Add(uint8(CodecS2), s, len(data), sum, encodeMeta(&Record{VM: "vm", Seq: 1, Kind: KindMarker, Consistency: ferry.App}))
 	f.Add(uint8(CodecRaw), data, len(data), sum, []byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, codec uint8, payload []byte, length int, sum uint64, meta []byte) {
 		// Arbitrary metadata is refused by its checksum, never misread;

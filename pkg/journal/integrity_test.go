@@ -12,6 +12,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -24,7 +25,7 @@ func TestHostileBitFlipsInVMRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 3, BlockSize: 4096, Disks: []Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
+	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 3, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 1 << 20}}}); err != nil {
 		t.Fatal(err)
 	}
 	var raw []byte
@@ -77,12 +78,12 @@ func TestHostileBitFlipsInRetentionBase(t *testing.T) {
 	}
 	defer j.Close()
 	const size = 256 << 10
-	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []Disk{{Name: "os", Size: size}}}); err != nil {
+	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: size}}}); err != nil {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(9, 9))
 	truth := make([]byte, size)
-	seq := Seq(1)
+	seq := ferry.Seq(1)
 	recs := []Record{{VM: "vm1", Seq: seq, Kind: KindDrainBegin}}
 	// Blocks 0..31 written; 32..63 never: zeros in the base.
 	for i := range 48 {
@@ -100,7 +101,7 @@ func TestHostileBitFlipsInRetentionBase(t *testing.T) {
 		}
 	}
 	seq++
-	recs = append(recs, Record{VM: "vm1", Seq: seq, Kind: KindMarker, Consistency: Crash, Time: time.Now()})
+	recs = append(recs, Record{VM: "vm1", Seq: seq, Kind: KindMarker, Consistency: ferry.Crash, Time: time.Now()})
 	if err := j.Append(ctx, recs); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -30,7 +31,7 @@ var (
 	bucketKeys   = []byte("keys")
 )
 
-func vmBucketName(vm VMID) []byte { return []byte("vm/" + string(vm)) }
+func vmBucketName(vm ferry.VMID) []byte { return []byte("vm/" + string(vm)) }
 
 // Options tune the bbolt file.
 type Options struct {
@@ -61,7 +62,7 @@ type Journal struct {
 	procMu sync.Mutex // serializes Process
 
 	baseMu sync.RWMutex
-	bases  map[VMID][]blockdev.Device
+	bases  map[ferry.VMID][]blockdev.Device
 
 	hashMu    sync.Mutex
 	hashCache *blockHashCache // block hashes of the last full chunk-hash pass
@@ -107,7 +108,7 @@ func Open(path string, opts Options) (*Journal, error) {
 		db.Close()
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	return &Journal{db: db, path: path, bases: map[VMID][]blockdev.Device{}, seal: seal}, nil
+	return &Journal{db: db, path: path, bases: map[ferry.VMID][]blockdev.Device{}, seal: seal}, nil
 }
 
 // Close closes the file.
@@ -202,7 +203,7 @@ func putVM(tx *bolt.Tx, vm *VM) error {
 	return tx.Bucket(bucketVMs).Put([]byte(vm.Name), buf)
 }
 
-func vmRecordSum(name VMID, js []byte) uint64 {
+func vmRecordSum(name ferry.VMID, js []byte) uint64 {
 	d := xxhash.New()
 	d.WriteString(string(name))
 	d.Write([]byte{0})
@@ -211,7 +212,7 @@ func vmRecordSum(name VMID, js []byte) uint64 {
 }
 
 // decodeVM checks and decodes a stored VM record.
-func decodeVM(name VMID, buf []byte) (*VM, error) {
+func decodeVM(name ferry.VMID, buf []byte) (*VM, error) {
 	js := buf
 	if len(buf) > 0 && buf[0] == vmRecordV1 {
 		if len(buf) < 1+8 {
@@ -229,7 +230,7 @@ func decodeVM(name VMID, buf []byte) (*VM, error) {
 	return vm, nil
 }
 
-func getVM(tx *bolt.Tx, name VMID) (*VM, error) {
+func getVM(tx *bolt.Tx, name ferry.VMID) (*VM, error) {
 	buf := tx.Bucket(bucketVMs).Get([]byte(name))
 	if buf == nil {
 		return nil, fmt.Errorf("vm %s: %w", name, ErrNoVM)
@@ -238,7 +239,7 @@ func getVM(tx *bolt.Tx, name VMID) (*VM, error) {
 }
 
 // VM returns the state of one VM.
-func (j *Journal) VM(ctx context.Context, name VMID) (VM, error) {
+func (j *Journal) VM(ctx context.Context, name ferry.VMID) (VM, error) {
 	var vm *VM
 	err := j.db.View(func(tx *bolt.Tx) (err error) {
 		vm, err = getVM(tx, name)
@@ -255,7 +256,7 @@ func (j *Journal) VMs(ctx context.Context) ([]VM, error) {
 	var out []VM
 	err := j.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
-			vm, err := decodeVM(VMID(k), v)
+			vm, err := decodeVM(ferry.VMID(k), v)
 			if err != nil {
 				return err
 			}
@@ -272,7 +273,7 @@ func (j *Journal) VMs(ctx context.Context) ([]VM, error) {
 // stored or none is.
 func (j *Journal) Append(ctx context.Context, recs []Record) error {
 	return j.update(func(tx *bolt.Tx) error {
-		vms := map[VMID]*VM{}
+		vms := map[ferry.VMID]*VM{}
 		for i := range recs {
 			r := &recs[i]
 			vm := vms[r.VM]
@@ -318,7 +319,7 @@ func (vm *VM) check(r *Record) error {
 		if !vm.Consistent {
 			return fmt.Errorf("vm %s: marker %d: %w", vm.Name, r.Seq, ErrInconsistent)
 		}
-		if r.Consistency != Crash && r.Consistency != App {
+		if r.Consistency != ferry.Crash && r.Consistency != ferry.App {
 			return fmt.Errorf("vm %s: marker %d: %w: consistency %d", vm.Name, r.Seq, ErrInvalid, r.Consistency)
 		}
 	case KindDrainBegin:
@@ -370,7 +371,7 @@ func appendRecord(tx *bolt.Tx, vm *VM, r *Record, seal *sealer) error {
 	return b.Bucket(bucketMeta).Put(key, encodeMeta(r))
 }
 
-func putPoint(b *bolt.Bucket, vm *VM, p *Point) error {
+func putPoint(b *bolt.Bucket, vm *VM, p *ferry.Point) error {
 	if p.Time.IsZero() {
 		p.Time = time.Now().UTC()
 	}
@@ -391,12 +392,12 @@ func putPoint(b *bolt.Bucket, vm *VM, p *Point) error {
 // crash-consistent point at its last durable record, so that the point holds
 // everything received ("latest"). It returns the existing point if one is
 // already there. It fails with ErrInconsistent inside a drain.
-func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.Time) (Point, ProcessStats, error) {
-	st, err := j.Process(ctx, name, ^Seq(0))
+func (j *Journal) CutPoint(ctx context.Context, name ferry.VMID, tag string, at time.Time) (ferry.Point, ProcessStats, error) {
+	st, err := j.Process(ctx, name, ^ferry.Seq(0))
 	if err != nil {
-		return Point{}, st, err
+		return ferry.Point{}, st, err
 	}
-	var p Point
+	var p ferry.Point
 	err = j.update(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -412,7 +413,7 @@ func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.T
 			p, err = decodePoint(name, vm.ProcessedSeq, v)
 			return err
 		}
-		p = Point{VM: name, ID: vm.ProcessedSeq, Consistency: Crash, Tag: tag, Time: at.UTC()}
+		p = ferry.Point{VM: name, ID: vm.ProcessedSeq, Consistency: ferry.Crash, Tag: tag, Time: at.UTC()}
 		if err := putPoint(b, vm, &p); err != nil {
 			return err
 		}
@@ -422,7 +423,7 @@ func (j *Journal) CutPoint(ctx context.Context, name VMID, tag string, at time.T
 }
 
 // DeleteVM removes a VM and everything the journal holds of it.
-func (j *Journal) DeleteVM(ctx context.Context, name VMID) error {
+func (j *Journal) DeleteVM(ctx context.Context, name ferry.VMID) error {
 	j.baseMu.Lock()
 	delete(j.bases, name)
 	j.baseMu.Unlock()
@@ -439,8 +440,8 @@ func (j *Journal) DeleteVM(ctx context.Context, name VMID) error {
 
 // BumpEpoch raises the VM's epoch by one and returns it: streams of the
 // older epoch are refused from then on.
-func (j *Journal) BumpEpoch(ctx context.Context, name VMID) (Epoch, error) {
-	var e Epoch
+func (j *Journal) BumpEpoch(ctx context.Context, name ferry.VMID) (ferry.Epoch, error) {
+	var e ferry.Epoch
 	err := j.update(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -455,7 +456,7 @@ func (j *Journal) BumpEpoch(ctx context.Context, name VMID) (Epoch, error) {
 
 // DeletePoints removes every recovery point of the VM (a committed
 // failover keeps none).
-func (j *Journal) DeletePoints(ctx context.Context, name VMID) error {
+func (j *Journal) DeletePoints(ctx context.Context, name ferry.VMID) error {
 	return j.update(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -477,7 +478,7 @@ func (j *Journal) DeletePoints(ctx context.Context, name VMID) error {
 // (a policy keeping fewer app-consistent points records the others as
 // crash-consistent). IDs that are not points are an error; nothing changes
 // then.
-func (j *Journal) SetConsistency(ctx context.Context, name VMID, ids []Seq, c Consistency) error {
+func (j *Journal) SetConsistency(ctx context.Context, name ferry.VMID, ids []ferry.Seq, c ferry.Consistency) error {
 	return j.update(func(tx *bolt.Tx) error {
 		if _, err := getVM(tx, name); err != nil {
 			return err
@@ -502,8 +503,8 @@ func (j *Journal) SetConsistency(ctx context.Context, name VMID, ids []Seq, c Co
 }
 
 // Points returns the VM's recovery points, oldest first.
-func (j *Journal) Points(ctx context.Context, name VMID) ([]Point, error) {
-	var out []Point
+func (j *Journal) Points(ctx context.Context, name ferry.VMID) ([]ferry.Point, error) {
+	var out []ferry.Point
 	err := j.db.View(func(tx *bolt.Tx) error {
 		if _, err := getVM(tx, name); err != nil {
 			return err
@@ -518,8 +519,8 @@ func (j *Journal) Points(ctx context.Context, name VMID) ([]Point, error) {
 }
 
 // Point returns one recovery point.
-func (j *Journal) Point(ctx context.Context, name VMID, id Seq) (Point, error) {
-	var p Point
+func (j *Journal) Point(ctx context.Context, name ferry.VMID, id ferry.Seq) (ferry.Point, error) {
+	var p ferry.Point
 	err := j.db.View(func(tx *bolt.Tx) error {
 		if _, err := getVM(tx, name); err != nil {
 			return err
@@ -536,8 +537,8 @@ func (j *Journal) Point(ctx context.Context, name VMID, id Seq) (Point, error) {
 }
 
 // LatestPoint returns the VM's newest recovery point.
-func (j *Journal) LatestPoint(ctx context.Context, name VMID) (Point, error) {
-	var p Point
+func (j *Journal) LatestPoint(ctx context.Context, name ferry.VMID) (ferry.Point, error) {
+	var p ferry.Point
 	err := j.db.View(func(tx *bolt.Tx) error {
 		if _, err := getVM(tx, name); err != nil {
 			return err

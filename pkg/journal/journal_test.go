@@ -11,6 +11,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
@@ -23,9 +24,9 @@ type fixture struct {
 	j     *journal.Journal
 	comp  *journal.Compressor
 	vm    journal.VM
-	seq   journal.Seq
+	seq   ferry.Seq
 	truth []*blockdev.Memory
-	snaps map[journal.Seq][][]byte
+	snaps map[ferry.Seq][][]byte
 }
 
 func newFixture(t *testing.T, codec journal.Codec, sizes ...int64) *fixture {
@@ -34,10 +35,10 @@ func newFixture(t *testing.T, codec journal.Codec, sizes ...int64) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, j: j, comp: comp, snaps: map[journal.Seq][][]byte{}}
+	f := &fixture{t: t, j: j, comp: comp, snaps: map[ferry.Seq][][]byte{}}
 	f.vm = journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs}
 	for i, s := range sizes {
-		f.vm.Disks = append(f.vm.Disks, journal.Disk{Name: journal.DiskID([]string{"os", "data", "log"}[i]), Size: s})
+		f.vm.Disks = append(f.vm.Disks, ferry.Disk{Name: ferry.DiskID([]string{"os", "data", "log"}[i]), Size: s})
 		f.truth = append(f.truth, blockdev.NewMemory(s))
 	}
 	if err := j.CreateVM(context.Background(), f.vm); err != nil {
@@ -61,7 +62,7 @@ func (f *fixture) write(disk int, off int64, data []byte) journal.Record {
 
 func (f *fixture) marker() journal.Record {
 	r := f.rec(journal.KindMarker)
-	r.Consistency, r.Time = journal.Crash, time.Now()
+	r.Consistency, r.Time = ferry.Crash, time.Now()
 	var imgs [][]byte
 	for _, d := range f.truth {
 		img := make([]byte, d.Size())
@@ -119,7 +120,7 @@ func TestPointsMatchTruth(t *testing.T) {
 			if pts, _ := f.j.Points(ctx, "vm1"); len(pts) != 0 {
 				t.Fatalf("%d points before processing", len(pts))
 			}
-			st, err := f.j.Process(ctx, "vm1", ^journal.Seq(0))
+			st, err := f.j.Process(ctx, "vm1", ^ferry.Seq(0))
 			if err != nil || st.Points != 12 || st.Writes != 12*20 {
 				t.Fatalf("process: %+v, %v", st, err)
 			}
@@ -238,7 +239,7 @@ func TestCorruptionDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	comp, _ := journal.NewCompressor(journal.CodecZstd)
-	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []journal.Disk{{Name: "os", Size: 1 << 20}}}
+	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []ferry.Disk{{Name: "os", Size: 1 << 20}}}
 	j.CreateVM(ctx, vm)
 	data := bytes.Repeat([]byte("corrupt me please "), 1000)[:4*bs]
 	codec, payload := comp.Encode(nil, data)

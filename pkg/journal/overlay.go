@@ -7,6 +7,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -18,24 +19,24 @@ import (
 // journal, not to the disk's size.
 type Overlay struct {
 	j       *Journal
-	vm      VMID
+	vm      ferry.VMID
 	size    int64
 	bs      int64
-	index   map[int64]Seq // block -> newest write up to the point
+	index   map[int64]ferry.Seq // block -> newest write up to the point
 	base    blockdev.Device
 	scratch blockdev.Device
 
 	mu       sync.Mutex
 	written  map[int64]bool // blocks the overlay's user wrote (in scratch)
-	cacheSeq Seq            // the last decoded write, for sequential reads
+	cacheSeq ferry.Seq      // the last decoded write, for sequential reads
 	cache    []byte
 	cacheRec Record
 }
 
 // OpenOverlay opens disk of vm as of point upTo over scratch, which must
 // be as large as the disk and is where writes go.
-func (j *Journal) OpenOverlay(ctx context.Context, name VMID, upTo Seq, disk int, scratch blockdev.Device) (*Overlay, error) {
-	o := &Overlay{j: j, vm: name, index: map[int64]Seq{}, scratch: scratch, written: map[int64]bool{}}
+func (j *Journal) OpenOverlay(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, scratch blockdev.Device) (*Overlay, error) {
+	o := &Overlay{j: j, vm: name, index: map[int64]ferry.Seq{}, scratch: scratch, written: map[int64]bool{}}
 	if b := j.Base(name); b != nil && disk >= 0 && disk < len(b) {
 		o.base = b[disk]
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/sim/fault"
@@ -54,7 +55,7 @@ func TestTrimPowerLoss(t *testing.T) {
 	for seed := uint64(1); crashes < want; seed++ {
 		f := newFixture(t, journal.CodecZstd, 256<<10, 128<<10)
 		rng := rand.New(rand.NewPCG(seed, 7))
-		var ids []journal.Seq
+		var ids []ferry.Seq
 		f.append(f.rec(journal.KindDrainBegin), f.rec(journal.KindDrainEnd))
 		for i := 0; i < 60; i++ {
 			d := rng.IntN(2)
@@ -168,7 +169,7 @@ func TestTrimStorageErrors(t *testing.T) {
 			f := newFixture(t, journal.CodecZstd, 256<<10)
 			rng := rand.New(rand.NewPCG(9, 9))
 			f.append(f.rec(journal.KindDrainBegin), f.rec(journal.KindDrainEnd))
-			var ids []journal.Seq
+			var ids []ferry.Seq
 			for i := 0; i < 40; i++ {
 				f.append(f.write(0, rng.Int64N(60)*bs, randomData(rng, int(1+rng.IntN(4))*bs)))
 				if i%5 == 4 {

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ferrydr/ferry"
 	bolt "go.etcd.io/bbolt"
 )
 
 // ProcessStats says what one Process call did.
 type ProcessStats struct {
-	From, To Seq // records (From, To] were processed
+	From, To ferry.Seq // records (From, To] were processed
 	Writes   int64
 	Bytes    int64 // disk bytes verified
 	Points   int   // recovery points created
@@ -21,11 +22,11 @@ type ProcessStats struct {
 // turns the markers among them into recovery points. A recovery point is
 // offered only once the data it depends on has been read back and checked.
 // Calls for one journal are serialized.
-func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStats, error) {
+func (j *Journal) Process(ctx context.Context, name ferry.VMID, upTo ferry.Seq) (ProcessStats, error) {
 	j.procMu.Lock()
 	defer j.procMu.Unlock()
 	var st ProcessStats
-	var points []Point
+	var points []ferry.Point
 	var consistent bool
 	// Read and verify in a read transaction, so that ingest keeps
 	// committing meanwhile.
@@ -43,7 +44,7 @@ func (j *Journal) Process(ctx context.Context, name VMID, upTo Seq) (ProcessStat
 			case KindDrainEnd:
 				consistent = true
 			case KindMarker:
-				points = append(points, Point{VM: name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time})
+				points = append(points, ferry.Point{VM: name, ID: r.Seq, Consistency: r.Consistency, Tag: r.Tag, Time: r.Time})
 			}
 		})
 		st.Writes, st.Bytes = vs.Writes, vs.Bytes
@@ -87,7 +88,7 @@ func (j *Journal) ProcessAll(ctx context.Context, done func(ProcessStats)) error
 		if vm.ProcessedSeq >= vm.LastSeq {
 			continue
 		}
-		st, err := j.Process(ctx, vm.Name, ^Seq(0))
+		st, err := j.Process(ctx, vm.Name, ^ferry.Seq(0))
 		if err != nil {
 			errs = append(errs, err)
 		}

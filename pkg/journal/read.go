@@ -7,6 +7,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -89,7 +90,7 @@ type Extent struct {
 // write supplied are zeros and are not reported. Data is only valid during
 // the call. Every payload read is checked against its xxhash; a mismatch
 // stops the read with a *CorruptError.
-func (j *Journal) ReadPoint(ctx context.Context, name VMID, upTo Seq, disk int, fn func(Extent) error) error {
+func (j *Journal) ReadPoint(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, fn func(Extent) error) error {
 	return j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -107,7 +108,7 @@ func (j *Journal) ReadPoint(ctx context.Context, name VMID, upTo Seq, disk int, 
 
 // readPoint reads [lo, hi) of a disk as of upTo; see ReadPoint. Blocks no
 // write supplied come from base when the VM has one, after everything else.
-func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, fn func(Extent) error) error {
+func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, fn func(Extent) error) error {
 	bs := int64(vm.BlockSize)
 	if bs == 0 {
 		bs = blockdev.BlockSize
@@ -216,7 +217,7 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo,
 // which must be the disk's size. When dstZeroed is set dst already reads as
 // zeros (a new sparse file) and zero ranges are skipped; otherwise they are
 // written.
-func (j *Journal) Materialize(ctx context.Context, name VMID, upTo Seq, disk int, dst blockdev.Device, dstZeroed bool) error {
+func (j *Journal) Materialize(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, dst blockdev.Device, dstZeroed bool) error {
 	vm, err := j.VM(ctx, name)
 	if err != nil {
 		return err
@@ -283,7 +284,7 @@ type VerifyStats struct {
 
 // Verify re-reads every write up to upTo and checks it against its xxhash.
 // It returns the first *CorruptError it finds.
-func (j *Journal) Verify(ctx context.Context, name VMID, upTo Seq) (VerifyStats, error) {
+func (j *Journal) Verify(ctx context.Context, name ferry.VMID, upTo ferry.Seq) (VerifyStats, error) {
 	var st VerifyStats
 	err := j.db.View(func(tx *bolt.Tx) (err error) {
 		if _, err := getVM(tx, name); err != nil {
@@ -298,7 +299,7 @@ func (j *Journal) Verify(ctx context.Context, name VMID, upTo Seq) (VerifyStats,
 // verifyRecords walks the records after from up to upTo, reads back every
 // write's payload and checks it against its xxhash, and calls fn (if set)
 // with each record.
-func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, seal *sealer, fn func(*Record)) (VerifyStats, error) {
+func verifyRecords(ctx context.Context, tx *bolt.Tx, name ferry.VMID, from, upTo ferry.Seq, seal *sealer, fn func(*Record)) (VerifyStats, error) {
 	var st VerifyStats
 	b := tx.Bucket(vmBucketName(name))
 	data := b.Bucket(bucketData)
@@ -345,9 +346,9 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name VMID, from, upTo Seq, 
 // durable record, and that record's sequence: of every chunk when only is
 // nil (the last may be shorter), else of the chunks listed, in that order.
 // See EachChunkHash; the answer of every chunk is held whole.
-func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSize int64, only []uint64) ([]uint64, Seq, error) {
+func (j *Journal) ChunkHashes(ctx context.Context, name ferry.VMID, disk int, chunkSize int64, only []uint64) ([]uint64, ferry.Seq, error) {
 	var out []uint64
-	seq, err := j.EachChunkHash(ctx, name, disk, chunkSize, only, func(_ Seq, _ int64, sums []uint64) error {
+	seq, err := j.EachChunkHash(ctx, name, disk, chunkSize, only, func(_ ferry.Seq, _ int64, sums []uint64) error {
 		out = append(out, sums...)
 		return nil
 	})
@@ -361,7 +362,7 @@ func (j *Journal) ChunkHashes(ctx context.Context, name VMID, disk int, chunkSiz
 // tracks the chunks to read is sparse, so memory follows what is stored
 // and asked for, not the disk's declared size; chunks no write touched
 // and that have no base hash as zeros without being read.
-func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkSize int64, only []uint64, fn func(seq Seq, first int64, sums []uint64) error) (Seq, error) {
+func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, chunkSize int64, only []uint64, fn func(seq ferry.Seq, first int64, sums []uint64) error) (ferry.Seq, error) {
 	if chunkSize <= 0 || chunkSize%blockdev.BlockSize != 0 {
 		return 0, fmt.Errorf("chunk hashes: %w: chunk size %d is not a multiple of %d", ErrInvalid, chunkSize, blockdev.BlockSize)
 	}
@@ -376,7 +377,7 @@ func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkS
 	all := only == nil
 	var blockSums []uint64
 	base := j.Base(name)
-	var seq Seq
+	var seq ferry.Seq
 	err := j.db.View(func(tx *bolt.Tx) error {
 		vm, err := getVM(tx, name)
 		if err != nil {
@@ -400,7 +401,7 @@ func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkS
 			sums = make([]uint64, len(only))
 		}
 		// Every chunk but a short last one hashes the same when zero.
-		zeroFull, zeroLast := ZeroSum(int(min(chunkSize, size))), ZeroSum(int(size-(nchunks-1)*chunkSize))
+		zeroFull, zeroLast := ferry.ZeroSum(int(min(chunkSize, size))), ferry.ZeroSum(int(size-(nchunks-1)*chunkSize))
 		zero := func(c int64) uint64 {
 			if c == nchunks-1 {
 				return zeroLast
@@ -409,7 +410,7 @@ func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkS
 		}
 		if all && chunkSize > blockdev.BlockSize && size/blockdev.BlockSize*8 <= maxBlockHashCache {
 			blockSums = make([]uint64, size/blockdev.BlockSize)
-			zb := ZeroSum(blockdev.BlockSize)
+			zb := ferry.ZeroSum(blockdev.BlockSize)
 			for i := range blockSums {
 				blockSums[i] = zb
 			}
@@ -513,13 +514,13 @@ func (j *Journal) EachChunkHash(ctx context.Context, name VMID, disk int, chunkS
 const maxBlockHashCache = 64 << 20
 
 type blockHashCache struct {
-	vm   VMID
+	vm   ferry.VMID
 	disk int
-	seq  Seq
+	seq  ferry.Seq
 	sums []uint64
 }
 
-func (j *Journal) cacheBlockHashes(vm VMID, disk int, seq Seq, sums []uint64) {
+func (j *Journal) cacheBlockHashes(vm ferry.VMID, disk int, seq ferry.Seq, sums []uint64) {
 	j.hashMu.Lock()
 	j.hashCache = &blockHashCache{vm: vm, disk: disk, seq: seq, sums: sums}
 	j.hashMu.Unlock()
@@ -527,7 +528,7 @@ func (j *Journal) cacheBlockHashes(vm VMID, disk int, seq Seq, sums []uint64) {
 
 // cachedBlockHashes answers a request for block hashes from the last
 // full pass, if it was of this disk and nothing was appended since.
-func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only []uint64) ([]uint64, Seq, bool) {
+func (j *Journal) cachedBlockHashes(ctx context.Context, vm ferry.VMID, disk int, only []uint64) ([]uint64, ferry.Seq, bool) {
 	j.hashMu.Lock()
 	c := j.hashCache
 	j.hashMu.Unlock()
@@ -536,7 +537,7 @@ func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only
 	}
 	// Records after the pass (a drain opening, markers) keep the hashes
 	// valid as long as none of them writes this disk.
-	var last Seq
+	var last ferry.Seq
 	err := j.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(vmBucketName(vm))
 		if b == nil {
@@ -569,7 +570,7 @@ func (j *Journal) cachedBlockHashes(ctx context.Context, vm VMID, disk int, only
 }
 
 // readRange assembles [lo, hi) of a disk as of upTo into buf.
-func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, buf []byte) error {
+func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, buf []byte) error {
 	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, seal, func(e Extent) error {
 		if e.Data != nil {
 			copy(buf[e.Offset-lo:], e.Data)

@@ -10,6 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -59,9 +60,9 @@ func TestProcessReadsDataBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := &fixture{t: t, j: j, snaps: map[journal.Seq][][]byte{}, truth: []*blockdev.Memory{blockdev.NewMemory(256 << 10)}}
+			f := &fixture{t: t, j: j, snaps: map[ferry.Seq][][]byte{}, truth: []*blockdev.Memory{blockdev.NewMemory(256 << 10)}}
 			f.comp, _ = journal.NewCompressor(journal.CodecRaw)
-			f.vm = journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []journal.Disk{{Name: "os", Size: 256 << 10}}}
+			f.vm = journal.VM{Name: "vm1", Epoch: 1, BlockSize: bs, Disks: []ferry.Disk{{Name: "os", Size: 256 << 10}}}
 			if err := j.CreateVM(ctx, f.vm); err != nil {
 				t.Fatal(err)
 			}
@@ -95,7 +96,7 @@ func TestProcessReadsDataBack(t *testing.T) {
 			}
 			defer j.Close()
 			var ce *journal.CorruptError
-			if _, err := j.Process(ctx, "vm1", ^journal.Seq(0)); !errors.As(err, &ce) || ce.Seq != w.Seq || ce.Offset != 5*bs || !errors.Is(err, journal.ErrChecksum) {
+			if _, err := j.Process(ctx, "vm1", ^ferry.Seq(0)); !errors.As(err, &ce) || ce.Seq != w.Seq || ce.Offset != 5*bs || !errors.Is(err, journal.ErrChecksum) {
 				t.Fatalf("process over a %s payload: %v; want a checksum error at seq %d offset %d", damage, err, w.Seq, 5*bs)
 			}
 			pts, err := j.Points(ctx, "vm1")

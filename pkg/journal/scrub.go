@@ -8,6 +8,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -20,13 +21,13 @@ type ScrubReport struct {
 	// Corrupt lists every record that failed its check, oldest first.
 	Corrupt []Corruption
 	// BadPoints are points whose own stored entry failed its check.
-	BadPoints []Seq
+	BadPoints []ferry.Seq
 }
 
 // Corruption is one record that failed verification, with the points that
 // read it and therefore cannot be used.
 type Corruption struct {
-	Seq Seq
+	Seq ferry.Seq
 	// Disk, Offset and Length locate the write; Disk is -1 when the
 	// record's metadata itself is corrupt (its location is unknown).
 	Disk   int
@@ -35,14 +36,14 @@ type Corruption struct {
 	Err    error
 	// Points are the IDs of the points that read the corrupt data: every
 	// point from Seq on until a later write covers the same range.
-	Points []Seq
+	Points []ferry.Seq
 }
 
 // Scrub re-reads every record of the VM, decodes every payload, checks
 // every xxhash and every stored checksum, and reports each corruption with
 // its location and the points it makes unusable. Unlike Verify it does not
 // stop at the first one.
-func (j *Journal) Scrub(ctx context.Context, name VMID) (ScrubReport, error) {
+func (j *Journal) Scrub(ctx context.Context, name ferry.VMID) (ScrubReport, error) {
 	var rep ScrubReport
 	err := j.db.View(func(tx *bolt.Tx) error {
 		if _, err := getVM(tx, name); err != nil {
@@ -50,7 +51,7 @@ func (j *Journal) Scrub(ctx context.Context, name VMID) (ScrubReport, error) {
 		}
 		b := tx.Bucket(vmBucketName(name))
 		data := b.Bucket(bucketData)
-		var pointIDs []Seq
+		var pointIDs []ferry.Seq
 		if err := b.Bucket(bucketPoints).ForEach(func(k, v []byte) error {
 			rep.Points++
 			pointIDs = append(pointIDs, keySeq(k))
@@ -149,7 +150,7 @@ func (j *Journal) Scrub(ctx context.Context, name VMID) (ScrubReport, error) {
 // scrubBase checks every block of the VM's base against the sums
 // retention recorded. A corrupt block is reported at the base's sequence,
 // with every point (each may read it where no record covers it).
-func (j *Journal) scrubBase(ctx context.Context, tx *bolt.Tx, name VMID, points []Seq, rep *ScrubReport) error {
+func (j *Journal) scrubBase(ctx context.Context, tx *bolt.Tx, name ferry.VMID, points []ferry.Seq, rep *ScrubReport) error {
 	base := j.Base(name)
 	if base == nil {
 		return nil

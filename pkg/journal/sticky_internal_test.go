@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/ferrydr/ferry"
 )
 
 // TestFailureIsSticky: after one commit failed (its fsync or its write),
@@ -23,10 +24,10 @@ func TestFailureIsSticky(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []Disk{{Name: "os", Size: 64 << 10}}}); err != nil {
+	if err := j.CreateVM(ctx, VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 64 << 10}}}); err != nil {
 		t.Fatal(err)
 	}
-	seq := Seq(0)
+	seq := ferry.Seq(0)
 	write := func() error {
 		seq++
 		data := make([]byte, 4096)
@@ -67,7 +68,7 @@ func TestFailureIsSticky(t *testing.T) {
 	if err := write(); !errors.Is(err, ErrFailed) {
 		t.Fatalf("append after a failed commit: %v, want %v (sticky)", err, ErrFailed)
 	}
-	if err := j.CreateVM(ctx, VM{Name: "vm2", Epoch: 1, BlockSize: 4096, Disks: []Disk{{Name: "os", Size: 64 << 10}}}); !errors.Is(err, ErrFailed) {
+	if err := j.CreateVM(ctx, VM{Name: "vm2", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 64 << 10}}}); !errors.Is(err, ErrFailed) {
 		t.Fatalf("another update after a failed commit: %v, want %v", err, ErrFailed)
 	}
 	if !errors.Is(j.Err(), ErrFailed) {

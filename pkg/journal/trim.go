@@ -8,6 +8,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 )
 
@@ -28,7 +29,7 @@ type TrimStats struct {
 // It is safe against a crash at any step: points before upTo go first, so
 // no remaining point can read a base that is ahead of it; applying the
 // writes again is harmless; the records go last.
-func (j *Journal) Trim(ctx context.Context, name VMID, upTo Seq, base []blockdev.Device) (TrimStats, error) {
+func (j *Journal) Trim(ctx context.Context, name ferry.VMID, upTo ferry.Seq, base []blockdev.Device) (TrimStats, error) {
 	var st TrimStats
 	vm, err := j.VM(ctx, name)
 	if err != nil {
@@ -131,7 +132,7 @@ func (j *Journal) Trim(ctx context.Context, name VMID, upTo Seq, base []blockdev
 // RetainFrom returns the record a VM's journal can be trimmed to so that
 // every point at or after cutoff is kept and the points before it go: the
 // oldest kept point's ID. It returns 0 when no point is older than cutoff.
-func (j *Journal) RetainFrom(ctx context.Context, name VMID, cutoff time.Time) (Seq, error) {
+func (j *Journal) RetainFrom(ctx context.Context, name ferry.VMID, cutoff time.Time) (ferry.Seq, error) {
 	vm, err := j.VM(ctx, name)
 	if err != nil {
 		return 0, err

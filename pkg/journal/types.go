@@ -4,41 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"github.com/cespare/xxhash/v2"
+	"github.com/ferrydr/ferry"
 	"time"
 )
-
-// VMID names a protected VM.
-type VMID string
-
-// DiskID names one disk of a VM.
-type DiskID string
-
-// Seq numbers the records of one VM's stream, from 1, without gaps.
-type Seq uint64
-
-// Epoch numbers the replication directions of a VM; it grows on every
-// failover and failback so that an agent of an older direction is refused.
-type Epoch uint64
-
-// Consistency is the kind of a recovery point.
-type Consistency uint8
-
-const (
-	// Crash is a cut in write order: what a disk holds after a power loss.
-	Crash Consistency = 1
-	// App is a cut taken while the application was quiesced.
-	App Consistency = 2
-)
-
-func (c Consistency) String() string {
-	switch c {
-	case Crash:
-		return "crash-consistent"
-	case App:
-		return "app-consistent"
-	}
-	return fmt.Sprintf("consistency(%d)", uint8(c))
-}
 
 // Kind is the kind of a stream record.
 type Kind uint8
@@ -50,23 +18,17 @@ const (
 	KindDrainEnd   Kind = 4
 )
 
-// Disk is one disk of a VM.
-type Disk struct {
-	Name DiskID `json:"name"`
-	Size int64  `json:"size"`
-}
-
 // VM is what the journal keeps about one protected VM.
 type VM struct {
-	Name      VMID   `json:"name"`
-	Disks     []Disk `json:"disks"`
-	Epoch     Epoch  `json:"epoch"`
-	BlockSize int    `json:"block_size"`
+	Name      ferry.VMID   `json:"name"`
+	Disks     []ferry.Disk `json:"disks"`
+	Epoch     ferry.Epoch  `json:"epoch"`
+	BlockSize int          `json:"block_size"`
 	// LastSeq is the highest durable sequence; 0 before the first record.
-	LastSeq Seq `json:"last_seq"`
+	LastSeq ferry.Seq `json:"last_seq"`
 	// BaseSeq is the last record folded into the VM's base by retention:
 	// records run from BaseSeq+1 to LastSeq.
-	BaseSeq Seq `json:"base_seq,omitempty"`
+	BaseSeq ferry.Seq `json:"base_seq,omitempty"`
 	// BaseChecked: the base was made by retention from nothing, so every
 	// non-zero block of it has a recorded sum.
 	BaseChecked bool `json:"base_checked,omitempty"`
@@ -75,8 +37,8 @@ type VM struct {
 	Consistent bool `json:"consistent"`
 	// ProcessedSeq is the last record processed: markers up to it have
 	// become recovery points, and the data up to it has been verified.
-	ProcessedSeq   Seq    `json:"processed_seq"`
-	ProcessedBytes uint64 `json:"processed_bytes"`
+	ProcessedSeq   ferry.Seq `json:"processed_seq"`
+	ProcessedBytes uint64    `json:"processed_bytes"`
 	// ProcessedConsistent says whether the stream is write-ordered at
 	// ProcessedSeq.
 	ProcessedConsistent bool      `json:"processed_consistent"`
@@ -88,7 +50,7 @@ type VM struct {
 }
 
 // DiskIndex returns the index of the named disk.
-func (v *VM) DiskIndex(name DiskID) (int, error) {
+func (v *VM) DiskIndex(name ferry.DiskID) (int, error) {
 	for i, d := range v.Disks {
 		if d.Name == name {
 			return i, nil
@@ -99,8 +61,8 @@ func (v *VM) DiskIndex(name DiskID) (int, error) {
 
 // Record is one entry of a VM's stream as the journal stores it.
 type Record struct {
-	VM   VMID
-	Seq  Seq
+	VM   ferry.VMID
+	Seq  ferry.Seq
 	Kind Kind
 
 	// Writes.
@@ -114,22 +76,12 @@ type Record struct {
 	Encrypted bool
 
 	// Markers.
-	Consistency Consistency
+	Consistency ferry.Consistency
 	Tag         string
 	Time        time.Time
 
 	// Drains.
 	DrainReason uint8
-}
-
-// Point is a recovery point: the state of a VM's disks after every write
-// with a sequence up to and including ID, and none after it.
-type Point struct {
-	VM          VMID
-	ID          Seq
-	Consistency Consistency
-	Tag         string
-	Time        time.Time
 }
 
 // Stored metadata ends its fixed part with an xxhash64 of the VM's name,
@@ -148,7 +100,7 @@ const (
 	pointSum   = 9
 )
 
-func storedSum(vm VMID, seq Seq, b []byte, at int) uint64 {
+func storedSum(vm ferry.VMID, seq ferry.Seq, b []byte, at int) uint64 {
 	// b may be bbolt's read-only memory: hash around the sum's bytes.
 	var zero [8]byte
 	d := xxhash.New()
@@ -181,7 +133,7 @@ func encodeMeta(r *Record) []byte {
 	return b
 }
 
-func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
+func decodeMeta(vm ferry.VMID, seq ferry.Seq, b []byte) (Record, error) {
 	if len(b) < metaFixed {
 		return Record{}, &CorruptError{VM: vm, Seq: seq, Disk: -1, Err: fmt.Errorf("%w: metadata is %d bytes", ErrChecksum, len(b))}
 	}
@@ -198,7 +150,7 @@ func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
 		Offset:      int64(binary.BigEndian.Uint64(b[4:])),
 		Length:      int(binary.BigEndian.Uint32(b[12:])),
 		Sum:         binary.BigEndian.Uint64(b[16:]),
-		Consistency: Consistency(b[32]),
+		Consistency: ferry.Consistency(b[32]),
 		DrainReason: b[33],
 		Tag:         string(b[metaFixed:]),
 	}
@@ -208,7 +160,7 @@ func decodeMeta(vm VMID, seq Seq, b []byte) (Record, error) {
 	return r, nil
 }
 
-func encodePoint(p *Point) []byte {
+func encodePoint(p *ferry.Point) []byte {
 	b := make([]byte, pointFixed, pointFixed+len(p.Tag))
 	b[0] = byte(p.Consistency)
 	binary.BigEndian.PutUint64(b[1:], uint64(p.Time.UnixNano()))
@@ -217,19 +169,19 @@ func encodePoint(p *Point) []byte {
 	return b
 }
 
-func decodePoint(vm VMID, id Seq, b []byte) (Point, error) {
+func decodePoint(vm ferry.VMID, id ferry.Seq, b []byte) (ferry.Point, error) {
 	if len(b) < pointFixed || binary.BigEndian.Uint64(b[pointSum:]) != storedSum(vm, id, b, pointSum) {
-		return Point{}, fmt.Errorf("vm %s: point %d: %w: stored point", vm, id, ErrChecksum)
+		return ferry.Point{}, fmt.Errorf("vm %s: point %d: %w: stored point", vm, id, ErrChecksum)
 	}
-	return Point{
+	return ferry.Point{
 		VM:          vm,
 		ID:          id,
-		Consistency: Consistency(b[0]),
+		Consistency: ferry.Consistency(b[0]),
 		Time:        time.Unix(0, int64(binary.BigEndian.Uint64(b[1:]))).UTC(),
 		Tag:         string(b[pointFixed:]),
 	}, nil
 }
 
-func seqKey(s Seq) []byte { return binary.BigEndian.AppendUint64(nil, uint64(s)) }
+func seqKey(s ferry.Seq) []byte { return binary.BigEndian.AppendUint64(nil, uint64(s)) }
 
-func keySeq(k []byte) Seq { return Seq(binary.BigEndian.Uint64(k)) }
+func keySeq(k []byte) ferry.Seq { return ferry.Seq(binary.BigEndian.Uint64(k)) }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -71,15 +72,15 @@ const GroupTagPrefix = "group/"
 // app point closer than AppInterval to the previous one kept (or any, when
 // the policy has them off) is kept as crash-consistent. It returns how
 // many it demoted.
-func ThinAppPoints(ctx context.Context, j *journal.Journal, vm journal.VMID, p Policy) (int, error) {
+func ThinAppPoints(ctx context.Context, j *journal.Journal, vm ferry.VMID, p Policy) (int, error) {
 	pts, err := j.Points(ctx, vm)
 	if err != nil {
 		return 0, err
 	}
 	var last time.Time
-	var demote []journal.Seq
+	var demote []ferry.Seq
 	for _, pt := range pts {
-		if pt.Consistency != journal.App || strings.HasPrefix(pt.Tag, GroupTagPrefix) {
+		if pt.Consistency != ferry.App || strings.HasPrefix(pt.Tag, GroupTagPrefix) {
 			continue
 		}
 		if p.AppInterval == 0 || (!last.IsZero() && pt.Time.Sub(last) < p.AppInterval) {
@@ -91,7 +92,7 @@ func ThinAppPoints(ctx context.Context, j *journal.Journal, vm journal.VMID, p P
 	if len(demote) == 0 {
 		return 0, nil
 	}
-	return len(demote), j.SetConsistency(ctx, vm, demote, journal.Crash)
+	return len(demote), j.SetConsistency(ctx, vm, demote, ferry.Crash)
 }
 
 // Retain deletes vm's points older than p's retention window at now and
@@ -99,7 +100,7 @@ func ThinAppPoints(ctx context.Context, j *journal.Journal, vm journal.VMID, p P
 // disk: the process server's base images, the master target's primary or
 // alternate disks), so that the journal stays bounded under steady churn.
 // Zero stats: nothing was old enough.
-func Retain(ctx context.Context, j *journal.Journal, vm journal.VMID, p Policy, now time.Time, base func() ([]blockdev.Device, error)) (journal.TrimStats, error) {
+func Retain(ctx context.Context, j *journal.Journal, vm ferry.VMID, p Policy, now time.Time, base func() ([]blockdev.Device, error)) (journal.TrimStats, error) {
 	upTo, err := j.RetainFrom(ctx, vm, now.Add(-p.Retention))
 	if err != nil || upTo == 0 {
 		return journal.TrimStats{}, err

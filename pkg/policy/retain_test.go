@@ -8,6 +8,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
@@ -18,16 +19,16 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // stream writes one 4 KiB block (filled with its index) and then a marker
 // at each of the given offsets from t0, and processes them into points.
-func stream(t *testing.T, marks []time.Duration, app func(i int) (bool, string)) (*journal.Journal, journal.VMID) {
+func stream(t *testing.T, marks []time.Duration, app func(i int) (bool, string)) (*journal.Journal, ferry.VMID) {
 	t.Helper()
 	ctx := context.Background()
 	j := journaltest.MustOpen(t)
-	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []journal.Disk{{Name: "os", Size: 64 << 10}}}
+	vm := journal.VM{Name: "vm1", Epoch: 1, BlockSize: 4096, Disks: []ferry.Disk{{Name: "os", Size: 64 << 10}}}
 	if err := j.CreateVM(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
 	// The initial replication (empty here) makes the stream write-ordered.
-	seq := journal.Seq(2)
+	seq := ferry.Seq(2)
 	if err := j.Append(ctx, []journal.Record{{VM: vm.Name, Seq: 1, Kind: journal.KindDrainBegin}, {VM: vm.Name, Seq: 2, Kind: journal.KindDrainEnd}}); err != nil {
 		t.Fatal(err)
 	}
@@ -37,9 +38,9 @@ func stream(t *testing.T, marks []time.Duration, app func(i int) (bool, string))
 		w := journal.Record{VM: vm.Name, Seq: seq, Kind: journal.KindWrite, Offset: int64(i) * 4096, Length: 4096, Sum: xxhash.Sum64(data),
 			Codec: journal.CodecRaw, Payload: data}
 		seq++
-		m := journal.Record{VM: vm.Name, Seq: seq, Kind: journal.KindMarker, Consistency: journal.Crash, Time: t0.Add(at)}
+		m := journal.Record{VM: vm.Name, Seq: seq, Kind: journal.KindMarker, Consistency: ferry.Crash, Time: t0.Add(at)}
 		if isApp, tag := app(i); isApp {
-			m.Consistency, m.Tag = journal.App, tag
+			m.Consistency, m.Tag = ferry.App, tag
 		}
 		if err := j.Append(ctx, []journal.Record{w, m}); err != nil {
 			t.Fatal(err)
@@ -112,7 +113,7 @@ func TestThinAppPoints(t *testing.T) {
 	pts, _ := j.Points(ctx, vm)
 	var kept []time.Duration
 	for _, p := range pts {
-		if p.Consistency == journal.App {
+		if p.Consistency == ferry.App {
 			kept = append(kept, p.Time.Sub(t0))
 		}
 	}

@@ -8,43 +8,44 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Consistency converts a wire consistency; ok is false for an unknown one.
-func Consistency(c ferryv1.Consistency) (journal.Consistency, bool) {
+func Consistency(c ferryv1.Consistency) (ferry.Consistency, bool) {
 	switch c {
 	case ferryv1.Consistency_CONSISTENCY_CRASH:
-		return journal.Crash, true
+		return ferry.Crash, true
 	case ferryv1.Consistency_CONSISTENCY_APP:
-		return journal.App, true
+		return ferry.App, true
 	}
 	return 0, false
 }
 
 // ConsistencyProto converts a domain consistency.
-func ConsistencyProto(c journal.Consistency) ferryv1.Consistency {
+func ConsistencyProto(c ferry.Consistency) ferryv1.Consistency {
 	switch c {
-	case journal.Crash:
+	case ferry.Crash:
 		return ferryv1.Consistency_CONSISTENCY_CRASH
-	case journal.App:
+	case ferry.App:
 		return ferryv1.Consistency_CONSISTENCY_APP
 	}
 	return ferryv1.Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 // Disks converts a hello's disk list.
-func Disks(in []*ferryv1.DiskInfo) []journal.Disk {
-	out := make([]journal.Disk, len(in))
+func Disks(in []*ferryv1.DiskInfo) []ferry.Disk {
+	out := make([]ferry.Disk, len(in))
 	for i, d := range in {
-		out[i] = journal.Disk{Name: journal.DiskID(d.GetName()), Size: int64(d.GetSizeBytes())}
+		out[i] = ferry.Disk{Name: ferry.DiskID(d.GetName()), Size: int64(d.GetSizeBytes())}
 	}
 	return out
 }
 
 // DisksProto converts a VM's disks.
-func DisksProto(in []journal.Disk) []*ferryv1.DiskInfo {
+func DisksProto(in []ferry.Disk) []*ferryv1.DiskInfo {
 	out := make([]*ferryv1.DiskInfo, len(in))
 	for i, d := range in {
 		out[i] = &ferryv1.DiskInfo{Name: string(d.Name), SizeBytes: uint64(d.Size)}
@@ -70,10 +71,10 @@ func VMProto(vm journal.VM) *ferryv1.VM {
 // VM converts a VM's state from the wire.
 func VM(v *ferryv1.VM) journal.VM {
 	return journal.VM{
-		Name:         journal.VMID(v.GetName()),
+		Name:         ferry.VMID(v.GetName()),
 		Disks:        Disks(v.GetDisks()),
-		Epoch:        journal.Epoch(v.GetEpoch()),
-		LastSeq:      journal.Seq(v.GetDurableSeq()),
+		Epoch:        ferry.Epoch(v.GetEpoch()),
+		LastSeq:      ferry.Seq(v.GetDurableSeq()),
 		Consistent:   v.GetConsistent(),
 		Points:       int(v.GetPointCount()),
 		LatestPoint:  fromUnixNano(v.GetLatestPointUnixNano()),
@@ -83,7 +84,7 @@ func VM(v *ferryv1.VM) journal.VM {
 }
 
 // PointProto converts a recovery point.
-func PointProto(p journal.Point) *ferryv1.RecoveryPoint {
+func PointProto(p ferry.Point) *ferryv1.RecoveryPoint {
 	return &ferryv1.RecoveryPoint{
 		Id:           uint64(p.ID),
 		Consistency:  ConsistencyProto(p.Consistency),
@@ -93,9 +94,9 @@ func PointProto(p journal.Point) *ferryv1.RecoveryPoint {
 }
 
 // Point converts a recovery point from the wire.
-func Point(vm journal.VMID, p *ferryv1.RecoveryPoint) journal.Point {
+func Point(vm ferry.VMID, p *ferryv1.RecoveryPoint) ferry.Point {
 	c, _ := Consistency(p.GetConsistency())
-	return journal.Point{VM: vm, ID: journal.Seq(p.GetId()), Consistency: c, Tag: p.GetTag(), Time: fromUnixNano(p.GetTimeUnixNano())}
+	return ferry.Point{VM: vm, ID: ferry.Seq(p.GetId()), Consistency: c, Tag: p.GetTag(), Time: fromUnixNano(p.GetTimeUnixNano())}
 }
 
 func unixNano(t time.Time) int64 {

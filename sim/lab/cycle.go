@@ -9,10 +9,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/virt"
 	"github.com/ferrydr/ferry/processserver"
@@ -48,7 +48,7 @@ func (l *lab) openMasterTarget(ctx context.Context) error {
 // it; the final point of a failback is cut after the guest shut down, when
 // the disk no longer changes.
 func (l *lab) reverseAgent(ctx context.Context, vm string) (*agent.Agent, error) {
-	v, err := l.ps.Journal().VM(ctx, journal.VMID(vm))
+	v, err := l.ps.Journal().VM(ctx, ferry.VMID(vm))
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	f := l.stage("fail web back to the original location, synchronizing before failover")
 	// The primary boots on its agent: start it first, with the epoch the
 	// forward reprotect will give; it waits until then.
-	v, err := l.ps.Journal().VM(ctx, journal.VMID("web"))
+	v, err := l.ps.Journal().VM(ctx, ferry.VMID("web"))
 	if err != nil {
 		return err
 	}
@@ -157,7 +157,7 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	p, _, err := l.ps.Journal().CutPoint(ctx, journal.VMID("web"), processserver.PointLatest, time.Now())
+	p, _, err := l.ps.Journal().CutPoint(ctx, ferry.VMID("web"), processserver.PointLatest, time.Now())
 	if err != nil {
 		r.check("a new point", false, "%v", err)
 		return nil

@@ -24,10 +24,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/virt"
 	"github.com/ferrydr/ferry/pkg/wire"
@@ -128,7 +128,7 @@ type lab struct {
 	vms                      map[string]*protected
 	kernel                   guest.Kernel
 	bootStart                time.Time
-	appID                    journal.Seq // web's app-consistent point
+	appID                    ferry.Seq // web's app-consistent point
 	nets                     []string
 	sitenet, testnet, recnet string
 	report                   *Report
@@ -365,7 +365,7 @@ func (s *Stage) measure(job *processserver.Job, err error, start time.Time, proc
 }
 
 func (l *lab) processed(ctx context.Context, vm string) uint64 {
-	v, err := l.ps.Journal().VM(ctx, journal.VMID(vm))
+	v, err := l.ps.Journal().VM(ctx, ferry.VMID(vm))
 	if err != nil {
 		return 0
 	}
@@ -504,7 +504,7 @@ func (l *lab) ghost(ctx context.Context) error {
 	}
 	l.extra = append(l.extra, a)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		if v, err := l.ps.Journal().VM(ctx, journal.VMID("ghost")); err == nil && v.Points > 0 {
+		if v, err := l.ps.Journal().VM(ctx, ferry.VMID("ghost")); err == nil && v.Points > 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -521,12 +521,12 @@ func (l *lab) appPoint(ctx context.Context) error {
 		s.check("freeze and mark", false, "%v", err)
 		return nil
 	}
-	var p journal.Point
+	var p ferry.Point
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) && p.ID == 0 {
-		pts, _ := l.ps.Journal().Points(ctx, journal.VMID("web"))
+		pts, _ := l.ps.Journal().Points(ctx, ferry.VMID("web"))
 		for _, pt := range pts {
-			if pt.Consistency == journal.App {
+			if pt.Consistency == ferry.App {
 				p = pt
 			}
 		}
@@ -550,9 +550,9 @@ func (l *lab) appPoint(ctx context.Context) error {
 
 // checkPoint materializes the point's disk and checks its file system and
 // records.
-func (l *lab) checkPoint(ctx context.Context, vm, name string, id journal.Seq) (guest.FsckResult, guest.Records, error) {
+func (l *lab) checkPoint(ctx context.Context, vm, name string, id ferry.Seq) (guest.FsckResult, guest.Records, error) {
 	path := l.path("checks", vm+"-"+name+".img")
-	v, err := l.ps.Journal().VM(ctx, journal.VMID(vm))
+	v, err := l.ps.Journal().VM(ctx, ferry.VMID(vm))
 	if err != nil {
 		return guest.FsckResult{}, guest.Records{}, err
 	}
@@ -560,7 +560,7 @@ func (l *lab) checkPoint(ctx context.Context, vm, name string, id journal.Seq) (
 	if err != nil {
 		return guest.FsckResult{}, guest.Records{}, err
 	}
-	err = l.ps.Journal().Materialize(ctx, journal.VMID(vm), id, 0, f, true)
+	err = l.ps.Journal().Materialize(ctx, ferry.VMID(vm), id, 0, f, true)
 	f.Close()
 	if err != nil {
 		return guest.FsckResult{}, guest.Records{}, err
@@ -661,7 +661,7 @@ func (l *lab) unplannedFailover(ctx context.Context) error {
 	c := l.stage("commit")
 	job, err = l.ps.Commit(ctx, "web")
 	c.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
-	pts, _ := l.ps.Journal().Points(ctx, journal.VMID("web"))
+	pts, _ := l.ps.Journal().Points(ctx, ferry.VMID("web"))
 	c.check("recovery points deleted", len(pts) == 0, "%d points left", len(pts))
 	state, err := l.lc.State(ctx, dom)
 	c.check("the recovered VM keeps running", state == "running", "%s %v", state, err)

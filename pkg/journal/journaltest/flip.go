@@ -8,15 +8,15 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry"
 )
 
 // Flip is one bit flipped in a value the journal stores: a record's
 // metadata ("meta"), a write's payload ("data") or a point ("points").
 type Flip struct {
-	VM     journal.VMID
+	VM     ferry.VMID
 	Bucket string
-	Seq    journal.Seq
+	Seq    ferry.Seq
 	Byte   int
 	Bit    uint8
 }
@@ -28,7 +28,7 @@ func (f Flip) String() string {
 // FlipBits flips one bit in each of n values of vm chosen at random among
 // its stored records and points (the journal file must be closed), as rot
 // at rest would. Unflip undoes it.
-func FlipBits(path string, vm journal.VMID, rng *rand.Rand, n int) ([]Flip, error) {
+func FlipBits(path string, vm ferry.VMID, rng *rand.Rand, n int) ([]Flip, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, err
@@ -58,7 +58,7 @@ func FlipBits(path string, vm journal.VMID, rng *rand.Rand, n int) ([]Flip, erro
 			c := cands[i]
 			sub := b.Bucket([]byte(c.bucket))
 			v := append([]byte(nil), sub.Get(c.key)...)
-			f := Flip{VM: vm, Bucket: c.bucket, Seq: journal.Seq(binary.BigEndian.Uint64(c.key)), Byte: rng.IntN(len(v)), Bit: uint8(rng.IntN(8))}
+			f := Flip{VM: vm, Bucket: c.bucket, Seq: ferry.Seq(binary.BigEndian.Uint64(c.key)), Byte: rng.IntN(len(v)), Bit: uint8(rng.IntN(8))}
 			v[f.Byte] ^= 1 << f.Bit
 			if err := sub.Put(c.key, v); err != nil {
 				return err
