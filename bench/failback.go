@@ -47,7 +47,7 @@ func (p *memPrimary) CreateDisks(ctx context.Context, vm string, disks []ferry.D
 	return out, []string{"memory"}, nil
 }
 
-func (p *memPrimary) Start(ctx context.Context, vm, location string) error { return nil }
+func (p *memPrimary) Start(ctx context.Context, vm string, location ferry.Location) error { return nil }
 
 // Failback measures original-location reprotect (only blocks that differ
 // cross the link) against alternate-location reprotect (a full copy) of
@@ -75,11 +75,11 @@ func Failback(ctx context.Context, cfg FailbackConfig) (*Table, error) {
 				cur[k] = byte(rng.Uint32())
 			}
 		}
-		os_, ob, err := reprotectRun(ctx, cfg, old, cur, "original")
+		os_, ob, err := reprotectRun(ctx, cfg, old, cur, ferry.LocationOriginal)
 		if err != nil {
 			return nil, err
 		}
-		fs, fb, err := reprotectRun(ctx, cfg, old, cur, "alternate")
+		fs, fb, err := reprotectRun(ctx, cfg, old, cur, ferry.LocationAlternate)
 		if err != nil {
 			return nil, err
 		}
@@ -90,7 +90,7 @@ func Failback(ctx context.Context, cfg FailbackConfig) (*Table, error) {
 	return t, nil
 }
 
-func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, location string) (time.Duration, int64, error) {
+func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, location ferry.Location) (time.Duration, int64, error) {
 	dir, err := os.MkdirTemp(cfg.Dir, "failback-")
 	if err != nil {
 		return 0, 0, err
@@ -108,7 +108,7 @@ func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, loca
 	}
 	defer mt.Close(ctx)
 	disks := []*ferryv1.DiskInfo{{Name: "os", SizeBytes: uint64(cfg.Bytes)}}
-	if _, err := mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "fb", Disks: disks, Epoch: 2, Location: location}); err != nil {
+	if _, err := mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "fb", Disks: disks, Epoch: 2, Location: string(location)}); err != nil {
 		return 0, 0, err
 	}
 	px, err := newProxy(mt.Addr())

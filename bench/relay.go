@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"github.com/ferrydr/ferry"
 	"os"
 	"time"
 
@@ -90,7 +91,7 @@ func reverseRun(ctx context.Context, cfg RelayConfig, direct bool) (sent, up, do
 	if err := d.Outage(ctx, 0); err != nil {
 		return 0, 0, 0, err
 	}
-	d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: "vw-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest"})
+	d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: "vw-1", Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: ferry.PointLatest})
 	d.Commit(ctx, rep, v)
 	if err := d.RunRecovered(ctx, v); err != nil {
 		return 0, 0, 0, err
@@ -99,7 +100,7 @@ func reverseRun(ctx context.Context, cfg RelayConfig, direct bool) (sent, up, do
 		return 0, 0, 0, err
 	}
 	up0, down0 := d.WAN.Bytes()
-	d.Reprotect(ctx, rep, v, "original", "")
+	d.Reprotect(ctx, rep, v, ferry.LocationOriginal, "")
 	if len(rep.Failures) == 0 {
 		if err := d.Run(ctx, time.Duration(cfg.Minutes)*time.Minute); err != nil {
 			return 0, 0, 0, err
@@ -108,7 +109,7 @@ func reverseRun(ctx context.Context, cfg RelayConfig, direct bool) (sent, up, do
 			return 0, 0, 0, err
 		}
 		a := v.Agent
-		d.Failback(ctx, rep, v, "before")
+		d.Failback(ctx, rep, v, ferry.SyncBefore)
 		sent = a.Stats().SentBytes
 	}
 	if len(rep.Failures) > 0 {

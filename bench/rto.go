@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"github.com/ferrydr/ferry"
 	"google.golang.org/protobuf/proto"
 
 	"context"
@@ -67,12 +68,12 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 	failover := func(typ ferryv1.FailoverType, point string) (time.Duration, *ferryv1.Job, error) {
 		start := time.Now()
 		job, err := d.Recovery.Failover(ctx, &ferryv1.FailoverRequest{Vm: "rto-1", Type: typ, Point: point, Network: "drill-isolated"})
-		if err == nil && job.GetOutcome() != "succeeded" {
+		if err == nil && ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 			err = fmt.Errorf("%s", job.GetError())
 		}
 		return time.Since(start), job, err
 	}
-	tProcessed, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, "latest-processed")
+	tProcessed, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, ferry.PointLatestProcessed)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +89,7 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 		return nil, err
 	}
 	backlog := st.GetVms()[0].GetUnprocessedBytes()
-	tLatest, job, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, "latest")
+	tLatest, job, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, ferry.PointLatest)
 	if err != nil {
 		return nil, err
 	}
@@ -101,12 +102,12 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 	if _, err := d.Recovery.CleanupTest(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil {
 		return nil, err
 	}
-	tUnplanned, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, "latest-processed")
+	tUnplanned, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, ferry.PointLatestProcessed)
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	if job, err := d.Recovery.Commit(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil || job.GetOutcome() != "succeeded" {
+	if job, err := d.Recovery.Commit(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil || ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		return nil, fmt.Errorf("commit: %v %s", err, job.GetError())
 	}
 	tUnplanned += time.Since(start)

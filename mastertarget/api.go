@@ -24,8 +24,8 @@ import (
 // PrepareReprotect registers a VM for reverse replication.
 func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareReprotectRequest) (*ferryv1.PrepareReprotectResponse, error) {
 	name := req.GetVm()
-	loc := req.GetLocation()
-	if loc != LocationOriginal && loc != LocationAlternate {
+	loc := ferry.Location(req.GetLocation())
+	if loc != ferry.LocationOriginal && loc != ferry.LocationAlternate {
 		return nil, status.Errorf(codes.InvalidArgument, "location %q: want original or alternate", loc)
 	}
 	if len(req.GetDisks()) == 0 || len(req.GetDisks()) > 64 || req.GetEpoch() == 0 {
@@ -65,7 +65,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	t := &target{VM: name, Location: loc, Disks: disks, SyncDuring: req.GetSyncDuring()}
 	var devs []blockdev.Device
 	var err error
-	if loc == LocationOriginal {
+	if loc == ferry.LocationOriginal {
 		// The primary's own disks are the base: reverse replication
 		// compares with them and sends only what differs.
 		if devs, err = s.cfg.Primary.OriginalDisks(ctx, name, disks); err == nil {
@@ -94,7 +94,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 // Failback shuts the recovered VM down, takes its last writes, applies the
 // point to the primary disks and starts the primary VM.
 func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (*ferryv1.MTFailbackResponse, error) {
-	out, err := s.failback(ctx, []string{req.GetVm()}, req.GetSync(), req.GetPoint(), "", nil)
+	out, err := s.failback(ctx, []string{req.GetVm()}, ferry.SyncMode(req.GetSync()), req.GetPoint(), "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -115,9 +115,9 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 	point := req.GetPoint()
 	var fixed map[string]ferry.Seq
 	switch point {
-	case "", "latest":
-		point = "latest"
-	case "latest-app":
+	case "", ferry.PointLatest:
+		point = ferry.PointLatest
+	case ferry.PointLatestApp:
 		// The members' newest common app-consistent multi-VM point.
 		var err error
 		if fixed, err = s.commonApp(ctx, req.GetGroup(), req.GetVms()); err != nil {
@@ -126,7 +126,7 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "point %q: a group fails back to latest or latest-app", point)
 	}
-	out, err := s.failback(ctx, req.GetVms(), req.GetSync(), point, tag, fixed)
+	out, err := s.failback(ctx, req.GetVms(), ferry.SyncMode(req.GetSync()), point, tag, fixed)
 	if err != nil {
 		return nil, err
 	}
@@ -154,9 +154,9 @@ func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error {
 	st := &ferryv1.JobStep{Name: name, StartUnixNano: s.clock.Now().UnixNano()}
 	wall := time.Now()
 	detail, err := fn()
-	st.EndUnixNano, st.WallNanos, st.Detail, st.Outcome = s.clock.Now().UnixNano(), int64(time.Since(wall)), detail, "succeeded"
+	st.EndUnixNano, st.WallNanos, st.Detail, st.Outcome = s.clock.Now().UnixNano(), int64(time.Since(wall)), detail, string(ferry.OutcomeSucceeded)
 	if err != nil {
-		st.Outcome, st.Detail = "failed", strings.TrimPrefix(detail+": "+err.Error(), ": ")
+		st.Outcome, st.Detail = string(ferry.OutcomeFailed), strings.TrimPrefix(detail+": "+err.Error(), ": ")
 		f.failed = true
 	}
 	f.resp.Steps = append(f.resp.Steps, st)
@@ -174,11 +174,11 @@ const PresyncBound = 8 << 20
 // their final markers carry it), processed, applied and started. A VM that
 // does not shut down stops the failback of every VM asked for, with
 // nothing applied and nothing lost.
-func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, tag string, fixed map[string]ferry.Seq) ([]*ferryv1.MTFailbackResponse, error) {
-	if syncMode != "before" && syncMode != "during" {
+func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.SyncMode, point, tag string, fixed map[string]ferry.Seq) ([]*ferryv1.MTFailbackResponse, error) {
+	if !syncMode.Valid() {
 		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", syncMode)
 	}
-	if point != "latest" && point != "latest-app" {
+	if point != ferry.PointLatest && point != ferry.PointLatestApp {
 		return nil, status.Errorf(codes.InvalidArgument, "point %q: failback offers latest or latest-app", point)
 	}
 	if err := s.j.ProcessAll(ctx, nil); err != nil {
@@ -220,7 +220,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 	for i, f := range fs {
 		out[i] = f.resp
 	}
-	if syncMode == "before" {
+	if syncMode == ferry.SyncBefore {
 		for _, f := range fs {
 			if s.step(f, "synchronize before shutdown", func() (string, error) { return s.presync(ctx, f, point) }) != nil {
 				s.stopOthers(fs, fmt.Sprintf("vm %s could not be synchronized: no VM was shut down and nothing was applied", f.name))
@@ -256,7 +256,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode, point, ta
 		s.clock.Sleep(ctx, took)
 		for _, f := range fs {
 			f.resp.Steps = append(f.resp.Steps, &ferryv1.JobStep{Name: "receive final data", StartUnixNano: s.clock.Now().Add(-took).UnixNano(),
-				EndUnixNano: s.clock.Now().UnixNano(), Outcome: "succeeded",
+				EndUnixNano: s.clock.Now().UnixNano(), Outcome: string(ferry.OutcomeSucceeded),
 				Detail: fmt.Sprintf("%s over the link from the recovery site (for all %d VMs failing back together) in %v (modeled at %s/s)",
 					cli.Bytes(moved), len(fs), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
 		}
@@ -275,13 +275,13 @@ func (s *Server) stopOthers(fs []*fbVM, why string) {
 	for _, g := range fs {
 		if !g.failed {
 			g.failed = true
-			g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: now, EndUnixNano: now, Outcome: "failed", Detail: why})
+			g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: now, EndUnixNano: now, Outcome: string(ferry.OutcomeFailed), Detail: why})
 		}
 	}
 }
 
 // checkFailback checks that vm can fail back now.
-func (s *Server) checkFailback(ctx context.Context, name, syncMode, point string) (*fbVM, error) {
+func (s *Server) checkFailback(ctx context.Context, name string, syncMode ferry.SyncMode, point string) (*fbVM, error) {
 	vmid := ferry.VMID(name)
 	t, err := s.target(name)
 	if err != nil {
@@ -294,13 +294,13 @@ func (s *Server) checkFailback(ctx context.Context, name, syncMode, point string
 	if err != nil {
 		return nil, err
 	}
-	if t.SyncDuring && syncMode == "before" {
+	if t.SyncDuring && syncMode == ferry.SyncBefore {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s was reprotected to synchronize during failover only: nothing was copied before, so it fails back with sync during", name)
 	}
 	if vm.Points == 0 && !t.SyncDuring {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", name)
 	}
-	if point == "latest-app" && !s.hasApp(ctx, vmid) {
+	if point == ferry.PointLatestApp && !s.hasApp(ctx, vmid) {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no app-consistent point at the master target", name)
 	}
 	return &fbVM{name: name, vmid: vmid, t: t, resp: &ferryv1.MTFailbackResponse{}}, nil
@@ -318,7 +318,7 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 	var folded int64
 	rounds := 0
 	for rounds < 8 {
-		if point != "latest-app" {
+		if point != ferry.PointLatestApp {
 			s.checkpoint(ctx, f)
 		}
 		if _, err := s.j.Process(ctx, f.vmid, ferry.Seq(math.MaxUint64)); err != nil {
@@ -327,7 +327,7 @@ func (s *Server) presync(ctx context.Context, f *fbVM, point string) (string, er
 		var upTo ferry.Point
 		if f.fixed != 0 {
 			upTo, err = s.j.Point(ctx, f.vmid, f.fixed)
-		} else if point == "latest-app" {
+		} else if point == ferry.PointLatestApp {
 			upTo, err = s.latestApp(ctx, f.vmid)
 		} else {
 			var pts []ferry.Point
@@ -396,8 +396,8 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 
 // shutdown asks the recovered VM's agent to shut its machine down and
 // waits for its final marker.
-func (s *Server) shutdown(ctx context.Context, f *fbVM, sync, tag string) (string, error) {
-	res, err := s.recv.Command(ctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: sync == "during", Tag: tag}}})
+func (s *Server) shutdown(ctx context.Context, f *fbVM, sync ferry.SyncMode, tag string) (string, error) {
+	res, err := s.recv.Command(ctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: sync == ferry.SyncDuring, Tag: tag}}})
 	if err != nil {
 		return "", err
 	}
@@ -406,7 +406,7 @@ func (s *Server) shutdown(ctx context.Context, f *fbVM, sync, tag string) (strin
 	}
 	f.final = res.GetFinalSeq()
 	how := "final delta"
-	if sync == "during" {
+	if sync == ferry.SyncDuring {
 		how = "whole disks, no checksums"
 	}
 	return fmt.Sprintf("recovered VM shut down; %s received up to marker %d", how, f.final), nil
@@ -414,7 +414,7 @@ func (s *Server) shutdown(ctx context.Context, f *fbVM, sync, tag string) (strin
 
 // finishFailback processes f's final data, applies the point to the target
 // disks and starts the primary.
-func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag string) {
+func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync ferry.SyncMode, point, tag string) {
 	if s.step(f, "process final data", func() (string, error) {
 		st, err := s.j.Process(ctx, f.vmid, ferry.Seq(f.final))
 		if err != nil {
@@ -423,7 +423,7 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag s
 		switch {
 		case f.fixed != 0:
 			f.point, err = s.j.Point(ctx, f.vmid, f.fixed)
-		case point == "latest":
+		case point == ferry.PointLatest:
 			f.point, err = s.j.Point(ctx, f.vmid, ferry.Seq(f.final))
 		default:
 			f.point, err = s.latestApp(ctx, f.vmid)
@@ -441,7 +441,7 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync, point, tag s
 		if err != nil {
 			return "", err
 		}
-		compare := f.t.Location == LocationOriginal && sync == "before"
+		compare := f.t.Location == ferry.LocationOriginal && sync == ferry.SyncBefore
 		var read, written int64
 		start := s.clock.Now()
 		wall := time.Now()
@@ -537,7 +537,7 @@ func (s *Server) ReprotectStatus(ctx context.Context, req *ferryv1.VMRequest) (*
 	if t == nil || t.Retired {
 		return out, nil
 	}
-	out.Registered, out.Location, out.SyncDuring = true, t.Location, t.SyncDuring
+	out.Registered, out.Location, out.SyncDuring = true, string(t.Location), t.SyncDuring
 	vm, err := s.j.VM(ctx, ferry.VMID(name))
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/policy"
@@ -47,7 +48,7 @@ func TestFailbackRefusals(t *testing.T) {
 		during bool
 	}{{"web", false}, {"db", true}} {
 		if _, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vm.name, Disks: disks, Epoch: 2,
-			Location: mastertarget.LocationAlternate, SyncDuring: vm.during}); err != nil {
+			Location: string(ferry.LocationAlternate), SyncDuring: vm.during}); err != nil {
 			t.Fatal(err)
 		}
 	}

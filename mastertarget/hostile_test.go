@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -59,7 +60,7 @@ func TestHostilePrepareReprotect(t *testing.T) {
 		{"1 PiB disk", "web", disk("os", 1<<50)},
 		{"disk of 100 bytes", "web", disk("os", 100)},
 	} {
-		_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: tc.vm, Disks: tc.disks, Epoch: 2, Location: mastertarget.LocationAlternate})
+		_, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: tc.vm, Disks: tc.disks, Epoch: 2, Location: string(ferry.LocationAlternate)})
 		if status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", tc.name, err)
 		}
@@ -71,7 +72,7 @@ func TestHostilePrepareReprotect(t *testing.T) {
 		t.Fatalf("refused requests left %d entries in the alternate directory", len(ents))
 	}
 	// A plain request still works, and its disk is private to its owner.
-	resp, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "web", Disks: disk("os", 1<<20), Epoch: 2, Location: mastertarget.LocationAlternate})
+	resp, err := c.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "web", Disks: disk("os", 1<<20), Epoch: 2, Location: string(ferry.LocationAlternate)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/virt"
 )
 
@@ -59,12 +60,12 @@ func AlternateName(domain string) string { return domain + "-alternate" }
 
 // Start boots the VM after failback: its own domain at the original
 // location, a new domain on the new disks at an alternate one.
-func (p *LibvirtPrimary) Start(ctx context.Context, vm, location string) error {
+func (p *LibvirtPrimary) Start(ctx context.Context, vm string, location ferry.Location) error {
 	d, err := p.domain(vm)
 	if err != nil {
 		return err
 	}
-	if location != LocationAlternate {
+	if location != ferry.LocationAlternate {
 		if err := p.Conn.Start(d); err != nil {
 			return fmt.Errorf("%w (if the domain's disks are served by ferry-agent --nbd-listen, start that agent first, with the --epoch of the next reprotect)", err)
 		}

@@ -37,12 +37,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// Locations of a failback.
-const (
-	LocationOriginal  = "original"
-	LocationAlternate = "alternate"
-)
-
 // Primary is the primary site as the master target reaches it.
 // Implementations are safe for concurrent use.
 type Primary interface {
@@ -52,7 +46,7 @@ type Primary interface {
 	// it returns where they are, for the report.
 	CreateDisks(ctx context.Context, vm string, disks []ferry.Disk) ([]blockdev.Device, []string, error)
 	// Start starts the primary VM on its disks after failback.
-	Start(ctx context.Context, vm string, location string) error
+	Start(ctx context.Context, vm string, location ferry.Location) error
 }
 
 // PrimaryStopper is a Primary that can shut a primary machine down: the
@@ -118,11 +112,11 @@ type Server struct {
 
 // target is what the master target keeps of a reprotected VM.
 type target struct {
-	VM       string       `json:"vm"`
-	Location string       `json:"location"`
-	Disks    []ferry.Disk `json:"disks"`
-	Paths    []string     `json:"paths,omitempty"`
-	Retired  bool         `json:"retired"`
+	VM       string         `json:"vm"`
+	Location ferry.Location `json:"location"`
+	Disks    []ferry.Disk   `json:"disks"`
+	Paths    []string       `json:"paths,omitempty"`
+	Retired  bool           `json:"retired"`
 	// SyncDuring: the failback synchronizes during failover only; the
 	// agent sends nothing before it.
 	SyncDuring bool `json:"sync_during,omitempty"`
@@ -328,7 +322,7 @@ func (s *Server) reattach(ctx context.Context) error {
 	for _, t := range ts {
 		var devs []blockdev.Device
 		var err error
-		if t.Location == LocationOriginal {
+		if t.Location == ferry.LocationOriginal {
 			devs, err = s.cfg.Primary.OriginalDisks(ctx, t.VM, t.Disks)
 		} else {
 			for _, p := range t.Paths {

@@ -81,14 +81,14 @@ func (p *FilePrimary) CreateDisks(ctx context.Context, vm string, disks []ferry.
 	return devs, paths, nil
 }
 
-func (p *FilePrimary) Start(ctx context.Context, vm, location string) error {
+func (p *FilePrimary) Start(ctx context.Context, vm string, location ferry.Location) error {
 	if p.StartHook == "" {
 		return nil
 	}
-	args := []string{vm, location}
+	args := []string{vm, string(location)}
 	p.mu.Lock()
 	disks := p.Disks
-	if location == LocationAlternate {
+	if location == ferry.LocationAlternate {
 		// The VM starts on the disks failback wrote, not the originals.
 		disks = p.alternate
 	}

@@ -33,14 +33,14 @@ func TestFilePrimaryStartsOnTheFailedBackDisks(t *testing.T) {
 		}
 		return strings.TrimSpace(string(b))
 	}
-	if err := p.Start(ctx, "web", LocationOriginal); err != nil {
+	if err := p.Start(ctx, "web", ferry.LocationOriginal); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := read(), "web original os="+orig; got != want {
 		t.Fatalf("original: hook got %q, want %q", got, want)
 	}
 	// Before failback made alternate disks there is nothing to start.
-	if err := p.Start(ctx, "web", LocationAlternate); err == nil {
+	if err := p.Start(ctx, "web", ferry.LocationAlternate); err == nil {
 		t.Fatal("started an alternate location without its disks")
 	}
 	devs, paths, err := p.CreateDisks(ctx, "web", []ferry.Disk{{Name: "os", Size: 8192}})
@@ -52,7 +52,7 @@ func TestFilePrimaryStartsOnTheFailedBackDisks(t *testing.T) {
 			defer c.Close()
 		}
 	}
-	if err := p.Start(ctx, "web", LocationAlternate); err != nil {
+	if err := p.Start(ctx, "web", ferry.LocationAlternate); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := read(), "web alternate os="+paths[0]; got != want || paths[0] == orig {

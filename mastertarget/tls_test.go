@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
@@ -69,7 +70,7 @@ func TestHostileReplicationTLS(t *testing.T) {
 	ps := conn(filepath.Join(caDir, "ps"))
 	disks := []*ferryv1.DiskInfo{{Name: "os", SizeBytes: 1 << 20}}
 	if _, err := ferryv1.NewMasterTargetClient(ps).PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "web", Disks: disks, Epoch: 2,
-		Location: mastertarget.LocationAlternate}); err != nil {
+		Location: string(ferry.LocationAlternate)}); err != nil {
 		t.Fatal(err)
 	}
 	hello := func(cc *grpc.ClientConn) error {

@@ -23,10 +23,10 @@ var ErrNoMasterTarget = errors.New("no master target configured: start ferry-ps 
 // new disks, everything is sent); after a committed failback, from the
 // primary back to this process server, resynced by hash.
 //
-// sync says how the failback will synchronize: "before" (default) or
-// "during", for which reverse replication moves nothing before the failback
+// sync says how the failback will synchronize: before (default) or
+// during, for which reverse replication moves nothing before the failback
 // copies the whole disks (no checksum pre-sync).
-func (s *Server) Reprotect(ctx context.Context, vmName, location, sync string) (*Job, error) {
+func (s *Server) Reprotect(ctx context.Context, vmName string, location ferry.Location, sync ferry.SyncMode) (*Job, error) {
 	defer s.lockVM(vmName)()
 	st, vm, err := s.vmState(ctx, vmName)
 	if err != nil {
@@ -52,19 +52,17 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location, sync string) (
 		})
 		return run.finish(err)
 	}
-	if location == "" {
-		location = "original"
-	}
 	err = func() error {
 		if err := run.step("check prerequisites", func() (string, error) {
 			if s.mt == nil {
 				return "", ErrNoMasterTarget
 			}
-			if location != "original" && location != "alternate" {
-				return "", fmt.Errorf("%w: location %q: want original or alternate", ErrInvalidRequest, location)
+			var err error
+			if location, err = ferry.ParseLocation(string(location)); err != nil {
+				return "", fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 			}
-			if sync != "" && sync != "before" && sync != "during" {
-				return "", fmt.Errorf("%w: sync %q: want before or during", ErrInvalidRequest, sync)
+			if sync, err = ferry.ParseSyncMode(string(sync)); err != nil {
+				return "", fmt.Errorf("%w: %v", ErrInvalidRequest, err)
 			}
 			return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
 		}); err != nil {
@@ -72,21 +70,22 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location, sync string) (
 		}
 		return run.step("prepare master target", func() (string, error) {
 			resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch),
-				Location: location, SyncDuring: sync == "during"})
+				Location: string(location), SyncDuring: sync == ferry.SyncDuring})
 			if err != nil {
 				return "", err
 			}
-			if sync == "during" {
-				location += " (synchronize during failover only: nothing moves before the failback)"
+			shown := string(location)
+			if sync == ferry.SyncDuring {
+				shown += " (synchronize during failover only: nothing moves before the failback)"
 			}
-			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, location }); err != nil {
+			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, shown }); err != nil {
 				return "", err
 			}
 			if st.Machine.VMwareStyle() {
 				return stepf("%s location %v; %s: start the recovered VM's agent with --ps <this process server> --epoch %d: this process server relays its replication to the master target, verified and compressed",
-					location, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
+					shown, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
 			}
-			return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", location, resp.GetTargets(), vm.Epoch), nil
+			return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", shown, resp.GetTargets(), vm.Epoch), nil
 		})
 	}()
 	return run.finish(err)
@@ -96,7 +95,7 @@ func (s *Server) Reprotect(ctx context.Context, vmName, location, sync string) (
 // target shuts the recovered VM down, takes its last writes (only the final
 // delta when sync is "before"; the whole disks, without checksums, when
 // "during"), applies the point to the primary disks and starts the primary.
-func (s *Server) Failback(ctx context.Context, vmName, sync, point string) (*Job, error) {
+func (s *Server) Failback(ctx context.Context, vmName string, sync ferry.SyncMode, point string) (*Job, error) {
 	jobs, errs := s.failback(ctx, "", []string{vmName}, sync, point)
 	return jobs[0], errs[0]
 }
@@ -105,7 +104,7 @@ func (s *Server) Failback(ctx context.Context, vmName, sync, point string) (*Job
 // the members of that replication group: the master target shuts them all
 // down before it applies any point and each fails back to its final
 // marker, which carries the group's tag (their common point).
-func (s *Server) failback(ctx context.Context, group string, vms []string, sync, point string) ([]*Job, []error) {
+func (s *Server) failback(ctx context.Context, group string, vms []string, sync ferry.SyncMode, point string) ([]*Job, []error) {
 	jobs, errs := make([]*Job, len(vms)), make([]error, len(vms))
 	fail := func(err error) ([]*Job, []error) {
 		for i := range errs {
@@ -130,10 +129,10 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 		}
 	}
 	if point == "" {
-		point = PointLatest
+		point = ferry.PointLatest
 	}
 	if sync == "" {
-		sync = "before"
+		sync = ferry.SyncBefore
 		// A VM reprotected to synchronize during failover only has
 		// nothing to fail back from otherwise.
 		for _, vm := range vms {
@@ -141,7 +140,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 				break
 			}
 			if rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm}); err == nil && rs.GetSyncDuring() {
-				sync = "during"
+				sync = ferry.SyncDuring
 			}
 		}
 	}
@@ -197,13 +196,13 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 	}
 	var resps []*ferryv1.MTFailbackResponse
 	if group != "" {
-		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: sync, Point: point})
+		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: string(sync), Point: point})
 		if err != nil {
 			return failRuns(err)
 		}
 		resps = out.GetResults()
 	} else {
-		out, err := s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vms[0], Sync: sync, Point: point})
+		out, err := s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vms[0], Sync: string(sync), Point: point})
 		if err != nil {
 			return failRuns(err)
 		}
@@ -217,8 +216,8 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync,
 		errs[i] = func() error {
 			for _, mst := range resp.GetSteps() {
 				run.job.Steps = append(run.job.Steps, Step{Name: "master target: " + mst.GetName(), Start: time.Unix(0, mst.GetStartUnixNano()),
-					End: time.Unix(0, mst.GetEndUnixNano()), Outcome: mst.GetOutcome(), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
-				if mst.GetOutcome() != OutcomeSucceeded {
+					End: time.Unix(0, mst.GetEndUnixNano()), Outcome: ferry.Outcome(mst.GetOutcome()), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
+				if ferry.Outcome(mst.GetOutcome()) != ferry.OutcomeSucceeded {
 					return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
 				}
 			}

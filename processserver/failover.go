@@ -25,8 +25,6 @@ const (
 	FailoverUnplanned = "unplanned"
 )
 
-// PointLatestApp is the newest app-consistent point.
-const PointLatestApp = "latest-app"
 
 // FailoverRequest asks for a failover of one VM.
 type FailoverRequest struct {
@@ -118,7 +116,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 		network = "test-" + req.VM
 	}
 	if err := run.step("check prerequisites", func() (string, error) {
-		if req.Type == FailoverPlanned && req.Point != "" && req.Point != PointLatest {
+		if req.Type == FailoverPlanned && req.Point != "" && req.Point != ferry.PointLatest {
 			return "", fmt.Errorf("%w: a planned failover always uses the final point after shutdown, not %q", ErrInvalidRequest, req.Point)
 		}
 		if vm.Points == 0 {
@@ -173,7 +171,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 	if !shutdownOK {
 		opt := req.Point
 		if opt == "" {
-			opt = PointLatest
+			opt = ferry.PointLatest
 		}
 		if err := run.step("select recovery point", func() (string, error) {
 			var ps journal.ProcessStats
@@ -587,14 +585,14 @@ func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
 // for "latest".
 func (s *Server) resolvePoint(ctx context.Context, vm ferry.VMID, opt string) (ferry.Point, journal.ProcessStats, error) {
 	switch opt {
-	case PointLatest:
-		p, ps, err := s.j.CutPoint(ctx, vm, PointLatest, clock.From(ctx, s.clock).Now())
+	case ferry.PointLatest:
+		p, ps, err := s.j.CutPoint(ctx, vm, ferry.PointLatest, clock.From(ctx, s.clock).Now())
 		s.charge(ctx, ps)
 		return p, ps, err
-	case PointLatestProcessed, "":
+	case ferry.PointLatestProcessed, "":
 		p, err := s.j.LatestPoint(ctx, vm)
 		return p, journal.ProcessStats{}, err
-	case PointLatestApp:
+	case ferry.PointLatestApp:
 		pts, err := s.j.Points(ctx, vm)
 		if err != nil {
 			return ferry.Point{}, journal.ProcessStats{}, err

@@ -37,11 +37,6 @@ const (
 	defaultHoldTimeout = 2 * time.Second
 )
 
-// Multi-VM point options for recovery plans.
-const (
-	PointLatestMultiVMProcessed = "latest-multivm-processed"
-	PointLatestMultiVMApp       = "latest-multivm-app"
-)
 
 var bucketGroups = []byte("groups")
 

@@ -23,10 +23,10 @@ func (s *Server) recoverInterrupted(ctx context.Context) error {
 	}
 	now := s.clock.Now()
 	for _, j := range jobs {
-		if j.Outcome != OutcomeRunning {
+		if j.Outcome != ferry.OutcomeRunning {
 			continue
 		}
-		j.Outcome, j.End, j.Waiting = OutcomeInterrupted, now, ""
+		j.Outcome, j.End, j.Waiting = ferry.OutcomeInterrupted, now, ""
 		j.Error = "the process server stopped while this job ran"
 		if err := s.ctl.putJob(&j); err != nil {
 			return err
@@ -107,7 +107,7 @@ func (s *Server) resolveIntent(ctx context.Context, vm string) error {
 	}
 	s.log.Warn("interrupted operation resolved", "vm", vm, "op", in.Op, "job", in.Job, "detail", detail)
 	if j, err := s.ctl.job(in.Job); err == nil {
-		j.Steps = append(j.Steps, Step{Name: "resolved after a restart", Start: s.clock.Now(), End: s.clock.Now(), Outcome: OutcomeSucceeded, Detail: detail})
+		j.Steps = append(j.Steps, Step{Name: "resolved after a restart", Start: s.clock.Now(), End: s.clock.Now(), Outcome: ferry.OutcomeSucceeded, Detail: detail})
 		s.ctl.putJob(&j)
 	}
 	return s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: "interrupted", Detail: detail})

@@ -67,7 +67,7 @@ func TestHostileCrashDuringCommit(t *testing.T) {
 		t.Fatalf("after the restart: state %q, intent %+v, %v", st.State, st.Intent, err)
 	}
 	j, err := s.ctl.job(run.job.ID)
-	if err != nil || j.Outcome != OutcomeInterrupted || j.End.IsZero() {
+	if err != nil || j.Outcome != ferry.OutcomeInterrupted || j.End.IsZero() {
 		t.Fatalf("the commit job after the restart: %+v %v", j, err)
 	}
 	if vm, _ := s.j.VM(ctx, "vm1"); vm.Points != 0 {

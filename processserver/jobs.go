@@ -12,17 +12,17 @@ import (
 
 // Job is one operator action with its steps, persisted and listable.
 type Job struct {
-	ID       uint64       `json:"id"`
-	Type     string       `json:"type"`
-	VM       string       `json:"vm"`
-	Start    time.Time    `json:"start"`
-	End      time.Time    `json:"end"`
-	Outcome  string       `json:"outcome"` // running, succeeded, failed
-	Error    string       `json:"error,omitempty"`
-	Steps    []Step       `json:"steps"`
-	Point    *ferry.Point `json:"point,omitempty"`
-	Findings []Finding    `json:"findings,omitempty"`
-	Console  string       `json:"console,omitempty"`
+	ID       uint64        `json:"id"`
+	Type     string        `json:"type"`
+	VM       string        `json:"vm"`
+	Start    time.Time     `json:"start"`
+	End      time.Time     `json:"end"`
+	Outcome  ferry.Outcome `json:"outcome"` // running, succeeded, failed
+	Error    string        `json:"error,omitempty"`
+	Steps    []Step        `json:"steps"`
+	Point    *ferry.Point  `json:"point,omitempty"`
+	Findings []Finding     `json:"findings,omitempty"`
+	Console  string        `json:"console,omitempty"`
 	// Waiting: a plan job waits for an operator to do this and resume it.
 	Waiting string `json:"waiting,omitempty"`
 	// Children are the per-VM jobs a plan job ran.
@@ -37,20 +37,10 @@ type Step struct {
 	Name    string        `json:"name"`
 	Start   time.Time     `json:"start"`
 	End     time.Time     `json:"end"`
-	Outcome string        `json:"outcome"` // succeeded, failed, skipped
+	Outcome ferry.Outcome `json:"outcome"` // succeeded, failed, skipped
 	Detail  string        `json:"detail,omitempty"`
 	Wall    time.Duration `json:"wall"`
 }
-
-// Job outcomes.
-const (
-	OutcomeRunning   = "running"
-	OutcomeSucceeded = "succeeded"
-	OutcomeFailed    = "failed"
-	OutcomeSkipped   = "skipped"
-	// OutcomeInterrupted: the process server stopped while the job ran.
-	OutcomeInterrupted = "interrupted"
-)
 
 // jobRun records the steps of one job as they happen.
 type jobRun struct {
@@ -63,7 +53,7 @@ type jobRun struct {
 
 func (s *Server) newJob(ctx context.Context, typ, vm string) (*jobRun, error) {
 	c := clock.From(ctx, s.clock)
-	j := &Job{Type: typ, VM: vm, Start: c.Now(), Outcome: OutcomeRunning}
+	j := &Job{Type: typ, VM: vm, Start: c.Now(), Outcome: ferry.OutcomeRunning}
 	if err := s.ctl.putJob(j); err != nil {
 		return nil, err
 	}
@@ -113,9 +103,9 @@ func (r *jobRun) step(name string, fn func() (string, error)) error {
 	wall := time.Now()
 	detail, err := fn()
 	st.End, st.Wall, st.Detail = r.clock.Now(), time.Since(wall), detail
-	st.Outcome = OutcomeSucceeded
+	st.Outcome = ferry.OutcomeSucceeded
 	if err != nil {
-		st.Outcome = OutcomeFailed
+		st.Outcome = ferry.OutcomeFailed
 		if st.Detail == "" {
 			st.Detail = err.Error()
 		} else {
@@ -130,15 +120,15 @@ func (r *jobRun) step(name string, fn func() (string, error)) error {
 // skip records a step that did not apply.
 func (r *jobRun) skip(name, why string) {
 	now := r.clock.Now()
-	r.job.Steps = append(r.job.Steps, Step{Name: name, Start: now, End: now, Outcome: OutcomeSkipped, Detail: why})
+	r.job.Steps = append(r.job.Steps, Step{Name: name, Start: now, End: now, Outcome: ferry.OutcomeSkipped, Detail: why})
 }
 
 // finish ends the job with err's outcome and persists it.
 func (r *jobRun) finish(err error) (*Job, error) {
 	r.job.End = r.clock.Now()
-	r.job.Outcome = OutcomeSucceeded
+	r.job.Outcome = ferry.OutcomeSucceeded
 	if err != nil {
-		r.job.Outcome, r.job.Error = OutcomeFailed, err.Error()
+		r.job.Outcome, r.job.Error = ferry.OutcomeFailed, err.Error()
 	}
 	if perr := r.s.ctl.putJob(r.job); perr != nil && err == nil {
 		err = perr

@@ -52,7 +52,7 @@ type PlanGroup struct {
 	Post []PlanAction `json:"post,omitempty"`
 	// FailbackSync is how the group synchronizes at failback when the run
 	// does not say: before (default) or during.
-	FailbackSync string `json:"failback_sync,omitempty"`
+	FailbackSync ferry.SyncMode `json:"failback_sync,omitempty"`
 }
 
 // PlanAction is a command run by the process server, or a manual step the
@@ -160,7 +160,7 @@ const (
 
 // planPoints are the point options a plan accepts; a custom point ID is
 // refused (points are per VM; a plan spans VMs).
-var planPoints = []string{PointLatest, PointLatestProcessed, PointLatestApp, PointLatestMultiVMProcessed, PointLatestMultiVMApp}
+var planPoints = []string{ferry.PointLatest, ferry.PointLatestProcessed, ferry.PointLatestApp, ferry.PointLatestMultiVMProcessed, ferry.PointLatestMultiVMApp}
 
 var bucketPlans = []byte("plans")
 
@@ -183,7 +183,7 @@ func (p Plan) Validate() error {
 			}
 			seen[vm] = i + 1
 		}
-		if g.FailbackSync != "" && g.FailbackSync != "before" && g.FailbackSync != "during" {
+		if g.FailbackSync != "" && !g.FailbackSync.Valid() {
 			return fmt.Errorf("%w: plan %s: group %d: failback_sync %q: want before or during", ErrInvalidRequest, p.Name, i+1, g.FailbackSync)
 		}
 		for _, a := range slices.Concat(g.Pre, g.Post) {
@@ -278,9 +278,9 @@ type PlanRequest struct {
 	Network  string
 	Shutdown bool
 	// Location of a reprotect: original (default) or alternate.
-	Location string
+	Location ferry.Location
 	// Sync of a failback: before (default) or during.
-	Sync string
+	Sync ferry.SyncMode
 }
 
 // RunPlan checks the request and starts the plan's job; it returns the job
@@ -295,34 +295,34 @@ func (s *Server) RunPlan(ctx context.Context, req PlanRequest) (*Job, error) {
 	switch req.Operation {
 	case PlanTestFailover, PlanPlannedFailover, PlanUnplannedFailover, PlanChangePoint:
 		if req.Point == "" {
-			req.Point = PointLatest
+			req.Point = ferry.PointLatest
 			if req.Operation == PlanChangePoint {
-				req.Point = PointLatestProcessed
+				req.Point = ferry.PointLatestProcessed
 			}
 		}
 		if !slices.Contains(planPoints, req.Point) {
 			return nil, fmt.Errorf("%w: plan %s: point %q: a plan takes %s; a custom point is chosen per VM, not for a plan",
 				ErrInvalidRequest, p.Name, req.Point, strings.Join(planPoints, ", "))
 		}
-		if req.Operation == PlanPlannedFailover && req.Point != PointLatest {
+		if req.Operation == PlanPlannedFailover && req.Point != ferry.PointLatest {
 			return nil, fmt.Errorf("%w: plan %s: a planned failover always uses each VM's final point after shutdown, not %q", ErrInvalidRequest, p.Name, req.Point)
 		}
 	case PlanCommit, PlanCleanupTest:
 	case PlanReprotect:
 		if req.Location == "" {
-			req.Location = "original"
+			req.Location = ferry.LocationOriginal
 		}
-		if req.Location != "original" && req.Location != "alternate" {
+		if !req.Location.Valid() {
 			return nil, fmt.Errorf("%w: plan %s: location %q: want original or alternate", ErrInvalidRequest, p.Name, req.Location)
 		}
 	case PlanFailback:
 		if req.Point == "" {
-			req.Point = PointLatest
+			req.Point = ferry.PointLatest
 		}
-		if req.Sync != "" && req.Sync != "before" && req.Sync != "during" {
+		if req.Sync != "" && !req.Sync.Valid() {
 			return nil, fmt.Errorf("%w: plan %s: sync %q: want before or during", ErrInvalidRequest, p.Name, req.Sync)
 		}
-		if req.Point != PointLatest && req.Point != PointLatestApp {
+		if req.Point != ferry.PointLatest && req.Point != ferry.PointLatestApp {
 			return nil, fmt.Errorf("%w: plan %s: point %q: a failback takes latest or latest-app", ErrInvalidRequest, p.Name, req.Point)
 		}
 		if err := s.checkGroupsTogether(p); err != nil {
@@ -408,7 +408,7 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	waiting := jobs[len(jobs)-1]
 	for {
 		j, err := s.ctl.job(waiting.ID)
-		if err != nil || j.Outcome != OutcomeRunning || j.Waiting != waiting.Waiting {
+		if err != nil || j.Outcome != ferry.OutcomeRunning || j.Waiting != waiting.Waiting {
 			return &j, err
 		}
 		select {
@@ -537,18 +537,18 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 	for _, vm := range p.VMs() {
 		out[vm] = opt
 	}
-	if opt != PointLatestMultiVMProcessed && opt != PointLatestMultiVMApp {
+	if opt != ferry.PointLatestMultiVMProcessed && opt != ferry.PointLatestMultiVMApp {
 		return out, nil
 	}
-	app := opt == PointLatestMultiVMApp
+	app := opt == ferry.PointLatestMultiVMApp
 	done, groupDone := map[string]bool{}, map[string]bool{}
 	for _, vm := range p.VMs() {
 		if done[vm] {
 			continue // took its group's common point
 		}
-		out[vm] = PointLatestProcessed
+		out[vm] = ferry.PointLatestProcessed
 		if app {
-			out[vm] = PointLatestApp
+			out[vm] = ferry.PointLatestApp
 		}
 		g, ok, err := s.groupOf(vm)
 		if err != nil {
@@ -724,7 +724,7 @@ func PlanProto(p Plan) *ferryv1.RecoveryPlan {
 		return o
 	}
 	for _, g := range p.Groups {
-		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post), FailbackSync: g.FailbackSync})
+		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post), FailbackSync: string(g.FailbackSync)})
 	}
 	return out
 }
@@ -740,7 +740,7 @@ func PlanFromProto(in *ferryv1.RecoveryPlan) Plan {
 		return o
 	}
 	for _, g := range in.GetGroups() {
-		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost()), FailbackSync: g.GetFailbackSync()})
+		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost()), FailbackSync: ferry.SyncMode(g.GetFailbackSync())})
 	}
 	return p
 }
@@ -774,7 +774,7 @@ func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanReques
 
 func (r *recovery) RunPlan(ctx context.Context, req *ferryv1.RunPlanRequest) (*ferryv1.Job, error) {
 	j, err := r.s.RunPlan(ctx, PlanRequest{Plan: req.GetPlan(), Operation: req.GetOperation(), Point: req.GetPoint(),
-		Network: req.GetNetwork(), Shutdown: req.GetShutdown(), Location: req.GetLocation(), Sync: req.GetSync()})
+		Network: req.GetNetwork(), Shutdown: req.GetShutdown(), Location: ferry.Location(req.GetLocation()), Sync: ferry.SyncMode(req.GetSync())})
 	if err != nil {
 		return nil, toStatus(err)
 	}

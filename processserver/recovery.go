@@ -17,13 +17,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// Recovery point names an operator may use instead of an ID.
-const (
-	// PointLatest first cuts a point at the end of everything received.
-	PointLatest = "latest"
-	// PointLatestProcessed is the newest point already cut.
-	PointLatestProcessed = "latest-processed"
-)
 
 // recovery implements the operator API.
 type recovery struct {
@@ -236,11 +229,11 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 }
 
 func (r *recovery) Reprotect(ctx context.Context, req *ferryv1.ReprotectRequest) (*ferryv1.Job, error) {
-	return jobReply(r.s.Reprotect(ctx, req.GetVm(), req.GetLocation(), req.GetSync()))
+	return jobReply(r.s.Reprotect(ctx, req.GetVm(), ferry.Location(req.GetLocation()), ferry.SyncMode(req.GetSync())))
 }
 
 func (r *recovery) Failback(ctx context.Context, req *ferryv1.FailbackRequest) (*ferryv1.Job, error) {
-	return jobReply(r.s.Failback(ctx, req.GetVm(), req.GetSync(), req.GetPoint()))
+	return jobReply(r.s.Failback(ctx, req.GetVm(), ferry.SyncMode(req.GetSync()), req.GetPoint()))
 }
 
 func (r *recovery) ExportNBD(ctx context.Context, req *ferryv1.ExportNBDRequest) (*ferryv1.ExportNBDResponse, error) {
@@ -281,14 +274,14 @@ func (r *recovery) ListEvents(ctx context.Context, req *ferryv1.ListEventsReques
 
 // JobProto converts a job for the wire.
 func JobProto(j *Job) *ferryv1.Job {
-	out := &ferryv1.Job{Id: j.ID, Type: j.Type, Vm: j.VM, StartUnixNano: j.Start.UnixNano(), Outcome: j.Outcome, Error: j.Error, Console: j.Console,
+	out := &ferryv1.Job{Id: j.ID, Type: j.Type, Vm: j.VM, StartUnixNano: j.Start.UnixNano(), Outcome: string(j.Outcome), Error: j.Error, Console: j.Console,
 		Waiting: j.Waiting, Children: j.Children, RequestedBy: j.By}
 	if !j.End.IsZero() {
 		out.EndUnixNano = j.End.UnixNano()
 	}
 	for _, st := range j.Steps {
 		out.Steps = append(out.Steps, &ferryv1.JobStep{Name: st.Name, StartUnixNano: st.Start.UnixNano(), EndUnixNano: st.End.UnixNano(),
-			Outcome: st.Outcome, Detail: st.Detail, WallNanos: int64(st.Wall)})
+			Outcome: string(st.Outcome), Detail: st.Detail, WallNanos: int64(st.Wall)})
 	}
 	if j.Point != nil {
 		out.Point = wire.PointProto(*j.Point)

@@ -57,14 +57,14 @@ func (p *primarySite) CreateDisks(ctx context.Context, name string, disks []ferr
 
 // Start runs the primary VM again, on its own disks or the alternate ones,
 // unprotected until it is reprotected.
-func (p *primarySite) Start(ctx context.Context, name, location string) error {
+func (p *primarySite) Start(ctx context.Context, name string, location ferry.Location) error {
 	v, err := p.vm(name)
 	if err != nil {
 		return err
 	}
 	v.active = nil
 	src := v.disks
-	if location == "alternate" {
+	if location == ferry.LocationAlternate {
 		src = v.alternate
 	}
 	for _, d := range src {
@@ -172,7 +172,7 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 	}
 	rep.note("stage 1: primary site lost; each VM wrote %s its agent never sent", cli.Bytes(unreplicated))
 	for _, v := range d.VMs {
-		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest"})
+		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: ferry.PointLatest})
 		if e.Failed != "" {
 			return rep, nil
 		}
@@ -187,13 +187,13 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 
 	// Stage 2: reprotect to the master target.
 	for i, v := range d.VMs {
-		loc := "original"
+		loc := ferry.LocationOriginal
 		if i == len(d.VMs)-1 {
-			loc = "alternate"
+			loc = ferry.LocationAlternate
 		}
-		sync := ""
+		sync := ferry.SyncMode("")
 		if i == 1 {
-			sync = "during" // this VM fails back synchronizing during failover only
+			sync = ferry.SyncDuring // this VM fails back synchronizing during failover only
 		}
 		if e := d.Reprotect(ctx, rep, v, loc, sync); e.Failed != "" {
 			return rep, nil
@@ -208,9 +208,9 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 
 	// Stage 3: failback.
 	for i, v := range d.VMs {
-		sync := "before"
+		sync := ferry.SyncBefore
 		if i == 1 {
-			sync = "during"
+			sync = ferry.SyncDuring
 		}
 		if e := d.Failback(ctx, rep, v, sync); e.Failed != "" {
 			return rep, nil
@@ -240,7 +240,7 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 		return rep, err
 	}
 	for _, v := range d.VMs {
-		d.TestFailover(ctx, rep, v, "latest-processed", "drill-isolated")
+		d.TestFailover(ctx, rep, v, ferry.PointLatestProcessed, "drill-isolated")
 		d.CleanupTest(ctx, rep, v)
 	}
 	rep.note("stage 4: forward replication resumed; each VM's latest processed point verified by a test failover")
@@ -252,12 +252,12 @@ func FullCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 // failback. It starts the agent on the side that now runs the VM, waits
 // for its resync and reports what it sent against what differed.
 //
-// sync "during" reprotects for a failback that synchronizes during
+// sync during reprotects for a failback that synchronizes during
 // failover only: the agent must send nothing until then.
-func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location, sync string) *Entry {
+func (d *Drill) Reprotect(ctx context.Context, rep *Report, v *VM, location ferry.Location, sync ferry.SyncMode) *Entry {
 	b := d.reprotectBaseline(ctx, v, location)
-	b.during = sync == "during"
-	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: location, Sync: sync})
+	b.during = sync == ferry.SyncDuring
+	job, err := d.Recovery.Reprotect(ctx, &ferryv1.ReprotectRequest{Vm: v.Config.Name, Location: string(location), Sync: string(sync)})
 	e := d.record(rep, v, b.action, job, err)
 	if e.Failed != "" {
 		return e
@@ -277,7 +277,7 @@ type reprotectBaseline struct {
 	during bool
 }
 
-func (d *Drill) reprotectBaseline(ctx context.Context, v *VM, location string) reprotectBaseline {
+func (d *Drill) reprotectBaseline(ctx context.Context, v *VM, location ferry.Location) reprotectBaseline {
 	st := d.status(ctx, v.Config.Name)
 	b := reprotectBaseline{forward: st.GetState() == "failback-committed"}
 	// What the target's replica holds: the primary's own disks (reverse,
@@ -287,13 +287,13 @@ func (d *Drill) reprotectBaseline(ctx context.Context, v *VM, location string) r
 	case b.forward:
 		o, _ := v.Truth("@outage")
 		b.replica = o.Disks
-	case location == "original" || location == "":
+	case location == ferry.LocationOriginal || location == "":
 		b.replica = v.disks
 	}
 	if b.replica != nil {
 		b.differ = differingBlocks(ctx, v.active, b.replica)
 	}
-	b.action = "reprotect to the master target (" + orDefault(location, "original") + " location)"
+	b.action = "reprotect to the master target (" + orDefault(string(location), string(ferry.LocationOriginal)) + " location)"
 	if b.forward {
 		b.action = "reprotect forward to the process server"
 	}
@@ -367,7 +367,7 @@ func (d *Drill) Relayed(v *VM) bool {
 
 // Failback fails a reprotected VM back and checks the disks now primary
 // equal the recovered VM's disks at the point used.
-func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *Entry {
+func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync ferry.SyncMode) *Entry {
 	if v.recoveredAgent != nil {
 		v.sentBeforeFailback = v.recoveredAgent.Stats().SentBytes
 	}
@@ -379,8 +379,8 @@ func (d *Drill) Failback(ctx context.Context, rep *Report, v *VM, sync string) *
 		rep.fail("%s failback: %v", v.Config.Name, err)
 		return e
 	}
-	job, err := d.Recovery.Failback(ctx, &ferryv1.FailbackRequest{Vm: v.Config.Name, Sync: sync, Point: "latest"})
-	e := d.record(rep, v, "failback (synchronize "+sync+" failover)", job, err)
+	job, err := d.Recovery.Failback(ctx, &ferryv1.FailbackRequest{Vm: v.Config.Name, Sync: string(sync), Point: ferry.PointLatest})
+	e := d.record(rep, v, "failback (synchronize "+string(sync)+" failover)", job, err)
 	if e.Failed != "" {
 		return e
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -515,7 +516,7 @@ func (d *Drill) TruthFor(v *VM, p *ferryv1.RecoveryPoint) (Mark, error) {
 		return m, nil
 	}
 	switch p.GetTag() {
-	case "latest", "shutdown":
+	case ferry.PointLatest, "shutdown":
 		if m, ok := v.Truth("@outage"); ok {
 			return m, nil
 		}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
@@ -28,7 +29,7 @@ func waitPlan(t *testing.T, d *sim.Drill, id uint64) *ferryv1.Job {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if j.GetOutcome() != processserver.OutcomeRunning || j.GetWaiting() != "" {
+		if ferry.Outcome(j.GetOutcome()) != ferry.OutcomeRunning || j.GetWaiting() != "" {
 			return j
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -105,7 +106,7 @@ func TestRecoveryPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	job = waitPlan(t, d, job.GetId())
-	if job.GetOutcome() != processserver.OutcomeFailed || !strings.Contains(job.GetError(), "load balancer unreachable") || len(job.GetChildren()) != 0 {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeFailed || !strings.Contains(job.GetError(), "load balancer unreachable") || len(job.GetChildren()) != 0 {
 		t.Fatalf("plan with a failing pre action: %s %q, children %v", job.GetOutcome(), job.GetError(), job.GetChildren())
 	}
 	d.Actions.Callback = nil
@@ -132,7 +133,7 @@ func TestRecoveryPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	job = waitPlan(t, d, job.GetId())
-	if job.GetOutcome() != processserver.OutcomeSucceeded {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		t.Fatalf("plan test failover: %s %s", job.GetOutcome(), job.GetError())
 	}
 	if got := actionNames(d.Actions.Runs()[ranBefore:]); !slices.Equal(got, []string{"1:test-failover:drain load balancer", "1:test-failover:check database", "3:test-failover:switch dns"}) {
@@ -167,7 +168,7 @@ func TestRecoveryPlan(t *testing.T) {
 	verifyPlanVMs(t, d, children)
 
 	job = runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "erp-plan", Operation: "cleanup-test"})
-	if job.GetOutcome() != processserver.OutcomeSucceeded {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		t.Fatalf("plan cleanup: %s %s", job.GetOutcome(), job.GetError())
 	}
 
@@ -183,14 +184,14 @@ func TestRecoveryPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	job = runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "erp-plan", Operation: "unplanned-failover", Point: "latest-multivm-processed"})
-	if job.GetOutcome() != processserver.OutcomeSucceeded {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		t.Fatalf("plan unplanned failover: %s %s", job.GetOutcome(), job.GetError())
 	}
 	verifyPlanVMs(t, d, checkPlanJob(t, d, job, []string{"db-1", "db-2", "app-1", "web-1", "web-2"}))
 
 	commonApp := newestCommonTag(t, d, "erp", []string{"db-1", "db-2"}, true)
 	job = runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "erp-plan", Operation: "change-point", Point: "latest-multivm-app"})
-	if job.GetOutcome() != processserver.OutcomeSucceeded {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		t.Fatalf("plan change point: %s %s", job.GetOutcome(), job.GetError())
 	}
 	children = checkPlanJob(t, d, job, []string{"db-1", "db-2", "app-1", "web-1", "web-2"})
@@ -212,7 +213,7 @@ func TestRecoveryPlan(t *testing.T) {
 	}
 	verifyPlanVMs(t, d, children)
 	job = runPlan(t, d, &ferryv1.RunPlanRequest{Plan: "erp-plan", Operation: "commit"})
-	if job.GetOutcome() != processserver.OutcomeSucceeded {
+	if ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
 		t.Fatalf("plan commit: %s %s", job.GetOutcome(), job.GetError())
 	}
 	for _, vm := range []string{"db-1", "db-2", "app-1", "web-1", "web-2"} {
@@ -265,7 +266,7 @@ func checkPlanJob(t *testing.T, d *sim.Drill, job *ferryv1.Job, order []string) 
 			lastGroup = g
 		}
 		lastEnd = max(lastEnd, c.GetEndUnixNano())
-		if c.GetOutcome() != processserver.OutcomeSucceeded {
+		if ferry.Outcome(c.GetOutcome()) != ferry.OutcomeSucceeded {
 			t.Fatalf("job %d of %s: %s %s", id, c.GetVm(), c.GetOutcome(), c.GetError())
 		}
 		out[c.GetVm()] = c.GetPoint()

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -41,7 +42,7 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 	plan := &ferryv1.RecoveryPlan{Name: "site", Groups: []*ferryv1.PlanGroup{
 		{Vms: []string{"web-1", "db-1"}, Pre: []*ferryv1.PlanAction{{Name: "stop the application tier", Command: "stop-app-tier"}}},
 		{Vms: []string{"app-1"}, Pre: []*ferryv1.PlanAction{{Name: "confirm the licence server is up", Manual: true}},
-			Post: []*ferryv1.PlanAction{{Name: "switch DNS", Command: "switch-dns"}}, FailbackSync: "during"},
+			Post: []*ferryv1.PlanAction{{Name: "switch DNS", Command: "switch-dns"}}, FailbackSync: string(ferry.SyncDuring)},
 	}}
 	if _, err := d.Recovery.PutPlan(ctx, plan); err != nil {
 		return rep, err
@@ -63,7 +64,7 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 		return rep, err
 	}
 	rep.note("stage 1: primary site lost at %s virtual; each VM wrote %s its agent never sent", d.Clock.Now().Sub(Start).Round(time.Second), cli.Bytes(unreplicated))
-	if !d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "unplanned-failover", Point: processserver.PointLatestMultiVMProcessed}) {
+	if !d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "unplanned-failover", Point: ferry.PointLatestMultiVMProcessed}) {
 		return rep, nil
 	}
 	if !d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "commit"}) {
@@ -79,7 +80,7 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 	}
 
 	// Reprotect to the master target.
-	if !d.planReprotect(ctx, rep, "original") {
+	if !d.planReprotect(ctx, rep, ferry.LocationOriginal) {
 		return rep, nil
 	}
 	if err := d.Run(ctx, 2*time.Minute); err != nil {
@@ -144,7 +145,7 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 	if err := d.ProcessNow(ctx); err != nil {
 		return rep, err
 	}
-	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "test-failover", Point: processserver.PointLatestProcessed, Network: "drill-isolated"})
+	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "test-failover", Point: ferry.PointLatestProcessed, Network: "drill-isolated"})
 	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "cleanup-test"})
 	rep.note("stage 4: forward replication resumed; every VM's latest processed point verified by a test failover of the plan")
 	return rep, nil
@@ -153,7 +154,7 @@ func PlanCycleDrill(ctx context.Context, cfg Config, minutes int) (*Report, erro
 // planReprotect reprotects every VM through the plan (location: to the
 // master target; "" after a committed failback: forward), then starts each
 // VM's agent where it runs and checks its resync.
-func (d *Drill) planReprotect(ctx context.Context, rep *Report, location string) bool {
+func (d *Drill) planReprotect(ctx context.Context, rep *Report, location ferry.Location) bool {
 	base := map[string]reprotectBaseline{}
 	plan, err := d.Recovery.ListPlans(ctx, &ferryv1.ListPlansRequest{})
 	if err != nil {
@@ -164,7 +165,7 @@ func (d *Drill) planReprotect(ctx context.Context, rep *Report, location string)
 	for _, p := range plan.GetPlans() {
 		for _, g := range p.GetGroups() {
 			for _, vm := range g.GetVms() {
-				during[vm] = p.GetName() == "site" && g.GetFailbackSync() == "during"
+				during[vm] = p.GetName() == "site" && ferry.SyncMode(g.GetFailbackSync()) == ferry.SyncDuring
 			}
 		}
 	}
@@ -173,7 +174,7 @@ func (d *Drill) planReprotect(ctx context.Context, rep *Report, location string)
 		b.during = location != "" && during[v.Config.Name]
 		base[v.Config.Name] = b
 	}
-	jobs, ok := d.planJob(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "reprotect", Location: location})
+	jobs, ok := d.planJob(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "reprotect", Location: string(location)})
 	if !ok {
 		return false
 	}

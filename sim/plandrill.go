@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -67,7 +68,7 @@ func PlanDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
 	} else {
 		rep.fail("the plan accepted a custom point")
 	}
-	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "test-failover", Point: processserver.PointLatestMultiVMProcessed, Network: "drill-isolated"})
+	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "test-failover", Point: ferry.PointLatestMultiVMProcessed, Network: "drill-isolated"})
 	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "cleanup-test"})
 	// Five more minutes of churn, processed, then one more unprocessed.
 	if err := d.Run(ctx, 5*time.Minute); err != nil {
@@ -83,8 +84,8 @@ func PlanDrill(ctx context.Context, cfg Config, minutes int) (*Report, error) {
 		return rep, err
 	}
 	rep.note("primary site lost at %s virtual", d.Clock.Now().Sub(Start).Round(time.Second))
-	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "unplanned-failover", Point: processserver.PointLatestMultiVMProcessed})
-	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "change-point", Point: processserver.PointLatest})
+	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "unplanned-failover", Point: ferry.PointLatestMultiVMProcessed})
+	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "change-point", Point: ferry.PointLatest})
 	d.PlanRun(ctx, rep, &ferryv1.RunPlanRequest{Plan: "site", Operation: "commit"})
 	return rep, nil
 }
@@ -110,7 +111,7 @@ func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 			d.verify(ctx, rep, v, e, st.GetInstance())
 		}
 	}
-	if req.GetPoint() == processserver.PointLatestMultiVMProcessed {
+	if req.GetPoint() == ferry.PointLatestMultiVMProcessed {
 		if a, b := tags["web-1"], tags["db-1"]; !strings.HasPrefix(a, "group/") || a != b {
 			rep.fail("plan %s: the grouped VMs took points %q and %q, not one multi-VM point", req.GetPlan(), a, b)
 		} else {
@@ -124,7 +125,7 @@ func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 func (d *Drill) waitJob(ctx context.Context, id uint64) (*ferryv1.Job, error) {
 	for {
 		j, err := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
-		if err != nil || j.GetOutcome() != processserver.OutcomeRunning || j.GetWaiting() != "" {
+		if err != nil || ferry.Outcome(j.GetOutcome()) != ferry.OutcomeRunning || j.GetWaiting() != "" {
 			return j, err
 		}
 		select {

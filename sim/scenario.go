@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/processserver"
@@ -80,7 +81,7 @@ func FailoverDrill(ctx context.Context, cfg Config, minutes int) (*Report, error
 	// Test failover of every VM; replication of production goes on.
 	pointsBefore := d.pointCounts(ctx)
 	for _, v := range d.VMs {
-		d.TestFailover(ctx, rep, v, "latest-processed", "drill-isolated")
+		d.TestFailover(ctx, rep, v, ferry.PointLatestProcessed, "drill-isolated")
 	}
 	if err := d.Run(ctx, 2*time.Minute); err != nil {
 		return rep, err
@@ -115,11 +116,11 @@ func FailoverDrill(ctx context.Context, cfg Config, minutes int) (*Report, error
 	}
 	rep.note("primary site lost at %s virtual; unprocessed data waits at the process server", d.Clock.Now().Sub(Start).Round(time.Second))
 	for _, v := range d.VMs {
-		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: "latest-processed"})
+		e := d.Failover(ctx, rep, v, &ferryv1.FailoverRequest{Vm: v.Config.Name, Type: ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, Point: ferry.PointLatestProcessed})
 		if e.Failed != "" {
 			continue
 		}
-		d.ChangePoint(ctx, rep, v, "latest")
+		d.ChangePoint(ctx, rep, v, ferry.PointLatest)
 		d.Commit(ctx, rep, v)
 	}
 	return rep, nil
@@ -198,7 +199,7 @@ func (d *Drill) record(rep *Report, v *VM, action string, job *ferryv1.Job, err 
 	switch {
 	case err != nil:
 		e.Failed = err.Error()
-	case job.GetOutcome() != "succeeded":
+	case ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded:
 		e.Failed = "job failed: " + job.GetError()
 	}
 	if e.Failed != "" {
@@ -215,7 +216,7 @@ func (d *Drill) record(rep *Report, v *VM, action string, job *ferryv1.Job, err 
 // created.
 func (d *Drill) Failover(ctx context.Context, rep *Report, v *VM, req *ferryv1.FailoverRequest) *Entry {
 	job, err := d.Recovery.Failover(ctx, req)
-	action := fmt.Sprintf("%s failover (%s)", typeName(req.GetType()), orDefault(req.GetPoint(), "latest"))
+	action := fmt.Sprintf("%s failover (%s)", typeName(req.GetType()), orDefault(req.GetPoint(), ferry.PointLatest))
 	e := d.record(rep, v, action, job, err)
 	if e.Failed != "" {
 		return e
@@ -339,7 +340,7 @@ func (d *Drill) Commit(ctx context.Context, rep *Report, v *VM) *Entry {
 		rep.fail("%s commit: %s", v.Config.Name, e.Failed)
 		return e
 	}
-	if _, err := d.Recovery.ChangePoint(ctx, &ferryv1.ChangePointRequest{Vm: v.Config.Name, Point: "latest"}); err == nil {
+	if _, err := d.Recovery.ChangePoint(ctx, &ferryv1.ChangePointRequest{Vm: v.Config.Name, Point: ferry.PointLatest}); err == nil {
 		e.Failed = "change-point after commit was accepted"
 		rep.fail("%s commit: %s", v.Config.Name, e.Failed)
 		return e

@@ -15,7 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/virt"
-	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/guest"
 )
@@ -99,7 +98,7 @@ func (l *lab) waitReverse(ctx context.Context, a *agent.Agent, vm string) (*ferr
 func (l *lab) failbackOriginal(ctx context.Context) error {
 	web := l.vms["web"]
 	s := l.stage("reprotect web to the original location (only what differs goes back)")
-	job, err := l.ps.Reprotect(ctx, "web", mastertarget.LocationOriginal, "")
+	job, err := l.ps.Reprotect(ctx, "web", ferry.LocationOriginal, "")
 	s.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if err != nil {
 		return nil
@@ -129,7 +128,7 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	if err := l.serve(ctx, web, uint64(v.Epoch)+1, "web-agent-forward"); err != nil {
 		return err
 	}
-	recLast, ok := l.failback(ctx, f, "web", "before", web.domain)
+	recLast, ok := l.failback(ctx, f, "web", ferry.SyncBefore, web.domain)
 	if !ok {
 		return nil
 	}
@@ -157,7 +156,7 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	p, _, err := l.ps.Journal().CutPoint(ctx, ferry.VMID("web"), processserver.PointLatest, time.Now())
+	p, _, err := l.ps.Journal().CutPoint(ctx, ferry.VMID("web"), ferry.PointLatest, time.Now())
 	if err != nil {
 		r.check("a new point", false, "%v", err)
 		return nil
@@ -181,7 +180,7 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	job, err := l.ps.Commit(ctx, "db")
 	c.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	s := l.stage("reprotect db to an alternate location, synchronizing during failover only (nothing moves before the failback)")
-	job, err = l.ps.Reprotect(ctx, "db", mastertarget.LocationAlternate, "during")
+	job, err = l.ps.Reprotect(ctx, "db", ferry.LocationAlternate, ferry.SyncDuring)
 	s.check("job succeeded", err == nil, "%s", jobOutcome(job, err))
 	if err != nil {
 		return nil
@@ -205,7 +204,7 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 		"the agent sent %d bytes and got %d of hashes; the master target received %d (%v)", as.SentBytes, as.HashBytes, rs.GetReceivedBytes(), err)
 	f := l.stage("fail db back to the alternate location, synchronizing during failover only")
 	alt := mastertarget.AlternateName(db.domain)
-	recLast, ok := l.failback(ctx, f, "db", "during", alt)
+	recLast, ok := l.failback(ctx, f, "db", ferry.SyncDuring, alt)
 	if !ok {
 		return nil
 	}
@@ -225,10 +224,10 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 // failback fails vm back and waits for the domain it boots at the primary
 // site to answer SSH. It returns the last record the recovered guest
 // reported fsynced before it was shut down.
-func (l *lab) failback(ctx context.Context, f *Stage, vm, sync, booted string) (int, bool) {
+func (l *lab) failback(ctx context.Context, f *Stage, vm string, sync ferry.SyncMode, booted string) (int, bool) {
 	recDom := "ferry-" + l.id + "-rec-" + vm
 	start := time.Now()
-	job, err := l.ps.Failback(ctx, vm, sync, processserver.PointLatest)
+	job, err := l.ps.Failback(ctx, vm, sync, ferry.PointLatest)
 	f.measure(job, err, start, 0)
 	recConsole, _ := l.lc.Console(ctx, recDom)
 	if err != nil {

@@ -390,7 +390,7 @@ func (l *lab) testFailover(ctx context.Context) error {
 	}
 	s := l.stage("test failover of web to latest on the isolated network " + l.testnet)
 	before := guest.LastFsynced(web.consoleText())
-	if _, err := l.failover(ctx, s, processserver.FailoverRequest{VM: "web", Type: processserver.FailoverTest, Point: processserver.PointLatest, Network: l.testnet}); err != nil {
+	if _, err := l.failover(ctx, s, processserver.FailoverRequest{VM: "web", Type: processserver.FailoverTest, Point: ferry.PointLatest, Network: l.testnet}); err != nil {
 		return nil
 	}
 	dom := "ferry-" + l.id + "-rec-web-test"
@@ -628,7 +628,7 @@ func (l *lab) unplannedFailover(ctx context.Context) error {
 	web.agent.Abort()
 	web.nbd.Close()
 	l.logf("primary site lost: domain destroyed, agent gone; the guest had reported record %d fsynced", reported)
-	job, err := l.failover(ctx, s, processserver.FailoverRequest{VM: "web", Type: processserver.FailoverUnplanned, Point: processserver.PointLatest})
+	job, err := l.failover(ctx, s, processserver.FailoverRequest{VM: "web", Type: processserver.FailoverUnplanned, Point: ferry.PointLatest})
 	if err != nil || job.Point == nil {
 		return nil
 	}

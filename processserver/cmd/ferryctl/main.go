@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
@@ -124,21 +125,21 @@ func main() {
 	}
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	vm := fs.String("vm", "", "VM name")
-	point := fs.String("point", processserver.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
+	point := fs.String("point", ferry.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
 	disk := fs.String("disk", "", "disk name")
 	out := fs.String("out", "", "image file to write (created, mode 0600; an existing file only with --force)")
 	force := fs.Bool("force", false, "export: replace an existing --out file")
 	typ := fs.String("type", "", "failover type: test, planned or unplanned")
 	network := fs.String("network", "", "test failover: the isolated network for the test VM (default test-VM)")
 	shutdown := fs.Bool("shutdown", false, "unplanned failover: try to shut the source down and sync first")
-	location := fs.String("location", "original", "reprotect: original (send only what differs) or alternate (new disks, send everything)")
+	location := fs.String("location", string(ferry.LocationOriginal), "reprotect: original (send only what differs) or alternate (new disks, send everything)")
 	overNBD := fs.Bool("nbd", false, "export: serve over NBD instead of writing a file")
 	writable := fs.Bool("writable", false, "export --nbd: copy-on-write instead of read-only")
 	limit := fs.Int("limit", 100, "audit: the newest this many entries (0: all kept)")
 	syncOpt := fs.String("sync", "", "reprotect and failback: before (the default: copy while the VM runs, final delta at downtime) or during (failover only: nothing moves before the failback, then the whole disks after shutdown, without checksums; a VM reprotected so fails back so)")
 	if cmd == "failover" || cmd == "change-point" || cmd == "failback" {
-		fs.Lookup("point").DefValue = processserver.PointLatest
-		*point = processserver.PointLatest
+		fs.Lookup("point").DefValue = ferry.PointLatest
+		*point = ferry.PointLatest
 	}
 	sub := ""
 	if cmd == "agent" && len(rest) > 0 {
@@ -458,7 +459,7 @@ func printJob(j *ferryv1.Job, err error) error {
 	if c := j.GetConsole(); c != "" {
 		fmt.Printf("console:\n  %s\n", strings.ReplaceAll(safe(strings.TrimSpace(strings.ReplaceAll(c, "\r", ""))), "\\n", "\n  "))
 	}
-	if j.GetOutcome() != "succeeded" {
+	if ferry.Outcome(j.GetOutcome()) != ferry.OutcomeSucceeded {
 		return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
 	}
 	return nil

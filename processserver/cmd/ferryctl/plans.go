@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -280,10 +281,10 @@ func followPlan(ctx context.Context, rc ferryv1.RecoveryClient, id uint64) error
 		case j.GetWaiting() != "":
 			fmt.Printf("job %d waits for an operator: %s\n", j.GetId(), safe(j.GetWaiting()))
 			return nil
-		case j.GetOutcome() == processserver.OutcomeSucceeded:
+		case ferry.Outcome(j.GetOutcome()) == ferry.OutcomeSucceeded:
 			fmt.Printf("job %d: %s of %s succeeded (per-VM jobs %v)\n", j.GetId(), j.GetType(), j.GetVm(), j.GetChildren())
 			return nil
-		case j.GetOutcome() == processserver.OutcomeFailed:
+		case ferry.Outcome(j.GetOutcome()) == ferry.OutcomeFailed:
 			return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
 		}
 		select {
