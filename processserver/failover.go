@@ -25,7 +25,6 @@ const (
 	FailoverUnplanned = "unplanned"
 )
 
-
 // FailoverRequest asks for a failover of one VM.
 type FailoverRequest struct {
 	VM   string

@@ -37,7 +37,6 @@ const (
 	defaultHoldTimeout = 2 * time.Second
 )
 
-
 var bucketGroups = []byte("groups")
 
 // Validate reports what is wrong with the group's definition.

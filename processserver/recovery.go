@@ -17,7 +17,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-
 // recovery implements the operator API.
 type recovery struct {
 	ferryv1.UnimplementedRecoveryServer
