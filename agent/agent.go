@@ -189,7 +189,7 @@ func (a *Agent) MarkApp(ctx context.Context, tag string) error {
 	if err != nil {
 		a.m.quiesceFailures.Inc()
 		a.log.Warn("app-consistent point not cut", "tag", tag, "err", err)
-		return fmt.Errorf("%w: %v", ErrQuiesce, err)
+		return fmt.Errorf("%w: %w", ErrQuiesce, err)
 	}
 	return nil
 }

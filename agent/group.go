@@ -46,7 +46,7 @@ func (a *Agent) holdGroup(ctx context.Context, h *ferryv1.GroupHold) error {
 		if err := a.freeze(ctx); err != nil {
 			a.m.quiesceFailures.Inc()
 			a.log.Warn("group app-consistent point not cut", "tag", h.GetTag(), "err", err)
-			return fmt.Errorf("%w: %v", ErrQuiesce, err)
+			return fmt.Errorf("%w: %w", ErrQuiesce, err)
 		}
 	}
 	a.tr.Hold()

@@ -156,7 +156,7 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 		buf := make([]byte, length)
 		if _, err := a.cfg.Disks[disk].Device.ReadAt(s.ctx, buf, off); err != nil {
 			a.tr.MarkDirty(disk, off, length)
-			return fmt.Errorf("%w: read disk %s at %d: %v", errFatal, a.cfg.Disks[disk].Name, off, err)
+			return fmt.Errorf("%w: read disk %s at %d: %w", errFatal, a.cfg.Disks[disk].Name, off, err)
 		}
 		if err := s.add(writeRecord(disk, off, buf)); err != nil {
 			a.tr.MarkDirty(disk, off, length)
@@ -213,7 +213,7 @@ func (a *Agent) initial(s *sender) error {
 				n := min(int64(maxWrite), off+length-pos)
 				buf := make([]byte, n)
 				if _, err := dev.ReadAt(s.ctx, buf, pos); err != nil {
-					return fmt.Errorf("%w: read disk %s at %d: %v", errFatal, a.cfg.Disks[i].Name, pos, err)
+					return fmt.Errorf("%w: read disk %s at %d: %w", errFatal, a.cfg.Disks[i].Name, pos, err)
 				}
 				if a.cfg.Mode == ModeScan {
 					hashChunks(a.scanTable[i], buf, pos)
@@ -285,7 +285,7 @@ func (a *Agent) resync(s *sender) error {
 		a.hashBytes.Add(int64(len(remote)) * 8)
 		local, err := localHashes(s.ctx, d.Device, func(p float64) { a.setProgress(p / 2) })
 		if err != nil {
-			return fmt.Errorf("%w: resync disk %s: %v", errFatal, d.Name, err)
+			return fmt.Errorf("%w: resync disk %s: %w", errFatal, d.Name, err)
 		}
 		// Second level: the 4 KiB blocks of the chunks that differ, so that
 		// only blocks that differ are sent.
@@ -309,7 +309,7 @@ func (a *Agent) resync(s *sender) error {
 			buf := make([]byte, blockdev.BlockSize)
 			for k, b := range part {
 				if _, err := d.Device.ReadAt(s.ctx, buf, int64(b)*blockdev.BlockSize); err != nil {
-					return fmt.Errorf("%w: resync disk %s: %v", errFatal, d.Name, err)
+					return fmt.Errorf("%w: resync disk %s: %w", errFatal, d.Name, err)
 				}
 				if xxhash.Sum64(buf) != rb[k] {
 					a.tr.MarkDirty(i, int64(b)*blockdev.BlockSize, blockdev.BlockSize)
@@ -336,7 +336,7 @@ func (a *Agent) scan(s *sender) error {
 	for i, d := range a.cfg.Disks {
 		local, err := localHashes(s.ctx, d.Device, nil)
 		if err != nil {
-			return fmt.Errorf("%w: scan disk %s: %v", errFatal, d.Name, err)
+			return fmt.Errorf("%w: scan disk %s: %w", errFatal, d.Name, err)
 		}
 		if a.scanTable[i] == nil {
 			a.scanTable[i] = zeroTable(d.Device.Size())

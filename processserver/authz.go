@@ -15,8 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
-// ErrNotFound is wrapped by lookups of named definitions that do not exist.
-var ErrNotFound = errors.New("not found")
 
 // unauthenticated names the caller when the server runs without TLS.
 const unauthenticated = "unauthenticated (plain text)"

@@ -3,7 +3,6 @@ package processserver
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -140,8 +139,6 @@ func (v *VMState) Allowed() []string {
 	return nil
 }
 
-// ErrState is returned for an action the VM's state does not allow.
-var ErrState = errors.New("action not allowed in this state")
 
 // StateError names the state, the refused action and what is allowed.
 type StateError struct {
@@ -299,8 +296,6 @@ func (c *control) job(id uint64) (Job, error) {
 	return j, err
 }
 
-// ErrNoJob is returned for a job ID that does not exist.
-var ErrNoJob = errors.New("no such job")
 
 // jobs returns the jobs of vm (all when empty), oldest first.
 func (c *control) jobs(vm string) ([]Job, error) {

@@ -14,8 +14,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// ErrNoMasterTarget is returned for reprotect or failback without one.
-var ErrNoMasterTarget = errors.New("no master target configured: start ferry-ps with --master-target")
 
 // Reprotect starts replication in the other direction: after a committed
 // failover, from the recovered VM to the master target (original location:
@@ -59,10 +57,10 @@ func (s *Server) Reprotect(ctx context.Context, vmName string, location ferry.Lo
 			}
 			var err error
 			if location, err = ferry.ParseLocation(string(location)); err != nil {
-				return "", fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+				return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 			}
 			if sync, err = ferry.ParseSyncMode(string(sync)); err != nil {
-				return "", fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+				return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 			}
 			return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
 		}); err != nil {
@@ -189,7 +187,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 	if err := errors.Join(errs...); err != nil {
 		for i := range errs {
 			if errs[i] == nil {
-				errs[i] = fmt.Errorf("%w: another member of replication group %s cannot fail back: %v", ErrState, group, err)
+				errs[i] = fmt.Errorf("%w: another member of replication group %s cannot fail back: %w", ErrState, group, err)
 			}
 		}
 		return finish()

@@ -39,8 +39,6 @@ type FailoverRequest struct {
 	Shutdown bool
 }
 
-// ErrFailover is returned when a failover job fails; the job says why.
-var ErrFailover = errors.New("failover failed")
 
 // vmState returns the control state of vm, with enabling/protected derived
 // from the journal.
@@ -83,7 +81,7 @@ func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error
 	defer s.lockVM(req.VM)()
 	// What an interrupted failover left is removed first.
 	if err := s.resolveIntent(ctx, req.VM); err != nil {
-		return nil, fmt.Errorf("%w: vm %s: %v", ErrState, req.VM, err)
+		return nil, fmt.Errorf("%w: vm %s: %w", ErrState, req.VM, err)
 	}
 	st, vm, err := s.vmState(ctx, req.VM)
 	if err != nil {
@@ -104,8 +102,6 @@ func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error
 	return run.finish(err)
 }
 
-// ErrInvalidRequest is returned for a request that names something wrong.
-var ErrInvalidRequest = errors.New("invalid request")
 
 func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, req FailoverRequest) error {
 	name := ferry.VMID(req.VM)
@@ -144,7 +140,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 			return stepf("source shut down; final marker %d durable", final), nil
 		})
 		if err != nil && req.Type == FailoverPlanned {
-			return fmt.Errorf("%w: planned failover needs the source to shut down: %v", ErrFailover, err)
+			return fmt.Errorf("%w: planned failover needs the source to shut down: %w", ErrFailover, err)
 		}
 		if err == nil {
 			shutdownOK = true

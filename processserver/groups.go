@@ -100,7 +100,7 @@ func (s *Server) PutGroup(ctx context.Context, g Group) error {
 	}
 	for _, vm := range g.VMs {
 		if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
-			return fmt.Errorf("%w: group %s: %v", ErrInvalidRequest, g.Name, err)
+			return fmt.Errorf("%w: group %s: %w", ErrInvalidRequest, g.Name, err)
 		}
 		if other, ok, err := s.groupOf(vm); err != nil {
 			return err

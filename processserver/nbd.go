@@ -20,8 +20,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
-// ErrNoNBD is returned when NBD exports are asked for without a listener.
-var ErrNoNBD = errors.New("no NBD listener: start ferry-ps with --nbd-listen")
 
 // nbdAccess says who may use the NBD exports: an operator or admin
 // certificate over TLS when the server has TLS.
@@ -60,8 +58,6 @@ type NBDExport struct {
 	slot    string
 }
 
-// ErrNoExport is returned for a name that is not an export.
-var ErrNoExport = errors.New("no such NBD export")
 
 // exportName is an export's name: readable, and with 96 random bits so
 // that nobody can open an export whose name they were not told.

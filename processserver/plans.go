@@ -242,7 +242,7 @@ func (s *Server) PutPlan(ctx context.Context, p Plan) error {
 	p.UploadedBy, p.Uploaded = by, s.clock.Now()
 	for _, vm := range p.VMs() {
 		if _, err := s.j.VM(ctx, ferry.VMID(vm)); err != nil {
-			return fmt.Errorf("%w: plan %s: %v", ErrInvalidRequest, p.Name, err)
+			return fmt.Errorf("%w: plan %s: %w", ErrInvalidRequest, p.Name, err)
 		}
 	}
 	return putNamed(s.ctl, bucketPlans, p.Name, p)
@@ -454,7 +454,7 @@ func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanReque
 		if err := run.step(stepf("group %d: %s %s", n, req.Operation, strings.Join(g.VMs, ", ")), func() (string, error) {
 			return s.planGroup(ctx, run, g, req, points)
 		}); err != nil {
-			return fmt.Errorf("%w: plan %s stopped at group %d: %v", ErrFailover, p.Name, n, err)
+			return fmt.Errorf("%w: plan %s stopped at group %d: %w", ErrFailover, p.Name, n, err)
 		}
 		if actions {
 			for _, a := range g.Post {

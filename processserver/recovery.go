@@ -32,18 +32,14 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, journal.ErrNoVM), errors.Is(err, journal.ErrNoPoint), errors.Is(err, journal.ErrNoDisk):
-		code = codes.NotFound
-	case errors.Is(err, journal.ErrInconsistent), errors.Is(err, ErrState):
-		code = codes.FailedPrecondition
 	case errors.Is(err, ErrInvalidRequest):
+		// Before the lookups: a request naming a definition that does
+		// not exist wraps both.
 		code = codes.InvalidArgument
-	case errors.Is(err, ErrNoMasterTarget), errors.Is(err, ErrNoNBD):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrNoExport):
+	case errors.Is(err, journal.ErrNoVM), errors.Is(err, journal.ErrNoPoint), errors.Is(err, journal.ErrNoDisk),
+		errors.Is(err, ErrNoJob), errors.Is(err, ErrNoExport), errors.Is(err, ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, ErrNoJob):
-		code = codes.NotFound
+	case errors.Is(err, journal.ErrInconsistent), errors.Is(err, ErrState), errors.Is(err, ErrNoMasterTarget), errors.Is(err, ErrNoNBD):
 		code = codes.FailedPrecondition
 	case errors.Is(err, journal.ErrChecksum):
 		code = codes.DataLoss

@@ -201,8 +201,6 @@ func (s *Server) relay(agent ferryv1.Replication_ReplicateServer, hello *ferryv1
 	}
 }
 
-// errUpstreamEnded: a send to the master target found its stream ended.
-var errUpstreamEnded = errors.New("the master target's stream ended")
 
 // relayErr is the master target's status when a send failed because its
 // stream ended; only for sends made before anyone else reads the stream.

@@ -17,7 +17,7 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	name := ferry.VMID(req.GetVm())
 	if r.cfg.Authorize != nil {
 		if err := r.cfg.Authorize(ctx, name); err != nil {
-			return grpcStatus(fmt.Errorf("%w: vm %s: %v", ErrDenied, name, err))
+			return grpcStatus(fmt.Errorf("%w: vm %s: %w", ErrDenied, name, err))
 		}
 	}
 	vm, err := r.j.VM(ctx, name)
@@ -32,7 +32,7 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 	}
 	disk, err := vm.DiskIndex(ferry.DiskID(req.GetDisk()))
 	if err != nil {
-		return grpcStatus(fmt.Errorf("%w: %v", ErrBadHello, err))
+		return grpcStatus(fmt.Errorf("%w: %w", ErrBadHello, err))
 	}
 	chunk := int64(req.GetChunkSize())
 	if chunk == 0 || chunk%blockdev.BlockSize != 0 || chunk > 16<<20 {

@@ -333,7 +333,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 // checkHello validates what a hello says without looking at the journal.
 func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
 	if err := ValidName(h.GetVm()); err != nil {
-		return journal.VM{}, fmt.Errorf("%w: vm name: %v", ErrBadHello, err)
+		return journal.VM{}, fmt.Errorf("%w: vm name: %w", ErrBadHello, err)
 	}
 	if h.GetBlockSize() != blockdev.BlockSize {
 		return journal.VM{}, fmt.Errorf("%w: block size %d, this receiver uses %d", ErrBadHello, h.GetBlockSize(), blockdev.BlockSize)
@@ -344,14 +344,14 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 	seen := map[string]bool{}
 	for _, d := range h.GetDisks() {
 		if err := ValidName(d.GetName()); err != nil {
-			return journal.VM{}, fmt.Errorf("%w: disk name: %v", ErrBadHello, err)
+			return journal.VM{}, fmt.Errorf("%w: disk name: %w", ErrBadHello, err)
 		}
 		if seen[d.GetName()] {
 			return journal.VM{}, fmt.Errorf("%w: disk %q listed twice", ErrBadHello, d.GetName())
 		}
 		seen[d.GetName()] = true
 		if err := CheckDiskSize(d.GetName(), d.GetSizeBytes(), r.cfg.MaxDiskBytes); err != nil {
-			return journal.VM{}, fmt.Errorf("%w: %v", ErrBadHello, err)
+			return journal.VM{}, fmt.Errorf("%w: %w", ErrBadHello, err)
 		}
 	}
 	if h.GetEpoch() == 0 {
@@ -360,7 +360,7 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 	name := ferry.VMID(h.GetVm())
 	if r.cfg.Authorize != nil {
 		if err := r.cfg.Authorize(ctx, name); err != nil {
-			return journal.VM{}, fmt.Errorf("%w: vm %s: %v", ErrDenied, name, err)
+			return journal.VM{}, fmt.Errorf("%w: vm %s: %w", ErrDenied, name, err)
 		}
 	}
 	return journal.VM{Name: name}, nil

@@ -144,7 +144,7 @@ func decode(dst []byte, codec Codec, payload []byte, length int, sum uint64) ([]
 		return nil, fmt.Errorf("%w: unknown codec %d", ErrChecksum, codec)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s payload does not decode: %v", ErrChecksum, codec, err)
+		return nil, fmt.Errorf("%w: %s payload does not decode: %w", ErrChecksum, codec, err)
 	}
 	if len(out) != length {
 		return nil, fmt.Errorf("%w: payload decodes to %d bytes, want %d", ErrChecksum, len(out), length)

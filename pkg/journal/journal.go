@@ -150,7 +150,7 @@ func (j *Journal) update(fn func(tx *bolt.Tx) error) error {
 	}
 	if err := tx.Commit(); err != nil {
 		j.mu.Lock()
-		j.failed = fmt.Errorf("%w: %v", ErrFailed, err)
+		j.failed = fmt.Errorf("%w: %w", ErrFailed, err)
 		j.mu.Unlock()
 		return j.failed
 	}
@@ -225,7 +225,7 @@ func decodeVM(name ferry.VMID, buf []byte) (*VM, error) {
 	}
 	vm := new(VM)
 	if err := json.Unmarshal(js, vm); err != nil {
-		return nil, &CorruptError{VM: name, Disk: -1, Err: fmt.Errorf("%w: VM record: %v", ErrChecksum, err)}
+		return nil, &CorruptError{VM: name, Disk: -1, Err: fmt.Errorf("%w: VM record: %w", ErrChecksum, err)}
 	}
 	return vm, nil
 }

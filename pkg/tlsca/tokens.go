@@ -80,7 +80,7 @@ func ParseToken(token string) (secret []byte, caFingerprint string, err error) {
 func (ca *CA) Redeem(token string) (string, error) {
 	secret, _, err := ParseToken(token)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrTokenUnknown, err)
+		return "", fmt.Errorf("%w: %w", ErrTokenUnknown, err)
 	}
 	h := sha256.Sum256(secret)
 	hash := hex.EncodeToString(h[:])

@@ -62,7 +62,7 @@ func (s DomainSpec) Check() error {
 	for _, d := range s.Disks {
 		if d.File != "" {
 			if _, err := os.Stat(d.File); err != nil {
-				return fmt.Errorf("%w: disk %s: %v", ErrMissingFile, d.Name, err)
+				return fmt.Errorf("%w: disk %s: %w", ErrMissingFile, d.Name, err)
 			}
 		}
 	}

@@ -260,7 +260,7 @@ func Build(image string, sizeMiB int) (Kernel, error) {
 	for _, m := range modules {
 		name := filepath.Base(m)
 		if err := copyFile(filepath.Join(k.Modules, m), filepath.Join(root, "lib/ferry", name), 0o644); err != nil {
-			return k, fmt.Errorf("%w: module %s of kernel %s: %v", ErrMissing, m, k.Version, err)
+			return k, fmt.Errorf("%w: module %s of kernel %s: %w", ErrMissing, m, k.Version, err)
 		}
 		names = append(names, name)
 	}

@@ -85,7 +85,7 @@ func (l *lab) waitReverse(ctx context.Context, a *agent.Agent, vm string) (*ferr
 		}
 		select {
 		case <-sctx.Done():
-			return nil, fmt.Errorf("vm %s: no failback point at the master target: %v", vm, err)
+			return nil, fmt.Errorf("vm %s: no failback point at the master target: %w", vm, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
