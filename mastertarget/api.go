@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/job"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -139,29 +139,19 @@ type fbVM struct {
 	vmid   ferry.VMID
 	t      *target
 	resp   *ferryv1.MTFailbackResponse
+	steps  []job.Step
+	run    *job.Steps
 	before int64     // bytes received before the recovered VM was shut down
 	t0     time.Time // the recovered VM's shutdown began
 	final  uint64
 	point  ferry.Point
-	failed bool
 	// fixed is the point a group's member fails back to when it is not
 	// its final one (the group's common app-consistent point).
 	fixed ferry.Seq
 }
 
-// step runs one step of f's failback and records it in its response.
-func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error {
-	st := &ferryv1.JobStep{Name: name, StartUnixNano: s.clock.Now().UnixNano()}
-	wall := time.Now()
-	detail, err := fn()
-	st.EndUnixNano, st.WallNanos, st.Detail, st.Outcome = s.clock.Now().UnixNano(), int64(time.Since(wall)), detail, string(ferry.OutcomeSucceeded)
-	if err != nil {
-		st.Outcome, st.Detail = string(ferry.OutcomeFailed), strings.TrimPrefix(detail+": "+err.Error(), ": ")
-		f.failed = true
-	}
-	f.resp.Steps = append(f.resp.Steps, st)
-	return err
-}
+// step runs one step of f's failback and records it for its response.
+func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error { return f.run.Run(name, fn) }
 
 // PresyncBound is the delta below which synchronization before failover
 // stops folding the recovered VM's points into the target disks and shuts
@@ -216,15 +206,19 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 		}
 		s.mu.Unlock()
 	}()
-	out := make([]*ferryv1.MTFailbackResponse, len(fs))
-	for i, f := range fs {
-		out[i] = f.resp
+	answer := func() ([]*ferryv1.MTFailbackResponse, error) {
+		out := make([]*ferryv1.MTFailbackResponse, len(fs))
+		for i, f := range fs {
+			out[i] = f.resp
+			out[i].Steps = wire.StepsProto(f.steps)
+		}
+		return out, nil
 	}
 	if syncMode == ferry.SyncBefore {
 		for _, f := range fs {
 			if s.step(f, "synchronize before shutdown", func() (string, error) { return s.presync(ctx, f, point) }) != nil {
 				s.stopOthers(fs, fmt.Sprintf("vm %s could not be synchronized: no VM was shut down and nothing was applied", f.name))
-				return out, nil
+				return answer()
 			}
 		}
 	}
@@ -243,9 +237,9 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 	wg.Wait()
 	var moved int64
 	for _, f := range fs {
-		if f.failed {
+		if f.run.Failed() {
 			s.stopOthers(fs, fmt.Sprintf("vm %s did not shut down: no point was applied; this VM is shut down at the recovery site with all its data here: start it there again, or fail the group back once %s shuts down", f.name, f.name))
-			return out, nil
+			return answer()
 		}
 		moved += s.recv.ReceivedBytes(f.vmid) - f.before
 	}
@@ -255,8 +249,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 		took := time.Duration(float64(moved) / float64(s.cfg.LinkRate) * float64(time.Second))
 		s.clock.Sleep(ctx, took)
 		for _, f := range fs {
-			f.resp.Steps = append(f.resp.Steps, &ferryv1.JobStep{Name: "receive final data", StartUnixNano: s.clock.Now().Add(-took).UnixNano(),
-				EndUnixNano: s.clock.Now().UnixNano(), Outcome: string(ferry.OutcomeSucceeded),
+			f.run.Add(job.Step{Name: "receive final data", Start: s.clock.Now().Add(-took), End: s.clock.Now(), Outcome: ferry.OutcomeSucceeded,
 				Detail: fmt.Sprintf("%s over the link from the recovery site (for all %d VMs failing back together) in %v (modeled at %s/s)",
 					cli.Bytes(moved), len(fs), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
 		}
@@ -264,18 +257,16 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 	for _, f := range fs {
 		s.finishFailback(ctx, f, syncMode, point, tag)
 	}
-	return out, nil
+	return answer()
 }
 
 // stopOthers ends the failback of every VM whose steps did not fail yet
 // with a failed step saying why: the PS must not take a VM for failed back
 // because its own steps went well.
 func (s *Server) stopOthers(fs []*fbVM, why string) {
-	now := s.clock.Now().UnixNano()
 	for _, g := range fs {
-		if !g.failed {
-			g.failed = true
-			g.resp.Steps = append(g.resp.Steps, &ferryv1.JobStep{Name: "wait for the group", StartUnixNano: now, EndUnixNano: now, Outcome: string(ferry.OutcomeFailed), Detail: why})
+		if !g.run.Failed() {
+			g.run.Fail("wait for the group", why)
 		}
 	}
 }
@@ -303,7 +294,9 @@ func (s *Server) checkFailback(ctx context.Context, name string, syncMode ferry.
 	if point == ferry.PointLatestApp && !s.hasApp(ctx, vmid) {
 		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no app-consistent point at the master target", name)
 	}
-	return &fbVM{name: name, vmid: vmid, t: t, resp: &ferryv1.MTFailbackResponse{}}, nil
+	f := &fbVM{name: name, vmid: vmid, t: t, resp: &ferryv1.MTFailbackResponse{}}
+	f.run = job.New(s.clock, &f.steps, nil)
+	return f, nil
 }
 
 // presync folds the newest point (the newest app-consistent one for a

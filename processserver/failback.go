@@ -212,11 +212,14 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 	for i, vm := range vms {
 		run, resp := runs[i], resps[i]
 		errs[i] = func() error {
-			for _, mst := range resp.GetSteps() {
-				run.job.Steps = append(run.job.Steps, Step{Name: "master target: " + mst.GetName(), Start: time.Unix(0, mst.GetStartUnixNano()),
-					End: time.Unix(0, mst.GetEndUnixNano()), Outcome: ferry.Outcome(mst.GetOutcome()), Detail: mst.GetDetail(), Wall: time.Duration(mst.GetWallNanos())})
-				if ferry.Outcome(mst.GetOutcome()) != ferry.OutcomeSucceeded {
-					return fmt.Errorf("%w: %s: %s", ErrFailover, mst.GetName(), mst.GetDetail())
+			for _, st := range wire.Steps(resp.GetSteps()) {
+				name := st.Name
+				st.Name = "master target: " + name
+				if err := run.steps.Add(st); err != nil {
+					return err
+				}
+				if st.Outcome != ferry.OutcomeSucceeded {
+					return fmt.Errorf("%w: %s: %s", ErrFailover, name, st.Detail)
 				}
 			}
 			p := resp.GetPoint()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/job"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
 
@@ -107,8 +108,10 @@ func (s *Server) resolveIntent(ctx context.Context, vm string) error {
 	}
 	s.log.Warn("interrupted operation resolved", "vm", vm, "op", in.Op, "job", in.Job, "detail", detail)
 	if j, err := s.ctl.job(in.Job); err == nil {
-		j.Steps = append(j.Steps, Step{Name: "resolved after a restart", Start: s.clock.Now(), End: s.clock.Now(), Outcome: ferry.OutcomeSucceeded, Detail: detail})
-		s.ctl.putJob(&j)
+		j.Steps = append(j.Steps, job.Step{Name: "resolved after a restart", Start: s.clock.Now(), End: s.clock.Now(), Outcome: ferry.OutcomeSucceeded, Detail: detail})
+		if err := s.ctl.putJob(&j); err != nil {
+			return err
+		}
 	}
 	return s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: "interrupted", Detail: detail})
 }

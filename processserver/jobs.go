@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/clock"
+	"github.com/ferrydr/ferry/pkg/job"
 )
 
 // Job is one operator action with its steps, persisted and listable.
@@ -19,7 +20,7 @@ type Job struct {
 	End      time.Time     `json:"end"`
 	Outcome  ferry.Outcome `json:"outcome"` // running, succeeded, failed
 	Error    string        `json:"error,omitempty"`
-	Steps    []Step        `json:"steps"`
+	Steps    []job.Step    `json:"steps"`
 	Point    *ferry.Point  `json:"point,omitempty"`
 	Findings []Finding     `json:"findings,omitempty"`
 	Console  string        `json:"console,omitempty"`
@@ -31,17 +32,6 @@ type Job struct {
 	By string `json:"by,omitempty"`
 }
 
-// Step is one step of a job. Start and End are on the server's clock
-// (virtual in a drill); Wall is the machine time the step really took.
-type Step struct {
-	Name    string        `json:"name"`
-	Start   time.Time     `json:"start"`
-	End     time.Time     `json:"end"`
-	Outcome ferry.Outcome `json:"outcome"` // succeeded, failed, skipped
-	Detail  string        `json:"detail,omitempty"`
-	Wall    time.Duration `json:"wall"`
-}
-
 // jobRun records the steps of one job as they happen.
 type jobRun struct {
 	s   *Server
@@ -49,6 +39,7 @@ type jobRun struct {
 	// clock times the job: the server's, or the timeline of the plan
 	// group it runs in (clock.WithTimeline).
 	clock clock.Clock
+	steps *job.Steps
 }
 
 func (s *Server) newJob(ctx context.Context, typ, vm string) (*jobRun, error) {
@@ -61,7 +52,7 @@ func (s *Server) newJob(ctx context.Context, typ, vm string) (*jobRun, error) {
 	if f, ok := ctx.Value(jobCreatedKey{}).(func()); ok {
 		f()
 	}
-	return &jobRun{s: s, job: j, clock: c}, nil
+	return &jobRun{s: s, job: j, clock: c, steps: job.New(c, &j.Steps, func() error { return s.ctl.putJob(j) })}, nil
 }
 
 type jobCreatedKey struct{}
@@ -98,30 +89,10 @@ func inOrder(ctx context.Context, jobs []int, tasks []func(ctx context.Context))
 }
 
 // step runs fn as a named step. fn returns a detail for the report.
-func (r *jobRun) step(name string, fn func() (string, error)) error {
-	st := Step{Name: name, Start: r.clock.Now()}
-	wall := time.Now()
-	detail, err := fn()
-	st.End, st.Wall, st.Detail = r.clock.Now(), time.Since(wall), detail
-	st.Outcome = ferry.OutcomeSucceeded
-	if err != nil {
-		st.Outcome = ferry.OutcomeFailed
-		if st.Detail == "" {
-			st.Detail = err.Error()
-		} else {
-			st.Detail += ": " + err.Error()
-		}
-	}
-	r.job.Steps = append(r.job.Steps, st)
-	r.s.ctl.putJob(r.job)
-	return err
-}
+func (r *jobRun) step(name string, fn func() (string, error)) error { return r.steps.Run(name, fn) }
 
 // skip records a step that did not apply.
-func (r *jobRun) skip(name, why string) {
-	now := r.clock.Now()
-	r.job.Steps = append(r.job.Steps, Step{Name: name, Start: now, End: now, Outcome: ferry.OutcomeSkipped, Detail: why})
-}
+func (r *jobRun) skip(name, why string) { r.steps.Skip(name, why) }
 
 // finish ends the job with err's outcome and persists it.
 func (r *jobRun) finish(err error) (*Job, error) {

@@ -274,10 +274,7 @@ func JobProto(j *Job) *ferryv1.Job {
 	if !j.End.IsZero() {
 		out.EndUnixNano = j.End.UnixNano()
 	}
-	for _, st := range j.Steps {
-		out.Steps = append(out.Steps, &ferryv1.JobStep{Name: st.Name, StartUnixNano: st.Start.UnixNano(), EndUnixNano: st.End.UnixNano(),
-			Outcome: string(st.Outcome), Detail: st.Detail, WallNanos: int64(st.Wall)})
-	}
+	out.Steps = wire.StepsProto(j.Steps)
 	if j.Point != nil {
 		out.Point = wire.PointProto(*j.Point)
 	}

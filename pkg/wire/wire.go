@@ -9,6 +9,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/job"
 	"github.com/ferrydr/ferry/pkg/journal"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -151,4 +152,24 @@ func RecordCheck(r *ferryv1.Record) uint64 {
 func Seal(r *ferryv1.Record) *ferryv1.Record {
 	r.Check = RecordCheck(r)
 	return r
+}
+
+// StepsProto converts a job's steps.
+func StepsProto(in []job.Step) []*ferryv1.JobStep {
+	out := make([]*ferryv1.JobStep, len(in))
+	for i, st := range in {
+		out[i] = &ferryv1.JobStep{Name: st.Name, StartUnixNano: unixNano(st.Start), EndUnixNano: unixNano(st.End),
+			Outcome: string(st.Outcome), Detail: st.Detail, WallNanos: int64(st.Wall)}
+	}
+	return out
+}
+
+// Steps converts a job's steps from the wire.
+func Steps(in []*ferryv1.JobStep) []job.Step {
+	out := make([]job.Step, len(in))
+	for i, st := range in {
+		out[i] = job.Step{Name: st.GetName(), Start: fromUnixNano(st.GetStartUnixNano()), End: fromUnixNano(st.GetEndUnixNano()),
+			Outcome: ferry.Outcome(st.GetOutcome()), Detail: st.GetDetail(), Wall: time.Duration(st.GetWallNanos())}
+	}
+	return out
 }
