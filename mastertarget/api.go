@@ -151,7 +151,9 @@ type fbVM struct {
 }
 
 // step runs one step of f's failback and records it for its response.
-func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error { return f.run.Run(name, fn) }
+func (s *Server) step(f *fbVM, name string, fn func() (string, error)) error {
+	return f.run.Run(name, fn)
+}
 
 // PresyncBound is the delta below which synchronization before failover
 // stops folding the recovered VM's points into the target disks and shuts

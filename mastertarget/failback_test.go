@@ -15,7 +15,7 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -167,7 +167,7 @@ func TestFailbackRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		ack := m.GetHelloAck()
-		if ack.GetPolicy().GetName() != policy.FailbackName || ack.GetDeferSync() != (vm == "db") {
+		if ack.GetPolicy().GetName() != retention.FailbackName || ack.GetDeferSync() != (vm == "db") {
 			t.Fatalf("%s's hello answered with policy %q, defer_sync %v", vm, ack.GetPolicy().GetName(), ack.GetDeferSync())
 		}
 		st.CloseSend()

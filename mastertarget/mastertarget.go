@@ -32,8 +32,10 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
+	"github.com/ferrydr/ferry/pkg/rpo"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -106,7 +108,7 @@ type Server struct {
 	targets   map[string][]blockdev.Device // where each VM's data lands
 	failbacks map[string]bool              // VMs failing back now
 
-	alerts   policy.Alerts
+	alerts   rpo.Alerts
 	rpoAlert *prometheus.GaugeVec
 }
 
@@ -176,7 +178,7 @@ func (s *Server) Open(ctx context.Context) error {
 		Authorize: s.authorize, OnHello: func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
 			// The recovered VM's agent cuts points at the failback
 			// policy's frequencies.
-			ack.Policy = policy.Failback().Proto(nil)
+			ack.Policy = wire.PolicyProto(retention.Failback(), nil)
 			t, err := s.target(h.GetVm())
 			if err != nil {
 				return err

@@ -13,7 +13,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -72,7 +72,7 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pol := policy.Failback()
+	pol := retention.Failback()
 	now := s.clock.Now()
 	var errs []error
 	for _, t := range ts {
@@ -80,10 +80,10 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 		if s.failingBack(t.VM) {
 			continue // the failback decides what is kept until it ends
 		}
-		if _, err := policy.ThinAppPoints(ctx, s.j, vmid, pol); err != nil {
+		if _, err := retention.ThinAppPoints(ctx, s.j, vmid, pol); err != nil {
 			errs = append(errs, err)
 		}
-		ts, err := policy.Retain(ctx, s.j, vmid, pol, now, func() ([]blockdev.Device, error) { return s.devices(t.VM) })
+		ts, err := retention.Retain(ctx, s.j, vmid, pol, now, func() ([]blockdev.Device, error) { return s.devices(t.VM) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vm %s: retention: %w", t.VM, err))
 		} else if ts.PointsDeleted > 0 || ts.RecordsDeleted > 0 {

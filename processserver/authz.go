@@ -15,7 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
-
 // unauthenticated names the caller when the server runs without TLS.
 const unauthenticated = "unauthenticated (plain text)"
 

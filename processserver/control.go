@@ -139,7 +139,6 @@ func (v *VMState) Allowed() []string {
 	return nil
 }
 
-
 // StateError names the state, the refused action and what is allowed.
 type StateError struct {
 	VM      string
@@ -295,7 +294,6 @@ func (c *control) job(id uint64) (Job, error) {
 	})
 	return j, err
 }
-
 
 // jobs returns the jobs of vm (all when empty), oldest first.
 func (c *control) jobs(vm string) ([]Job, error) {

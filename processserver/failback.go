@@ -14,7 +14,6 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-
 // Reprotect starts replication in the other direction: after a committed
 // failover, from the recovered VM to the master target (original location:
 // onto the primary's own disks, only what differs is sent; alternate: onto

@@ -39,7 +39,6 @@ type FailoverRequest struct {
 	Shutdown bool
 }
 
-
 // vmState returns the control state of vm, with enabling/protected derived
 // from the journal.
 func (s *Server) vmState(ctx context.Context, name string) (VMState, journal.VM, error) {
@@ -101,7 +100,6 @@ func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error
 	err = s.failover(ctx, run, &st, vm, req)
 	return run.finish(err)
 }
-
 
 func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, req FailoverRequest) error {
 	name := ferry.VMID(req.VM)

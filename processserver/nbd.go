@@ -20,7 +20,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
-
 // nbdAccess says who may use the NBD exports: an operator or admin
 // certificate over TLS when the server has TLS.
 func (s *Server) nbdAccess() nbd.Access {
@@ -57,7 +56,6 @@ type NBDExport struct {
 	Created time.Time
 	slot    string
 }
-
 
 // exportName is an export's name: readable, and with 96 random bits so
 // that nobody can open an export whose name they were not told.

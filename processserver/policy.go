@@ -11,7 +11,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -25,39 +26,19 @@ const (
 	PolicyVMware = "vmware-72h"
 	// PolicyFailback is what reprotected VMs follow while they replicate to
 	// the master target; Ferry creates it and it cannot be edited.
-	PolicyFailback = policy.FailbackName
+	PolicyFailback = retention.FailbackName
 )
-
-// Policy is a named replication policy (pkg/policy, shared with the
-// master target).
-type Policy = policy.Policy
 
 var (
 	bucketPolicies = []byte("policies")
-	nameRE         = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+	// nameRE is what names of policies, plans and groups may be.
+	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 )
-
-// validatePolicy reports the first field of p that is out of range.
-func validatePolicy(p Policy) error {
-	switch {
-	case !nameRE.MatchString(p.Name):
-		return fmt.Errorf("%w: policy name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, p.Name)
-	case p.Retention < time.Hour || p.Retention > 35*24*time.Hour:
-		return fmt.Errorf("%w: policy %s: retention %v is outside 1h..840h", ErrInvalidRequest, p.Name, p.Retention)
-	case p.CrashInterval < time.Second || p.CrashInterval > p.Retention:
-		return fmt.Errorf("%w: policy %s: crash-consistent frequency %v is outside 1s..retention (%v)", ErrInvalidRequest, p.Name, p.CrashInterval, p.Retention)
-	case p.AppInterval < 0 || (p.AppInterval != 0 && (p.AppInterval < time.Second || p.AppInterval > p.Retention)):
-		return fmt.Errorf("%w: policy %s: app-consistent frequency %v is outside 1s..retention (%v); 0 turns app-consistent points off", ErrInvalidRequest, p.Name, p.AppInterval, p.Retention)
-	case p.RPOThreshold < time.Minute:
-		return fmt.Errorf("%w: policy %s: RPO threshold %v is below 1m", ErrInvalidRequest, p.Name, p.RPOThreshold)
-	}
-	return nil
-}
 
 // builtinPolicies returns the policies every process server has. The
 // server's Retention and RPOThreshold set the default policy's values the
 // first time it is created; after that operators edit it.
-func (s *Server) builtinPolicies() []Policy {
+func (s *Server) builtinPolicies() []retention.Policy {
 	ret, rpo := s.cfg.Retention, s.cfg.RPOThreshold
 	if ret <= 0 {
 		ret = 35 * 24 * time.Hour
@@ -65,10 +46,10 @@ func (s *Server) builtinPolicies() []Policy {
 	if rpo <= 0 {
 		rpo = 15 * time.Minute
 	}
-	return []Policy{
+	return []retention.Policy{
 		{Name: PolicyDefault, Retention: ret, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
 		{Name: PolicyVMware, Retention: 72 * time.Hour, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
-		policy.Failback(),
+		retention.Failback(),
 	}
 }
 
@@ -96,22 +77,24 @@ func (s *Server) ensurePolicies() error {
 }
 
 // Policies returns every policy, by name.
-func (s *Server) Policies() ([]Policy, error) { return listNamed[Policy](s.ctl, bucketPolicies) }
+func (s *Server) Policies() ([]retention.Policy, error) {
+	return listNamed[retention.Policy](s.ctl, bucketPolicies)
+}
 
 // Policy returns the policy of that name.
-func (s *Server) Policy(name string) (Policy, error) {
-	return getNamed[Policy](s.ctl, bucketPolicies, "policy", name)
+func (s *Server) Policy(name string) (retention.Policy, error) {
+	return getNamed[retention.Policy](s.ctl, bucketPolicies, "policy", name)
 }
 
 // PutPolicy creates or edits a policy and sends it to the connected agents
 // of the VMs that follow it.
-func (s *Server) PutPolicy(ctx context.Context, p Policy) error {
+func (s *Server) PutPolicy(ctx context.Context, p retention.Policy) error {
 	if p.Name == PolicyFailback {
 		return fmt.Errorf("%w: the failback policy is created by Ferry and cannot be edited", ErrInvalidRequest)
 	}
 	p.Builtin = false
-	if err := validatePolicy(p); err != nil {
-		return err
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if err := putNamed(s.ctl, bucketPolicies, p.Name, p); err != nil {
 		return err
@@ -165,21 +148,21 @@ func (s *Server) policyName(vm string) (string, error) {
 }
 
 // policyFor returns the policy vm follows now.
-func (s *Server) policyFor(vm string) (Policy, error) {
+func (s *Server) policyFor(vm string) (retention.Policy, error) {
 	name, err := s.policyName(vm)
 	if err != nil {
-		return Policy{}, err
+		return retention.Policy{}, err
 	}
 	return s.Policy(name)
 }
 
 // pushPolicy tells a connected agent its policy; one that misses it gets it
 // with its next hello.
-func (s *Server) pushPolicy(vm ferry.VMID, p Policy) {
+func (s *Server) pushPolicy(vm ferry.VMID, p retention.Policy) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		res, err := s.recv.Command(ctx, vm, &ferryv1.Command{Action: &ferryv1.Command_Policy{Policy: PolicyProto(p, nil)}})
+		res, err := s.recv.Command(ctx, vm, &ferryv1.Command{Action: &ferryv1.Command_Policy{Policy: wire.PolicyProto(p, nil)}})
 		if err == nil && !res.GetOk() {
 			err = fmt.Errorf("%s", res.GetError())
 		}
@@ -188,12 +171,6 @@ func (s *Server) pushPolicy(vm ferry.VMID, p Policy) {
 		}
 	}()
 }
-
-// PolicyProto converts a policy for the wire.
-func PolicyProto(p Policy, vms []string) *ferryv1.Policy { return p.Proto(vms) }
-
-// PolicyFromProto converts a policy from the wire.
-func PolicyFromProto(p *ferryv1.Policy) Policy { return policy.FromProto(p) }
 
 func (r *recovery) ListPolicies(ctx context.Context, _ *ferryv1.ListPoliciesRequest) (*ferryv1.ListPoliciesResponse, error) {
 	pols, err := r.s.Policies()
@@ -212,17 +189,17 @@ func (r *recovery) ListPolicies(ctx context.Context, _ *ferryv1.ListPoliciesRequ
 	}
 	out := &ferryv1.ListPoliciesResponse{}
 	for _, p := range pols {
-		out.Policies = append(out.Policies, PolicyProto(p, members[p.Name]))
+		out.Policies = append(out.Policies, wire.PolicyProto(p, members[p.Name]))
 	}
 	return out, nil
 }
 
 func (r *recovery) PutPolicy(ctx context.Context, req *ferryv1.Policy) (*ferryv1.Policy, error) {
-	p := PolicyFromProto(req)
+	p := wire.Policy(req)
 	if err := r.s.PutPolicy(ctx, p); err != nil {
 		return nil, toStatus(err)
 	}
-	return PolicyProto(p, nil), nil
+	return wire.PolicyProto(p, nil), nil
 }
 
 func (r *recovery) AttachPolicy(ctx context.Context, req *ferryv1.AttachPolicyRequest) (*ferryv1.AttachPolicyResponse, error) {

@@ -201,7 +201,6 @@ func (s *Server) relay(agent ferryv1.Replication_ReplicateServer, hello *ferryv1
 	}
 }
 
-
 // relayErr is the master target's status when a send failed because its
 // stream ended; only for sends made before anyone else reads the stream.
 func relayErr(up ferryv1.Replication_ReplicateClient, err error) error {

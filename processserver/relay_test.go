@@ -19,7 +19,7 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -149,7 +149,7 @@ func TestRelayOverTLS(t *testing.T) {
 	if err != nil || m.GetHelloAck() == nil {
 		t.Fatalf("hello through the relay: %v %v", m, err)
 	}
-	if p := m.GetHelloAck().GetPolicy(); p.GetName() != policy.FailbackName {
+	if p := m.GetHelloAck().GetPolicy(); p.GetName() != retention.FailbackName {
 		t.Fatalf("the relayed hello was answered with policy %v", p)
 	}
 	data := []byte(strings.Repeat("relayed ", 512))

@@ -33,8 +33,9 @@ import (
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/rpo"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -185,7 +186,7 @@ type Server struct {
 	bg           context.Context // ends when the server closes
 	nbd          *nbd.Server
 	nbdURI       func(export string) string
-	alerts       policy.Alerts
+	alerts       rpo.Alerts
 	relayMetrics relayMetrics
 	rpoAlert     *prometheus.GaugeVec
 
@@ -546,7 +547,7 @@ func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.Hel
 	if err != nil {
 		return err
 	}
-	ack.Policy = PolicyProto(p, nil)
+	ack.Policy = wire.PolicyProto(p, nil)
 	return nil
 }
 

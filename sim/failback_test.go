@@ -14,7 +14,7 @@ import (
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
@@ -121,10 +121,10 @@ func TestMasterTargetFailbackPolicy(t *testing.T) {
 	run(t, d, 10*time.Minute)
 	px := reverse(t, d, "fb-1")
 	v := d.VM("fb-1")
-	if got := v.Agent.Policy(); got.GetName() != policy.FailbackName || got.GetRpoThresholdSeconds() != 15*60 || got.GetRetentionSeconds() != 24*3600 {
+	if got := v.Agent.Policy(); got.GetName() != retention.FailbackName || got.GetRpoThresholdSeconds() != 15*60 || got.GetRetentionSeconds() != 24*3600 {
 		t.Fatalf("the reverse agent follows %v, want the failback policy", got)
 	}
-	pol := policy.Failback()
+	pol := retention.Failback()
 	hours := 72
 	if raceEnabled {
 		hours = 36 // a day and a half: past the retention window, at a tenth of the speed

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -127,30 +126,4 @@ func (j *Journal) Trim(ctx context.Context, name ferry.VMID, upTo ferry.Seq, bas
 		return putVM(tx, vm)
 	})
 	return st, err
-}
-
-// RetainFrom returns the record a VM's journal can be trimmed to so that
-// every point at or after cutoff is kept and the points before it go: the
-// oldest kept point's ID. It returns 0 when no point is older than cutoff.
-func (j *Journal) RetainFrom(ctx context.Context, name ferry.VMID, cutoff time.Time) (ferry.Seq, error) {
-	vm, err := j.VM(ctx, name)
-	if err != nil {
-		return 0, err
-	}
-	pts, err := j.Points(ctx, name)
-	if err != nil {
-		return 0, err
-	}
-	expired := false
-	for _, p := range pts {
-		if p.Time.Before(cutoff) {
-			expired = true
-			continue
-		}
-		if expired && p.ID > vm.BaseSeq && p.ID <= vm.ProcessedSeq {
-			return p.ID, nil
-		}
-		return 0, nil
-	}
-	return 0, nil
 }

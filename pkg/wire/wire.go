@@ -11,6 +11,7 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/job"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -172,4 +173,17 @@ func Steps(in []*ferryv1.JobStep) []job.Step {
 			Outcome: ferry.Outcome(st.GetOutcome()), Detail: st.GetDetail(), Wall: time.Duration(st.GetWallNanos())}
 	}
 	return out
+}
+
+// PolicyProto converts a policy; vms are the VMs that follow it.
+func PolicyProto(p retention.Policy, vms []string) *ferryv1.Policy {
+	return &ferryv1.Policy{Name: p.Name, RetentionSeconds: int64(p.Retention / time.Second), CrashIntervalSeconds: int64(p.CrashInterval / time.Second),
+		AppIntervalSeconds: int64(p.AppInterval / time.Second), RpoThresholdSeconds: int64(p.RPOThreshold / time.Second), Builtin: p.Builtin, Vms: vms}
+}
+
+// Policy converts a policy from the wire.
+func Policy(p *ferryv1.Policy) retention.Policy {
+	return retention.Policy{Name: p.GetName(), Retention: time.Duration(p.GetRetentionSeconds()) * time.Second,
+		CrashInterval: time.Duration(p.GetCrashIntervalSeconds()) * time.Second, AppInterval: time.Duration(p.GetAppIntervalSeconds()) * time.Second,
+		RPOThreshold: time.Duration(p.GetRpoThresholdSeconds()) * time.Second}
 }

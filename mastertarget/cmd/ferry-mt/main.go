@@ -13,7 +13,7 @@ import (
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/ingest"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/virt"
 )
@@ -49,7 +49,7 @@ func main() {
 	revocations := fs.String("revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	fb := policy.Failback()
+	fb := retention.Failback()
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-mt serve [flags]
 

@@ -1,4 +1,4 @@
-package policy
+package rpo
 
 import (
 	"strings"
@@ -41,17 +41,6 @@ func TestAlerts(t *testing.T) {
 	a.Forget("vm")
 	if a.Alerting("vm") || a.Check("vm", time.Hour, th) != Raised {
 		t.Fatal("a forgotten VM does not start over")
-	}
-}
-
-// TestFailback pins the seed's failback policy.
-func TestFailback(t *testing.T) {
-	p := Failback()
-	if p.Name != FailbackName || p.CrashInterval != 5*time.Minute || p.RPOThreshold != 15*time.Minute || p.Retention != 24*time.Hour || p.AppInterval != time.Hour || !p.Builtin {
-		t.Fatalf("failback policy %+v", p)
-	}
-	if q := FromProto(p.Proto(nil)); q.Retention != p.Retention || q.RPOThreshold != p.RPOThreshold || q.AppInterval != p.AppInterval || q.CrashInterval != p.CrashInterval {
-		t.Fatalf("wire round trip: %+v", q)
 	}
 }
 

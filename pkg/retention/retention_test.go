@@ -1,8 +1,9 @@
-package policy_test
+package retention_test
 
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
-	"github.com/ferrydr/ferry/pkg/policy"
+	"github.com/ferrydr/ferry/pkg/retention"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -58,8 +59,8 @@ func stream(t *testing.T, marks []time.Duration, app func(i int) (bool, string))
 func TestRetain(t *testing.T) {
 	ctx := context.Background()
 	j, vm := stream(t, []time.Duration{0, time.Hour, 2 * time.Hour, 3 * time.Hour, 4 * time.Hour, 5 * time.Hour}, func(int) (bool, string) { return false, "" })
-	p := policy.Policy{Retention: 2 * time.Hour}
-	st, err := policy.Retain(ctx, j, vm, p, t0.Add(time.Hour), func() ([]blockdev.Device, error) {
+	p := retention.Policy{Retention: 2 * time.Hour}
+	st, err := retention.Retain(ctx, j, vm, p, t0.Add(time.Hour), func() ([]blockdev.Device, error) {
 		t.Fatal("the base was asked for with nothing to trim")
 		return nil, nil
 	})
@@ -67,7 +68,7 @@ func TestRetain(t *testing.T) {
 		t.Fatalf("nothing old enough: %+v %v", st, err)
 	}
 	base := blockdev.NewMemory(64 << 10)
-	st, err = policy.Retain(ctx, j, vm, p, t0.Add(5*time.Hour), func() ([]blockdev.Device, error) { return []blockdev.Device{base}, nil })
+	st, err = retention.Retain(ctx, j, vm, p, t0.Add(5*time.Hour), func() ([]blockdev.Device, error) { return []blockdev.Device{base}, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,12 +102,12 @@ func TestThinAppPoints(t *testing.T) {
 	at := []time.Duration{0, 20 * time.Minute, 40 * time.Minute, 60 * time.Minute, 90 * time.Minute, 130 * time.Minute, 140 * time.Minute}
 	app := func(i int) (bool, string) {
 		if i == 6 {
-			return true, policy.GroupTagPrefix + "shop/7"
+			return true, retention.GroupTagPrefix + "shop/7"
 		}
 		return true, "app"
 	}
 	j, vm := stream(t, at, app)
-	n, err := policy.ThinAppPoints(ctx, j, vm, policy.Policy{AppInterval: time.Hour})
+	n, err := retention.ThinAppPoints(ctx, j, vm, retention.Policy{AppInterval: time.Hour})
 	if err != nil || n != 3 {
 		t.Fatalf("thinned %d (%v), want 3 (the points at 20, 40 and 90 min)", n, err)
 	}
@@ -120,10 +121,82 @@ func TestThinAppPoints(t *testing.T) {
 	if len(kept) != 4 || kept[0] != 0 || kept[1] != time.Hour || kept[2] != 130*time.Minute || kept[3] != 140*time.Minute {
 		t.Fatalf("app points kept at %v", kept)
 	}
-	if n, err := policy.ThinAppPoints(ctx, j, vm, policy.Policy{AppInterval: time.Hour}); err != nil || n != 0 {
+	if n, err := retention.ThinAppPoints(ctx, j, vm, retention.Policy{AppInterval: time.Hour}); err != nil || n != 0 {
 		t.Fatalf("thinning again demoted %d (%v)", n, err)
 	}
-	if n, err := policy.ThinAppPoints(ctx, j, vm, policy.Policy{}); err != nil || n != 3 {
+	if n, err := retention.ThinAppPoints(ctx, j, vm, retention.Policy{}); err != nil || n != 3 {
 		t.Fatalf("app points off: demoted %d (%v), want the 3 left apart from the multi-VM one", n, err)
+	}
+}
+
+// TestFailback pins the seed's failback policy, which is valid.
+func TestFailback(t *testing.T) {
+	p := retention.Failback()
+	if p.Name != retention.FailbackName || p.CrashInterval != 5*time.Minute || p.RPOThreshold != 15*time.Minute || p.Retention != 24*time.Hour || p.AppInterval != time.Hour || !p.Builtin {
+		t.Fatalf("failback policy %+v", p)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestValidate: each bound refuses the value just outside it and names
+// the field; the values at the bounds are accepted.
+func TestValidate(t *testing.T) {
+	ok := retention.Policy{Name: "gold", Retention: time.Hour, CrashInterval: time.Second, AppInterval: time.Hour, RPOThreshold: time.Minute}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("a policy at the bounds: %v", err)
+	}
+	long := ok
+	long.Retention, long.CrashInterval, long.AppInterval = 35*24*time.Hour, 35*24*time.Hour, 0
+	if err := long.Validate(); err != nil {
+		t.Fatalf("a policy at the upper bounds: %v", err)
+	}
+	for _, tc := range []struct {
+		change func(*retention.Policy)
+		want   string
+	}{
+		{func(p *retention.Policy) { p.Name = "" }, "policy name"},
+		{func(p *retention.Policy) { p.Name = "a/b" }, "policy name"},
+		{func(p *retention.Policy) { p.Retention = time.Hour - time.Second }, "retention"},
+		{func(p *retention.Policy) { p.Retention = 35*24*time.Hour + time.Second }, "retention"},
+		{func(p *retention.Policy) { p.CrashInterval = time.Second - 1 }, "crash-consistent frequency"},
+		{func(p *retention.Policy) { p.CrashInterval = p.Retention + time.Second }, "crash-consistent frequency"},
+		{func(p *retention.Policy) { p.AppInterval = -time.Second }, "app-consistent frequency"},
+		{func(p *retention.Policy) { p.AppInterval = time.Second - 1 }, "app-consistent frequency"},
+		{func(p *retention.Policy) { p.AppInterval = p.Retention + time.Second }, "app-consistent frequency"},
+		{func(p *retention.Policy) { p.RPOThreshold = time.Minute - time.Second }, "RPO threshold"},
+	} {
+		p := ok
+		tc.change(&p)
+		if err := p.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want an error naming %s", p, err, tc.want)
+		}
+	}
+}
+
+// TestExpire: points older than the window go, a point exactly at the
+// window's edge stays, and when every point is older than the window the
+// newest stays (nothing goes).
+func TestExpire(t *testing.T) {
+	p := retention.Policy{Retention: 2 * time.Hour}
+	pts := []ferry.Point{{ID: 10, Time: t0}, {ID: 20, Time: t0.Add(time.Hour)}, {ID: 30, Time: t0.Add(2 * time.Hour)}, {ID: 40, Time: t0.Add(3 * time.Hour)}}
+	for _, tc := range []struct {
+		now  time.Duration
+		want ferry.Seq
+	}{
+		{2 * time.Hour, 0},  // t0 is at the edge: kept
+		{3 * time.Hour, 20}, // t0 is older: it goes, 20 is the oldest kept
+		{4 * time.Hour, 30},
+		{4*time.Hour + time.Second, 40},
+		{5 * time.Hour, 40},
+		{6 * time.Hour, 0}, // all older than the window: keep them
+	} {
+		if got := retention.Expire(pts, p, t0.Add(tc.now)); got != tc.want {
+			t.Errorf("at +%v: trim to %d, want %d", tc.now, got, tc.want)
+		}
+	}
+	if got := retention.Expire(nil, p, t0); got != 0 {
+		t.Errorf("no points: %d", got)
 	}
 }
