@@ -3,7 +3,6 @@ package mastertarget
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/proc"
 )
 
 // FilePrimary is the primary site of real machines: original disks are
@@ -106,8 +106,6 @@ func (p *FilePrimary) Start(ctx context.Context, vm string, location ferry.Locat
 	if len(names) == 0 {
 		return fmt.Errorf("no %s disks of %s are known: nothing to start", location, vm)
 	}
-	if out, err := exec.CommandContext(ctx, p.StartHook, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("start hook: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	_, err := proc.Run(ctx, proc.Command{What: "start hook", Path: p.StartHook, Args: args})
+	return err
 }

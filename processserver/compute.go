@@ -2,10 +2,8 @@ package processserver
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -93,22 +91,12 @@ func (h HookCompute) run(ctx context.Context, args ...string) (string, error) {
 	if h.Command == "" {
 		return "", fmt.Errorf("no compute hook is configured: start ferry-ps with --compute-hook to let failover create VMs")
 	}
-	var out, errb bytes.Buffer
-	cmd := exec.Command(h.Command, args...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.WaitDelay = 5 * time.Second
 	timeout := h.Timeout
 	if timeout == 0 {
 		timeout = 10 * time.Minute
 	}
-	timedOut, err := proc.RunInGroup(ctx, cmd, timeout)
-	if timedOut {
-		return "", fmt.Errorf("compute hook %s %s: killed with its process group after %v", h.Command, args[0], timeout)
-	}
-	if err != nil {
-		return "", fmt.Errorf("compute hook %s %s: %v: %s", h.Command, args[0], err, strings.TrimSpace(errb.String()))
-	}
-	return out.String(), nil
+	res, err := proc.Run(ctx, proc.Command{What: "compute hook " + h.Command + " " + args[0], Path: h.Command, Args: args, Timeout: timeout, KeepStdout: true})
+	return res.Stdout, err
 }
 
 // Find implements InstanceFinder with the hook's optional find action.

@@ -105,7 +105,7 @@ func TestHostilePlanActions(t *testing.T) {
 	start := time.Now()
 	_, err = runner.Run(ctx, "erp", 1, "test-failover", processserver.PlanAction{Name: "hang",
 		Command: "sleep 600 & echo $! > " + shared + "/child; sleep 600"})
-	if err == nil || !strings.Contains(err.Error(), "killed after") || time.Since(start) > 20*time.Second {
+	if err == nil || !strings.Contains(err.Error(), "killed with its process group after") || time.Since(start) > 20*time.Second {
 		t.Fatalf("a hanging action: %v after %v", err, time.Since(start))
 	}
 	child, _ := os.ReadFile(filepath.Join(shared, "child"))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,55 +94,22 @@ func (r ShellActions) Run(ctx context.Context, plan string, group int, op string
 		return "", fmt.Errorf("action %q: the process server runs as uid %d and cannot run actions as %s (uid %d): start it as root, or choose the actions' user with --plan-action-user",
 			a.Name, os.Getuid(), r.UserName, r.User.Uid)
 	}
-	cmd := exec.Command("/bin/sh", "-c", a.Command)
-	cmd.Dir = "/"
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "LANG=C.UTF-8"}, r.Env...)
-	cmd.Env = append(cmd.Env, "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.User}
-	// The output goes through a pipe the command's children may hold: it
-	// is closed at the latest this long after the group is killed.
-	cmd.WaitDelay = 5 * time.Second
-	out := &tailBuffer{max: actionOutputMax}
-	cmd.Stdout, cmd.Stderr = out, out
-	timedOut, err := proc.RunInGroup(ctx, cmd, r.Timeout)
+	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "LANG=C.UTF-8"}, r.Env...)
+	env = append(env, "FERRY_PLAN="+plan, "FERRY_GROUP="+strconv.Itoa(group), "FERRY_OPERATION="+op)
+	res, err := proc.Run(ctx, proc.Command{What: fmt.Sprintf("action %q", a.Name), Shell: a.Command, Dir: "/", Env: env, Credential: r.User,
+		Timeout: r.Timeout, OutputMax: actionOutputMax})
 	log := r.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	log.Info("plan action ended", "plan", plan, "group", group, "action", a.Name, "err", err, "output_bytes", out.n, "output", out.String())
-	detail := fmt.Sprintf("%d bytes of output (in the process server's log)", out.n)
-	if timedOut {
-		return detail, fmt.Errorf("action %q: killed after %v with its process group", a.Name, r.Timeout)
+	log.Info("plan action ended", "plan", plan, "group", group, "action", a.Name, "err", err, "output_bytes", res.OutputBytes, "output", res.Output)
+	detail := fmt.Sprintf("%d bytes of output (in the process server's log)", res.OutputBytes)
+	// The output stays in the log, not in the job.
+	var pe *proc.Error
+	if errors.As(err, &pe) && !pe.TimedOut {
+		return detail, fmt.Errorf("action %q: %w", a.Name, pe.Err)
 	}
-	if err != nil {
-		return detail, fmt.Errorf("action %q: %w", a.Name, err)
-	}
-	return detail, nil
-}
-
-// tailBuffer keeps the last max bytes written and counts them all.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	n   int64
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.n += int64(len(p))
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
+	return detail, err
 }
 
 // Plan operations.

@@ -3,6 +3,7 @@ package proc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,5 +48,32 @@ func TestHostileHookThatForks(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+}
+
+// TestRun: a command's answer on standard output is kept apart, the end of
+// everything it printed is kept up to the bound and counted in full, and
+// a failure says what failed, how it ended and what it printed last.
+func TestRun(t *testing.T) {
+	ctx := context.Background()
+	res, err := Run(ctx, Command{What: "compute hook", Shell: "echo vm-17; echo progress >&2", KeepStdout: true})
+	if err != nil || res.Stdout != "vm-17\n" || !strings.Contains(res.Output, "progress") || res.OutputBytes != int64(len("vm-17\nprogress\n")) {
+		t.Fatalf("answer: %+v %v", res, err)
+	}
+	res, err = Run(ctx, Command{What: `action "flood"`, Shell: "head -c 100000 /dev/zero | tr '\\0' x; echo; echo last words; exit 3", OutputMax: 64})
+	var pe *Error
+	if !errors.As(err, &pe) || pe.TimedOut || res.OutputBytes != 100000+1+11 || len(res.Output) > 64 || res.Stdout != "" {
+		t.Fatalf("flood: %+v %v", res, err)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.HasPrefix(err.Error(), `action "flood": exit status 3: `) || !strings.HasSuffix(err.Error(), "last words") {
+		t.Fatalf("flood error: %v", err)
+	}
+	_, err = Run(ctx, Command{What: "start hook", Shell: "sleep 60", Timeout: 200 * time.Millisecond})
+	if !errors.As(err, &pe) || !pe.TimedOut || err.Error() != "start hook: killed with its process group after 200ms" || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timeout: %v", err)
+	}
+	if _, err := Run(ctx, Command{What: "hook", Path: "/nonexistent/hook"}); !errors.As(err, &pe) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing program: %v", err)
 	}
 }

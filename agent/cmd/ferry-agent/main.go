@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -391,16 +389,6 @@ func renewLoop(ctx context.Context, log *slog.Logger, target, dir string, creds 
 // that hold its output included, so the hook cannot hold the machine's
 // writes longer.
 func runHook(ctx context.Context, cmd string) error {
-	c := exec.Command("sh", "-c", cmd)
-	var out bytes.Buffer
-	c.Stdout, c.Stderr = &out, &out
-	c.WaitDelay = 2 * time.Second
-	timedOut, err := proc.RunInGroup(ctx, c, 0)
-	if timedOut {
-		return fmt.Errorf("%s: killed with its process group: %w", cmd, ctx.Err())
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	_, err := proc.Run(ctx, proc.Command{What: cmd, Shell: cmd, WaitDelay: 2 * time.Second})
+	return err
 }
