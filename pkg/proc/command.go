@@ -119,7 +119,9 @@ func Run(ctx context.Context, c Command) (Result, error) {
 }
 
 // teeWriter writes to both; a's errors are ignored (a buffer).
-type teeWriter struct{ a, b interface{ Write([]byte) (int, error) } }
+type teeWriter struct {
+	a, b interface{ Write([]byte) (int, error) }
+}
 
 func (t *teeWriter) Write(p []byte) (int, error) {
 	t.a.Write(p)
