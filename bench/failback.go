@@ -18,6 +18,7 @@ import (
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/sim/fault"
 )
 
 // FailbackConfig configures the failback benchmark.
@@ -111,7 +112,7 @@ func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, loca
 	if _, err := mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "fb", Disks: disks, Epoch: 2, Location: string(location)}); err != nil {
 		return 0, 0, err
 	}
-	px, err := newProxy(mt.Addr())
+	px, err := fault.Listen(mt.Addr(), 0)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -132,5 +133,6 @@ func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, loca
 	if err := a.WaitSynced(ctx); err != nil {
 		return 0, 0, err
 	}
-	return time.Since(start), px.bytes.Load(), nil
+	up, down := px.Bytes()
+	return time.Since(start), up + down, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/sim/fault"
 )
 
 // ResyncConfig configures the resync benchmark.
@@ -93,7 +94,7 @@ func ferryResync(ctx context.Context, cfg ResyncConfig, old, cur []byte) (time.D
 		return 0, 0, err
 	}
 	defer ps.Close(ctx)
-	px, err := newProxy(ps.Addr())
+	px, err := fault.Listen(ps.Addr(), 0)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -130,7 +131,7 @@ func ferryResync(ctx context.Context, cfg ResyncConfig, old, cur []byte) (time.D
 	if err != nil {
 		return 0, 0, err
 	}
-	px.bytes.Store(0)
+	up0, down0 := px.Bytes()
 	start := time.Now()
 	if err := b.Open(ctx); err != nil {
 		return 0, 0, err
@@ -139,7 +140,8 @@ func ferryResync(ctx context.Context, cfg ResyncConfig, old, cur []byte) (time.D
 	if err := b.WaitSynced(ctx); err != nil {
 		return 0, 0, err
 	}
-	el, wire := time.Since(start), px.bytes.Load()
+	up, down := px.Bytes()
+	el, wire := time.Since(start), up+down-up0-down0
 	// The replica must now be the new image.
 	sums, _, err := ps.Journal().ChunkHashes(ctx, "resync", 0, 64<<10, nil)
 	if err != nil {

@@ -134,9 +134,10 @@ func (p *Proxy) handle(client net.Conn) {
 	p.track(server, true)
 	var carried atomic.Int64
 	cut := p.cutAfter.Load()
-	done := make(chan struct{}, 2)
+	// Each pump says whether its source ended cleanly (EOF): then the
+	// other direction may still run (a half-close); otherwise both go.
+	done := make(chan bool, 2)
 	pump := func(dst, src net.Conn, up bool) {
-		defer func() { done <- struct{}{} }()
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
@@ -156,29 +157,34 @@ func (p *Proxy) handle(client net.Conn) {
 				}
 				if total := carried.Add(int64(n)); cut > 0 && total > cut {
 					client.(*net.TCPConn).SetLinger(0)
+					done <- false
 					return
 				}
 				if _, werr := dst.Write(chunk); werr != nil {
+					done <- false
 					return
 				}
 			}
 			if err != nil {
-				if errors.Is(err, io.EOF) {
-					if tc, ok := dst.(*net.TCPConn); ok {
-						tc.CloseWrite()
-						continue // the other direction may still run
-					}
+				if tc, ok := dst.(*net.TCPConn); ok && errors.Is(err, io.EOF) {
+					tc.CloseWrite()
+					done <- true
+					return
 				}
+				done <- false
 				return
 			}
 		}
 	}
 	go pump(server, client, true)
 	go pump(client, server, false)
+	if clean := <-done; !clean {
+		client.Close()
+		server.Close()
+	}
 	<-done
 	client.Close()
 	server.Close()
-	<-done
 	p.track(client, false)
 	p.track(server, false)
 }
