@@ -33,12 +33,12 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	}
 	// Names become file names under the alternate directory: only plain
 	// names, as the process server accepted them from the agent.
-	if err := ingest.ValidName(name); err != nil {
+	if err := ferry.ValidName(name); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "vm name: %v", err)
 	}
 	seen := map[string]bool{}
 	for _, d := range req.GetDisks() {
-		if err := ingest.ValidName(d.GetName()); err != nil || seen[d.GetName()] {
+		if err := ferry.ValidName(d.GetName()); err != nil || seen[d.GetName()] {
 			return nil, status.Errorf(codes.InvalidArgument, "vm %s: disk name %q: invalid or listed twice (%v)", name, d.GetName(), err)
 		}
 		seen[d.GetName()] = true
@@ -105,7 +105,7 @@ func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (
 // are shut down before any point is applied, and their final markers share
 // one group tag, the group's common point.
 func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroupRequest) (*ferryv1.MTFailbackGroupResponse, error) {
-	if err := ingest.ValidName(req.GetGroup()); err != nil {
+	if err := ferry.ValidName(req.GetGroup()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
 	}
 	if n := len(req.GetVms()); n < 2 || n > 16 {

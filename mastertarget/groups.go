@@ -10,7 +10,6 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
-	"github.com/ferrydr/ferry/pkg/ingest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -22,7 +21,7 @@ var bucketGroupSeq = []byte("group-seq")
 // every member.
 func (s *Server) GroupPoint(ctx context.Context, req *ferryv1.MTGroupPointRequest) (*ferryv1.GroupPointResponse, error) {
 	name := req.GetGroup()
-	if err := ingest.ValidName(name); err != nil {
+	if err := ferry.ValidName(name); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
 	}
 	vms := req.GetVms()

@@ -80,10 +80,10 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 		if s.failingBack(t.VM) {
 			continue // the failback decides what is kept until it ends
 		}
-		if _, err := retention.ThinAppPoints(ctx, s.j, vmid, pol); err != nil {
+		if _, err := s.j.ThinAppPoints(ctx, vmid, pol); err != nil {
 			errs = append(errs, err)
 		}
-		ts, err := retention.Retain(ctx, s.j, vmid, pol, now, func() ([]blockdev.Device, error) { return s.devices(t.VM) })
+		ts, err := s.j.Retain(ctx, vmid, pol, now, func() ([]blockdev.Device, error) { return s.devices(t.VM) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vm %s: retention: %w", t.VM, err))
 		} else if ts.PointsDeleted > 0 || ts.RecordsDeleted > 0 {

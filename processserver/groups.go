@@ -42,7 +42,7 @@ var bucketGroups = []byte("groups")
 // Validate reports what is wrong with the group's definition.
 func (g Group) Validate() error {
 	switch {
-	case !nameRE.MatchString(g.Name):
+	case !ferry.ValidDefinitionName(g.Name):
 		return fmt.Errorf("%w: group name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, g.Name)
 	case len(g.VMs) < 2 || len(g.VMs) > MaxGroupVMs:
 		return fmt.Errorf("%w: group %s: %d VMs; a replication group has 2 to %d", ErrInvalidRequest, g.Name, len(g.VMs), MaxGroupVMs)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -84,7 +85,7 @@ func TestHostilePlanActions(t *testing.T) {
 	os.Chmod(shared, 0o777)
 	os.Setenv("FERRY_SERVER_SECRET", "server-environment") // the server's own environment
 	defer os.Unsetenv("FERRY_SERVER_SECRET")
-	detail, err := runner.Run(ctx, "erp", 1, "test-failover", processserver.PlanAction{Name: "leak",
+	detail, err := runner.Run(ctx, "erp", 1, "test-failover", plan.Action{Name: "leak",
 		Command: "id -u > " + shared + "/uid; pwd > " + shared + "/pwd; env > " + shared + "/env; echo SECRET-OUTPUT; cat " + filepath.Join(caDir, tlsca.CAKey)})
 	if err == nil {
 		t.Fatal("an action read the CA's key")
@@ -103,7 +104,7 @@ func TestHostilePlanActions(t *testing.T) {
 	}
 
 	start := time.Now()
-	_, err = runner.Run(ctx, "erp", 1, "test-failover", processserver.PlanAction{Name: "hang",
+	_, err = runner.Run(ctx, "erp", 1, "test-failover", plan.Action{Name: "hang",
 		Command: "sleep 600 & echo $! > " + shared + "/child; sleep 600"})
 	if err == nil || !strings.Contains(err.Error(), "killed with its process group after") || time.Since(start) > 20*time.Second {
 		t.Fatalf("a hanging action: %v after %v", err, time.Since(start))

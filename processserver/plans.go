@@ -17,56 +17,17 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/clock"
-	"github.com/ferrydr/ferry/pkg/ingest"
+	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/pkg/proc"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
-
-// Plan is a recovery plan: groups of VMs that fail over in order (the VMs
-// of one group in parallel), with actions before and after each group.
-type Plan struct {
-	Name   string      `json:"name"`
-	Groups []PlanGroup `json:"groups"`
-	// UploadedBy and Uploaded are set by the server on PutPlan.
-	UploadedBy string    `json:"uploadedBy,omitempty"`
-	Uploaded   time.Time `json:"uploaded,omitempty"`
-}
-
-// HasCommands reports whether the plan runs commands on the server.
-func (p Plan) HasCommands() bool {
-	for _, g := range p.Groups {
-		for _, a := range slices.Concat(g.Pre, g.Post) {
-			if !a.Manual {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// PlanGroup is one stage of a plan.
-type PlanGroup struct {
-	VMs  []string     `json:"vms"`
-	Pre  []PlanAction `json:"pre,omitempty"`
-	Post []PlanAction `json:"post,omitempty"`
-	// FailbackSync is how the group synchronizes at failback when the run
-	// does not say: before (default) or during.
-	FailbackSync ferry.SyncMode `json:"failback_sync,omitempty"`
-}
-
-// PlanAction is a command run by the process server, or a manual step the
-// plan waits on until an operator resumes it.
-type PlanAction struct {
-	Name    string `json:"name"`
-	Command string `json:"command,omitempty"`
-	Manual  bool   `json:"manual,omitempty"`
-}
 
 // PlanActionRunner runs a plan's command actions.
 type PlanActionRunner interface {
 	// Run runs action a before or after group (1-based) of plan during op;
 	// it returns what the step report shows.
-	Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error)
+	Run(ctx context.Context, plan string, group int, op string, a plan.Action) (string, error)
 }
 
 // ShellActions runs each action's command with /bin/sh as an unprivileged
@@ -89,7 +50,7 @@ type ShellActions struct {
 const actionOutputMax = 8 << 10
 
 // Run implements PlanActionRunner.
-func (r ShellActions) Run(ctx context.Context, plan string, group int, op string, a PlanAction) (string, error) {
+func (r ShellActions) Run(ctx context.Context, plan string, group int, op string, a plan.Action) (string, error) {
 	if r.User != nil && os.Getuid() != 0 && int(r.User.Uid) != os.Getuid() {
 		return "", fmt.Errorf("action %q: the process server runs as uid %d and cannot run actions as %s (uid %d): start it as root, or choose the actions' user with --plan-action-user",
 			a.Name, os.Getuid(), r.UserName, r.User.Uid)
@@ -130,67 +91,20 @@ var planPoints = []string{ferry.PointLatest, ferry.PointLatestProcessed, ferry.P
 
 var bucketPlans = []byte("plans")
 
-// Validate reports what is wrong with the plan's definition.
-func (p Plan) Validate() error {
-	if !nameRE.MatchString(p.Name) {
-		return fmt.Errorf("%w: plan name %q: use 1-63 letters, digits, '.', '_' or '-'", ErrInvalidRequest, p.Name)
-	}
-	if len(p.Groups) == 0 {
-		return fmt.Errorf("%w: plan %s has no group", ErrInvalidRequest, p.Name)
-	}
-	seen := map[string]int{}
-	for i, g := range p.Groups {
-		if len(g.VMs) == 0 {
-			return fmt.Errorf("%w: plan %s: group %d has no VM", ErrInvalidRequest, p.Name, i+1)
-		}
-		for _, vm := range g.VMs {
-			if at, ok := seen[vm]; ok {
-				return fmt.Errorf("%w: plan %s: vm %s is in group %d and group %d", ErrInvalidRequest, p.Name, vm, at, i+1)
-			}
-			seen[vm] = i + 1
-		}
-		if g.FailbackSync != "" && !g.FailbackSync.Valid() {
-			return fmt.Errorf("%w: plan %s: group %d: failback_sync %q: want before or during", ErrInvalidRequest, p.Name, i+1, g.FailbackSync)
-		}
-		for _, a := range slices.Concat(g.Pre, g.Post) {
-			switch {
-			case strings.TrimSpace(a.Name) == "":
-				return fmt.Errorf("%w: plan %s: group %d has an action without a name", ErrInvalidRequest, p.Name, i+1)
-			case ingest.CheckTag(a.Name) != nil:
-				return fmt.Errorf("%w: plan %s: action name %q: at most 256 printable characters", ErrInvalidRequest, p.Name, a.Name)
-			case a.Manual && a.Command != "":
-				return fmt.Errorf("%w: plan %s: action %q is manual and has a command; choose one", ErrInvalidRequest, p.Name, a.Name)
-			case !a.Manual && strings.TrimSpace(a.Command) == "":
-				return fmt.Errorf("%w: plan %s: action %q has no command (or mark it manual)", ErrInvalidRequest, p.Name, a.Name)
-			}
-		}
-	}
-	return nil
-}
-
-// VMs returns the plan's VMs in order.
-func (p Plan) VMs() []string {
-	var out []string
-	for _, g := range p.Groups {
-		out = append(out, g.VMs...)
-	}
-	return out
-}
-
 // Plans returns every recovery plan, by name.
-func (s *Server) Plans() ([]Plan, error) { return listNamed[Plan](s.ctl, bucketPlans) }
+func (s *Server) Plans() ([]plan.Plan, error) { return listNamed[plan.Plan](s.ctl, bucketPlans) }
 
 // Plan returns the recovery plan of that name.
-func (s *Server) Plan(name string) (Plan, error) {
-	return getNamed[Plan](s.ctl, bucketPlans, "recovery plan", name)
+func (s *Server) Plan(name string) (plan.Plan, error) {
+	return getNamed[plan.Plan](s.ctl, bucketPlans, "recovery plan", name)
 }
 
 // PutPlan creates or changes a recovery plan; its VMs must replicate to
 // this server. A plan with command actions, or replacing one, needs an
 // admin: its commands run on the process server.
-func (s *Server) PutPlan(ctx context.Context, p Plan) error {
+func (s *Server) PutPlan(ctx context.Context, p plan.Plan) error {
 	if err := p.Validate(); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	by, err := s.caller(ctx)
 	if err != nil {
@@ -385,7 +299,7 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	}
 }
 
-func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanRequest, resume chan string) error {
+func (s *Server) runPlan(ctx context.Context, run *jobRun, p plan.Plan, req PlanRequest, resume chan string) error {
 	points := map[string]string{}
 	switch req.Operation {
 	case PlanCommit, PlanCleanupTest, PlanReprotect, PlanFailback:
@@ -436,7 +350,7 @@ func (s *Server) runPlan(ctx context.Context, run *jobRun, p Plan, req PlanReque
 // checkGroupsTogether refuses a failback plan that splits a replication
 // group across plan groups or leaves a member out: a group's members fail
 // back together, to their common point.
-func (s *Server) checkGroupsTogether(p Plan) error {
+func (s *Server) checkGroupsTogether(p plan.Plan) error {
 	in := map[string]int{} // VM -> plan group
 	for gi, g := range p.Groups {
 		for _, vm := range g.VMs {
@@ -498,7 +412,7 @@ func (s *Server) hasPoint(ctx context.Context, vm, op string) error {
 // planPoints resolves a plan's point option for each VM: VMs of a
 // replication group take the group's common point for the multi-VM
 // options, the others their own latest processed (or app-consistent).
-func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string]string, error) {
+func (s *Server) planPoints(ctx context.Context, p plan.Plan, opt string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, vm := range p.VMs() {
 		out[vm] = opt
@@ -540,7 +454,7 @@ func (s *Server) planPoints(ctx context.Context, p Plan, opt string) (map[string
 
 // planGroup runs the operation on the group's VMs in parallel. A failback
 // runs the members of a replication group together, to their common point.
-func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req PlanRequest, points map[string]string) (string, error) {
+func (s *Server) planGroup(ctx context.Context, run *jobRun, g plan.Group, req PlanRequest, points map[string]string) (string, error) {
 	if req.Sync == "" {
 		req.Sync = g.FailbackSync
 	}
@@ -654,7 +568,7 @@ func (s *Server) planGroup(ctx context.Context, run *jobRun, g PlanGroup, req Pl
 
 // planAction runs one pre or post action; a manual one waits for
 // ResumePlan.
-func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int, when, op string, a PlanAction, resume chan string) error {
+func (s *Server) planAction(ctx context.Context, run *jobRun, p plan.Plan, group int, when, op string, a plan.Action, resume chan string) error {
 	name := stepf("group %d %s: %s", group, when, a.Name)
 	if !a.Manual {
 		return run.step(name, func() (string, error) { return s.cfg.PlanActions.Run(ctx, p.Name, group, op, a) })
@@ -676,41 +590,6 @@ func (s *Server) planAction(ctx context.Context, run *jobRun, p Plan, group int,
 	})
 }
 
-// PlanProto converts a plan for the wire.
-func PlanProto(p Plan) *ferryv1.RecoveryPlan {
-	out := &ferryv1.RecoveryPlan{Name: p.Name, UploadedBy: p.UploadedBy}
-	if !p.Uploaded.IsZero() {
-		out.UploadedUnixNano = p.Uploaded.UnixNano()
-	}
-	conv := func(as []PlanAction) []*ferryv1.PlanAction {
-		var o []*ferryv1.PlanAction
-		for _, a := range as {
-			o = append(o, &ferryv1.PlanAction{Name: a.Name, Command: a.Command, Manual: a.Manual})
-		}
-		return o
-	}
-	for _, g := range p.Groups {
-		out.Groups = append(out.Groups, &ferryv1.PlanGroup{Vms: g.VMs, Pre: conv(g.Pre), Post: conv(g.Post), FailbackSync: string(g.FailbackSync)})
-	}
-	return out
-}
-
-// PlanFromProto converts a plan from the wire.
-func PlanFromProto(in *ferryv1.RecoveryPlan) Plan {
-	p := Plan{Name: in.GetName()}
-	conv := func(as []*ferryv1.PlanAction) []PlanAction {
-		var o []PlanAction
-		for _, a := range as {
-			o = append(o, PlanAction{Name: a.GetName(), Command: a.GetCommand(), Manual: a.GetManual()})
-		}
-		return o
-	}
-	for _, g := range in.GetGroups() {
-		p.Groups = append(p.Groups, PlanGroup{VMs: g.GetVms(), Pre: conv(g.GetPre()), Post: conv(g.GetPost()), FailbackSync: ferry.SyncMode(g.GetFailbackSync())})
-	}
-	return p
-}
-
 func (r *recovery) ListPlans(ctx context.Context, _ *ferryv1.ListPlansRequest) (*ferryv1.ListPlansResponse, error) {
 	plans, err := r.s.Plans()
 	if err != nil {
@@ -718,17 +597,17 @@ func (r *recovery) ListPlans(ctx context.Context, _ *ferryv1.ListPlansRequest) (
 	}
 	out := &ferryv1.ListPlansResponse{}
 	for _, p := range plans {
-		out.Plans = append(out.Plans, PlanProto(p))
+		out.Plans = append(out.Plans, wire.PlanProto(p))
 	}
 	return out, nil
 }
 
 func (r *recovery) PutPlan(ctx context.Context, req *ferryv1.RecoveryPlan) (*ferryv1.RecoveryPlan, error) {
-	p := PlanFromProto(req)
+	p := wire.Plan(req)
 	if err := r.s.PutPlan(ctx, p); err != nil {
 		return nil, toStatus(err)
 	}
-	return PlanProto(p), nil
+	return wire.PlanProto(p), nil
 }
 
 func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanRequest) (*ferryv1.DeletePlanResponse, error) {

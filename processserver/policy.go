@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"slices"
 	"time"
 
@@ -16,24 +15,7 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// Built-in policy names.
-const (
-	// PolicyDefault is what a VM follows until another policy is attached
-	// (24 h retention, as for Hyper-V-style protection).
-	PolicyDefault = "default"
-	// PolicyVMware is attached to VMware-style VMs when they first connect
-	// (72 h retention).
-	PolicyVMware = "vmware-72h"
-	// PolicyFailback is what reprotected VMs follow while they replicate to
-	// the master target; Ferry creates it and it cannot be edited.
-	PolicyFailback = retention.FailbackName
-)
-
-var (
-	bucketPolicies = []byte("policies")
-	// nameRE is what names of policies, plans and groups may be.
-	nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
-)
+var bucketPolicies = []byte("policies")
 
 // builtinPolicies returns the policies every process server has. The
 // server's Retention and RPOThreshold set the default policy's values the
@@ -47,8 +29,8 @@ func (s *Server) builtinPolicies() []retention.Policy {
 		rpo = 15 * time.Minute
 	}
 	return []retention.Policy{
-		{Name: PolicyDefault, Retention: ret, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
-		{Name: PolicyVMware, Retention: 72 * time.Hour, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
+		{Name: retention.DefaultName, Retention: ret, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
+		{Name: retention.VMwareName, Retention: 72 * time.Hour, CrashInterval: 5 * time.Minute, AppInterval: time.Hour, RPOThreshold: rpo},
 		retention.Failback(),
 	}
 }
@@ -89,7 +71,7 @@ func (s *Server) Policy(name string) (retention.Policy, error) {
 // PutPolicy creates or edits a policy and sends it to the connected agents
 // of the VMs that follow it.
 func (s *Server) PutPolicy(ctx context.Context, p retention.Policy) error {
-	if p.Name == PolicyFailback {
+	if p.Name == retention.FailbackName {
 		return fmt.Errorf("%w: the failback policy is created by Ferry and cannot be edited", ErrInvalidRequest)
 	}
 	p.Builtin = false
@@ -138,13 +120,13 @@ func (s *Server) policyName(vm string) (string, error) {
 	}
 	switch {
 	case st.State == StateReprotected || st.State == StateFailedBack:
-		return PolicyFailback, nil
+		return retention.FailbackName, nil
 	case st.Policy != "":
 		return st.Policy, nil
 	case st.Machine.Hypervisor == "vmware" && !st.Machine.ProtectedAsPhysical:
-		return PolicyVMware, nil
+		return retention.VMwareName, nil
 	}
-	return PolicyDefault, nil
+	return retention.DefaultName, nil
 }
 
 // policyFor returns the policy vm follows now.

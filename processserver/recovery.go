@@ -64,7 +64,7 @@ func (r *recovery) ListVMs(ctx context.Context, _ *ferryv1.ListVMsRequest) (*fer
 	}
 	out := &ferryv1.ListVMsResponse{}
 	for _, vm := range vms {
-		out.Vms = append(out.Vms, wire.VMProto(vm))
+		out.Vms = append(out.Vms, vmProto(vm))
 	}
 	return out, nil
 }
@@ -282,4 +282,26 @@ func JobProto(j *Job) *ferryv1.Job {
 		out.Findings = append(out.Findings, &ferryv1.Finding{Check: f.Check, Ok: f.OK, Detail: f.Detail, Unknown: f.Unknown})
 	}
 	return out
+}
+
+// vmProto converts a VM's state.
+func vmProto(vm journal.VM) *ferryv1.VM {
+	return &ferryv1.VM{
+		Name:                string(vm.Name),
+		Disks:               wire.DisksProto(vm.Disks),
+		Epoch:               uint64(vm.Epoch),
+		DurableSeq:          uint64(vm.LastSeq),
+		Consistent:          vm.Consistent,
+		PointCount:          uint32(vm.Points),
+		LatestPointUnixNano: unixNanoOrZero(vm.LatestPoint),
+		StoredBytes:         vm.StoredBytes,
+		LogicalBytes:        vm.LogicalBytes,
+	}
+}
+
+func unixNanoOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }

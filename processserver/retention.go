@@ -8,7 +8,6 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/retention"
 )
 
 // baseDevices returns the VM's base images, creating sparse ones on first
@@ -95,12 +94,12 @@ func (s *Server) applyRetention(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		if n, err := retention.ThinAppPoints(ctx, s.j, vm.Name, pol); err != nil {
+		if n, err := s.j.ThinAppPoints(ctx, vm.Name, pol); err != nil {
 			errs = append(errs, err)
 		} else if n > 0 {
 			s.log.Info("app-consistent points thinned", "vm", vm.Name, "policy", pol.Name, "points", n)
 		}
-		ts, err := retention.Retain(ctx, s.j, vm.Name, pol, s.clock.Now(), func() ([]blockdev.Device, error) { return s.baseDevices(vm) })
+		ts, err := s.j.Retain(ctx, vm.Name, pol, s.clock.Now(), func() ([]blockdev.Device, error) { return s.baseDevices(vm) })
 		if err != nil {
 			errs = append(errs, err)
 			continue

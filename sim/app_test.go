@@ -9,7 +9,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
-	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )
@@ -124,7 +124,7 @@ func TestPolicyThinsAppPoints(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := d.PS.Policy(processserver.PolicyDefault)
+		p, err := d.PS.Policy(retention.DefaultName)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/clock"
+	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/fault"
@@ -454,7 +455,7 @@ type ActionRun struct {
 }
 
 // Run implements processserver.PlanActionRunner.
-func (a *Actions) Run(ctx context.Context, plan string, group int, op string, act processserver.PlanAction) (string, error) {
+func (a *Actions) Run(ctx context.Context, plan string, group int, op string, act plan.Action) (string, error) {
 	r := ActionRun{Plan: plan, Group: group, Operation: op, Name: act.Name}
 	a.mu.Lock()
 	a.Ran = append(a.Ran, r)

@@ -16,6 +16,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )
@@ -23,19 +24,13 @@ import (
 // waitPlan follows a plan job until it ends or waits for an operator.
 func waitPlan(t *testing.T, d *sim.Drill, id uint64) *ferryv1.Job {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		j, err := d.Recovery.GetJob(context.Background(), &ferryv1.GetJobRequest{Id: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ferry.Outcome(j.GetOutcome()) != ferry.OutcomeRunning || j.GetWaiting() != "" {
-			return j
-		}
-		time.Sleep(5 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	j, err := client.FollowJob(ctx, d.Recovery, id, 5*time.Millisecond, nil)
+	if err != nil {
+		t.Fatalf("plan job %d: %v", id, err)
 	}
-	t.Fatalf("plan job %d still running", id)
-	return nil
+	return j
 }
 
 func actionNames(runs []sim.ActionRun) []string {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -123,15 +124,5 @@ func (d *Drill) PlanRun(ctx context.Context, rep *Report, req *ferryv1.RunPlanRe
 
 // waitJob follows a job until it ends or waits for an operator.
 func (d *Drill) waitJob(ctx context.Context, id uint64) (*ferryv1.Job, error) {
-	for {
-		j, err := d.Recovery.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
-		if err != nil || ferry.Outcome(j.GetOutcome()) != ferry.OutcomeRunning || j.GetWaiting() != "" {
-			return j, err
-		}
-		select {
-		case <-ctx.Done():
-			return j, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return client.FollowJob(ctx, d.Recovery, id, 5*time.Millisecond, nil)
 }

@@ -1,17 +1,17 @@
 package sim
 
 import (
-	"google.golang.org/protobuf/proto"
-
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
-	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -301,7 +301,7 @@ func (d *Drill) CleanupTest(ctx context.Context, rep *Report, v *VM) *Entry {
 func (d *Drill) verifyExport(ctx context.Context, v *VM, p *ferryv1.RecoveryPoint, truth Mark) error {
 	for i := range truth.Disks {
 		var img blockdev.Device
-		if _, err := processserver.ExportDisk(ctx, d.conn, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), func(size int64) (blockdev.Device, error) {
+		if _, err := client.ExportDisk(ctx, d.conn, v.Config.Name, fmt.Sprint(p.GetId()), fmt.Sprintf("disk%d", i), func(size int64) (blockdev.Device, error) {
 			img = blockdev.NewMemory(size)
 			return img, nil
 		}); err != nil {

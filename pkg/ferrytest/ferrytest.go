@@ -20,6 +20,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/client"
 )
 
 // Logger returns a logger that writes to the test log when FERRY_TEST_LOG
@@ -139,7 +140,7 @@ func Diff(got, want []byte) string {
 func Export(tb testing.TB, cc grpc.ClientConnInterface, vm, point, disk string) (uint64, []byte) {
 	tb.Helper()
 	var mem *blockdev.Memory
-	res, err := processserver.ExportDisk(context.Background(), cc, vm, point, disk, func(size int64) (blockdev.Device, error) {
+	res, err := client.ExportDisk(context.Background(), cc, vm, point, disk, func(size int64) (blockdev.Device, error) {
 		mem = blockdev.NewMemory(size)
 		return mem, nil
 	})

@@ -19,8 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -332,7 +330,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 
 // checkHello validates what a hello says without looking at the journal.
 func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM, error) {
-	if err := ValidName(h.GetVm()); err != nil {
+	if err := ferry.ValidName(h.GetVm()); err != nil {
 		return journal.VM{}, fmt.Errorf("%w: vm name: %w", ErrBadHello, err)
 	}
 	if h.GetBlockSize() != blockdev.BlockSize {
@@ -343,7 +341,7 @@ func (r *Receiver) checkHello(ctx context.Context, h *ferryv1.Hello) (journal.VM
 	}
 	seen := map[string]bool{}
 	for _, d := range h.GetDisks() {
-		if err := ValidName(d.GetName()); err != nil {
+		if err := ferry.ValidName(d.GetName()); err != nil {
 			return journal.VM{}, fmt.Errorf("%w: disk name: %w", ErrBadHello, err)
 		}
 		if seen[d.GetName()] {
@@ -429,23 +427,6 @@ func CheckDiskSize(disk string, size uint64, max int64) error {
 	return nil
 }
 
-// ValidName checks a VM or disk name: 1 to 128 letters, digits, '-', '_'
-// or '.', not starting with '.'.
-func ValidName(s string) error {
-	if len(s) == 0 || len(s) > 128 {
-		return fmt.Errorf("%q must be 1 to 128 characters", s)
-	}
-	if s[0] == '.' {
-		return fmt.Errorf("%q must not start with '.'", s)
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("%q has %q: use letters, digits, '-', '_' and '.'", s, c)
-		}
-	}
-	return nil
-}
-
 // Command sends a command to the agent of vm's open stream and waits for
 // its result. For a shutdown it also waits until everything up to the
 // final marker is durable.
@@ -525,22 +506,6 @@ func (r *Receiver) wasGranted(vm ferry.VMID, tag string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Contains(r.granted[vm], tag)
-}
-
-// CheckTag checks a marker's tag: at most 256 bytes of printable UTF-8.
-func CheckTag(tag string) error {
-	if len(tag) > 256 {
-		return fmt.Errorf("tag of %d bytes (at most 256)", len(tag))
-	}
-	if !utf8.ValidString(tag) {
-		return fmt.Errorf("tag %q is not UTF-8", tag)
-	}
-	for _, c := range tag {
-		if !unicode.IsPrint(c) {
-			return fmt.Errorf("tag %q holds %U: only printable characters", tag, c)
-		}
-	}
-	return nil
 }
 
 // Fence ends vm's open stream, if any, and waits until it has let go.

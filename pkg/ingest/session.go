@@ -234,7 +234,7 @@ func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
 				return nil, bad(seq, ErrBadRecord, "marker inside a drain: the replica is not write-ordered until the drain ends")
 			}
 			tag := body.Marker.GetTag()
-			if err := CheckTag(tag); err != nil {
+			if err := ferry.CheckTag(tag); err != nil {
 				return nil, bad(seq, ErrBadRecord, "marker %v", err)
 			}
 

@@ -3,20 +3,16 @@
 // crash- and app-consistent points, when the RPO alerts), its validation,
 // the failback policy (defined here once: the process server lists it,
 // reverse-replicating agents follow it, the master target applies it), and
-// the keep/thin/expire decisions as pure functions over a VM's points,
-// with the two calls that apply them to a journal.
+// the keep/thin/expire decisions as pure functions over a VM's points
+// (the journal applies them).
 package retention
 
 import (
-	"context"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal"
 )
 
 // Policy is a named replication policy: which recovery points Ferry keeps
@@ -37,8 +33,18 @@ type Policy struct {
 	Builtin bool `json:"builtin,omitempty"`
 }
 
-// FailbackName is the failback policy's name.
-const FailbackName = "failback"
+// Built-in policy names.
+const (
+	// DefaultName is what a VM follows until another policy is attached
+	// (24 h retention, as for Hyper-V-style protection).
+	DefaultName = "default"
+	// VMwareName is attached to VMware-style VMs when they first connect
+	// (72 h retention).
+	VMwareName = "vmware-72h"
+	// FailbackName is what reprotected VMs follow while they replicate to
+	// the master target; Ferry creates it and it cannot be edited.
+	FailbackName = "failback"
+)
 
 // Failback is the policy of reverse replication, as the seed gives it: RPO
 // threshold 15 minutes, points kept 24 hours, an app-consistent point every
@@ -56,12 +62,10 @@ const (
 	MinRPOThreshold = time.Minute
 )
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
-
 // Validate reports the first field of p that is out of range, naming it.
 func (p Policy) Validate() error {
 	switch {
-	case !nameRE.MatchString(p.Name):
+	case !ferry.ValidDefinitionName(p.Name):
 		return fmt.Errorf("policy name %q: use 1-63 letters, digits, '.', '_' or '-'", p.Name)
 	case p.Retention < MinRetention || p.Retention > MaxRetention:
 		return fmt.Errorf("policy %s: retention %v is outside 1h..840h", p.Name, p.Retention)
@@ -117,45 +121,4 @@ func Thin(pts []ferry.Point, p Policy) []ferry.Seq {
 		last = pt.Time
 	}
 	return demote
-}
-
-// ThinAppPoints applies Thin to vm's points in j. It returns how many
-// points it demoted.
-func ThinAppPoints(ctx context.Context, j *journal.Journal, vm ferry.VMID, p Policy) (int, error) {
-	pts, err := j.Points(ctx, vm)
-	if err != nil {
-		return 0, err
-	}
-	demote := Thin(pts, p)
-	if len(demote) == 0 {
-		return 0, nil
-	}
-	return len(demote), j.SetConsistency(ctx, vm, demote, ferry.Crash)
-}
-
-// Retain applies Expire to vm's points in j: it deletes the points older
-// than p's window and folds the records before the oldest kept point into
-// base (one device per disk: the process server's base images, the master
-// target's primary or alternate disks), so that the journal stays bounded
-// under steady churn. Zero stats: nothing was old enough.
-func Retain(ctx context.Context, j *journal.Journal, vm ferry.VMID, p Policy, now time.Time, base func() ([]blockdev.Device, error)) (journal.TrimStats, error) {
-	st, err := j.VM(ctx, vm)
-	if err != nil {
-		return journal.TrimStats{}, err
-	}
-	pts, err := j.Points(ctx, vm)
-	if err != nil {
-		return journal.TrimStats{}, err
-	}
-	upTo := Expire(pts, p, now)
-	// Points exist only where records were processed and not folded yet;
-	// a journal whose state says otherwise is not trimmed.
-	if upTo == 0 || upTo <= st.BaseSeq || upTo > st.ProcessedSeq {
-		return journal.TrimStats{}, nil
-	}
-	devs, err := base()
-	if err != nil {
-		return journal.TrimStats{}, err
-	}
-	return j.Trim(ctx, vm, upTo, devs)
 }

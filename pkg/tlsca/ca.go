@@ -24,11 +24,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ferrydr/ferry"
 )
 
 // Roles a certificate can name.
@@ -59,8 +60,6 @@ const (
 	KeyFile  = "key.pem"
 )
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
-
 // Identity is who a certificate says its holder is.
 type Identity struct {
 	Role string
@@ -78,7 +77,7 @@ func IdentityOf(c *x509.Certificate) (Identity, error) {
 	for _, u := range c.URIs {
 		if u.Scheme == "ferry" {
 			name := strings.TrimPrefix(u.Path, "/")
-			if nameRE.MatchString(name) {
+			if ferry.ValidDefinitionName(name) {
 				return Identity{Role: u.Host, Name: name}, nil
 			}
 		}
@@ -178,7 +177,7 @@ func Fingerprint(c *x509.Certificate) string {
 // Sign issues a certificate for pub naming id, valid for ttl, usable as a
 // client and (with hosts) a server certificate.
 func (ca *CA) Sign(pub crypto.PublicKey, id Identity, hosts []string, ttl time.Duration) ([]byte, error) {
-	if !nameRE.MatchString(id.Name) {
+	if !ferry.ValidDefinitionName(id.Name) {
 		return nil, fmt.Errorf("ca: name %q: use 1-63 letters, digits, '.', '_' or '-'", id.Name)
 	}
 	tmpl := &x509.Certificate{

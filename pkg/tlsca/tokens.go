@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ferrydr/ferry"
 )
 
 // Enrollment token errors.
@@ -35,7 +37,7 @@ type tokenEntry struct {
 // The token carries the CA's fingerprint, so that the agent can verify
 // the server before it hands the token over.
 func (ca *CA) NewToken(vm string, ttl time.Duration) (string, error) {
-	if !nameRE.MatchString(vm) {
+	if !ferry.ValidDefinitionName(vm) {
 		return "", fmt.Errorf("enroll: vm name %q: use 1-63 letters, digits, '.', '_' or '-'", vm)
 	}
 	if ttl <= 0 || ttl > 7*24*time.Hour {

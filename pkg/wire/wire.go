@@ -10,7 +10,6 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/job"
-	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -53,36 +52,6 @@ func DisksProto(in []ferry.Disk) []*ferryv1.DiskInfo {
 		out[i] = &ferryv1.DiskInfo{Name: string(d.Name), SizeBytes: uint64(d.Size)}
 	}
 	return out
-}
-
-// VMProto converts a VM's state.
-func VMProto(vm journal.VM) *ferryv1.VM {
-	return &ferryv1.VM{
-		Name:                string(vm.Name),
-		Disks:               DisksProto(vm.Disks),
-		Epoch:               uint64(vm.Epoch),
-		DurableSeq:          uint64(vm.LastSeq),
-		Consistent:          vm.Consistent,
-		PointCount:          uint32(vm.Points),
-		LatestPointUnixNano: unixNano(vm.LatestPoint),
-		StoredBytes:         vm.StoredBytes,
-		LogicalBytes:        vm.LogicalBytes,
-	}
-}
-
-// VM converts a VM's state from the wire.
-func VM(v *ferryv1.VM) journal.VM {
-	return journal.VM{
-		Name:         ferry.VMID(v.GetName()),
-		Disks:        Disks(v.GetDisks()),
-		Epoch:        ferry.Epoch(v.GetEpoch()),
-		LastSeq:      ferry.Seq(v.GetDurableSeq()),
-		Consistent:   v.GetConsistent(),
-		Points:       int(v.GetPointCount()),
-		LatestPoint:  fromUnixNano(v.GetLatestPointUnixNano()),
-		StoredBytes:  v.GetStoredBytes(),
-		LogicalBytes: v.GetLogicalBytes(),
-	}
 }
 
 // PointProto converts a recovery point.

@@ -19,7 +19,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
-	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -305,7 +305,7 @@ func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out str
 	}
 	start := time.Now()
 	var f *blockdev.File
-	res, err := processserver.ExportDisk(ctx, conn, vm, point, disk, func(size int64) (blockdev.Device, error) {
+	res, err := client.ExportDisk(ctx, conn, vm, point, disk, func(size int64) (blockdev.Device, error) {
 		var err error
 		f, err = blockdev.CreateNewFile(out, size)
 		return f, err

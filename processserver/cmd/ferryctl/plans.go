@@ -11,7 +11,10 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
-	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/pkg/plan"
+	"github.com/ferrydr/ferry/pkg/retention"
+	"github.com/ferrydr/ferry/pkg/wire"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -22,7 +25,7 @@ func policyCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) er
 	}
 	fs := flag.NewFlagSet("policy "+args[0], flag.ExitOnError)
 	name, flags := positional(args[1:])
-	retention := fs.Duration("retention", 0, "keep recovery points this long (e.g. 24h, 72h)")
+	keep := fs.Duration("retention", 0, "keep recovery points this long (e.g. 24h, 72h)")
 	crash := fs.Duration("crash-interval", 0, "crash-consistent point frequency")
 	app := fs.Duration("app-interval", -1, "app-consistent point frequency (0 turns them off)")
 	rpo := fs.Duration("rpo-threshold", 0, "alert when a VM's RPO is above this")
@@ -62,13 +65,13 @@ func policyCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) er
 		// Edit an existing policy, or create one from the default's values.
 		p, err := find(name)
 		if err != nil {
-			if p, err = find(processserver.PolicyDefault); err != nil {
+			if p, err = find(retention.DefaultName); err != nil {
 				return err
 			}
 			p.Name = name
 		}
-		if *retention != 0 {
-			p.RetentionSeconds = int64(*retention / time.Second)
+		if *keep != 0 {
+			p.RetentionSeconds = int64(*keep / time.Second)
 		}
 		if *crash != 0 {
 			p.CrashIntervalSeconds = int64(*crash / time.Second)
@@ -195,7 +198,7 @@ func planCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) erro
 				continue
 			}
 			if args[0] == "list" {
-				fmt.Printf("%s  %d groups, %d VMs\n", p.GetName(), len(p.GetGroups()), len(processserver.PlanFromProto(p).VMs()))
+				fmt.Printf("%s  %d groups, %d VMs\n", p.GetName(), len(p.GetGroups()), len(wire.Plan(p).VMs()))
 				continue
 			}
 			printPlan(p)
@@ -210,13 +213,13 @@ func planCmd(ctx context.Context, rc ferryv1.RecoveryClient, args []string) erro
 		if err != nil {
 			return err
 		}
-		var p processserver.Plan
+		var p plan.Plan
 		dec := json.NewDecoder(strings.NewReader(string(raw)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {
 			return fmt.Errorf("%s: %w", *file, err)
 		}
-		if _, err := rc.PutPlan(ctx, processserver.PlanProto(p)); err != nil {
+		if _, err := rc.PutPlan(ctx, wire.PlanProto(p)); err != nil {
 			return err
 		}
 		fmt.Printf("plan %s saved: %d groups\n", p.Name, len(p.Groups))
@@ -267,30 +270,18 @@ func actionText(a *ferryv1.PlanAction) string {
 // followPlan prints a plan job's steps as they end, until it ends or waits
 // for an operator.
 func followPlan(ctx context.Context, rc ferryv1.RecoveryClient, id uint64) error {
-	shown := 0
-	for {
-		j, err := rc.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
-		if err != nil {
-			return err
-		}
-		for _, s := range j.GetSteps()[shown:] {
-			fmt.Printf("  %-50s %-9s %s\n", s.GetName(), s.GetOutcome(), safe(s.GetDetail()))
-		}
-		shown = len(j.GetSteps())
-		switch {
-		case j.GetWaiting() != "":
-			fmt.Printf("job %d waits for an operator: %s\n", j.GetId(), safe(j.GetWaiting()))
-			return nil
-		case ferry.Outcome(j.GetOutcome()) == ferry.OutcomeSucceeded:
-			fmt.Printf("job %d: %s of %s succeeded (per-VM jobs %v)\n", j.GetId(), j.GetType(), j.GetVm(), j.GetChildren())
-			return nil
-		case ferry.Outcome(j.GetOutcome()) == ferry.OutcomeFailed:
-			return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	j, err := client.FollowJob(ctx, rc, id, 0, func(s *ferryv1.JobStep) {
+		fmt.Printf("  %-50s %-9s %s\n", s.GetName(), s.GetOutcome(), safe(s.GetDetail()))
+	})
+	switch {
+	case err != nil:
+		return err
+	case j.GetWaiting() != "":
+		fmt.Printf("job %d waits for an operator: %s\n", j.GetId(), safe(j.GetWaiting()))
+		return nil
+	case ferry.Outcome(j.GetOutcome()) == ferry.OutcomeSucceeded:
+		fmt.Printf("job %d: %s of %s succeeded (per-VM jobs %v)\n", j.GetId(), j.GetType(), j.GetVm(), j.GetChildren())
+		return nil
 	}
+	return fmt.Errorf("job %d %s: %s", j.GetId(), j.GetOutcome(), safe(j.GetError()))
 }

@@ -1,4 +1,4 @@
-package processserver
+package client
 
 import (
 	"context"
