@@ -40,4 +40,3 @@ func Plan(in *ferryv1.RecoveryPlan) plan.Plan {
 	}
 	return p
 }
-
