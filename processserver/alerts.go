@@ -20,12 +20,10 @@ const (
 // Event is something that happened to a VM that operators must see.
 type Event = events.Event
 
-func (c *control) addEvent(e Event) error { return events.Add(c.db, e) }
-
 // Events returns the events of vm (all VMs when empty), oldest first: this
 // server's and the master target's.
 func (s *Server) Events(ctx context.Context, vm string) ([]Event, error) {
-	out, err := events.List(s.ctl.db, vm)
+	out, err := s.ctl.events(vm)
 	if err != nil || s.mt == nil {
 		return out, err
 	}
@@ -69,7 +67,7 @@ func (s *Server) checkRPO(ctx context.Context) error {
 		} else {
 			s.log.Info("RPO back under threshold", "vm", vm.Name, "detail", e.Detail)
 		}
-		s.ctl.addEvent(e)
+		s.event(e)
 	}
 	return nil
 }
@@ -83,4 +81,12 @@ func newRPOAlert(reg prometheus.Registerer) *prometheus.GaugeVec {
 		reg.MustRegister(g)
 	}
 	return g
+}
+
+// event records e in the event log; a failure to record it is logged
+// (the event is informational, what caused it went on).
+func (s *Server) event(e Event) {
+	if err := s.ctl.addEvent(e); err != nil {
+		s.log.Error("event log", "err", err, "vm", e.VM, "kind", e.Kind, "detail", e.Detail)
+	}
 }

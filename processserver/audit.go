@@ -2,13 +2,10 @@ package processserver
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"net"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -29,57 +26,17 @@ type AuditEntry struct {
 	Outcome string    `json:"outcome"` // ok, or the error's code and message
 }
 
-var bucketAudit = []byte("audit")
-
-// maxAudit bounds the entries kept: the oldest go first.
-const maxAudit = 100000
-
 func (s *Server) audit(e AuditEntry) {
 	if e.Time.IsZero() {
 		e.Time = s.clock.Now()
 	}
-	buf, err := json.Marshal(e)
-	if err == nil {
-		err = s.ctl.db.Update(func(tx *bolt.Tx) error {
-			b, err := tx.CreateBucketIfNotExists(bucketAudit)
-			if err != nil {
-				return err
-			}
-			id, _ := b.NextSequence()
-			if id > maxAudit {
-				b.Delete(binary.BigEndian.AppendUint64(nil, id-maxAudit))
-			}
-			return b.Put(binary.BigEndian.AppendUint64(nil, id), buf)
-		})
-	}
-	if err != nil {
+	if err := s.ctl.addAudit(e); err != nil {
 		s.log.Error("audit log", "err", err, "entry", e)
 	}
 }
 
 // Audit returns the newest entries, oldest first (all when limit <= 0).
-func (s *Server) Audit(limit int) ([]AuditEntry, error) {
-	var out []AuditEntry
-	err := s.ctl.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAudit)
-		if b == nil {
-			return nil
-		}
-		c := b.Cursor()
-		for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
-			var e AuditEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			out = append(out, e)
-		}
-		return nil
-	})
-	for i, k := 0, len(out)-1; i < k; i, k = i+1, k-1 {
-		out[i], out[k] = out[k], out[i]
-	}
-	return out, err
-}
+func (s *Server) Audit(limit int) ([]AuditEntry, error) { return s.ctl.auditEntries(limit) }
 
 // readOnly are the operator calls that neither change anything nor read a
 // replica out; every other call is audited.

@@ -56,7 +56,7 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 		s.audit(AuditEntry{Who: "agent instance " + claimant, Addr: who, Action: "replicate", Target: h.GetVm(), Outcome: "refused: bound to instance " + b.Instance})
 		if st.AgentConflict != detail {
 			s.ctl.update(h.GetVm(), func(st *VMState) { st.AgentConflict = detail })
-			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentConflict, Detail: detail})
+			s.event(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentConflict, Detail: detail})
 			s.log.Warn("second agent refused", "vm", h.GetVm(), "claimant", claimant, "peer", who, "bound", b.Instance)
 		}
 		return fmt.Errorf("%w: %s", ingest.ErrDenied, detail)
@@ -69,7 +69,7 @@ func (s *Server) admitAgent(ctx context.Context, h *ferryv1.Hello) error {
 		return err
 	}
 	if b != nil {
-		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentBound,
+		s.event(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventAgentBound,
 			Detail: fmt.Sprintf("epoch %d replicates from agent instance %s (%s), was %s", nb.Epoch, inst, who, b.Instance)})
 	}
 	return nil
@@ -91,7 +91,7 @@ func (s *Server) checkDiskSizes(ctx context.Context, h *ferryv1.Hello, st *VMSta
 			d.GetName(), h.GetVm(), d.GetSizeBytes(), vm.Disks[i].Size, h.GetVm())
 		if st.DiskConflict != detail {
 			s.ctl.update(h.GetVm(), func(st *VMState) { st.DiskConflict = detail })
-			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventDiskResized, Detail: detail})
+			s.event(Event{Time: s.clock.Now(), VM: h.GetVm(), Kind: EventDiskResized, Detail: detail})
 			s.log.Warn("protected disk changed size", "vm", h.GetVm(), "disk", d.GetName(), "size", d.GetSizeBytes(), "replica", vm.Disks[i].Size)
 		}
 		return fmt.Errorf("%w: %s", ingest.ErrGeometry, detail)
@@ -123,7 +123,7 @@ func (s *Server) ReleaseAgent(ctx context.Context, vm string) (string, error) {
 	if err := s.ctl.update(vm, func(st *VMState) { st.Agent, st.AgentConflict = nil, "" }); err != nil {
 		return "", err
 	}
-	s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: EventAgentReleased,
+	s.event(Event{Time: s.clock.Now(), VM: vm, Kind: EventAgentReleased,
 		Detail: fmt.Sprintf("%s released agent instance %s; the next agent to connect takes the VM", by, st.Agent.Instance)})
 	s.log.Info("agent released", "vm", vm, "instance", st.Agent.Instance, "by", by)
 	return st.Agent.Instance, nil

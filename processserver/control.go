@@ -4,191 +4,26 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/events"
 )
 
-// State is a VM's protection state as the process server sees it.
-type State string
-
-const (
-	// StateEnabling: registered, the initial replication has not produced a
-	// recovery point yet.
-	StateEnabling State = "enabling"
-	// StateProtected: replicating, with recovery points.
-	StateProtected State = "protected"
-	// StateFailedOver: failed over, not committed; the point may change.
-	StateFailedOver State = "failed-over"
-	// StateCommitted: failover committed; the VM runs at the recovery site
-	// and is not protected until it is reprotected.
-	StateCommitted State = "committed"
-	// StateReprotected: the recovered VM replicates back to the master
-	// target at the primary site.
-	StateReprotected State = "reprotected"
-	// StateFailedBack: failed back to the primary site, not committed.
-	StateFailedBack State = "failed-back"
-	// StateFailbackCommitted: failback committed; the primary VM runs and
-	// is not protected until it is reprotected again.
-	StateFailbackCommitted State = "failback-committed"
-)
-
-// Actions an operator can ask for.
-const (
-	ActionTestFailover      = "test-failover"
-	ActionCleanupTest       = "cleanup-test"
-	ActionPlannedFailover   = "planned-failover"
-	ActionUnplannedFailover = "unplanned-failover"
-	ActionChangePoint       = "change-point"
-	ActionCommit            = "commit"
-	ActionReprotect         = "reprotect"
-	ActionFailback          = "failback"
-)
-
-// VMState is the control state of one VM, kept in control.db.
-type VMState struct {
-	Name     string          `json:"name"`
-	State    State           `json:"state"`
-	Machine  Machine         `json:"machine"`
-	Test     *TestFailover   `json:"test,omitempty"`
-	Failover *ActiveFailover `json:"failover,omitempty"`
-	// Location of reverse replication: original or alternate.
-	Location string `json:"location,omitempty"`
-	// Policy is the replication policy attached by an operator; empty:
-	// the default for the machine's kind.
-	Policy string `json:"policy,omitempty"`
-	// Agent is the agent instance the VM replicates from.
-	Agent *AgentBinding `json:"agent,omitempty"`
-	// AgentConflict describes the last agent refused for it.
-	AgentConflict string `json:"agentConflict,omitempty"`
-	// DiskConflict says which protected disk changed size.
-	DiskConflict string `json:"diskConflict,omitempty"`
-	// Intent is an operation under way, recorded before it changes the
-	// compute layer or the journal, so that a restart finishes or undoes it.
-	Intent *Intent `json:"intent,omitempty"`
-}
-
-// Intent kinds.
-const (
-	IntentFailover = "failover"
-	IntentCommit   = "commit"
-)
-
-// Intent is an operation that spans the compute layer and two databases.
-type Intent struct {
-	Op  string `json:"op"`
-	Job uint64 `json:"job"`
-	// Slot of the VM's disks, the name the compute layer is asked to create
-	// and, once it answered, the instance it created.
-	Slot     string    `json:"slot,omitempty"`
-	Name     string    `json:"name,omitempty"`
-	Instance string    `json:"instance,omitempty"`
-	Started  time.Time `json:"started"`
-}
-
-// AgentBinding ties a VM's replication to one agent instance.
-type AgentBinding struct {
-	Instance string      `json:"instance"`
-	Peer     string      `json:"peer,omitempty"` // certificate identity and serial, address
-	Epoch    ferry.Epoch `json:"epoch"`
-	Since    time.Time   `json:"since"`
-}
-
-// TestFailover is a running test failover.
-type TestFailover struct {
-	Instance string    `json:"instance"`
-	Point    ferry.Seq `json:"point"`
-	Network  string    `json:"network"`
-	Started  time.Time `json:"started"`
-}
-
-// ActiveFailover is a planned or unplanned failover, before or after commit.
-type ActiveFailover struct {
-	Type     string    `json:"type"`
-	Instance string    `json:"instance"`
-	Point    ferry.Seq `json:"point"`
-	// Network the VM runs on at the recovery site.
-	Network string    `json:"network,omitempty"`
-	Started time.Time `json:"started"`
-}
-
-// Allowed lists the actions the state allows.
-func (v *VMState) Allowed() []string {
-	switch v.State {
-	case StateProtected:
-		if v.Test != nil {
-			return []string{ActionCleanupTest}
-		}
-		if v.Machine.VMwareStyle() {
-			return []string{ActionTestFailover, ActionUnplannedFailover}
-		}
-		return []string{ActionTestFailover, ActionPlannedFailover, ActionUnplannedFailover}
-	case StateFailedOver:
-		return []string{ActionChangePoint, ActionCommit}
-	case StateCommitted, StateFailbackCommitted:
-		return []string{ActionReprotect}
-	case StateReprotected:
-		return []string{ActionFailback}
-	case StateFailedBack:
-		return []string{ActionCommit}
-	}
-	return nil
-}
-
-// StateError names the state, the refused action and what is allowed.
-type StateError struct {
-	VM      string
-	State   State
-	Test    bool
-	Action  string
-	Allowed []string
-	// Hint says why, when the state alone does not.
-	Hint string
-}
-
-func (e *StateError) Error() string {
-	st := string(e.State)
-	if e.Test {
-		st += " with a test failover running"
-	}
-	allowed := "nothing until it changes state"
-	if len(e.Allowed) > 0 {
-		allowed = strings.Join(e.Allowed, ", ")
-	}
-	hint := ""
-	if e.State == StateEnabling {
-		hint = " (the initial replication has not produced a recovery point yet)"
-	}
-	if e.Hint != "" {
-		hint += " (" + e.Hint + ")"
-	}
-	return fmt.Sprintf("vm %s is %s%s: %s is not allowed; allowed: %s", e.VM, st, hint, e.Action, allowed)
-}
-
-func (e *StateError) Unwrap() error { return ErrState }
-
-func (v *VMState) require(action string) error {
-	if slices.Contains(v.Allowed(), action) {
-		return nil
-	}
-	e := &StateError{VM: v.Name, State: v.State, Test: v.Test != nil, Action: action, Allowed: v.Allowed()}
-	if action == ActionPlannedFailover && v.State == StateProtected && v.Test == nil && v.Machine.VMwareStyle() {
-		e.Hint = stepf("planned failover is offered for Hyper-V-style machines; %s is %s: fail it over unplanned (with --shutdown to shut it down first and lose nothing it wrote)",
-			v.Name, v.Machine.Kind())
-	}
-	return e
-}
-
+// The control store (control.db) is the process server's own state:
+// protection states, jobs, policies, replication groups, recovery plans,
+// the audit log and the event log. Every access to it is in this file.
 var (
-	bucketStates = []byte("states")
-	bucketJobs   = []byte("jobs")
+	bucketStates   = []byte("states")
+	bucketJobs     = []byte("jobs")
+	bucketPolicies = []byte("policies")
+	bucketGroups   = []byte("groups")
+	bucketPlans    = []byte("plans")
+	bucketAudit    = []byte("audit")
 )
 
-// control is the process server's own state: protection states and jobs.
+// control is the control store.
 type control struct {
 	db *bolt.DB
 }
@@ -199,7 +34,7 @@ func openControl(path string) (*control, error) {
 		return nil, fmt.Errorf("open control store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketStates, bucketJobs, bucketPolicies, bucketGroups, bucketPlans} {
+		for _, b := range [][]byte{bucketStates, bucketJobs, bucketPolicies, bucketGroups, bucketPlans, bucketAudit} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -352,3 +187,91 @@ func putNamed(c *control, bucket []byte, name string, x any) error {
 	}
 	return c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(name), buf) })
 }
+
+// ensureNamed stores each document of docs (by name) unless one of that
+// name exists and keep says to keep it.
+func ensureNamed[T any](c *control, bucket []byte, docs map[string]T, keep func(name string) bool) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		for name, x := range docs {
+			if b.Get([]byte(name)) != nil && keep(name) {
+				continue
+			}
+			buf, err := json.Marshal(x)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(name), buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// deleteNamed removes the document name of a bucket.
+func (c *control) deleteNamed(bucket []byte, name string) error {
+	return c.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(name)) })
+}
+
+// nextGroupPoint numbers a replication group's next multi-VM point.
+func (c *control) nextGroupPoint() (uint64, error) {
+	var n uint64
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.Bucket(bucketGroups).NextSequence()
+		return err
+	})
+	return n, err
+}
+
+// maxAudit bounds the audit entries kept: the oldest go first.
+const maxAudit = 100000
+
+// addAudit appends an entry to the audit log.
+func (c *control) addAudit(e AuditEntry) error {
+	buf, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return c.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		id, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if id > maxAudit {
+			if err := b.Delete(binary.BigEndian.AppendUint64(nil, id-maxAudit)); err != nil {
+				return err
+			}
+		}
+		return b.Put(binary.BigEndian.AppendUint64(nil, id), buf)
+	})
+}
+
+// auditEntries returns the newest entries, oldest first (all when limit
+// <= 0).
+func (c *control) auditEntries(limit int) ([]AuditEntry, error) {
+	var out []AuditEntry
+	err := c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucketAudit).Cursor()
+		for k, v := cur.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = cur.Prev() {
+			var e AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	for i, k := 0, len(out)-1; i < k; i, k = i+1, k-1 {
+		out[i], out[k] = out[k], out[i]
+	}
+	return out, err
+}
+
+// addEvent appends to the event log.
+func (c *control) addEvent(e Event) error { return events.Add(c.db, e) }
+
+// events returns the events of vm (all VMs when empty), oldest first.
+func (c *control) events(vm string) ([]Event, error) { return events.List(c.db, vm) }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
@@ -36,8 +35,6 @@ const (
 	MaxGroupVMs        = 16
 	defaultHoldTimeout = 2 * time.Second
 )
-
-var bucketGroups = []byte("groups")
 
 // Validate reports what is wrong with the group's definition.
 func (g Group) Validate() error {
@@ -120,7 +117,7 @@ func (s *Server) DeleteGroup(ctx context.Context, name string) error {
 	if _, err := s.Group(name); err != nil {
 		return err
 	}
-	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketGroups).Delete([]byte(name)) })
+	return s.ctl.deleteNamed(bucketGroups, name)
 }
 
 // GroupPointResult says how a multi-VM point went.
@@ -149,7 +146,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 		// The members replicate to the master target: it cuts the point.
 		resp, err := s.mt.GroupPoint(ctx, &ferryv1.MTGroupPointRequest{Group: name, Vms: g.VMs, App: app, HoldTimeoutMillis: g.holdTimeout().Milliseconds()})
 		if err != nil {
-			s.ctl.addEvent(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
+			s.event(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
 				Detail: fmt.Sprintf("group %s: multi-VM point at the master target not cut: %v", name, err)})
 			return GroupPointResult{}, fmt.Errorf("group %s at the master target: %w", name, err)
 		}
@@ -165,12 +162,8 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 	l.Lock()
 	defer l.Unlock()
 
-	var n uint64
-	if err := s.ctl.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.Bucket(bucketGroups).NextSequence()
-		return err
-	}); err != nil {
+	n, err := s.ctl.nextGroupPoint()
+	if err != nil {
 		return GroupPointResult{}, err
 	}
 	res := GroupPointResult{Tag: group.Tag(name, n), VMs: g.VMs}
@@ -181,7 +174,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 	fail := func(err error) (GroupPointResult, error) {
 		s.groupPoints.WithLabelValues(name, kind, "failed").Inc()
 		s.log.Warn("multi-VM point not cut", "group", name, "tag", res.Tag, "err", err)
-		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
+		s.event(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
 			Detail: fmt.Sprintf("group %s: %s multi-VM point %s not cut: %v", name, kind, res.Tag, err)})
 		return res, fmt.Errorf("group %s: %w", name, err)
 	}

@@ -44,7 +44,7 @@ func (s *Server) recoverInterrupted(ctx context.Context) error {
 		}
 		if err := s.resolveIntent(ctx, st.Name); err != nil {
 			s.log.Error("an interrupted operation could not be resolved yet", "vm", st.Name, "op", st.Intent.Op, "err", err)
-			s.ctl.addEvent(Event{Time: now, VM: st.Name, Kind: "interrupted", Detail: err.Error()})
+			s.event(Event{Time: now, VM: st.Name, Kind: "interrupted", Detail: err.Error()})
 		}
 	}
 	return nil

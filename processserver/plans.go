@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/plan"
@@ -89,8 +87,6 @@ const (
 // refused (points are per VM; a plan spans VMs).
 var planPoints = []string{ferry.PointLatest, ferry.PointLatestProcessed, ferry.PointLatestApp, ferry.PointLatestMultiVMProcessed, ferry.PointLatestMultiVMApp}
 
-var bucketPlans = []byte("plans")
-
 // Plans returns every recovery plan, by name.
 func (s *Server) Plans() ([]plan.Plan, error) { return listNamed[plan.Plan](s.ctl, bucketPlans) }
 
@@ -146,7 +142,7 @@ func (s *Server) DeletePlan(ctx context.Context, name string) error {
 	if running {
 		return fmt.Errorf("%w: plan %s has a job running", ErrState, name)
 	}
-	return s.ctl.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPlans).Delete([]byte(name)) })
+	return s.ctl.deleteNamed(bucketPlans, name)
 }
 
 // PlanRequest asks for an operation on every VM of a plan.

@@ -2,20 +2,15 @@ package processserver
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
-
-var bucketPolicies = []byte("policies")
 
 // builtinPolicies returns the policies every process server has. The
 // server's Retention and RPOThreshold set the default policy's values the
@@ -35,27 +30,14 @@ func (s *Server) builtinPolicies() []retention.Policy {
 	}
 }
 
-// ensurePolicies creates the built-in policies that do not exist yet.
+// ensurePolicies creates the built-in policies that do not exist yet, and
+// writes Ferry's own (the failback policy) anew.
 func (s *Server) ensurePolicies() error {
-	return s.ctl.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketPolicies)
-		if err != nil {
-			return err
-		}
-		for _, p := range s.builtinPolicies() {
-			if b.Get([]byte(p.Name)) != nil && !p.Builtin {
-				continue
-			}
-			buf, err := json.Marshal(p)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(p.Name), buf); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	docs := map[string]retention.Policy{}
+	for _, p := range s.builtinPolicies() {
+		docs[p.Name] = p
+	}
+	return ensureNamed(s.ctl, bucketPolicies, docs, func(name string) bool { return !docs[name].Builtin })
 }
 
 // Policies returns every policy, by name.

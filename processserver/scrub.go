@@ -35,7 +35,7 @@ func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
 	}
 	for _, c := range rep.Corrupt {
 		s.log.Error("corrupt record", "vm", vm, "seq", c.Seq, "disk", c.Disk, "offset", c.Offset, "points", len(c.Points), "err", c.Err)
-		s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: EventCorruption,
+		s.event(Event{Time: s.clock.Now(), VM: vm, Kind: EventCorruption,
 			Detail: fmt.Sprintf("%v; %d points read it and cannot be used", c.Err, len(c.Points))})
 	}
 	var ranges []*ferryv1.Range
