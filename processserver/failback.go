@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -24,20 +25,15 @@ import (
 // during, for which reverse replication moves nothing before the failback
 // copies the whole disks (no checksum pre-sync).
 func (s *Server) Reprotect(ctx context.Context, vmName string, location ferry.Location, sync ferry.SyncMode) (*Job, error) {
-	defer s.lockVM(vmName)()
-	st, vm, err := s.vmState(ctx, vmName)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.require(ActionReprotect); err != nil {
-		return nil, err
-	}
-	run, err := s.newJob(ctx, ActionReprotect, vmName)
-	if err != nil {
-		return nil, err
-	}
+	return s.action(ctx, vmName, ActionReprotect, nil, func(run *jobRun, st *VMState, vm journal.VM) error {
+		return s.reprotect(ctx, run, st, vm, location, sync)
+	})
+}
+
+func (s *Server) reprotect(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, location ferry.Location, sync ferry.SyncMode) error {
+	vmName := st.Name
 	if st.State == StateFailbackCommitted {
-		err = run.step("resume forward replication", func() (string, error) {
+		return run.step("resume forward replication", func() (string, error) {
 			epoch, err := s.j.BumpEpoch(ctx, vm.Name)
 			if err != nil {
 				return "", err
@@ -47,45 +43,41 @@ func (s *Server) Reprotect(ctx context.Context, vmName string, location ferry.Lo
 			})
 			return stepf("epoch %d: start the primary's agent with --epoch %d; it compares hashes with this replica and sends only what differs", epoch, epoch), err
 		})
-		return run.finish(err)
 	}
-	err = func() error {
-		if err := run.step("check prerequisites", func() (string, error) {
-			if s.mt == nil {
-				return "", ErrNoMasterTarget
-			}
-			var err error
-			if location, err = ferry.ParseLocation(string(location)); err != nil {
-				return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
-			}
-			if sync, err = ferry.ParseSyncMode(string(sync)); err != nil {
-				return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
-			}
-			return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
-		}); err != nil {
-			return err
+	if err := run.step("check prerequisites", func() (string, error) {
+		if s.mt == nil {
+			return "", ErrNoMasterTarget
 		}
-		return run.step("prepare master target", func() (string, error) {
-			resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch),
-				Location: string(location), SyncDuring: sync == ferry.SyncDuring})
-			if err != nil {
-				return "", err
-			}
-			shown := string(location)
-			if sync == ferry.SyncDuring {
-				shown += " (synchronize during failover only: nothing moves before the failback)"
-			}
-			if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, shown }); err != nil {
-				return "", err
-			}
-			if st.Machine.VMwareStyle() {
-				return stepf("%s location %v; %s: start the recovered VM's agent with --ps <this process server> --epoch %d: this process server relays its replication to the master target, verified and compressed",
-					shown, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
-			}
-			return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", shown, resp.GetTargets(), vm.Epoch), nil
-		})
-	}()
-	return run.finish(err)
+		var err error
+		if location, err = ferry.ParseLocation(string(location)); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		}
+		if sync, err = ferry.ParseSyncMode(string(sync)); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		}
+		return stepf("vm %s committed at point %d, epoch %d; the primary VM stays shut down", vmName, st.Failover.Point, vm.Epoch), nil
+	}); err != nil {
+		return err
+	}
+	return run.step("prepare master target", func() (string, error) {
+		resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch),
+			Location: string(location), SyncDuring: sync == ferry.SyncDuring})
+		if err != nil {
+			return "", err
+		}
+		shown := string(location)
+		if sync == ferry.SyncDuring {
+			shown += " (synchronize during failover only: nothing moves before the failback)"
+		}
+		if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Location = StateReprotected, shown }); err != nil {
+			return "", err
+		}
+		if st.Machine.VMwareStyle() {
+			return stepf("%s location %v; %s: start the recovered VM's agent with --ps <this process server> --epoch %d: this process server relays its replication to the master target, verified and compressed",
+				shown, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
+		}
+		return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", shown, resp.GetTargets(), vm.Epoch), nil
+	})
 }
 
 // Failback fails a reprotected VM over to the primary site: the master
@@ -241,34 +233,27 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 
 // commitFailback deletes the recovery-site VM and retires reverse
 // replication.
-func (s *Server) commitFailback(ctx context.Context, st VMState) (*Job, error) {
-	run, err := s.newJob(ctx, ActionCommit, st.Name)
-	if err != nil {
-		return nil, err
-	}
-	err = func() error {
-		if err := run.step("delete recovery-site VM", func() (string, error) {
-			if st.Failover == nil {
-				return "no recovery-site VM recorded", nil
-			}
-			id := st.Failover.Instance
-			if err := s.compute.Stop(ctx, id); err != nil {
-				return "", err
-			}
-			if err := s.compute.Delete(ctx, id); err != nil {
-				return "", err
-			}
-			s.closeDisks(st.Name + "/failover")
-			return stepf("instance %s deleted", id), nil
-		}); err != nil {
-			return err
+func (s *Server) commitFailback(ctx context.Context, run *jobRun, st *VMState) error {
+	if err := run.step("delete recovery-site VM", func() (string, error) {
+		if st.Failover == nil {
+			return "no recovery-site VM recorded", nil
 		}
-		return run.step("retire reverse replication", func() (string, error) {
-			if _, err := s.mt.Retire(ctx, &ferryv1.VMRequest{Vm: st.Name}); err != nil {
-				return "", err
-			}
-			return "the recovered VM's agent is fenced", s.ctl.update(st.Name, func(v *VMState) { v.State = StateFailbackCommitted })
-		})
-	}()
-	return run.finish(err)
+		id := st.Failover.Instance
+		if err := s.compute.Stop(ctx, id); err != nil {
+			return "", err
+		}
+		if err := s.compute.Delete(ctx, id); err != nil {
+			return "", err
+		}
+		s.closeDisks(st.Name + "/failover")
+		return stepf("instance %s deleted", id), nil
+	}); err != nil {
+		return err
+	}
+	return run.step("retire reverse replication", func() (string, error) {
+		if _, err := s.mt.Retire(ctx, &ferryv1.VMRequest{Vm: st.Name}); err != nil {
+			return "", err
+		}
+		return "the recovered VM's agent is fenced", s.ctl.update(st.Name, func(v *VMState) { v.State = StateFailbackCommitted })
+	})
 }

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -39,66 +37,27 @@ type FailoverRequest struct {
 	Shutdown bool
 }
 
-// vmState returns the control state of vm, with enabling/protected derived
-// from the journal.
-func (s *Server) vmState(ctx context.Context, name string) (VMState, journal.VM, error) {
-	vm, err := s.j.VM(ctx, ferry.VMID(name))
-	if err != nil {
-		return VMState{}, vm, err
-	}
-	st, err := s.ctl.state(name)
-	if err != nil {
-		return st, vm, err
-	}
-	if st.State == "" || st.State == StateEnabling || st.State == StateProtected {
-		// Derived from the journal: protected once a point exists.
-		st.State = StateEnabling
-		if vm.Points > 0 {
-			st.State = StateProtected
-		}
-	}
-	return st, vm, nil
-}
-
-// lockVM serializes actions on one VM.
-func (s *Server) lockVM(name string) func() {
-	s.vmMu.Lock()
-	l, ok := s.vmLocks[name]
-	if !ok {
-		l = make(chan struct{}, 1)
-		s.vmLocks[name] = l
-	}
-	s.vmMu.Unlock()
-	l <- struct{}{}
-	return func() { <-l }
-}
-
 // Failover runs a test, planned or unplanned failover and returns its job.
 // The error is non-nil when the job failed; the job is returned either way
 // once it started.
 func (s *Server) Failover(ctx context.Context, req FailoverRequest) (*Job, error) {
-	defer s.lockVM(req.VM)()
-	// What an interrupted failover left is removed first.
-	if err := s.resolveIntent(ctx, req.VM); err != nil {
-		return nil, fmt.Errorf("%w: vm %s: %w", ErrState, req.VM, err)
-	}
-	st, vm, err := s.vmState(ctx, req.VM)
-	if err != nil {
-		return nil, err
-	}
 	action := map[string]string{FailoverTest: ActionTestFailover, FailoverPlanned: ActionPlannedFailover, FailoverUnplanned: ActionUnplannedFailover}[req.Type]
-	if action == "" {
-		return nil, fmt.Errorf("%w: failover type %q: want test, planned or unplanned", ErrInvalidRequest, req.Type)
+	// What an interrupted failover left is removed first.
+	before := func() error {
+		if err := s.resolveIntent(ctx, req.VM); err != nil {
+			return fmt.Errorf("%w: vm %s: %w", ErrState, req.VM, err)
+		}
+		if _, err := s.j.VM(ctx, ferry.VMID(req.VM)); err != nil {
+			return err
+		}
+		if action == "" {
+			return fmt.Errorf("%w: failover type %q: want test, planned or unplanned", ErrInvalidRequest, req.Type)
+		}
+		return nil
 	}
-	if err := st.require(action); err != nil {
-		return nil, err
-	}
-	run, err := s.newJob(ctx, action, req.VM)
-	if err != nil {
-		return nil, err
-	}
-	err = s.failover(ctx, run, &st, vm, req)
-	return run.finish(err)
+	return s.action(ctx, req.VM, action, before, func(run *jobRun, st *VMState, vm journal.VM) error {
+		return s.failover(ctx, run, st, vm, req)
+	})
 }
 
 func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm journal.VM, req FailoverRequest) error {
@@ -334,316 +293,4 @@ func (s *Server) readiness(ctx context.Context, run *jobRun, m Machine, inst Ins
 		}
 		return detail, nil
 	})
-}
-
-// prepareDisks gives the VM its disks: copy-on-write overlays for a test
-// failover when compute runs on devices (no copy: start time does not grow
-// with disk size), image files materialized from the point otherwise.
-func (s *Server) prepareDisks(ctx context.Context, vm journal.VM, point ferry.Point, test bool, slot string) ([]DiskSpec, string, error) {
-	dir := filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, "", err
-	}
-	// Traversable, not listable: a hypervisor that runs as its own user
-	// (libvirt's QEMU) opens the images by path.
-	if err := mkdirTraversable(s.cfg.DataDir, dir); err != nil {
-		return nil, "", err
-	}
-	dc, devices := s.compute.(DeviceCompute)
-	devices = devices && dc.AcceptsDevices()
-	// A test failover never copies the point: the compute layer gets
-	// copy-on-write overlays as devices, or over NBD when it needs paths.
-	overlay := test && (devices || s.nbd != nil)
-	var specs []DiskSpec
-	var files []*blockdev.File
-	fail := func(err error) ([]DiskSpec, string, error) {
-		for _, f := range files {
-			f.Close()
-		}
-		return nil, "", err
-	}
-	for i, d := range vm.Disks {
-		if overlay {
-			scratch, err := blockdev.CreateFile(filepath.Join(dir, string(d.Name)+".scratch"), d.Size)
-			if err != nil {
-				return fail(err)
-			}
-			files = append(files, scratch)
-			ov, err := s.j.OpenOverlay(ctx, vm.Name, point.ID, i, s.scratch.wrap(slot, scratch))
-			if err != nil {
-				return fail(err)
-			}
-			spec := DiskSpec{Name: string(d.Name), Device: ov}
-			if !devices {
-				e := s.addExport(NBDExport{Name: exportName(string(vm.Name), "test", string(d.Name)), VM: string(vm.Name), Disk: string(d.Name),
-					Point: point, Writable: true, Test: true, slot: slot}, ov)
-				spec.Path = e.URI
-			}
-			specs = append(specs, spec)
-			continue
-		}
-		path := filepath.Join(dir, string(d.Name)+".img")
-		f, err := blockdev.CreateFile(path, d.Size)
-		if err != nil {
-			return fail(err)
-		}
-		files = append(files, f)
-		if err := s.j.Materialize(ctx, vm.Name, point.ID, i, f, true); err != nil {
-			return fail(err)
-		}
-		specs = append(specs, DiskSpec{Name: string(d.Name), Device: f, Path: path})
-	}
-	s.filesMu.Lock()
-	s.files[slot] = files
-	s.filesMu.Unlock()
-	if overlay && !devices {
-		return specs, "copy-on-write overlays of the point served over NBD (nothing copied)", nil
-	}
-	if overlay {
-		return specs, "copy-on-write overlays of the point (nothing copied)", nil
-	}
-	return specs, "materialized under " + dir, nil
-}
-
-// mkdirTraversable makes dir and the directories between root and it with
-// mode 0711.
-func mkdirTraversable(root, dir string) error {
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return err
-	}
-	for p := dir; ; p = filepath.Dir(p) {
-		if err := os.Chmod(p, 0o711); err != nil {
-			return err
-		}
-		if rel, err := filepath.Rel(root, p); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-			return nil
-		}
-	}
-}
-
-// dropExports stops serving the NBD exports of a slot.
-func (s *Server) dropExports(slot string) {
-	for _, e := range s.Exports() {
-		if e.slot == slot {
-			s.dropExport(e.Name)
-		}
-	}
-}
-
-// closeDisks closes a slot's files and gives back its scratch quota.
-func (s *Server) closeDisks(slot string) {
-	defer s.scratch.release(slot)
-	s.filesMu.Lock()
-	files := s.files[slot]
-	delete(s.files, slot)
-	s.filesMu.Unlock()
-	for _, f := range files {
-		f.Close()
-	}
-}
-
-// ChangePoint recreates a failed-over VM from another point (before commit).
-func (s *Server) ChangePoint(ctx context.Context, vmName, opt string) (*Job, error) {
-	defer s.lockVM(vmName)()
-	st, vm, err := s.vmState(ctx, vmName)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.require(ActionChangePoint); err != nil {
-		return nil, err
-	}
-	run, err := s.newJob(ctx, ActionChangePoint, vmName)
-	if err != nil {
-		return nil, err
-	}
-	err = func() error {
-		var point ferry.Point
-		if err := run.step("select recovery point", func() (string, error) {
-			var ps journal.ProcessStats
-			var err error
-			point, ps, err = s.resolvePoint(ctx, vm.Name, opt)
-			if err != nil {
-				return "", err
-			}
-			return stepf("%s: point %d (%s, %s), %d writes processed first%s", opt, point.ID, point.Consistency, point.Time.Format(time.RFC3339), ps.Writes, s.modeled(ps)), nil
-		}); err != nil {
-			return err
-		}
-		run.job.Point = &point
-		if err := run.step("remove VM", func() (string, error) {
-			old := st.Failover.Instance
-			if err := s.compute.Stop(ctx, old); err != nil {
-				return "", err
-			}
-			if err := s.compute.Delete(ctx, old); err != nil {
-				return "", err
-			}
-			s.closeDisks(vmName + "/failover")
-			return stepf("instance %s deleted (was point %d)", old, st.Failover.Point), nil
-		}); err != nil {
-			return err
-		}
-		// The rebuilt VM joins the network the failover put it on.
-		inst, err := s.bringUp(ctx, run, &st, vm, point, false, st.Failover.Network)
-		if err != nil {
-			return err
-		}
-		if err := s.ctl.update(vmName, func(st *VMState) {
-			st.Failover.Instance, st.Failover.Point, st.Intent = inst.ID, point.ID, nil
-		}); err != nil {
-			return err
-		}
-		s.readiness(ctx, run, st.Machine, inst)
-		return nil
-	}()
-	return run.finish(err)
-}
-
-// Commit finalizes a failover (every recovery point of the VM is deleted
-// and the point can no longer change) or a failback (the recovery-site VM
-// is deleted and reverse replication retired).
-func (s *Server) Commit(ctx context.Context, vmName string) (*Job, error) {
-	defer s.lockVM(vmName)()
-	st, _, err := s.vmState(ctx, vmName)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.require(ActionCommit); err != nil {
-		return nil, err
-	}
-	if st.State == StateFailedBack {
-		return s.commitFailback(ctx, st)
-	}
-	run, err := s.newJob(ctx, ActionCommit, vmName)
-	if err != nil {
-		return nil, err
-	}
-	err = run.step("delete recovery points", func() (string, error) {
-		vm, err := s.j.VM(ctx, ferry.VMID(vmName))
-		if err != nil {
-			return "", err
-		}
-		// The points and the state live in two files: the intent lets a
-		// restart between them finish the commit.
-		intent := &Intent{Op: IntentCommit, Job: run.job.ID, Started: clock.From(ctx, s.clock).Now()}
-		if err := s.ctl.update(vmName, func(st *VMState) { st.Intent = intent }); err != nil {
-			return "", err
-		}
-		if err := s.j.DeletePoints(ctx, ferry.VMID(vmName)); err != nil {
-			s.ctl.update(vmName, func(st *VMState) { st.Intent = nil })
-			return "", err
-		}
-		if err := s.ctl.update(vmName, func(st *VMState) { st.State, st.Intent = StateCommitted, nil }); err != nil {
-			return "", err
-		}
-		return stepf("%d points deleted; instance %s keeps running from point %d", vm.Points, st.Failover.Instance, st.Failover.Point), nil
-	})
-	return run.finish(err)
-}
-
-// CleanupTest deletes the VM of a test failover and its scratch disks.
-func (s *Server) CleanupTest(ctx context.Context, vmName string) (*Job, error) {
-	defer s.lockVM(vmName)()
-	st, _, err := s.vmState(ctx, vmName)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.require(ActionCleanupTest); err != nil {
-		return nil, err
-	}
-	run, err := s.newJob(ctx, ActionCleanupTest, vmName)
-	if err != nil {
-		return nil, err
-	}
-	err = run.step("delete test VM", func() (string, error) {
-		id := st.Test.Instance
-		if err := s.compute.Stop(ctx, id); err != nil {
-			return "", err
-		}
-		if err := s.compute.Delete(ctx, id); err != nil {
-			return "", err
-		}
-		slot := vmName + "/test"
-		s.dropExports(slot)
-		s.closeDisks(slot)
-		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
-			return "", err
-		}
-		return stepf("instance %s and its scratch disks deleted", id), s.ctl.update(vmName, func(st *VMState) { st.Test = nil })
-	})
-	return run.finish(err)
-}
-
-// resolvePoint turns a point option into a point of vm, processing first
-// for "latest".
-func (s *Server) resolvePoint(ctx context.Context, vm ferry.VMID, opt string) (ferry.Point, journal.ProcessStats, error) {
-	switch opt {
-	case ferry.PointLatest:
-		p, ps, err := s.j.CutPoint(ctx, vm, ferry.PointLatest, clock.From(ctx, s.clock).Now())
-		s.charge(ctx, ps)
-		return p, ps, err
-	case ferry.PointLatestProcessed, "":
-		p, err := s.j.LatestPoint(ctx, vm)
-		return p, journal.ProcessStats{}, err
-	case ferry.PointLatestApp:
-		pts, err := s.j.Points(ctx, vm)
-		if err != nil {
-			return ferry.Point{}, journal.ProcessStats{}, err
-		}
-		for i := len(pts) - 1; i >= 0; i-- {
-			if pts[i].Consistency == ferry.App {
-				return pts[i], journal.ProcessStats{}, nil
-			}
-		}
-		return ferry.Point{}, journal.ProcessStats{}, fmt.Errorf("vm %s: %w: no app-consistent point", vm, journal.ErrNoPoint)
-	}
-	id, err := strconv.ParseUint(opt, 10, 64)
-	if err != nil {
-		return ferry.Point{}, journal.ProcessStats{}, fmt.Errorf("%w: point %q: want latest, latest-processed, latest-app or a point ID", ErrInvalidRequest, opt)
-	}
-	p, err := s.j.Point(ctx, vm, ferry.Seq(id))
-	return p, journal.ProcessStats{}, err
-}
-
-// process turns received markers into points up to upTo.
-func (s *Server) process(ctx context.Context, vm ferry.VMID, upTo ferry.Seq) (journal.ProcessStats, error) {
-	ps, err := s.j.Process(ctx, vm, upTo)
-	s.charge(ctx, ps)
-	return ps, err
-}
-
-// charge spends on a simulated clock the time processing takes on a real
-// process server (ProcessRate), so a drill's jobs show it.
-func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
-	if s.clock.Simulated() && s.cfg.ProcessRate > 0 && ps.Bytes > 0 {
-		clock.From(ctx, s.clock).Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
-	}
-}
-
-// modeled says, on a simulated clock, that processing's time was modeled.
-func (s *Server) modeled(ps journal.ProcessStats) string {
-	if !s.clock.Simulated() || s.cfg.ProcessRate <= 0 || ps.Bytes == 0 {
-		return ""
-	}
-	return stepf("; its time modeled at %s/s", cli.Bytes(s.cfg.ProcessRate))
-}
-
-// ProcessAll processes every VM's received data into recovery points.
-// Retention and the RPO check follow.
-func (s *Server) ProcessAll(ctx context.Context) error {
-	err := s.j.ProcessAll(ctx, func(ps journal.ProcessStats) { s.charge(ctx, ps) })
-	return errors.Join(err, s.applyRetention(ctx), s.checkRPO(ctx))
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-// State returns a VM's protection state as the server keeps it.
-func (s *Server) State(ctx context.Context, vm string) (VMState, error) {
-	st, _, err := s.vmState(ctx, vm)
-	return st, err
 }
