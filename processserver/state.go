@@ -178,4 +178,3 @@ func (v *VMState) require(action string) error {
 	}
 	return e
 }
-
