@@ -245,15 +245,15 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 		}
 		moved += s.recv.ReceivedBytes(f.vmid) - f.before
 	}
-	if s.clock.Simulated() && moved > 0 {
+	if s.cfg.Cost != nil && moved > 0 {
 		// What moved over the link during downtime takes its time; the
 		// members share the link.
-		took := time.Duration(float64(moved) / float64(s.cfg.LinkRate) * float64(time.Second))
+		took, how := s.cfg.Cost.Link(moved)
 		s.clock.Sleep(ctx, took)
 		for _, f := range fs {
 			f.run.Add(job.Step{Name: "receive final data", Start: s.clock.Now().Add(-took), End: s.clock.Now(), Outcome: ferry.OutcomeSucceeded,
-				Detail: fmt.Sprintf("%s over the link from the recovery site (for all %d VMs failing back together) in %v (modeled at %s/s)",
-					cli.Bytes(moved), len(fs), took.Round(time.Millisecond), cli.Bytes(s.cfg.LinkRate))})
+				Detail: fmt.Sprintf("%s over the link from the recovery site (for all %d VMs failing back together) in %v (%s)",
+					cli.Bytes(moved), len(fs), took.Round(time.Millisecond), how)})
 		}
 	}
 	for _, f := range fs {
@@ -449,9 +449,9 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync ferry.SyncMod
 		}
 		took := time.Since(wall)
 		how := "measured"
-		if s.clock.Simulated() {
+		if s.cfg.Cost != nil {
 			// Writing the primary's disks takes its time too.
-			took, how = time.Duration(float64(written)/float64(s.cfg.DiskRate)*float64(time.Second)), fmt.Sprintf("modeled at %s/s", cli.Bytes(s.cfg.DiskRate))
+			took, how = s.cfg.Cost.Disk(written)
 			s.clock.Sleep(ctx, took)
 		} else {
 			took = s.clock.Now().Sub(start)

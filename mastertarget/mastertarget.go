@@ -39,6 +39,17 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
+// CostModel charges modeled time for work a drill does not really wait
+// for. The simulator injects it with its virtual clock; a real master
+// target has none, and measures.
+type CostModel interface {
+	// Link is how long n bytes take over the link from the recovery site,
+	// and how the report names that time.
+	Link(n int64) (time.Duration, string)
+	// Disk is how long writing n bytes to the primary's disks takes.
+	Disk(n int64) (time.Duration, string)
+}
+
 // Primary is the primary site as the master target reaches it.
 // Implementations are safe for concurrent use.
 type Primary interface {
@@ -64,14 +75,10 @@ type Config struct {
 	MetricsListen string
 	Primary       Primary
 	Clock         clock.Clock
-	// LinkRate models, on a simulated clock, the bandwidth from the
-	// recovery site (bytes/s, default 12.5 MB/s): a failback charges the
-	// bytes it moves during downtime to it.
-	LinkRate int64
-	// DiskRate models, on a simulated clock, how fast the primary's disks
-	// are written (bytes/s, default 200 MB/s): a failback charges what it
-	// applies during downtime to it. On real time it is measured.
-	DiskRate int64
+	// Cost, when set, charges modeled time for what a failback moves over
+	// the link and writes to the primary's disks during downtime (the
+	// simulator sets it with its virtual clock); nil: both are measured.
+	Cost CostModel
 	// ProcessInterval is how often received markers become failback points
 	// (default 5s; negative: only on demand).
 	ProcessInterval time.Duration
@@ -139,12 +146,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ProcessInterval == 0 {
 		cfg.ProcessInterval = 5 * time.Second
-	}
-	if cfg.LinkRate == 0 {
-		cfg.LinkRate = 12500000
-	}
-	if cfg.DiskRate == 0 {
-		cfg.DiskRate = 200000000
 	}
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -51,20 +50,31 @@ func (s *Server) process(ctx context.Context, vm ferry.VMID, upTo ferry.Seq) (jo
 	return ps, err
 }
 
-// charge spends on a simulated clock the time processing takes on a real
-// process server (ProcessRate), so a drill's jobs show it.
+// CostModel charges modeled time for work a drill does not really wait
+// for. The simulator injects it with its virtual clock; a real server has
+// none, and its work takes the time it takes.
+type CostModel interface {
+	// Process is how long verifying n bytes of received data takes, and
+	// how the report names that time ("modeled at 20 MiB/s").
+	Process(n int64) (time.Duration, string)
+}
+
+// charge spends the modeled time of processing on the job's clock, so a
+// drill's jobs show it.
 func (s *Server) charge(ctx context.Context, ps journal.ProcessStats) {
-	if s.clock.Simulated() && s.cfg.ProcessRate > 0 && ps.Bytes > 0 {
-		clock.From(ctx, s.clock).Sleep(ctx, time.Duration(float64(ps.Bytes)/float64(s.cfg.ProcessRate)*float64(time.Second)))
+	if s.cfg.Cost != nil && ps.Bytes > 0 {
+		took, _ := s.cfg.Cost.Process(ps.Bytes)
+		clock.From(ctx, s.clock).Sleep(ctx, took)
 	}
 }
 
-// modeled says, on a simulated clock, that processing's time was modeled.
+// modeled says that processing's time was modeled, and how.
 func (s *Server) modeled(ps journal.ProcessStats) string {
-	if !s.clock.Simulated() || s.cfg.ProcessRate <= 0 || ps.Bytes == 0 {
+	if s.cfg.Cost == nil || ps.Bytes == 0 {
 		return ""
 	}
-	return stepf("; its time modeled at %s/s", cli.Bytes(s.cfg.ProcessRate))
+	_, how := s.cfg.Cost.Process(ps.Bytes)
+	return "; its time " + how
 }
 
 // ProcessAll processes every VM's received data into recovery points.

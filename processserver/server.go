@@ -138,9 +138,9 @@ type Config struct {
 	// (its boot, DHCP lease and SSH/RDP answer) when the compute layer can
 	// probe (default 3 min).
 	ProbeTimeout time.Duration
-	// ProcessRate models, on a simulated clock, how fast a process server
-	// verifies received data (bytes/s; default 200 MB/s).
-	ProcessRate int64
+	// Cost, when set, charges modeled time for processing (the simulator
+	// sets it with its virtual clock); nil: processing takes its time.
+	Cost CostModel
 }
 
 // DefaultConfig returns the configuration ferry-ps starts from.
@@ -250,9 +250,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ProbeTimeout == 0 {
 		cfg.ProbeTimeout = 3 * time.Minute
-	}
-	if cfg.ProcessRate == 0 {
-		cfg.ProcessRate = 200 << 20
 	}
 	if cfg.Retention == 0 {
 		cfg.Retention = 24 * time.Hour

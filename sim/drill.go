@@ -25,6 +25,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/processserver"
@@ -153,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	mtAddr := ""
 	if cfg.MasterTarget {
 		mt, err := mastertarget.New(mastertarget.Config{DataDir: filepath.Join(cfg.Dir, "mt"), Listen: "127.0.0.1:0",
-			Primary: &primarySite{d: d}, Clock: d.Clock, ProcessInterval: -1, Logger: cfg.Logger, LinkRate: cfg.LinkRate})
+			Primary: &primarySite{d: d}, Clock: d.Clock, ProcessInterval: -1, Logger: cfg.Logger, Cost: d.costs()})
 		if err != nil {
 			return nil, err
 		}
@@ -169,7 +170,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 	}
 	d.psConfig = processserver.Config{
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
-		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, ProcessRate: cfg.ProcessRate, Retention: cfg.Retention,
+		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, Cost: d.costs(), Retention: cfg.Retention,
 		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions, EncryptionKey: cfg.EncryptionKey,
 		MasterTarget: mtAddr,
 	}
@@ -584,3 +585,25 @@ func TempDir() (string, error) { return os.MkdirTemp("", "ferry-drill-") }
 func EqualDevices(ctx context.Context, a, b blockdev.Device) (int64, error) {
 	return equalDevices(ctx, a, b)
 }
+
+// costs is the drill's cost model, which the servers charge to the virtual
+// clock: processing at ProcessRate, the link at LinkRate (default 12.5 MB/s,
+// 100 Mbit/s), the primary's disks at 200 MB/s.
+func (d *Drill) costs() costModel {
+	link := d.cfg.LinkRate
+	if link == 0 {
+		link = 12500000
+	}
+	return costModel{process: d.cfg.ProcessRate, link: link, disk: 200000000}
+}
+
+// costModel implements the servers' cost models at fixed rates (bytes/s).
+type costModel struct{ process, link, disk int64 }
+
+func at(n, rate int64) (time.Duration, string) {
+	return time.Duration(float64(n) / float64(rate) * float64(time.Second)), fmt.Sprintf("modeled at %s/s", cli.Bytes(rate))
+}
+
+func (c costModel) Process(n int64) (time.Duration, string) { return at(n, c.process) }
+func (c costModel) Link(n int64) (time.Duration, string)    { return at(n, c.link) }
+func (c costModel) Disk(n int64) (time.Duration, string)    { return at(n, c.disk) }
