@@ -108,6 +108,7 @@ type Server struct {
 	lis   net.Listener
 	adm   *http.Server
 	admL  net.Listener
+	bg    context.Context // ends at Close: the background loops' context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 
@@ -157,6 +158,17 @@ func New(cfg Config) (*Server, error) {
 
 // Open opens the journal and serves replication and the master target API.
 func (s *Server) Open(ctx context.Context) error {
+	if err := s.open(ctx); err != nil {
+		// Whatever was opened is closed again.
+		s.Close(ctx)
+		return err
+	}
+	s.log.Info("master target started", "listen", s.Addr(), "data", s.cfg.DataDir)
+	return nil
+}
+
+func (s *Server) open(ctx context.Context) error {
+	s.bg, s.stop = context.WithCancel(context.Background())
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return err
 	}
@@ -166,7 +178,6 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	s.j = j
 	if s.db, err = bolt.Open(filepath.Join(s.cfg.DataDir, "targets.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
-		j.Close()
 		return err
 	}
 	if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucketTargets); return err }); err != nil {
@@ -208,8 +219,7 @@ func (s *Server) Open(ctx context.Context) error {
 	ferryv1.RegisterMasterTargetServer(s.grpc, s)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.grpc.Serve(s.lis) }()
-	var bg context.Context
-	bg, s.stop = context.WithCancel(context.Background())
+	bg := s.bg
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)
 		go func() {
@@ -231,7 +241,6 @@ func (s *Server) Open(ctx context.Context) error {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.adm.Serve(s.admL) }()
 	}
-	s.log.Info("master target started", "listen", s.Addr(), "data", s.cfg.DataDir)
 	return nil
 }
 
@@ -269,9 +278,13 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	if s.grpc != nil {
 		s.grpc.Stop()
+	} else if s.lis != nil {
+		s.lis.Close() // listening, not serving yet
 	}
 	if s.adm != nil {
 		s.adm.Close()
+	} else if s.admL != nil {
+		s.admL.Close()
 	}
 	s.wg.Wait()
 	if s.db != nil {

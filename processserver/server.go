@@ -275,7 +275,45 @@ func New(cfg Config) (*Server, error) {
 
 // Open opens the journal and starts serving.
 func (s *Server) Open(ctx context.Context) error {
+	if err := s.open(ctx); err != nil {
+		// Whatever was opened is closed again: the stores, the listeners,
+		// the goroutines started.
+		s.Close(ctx)
+		return err
+	}
+	s.log.Info("process server started", "listen", s.Addr(), "metrics", s.MetricsAddr(), "data", s.cfg.DataDir, "codec", s.cfg.Codec)
+	return nil
+}
+
+func (s *Server) open(ctx context.Context) error {
 	s.bg, s.stop = context.WithCancel(context.Background())
+	if err := s.openStores(ctx); err != nil {
+		return err
+	}
+	if err := s.openReceiver(ctx); err != nil {
+		return err
+	}
+	s.registerMetrics()
+	if err := s.serveGRPC(); err != nil {
+		return err
+	}
+	if err := s.dialMasterTarget(); err != nil {
+		return err
+	}
+	if err := s.serveNBD(); err != nil {
+		return err
+	}
+	s.startLoops()
+	if s.cfg.MetricsListen != "" {
+		return s.serveAdmin()
+	}
+	return nil
+}
+
+// openStores opens the journal and the control store and brings them to
+// where the last run left them (bases attached, interrupted operations
+// resolved).
+func (s *Server) openStores(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("open process server: %w", err)
 	}
@@ -285,27 +323,26 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	s.j = j
 	if s.ctl, err = openControl(filepath.Join(s.cfg.DataDir, "control.db")); err != nil {
-		j.Close()
 		return err
 	}
 	if err := s.ensurePolicies(); err != nil {
-		s.ctl.close()
-		j.Close()
 		return err
 	}
 	if err := s.attachBases(ctx); err != nil {
-		s.ctl.close()
-		j.Close()
 		return err
 	}
 	if err := s.recoverInterrupted(ctx); err != nil {
-		s.ctl.close()
-		j.Close()
 		return fmt.Errorf("open process server: interrupted operations: %w", err)
 	}
+	return nil
+}
+
+// openReceiver starts the ingest of agents' streams into the journal.
+func (s *Server) openReceiver(ctx context.Context) error {
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
+	var err error
 	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
-		Journal: j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
+		Journal: s.j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
 		Admit:         s.admitAgent,
@@ -314,13 +351,18 @@ func (s *Server) Open(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		s.ctl.close()
-		j.Close()
 		return err
 	}
 	s.recv.Open(ctx)
-	if s.cfg.Registerer != nil && s.cfg.IdentityDir != "" {
-		dir := s.cfg.IdentityDir
+	return nil
+}
+
+// registerMetrics registers the server's own gauges.
+func (s *Server) registerMetrics() {
+	if s.cfg.Registerer == nil {
+		return
+	}
+	if dir := s.cfg.IdentityDir; dir != "" {
 		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_certificate_expiry_seconds",
 			Help: "Seconds until the process server's certificate expires (issue a new one with ferry-ps ca issue --role ps before)."},
 			func() float64 {
@@ -331,20 +373,22 @@ func (s *Server) Open(ctx context.Context) error {
 				return time.Until(na).Seconds()
 			}))
 	}
-	if s.cfg.Registerer != nil {
-		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_failed",
-			Help: "1 once a journal commit failed (e.g. a failed fsync or a full disk): nothing more is accepted until ferry-ps restarts."},
-			func() float64 {
-				if j.Err() != nil {
-					return 1
-				}
-				return 0
-			}))
-	}
+	j := s.j
+	s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_failed",
+		Help: "1 once a journal commit failed (e.g. a failed fsync or a full disk): nothing more is accepted until ferry-ps restarts."},
+		func() float64 {
+			if j.Err() != nil {
+				return 1
+			}
+			return 0
+		}))
+}
+
+// serveGRPC listens and serves the agents' and operators' APIs.
+func (s *Server) serveGRPC() error {
+	var err error
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
-		s.recv.Close(ctx)
-		j.Close()
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	opts := []grpc.ServerOption{
@@ -381,40 +425,60 @@ func (s *Server) Open(ctx context.Context) error {
 			s.log.Error("grpc serve", "err", err)
 		}
 	}()
-	if s.cfg.MasterTarget != "" {
-		creds := insecure.NewCredentials()
-		if s.cfg.MasterTargetTLS != nil {
-			creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
-		}
-		s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			s.Close(ctx)
-			return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
-		}
-		s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
+	return nil
+}
+
+// dialMasterTarget connects to the master target, when there is one.
+func (s *Server) dialMasterTarget() error {
+	if s.cfg.MasterTarget == "" {
+		return nil
 	}
-	if s.cfg.NBDListen != "" {
-		if !strings.HasPrefix(s.cfg.NBDListen, "unix:") && s.cfg.TLS == nil && !s.cfg.NBDInsecure {
-			s.Close(ctx)
-			return fmt.Errorf("nbd listen %s: %w (serve the gRPC API with TLS, listen on unix:PATH, or pass --nbd-insecure)", s.cfg.NBDListen, nbd.ErrPlainTCP)
-		}
-		l, err := nbd.Listen(s.cfg.NBDListen)
-		if err != nil {
-			s.Close(ctx)
-			return fmt.Errorf("nbd listen %s: %w", s.cfg.NBDListen, err)
-		}
-		s.nbd = nbd.NewServer(s.log, s.nbdAccess())
-		if path, ok := strings.CutPrefix(s.cfg.NBDListen, "unix:"); ok {
-			s.nbdURI = func(e string) string { return "nbd+unix:///" + e + "?socket=" + path }
-		} else {
-			addr, scheme := l.Addr().String(), "nbd"
-			if s.cfg.TLS != nil {
-				scheme = "nbds" // STARTTLS, as libnbd names it
-			}
-			s.nbdURI = func(e string) string { return scheme + "://" + addr + "/" + e }
-		}
-		go s.nbd.Serve(l)
+	creds := insecure.NewCredentials()
+	if s.cfg.MasterTargetTLS != nil {
+		creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
 	}
+	var err error
+	s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
+	}
+	s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
+	return nil
+}
+
+// serveNBD listens for NBD clients of exports, when asked to.
+func (s *Server) serveNBD() error {
+	if s.cfg.NBDListen == "" {
+		return nil
+	}
+	if !strings.HasPrefix(s.cfg.NBDListen, "unix:") && s.cfg.TLS == nil && !s.cfg.NBDInsecure {
+		return fmt.Errorf("nbd listen %s: %w (serve the gRPC API with TLS, listen on unix:PATH, or pass --nbd-insecure)", s.cfg.NBDListen, nbd.ErrPlainTCP)
+	}
+	l, err := nbd.Listen(s.cfg.NBDListen)
+	if err != nil {
+		return fmt.Errorf("nbd listen %s: %w", s.cfg.NBDListen, err)
+	}
+	s.nbd = nbd.NewServer(s.log, s.nbdAccess())
+	if path, ok := strings.CutPrefix(s.cfg.NBDListen, "unix:"); ok {
+		s.nbdURI = func(e string) string { return "nbd+unix:///" + e + "?socket=" + path }
+	} else {
+		addr, scheme := l.Addr().String(), "nbd"
+		if s.cfg.TLS != nil {
+			scheme = "nbds" // STARTTLS, as libnbd names it
+		}
+		s.nbdURI = func(e string) string { return scheme + "://" + addr + "/" + e }
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.nbd.Serve(l)
+	}()
+	return nil
+}
+
+// startLoops starts the periodic processing and the replication groups'
+// point schedule; Close stops them.
+func (s *Server) startLoops() {
 	bg := s.bg
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)
@@ -434,14 +498,6 @@ func (s *Server) Open(ctx context.Context) error {
 			clock.Every(bg, s.cfg.GroupSchedule, func() { s.scheduleGroups(bg) })
 		}()
 	}
-	if s.cfg.MetricsListen != "" {
-		if err := s.serveAdmin(); err != nil {
-			s.Close(ctx)
-			return err
-		}
-	}
-	s.log.Info("process server started", "listen", s.Addr(), "metrics", s.MetricsAddr(), "data", s.cfg.DataDir, "codec", s.cfg.Codec)
-	return nil
 }
 
 func (s *Server) serveAdmin() error {
@@ -495,6 +551,9 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	if s.recv != nil {
 		s.recv.Close(ctx)
+	}
+	if s.grpc == nil && s.lis != nil {
+		s.lis.Close() // listening, not serving yet
 	}
 	if s.grpc != nil {
 		stopped := make(chan struct{})
