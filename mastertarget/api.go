@@ -376,6 +376,10 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 		return
 	}
 	for cctx.Err() == nil {
+		moved, streaming := s.recv.Moved(f.vmid)
+		if !streaming {
+			return // the agent is gone: no point will come
+		}
 		if _, err := s.j.Process(cctx, f.vmid, ferry.Seq(math.MaxUint64)); err != nil {
 			return
 		}
@@ -384,7 +388,7 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 		}
 		select {
 		case <-cctx.Done():
-		case <-time.After(5 * time.Millisecond):
+		case <-moved:
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -26,6 +27,9 @@ var (
 // control is the control store.
 type control struct {
 	db *bolt.DB
+	// jobMoved is closed, and replaced, each time a job is stored.
+	jobMu    sync.Mutex
+	jobMoved chan struct{}
 }
 
 func openControl(path string) (*control, error) {
@@ -45,7 +49,7 @@ func openControl(path string) (*control, error) {
 		db.Close()
 		return nil, err
 	}
-	return &control{db: db}, nil
+	return &control{db: db, jobMoved: make(chan struct{})}, nil
 }
 
 func (c *control) close() error { return c.db.Close() }
@@ -99,8 +103,22 @@ func (c *control) states() ([]VMState, error) {
 	return out, err
 }
 
+// jobsMoved returns a channel closed when a job is next stored: a waiter
+// reads what it waits for, then waits on the channel it took before.
+func (c *control) jobsMoved() <-chan struct{} {
+	c.jobMu.Lock()
+	defer c.jobMu.Unlock()
+	return c.jobMoved
+}
+
 // putJob stores a job, giving it an ID when it has none.
 func (c *control) putJob(j *Job) error {
+	defer func() {
+		c.jobMu.Lock()
+		close(c.jobMoved)
+		c.jobMoved = make(chan struct{})
+		c.jobMu.Unlock()
+	}()
 	return c.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketJobs)
 		if j.ID == 0 {

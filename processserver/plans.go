@@ -283,6 +283,7 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 	// Answer once the job has left the manual step.
 	waiting := jobs[len(jobs)-1]
 	for {
+		moved := s.ctl.jobsMoved()
 		j, err := s.ctl.job(waiting.ID)
 		if err != nil || j.Outcome != ferry.OutcomeRunning || j.Waiting != waiting.Waiting {
 			return &j, err
@@ -290,7 +291,7 @@ func (s *Server) ResumePlan(ctx context.Context, name string) (*Job, error) {
 		select {
 		case <-ctx.Done():
 			return &j, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-moved:
 		}
 	}
 }

@@ -217,6 +217,21 @@ func (r *Receiver) Progress(vm ferry.VMID) (float64, bool) {
 	return math.Float64frombits(b), b != 0
 }
 
+// Moved returns a channel closed when vm's durable sequence next moves:
+// a waiter checks what it waits for, then waits on the channel it took
+// before. ok is false when vm has no open stream (nothing will move).
+func (r *Receiver) Moved(vm ferry.VMID) (ch <-chan struct{}, ok bool) {
+	r.mu.Lock()
+	s := r.sessions[vm]
+	r.mu.Unlock()
+	if s == nil {
+		return nil, false
+	}
+	s.durableMu.Lock()
+	defer s.durableMu.Unlock()
+	return s.durableCh, true
+}
+
 // Sessions returns the VMs with an open stream.
 func (r *Receiver) Sessions() []ferry.VMID {
 	r.mu.Lock()
@@ -307,7 +322,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	case err = <-recvDone:
 		if errors.Is(err, io.EOF) {
 			// The agent closed its side: what it sent becomes durable first.
-			s.waitDurable(s.next - 1)
+			s.waitDurable(context.Background(), s.next-1)
 			err = nil
 		}
 	case <-s.ctx.Done():
@@ -465,14 +480,10 @@ func (r *Receiver) Command(ctx context.Context, vm ferry.VMID, cmd *ferryv1.Comm
 		return nil, ctx.Err()
 	}
 	if res.GetOk() && res.GetFinalSeq() > 0 {
-		for s.durable.Load() < res.GetFinalSeq() {
-			select {
-			case <-s.ctx.Done():
-				return nil, fmt.Errorf("vm %s: stream ended before the final marker %d was durable", vm, res.GetFinalSeq())
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(2 * time.Millisecond):
-			}
+		if err := s.waitDurable(ctx, res.GetFinalSeq()); errors.Is(err, errSessionEnded) {
+			return nil, fmt.Errorf("vm %s: stream ended before the final marker %d was durable", vm, res.GetFinalSeq())
+		} else if err != nil {
+			return nil, err
 		}
 	}
 	return res, nil

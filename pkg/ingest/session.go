@@ -33,7 +33,11 @@ type session struct {
 	fifo       chan *job
 
 	durable atomic.Uint64
-	notify  chan struct{}
+	notify  chan struct{} // to sendAcks: durable moved
+	// durableCh is closed, and replaced, each time durable moves: every
+	// waiter wakes (waitDurable).
+	durableMu sync.Mutex
+	durableCh chan struct{}
 
 	cmds    chan *ferryv1.Command
 	cmdMu   sync.Mutex
@@ -46,7 +50,7 @@ type session struct {
 
 func newSession(parent context.Context, vm ferry.VMID) *session {
 	ctx, cancel := context.WithCancel(parent)
-	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1),
+	return &session{name: vm, ctx: ctx, cancel: cancel, released: make(chan struct{}), notify: make(chan struct{}, 1), durableCh: make(chan struct{}),
 		cmds: make(chan *ferryv1.Command), results: map[uint64]chan *ferryv1.CommandResult{}}
 }
 
@@ -66,6 +70,10 @@ func (s *session) failure() error {
 
 func (s *session) setDurable(seq uint64) {
 	s.durable.Store(seq)
+	s.durableMu.Lock()
+	close(s.durableCh)
+	s.durableCh = make(chan struct{})
+	s.durableMu.Unlock()
 	select {
 	case s.notify <- struct{}{}:
 	default:
@@ -369,13 +377,26 @@ func (r *Receiver) forward(s *session) {
 	}
 }
 
-// waitDurable waits until seq is durable or the session ends.
-func (s *session) waitDurable(seq uint64) {
-	for s.durable.Load() < seq {
+// errSessionEnded: the stream ended before what was waited for happened.
+var errSessionEnded = errors.New("stream ended")
+
+// waitDurable waits until seq is durable, the session ends
+// (errSessionEnded) or ctx ends.
+func (s *session) waitDurable(ctx context.Context, seq uint64) error {
+	for {
+		// The channel first: a commit after the check closes it.
+		s.durableMu.Lock()
+		moved := s.durableCh
+		s.durableMu.Unlock()
+		if s.durable.Load() >= seq {
+			return nil
+		}
 		select {
+		case <-moved:
 		case <-s.ctx.Done():
-			return
-		case <-time.After(5 * time.Millisecond):
+			return errSessionEnded
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
