@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/blockdevtest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
 )
@@ -275,4 +276,12 @@ func TestSplitterOrdersWrites(t *testing.T) {
 	if st := tr.Stats(); st.QueueLen != 0 || st.DirtyBlocks != 0 {
 		t.Fatalf("a write the disk refused was tracked: %+v", st)
 	}
+}
+
+// TestSplitterContract: the write splitter is a Device that takes whole
+// blocks only.
+func TestSplitterContract(t *testing.T) {
+	blockdevtest.Run(t, blockdevtest.Options{Aligned: true}, func(t *testing.T) blockdev.Device {
+		return cbt.NewTracker([]blockdev.Device{blockdev.NewMemory(blockdevtest.Size)}, 64<<20).Device(0)
+	})
 }

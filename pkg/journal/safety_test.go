@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/blockdevtest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -175,4 +176,18 @@ func imageOf(t *testing.T, d blockdev.Device) []byte {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// TestOverlayContract: an overlay is a Device (here of a point with no
+// writes, so it starts all zeros).
+func TestOverlayContract(t *testing.T) {
+	blockdevtest.Run(t, blockdevtest.Options{}, func(t *testing.T) blockdev.Device {
+		f := newFixture(t, journal.CodecZstd, blockdevtest.Size)
+		f.append(f.rec(journal.KindDrainBegin), f.rec(journal.KindDrainEnd), f.marker())
+		ov, err := f.j.OpenOverlay(context.Background(), "vm1", f.seq, 0, blockdev.NewMemory(blockdevtest.Size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ov
+	})
 }

@@ -117,6 +117,10 @@ func (d *Disk) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 func (d *Disk) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if off < 0 || off > d.current.Size()-int64(len(p)) {
+		// Refused like any device's, before it counts as a step.
+		return d.current.WriteAt(ctx, p, off)
+	}
 	op, err := d.step()
 	if err != nil {
 		return 0, err
