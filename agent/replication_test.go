@@ -16,8 +16,8 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 

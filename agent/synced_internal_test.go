@@ -4,8 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 )
 
 // TestSyncedWaitsForTheStream: Synced is what tests and the failover's

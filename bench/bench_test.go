@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/bench"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 )
 
 // TestHarness runs every benchmark at a tiny size: the figures mean

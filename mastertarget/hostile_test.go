@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/mastertarget"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/mastertarget"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 )
 
 // TestFailedOpenClosesWhatItOpened: an Open that fails once its journal

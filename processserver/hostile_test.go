@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"

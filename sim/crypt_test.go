@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/sim"
 )
 

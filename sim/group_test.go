@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"

@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
 	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"

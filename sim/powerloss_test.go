@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/ferrytest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/sim/fault"
 )

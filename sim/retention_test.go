@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydr/ferry/pkg/ferrytest"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )

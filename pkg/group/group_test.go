@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 )
 
 func TestTag(t *testing.T) {

@@ -12,9 +12,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 )
 
 const bs = blockdev.BlockSize

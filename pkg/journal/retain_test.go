@@ -9,9 +9,9 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/pkg/retention"
 )
 

@@ -15,7 +15,6 @@ import (
 // machine would, without an external program per request.
 type Client struct {
 	c      net.Conn
-	size   int64
 	handle uint64
 }
 
@@ -88,16 +87,12 @@ func (cl *Client) handshake(export string, cfg *tls.Config) error {
 	if _, err := cl.c.Write(req); err != nil {
 		return err
 	}
-	var reply [10]byte
+	var reply [10]byte // the export's size and flags
 	if _, err := io.ReadFull(cl.c, reply[:]); err != nil {
 		return fmt.Errorf("export refused: %w", err)
 	}
-	cl.size = int64(binary.BigEndian.Uint64(reply[0:]))
 	return nil
 }
-
-// Size is the export's size in bytes.
-func (cl *Client) Size() int64 { return cl.size }
 
 func (cl *Client) request(typ uint16, flags uint16, off int64, length int, data []byte) error {
 	cl.handle++
@@ -144,9 +139,6 @@ func (cl *Client) ReadAt(p []byte, off int64) error {
 	_, err := io.ReadFull(cl.c, p)
 	return err
 }
-
-// Flush asks the server to make every acknowledged write durable.
-func (cl *Client) Flush() error { return cl.request(cmdFlush, 0, 0, 0, nil) }
 
 // Close disconnects.
 func (cl *Client) Close() error {

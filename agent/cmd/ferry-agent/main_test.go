@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 

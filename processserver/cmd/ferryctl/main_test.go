@@ -13,7 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/ferrydr/ferry/pkg/ferrytest"
+	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )

@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrydr/ferry/internal/journaltest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/ferrydr/ferry/pkg/journal/journaltest"
 	"github.com/ferrydr/ferry/processserver"
 	"github.com/ferrydr/ferry/processserver/client"
 )
