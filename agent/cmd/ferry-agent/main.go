@@ -44,37 +44,54 @@ Usage:
 Run 'ferry-agent run --help' for the flags.
 `
 
-func main() {
-	if len(os.Args) < 2 || os.Args[1] != "run" {
-		cli.Usage(usage)
-	}
-	cfg := agent.DefaultConfig()
+// options are ferry-agent run's flags, with the agent's configuration.
+type options struct {
+	cfg           agent.Config
+	disks         cli.Repeated
+	metrics       *string
+	nbdListen     *string
+	nbdTLS        *string
+	nbdInsecure   *bool
+	freezeHook    *string
+	thawHook      *string
+	shutdownHook  *string
+	libvirtDomain *string
+	libvirtURI    *string
+	machineFile   *string
+	tlsDir        *string
+	tokenFile     *string
+	insecureOK    *bool
+	level         *string
+}
+
+// parseRun reads ferry-agent run's flags.
+func parseRun(args []string) *options {
+	o := &options{cfg: agent.DefaultConfig()}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	var disks cli.Repeated
-	fs.StringVar(&cfg.Target, "ps", "", "process server address (host:port)")
-	fs.StringVar(&cfg.VM, "vm", "", "name of the protected VM")
-	fs.Var(&disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
-	fs.StringVar(&cfg.StateDir, "state", "", "directory for the agent's state (bitmaps, scan tables)")
-	fs.DurationVar(&cfg.CrashInterval, "crash-interval", cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more); the VM's replication policy replaces it unless --crash-interval or --app-interval is given")
-	fs.Uint64Var(&cfg.Epoch, "epoch", cfg.Epoch, "epoch of the replication direction, as reprotect prints it")
-	fs.DurationVar(&cfg.ScanInterval, "scan-interval", cfg.ScanInterval, "time between scans of the disks for changes")
-	fs.Int64Var(&cfg.QueueBytes, "queue-bytes", cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
-	fs.Int64Var(&cfg.WindowBytes, "window-bytes", cfg.WindowBytes, "bound of data sent and not yet acknowledged")
-	metrics := fs.String("metrics", "", "admin address for /metrics (empty: off)")
-	nbdListen := fs.String("nbd-listen", "", "serve the disks over NBD on unix:PATH (mode 0600; only this user, root and, with --libvirt-domain, QEMU's user may connect) or host:port (needs --nbd-tls-dir or --nbd-insecure) and capture every write (write splitter) instead of scanning")
-	nbdTLS := fs.String("nbd-tls-dir", "", "serve --nbd-listen host:port with TLS (NBD STARTTLS) from this identity, issued with 'ferry-ps ca issue --role agent --name VM --host HOST'; clients present an operator or admin certificate, or this VM's agent certificate")
-	nbdInsecure := fs.Bool("nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches the port can read and write the protected disks")
-	fs.DurationVar(&cfg.AppInterval, "app-interval", 0, "cut an app-consistent point this often through --freeze-hook and --thaw-hook (needs --nbd-listen; 0: off)")
-	freezeHook := fs.String("freeze-hook", "", "command that quiesces the application (flush and hold writes, e.g. fsfreeze -f /srv), bounded by 10s")
-	thawHook := fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
-	shutdownHook := fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
-	libvirtDomain := fs.String("libvirt-domain", "", "the protected machine is this libvirt domain: its hardware is read from libvirt and sent to the process server, app-consistent points freeze it through its QEMU guest agent and a planned failover shuts it down (unless hooks are given); with --nbd-listen unix:PATH the socket is made for QEMU's user")
-	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "libvirt of --libvirt-domain")
-	machineFile := fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
-	tlsDir := fs.String("tls-dir", "", "the agent's TLS identity (cert.pem, key.pem, ca.crt; default STATE/tls once enrolled)")
-	tokenFile := fs.String("token-file", "", "file holding a single-use enrollment token from 'ferry-ps enroll' ('-': standard input; or set FERRY_ENROLL_TOKEN): gets the agent's certificate into --tls-dir first. Not a flag value: command lines are visible to every user in ps")
-	insecureOK := fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.cfg.Target, "ps", "", "process server address (host:port)")
+	fs.StringVar(&o.cfg.VM, "vm", "", "name of the protected VM")
+	fs.Var(&o.disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
+	fs.StringVar(&o.cfg.StateDir, "state", "", "directory for the agent's state (bitmaps, scan tables)")
+	fs.DurationVar(&o.cfg.CrashInterval, "crash-interval", o.cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more); the VM's replication policy replaces it unless --crash-interval or --app-interval is given")
+	fs.Uint64Var(&o.cfg.Epoch, "epoch", o.cfg.Epoch, "epoch of the replication direction, as reprotect prints it")
+	fs.DurationVar(&o.cfg.ScanInterval, "scan-interval", o.cfg.ScanInterval, "time between scans of the disks for changes")
+	fs.Int64Var(&o.cfg.QueueBytes, "queue-bytes", o.cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
+	fs.Int64Var(&o.cfg.WindowBytes, "window-bytes", o.cfg.WindowBytes, "bound of data sent and not yet acknowledged")
+	o.metrics = fs.String("metrics", "", "admin address for /metrics (empty: off)")
+	o.nbdListen = fs.String("nbd-listen", "", "serve the disks over NBD on unix:PATH (mode 0600; only this user, root and, with --libvirt-domain, QEMU's user may connect) or host:port (needs --nbd-tls-dir or --nbd-insecure) and capture every write (write splitter) instead of scanning")
+	o.nbdTLS = fs.String("nbd-tls-dir", "", "serve --nbd-listen host:port with TLS (NBD STARTTLS) from this identity, issued with 'ferry-ps ca issue --role agent --name VM --host HOST'; clients present an operator or admin certificate, or this VM's agent certificate")
+	o.nbdInsecure = fs.Bool("nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches the port can read and write the protected disks")
+	fs.DurationVar(&o.cfg.AppInterval, "app-interval", 0, "cut an app-consistent point this often through --freeze-hook and --thaw-hook (needs --nbd-listen; 0: off)")
+	o.freezeHook = fs.String("freeze-hook", "", "command that quiesces the application (flush and hold writes, e.g. fsfreeze -f /srv), bounded by 10s")
+	o.thawHook = fs.String("thaw-hook", "", "command that lets the application go on (e.g. fsfreeze -u /srv); runs whenever the freeze hook ran")
+	o.shutdownHook = fs.String("shutdown-hook", "", "command that shuts the protected machine down when a planned failover asks (exit 0: it is down)")
+	o.libvirtDomain = fs.String("libvirt-domain", "", "the protected machine is this libvirt domain: its hardware is read from libvirt and sent to the process server, app-consistent points freeze it through its QEMU guest agent and a planned failover shuts it down (unless hooks are given); with --nbd-listen unix:PATH the socket is made for QEMU's user")
+	o.libvirtURI = fs.String("libvirt-uri", "qemu:///system", "libvirt of --libvirt-domain")
+	o.machineFile = fs.String("machine", "", "JSON file describing the machine for failover checks (fields of ferry.v1.MachineInfo, e.g. {\"os\":\"linux\",\"dhcp\":true})")
+	o.tlsDir = fs.String("tls-dir", "", "the agent's TLS identity (cert.pem, key.pem, ca.crt; default STATE/tls once enrolled)")
+	o.tokenFile = fs.String("token-file", "", "file holding a single-use enrollment token from 'ferry-ps enroll' ('-': standard input; or set FERRY_ENROLL_TOKEN): gets the agent's certificate into --tls-dir first. Not a flag value: command lines are visible to every user in ps")
+	o.insecureOK = fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
+	o.level = fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
 
@@ -98,188 +115,77 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	fs.Parse(os.Args[2:])
+	fs.Parse(args)
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "crash-interval" || f.Name == "app-interval" {
 			// Frequencies given here win over the process server's policy.
-			cfg.IgnorePolicy = true
+			o.cfg.IgnorePolicy = true
 		}
 	})
-	cfg.Mode = agent.ModeScan
-	if *nbdListen != "" {
-		cfg.Mode = agent.ModeSplitter
+	o.cfg.Mode = agent.ModeScan
+	if *o.nbdListen != "" {
+		o.cfg.Mode = agent.ModeSplitter
 	}
-	log, err := cli.Logger(*level)
-	if err != nil {
+	return o
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "run" {
+		cli.Usage(usage)
+	}
+	if err := run(parseRun(os.Args[2:])); err != nil {
 		cli.Fatal("ferry-agent", err)
 	}
-	cfg.Logger = log
-	for _, d := range disks {
-		name, path, ok := strings.Cut(d, "=")
-		if !ok || name == "" || path == "" {
-			cli.Fatal("ferry-agent", fmt.Errorf("disk %q: want NAME=PATH", d))
-		}
-		dev, err := blockdev.OpenFile(path, *nbdListen == "")
-		if err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		defer dev.Close()
-		cfg.Disks = append(cfg.Disks, agent.Disk{Name: name, Device: dev})
-	}
-	// Scanning its own disks, the agent runs on the machine it protects;
-	// serving them over NBD it runs beside it and does not know its OS.
-	cfg.Machine = &ferryv1.MachineInfo{}
-	if *nbdListen == "" {
-		cfg.Machine.Os = runtime.GOOS
-	}
-	var domain *agent.LibvirtDomain
-	if *libvirtDomain != "" {
-		if *machineFile != "" {
-			cli.Fatal("ferry-agent", fmt.Errorf("--machine and --libvirt-domain both describe the machine: give one"))
-		}
-		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, err := virt.Dial(dctx, *libvirtURI)
-		cancel()
-		if err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		defer conn.Close()
-		domain = &agent.LibvirtDomain{Conn: conn, Name: *libvirtDomain, ShutdownTimeout: time.Minute}
-		paths := map[string]string{}
-		for _, d := range disks {
-			name, path, _ := strings.Cut(d, "=")
-			paths[name] = path
-		}
-		if cfg.Machine, err = domain.Describe(paths, *nbdListen != ""); err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		log.Info("machine read from libvirt", "domain", *libvirtDomain, "os", cfg.Machine.GetOs(),
-			"vcpus", cfg.Machine.GetHardware().GetVcpus(), "memory_mib", cfg.Machine.GetHardware().GetMemoryMib(),
-			"guest_agent", cfg.Machine.GetHardware().GetGuestAgent())
-	}
-	if *machineFile != "" {
-		raw, err := os.ReadFile(*machineFile)
-		if err == nil {
-			err = protojson.Unmarshal(raw, cfg.Machine)
-		}
-		if err != nil {
-			cli.Fatal("ferry-agent", fmt.Errorf("machine: %w", err))
-		}
-	}
-	hook := func(cmd string) func(context.Context) error {
-		if cmd == "" {
-			return nil
-		}
-		return func(ctx context.Context) error { return runHook(ctx, cmd) }
-	}
-	cfg.Freeze, cfg.Thaw = hook(*freezeHook), hook(*thawHook)
-	if domain != nil && *freezeHook == "" && cfg.Machine.GetHardware().GetGuestAgent() {
-		cfg.Freeze, cfg.Thaw = domain.Freeze, domain.Thaw
-	}
-	if domain != nil && *shutdownHook == "" {
-		cfg.ShutdownMachine = domain.Shutdown
-	}
-	if *shutdownHook != "" {
-		hook := *shutdownHook
-		cfg.ShutdownMachine = func(ctx context.Context) error { return runHook(ctx, hook) }
-	}
-	if *tlsDir == "" && !*insecureOK {
-		*tlsDir = filepath.Join(cfg.StateDir, "tls")
-	}
-	token, err := readToken(*tokenFile)
+}
+
+// run protects the disks until a signal, or until the agent stops.
+func run(o *options) error {
+	log, err := cli.Logger(*o.level)
 	if err != nil {
-		cli.Fatal("ferry-agent", err)
+		return err
 	}
-	if token != "" && !tlsca.HasIdentity(*tlsDir) {
-		// The process server may not be up yet: keep trying while it is
-		// unreachable; a refused token is final.
-		var vm string
-		for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
-			ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			vm, err = tlsca.Enroll(ectx, cfg.Target, token, *tlsDir)
-			cancel()
-			if c := status.Code(err); err == nil || (c != codes.Unavailable && c != codes.DeadlineExceeded) {
-				break
-			}
-			log.Warn("enroll: process server unreachable; trying again", "err", err, "in", backoff)
-			time.Sleep(backoff)
-		}
-		if err != nil {
-			cli.Fatal("ferry-agent", fmt.Errorf("enroll: %w", err))
-		}
-		if vm != cfg.VM {
-			cli.Fatal("ferry-agent", fmt.Errorf("enroll: the token was for vm %s, not %s", vm, cfg.VM))
-		}
-		log.Info("enrolled: certificate stored", "dir", *tlsDir, "vm", vm)
-	}
-	if *insecureOK {
-		*tlsDir = ""
-	} else if !tlsca.HasIdentity(*tlsDir) {
-		cli.Fatal("ferry-agent", fmt.Errorf("no certificate in %s: enroll with --token-file or FERRY_ENROLL_TOKEN (ferry-ps enroll --vm %s) or pass --insecure for plain text", *tlsDir, cfg.VM))
-	}
-	creds, err := tlsca.DialOption(*tlsDir, *insecureOK, log)
+	o.cfg.Logger = log
+	closeDisks, err := o.openDisks()
+	defer closeDisks()
 	if err != nil {
-		cli.Fatal("ferry-agent", err)
+		return err
 	}
-	cfg.DialOptions = []grpc.DialOption{creds}
+	domain, closeDomain, err := o.describeMachine(log)
+	defer closeDomain()
+	if err != nil {
+		return err
+	}
+	o.setHooks(domain)
+	tlsDir, creds, err := o.identity(log)
+	if err != nil {
+		return err
+	}
+	o.cfg.DialOptions = []grpc.DialOption{creds}
 	reg := prometheus.NewRegistry()
-	cfg.Registerer = reg
-	if *tlsDir != "" {
-		dir := *tlsDir
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_agent_certificate_expiry_seconds",
-			Help: "Seconds until the agent's certificate expires (it renews itself when a third of its lifetime is left)."},
-			func() float64 {
-				_, na, err := tlsca.Expiry(dir)
-				if err != nil {
-					return 0
-				}
-				return time.Until(na).Seconds()
-			}))
-	}
-	a, err := agent.New(cfg)
+	o.cfg.Registerer = reg
+	registerExpiry(reg, tlsDir)
+	a, err := agent.New(o.cfg)
 	if err != nil {
-		cli.Fatal("ferry-agent", err)
+		return err
 	}
-	if *metrics != "" {
-		l, err := net.Listen("tcp", *metrics)
-		if err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		go http.Serve(l, mux)
+	stopMetrics, err := serveMetrics(*o.metrics, reg)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	if err := a.Open(ctx); err != nil {
-		cli.Fatal("ferry-agent", err)
+		return err
 	}
-	if *tlsDir != "" {
-		go renewLoop(ctx, log, cfg.Target, *tlsDir, creds)
+	if tlsDir != "" {
+		go renewLoop(ctx, log, o.cfg.Target, tlsDir, creds) // ends with ctx
 	}
-	var nbdSrv *nbd.Server
-	if *nbdListen != "" {
-		access, err := frontEndAccess(*nbdListen, *nbdTLS, *nbdInsecure, cfg.VM)
-		if err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		l, err := nbd.Listen(*nbdListen)
-		if err != nil {
-			cli.Fatal("ferry-agent", err)
-		}
-		if sock, ok := strings.CutPrefix(*nbdListen, "unix:"); ok && domain != nil {
-			uid, err := domain.OwnSocket(sock)
-			if err != nil {
-				cli.Fatal("ferry-agent", err)
-			}
-			access.UIDs = append(access.UIDs, uid)
-		}
-		nbdSrv = nbd.NewServer(log, access)
-		for _, e := range a.NBDExports() {
-			nbdSrv.Add(e)
-		}
-		go nbdSrv.Serve(l)
-		log.Info("disks served over NBD", "listen", l.Addr().String())
+	nbdSrv, err := o.serveFrontEnd(log, a, domain)
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return errors.Join(err, a.Close(cctx))
 	}
 	select {
 	case <-ctx.Done():
@@ -294,9 +200,215 @@ Flags:
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cerr := a.Close(cctx)
-	if err := errors.Join(a.Err(), cerr); err != nil {
-		cli.Fatal("ferry-agent", err)
+	return errors.Join(a.Err(), cerr)
+}
+
+// openDisks opens every --disk NAME=PATH; the returned func closes them.
+func (o *options) openDisks() (func(), error) {
+	var opened []*blockdev.File
+	closeAll := func() {
+		for _, f := range opened {
+			f.Close()
+		}
 	}
+	for _, d := range o.disks {
+		name, path, ok := strings.Cut(d, "=")
+		if !ok || name == "" || path == "" {
+			return closeAll, fmt.Errorf("disk %q: want NAME=PATH", d)
+		}
+		dev, err := blockdev.OpenFile(path, *o.nbdListen == "")
+		if err != nil {
+			return closeAll, err
+		}
+		opened = append(opened, dev)
+		o.cfg.Disks = append(o.cfg.Disks, agent.Disk{Name: name, Device: dev})
+	}
+	return closeAll, nil
+}
+
+// describeMachine fills in what the failover checks need to know of the
+// machine: from libvirt (--libvirt-domain), a JSON file (--machine), or
+// the little the agent knows itself. The returned func closes libvirt.
+func (o *options) describeMachine(log *slog.Logger) (*agent.LibvirtDomain, func(), error) {
+	done := func() {}
+	// Scanning its own disks, the agent runs on the machine it protects;
+	// serving them over NBD it runs beside it and does not know its OS.
+	o.cfg.Machine = &ferryv1.MachineInfo{}
+	if *o.nbdListen == "" {
+		o.cfg.Machine.Os = runtime.GOOS
+	}
+	var domain *agent.LibvirtDomain
+	if *o.libvirtDomain != "" {
+		if *o.machineFile != "" {
+			return nil, done, fmt.Errorf("--machine and --libvirt-domain both describe the machine: give one")
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := virt.Dial(dctx, *o.libvirtURI)
+		cancel()
+		if err != nil {
+			return nil, done, err
+		}
+		done = func() { conn.Close() }
+		domain = &agent.LibvirtDomain{Conn: conn, Name: *o.libvirtDomain, ShutdownTimeout: time.Minute}
+		paths := map[string]string{}
+		for _, d := range o.disks {
+			name, path, _ := strings.Cut(d, "=")
+			paths[name] = path
+		}
+		if o.cfg.Machine, err = domain.Describe(paths, *o.nbdListen != ""); err != nil {
+			return nil, done, err
+		}
+		log.Info("machine read from libvirt", "domain", *o.libvirtDomain, "os", o.cfg.Machine.GetOs(),
+			"vcpus", o.cfg.Machine.GetHardware().GetVcpus(), "memory_mib", o.cfg.Machine.GetHardware().GetMemoryMib(),
+			"guest_agent", o.cfg.Machine.GetHardware().GetGuestAgent())
+	}
+	if *o.machineFile != "" {
+		raw, err := os.ReadFile(*o.machineFile)
+		if err == nil {
+			err = protojson.Unmarshal(raw, o.cfg.Machine)
+		}
+		if err != nil {
+			return nil, done, fmt.Errorf("machine: %w", err)
+		}
+	}
+	return domain, done, nil
+}
+
+// setHooks chooses how the machine is frozen, thawed and shut down: the
+// operator's hooks, else libvirt's guest agent and shutdown.
+func (o *options) setHooks(domain *agent.LibvirtDomain) {
+	hook := func(cmd string) func(context.Context) error {
+		if cmd == "" {
+			return nil
+		}
+		return func(ctx context.Context) error { return runHook(ctx, cmd) }
+	}
+	o.cfg.Freeze, o.cfg.Thaw = hook(*o.freezeHook), hook(*o.thawHook)
+	if domain != nil && *o.freezeHook == "" && o.cfg.Machine.GetHardware().GetGuestAgent() {
+		o.cfg.Freeze, o.cfg.Thaw = domain.Freeze, domain.Thaw
+	}
+	if domain != nil && *o.shutdownHook == "" {
+		o.cfg.ShutdownMachine = domain.Shutdown
+	}
+	if *o.shutdownHook != "" {
+		o.cfg.ShutdownMachine = hook(*o.shutdownHook)
+	}
+}
+
+// identity enrolls the agent when it has a token and no certificate yet,
+// and returns its TLS directory ("" in plain text) and credentials.
+func (o *options) identity(log *slog.Logger) (string, grpc.DialOption, error) {
+	tlsDir := *o.tlsDir
+	if tlsDir == "" && !*o.insecureOK {
+		tlsDir = filepath.Join(o.cfg.StateDir, "tls")
+	}
+	token, err := readToken(*o.tokenFile)
+	if err != nil {
+		return "", nil, err
+	}
+	if token != "" && !tlsca.HasIdentity(tlsDir) {
+		if err := enroll(log, o.cfg.Target, token, tlsDir, o.cfg.VM); err != nil {
+			return "", nil, err
+		}
+	}
+	if *o.insecureOK {
+		tlsDir = ""
+	} else if !tlsca.HasIdentity(tlsDir) {
+		return "", nil, fmt.Errorf("no certificate in %s: enroll with --token-file or FERRY_ENROLL_TOKEN (ferry-ps enroll --vm %s) or pass --insecure for plain text", tlsDir, o.cfg.VM)
+	}
+	creds, err := tlsca.DialOption(tlsDir, *o.insecureOK, log)
+	return tlsDir, creds, err
+}
+
+// enroll gets the agent's certificate with token. The process server may
+// not be up yet: it keeps trying while it is unreachable; a refused token
+// is final.
+func enroll(log *slog.Logger, target, token, dir, wantVM string) error {
+	var vm string
+	var err error
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		ectx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		vm, err = tlsca.Enroll(ectx, target, token, dir)
+		cancel()
+		if c := status.Code(err); err == nil || (c != codes.Unavailable && c != codes.DeadlineExceeded) {
+			break
+		}
+		log.Warn("enroll: process server unreachable; trying again", "err", err, "in", backoff)
+		time.Sleep(backoff)
+	}
+	if err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	if vm != wantVM {
+		return fmt.Errorf("enroll: the token was for vm %s, not %s", vm, wantVM)
+	}
+	log.Info("enrolled: certificate stored", "dir", dir, "vm", vm)
+	return nil
+}
+
+// registerExpiry exports the agent certificate's time left.
+func registerExpiry(reg *prometheus.Registry, tlsDir string) {
+	if tlsDir == "" {
+		return
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_agent_certificate_expiry_seconds",
+		Help: "Seconds until the agent's certificate expires (it renews itself when a third of its lifetime is left)."},
+		func() float64 {
+			_, na, err := tlsca.Expiry(tlsDir)
+			if err != nil {
+				return 0
+			}
+			return time.Until(na).Seconds()
+		}))
+}
+
+// serveMetrics serves /metrics on addr (nothing when empty); the returned
+// func stops it.
+func serveMetrics(addr string, reg *prometheus.Registry) (func(), error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return func() {}, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(l) }()
+	return func() { srv.Close(); <-done }, nil
+}
+
+// serveFrontEnd serves the disks over NBD with --nbd-listen (the machine
+// runs on them; every write goes through the splitter).
+func (o *options) serveFrontEnd(log *slog.Logger, a *agent.Agent, domain *agent.LibvirtDomain) (*nbd.Server, error) {
+	if *o.nbdListen == "" {
+		return nil, nil
+	}
+	access, err := frontEndAccess(*o.nbdListen, *o.nbdTLS, *o.nbdInsecure, o.cfg.VM)
+	if err != nil {
+		return nil, err
+	}
+	l, err := nbd.Listen(*o.nbdListen)
+	if err != nil {
+		return nil, err
+	}
+	if sock, ok := strings.CutPrefix(*o.nbdListen, "unix:"); ok && domain != nil {
+		uid, err := domain.OwnSocket(sock)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		access.UIDs = append(access.UIDs, uid)
+	}
+	srv := nbd.NewServer(log, access)
+	for _, e := range a.NBDExports() {
+		srv.Add(e)
+	}
+	go srv.Serve(l) // srv.Close waits for it
+	log.Info("disks served over NBD", "listen", l.Addr().String())
+	return srv, nil
 }
 
 // frontEndAccess says who may use the disks the agent serves: on a Unix
