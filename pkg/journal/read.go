@@ -342,6 +342,67 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name ferry.VMID, from, upTo
 	return st, nil
 }
 
+// zeroChunks returns the hash of chunk c of a disk of size bytes when it
+// holds only zeros: every chunk's but a short last one's is the same.
+func zeroChunks(size, chunkSize int64) func(c int64) uint64 {
+	nchunks := (size + chunkSize - 1) / chunkSize
+	full, last := ferry.ZeroSum(int(min(chunkSize, size))), ferry.ZeroSum(int(size-(nchunks-1)*chunkSize))
+	return func(c int64) uint64 {
+		if c == nchunks-1 {
+			return last
+		}
+		return full
+	}
+}
+
+// zeroBlocks returns the block hashes of an all-zero disk of size bytes.
+func zeroBlocks(size int64) []uint64 {
+	sums := make([]uint64, size/blockdev.BlockSize)
+	zb := ferry.ZeroSum(blockdev.BlockSize)
+	for i := range sums {
+		sums[i] = zb
+	}
+	return sums
+}
+
+// touchedChunks marks the chunks of disk that a write of vm's journal
+// covers: without a base, the others read as zeros.
+func touchedChunks(tx *bolt.Tx, vm *VM, disk int, chunkSize, nchunks int64) (*coverage, error) {
+	touched := newCoverage(nchunks)
+	cur := tx.Bucket(vmBucketName(vm.Name)).Bucket(bucketMeta).Cursor()
+	for k, v := cur.First(); k != nil; k, v = cur.Next() {
+		r, err := decodeMeta(vm.Name, keySeq(k), v)
+		if err != nil {
+			return nil, err
+		}
+		if r.Kind != KindWrite || r.Disk != disk {
+			continue
+		}
+		for c := r.Offset / chunkSize; c <= (r.Offset+int64(r.Length)-1)/chunkSize; c++ {
+			if !touched.covered(c) {
+				touched.set(c)
+			}
+		}
+	}
+	return touched, nil
+}
+
+// hashRead hashes the chunks listed of buf (the disk's bytes from lo on),
+// giving each to got; with blockSums (indexed by block of the disk) it
+// keeps their blocks' hashes too.
+func hashRead(buf []byte, lo, chunkSize int64, chunks []int64, got func(c int64, h uint64), blockSums []uint64) {
+	for _, c := range chunks {
+		off := c*chunkSize - lo
+		end := min(off+chunkSize, int64(len(buf)))
+		got(c, xxhash.Sum64(buf[off:end]))
+		if blockSums != nil {
+			for b := off; b < end; b += blockdev.BlockSize {
+				blockSums[(lo+b)/blockdev.BlockSize] = xxhash.Sum64(buf[b:min(b+blockdev.BlockSize, end)])
+			}
+		}
+	}
+}
+
 // ChunkHashes returns the xxhash64 of chunks of one disk as of its newest
 // durable record, and that record's sequence: of every chunk when only is
 // nil (the last may be shorter), else of the chunks listed, in that order.
@@ -400,39 +461,16 @@ func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, 
 		if !all {
 			sums = make([]uint64, len(only))
 		}
-		// Every chunk but a short last one hashes the same when zero.
-		zeroFull, zeroLast := ferry.ZeroSum(int(min(chunkSize, size))), ferry.ZeroSum(int(size-(nchunks-1)*chunkSize))
-		zero := func(c int64) uint64 {
-			if c == nchunks-1 {
-				return zeroLast
-			}
-			return zeroFull
-		}
+		zero := zeroChunks(size, chunkSize)
 		if all && chunkSize > blockdev.BlockSize && size/blockdev.BlockSize*8 <= maxBlockHashCache {
-			blockSums = make([]uint64, size/blockdev.BlockSize)
-			zb := ferry.ZeroSum(blockdev.BlockSize)
-			for i := range blockSums {
-				blockSums[i] = zb
-			}
+			blockSums = zeroBlocks(size)
 		}
 		// Chunks that need reading: all with a base, else those touched
 		// by a write.
-		touched := newCoverage(nchunks)
+		var touched *coverage
 		if base == nil {
-			cur := tx.Bucket(vmBucketName(name)).Bucket(bucketMeta).Cursor()
-			for k, v := cur.First(); k != nil; k, v = cur.Next() {
-				r, err := decodeMeta(vm.Name, keySeq(k), v)
-				if err != nil {
-					return err
-				}
-				if r.Kind != KindWrite || r.Disk != disk {
-					continue
-				}
-				for c := r.Offset / chunkSize; c <= (r.Offset+int64(r.Length)-1)/chunkSize; c++ {
-					if !touched.covered(c) {
-						touched.set(c)
-					}
-				}
+			if touched, err = touchedChunks(tx, vm, disk, chunkSize, nchunks); err != nil {
+				return err
 			}
 		}
 		read := func(c int64) bool { return base != nil || touched.covered(c) }
@@ -475,22 +513,14 @@ func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, 
 				if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.seal, buf); err != nil {
 					return err
 				}
-				for _, c := range toRead {
-					off := c*chunkSize - lo
-					end := min(off+chunkSize, hi-lo)
-					h := xxhash.Sum64(buf[off:end])
+				hashRead(buf[:hi-lo], lo, chunkSize, toRead, func(c int64, h uint64) {
 					if all {
 						win[c-w] = h
 					}
 					for _, i := range wanted[c] {
 						sums[i] = h
 					}
-					if blockSums != nil {
-						for b := off; b < end; b += blockdev.BlockSize {
-							blockSums[(lo+b)/blockdev.BlockSize] = xxhash.Sum64(buf[b:min(b+blockdev.BlockSize, end)])
-						}
-					}
-				}
+				}, blockSums)
 			}
 			if all {
 				if err := fn(seq, w, win); err != nil {
