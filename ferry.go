@@ -68,3 +68,9 @@ func ZeroSum(n int) uint64 {
 	}
 	return d.Sum64()
 }
+
+// Range is a byte range of one of a VM's disks (by index).
+type Range struct {
+	Disk           int
+	Offset, Length int64
+}

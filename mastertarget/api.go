@@ -370,7 +370,7 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	res, err := s.recv.Command(cctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Checkpoint{Checkpoint: &ferryv1.Checkpoint{Tag: "failback-sync"}}})
+	res, err := s.recv.Command(cctx, f.vmid, wire.CheckpointCommand("failback-sync"))
 	if err != nil || !res.GetOk() {
 		s.log.Info("no checkpoint for this synchronization round", "vm", f.name, "err", err, "agent", res.GetError())
 		return
@@ -396,7 +396,7 @@ func (s *Server) checkpoint(ctx context.Context, f *fbVM) {
 // shutdown asks the recovered VM's agent to shut its machine down and
 // waits for its final marker.
 func (s *Server) shutdown(ctx context.Context, f *fbVM, sync ferry.SyncMode, tag string) (string, error) {
-	res, err := s.recv.Command(ctx, f.vmid, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: sync == ferry.SyncDuring, Tag: tag}}})
+	res, err := s.recv.Command(ctx, f.vmid, wire.ShutdownCommand(sync == ferry.SyncDuring, tag))
 	if err != nil {
 		return "", err
 	}

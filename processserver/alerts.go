@@ -3,12 +3,10 @@ package processserver
 import (
 	"context"
 	"sort"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrydr/ferry/pkg/events"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Event kinds.
@@ -28,14 +26,12 @@ func (s *Server) Events(ctx context.Context, vm string) ([]Event, error) {
 		return out, err
 	}
 	// Reverse replication's events are the master target's.
-	res, err := s.mt.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: vm})
+	theirs, err := s.mt.events(ctx, vm)
 	if err != nil {
 		s.log.Warn("the master target's events are left out: it did not answer", "err", err)
 		return out, nil
 	}
-	for _, e := range res.GetEvents() {
-		out = append(out, Event{Time: time.Unix(0, e.GetTimeUnixNano()).UTC(), VM: e.GetVm(), Kind: "master-target/" + e.GetKind(), Detail: e.GetDetail()})
-	}
+	out = append(out, theirs...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil
 }

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry/pkg/tlsca"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // AuditEntry records who did what: every call that changes something or
@@ -110,16 +109,4 @@ func (s *Server) auditOptions() []grpc.ServerOption {
 // handshakeFailed records a TLS handshake that failed.
 func (s *Server) handshakeFailed(addr net.Addr, err error) {
 	s.audit(AuditEntry{Who: "no valid certificate", Addr: addr.String(), Action: "tls handshake", Outcome: err.Error()})
-}
-
-func (r *recovery) ListAudit(ctx context.Context, req *ferryv1.ListAuditRequest) (*ferryv1.ListAuditResponse, error) {
-	es, err := r.s.Audit(int(req.GetLimit()))
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	out := &ferryv1.ListAuditResponse{}
-	for _, e := range es {
-		out.Entries = append(out.Entries, &ferryv1.AuditEntry{TimeUnixNano: e.Time.UnixNano(), Who: e.Who, Addr: e.Addr, Action: e.Action, Target: e.Target, Outcome: e.Outcome})
-	}
-	return out, nil
 }

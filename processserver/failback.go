@@ -11,8 +11,6 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Reprotect starts replication in the other direction: after a committed
@@ -60,8 +58,7 @@ func (s *Server) reprotect(ctx context.Context, run *jobRun, st *VMState, vm jou
 		return err
 	}
 	return run.step("prepare master target", func() (string, error) {
-		resp, err := s.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: vmName, Disks: wire.DisksProto(vm.Disks), Epoch: uint64(vm.Epoch),
-			Location: string(location), SyncDuring: sync == ferry.SyncDuring})
+		targets, err := s.mt.prepareReprotect(ctx, vmName, vm.Disks, vm.Epoch, location, sync)
 		if err != nil {
 			return "", err
 		}
@@ -74,9 +71,9 @@ func (s *Server) reprotect(ctx context.Context, run *jobRun, st *VMState, vm jou
 		}
 		if st.Machine.VMwareStyle() {
 			return stepf("%s location %v; %s: start the recovered VM's agent with --ps <this process server> --epoch %d: this process server relays its replication to the master target, verified and compressed",
-				shown, resp.GetTargets(), st.Machine.Kind(), vm.Epoch), nil
+				shown, targets, st.Machine.Kind(), vm.Epoch), nil
 		}
-		return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", shown, resp.GetTargets(), vm.Epoch), nil
+		return stepf("%s location %v; start the recovered VM's agent with --ps <master target> --epoch %d", shown, targets, vm.Epoch), nil
 	})
 }
 
@@ -128,7 +125,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 			if s.mt == nil {
 				break
 			}
-			if rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm}); err == nil && rs.GetSyncDuring() {
+			if rs, err := s.mt.reprotectStatus(ctx, vm); err == nil && rs.SyncDuring {
 				sync = ferry.SyncDuring
 			}
 		}
@@ -158,21 +155,21 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 			if s.mt == nil {
 				return "", ErrNoMasterTarget
 			}
-			rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm})
+			rs, err := s.mt.reprotectStatus(ctx, vm)
 			if err != nil {
 				return "", err
 			}
-			if !rs.GetRegistered() {
+			if !rs.Registered {
 				return "", fmt.Errorf("vm %s is not replicating to the master target", vm)
 			}
-			if rs.GetPoints() == 0 && !rs.GetSyncDuring() {
+			if rs.Points == 0 && !rs.SyncDuring {
 				return "", fmt.Errorf("%w: vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", ErrState, vm)
 			}
 			how := ""
 			if group != "" {
 				how = stepf("; with replication group %s (%s), to its common point", group, strings.Join(vms, ", "))
 			}
-			return stepf("%s location, %d failback points, %s received; sync %s, point %s%s", rs.GetLocation(), rs.GetPoints(), cli.Bytes(int64(rs.GetReceivedBytes())), sync, point, how), nil
+			return stepf("%s location, %d failback points, %s received; sync %s, point %s%s", rs.Location, rs.Points, cli.Bytes(rs.ReceivedBytes), sync, point, how), nil
 		})
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -183,19 +180,9 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 		}
 		return finish()
 	}
-	var resps []*ferryv1.MTFailbackResponse
-	if group != "" {
-		out, err := s.mt.FailbackGroup(ctx, &ferryv1.MTFailbackGroupRequest{Group: group, Vms: vms, Sync: string(sync), Point: point})
-		if err != nil {
-			return failRuns(err)
-		}
-		resps = out.GetResults()
-	} else {
-		out, err := s.mt.Failback(ctx, &ferryv1.MTFailbackRequest{Vm: vms[0], Sync: string(sync), Point: point})
-		if err != nil {
-			return failRuns(err)
-		}
-		resps = []*ferryv1.MTFailbackResponse{out}
+	resps, err := s.mt.failback(ctx, group, vms, sync, point)
+	if err != nil {
+		return failRuns(err)
 	}
 	if len(resps) != len(vms) {
 		return failRuns(fmt.Errorf("the master target answered for %d VMs, %d were asked", len(resps), len(vms)))
@@ -203,7 +190,7 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 	for i, vm := range vms {
 		run, resp := runs[i], resps[i]
 		errs[i] = func() error {
-			for _, st := range wire.Steps(resp.GetSteps()) {
+			for _, st := range resp.Steps {
 				name := st.Name
 				st.Name = "master target: " + name
 				if err := run.steps.Add(st); err != nil {
@@ -213,18 +200,15 @@ func (s *Server) failback(ctx context.Context, group string, vms []string, sync 
 					return fmt.Errorf("%w: %s: %s", ErrFailover, name, st.Detail)
 				}
 			}
-			p := resp.GetPoint()
-			if p == nil {
+			if resp.Point == nil {
 				return fmt.Errorf("%w: the master target did not finish the failback of vm %s", ErrFailover, vm)
 			}
-			jp := wire.Point(ferry.VMID(vm), p)
-			run.job.Point = &jp
+			run.job.Point = resp.Point
 			return run.step("record failback", func() (string, error) {
 				err := s.ctl.update(vm, func(st *VMState) { st.State = StateFailedBack })
 				return stepf("downtime %v; %s received and %s written to the primary disks in %v during downtime; %s received in all since reprotect",
-					time.Duration(resp.GetDowntimeNanos()).Round(time.Millisecond), cli.Bytes(int64(resp.GetDowntimeBytes())),
-					cli.Bytes(int64(resp.GetAppliedBytes())), time.Duration(resp.GetAppliedNanos()).Round(time.Millisecond),
-					cli.Bytes(int64(resp.GetTotalBytes()))), err
+					resp.Downtime.Round(time.Millisecond), cli.Bytes(resp.DowntimeBytes),
+					cli.Bytes(resp.AppliedBytes), resp.Applied.Round(time.Millisecond), cli.Bytes(resp.TotalBytes)), err
 			})
 		}()
 	}
@@ -251,7 +235,7 @@ func (s *Server) commitFailback(ctx context.Context, run *jobRun, st *VMState) e
 		return err
 	}
 	return run.step("retire reverse replication", func() (string, error) {
-		if _, err := s.mt.Retire(ctx, &ferryv1.VMRequest{Vm: st.Name}); err != nil {
+		if err := s.mt.retire(ctx, st.Name); err != nil {
 			return "", err
 		}
 		return "the recovered VM's agent is fenced", s.ctl.update(st.Name, func(v *VMState) { v.State = StateFailbackCommitted })

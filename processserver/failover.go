@@ -13,7 +13,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/journal"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/pkg/wire"
 )
 
 // Failover types.
@@ -86,7 +86,7 @@ func (s *Server) failover(ctx context.Context, run *jobRun, st *VMState, vm jour
 	if req.Type == FailoverPlanned || (req.Type == FailoverUnplanned && req.Shutdown) {
 		var final uint64
 		err := run.step("shut down source", func() (string, error) {
-			res, err := s.recv.Command(ctx, name, &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{}}})
+			res, err := s.recv.Command(ctx, name, wire.ShutdownCommand(false, ""))
 			if err != nil {
 				return "", err
 			}
@@ -195,8 +195,11 @@ func (s *Server) bringUp(ctx context.Context, run *jobRun, st *VMState, vm journ
 		}
 		s.dropExports(slot)
 		s.closeDisks(slot)
-		os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot)))
-		s.ctl.update(st.Name, func(st *VMState) { st.Intent = nil })
+		if err := os.RemoveAll(filepath.Join(s.cfg.DataDir, "vms", filepath.FromSlash(slot))); err != nil {
+			s.log.Error("remove the disks of a failed failover", "vm", st.Name, "err", err)
+		}
+		// Left standing, the intent makes the next failover undo again.
+		s.note(st.Name, func(st *VMState) { st.Intent = nil })
 	}
 	err := run.step("create VM", func() (string, error) {
 		// Recorded before anything is made: a restart undoes what this

@@ -14,7 +14,6 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Group is a replication group: VMs whose agents cut common multi-VM
@@ -144,13 +143,13 @@ func (s *Server) GroupPoint(ctx context.Context, name string, app bool) (GroupPo
 			return GroupPointResult{}, err
 		}
 		// The members replicate to the master target: it cuts the point.
-		resp, err := s.mt.GroupPoint(ctx, &ferryv1.MTGroupPointRequest{Group: name, Vms: g.VMs, App: app, HoldTimeoutMillis: g.holdTimeout().Milliseconds()})
+		res, err := s.mt.groupPoint(ctx, name, g.VMs, app, g.holdTimeout())
 		if err != nil {
 			s.event(Event{Time: s.clock.Now(), VM: strings.Join(g.VMs, ","), Kind: EventGroupPointFailed,
 				Detail: fmt.Sprintf("group %s: multi-VM point at the master target not cut: %v", name, err)})
 			return GroupPointResult{}, fmt.Errorf("group %s at the master target: %w", name, err)
 		}
-		return GroupPointResult{Tag: resp.GetTag(), MaxHold: time.Duration(resp.GetMaxHoldNanos()), VMs: resp.GetVms()}, nil
+		return res, nil
 	}
 	s.groupMu.Lock()
 	l, ok := s.groupLocks[name]
@@ -283,46 +282,4 @@ func newGroupMetrics(reg prometheus.Registerer) groupMetrics {
 		reg.MustRegister(m.groupPoints, m.groupHold)
 	}
 	return m
-}
-
-// GroupProto converts a group for the wire.
-func GroupProto(g Group) *ferryv1.ReplicationGroup {
-	return &ferryv1.ReplicationGroup{Name: g.Name, Vms: g.VMs, CrashIntervalSeconds: int64(g.CrashInterval / time.Second),
-		AppIntervalSeconds: int64(g.AppInterval / time.Second), HoldTimeoutMillis: g.HoldTimeout.Milliseconds()}
-}
-
-func (r *recovery) ListGroups(ctx context.Context, _ *ferryv1.ListGroupsRequest) (*ferryv1.ListGroupsResponse, error) {
-	groups, err := r.s.Groups()
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	out := &ferryv1.ListGroupsResponse{}
-	for _, g := range groups {
-		out.Groups = append(out.Groups, GroupProto(g))
-	}
-	return out, nil
-}
-
-func (r *recovery) PutGroup(ctx context.Context, req *ferryv1.ReplicationGroup) (*ferryv1.ReplicationGroup, error) {
-	g := Group{Name: req.GetName(), VMs: req.GetVms(), CrashInterval: time.Duration(req.GetCrashIntervalSeconds()) * time.Second,
-		AppInterval: time.Duration(req.GetAppIntervalSeconds()) * time.Second, HoldTimeout: time.Duration(req.GetHoldTimeoutMillis()) * time.Millisecond}
-	if err := r.s.PutGroup(ctx, g); err != nil {
-		return nil, toStatus(err)
-	}
-	return GroupProto(g), nil
-}
-
-func (r *recovery) DeleteGroup(ctx context.Context, req *ferryv1.DeleteGroupRequest) (*ferryv1.DeleteGroupResponse, error) {
-	if err := r.s.DeleteGroup(ctx, req.GetName()); err != nil {
-		return nil, toStatus(err)
-	}
-	return &ferryv1.DeleteGroupResponse{}, nil
-}
-
-func (r *recovery) GroupPoint(ctx context.Context, req *ferryv1.GroupPointRequest) (*ferryv1.GroupPointResponse, error) {
-	res, err := r.s.GroupPoint(ctx, req.GetGroup(), req.GetApp())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &ferryv1.GroupPointResponse{Tag: res.Tag, MaxHoldNanos: int64(res.MaxHold), Vms: res.VMs}, nil
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/virt"
-	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Machine is what the process server knows of a protected machine, as its
@@ -56,16 +54,6 @@ func (m Machine) Kind() string {
 		return "a Hyper-V VM"
 	}
 	return "a VM"
-}
-
-func machineFromProto(m *ferryv1.MachineInfo) Machine {
-	return Machine{
-		OS: m.GetOs(), AgentVersion: m.GetMobilityAgentVersion(), Physical: m.GetPhysical(), Hypervisor: m.GetHypervisor(),
-		ProtectedAsPhysical: m.GetProtectedAsPhysical(), DHCP: m.Dhcp, BootDrivers: m.GetBootDrivers(),
-		RDPEnabled: m.GetRdpEnabled(), RDPFirewallProfiles: m.GetRdpFirewallProfiles(), SANPolicy: m.GetSanPolicy(),
-		PendingUpdates: m.GetPendingUpdates(), SSHEnabledAtBoot: m.GetSshEnabledAtBoot(), SSHFirewallAllowed: m.GetSshFirewallAllowed(),
-		Hardware: wire.Hardware(m.GetHardware()),
-	}
 }
 
 // RequiredBootDrivers are the Windows drivers a VM must have to boot at the

@@ -17,8 +17,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/pkg/proc"
-	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // PlanActionRunner runs a plan's command actions.
@@ -395,11 +393,11 @@ func (s *Server) hasPoint(ctx context.Context, vm, op string) error {
 		if s.mt == nil {
 			return ErrNoMasterTarget
 		}
-		rs, err := s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm})
+		rs, err := s.mt.reprotectStatus(ctx, vm)
 		if err != nil {
 			return err
 		}
-		if rs.GetPoints() == 0 && !rs.GetSyncDuring() {
+		if rs.Points == 0 && !rs.SyncDuring {
 			return fmt.Errorf("%w: vm %s has no recovery point at the master target yet: reverse replication has not produced one", ErrState, vm)
 		}
 	}
@@ -585,48 +583,4 @@ func (s *Server) planAction(ctx context.Context, run *jobRun, p plan.Plan, group
 			return "", ctx.Err()
 		}
 	})
-}
-
-func (r *recovery) ListPlans(ctx context.Context, _ *ferryv1.ListPlansRequest) (*ferryv1.ListPlansResponse, error) {
-	plans, err := r.s.Plans()
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	out := &ferryv1.ListPlansResponse{}
-	for _, p := range plans {
-		out.Plans = append(out.Plans, wire.PlanProto(p))
-	}
-	return out, nil
-}
-
-func (r *recovery) PutPlan(ctx context.Context, req *ferryv1.RecoveryPlan) (*ferryv1.RecoveryPlan, error) {
-	p := wire.Plan(req)
-	if err := r.s.PutPlan(ctx, p); err != nil {
-		return nil, toStatus(err)
-	}
-	return wire.PlanProto(p), nil
-}
-
-func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanRequest) (*ferryv1.DeletePlanResponse, error) {
-	if err := r.s.DeletePlan(ctx, req.GetName()); err != nil {
-		return nil, toStatus(err)
-	}
-	return &ferryv1.DeletePlanResponse{}, nil
-}
-
-func (r *recovery) RunPlan(ctx context.Context, req *ferryv1.RunPlanRequest) (*ferryv1.Job, error) {
-	j, err := r.s.RunPlan(ctx, PlanRequest{Plan: req.GetPlan(), Operation: req.GetOperation(), Point: req.GetPoint(),
-		Network: req.GetNetwork(), Shutdown: req.GetShutdown(), Location: ferry.Location(req.GetLocation()), Sync: ferry.SyncMode(req.GetSync())})
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return JobProto(j), nil
-}
-
-func (r *recovery) ResumePlan(ctx context.Context, req *ferryv1.ResumePlanRequest) (*ferryv1.Job, error) {
-	j, err := r.s.ResumePlan(ctx, req.GetPlan())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return JobProto(j), nil
 }

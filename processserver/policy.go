@@ -9,7 +9,6 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // builtinPolicies returns the policies every process server has. The
@@ -126,7 +125,7 @@ func (s *Server) pushPolicy(vm ferry.VMID, p retention.Policy) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		res, err := s.recv.Command(ctx, vm, &ferryv1.Command{Action: &ferryv1.Command_Policy{Policy: wire.PolicyProto(p, nil)}})
+		res, err := s.recv.Command(ctx, vm, wire.PolicyCommand(p))
 		if err == nil && !res.GetOk() {
 			err = fmt.Errorf("%s", res.GetError())
 		}
@@ -134,41 +133,4 @@ func (s *Server) pushPolicy(vm ferry.VMID, p retention.Policy) {
 			s.log.Warn("policy not delivered; the agent gets it when it reconnects", "vm", vm, "policy", p.Name, "err", err)
 		}
 	}()
-}
-
-func (r *recovery) ListPolicies(ctx context.Context, _ *ferryv1.ListPoliciesRequest) (*ferryv1.ListPoliciesResponse, error) {
-	pols, err := r.s.Policies()
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	vms, err := r.s.j.VMs(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	members := map[string][]string{}
-	for _, vm := range vms {
-		if name, err := r.s.policyName(string(vm.Name)); err == nil {
-			members[name] = append(members[name], string(vm.Name))
-		}
-	}
-	out := &ferryv1.ListPoliciesResponse{}
-	for _, p := range pols {
-		out.Policies = append(out.Policies, wire.PolicyProto(p, members[p.Name]))
-	}
-	return out, nil
-}
-
-func (r *recovery) PutPolicy(ctx context.Context, req *ferryv1.Policy) (*ferryv1.Policy, error) {
-	p := wire.Policy(req)
-	if err := r.s.PutPolicy(ctx, p); err != nil {
-		return nil, toStatus(err)
-	}
-	return wire.PolicyProto(p, nil), nil
-}
-
-func (r *recovery) AttachPolicy(ctx context.Context, req *ferryv1.AttachPolicyRequest) (*ferryv1.AttachPolicyResponse, error) {
-	if err := r.s.AttachPolicy(ctx, req.GetVm(), req.GetPolicy()); err != nil {
-		return nil, toStatus(err)
-	}
-	return &ferryv1.AttachPolicyResponse{}, nil
 }

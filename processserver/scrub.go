@@ -7,7 +7,7 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+	"github.com/ferrydr/ferry/pkg/wire"
 )
 
 // EventCorruption: a scrub found corrupt records in a VM's journal.
@@ -38,10 +38,10 @@ func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
 		s.event(Event{Time: s.clock.Now(), VM: vm, Kind: EventCorruption,
 			Detail: fmt.Sprintf("%v; %d points read it and cannot be used", c.Err, len(c.Points))})
 	}
-	var ranges []*ferryv1.Range
+	var ranges []ferry.Range
 	for _, c := range rep.Corrupt {
 		if c.Disk >= 0 {
-			ranges = append(ranges, &ferryv1.Range{Disk: uint32(c.Disk), Offset: uint64(c.Offset), Length: uint64(c.Length)})
+			ranges = append(ranges, ferry.Range{Disk: c.Disk, Offset: c.Offset, Length: int64(c.Length)})
 		}
 	}
 	st, _, err := s.vmState(ctx, vm)
@@ -55,34 +55,11 @@ func (s *Server) Scrub(ctx context.Context, vm string) (ScrubResult, error) {
 	case !slices.Contains(s.recv.Sessions(), ferry.VMID(vm)):
 		res.ResyncErr = fmt.Errorf("vm %s: its agent is not connected", vm)
 	default:
-		r, err := s.recv.Command(ctx, ferry.VMID(vm), &ferryv1.Command{Action: &ferryv1.Command_Resync{Resync: &ferryv1.Resync{Ranges: ranges}}})
+		r, err := s.recv.Command(ctx, ferry.VMID(vm), wire.ResyncCommand(ranges))
 		if err == nil && !r.GetOk() {
 			err = fmt.Errorf("%s", r.GetError())
 		}
 		res.ResyncRequested, res.ResyncErr = err == nil, err
 	}
 	return res, nil
-}
-
-func (r *recovery) Scrub(ctx context.Context, req *ferryv1.ScrubRequest) (*ferryv1.ScrubResponse, error) {
-	res, err := r.s.Scrub(ctx, req.GetVm())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	out := &ferryv1.ScrubResponse{RecordsChecked: uint64(res.Records), WritesChecked: uint64(res.Writes), BytesChecked: uint64(res.Bytes),
-		PointsChecked: uint64(res.Points), ResyncRequested: res.ResyncRequested}
-	if res.ResyncErr != nil {
-		out.ResyncError = res.ResyncErr.Error()
-	}
-	for _, c := range res.Corrupt {
-		pc := &ferryv1.Corruption{Seq: uint64(c.Seq), Disk: int32(c.Disk), Offset: uint64(c.Offset), Length: uint32(c.Length), Error: c.Err.Error()}
-		for _, p := range c.Points {
-			pc.Points = append(pc.Points, uint64(p))
-		}
-		out.Corrupt = append(out.Corrupt, pc)
-	}
-	for _, p := range res.BadPoints {
-		out.BadPoints = append(out.BadPoints, uint64(p))
-	}
-	return out, nil
 }

@@ -23,9 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -35,8 +32,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/rpo"
 	"github.com/ferrydr/ferry/pkg/tlsca"
-	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Config configures a Server.
@@ -199,7 +194,7 @@ type Server struct {
 	planResume map[string]chan string
 
 	mtConn *grpc.ClientConn
-	mt     ferryv1.MasterTargetClient
+	mt     *masterTarget
 	recv   *ingest.Receiver
 	grpc   *grpc.Server
 	lis    net.Listener
@@ -345,7 +340,7 @@ func (s *Server) openReceiver(ctx context.Context) error {
 		Journal: s.j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
-		Admit:         s.admitAgent,
+		Admit:         s.admitAgentRPC,
 		Authorize: func(ctx context.Context, vm ferry.VMID) error {
 			return tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm))
 		},
@@ -382,68 +377,6 @@ func (s *Server) registerMetrics() {
 			}
 			return 0
 		}))
-}
-
-// serveGRPC listens and serves the agents' and operators' APIs.
-func (s *Server) serveGRPC() error {
-	var err error
-	s.lis, err = net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
-	}
-	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
-		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
-		grpc.InitialWindowSize(4 << 20),
-		grpc.InitialConnWindowSize(8 << 20),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxConcurrentStreams(s.cfg.MaxStreams),
-	}
-	// First in the chain: calls the policy refuses are audited too.
-	opts = append(opts, s.auditOptions()...)
-	if s.cfg.TLS != nil {
-		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
-			"ferry.v1.Enrollment":  nil,
-			"ferry.v1.Replication": {tlsca.RoleAgent},
-			"ferry.v1.Recovery":    {tlsca.RoleOperator, tlsca.RoleAdmin},
-		}, s.handshakeFailed)...)
-	}
-	s.grpc = grpc.NewServer(opts...)
-	ferryv1.RegisterReplicationServer(s.grpc, &replication{s: s})
-	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
-	if s.cfg.CA != nil {
-		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log, Audit: func(ctx context.Context, action, vm string) {
-			who, addr := callerOf(ctx)
-			s.audit(AuditEntry{Who: who, Addr: addr, Action: action, Target: vm, Outcome: "ok"})
-		}})
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.grpc.Serve(s.lis); err != nil {
-			s.log.Error("grpc serve", "err", err)
-		}
-	}()
-	return nil
-}
-
-// dialMasterTarget connects to the master target, when there is one.
-func (s *Server) dialMasterTarget() error {
-	if s.cfg.MasterTarget == "" {
-		return nil
-	}
-	creds := insecure.NewCredentials()
-	if s.cfg.MasterTargetTLS != nil {
-		creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
-	}
-	var err error
-	s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
-	}
-	s.mt = ferryv1.NewMasterTargetClient(s.mtConn)
-	return nil
 }
 
 // serveNBD listens for NBD clients of exports, when asked to.
@@ -587,23 +520,6 @@ func (s *Server) Close(ctx context.Context) error {
 	if s.j != nil {
 		return s.j.Close()
 	}
-	return nil
-}
-
-// onHello keeps the description of the machine an agent protects and
-// tells the agent the replication policy it follows.
-func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
-	if h.GetMachine() != nil {
-		m := machineFromProto(h.GetMachine())
-		if err := s.ctl.update(h.GetVm(), func(st *VMState) { st.Machine = m }); err != nil {
-			return err
-		}
-	}
-	p, err := s.policyFor(h.GetVm())
-	if err != nil {
-		return err
-	}
-	ack.Policy = wire.PolicyProto(p, nil)
 	return nil
 }
 

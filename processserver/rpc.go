@@ -4,15 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -207,10 +213,10 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 			vs.Instance, vs.PointId = st.Test.Instance, uint64(st.Test.Point)
 		}
 		if st.State == StateReprotected && r.s.mt != nil {
-			if rs, err := r.s.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: string(vm.Name)}); err == nil && rs.GetRegistered() {
+			if rs, err := r.s.mt.reprotectStatus(ctx, string(vm.Name)); err == nil && rs.Registered {
 				vs.Reverse = fmt.Sprintf("%s location, epoch %d, %s received, %d failback points, consistent %v",
-					rs.GetLocation(), rs.GetEpoch(), cli.Bytes(int64(rs.GetReceivedBytes())), rs.GetPoints(), rs.GetConsistent())
-				if p := rs.GetResyncProgress(); p > 0 && p < 1 {
+					rs.Location, rs.Epoch, cli.Bytes(rs.ReceivedBytes), rs.Points, rs.Consistent)
+				if p := rs.ResyncProgress; p > 0 && p < 1 {
 					vs.Reverse += fmt.Sprintf(", resync %.0f%%", p*100)
 				}
 			}
@@ -304,4 +310,268 @@ func unixNanoOrZero(t time.Time) int64 {
 		return 0
 	}
 	return t.UnixNano()
+}
+
+func (r *recovery) ListAudit(ctx context.Context, req *ferryv1.ListAuditRequest) (*ferryv1.ListAuditResponse, error) {
+	es, err := r.s.Audit(int(req.GetLimit()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListAuditResponse{}
+	for _, e := range es {
+		out.Entries = append(out.Entries, &ferryv1.AuditEntry{TimeUnixNano: e.Time.UnixNano(), Who: e.Who, Addr: e.Addr, Action: e.Action, Target: e.Target, Outcome: e.Outcome})
+	}
+	return out, nil
+}
+
+func (r *recovery) ReleaseAgent(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.ReleaseAgentResponse, error) {
+	inst, err := r.s.ReleaseAgent(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ReleaseAgentResponse{Released: inst}, nil
+}
+
+// GroupProto converts a group for the wire.
+func GroupProto(g Group) *ferryv1.ReplicationGroup {
+	return &ferryv1.ReplicationGroup{Name: g.Name, Vms: g.VMs, CrashIntervalSeconds: int64(g.CrashInterval / time.Second),
+		AppIntervalSeconds: int64(g.AppInterval / time.Second), HoldTimeoutMillis: g.HoldTimeout.Milliseconds()}
+}
+
+func (r *recovery) ListGroups(ctx context.Context, _ *ferryv1.ListGroupsRequest) (*ferryv1.ListGroupsResponse, error) {
+	groups, err := r.s.Groups()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListGroupsResponse{}
+	for _, g := range groups {
+		out.Groups = append(out.Groups, GroupProto(g))
+	}
+	return out, nil
+}
+
+func (r *recovery) PutGroup(ctx context.Context, req *ferryv1.ReplicationGroup) (*ferryv1.ReplicationGroup, error) {
+	g := Group{Name: req.GetName(), VMs: req.GetVms(), CrashInterval: time.Duration(req.GetCrashIntervalSeconds()) * time.Second,
+		AppInterval: time.Duration(req.GetAppIntervalSeconds()) * time.Second, HoldTimeout: time.Duration(req.GetHoldTimeoutMillis()) * time.Millisecond}
+	if err := r.s.PutGroup(ctx, g); err != nil {
+		return nil, toStatus(err)
+	}
+	return GroupProto(g), nil
+}
+
+func (r *recovery) DeleteGroup(ctx context.Context, req *ferryv1.DeleteGroupRequest) (*ferryv1.DeleteGroupResponse, error) {
+	if err := r.s.DeleteGroup(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeleteGroupResponse{}, nil
+}
+
+func (r *recovery) GroupPoint(ctx context.Context, req *ferryv1.GroupPointRequest) (*ferryv1.GroupPointResponse, error) {
+	res, err := r.s.GroupPoint(ctx, req.GetGroup(), req.GetApp())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.GroupPointResponse{Tag: res.Tag, MaxHoldNanos: int64(res.MaxHold), Vms: res.VMs}, nil
+}
+
+func (r *recovery) ListPlans(ctx context.Context, _ *ferryv1.ListPlansRequest) (*ferryv1.ListPlansResponse, error) {
+	plans, err := r.s.Plans()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ListPlansResponse{}
+	for _, p := range plans {
+		out.Plans = append(out.Plans, wire.PlanProto(p))
+	}
+	return out, nil
+}
+
+func (r *recovery) PutPlan(ctx context.Context, req *ferryv1.RecoveryPlan) (*ferryv1.RecoveryPlan, error) {
+	p := wire.Plan(req)
+	if err := r.s.PutPlan(ctx, p); err != nil {
+		return nil, toStatus(err)
+	}
+	return wire.PlanProto(p), nil
+}
+
+func (r *recovery) DeletePlan(ctx context.Context, req *ferryv1.DeletePlanRequest) (*ferryv1.DeletePlanResponse, error) {
+	if err := r.s.DeletePlan(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeletePlanResponse{}, nil
+}
+
+func (r *recovery) RunPlan(ctx context.Context, req *ferryv1.RunPlanRequest) (*ferryv1.Job, error) {
+	j, err := r.s.RunPlan(ctx, PlanRequest{Plan: req.GetPlan(), Operation: req.GetOperation(), Point: req.GetPoint(),
+		Network: req.GetNetwork(), Shutdown: req.GetShutdown(), Location: ferry.Location(req.GetLocation()), Sync: ferry.SyncMode(req.GetSync())})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(j), nil
+}
+
+func (r *recovery) ResumePlan(ctx context.Context, req *ferryv1.ResumePlanRequest) (*ferryv1.Job, error) {
+	j, err := r.s.ResumePlan(ctx, req.GetPlan())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return JobProto(j), nil
+}
+
+func (r *recovery) ListPolicies(ctx context.Context, _ *ferryv1.ListPoliciesRequest) (*ferryv1.ListPoliciesResponse, error) {
+	pols, err := r.s.Policies()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	vms, err := r.s.j.VMs(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	members := map[string][]string{}
+	for _, vm := range vms {
+		if name, err := r.s.policyName(string(vm.Name)); err == nil {
+			members[name] = append(members[name], string(vm.Name))
+		}
+	}
+	out := &ferryv1.ListPoliciesResponse{}
+	for _, p := range pols {
+		out.Policies = append(out.Policies, wire.PolicyProto(p, members[p.Name]))
+	}
+	return out, nil
+}
+
+func (r *recovery) PutPolicy(ctx context.Context, req *ferryv1.Policy) (*ferryv1.Policy, error) {
+	p := wire.Policy(req)
+	if err := r.s.PutPolicy(ctx, p); err != nil {
+		return nil, toStatus(err)
+	}
+	return wire.PolicyProto(p, nil), nil
+}
+
+func (r *recovery) AttachPolicy(ctx context.Context, req *ferryv1.AttachPolicyRequest) (*ferryv1.AttachPolicyResponse, error) {
+	if err := r.s.AttachPolicy(ctx, req.GetVm(), req.GetPolicy()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.AttachPolicyResponse{}, nil
+}
+
+func (r *recovery) Scrub(ctx context.Context, req *ferryv1.ScrubRequest) (*ferryv1.ScrubResponse, error) {
+	res, err := r.s.Scrub(ctx, req.GetVm())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ferryv1.ScrubResponse{RecordsChecked: uint64(res.Records), WritesChecked: uint64(res.Writes), BytesChecked: uint64(res.Bytes),
+		PointsChecked: uint64(res.Points), ResyncRequested: res.ResyncRequested}
+	if res.ResyncErr != nil {
+		out.ResyncError = res.ResyncErr.Error()
+	}
+	for _, c := range res.Corrupt {
+		pc := &ferryv1.Corruption{Seq: uint64(c.Seq), Disk: int32(c.Disk), Offset: uint64(c.Offset), Length: uint32(c.Length), Error: c.Err.Error()}
+		for _, p := range c.Points {
+			pc.Points = append(pc.Points, uint64(p))
+		}
+		out.Corrupt = append(out.Corrupt, pc)
+	}
+	for _, p := range res.BadPoints {
+		out.BadPoints = append(out.BadPoints, uint64(p))
+	}
+	return out, nil
+}
+
+func machineFromProto(m *ferryv1.MachineInfo) Machine {
+	return Machine{
+		OS: m.GetOs(), AgentVersion: m.GetMobilityAgentVersion(), Physical: m.GetPhysical(), Hypervisor: m.GetHypervisor(),
+		ProtectedAsPhysical: m.GetProtectedAsPhysical(), DHCP: m.Dhcp, BootDrivers: m.GetBootDrivers(),
+		RDPEnabled: m.GetRdpEnabled(), RDPFirewallProfiles: m.GetRdpFirewallProfiles(), SANPolicy: m.GetSanPolicy(),
+		PendingUpdates: m.GetPendingUpdates(), SSHEnabledAtBoot: m.GetSshEnabledAtBoot(), SSHFirewallAllowed: m.GetSshFirewallAllowed(),
+		Hardware: wire.Hardware(m.GetHardware()),
+	}
+}
+
+// onHello keeps the description of the machine an agent protects and
+// tells the agent the replication policy it follows.
+func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
+	p, err := s.helloed(helloOf(h))
+	if err != nil {
+		return err
+	}
+	ack.Policy = wire.PolicyProto(p, nil)
+	return nil
+}
+
+// admitAgentRPC is admitAgent for ingest's hook.
+func (s *Server) admitAgentRPC(ctx context.Context, h *ferryv1.Hello) error {
+	return s.admitAgent(ctx, helloOf(h))
+}
+
+// helloOf converts an agent's hello.
+func helloOf(h *ferryv1.Hello) agentHello {
+	a := agentHello{VM: h.GetVm(), Instance: h.GetAgentInstance(), Epoch: ferry.Epoch(h.GetEpoch()), Disks: wire.Disks(h.GetDisks())}
+	if h.GetMachine() != nil {
+		m := machineFromProto(h.GetMachine())
+		a.Machine = &m
+	}
+	return a
+}
+
+// serveGRPC listens and serves the agents' and operators' APIs.
+func (s *Server) serveGRPC() error {
+	var err error
+	s.lis, err = net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
+		grpc.InitialWindowSize(4 << 20),
+		grpc.InitialConnWindowSize(8 << 20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(s.cfg.MaxStreams),
+	}
+	// First in the chain: calls the policy refuses are audited too.
+	opts = append(opts, s.auditOptions()...)
+	if s.cfg.TLS != nil {
+		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
+			"ferry.v1.Enrollment":  nil,
+			"ferry.v1.Replication": {tlsca.RoleAgent},
+			"ferry.v1.Recovery":    {tlsca.RoleOperator, tlsca.RoleAdmin},
+		}, s.handshakeFailed)...)
+	}
+	s.grpc = grpc.NewServer(opts...)
+	ferryv1.RegisterReplicationServer(s.grpc, &replication{s: s})
+	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})
+	if s.cfg.CA != nil {
+		ferryv1.RegisterEnrollmentServer(s.grpc, &tlsca.EnrollServer{CA: s.cfg.CA, Log: s.log, Audit: func(ctx context.Context, action, vm string) {
+			who, addr := callerOf(ctx)
+			s.audit(AuditEntry{Who: who, Addr: addr, Action: action, Target: vm, Outcome: "ok"})
+		}})
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.grpc.Serve(s.lis); err != nil {
+			s.log.Error("grpc serve", "err", err)
+		}
+	}()
+	return nil
+}
+
+// dialMasterTarget connects to the master target, when there is one.
+func (s *Server) dialMasterTarget() error {
+	if s.cfg.MasterTarget == "" {
+		return nil
+	}
+	creds := insecure.NewCredentials()
+	if s.cfg.MasterTargetTLS != nil {
+		creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
+	}
+	var err error
+	s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
+	}
+	s.mt = &masterTarget{c: ferryv1.NewMasterTargetClient(s.mtConn)}
+	return nil
 }

@@ -1,0 +1,35 @@
+package wire
+
+import (
+	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/retention"
+	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
+)
+
+// The commands a receiver sends an agent on its stream.
+
+// ShutdownCommand asks the agent to shut its machine down and end at a
+// final marker tagged tag; fullCopy sends the whole disks after it (a
+// failback that synchronizes during failover only).
+func ShutdownCommand(fullCopy bool, tag string) *ferryv1.Command {
+	return &ferryv1.Command{Action: &ferryv1.Command_Shutdown{Shutdown: &ferryv1.Shutdown{FullCopy: fullCopy, Tag: tag}}}
+}
+
+// CheckpointCommand asks the agent to cut a point (tagged tag) at once.
+func CheckpointCommand(tag string) *ferryv1.Command {
+	return &ferryv1.Command{Action: &ferryv1.Command_Checkpoint{Checkpoint: &ferryv1.Checkpoint{Tag: tag}}}
+}
+
+// PolicyCommand gives the agent the VM's replication policy.
+func PolicyCommand(p retention.Policy) *ferryv1.Command {
+	return &ferryv1.Command{Action: &ferryv1.Command_Policy{Policy: PolicyProto(p, nil)}}
+}
+
+// ResyncCommand asks the agent to send these ranges of its disks again.
+func ResyncCommand(ranges []ferry.Range) *ferryv1.Command {
+	out := make([]*ferryv1.Range, len(ranges))
+	for i, r := range ranges {
+		out[i] = &ferryv1.Range{Disk: uint32(r.Disk), Offset: uint64(r.Offset), Length: uint64(r.Length)}
+	}
+	return &ferryv1.Command{Action: &ferryv1.Command_Resync{Resync: &ferryv1.Resync{Ranges: out}}}
+}
