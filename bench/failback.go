@@ -17,7 +17,6 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/fault"
 )
 
@@ -108,8 +107,8 @@ func reprotectRun(ctx context.Context, cfg FailbackConfig, old, cur []byte, loca
 		return 0, 0, err
 	}
 	defer mt.Close(ctx)
-	disks := []*ferryv1.DiskInfo{{Name: "os", SizeBytes: uint64(cfg.Bytes)}}
-	if _, err := mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "fb", Disks: disks, Epoch: 2, Location: string(location)}); err != nil {
+	disks := []ferry.Disk{{Name: "os", Size: cfg.Bytes}}
+	if _, err := mt.PrepareReprotect(ctx, mastertarget.Reprotect{VM: "fb", Disks: disks, Epoch: 2, Location: location}); err != nil {
 		return 0, 0, err
 	}
 	px, err := fault.Listen(mt.Addr(), 0)

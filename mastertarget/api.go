@@ -8,9 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -18,38 +15,53 @@ import (
 	"github.com/ferrydr/ferry/pkg/job"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// PrepareReprotect registers a VM for reverse replication.
-func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareReprotectRequest) (*ferryv1.PrepareReprotectResponse, error) {
-	name := req.GetVm()
-	loc := ferry.Location(req.GetLocation())
+// Reprotect is a process server's request to receive a VM's reverse
+// replication.
+type Reprotect struct {
+	VM       string
+	Disks    []ferry.Disk
+	Epoch    ferry.Epoch
+	Location ferry.Location
+	// SyncDuring: the failback synchronizes during failover only; the
+	// agent sends nothing before.
+	SyncDuring bool
+}
+
+// PrepareReprotect registers a VM for reverse replication and returns
+// where its disks are.
+func (s *Server) PrepareReprotect(ctx context.Context, req Reprotect) ([]string, error) {
+	name := req.VM
+	loc := req.Location
 	if loc != ferry.LocationOriginal && loc != ferry.LocationAlternate {
-		return nil, status.Errorf(codes.InvalidArgument, "location %q: want original or alternate", loc)
+		return nil, fmt.Errorf("%w: location %q: want original or alternate", ErrInvalidRequest, loc)
 	}
-	if len(req.GetDisks()) == 0 || len(req.GetDisks()) > 64 || req.GetEpoch() == 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "vm %s: 1 to 64 disks and an epoch are required", name)
+	if len(req.Disks) == 0 || len(req.Disks) > 64 || req.Epoch == 0 {
+		return nil, fmt.Errorf("%w: vm %s: 1 to 64 disks and an epoch are required", ErrInvalidRequest, name)
 	}
 	// Names become file names under the alternate directory: only plain
 	// names, as the process server accepted them from the agent.
 	if err := ferry.ValidName(name); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "vm name: %v", err)
+		return nil, fmt.Errorf("%w: vm name: %v", ErrInvalidRequest, err)
 	}
 	seen := map[string]bool{}
-	for _, d := range req.GetDisks() {
-		if err := ferry.ValidName(d.GetName()); err != nil || seen[d.GetName()] {
-			return nil, status.Errorf(codes.InvalidArgument, "vm %s: disk name %q: invalid or listed twice (%v)", name, d.GetName(), err)
+	for _, d := range req.Disks {
+		if err := ferry.ValidName(string(d.Name)); err != nil || seen[string(d.Name)] {
+			return nil, fmt.Errorf("%w: vm %s: disk name %q: invalid or listed twice (%v)", ErrInvalidRequest, name, d.Name, err)
 		}
-		seen[d.GetName()] = true
-		if err := ingest.CheckDiskSize(d.GetName(), d.GetSizeBytes(), s.cfg.MaxDiskBytes); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "vm %s: %v", name, err)
+		seen[string(d.Name)] = true
+		if d.Size < 0 {
+			return nil, fmt.Errorf("%w: vm %s: disk %s of %d bytes", ErrInvalidRequest, name, d.Name, d.Size)
+		}
+		if err := ingest.CheckDiskSize(string(d.Name), uint64(d.Size), s.cfg.MaxDiskBytes); err != nil {
+			return nil, fmt.Errorf("%w: vm %s: %v", ErrInvalidRequest, name, err)
 		}
 	}
-	disks := wire.Disks(req.GetDisks())
+	disks := req.Disks
 	if st, ok := s.cfg.Primary.(PrimaryStopper); ok {
 		if err := st.Stop(ctx, name); err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "vm %s: the primary machine must stay shut down during reprotect: %v", name, err)
+			return nil, fmt.Errorf("%w: vm %s: the primary machine must stay shut down during reprotect: %v", ErrState, name, err)
 		}
 	}
 	// A VM from an earlier cycle starts over.
@@ -59,10 +71,10 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	if err := s.j.DeleteVM(ctx, ferry.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
 		return nil, err
 	}
-	if err := s.j.CreateVM(ctx, journal.VM{Name: ferry.VMID(name), Disks: disks, Epoch: ferry.Epoch(req.GetEpoch()), BlockSize: blockdev.BlockSize}); err != nil {
+	if err := s.j.CreateVM(ctx, journal.VM{Name: ferry.VMID(name), Disks: disks, Epoch: req.Epoch, BlockSize: blockdev.BlockSize}); err != nil {
 		return nil, err
 	}
-	t := &target{VM: name, Location: loc, Disks: disks, SyncDuring: req.GetSyncDuring()}
+	t := &target{VM: name, Location: loc, Disks: disks, SyncDuring: req.SyncDuring}
 	var devs []blockdev.Device
 	var err error
 	if loc == ferry.LocationOriginal {
@@ -79,7 +91,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 		devs, t.Paths, err = s.cfg.Primary.CreateDisks(ctx, name, disks)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "vm %s: prepare %s location: %v", name, loc, err)
+		return nil, fmt.Errorf("%w: vm %s: prepare %s location: %v", ErrState, name, loc, err)
 	}
 	if err := s.putTarget(t); err != nil {
 		return nil, err
@@ -87,32 +99,46 @@ func (s *Server) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareRepro
 	s.mu.Lock()
 	s.targets[name] = devs
 	s.mu.Unlock()
-	s.log.Info("reverse replication prepared", "vm", name, "location", loc, "epoch", req.GetEpoch(), "sync_during", t.SyncDuring)
-	return &ferryv1.PrepareReprotectResponse{Targets: t.Paths}, nil
+	s.log.Info("reverse replication prepared", "vm", name, "location", loc, "epoch", req.Epoch, "sync_during", t.SyncDuring)
+	return t.Paths, nil
 }
 
 // Failback shuts the recovered VM down, takes its last writes, applies the
 // point to the primary disks and starts the primary VM.
-func (s *Server) Failback(ctx context.Context, req *ferryv1.MTFailbackRequest) (*ferryv1.MTFailbackResponse, error) {
-	out, err := s.failback(ctx, []string{req.GetVm()}, ferry.SyncMode(req.GetSync()), req.GetPoint(), "", nil)
+func (s *Server) Failback(ctx context.Context, vm string, sync ferry.SyncMode, point string) (FailbackResult, error) {
+	out, err := s.failback(ctx, []string{vm}, sync, point, "", nil)
 	if err != nil {
-		return nil, err
+		return FailbackResult{}, err
 	}
 	return out[0], nil
+}
+
+// FailbackResult is the master target's account of one VM's failback.
+type FailbackResult struct {
+	Steps []job.Step
+	// Point is what the primary's disks now hold; nil when the failback
+	// did not get that far.
+	Point *ferry.Point
+	// Downtime runs from the recovered VM's shutdown to the primary's
+	// start; Applied is the time writing the primary's disks took.
+	Downtime, Applied time.Duration
+	// DowntimeBytes were received during downtime, TotalBytes since the
+	// reprotect; AppliedBytes were written to the primary's disks.
+	DowntimeBytes, AppliedBytes, TotalBytes int64
 }
 
 // FailbackGroup fails a replication group's members back together: all
 // are shut down before any point is applied, and their final markers share
 // one group tag, the group's common point.
-func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroupRequest) (*ferryv1.MTFailbackGroupResponse, error) {
-	if err := ferry.ValidName(req.GetGroup()); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
+// It returns the members' results in their order and the group's tag.
+func (s *Server) FailbackGroup(ctx context.Context, group string, vms []string, sync ferry.SyncMode, point string) ([]FailbackResult, string, error) {
+	if err := ferry.ValidName(group); err != nil {
+		return nil, "", fmt.Errorf("%w: group name: %v", ErrInvalidRequest, err)
 	}
-	if n := len(req.GetVms()); n < 2 || n > 16 {
-		return nil, status.Errorf(codes.InvalidArgument, "group %s: a replication group has 2 to 16 VMs, not %d", req.GetGroup(), n)
+	if n := len(vms); n < 2 || n > 16 {
+		return nil, "", fmt.Errorf("%w: group %s: a replication group has 2 to 16 VMs, not %d", ErrInvalidRequest, group, n)
 	}
-	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+req.GetGroup()+"/", s.clock.Now().UnixNano())
-	point := req.GetPoint()
+	tag := fmt.Sprintf("%sfailback-%d", ingest.ReservedTagPrefix+group+"/", s.clock.Now().UnixNano())
 	var fixed map[string]ferry.Seq
 	switch point {
 	case "", ferry.PointLatest:
@@ -120,17 +146,14 @@ func (s *Server) FailbackGroup(ctx context.Context, req *ferryv1.MTFailbackGroup
 	case ferry.PointLatestApp:
 		// The members' newest common app-consistent multi-VM point.
 		var err error
-		if fixed, err = s.commonApp(ctx, req.GetGroup(), req.GetVms()); err != nil {
-			return nil, err
+		if fixed, err = s.commonApp(ctx, group, vms); err != nil {
+			return nil, "", err
 		}
 	default:
-		return nil, status.Errorf(codes.InvalidArgument, "point %q: a group fails back to latest or latest-app", point)
+		return nil, "", fmt.Errorf("%w: point %q: a group fails back to latest or latest-app", ErrInvalidRequest, point)
 	}
-	out, err := s.failback(ctx, req.GetVms(), ferry.SyncMode(req.GetSync()), point, tag, fixed)
-	if err != nil {
-		return nil, err
-	}
-	return &ferryv1.MTFailbackGroupResponse{Results: out, Tag: tag}, nil
+	out, err := s.failback(ctx, vms, sync, point, tag, fixed)
+	return out, tag, err
 }
 
 // fbVM is one VM's failback in progress.
@@ -138,8 +161,7 @@ type fbVM struct {
 	name   string
 	vmid   ferry.VMID
 	t      *target
-	resp   *ferryv1.MTFailbackResponse
-	steps  []job.Step
+	res    FailbackResult
 	run    *job.Steps
 	before int64     // bytes received before the recovered VM was shut down
 	t0     time.Time // the recovered VM's shutdown began
@@ -166,12 +188,12 @@ const PresyncBound = 8 << 20
 // their final markers carry it), processed, applied and started. A VM that
 // does not shut down stops the failback of every VM asked for, with
 // nothing applied and nothing lost.
-func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.SyncMode, point, tag string, fixed map[string]ferry.Seq) ([]*ferryv1.MTFailbackResponse, error) {
+func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.SyncMode, point, tag string, fixed map[string]ferry.Seq) ([]FailbackResult, error) {
 	if !syncMode.Valid() {
-		return nil, status.Errorf(codes.InvalidArgument, "sync %q: want before or during", syncMode)
+		return nil, fmt.Errorf("%w: sync %q: want before or during", ErrInvalidRequest, syncMode)
 	}
 	if point != ferry.PointLatest && point != ferry.PointLatestApp {
-		return nil, status.Errorf(codes.InvalidArgument, "point %q: failback offers latest or latest-app", point)
+		return nil, fmt.Errorf("%w: point %q: failback offers latest or latest-app", ErrInvalidRequest, point)
 	}
 	if err := s.j.ProcessAll(ctx, nil); err != nil {
 		return nil, err
@@ -180,7 +202,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 	seen := map[string]bool{}
 	for _, name := range vms {
 		if seen[name] {
-			return nil, status.Errorf(codes.InvalidArgument, "vm %s is listed twice", name)
+			return nil, fmt.Errorf("%w: vm %s is listed twice", ErrInvalidRequest, name)
 		}
 		seen[name] = true
 		f, err := s.checkFailback(ctx, name, syncMode, point)
@@ -194,7 +216,7 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 	for _, f := range fs {
 		if s.failbacks[f.name] {
 			s.mu.Unlock()
-			return nil, status.Errorf(codes.FailedPrecondition, "vm %s is failing back already", f.name)
+			return nil, fmt.Errorf("%w: vm %s is failing back already", ErrState, f.name)
 		}
 	}
 	for _, f := range fs {
@@ -208,11 +230,10 @@ func (s *Server) failback(ctx context.Context, vms []string, syncMode ferry.Sync
 		}
 		s.mu.Unlock()
 	}()
-	answer := func() ([]*ferryv1.MTFailbackResponse, error) {
-		out := make([]*ferryv1.MTFailbackResponse, len(fs))
+	answer := func() ([]FailbackResult, error) {
+		out := make([]FailbackResult, len(fs))
 		for i, f := range fs {
-			out[i] = f.resp
-			out[i].Steps = wire.StepsProto(f.steps)
+			out[i] = f.res
 		}
 		return out, nil
 	}
@@ -281,23 +302,23 @@ func (s *Server) checkFailback(ctx context.Context, name string, syncMode ferry.
 		return nil, err
 	}
 	if t == nil || t.Retired {
-		return nil, status.Errorf(codes.FailedPrecondition, "vm %s is not replicating to this master target", name)
+		return nil, fmt.Errorf("%w: vm %s is not replicating to this master target", ErrState, name)
 	}
 	vm, err := s.j.VM(ctx, vmid)
 	if err != nil {
 		return nil, err
 	}
 	if t.SyncDuring && syncMode == ferry.SyncBefore {
-		return nil, status.Errorf(codes.FailedPrecondition, "vm %s was reprotected to synchronize during failover only: nothing was copied before, so it fails back with sync during", name)
+		return nil, fmt.Errorf("%w: vm %s was reprotected to synchronize during failover only: nothing was copied before, so it fails back with sync during", ErrState, name)
 	}
 	if vm.Points == 0 && !t.SyncDuring {
-		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", name)
+		return nil, fmt.Errorf("%w: vm %s has no recovery point at the master target yet: it cannot fail back until reverse replication has produced one", ErrState, name)
 	}
 	if point == ferry.PointLatestApp && !s.hasApp(ctx, vmid) {
-		return nil, status.Errorf(codes.FailedPrecondition, "vm %s has no app-consistent point at the master target", name)
+		return nil, fmt.Errorf("%w: vm %s has no app-consistent point at the master target", ErrState, name)
 	}
-	f := &fbVM{name: name, vmid: vmid, t: t, resp: &ferryv1.MTFailbackResponse{}}
-	f.run = job.New(s.clock, &f.steps, nil)
+	f := &fbVM{name: name, vmid: vmid, t: t}
+	f.run = job.New(s.clock, &f.res.Steps, nil)
 	return f, nil
 }
 
@@ -434,7 +455,8 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync ferry.SyncMod
 	}) != nil {
 		return
 	}
-	f.resp.Point = wire.PointProto(f.point)
+	applied := f.point
+	f.res.Point = &applied
 	if s.step(f, "apply point to primary disks", func() (string, error) {
 		devs, err := s.devices(f.name)
 		if err != nil {
@@ -460,7 +482,7 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync ferry.SyncMod
 		} else {
 			took = s.clock.Now().Sub(start)
 		}
-		f.resp.AppliedBytes, f.resp.AppliedNanos = uint64(written), int64(took)
+		f.res.AppliedBytes, f.res.Applied = written, took
 		return fmt.Sprintf("%s location: %s of %s of journaled writes written during downtime in %v (%s)", f.t.Location,
 			cli.Bytes(written), cli.Bytes(read), took.Round(time.Millisecond), how), nil
 	}) != nil {
@@ -471,9 +493,9 @@ func (s *Server) finishFailback(ctx context.Context, f *fbVM, sync ferry.SyncMod
 	}) != nil {
 		return
 	}
-	f.resp.DowntimeNanos = int64(s.clock.Now().Sub(f.t0))
-	f.resp.DowntimeBytes = uint64(s.recv.ReceivedBytes(f.vmid) - f.before)
-	f.resp.TotalBytes = uint64(s.recv.ReceivedBytes(f.vmid))
+	f.res.Downtime = s.clock.Now().Sub(f.t0)
+	f.res.DowntimeBytes = s.recv.ReceivedBytes(f.vmid) - f.before
+	f.res.TotalBytes = s.recv.ReceivedBytes(f.vmid)
 }
 
 func (s *Server) hasApp(ctx context.Context, vm ferry.VMID) bool {
@@ -496,21 +518,20 @@ func (s *Server) latestApp(ctx context.Context, vm ferry.VMID) (ferry.Point, err
 
 // Retire ends reverse replication after a committed failback: the agent on
 // the recovered VM is fenced and its stream refused from then on.
-func (s *Server) Retire(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.RetireResponse, error) {
-	name := req.GetVm()
+func (s *Server) Retire(ctx context.Context, name string) error {
 	t, err := s.target(name)
 	if err != nil || t == nil {
-		return nil, status.Errorf(codes.NotFound, "vm %s is not known to this master target", name)
+		return fmt.Errorf("%w: vm %s is not known to this master target", ErrUnknownVM, name)
 	}
 	if err := s.recv.Fence(ctx, ferry.VMID(name)); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := s.j.BumpEpoch(ctx, ferry.VMID(name)); err != nil && !errors.Is(err, journal.ErrNoVM) {
-		return nil, err
+		return err
 	}
 	t.Retired = true
 	if err := s.putTarget(t); err != nil {
-		return nil, err
+		return err
 	}
 	s.alerts.Forget(name)
 	s.rpoAlert.DeleteLabelValues(name)
@@ -522,29 +543,39 @@ func (s *Server) Retire(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.R
 	}
 	delete(s.targets, name)
 	s.mu.Unlock()
-	return &ferryv1.RetireResponse{}, nil
+	return nil
+}
+
+// ReverseStatus is a VM's reverse replication as the master target sees it.
+type ReverseStatus struct {
+	Registered     bool
+	Location       ferry.Location
+	SyncDuring     bool
+	Epoch          ferry.Epoch
+	DurableSeq     ferry.Seq
+	Consistent     bool
+	Points         int
+	ResyncProgress float64 // 0 when none was reported
+	ReceivedBytes  int64
 }
 
 // ReprotectStatus reports a VM's reverse replication.
-func (s *Server) ReprotectStatus(ctx context.Context, req *ferryv1.VMRequest) (*ferryv1.ReprotectStatusResponse, error) {
-	name := req.GetVm()
+func (s *Server) ReprotectStatus(ctx context.Context, name string) (ReverseStatus, error) {
 	t, err := s.target(name)
 	if err != nil {
-		return nil, err
+		return ReverseStatus{}, err
 	}
-	out := &ferryv1.ReprotectStatusResponse{}
 	if t == nil || t.Retired {
-		return out, nil
+		return ReverseStatus{}, nil
 	}
-	out.Registered, out.Location, out.SyncDuring = true, string(t.Location), t.SyncDuring
 	vm, err := s.j.VM(ctx, ferry.VMID(name))
 	if err != nil {
-		return nil, err
+		return ReverseStatus{}, err
 	}
-	out.Epoch, out.DurableSeq, out.Consistent, out.Points = uint64(vm.Epoch), uint64(vm.LastSeq), vm.Consistent, uint32(vm.Points)
+	out := ReverseStatus{Registered: true, Location: t.Location, SyncDuring: t.SyncDuring, Epoch: vm.Epoch, DurableSeq: vm.LastSeq,
+		Consistent: vm.Consistent, Points: vm.Points, ReceivedBytes: s.recv.ReceivedBytes(ferry.VMID(name))}
 	if p, ok := s.recv.Progress(ferry.VMID(name)); ok {
 		out.ResyncProgress = p
 	}
-	out.ReceivedBytes = uint64(s.recv.ReceivedBytes(ferry.VMID(name)))
 	return out, nil
 }

@@ -2,51 +2,56 @@ package mastertarget
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 var bucketGroupSeq = []byte("group-seq")
+
+// GroupPoint is a multi-VM point cut: its tag, the members, and the
+// longest a member's writes were held.
+type GroupPoint struct {
+	Tag     string
+	VMs     []string
+	MaxHold time.Duration
+}
 
 // GroupPoint cuts a multi-VM point of a replication group replicating
 // back here: the process server asks for it at the group's frequencies,
 // and a group's app-consistent failback goes to the newest one common to
 // every member.
-func (s *Server) GroupPoint(ctx context.Context, req *ferryv1.MTGroupPointRequest) (*ferryv1.GroupPointResponse, error) {
-	name := req.GetGroup()
+// hold bounds how long a member's writes may be held (default 2 s, at most
+// a minute).
+func (s *Server) GroupPoint(ctx context.Context, name string, vms []string, app bool, hold time.Duration) (GroupPoint, error) {
 	if err := ferry.ValidName(name); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "group name: %v", err)
+		return GroupPoint{}, fmt.Errorf("%w: group name: %v", ErrInvalidRequest, err)
 	}
-	vms := req.GetVms()
 	if len(vms) < 2 || len(vms) > 16 {
-		return nil, status.Errorf(codes.InvalidArgument, "group %s: 2 to 16 VMs, not %d", name, len(vms))
+		return GroupPoint{}, fmt.Errorf("%w: group %s: 2 to 16 VMs, not %d", ErrInvalidRequest, name, len(vms))
 	}
 	seen := map[string]bool{}
 	for _, vm := range vms {
 		t, err := s.target(vm)
 		if err != nil {
-			return nil, err
+			return GroupPoint{}, err
 		}
 		switch {
 		case seen[vm]:
-			return nil, status.Errorf(codes.InvalidArgument, "group %s: vm %s is listed twice", name, vm)
+			return GroupPoint{}, fmt.Errorf("%w: group %s: vm %s is listed twice", ErrInvalidRequest, name, vm)
 		case t == nil || t.Retired:
-			return nil, status.Errorf(codes.FailedPrecondition, "group %s: vm %s is not replicating to this master target", name, vm)
+			return GroupPoint{}, fmt.Errorf("%w: group %s: vm %s is not replicating to this master target", ErrState, name, vm)
 		case t.SyncDuring:
-			return nil, status.Errorf(codes.FailedPrecondition, "group %s: vm %s synchronizes during failover only: it sends nothing before its failback, so it has no multi-VM point", name, vm)
+			return GroupPoint{}, fmt.Errorf("%w: group %s: vm %s synchronizes during failover only: it sends nothing before its failback, so it has no multi-VM point", ErrState, name, vm)
 		case s.failingBack(vm):
-			return nil, status.Errorf(codes.FailedPrecondition, "group %s: vm %s is failing back", name, vm)
+			return GroupPoint{}, fmt.Errorf("%w: group %s: vm %s is failing back", ErrState, name, vm)
 		}
 		seen[vm] = true
 	}
-	hold := time.Duration(req.GetHoldTimeoutMillis()) * time.Millisecond
 	if hold <= 0 || hold > time.Minute {
 		hold = 2 * time.Second
 	}
@@ -63,18 +68,18 @@ func (s *Server) GroupPoint(ctx context.Context, req *ferryv1.MTGroupPointReques
 		n, err = g.NextSequence()
 		return err
 	}); err != nil {
-		return nil, err
+		return GroupPoint{}, err
 	}
 	tag := group.Tag(name, n)
-	holds, err := group.Cut(ctx, s.recv, tag, vms, req.GetApp(), hold)
-	out := &ferryv1.GroupPointResponse{Tag: tag, Vms: vms}
+	holds, err := group.Cut(ctx, s.recv, tag, vms, app, hold)
+	out := GroupPoint{Tag: tag, VMs: vms}
 	for _, d := range holds {
-		out.MaxHoldNanos = max(out.MaxHoldNanos, int64(d))
+		out.MaxHold = max(out.MaxHold, d)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Aborted, "group %s: multi-VM point %s not cut: %v", name, tag, err)
+		return GroupPoint{}, fmt.Errorf("%w: group %s: multi-VM point %s not cut: %v", ErrNotCut, name, tag, err)
 	}
-	s.log.Info("multi-VM point cut", "group", name, "tag", tag, "app", req.GetApp(), "max_hold", time.Duration(out.MaxHoldNanos))
+	s.log.Info("multi-VM point cut", "group", name, "tag", tag, "app", app, "max_hold", out.MaxHold)
 	return out, nil
 }
 
@@ -86,7 +91,7 @@ func (s *Server) commonApp(ctx context.Context, name string, vms []string) (map[
 	}
 	pts, err := group.Common(ctx, s.j, name, vms, true)
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+		return nil, fmt.Errorf("%w: %v", ErrState, err)
 	}
 	out := map[string]ferry.Seq{}
 	for vm, p := range pts {

@@ -32,11 +32,8 @@ import (
 	"github.com/ferrydr/ferry/pkg/clock"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/retention"
 	"github.com/ferrydr/ferry/pkg/rpo"
 	"github.com/ferrydr/ferry/pkg/tlsca"
-	"github.com/ferrydr/ferry/pkg/wire"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // CostModel charges modeled time for work a drill does not really wait
@@ -96,8 +93,6 @@ type Config struct {
 
 // Server is a running master target.
 type Server struct {
-	ferryv1.UnimplementedMasterTargetServer
-
 	cfg   Config
 	log   *slog.Logger
 	clock clock.Clock
@@ -187,38 +182,14 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	s.recv, err = ingest.New(ingest.Config{Journal: j, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "mt", MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
-		Authorize: s.authorize, OnHello: func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
-			// The recovered VM's agent cuts points at the failback
-			// policy's frequencies.
-			ack.Policy = wire.PolicyProto(retention.Failback(), nil)
-			t, err := s.target(h.GetVm())
-			if err != nil {
-				return err
-			}
-			ack.DeferSync = t != nil && t.SyncDuring && !s.failingBack(h.GetVm())
-			return nil
-		}})
+		Authorize: s.authorize, OnHello: s.onHello})
 	if err != nil {
 		return err
 	}
 	s.recv.Open(ctx)
-	if s.lis, err = net.Listen("tcp", s.cfg.Listen); err != nil {
-		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	if err := s.serveGRPC(); err != nil {
+		return err
 	}
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20), grpc.MaxSendMsgSize(8 << 20), grpc.MaxConcurrentStreams(64)}
-	if s.cfg.TLS != nil {
-		opts = append(opts, tlsca.ServerOptions(s.cfg.TLS, tlsca.Policy{
-			// The recovery-site process server relays the streams of
-			// VMware-style VMs (it checked their agent's certificate).
-			"ferry.v1.Replication":  {tlsca.RoleAgent, tlsca.RoleServer},
-			"ferry.v1.MasterTarget": {tlsca.RoleServer},
-		}, nil)...)
-	}
-	s.grpc = grpc.NewServer(opts...)
-	ferryv1.RegisterReplicationServer(s.grpc, s.recv)
-	ferryv1.RegisterMasterTargetServer(s.grpc, s)
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); s.grpc.Serve(s.lis) }()
 	bg := s.bg
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)

@@ -14,7 +14,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/events"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/retention"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // Event kinds the master target raises.
@@ -30,19 +29,6 @@ func (s *Server) addEvent(e Event) error { return events.Add(s.db, e) }
 
 // Events returns the events of vm (all VMs when empty), oldest first.
 func (s *Server) Events(vm string) ([]Event, error) { return events.List(s.db, vm) }
-
-// ListEvents serves Events to the process server.
-func (s *Server) ListEvents(ctx context.Context, req *ferryv1.ListEventsRequest) (*ferryv1.ListEventsResponse, error) {
-	evs, err := s.Events(req.GetVm())
-	if err != nil {
-		return nil, err
-	}
-	out := &ferryv1.ListEventsResponse{}
-	for _, e := range evs {
-		out.Events = append(out.Events, &ferryv1.Event{TimeUnixNano: e.Time.UnixNano(), Vm: e.VM, Kind: e.Kind, Detail: e.Detail})
-	}
-	return out, nil
-}
 
 // active returns the VMs replicating here now.
 func (s *Server) active() ([]target, error) {

@@ -84,7 +84,7 @@ func startRelaySite(t *testing.T) *relaySite {
 	if err := r.ps.ctl.update("web", func(st *VMState) { st.State, st.Location = StateReprotected, "alternate" }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.mt.PrepareReprotect(ctx, &ferryv1.PrepareReprotectRequest{Vm: "web", Disks: wire.DisksProto(disks), Epoch: 2, Location: "alternate"}); err != nil {
+	if _, err := r.mt.PrepareReprotect(ctx, mastertarget.Reprotect{VM: "web", Disks: disks, Epoch: 2, Location: ferry.LocationAlternate}); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -165,9 +165,9 @@ func TestRelayOverTLS(t *testing.T) {
 			break
 		}
 	}
-	rs, err := r.mt.ReprotectStatus(context.Background(), &ferryv1.VMRequest{Vm: "web"})
-	if err != nil || rs.GetReceivedBytes() != uint64(len(data)) || rs.GetDurableSeq() != 1 {
-		t.Fatalf("the master target got %d bytes up to %d (%v)", rs.GetReceivedBytes(), rs.GetDurableSeq(), err)
+	rs, err := r.mt.ReprotectStatus(context.Background(), "web")
+	if err != nil || rs.ReceivedBytes != int64(len(data)) || rs.DurableSeq != 1 {
+		t.Fatalf("the master target got %d bytes up to %d (%v)", rs.ReceivedBytes, rs.DurableSeq, err)
 	}
 }
 
@@ -201,9 +201,9 @@ func TestHostileRelay(t *testing.T) {
 	if status.Code(err) != codes.DataLoss {
 		t.Fatalf("a batch with a wrong xxhash through the relay: %v", err)
 	}
-	rs, _ := r.mt.ReprotectStatus(context.Background(), &ferryv1.VMRequest{Vm: "web"})
-	if rs.GetReceivedBytes() != 0 || rs.GetDurableSeq() != 0 {
-		t.Fatalf("the master target stored %d bytes of a damaged batch", rs.GetReceivedBytes())
+	rs, _ := r.mt.ReprotectStatus(context.Background(), "web")
+	if rs.ReceivedBytes != 0 || rs.DurableSeq != 0 {
+		t.Fatalf("the master target stored %d bytes of a damaged batch", rs.ReceivedBytes)
 	}
 	// The relay refused it: the master target never saw the batch.
 	mfs, err := r.mtReg.Gather()

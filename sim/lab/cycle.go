@@ -15,7 +15,6 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/nbd"
 	"github.com/ferrydr/ferry/pkg/virt"
-	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim/guest"
 )
 
@@ -72,20 +71,20 @@ func (l *lab) reverseAgent(ctx context.Context, vm string) (*agent.Agent, error)
 }
 
 // waitReverse waits until the master target holds a failback point of vm.
-func (l *lab) waitReverse(ctx context.Context, a *agent.Agent, vm string) (*ferryv1.ReprotectStatusResponse, error) {
+func (l *lab) waitReverse(ctx context.Context, a *agent.Agent, vm string) (mastertarget.ReverseStatus, error) {
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := a.WaitSynced(sctx); err != nil {
-		return nil, err
+		return mastertarget.ReverseStatus{}, err
 	}
 	for {
-		st, err := l.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: vm})
-		if err == nil && st.GetPoints() > 0 {
+		st, err := l.mt.ReprotectStatus(ctx, vm)
+		if err == nil && st.Points > 0 {
 			return st, nil
 		}
 		select {
 		case <-sctx.Done():
-			return nil, fmt.Errorf("vm %s: no failback point at the master target: %w", vm, err)
+			return mastertarget.ReverseStatus{}, fmt.Errorf("vm %s: no failback point at the master target: %w", vm, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -115,8 +114,8 @@ func (l *lab) failbackOriginal(ctx context.Context) error {
 		return nil
 	}
 	size := int64(64 << 20)
-	s.check("only what differs was sent", int64(rs.GetReceivedBytes()) < size/4, "%d KiB received for a %d MiB disk (%d failback points)",
-		rs.GetReceivedBytes()>>10, size>>20, rs.GetPoints())
+	s.check("only what differs was sent", int64(rs.ReceivedBytes) < size/4, "%d KiB received for a %d MiB disk (%d failback points)",
+		rs.ReceivedBytes>>10, size>>20, rs.Points)
 
 	f := l.stage("fail web back to the original location, synchronizing before failover")
 	// The primary boots on its agent: start it first, with the epoch the
@@ -198,10 +197,10 @@ func (l *lab) failbackAlternate(ctx context.Context) error {
 	}
 	// The guest keeps writing; its agent only tracks what changes.
 	time.Sleep(3 * time.Second)
-	rs, err := l.mt.ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "db"})
+	rs, err := l.mt.ReprotectStatus(ctx, "db")
 	as := rev.Stats()
-	s.check("nothing moves before the failback", err == nil && rs.GetReceivedBytes() == 0 && as.Deferred && as.SentBytes == 0 && as.HashBytes == 0,
-		"the agent sent %d bytes and got %d of hashes; the master target received %d (%v)", as.SentBytes, as.HashBytes, rs.GetReceivedBytes(), err)
+	s.check("nothing moves before the failback", err == nil && rs.ReceivedBytes == 0 && as.Deferred && as.SentBytes == 0 && as.HashBytes == 0,
+		"the agent sent %d bytes and got %d of hashes; the master target received %d (%v)", as.SentBytes, as.HashBytes, rs.ReceivedBytes, err)
 	f := l.stage("fail db back to the alternate location, synchronizing during failover only")
 	alt := mastertarget.AlternateName(db.domain)
 	recLast, ok := l.failback(ctx, f, "db", ferry.SyncDuring, alt)
