@@ -34,8 +34,8 @@ type mtFailback struct {
 	Steps []job.Step
 	// Point is where the primary's disks now are; nil when the failback
 	// did not get that far.
-	Point                                     *ferry.Point
-	Downtime, Applied                         time.Duration
+	Point                                   *ferry.Point
+	Downtime, Applied                       time.Duration
 	DowntimeBytes, AppliedBytes, TotalBytes int64
 }
 
