@@ -101,6 +101,9 @@ type Agent struct {
 	windowBytes int64
 	acked       uint64
 	windowFree  chan struct{}
+	// acksMoved is closed, and replaced, at every acknowledgement:
+	// WaitSynced wakes on it.
+	acksMoved chan struct{}
 	cmds        chan *ferryv1.Command
 	closed      bool
 
@@ -140,6 +143,7 @@ func New(cfg Config) (*Agent, error) {
 		log:        cfg.Logger.With("component", "agent", "vm", cfg.VM),
 		tr:         cbt.NewTracker(devs, cfg.QueueBytes),
 		windowFree: make(chan struct{}, 1),
+		acksMoved:  make(chan struct{}),
 		cmds:       make(chan *ferryv1.Command, 4),
 		done:       make(chan struct{}),
 		readBuf:    make([]byte, maxWrite),
@@ -356,20 +360,28 @@ func (a *Agent) Synced() bool {
 		st.QueueLen == 0 && empty && allAcked && !a.drainOpen.Load() && !a.scanDue.Load()
 }
 
-// WaitSynced waits until Synced holds.
+// WaitSynced waits until Synced holds. It wakes at every acknowledgement
+// (what makes it hold, once everything was sent), and every 50 ms for
+// what no acknowledgement follows (a reconnection, a write while idle).
 func (a *Agent) WaitSynced(ctx context.Context) error {
-	t := time.NewTicker(2 * time.Millisecond)
+	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
-	for !a.Synced() {
+	for {
+		a.mu.Lock()
+		moved := a.acksMoved
+		a.mu.Unlock()
+		if a.Synced() {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for sync: %w", ctx.Err())
 		case <-a.done:
 			return a.Err()
+		case <-moved:
 		case <-t.C:
 		}
 	}
-	return nil
 }
 
 // Stats is a snapshot of the agent.

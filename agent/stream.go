@@ -171,6 +171,8 @@ func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
 		}
 		a.m.acked.Set(float64(a.acked))
 		a.m.unacked.Set(float64(a.windowBytes))
+		close(a.acksMoved)
+		a.acksMoved = make(chan struct{})
 		a.mu.Unlock()
 		select {
 		case a.windowFree <- struct{}{}:
