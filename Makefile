@@ -18,7 +18,7 @@ test:
 # The real-machine drill (sim/lab) runs once, in test: under the race
 # detector its guests would only boot slower.
 test-race:
-	$(GO) test -count=1 -timeout 30m -race ./pkg/... ./agent/... ./processserver/... $$($(GO) list ./sim/... | grep -v /sim/lab)
+	$(GO) test -count=1 -timeout 30m -race ./pkg/... ./internal/... ./agent/... ./processserver/... ./mastertarget/... $$($(GO) list ./sim/... | grep -v /sim/lab)
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
