@@ -66,3 +66,18 @@ func TestSteps(t *testing.T) {
 		t.Fatalf("last step %+v", last)
 	}
 }
+
+// TestAdd: a step that ran elsewhere fails the job only when it failed.
+func TestAdd(t *testing.T) {
+	var list []job.Step
+	s := job.New(clock.NewVirtual(time.Unix(0, 0)), &list, nil)
+	if err := s.Add(job.Step{Name: "master target: shut down recovered VM", Outcome: ferry.OutcomeSucceeded}); err != nil || s.Failed() {
+		t.Fatalf("a succeeded step: failed %v, %v", s.Failed(), err)
+	}
+	if err := s.Add(job.Step{Name: "master target: apply point", Outcome: ferry.OutcomeFailed}); err != nil || !s.Failed() {
+		t.Fatalf("a failed step: failed %v, %v", s.Failed(), err)
+	}
+	if len(list) != 2 {
+		t.Fatalf("%d steps", len(list))
+	}
+}

@@ -71,7 +71,7 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy %s: retention %v is outside 1h..840h", p.Name, p.Retention)
 	case p.CrashInterval < MinInterval || p.CrashInterval > p.Retention:
 		return fmt.Errorf("policy %s: crash-consistent frequency %v is outside 1s..retention (%v)", p.Name, p.CrashInterval, p.Retention)
-	case p.AppInterval < 0 || (p.AppInterval != 0 && (p.AppInterval < MinInterval || p.AppInterval > p.Retention)):
+	case p.AppInterval != 0 && (p.AppInterval < MinInterval || p.AppInterval > p.Retention):
 		return fmt.Errorf("policy %s: app-consistent frequency %v is outside 1s..retention (%v); 0 turns app-consistent points off", p.Name, p.AppInterval, p.Retention)
 	case p.RPOThreshold < MinRPOThreshold:
 		return fmt.Errorf("policy %s: RPO threshold %v is below 1m", p.Name, p.RPOThreshold)

@@ -1,6 +1,7 @@
 package retention_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,11 @@ func TestValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("a policy at the bounds: %v", err)
 	}
+	fast := ok
+	fast.AppInterval = time.Second
+	if err := fast.Validate(); err != nil {
+		t.Fatalf("app points every second: %v", err)
+	}
 	long := ok
 	long.Retention, long.CrashInterval, long.AppInterval = 35*24*time.Hour, 35*24*time.Hour, 0
 	if err := long.Validate(); err != nil {
@@ -44,7 +50,7 @@ func TestValidate(t *testing.T) {
 		{func(p *retention.Policy) { p.Retention = 35*24*time.Hour + time.Second }, "retention"},
 		{func(p *retention.Policy) { p.CrashInterval = time.Second - 1 }, "crash-consistent frequency"},
 		{func(p *retention.Policy) { p.CrashInterval = p.Retention + time.Second }, "crash-consistent frequency"},
-		{func(p *retention.Policy) { p.AppInterval = -time.Second }, "app-consistent frequency"},
+		{func(p *retention.Policy) { p.AppInterval = -1 }, "app-consistent frequency"},
 		{func(p *retention.Policy) { p.AppInterval = time.Second - 1 }, "app-consistent frequency"},
 		{func(p *retention.Policy) { p.AppInterval = p.Retention + time.Second }, "app-consistent frequency"},
 		{func(p *retention.Policy) { p.RPOThreshold = time.Minute - time.Second }, "RPO threshold"},
@@ -80,5 +86,29 @@ func TestExpire(t *testing.T) {
 	}
 	if got := retention.Expire(nil, p, t0); got != 0 {
 		t.Errorf("no points: %d", got)
+	}
+}
+
+// TestThin: app-consistent points closer than the app interval to the
+// last one kept are demoted (one exactly an interval later is kept), none
+// are kept with app points off, and multi-VM points are left alone.
+func TestThin(t *testing.T) {
+	app := func(id ferry.Seq, at time.Duration, tag string) ferry.Point {
+		return ferry.Point{ID: id, Consistency: ferry.App, Time: t0.Add(at), Tag: tag}
+	}
+	pts := []ferry.Point{
+		app(1, 0, ""),
+		{ID: 2, Consistency: ferry.Crash, Time: t0.Add(10 * time.Minute)},
+		app(3, 30*time.Minute, ""),
+		app(4, time.Hour, ""), // exactly an interval after 1: kept
+		app(5, 90*time.Minute, "group/g/3"),
+		app(6, 119*time.Minute, ""),
+		app(7, 2*time.Hour, ""),
+	}
+	if got := retention.Thin(pts, retention.Policy{AppInterval: time.Hour}); !slices.Equal(got, []ferry.Seq{3, 6}) {
+		t.Errorf("thinned %v, want [3 6]", got)
+	}
+	if got := retention.Thin(pts, retention.Policy{}); !slices.Equal(got, []ferry.Seq{1, 3, 4, 6, 7}) {
+		t.Errorf("app points off: thinned %v, want every app point but the group's", got)
 	}
 }
