@@ -104,8 +104,8 @@ type Agent struct {
 	// acksMoved is closed, and replaced, at every acknowledgement:
 	// WaitSynced wakes on it.
 	acksMoved chan struct{}
-	cmds        chan *ferryv1.Command
-	closed      bool
+	cmds      chan *ferryv1.Command
+	closed    bool
 
 	// The policy's frequencies (nanoseconds; 0: off).
 	crashEvery atomic.Int64
