@@ -120,10 +120,12 @@ func (s *Server) policyFor(vm string) (retention.Policy, error) {
 }
 
 // pushPolicy tells a connected agent its policy; one that misses it gets it
-// with its next hello.
+// with its next hello. Close waits for it.
 func (s *Server) pushPolicy(vm ferry.VMID, p retention.Policy) {
+	s.wg.Add(1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.bg, 30*time.Second)
 		defer cancel()
 		res, err := s.recv.Command(ctx, vm, wire.PolicyCommand(p))
 		if err == nil && !res.GetOk() {
