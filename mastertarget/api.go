@@ -93,7 +93,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req Reprotect) ([]string,
 	if err != nil {
 		return nil, fmt.Errorf("%w: vm %s: prepare %s location: %v", ErrState, name, loc, err)
 	}
-	if err := s.putTarget(t); err != nil {
+	if err := s.store.putTarget(t); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -297,7 +297,7 @@ func (s *Server) stopOthers(fs []*fbVM, why string) {
 // checkFailback checks that vm can fail back now.
 func (s *Server) checkFailback(ctx context.Context, name string, syncMode ferry.SyncMode, point string) (*fbVM, error) {
 	vmid := ferry.VMID(name)
-	t, err := s.target(name)
+	t, err := s.store.target(name)
 	if err != nil {
 		return nil, err
 	}
@@ -519,7 +519,7 @@ func (s *Server) latestApp(ctx context.Context, vm ferry.VMID) (ferry.Point, err
 // Retire ends reverse replication after a committed failback: the agent on
 // the recovered VM is fenced and its stream refused from then on.
 func (s *Server) Retire(ctx context.Context, name string) error {
-	t, err := s.target(name)
+	t, err := s.store.target(name)
 	if err != nil || t == nil {
 		return fmt.Errorf("%w: vm %s is not known to this master target", ErrUnknownVM, name)
 	}
@@ -530,7 +530,7 @@ func (s *Server) Retire(ctx context.Context, name string) error {
 		return err
 	}
 	t.Retired = true
-	if err := s.putTarget(t); err != nil {
+	if err := s.store.putTarget(t); err != nil {
 		return err
 	}
 	s.alerts.Forget(name)
@@ -561,7 +561,7 @@ type ReverseStatus struct {
 
 // ReprotectStatus reports a VM's reverse replication.
 func (s *Server) ReprotectStatus(ctx context.Context, name string) (ReverseStatus, error) {
-	t, err := s.target(name)
+	t, err := s.store.target(name)
 	if err != nil {
 		return ReverseStatus{}, err
 	}

@@ -5,13 +5,9 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/group"
 )
-
-var bucketGroupSeq = []byte("group-seq")
 
 // GroupPoint is a multi-VM point cut: its tag, the members, and the
 // longest a member's writes were held.
@@ -36,7 +32,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, vms []string, app 
 	}
 	seen := map[string]bool{}
 	for _, vm := range vms {
-		t, err := s.target(vm)
+		t, err := s.store.target(vm)
 		if err != nil {
 			return GroupPoint{}, err
 		}
@@ -55,19 +51,8 @@ func (s *Server) GroupPoint(ctx context.Context, name string, vms []string, app 
 	if hold <= 0 || hold > time.Minute {
 		hold = 2 * time.Second
 	}
-	var n uint64
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketGroupSeq)
-		if err != nil {
-			return err
-		}
-		g, err := b.CreateBucketIfNotExists([]byte(name))
-		if err != nil {
-			return err
-		}
-		n, err = g.NextSequence()
-		return err
-	}); err != nil {
+	n, err := s.store.nextGroupPoint(name)
+	if err != nil {
 		return GroupPoint{}, err
 	}
 	tag := group.Tag(name, n)

@@ -11,7 +11,6 @@ package mastertarget
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 
 	"github.com/ferrydr/ferry"
@@ -97,7 +95,7 @@ type Server struct {
 	log   *slog.Logger
 	clock clock.Clock
 	j     *journal.Journal
-	db    *bolt.DB
+	store *store
 	recv  *ingest.Receiver
 	grpc  *grpc.Server
 	lis   net.Listener
@@ -126,8 +124,6 @@ type target struct {
 	// agent sends nothing before it.
 	SyncDuring bool `json:"sync_during,omitempty"`
 }
-
-var bucketTargets = []byte("targets")
 
 // New prepares a master target; Open starts it.
 func New(cfg Config) (*Server, error) {
@@ -172,10 +168,7 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	s.j = j
-	if s.db, err = bolt.Open(filepath.Join(s.cfg.DataDir, "targets.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
-		return err
-	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucketTargets); return err }); err != nil {
+	if s.store, err = openStore(filepath.Join(s.cfg.DataDir, "targets.db")); err != nil {
 		return err
 	}
 	if err := s.reattach(ctx); err != nil {
@@ -223,7 +216,7 @@ func (s *Server) authorize(ctx context.Context, vm ferry.VMID) error {
 			return err
 		}
 	}
-	t, err := s.target(string(vm))
+	t, err := s.store.target(string(vm))
 	if err != nil {
 		return err
 	}
@@ -258,8 +251,8 @@ func (s *Server) Close(ctx context.Context) error {
 		s.admL.Close()
 	}
 	s.wg.Wait()
-	if s.db != nil {
-		s.db.Close()
+	if s.store != nil {
+		s.store.close()
 	}
 	if s.j != nil {
 		return s.j.Close()
@@ -274,38 +267,12 @@ func (s *Server) ProcessAll(ctx context.Context) error {
 	return errors.Join(err, s.applyPolicy(ctx))
 }
 
-func (s *Server) target(vm string) (*target, error) {
-	var t *target
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketTargets).Get([]byte(vm)); v != nil {
-			t = new(target)
-			return json.Unmarshal(v, t)
-		}
-		return nil
-	})
-	return t, err
-}
-
-func (s *Server) putTarget(t *target) error {
-	buf, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTargets).Put([]byte(t.VM), buf) })
-}
-
 // reattach opens the target disks of every active VM after a restart.
 func (s *Server) reattach(ctx context.Context) error {
-	var ts []target
-	s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTargets).ForEach(func(k, v []byte) error {
-			var t target
-			if json.Unmarshal(v, &t) == nil && !t.Retired {
-				ts = append(ts, t)
-			}
-			return nil
-		})
-	})
+	ts, err := s.store.active()
+	if err != nil {
+		return fmt.Errorf("reattach: %w", err)
+	}
 	for _, t := range ts {
 		var devs []blockdev.Device
 		var err error

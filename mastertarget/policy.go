@@ -2,12 +2,10 @@ package mastertarget
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -25,28 +23,8 @@ const (
 // Event is something that happened to a reverse replication.
 type Event = events.Event
 
-func (s *Server) addEvent(e Event) error { return events.Add(s.db, e) }
-
 // Events returns the events of vm (all VMs when empty), oldest first.
-func (s *Server) Events(vm string) ([]Event, error) { return events.List(s.db, vm) }
-
-// active returns the VMs replicating here now.
-func (s *Server) active() ([]target, error) {
-	var ts []target
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTargets).ForEach(func(k, v []byte) error {
-			var t target
-			if err := json.Unmarshal(v, &t); err != nil {
-				return err
-			}
-			if !t.Retired {
-				ts = append(ts, t)
-			}
-			return nil
-		})
-	})
-	return ts, err
-}
+func (s *Server) Events(vm string) ([]Event, error) { return s.store.events(vm) }
 
 // applyPolicy applies the failback policy to every reverse replication:
 // app-consistent points thinned to its frequency, points older than its
@@ -54,7 +32,7 @@ func (s *Server) active() ([]target, error) {
 // primary's own, or the alternate ones), and the RPO alert raised and
 // cleared with an event each time.
 func (s *Server) applyPolicy(ctx context.Context) error {
-	ts, err := s.active()
+	ts, err := s.store.active()
 	if err != nil {
 		return err
 	}
@@ -95,7 +73,7 @@ func (s *Server) applyPolicy(ctx context.Context) error {
 		} else {
 			s.log.Info("reverse replication RPO back under threshold", "vm", t.VM, "detail", e.Detail)
 		}
-		errs = append(errs, s.addEvent(e))
+		errs = append(errs, s.store.addEvent(e))
 	}
 	return errors.Join(errs...)
 }

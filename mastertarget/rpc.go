@@ -133,7 +133,7 @@ func (a *api) ListEvents(ctx context.Context, req *ferryv1.ListEventsRequest) (*
 // when the VM synchronizes during failover only.
 func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
 	ack.Policy = wire.PolicyProto(retention.Failback(), nil)
-	t, err := s.target(h.GetVm())
+	t, err := s.store.target(h.GetVm())
 	if err != nil {
 		return err
 	}
