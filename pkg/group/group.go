@@ -18,6 +18,7 @@ import (
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -43,24 +44,23 @@ func TagSeq(tag, name string) (uint64, bool) {
 // member cannot hold in time, every member lets go without a marker. It
 // returns each member's hold, by VM.
 func Cut(ctx context.Context, r *ingest.Receiver, tag string, vms []string, app bool, hold time.Duration) (map[string]time.Duration, error) {
-	h := &ferryv1.GroupHold{Tag: tag, App: app, TimeoutMillis: hold.Milliseconds()}
 	wait := hold
 	if app {
 		wait += 15 * time.Second
 	}
 	hctx, cancel := context.WithTimeout(ctx, wait)
-	errs := commandAll(hctx, r, vms, func() *ferryv1.Command { return &ferryv1.Command{Action: &ferryv1.Command_Hold{Hold: h}} }, nil)
+	errs := commandAll(hctx, r, vms, func() *ferryv1.Command { return wire.HoldCommand(tag, app, hold) }, nil)
 	cancel()
 	if err := joined(errs); err != nil {
 		commandAll(ctx, r, vms, func() *ferryv1.Command {
-			return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: tag, Abort: true}}}
+			return wire.CutCommand(tag, true)
 		}, nil)
 		return nil, fmt.Errorf("barrier not reached: %w", err)
 	}
 	holds := map[string]time.Duration{}
 	var mu sync.Mutex
 	errs = commandAll(ctx, r, vms, func() *ferryv1.Command {
-		return &ferryv1.Command{Action: &ferryv1.Command_Cut{Cut: &ferryv1.GroupCut{Tag: tag}}}
+		return wire.CutCommand(tag, false)
 	}, func(vm string, res *ferryv1.CommandResult) {
 		mu.Lock()
 		defer mu.Unlock()
