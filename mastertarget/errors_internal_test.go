@@ -30,6 +30,11 @@ func TestEachSentinelHasOneCode(t *testing.T) {
 		{context.Canceled, codes.Canceled},
 		{errors.New("anything else"), codes.Internal},
 	} {
+		// Also when the cause was another server's answer.
+		cause := status.Error(codes.Unavailable, "the master target did not answer")
+		if got := status.Code(toStatus(fmt.Errorf("vm web: %w: %w", tc.err, cause))); got != tc.want && tc.want != codes.Internal {
+			t.Errorf("%v over a wrapped status: %v, want %v", tc.err, got, tc.want)
+		}
 		if got := status.Code(toStatus(fmt.Errorf("vm web: %w", tc.err))); got != tc.want {
 			t.Errorf("%v: %v, want %v", tc.err, got, tc.want)
 		}

@@ -33,10 +33,15 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
-		return err
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err // a status already, not wrapped
 	}
+	// A sentinel decides before a gRPC status wrapped inside (another
+	// server's answer that caused it).
 	code := codes.Internal
+	if st, ok := status.FromError(err); ok {
+		code = st.Code()
+	}
 	switch {
 	case errors.Is(err, ErrInvalidRequest):
 		// Before the lookups: a request naming a definition that does
