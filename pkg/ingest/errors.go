@@ -52,10 +52,14 @@ func (e *RecordError) Unwrap() error { return e.Err }
 
 // grpcStatus maps an error to the status a stream ends with.
 func grpcStatus(err error) error {
-	if _, ok := status.FromError(err); ok && !errors.Is(err, ErrBadRecord) {
-		return err
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok && !errors.Is(err, ErrBadRecord) {
+		return err // a status already, not wrapped
 	}
+	// A sentinel decides before a gRPC status wrapped inside as a cause.
 	code := codes.Internal
+	if st, ok := status.FromError(err); ok && !errors.Is(err, ErrBadRecord) {
+		code = st.Code()
+	}
 	switch {
 	case errors.Is(err, ErrChecksum), errors.Is(err, ErrTransit):
 		// Most likely damaged on the way: the agent sends it again.
