@@ -43,25 +43,25 @@ func (s *Server) PrepareReprotect(ctx context.Context, req Reprotect) ([]string,
 	// Names become file names under the alternate directory: only plain
 	// names, as the process server accepted them from the agent.
 	if err := ferry.ValidName(name); err != nil {
-		return nil, fmt.Errorf("%w: vm name: %v", ErrInvalidRequest, err)
+		return nil, fmt.Errorf("%w: vm name: %w", ErrInvalidRequest, err)
 	}
 	seen := map[string]bool{}
 	for _, d := range req.Disks {
 		if err := ferry.ValidName(string(d.Name)); err != nil || seen[string(d.Name)] {
-			return nil, fmt.Errorf("%w: vm %s: disk name %q: invalid or listed twice (%v)", ErrInvalidRequest, name, d.Name, err)
+			return nil, fmt.Errorf("%w: vm %s: disk name %q: invalid or listed twice (%w)", ErrInvalidRequest, name, d.Name, err)
 		}
 		seen[string(d.Name)] = true
 		if d.Size < 0 {
 			return nil, fmt.Errorf("%w: vm %s: disk %s of %d bytes", ErrInvalidRequest, name, d.Name, d.Size)
 		}
 		if err := ingest.CheckDiskSize(string(d.Name), uint64(d.Size), s.cfg.MaxDiskBytes); err != nil {
-			return nil, fmt.Errorf("%w: vm %s: %v", ErrInvalidRequest, name, err)
+			return nil, fmt.Errorf("%w: vm %s: %w", ErrInvalidRequest, name, err)
 		}
 	}
 	disks := req.Disks
 	if st, ok := s.cfg.Primary.(PrimaryStopper); ok {
 		if err := st.Stop(ctx, name); err != nil {
-			return nil, fmt.Errorf("%w: vm %s: the primary machine must stay shut down during reprotect: %v", ErrState, name, err)
+			return nil, fmt.Errorf("%w: vm %s: the primary machine must stay shut down during reprotect: %w", ErrState, name, err)
 		}
 	}
 	// A VM from an earlier cycle starts over.
@@ -91,7 +91,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req Reprotect) ([]string,
 		devs, t.Paths, err = s.cfg.Primary.CreateDisks(ctx, name, disks)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: vm %s: prepare %s location: %v", ErrState, name, loc, err)
+		return nil, fmt.Errorf("%w: vm %s: prepare %s location: %w", ErrState, name, loc, err)
 	}
 	if err := s.store.putTarget(t); err != nil {
 		return nil, err
@@ -133,7 +133,7 @@ type FailbackResult struct {
 // It returns the members' results in their order and the group's tag.
 func (s *Server) FailbackGroup(ctx context.Context, group string, vms []string, sync ferry.SyncMode, point string) ([]FailbackResult, string, error) {
 	if err := ferry.ValidName(group); err != nil {
-		return nil, "", fmt.Errorf("%w: group name: %v", ErrInvalidRequest, err)
+		return nil, "", fmt.Errorf("%w: group name: %w", ErrInvalidRequest, err)
 	}
 	if n := len(vms); n < 2 || n > 16 {
 		return nil, "", fmt.Errorf("%w: group %s: a replication group has 2 to 16 VMs, not %d", ErrInvalidRequest, group, n)

@@ -25,7 +25,7 @@ type GroupPoint struct {
 // a minute).
 func (s *Server) GroupPoint(ctx context.Context, name string, vms []string, app bool, hold time.Duration) (GroupPoint, error) {
 	if err := ferry.ValidName(name); err != nil {
-		return GroupPoint{}, fmt.Errorf("%w: group name: %v", ErrInvalidRequest, err)
+		return GroupPoint{}, fmt.Errorf("%w: group name: %w", ErrInvalidRequest, err)
 	}
 	if len(vms) < 2 || len(vms) > 16 {
 		return GroupPoint{}, fmt.Errorf("%w: group %s: 2 to 16 VMs, not %d", ErrInvalidRequest, name, len(vms))
@@ -62,7 +62,7 @@ func (s *Server) GroupPoint(ctx context.Context, name string, vms []string, app 
 		out.MaxHold = max(out.MaxHold, d)
 	}
 	if err != nil {
-		return GroupPoint{}, fmt.Errorf("%w: group %s: multi-VM point %s not cut: %v", ErrNotCut, name, tag, err)
+		return GroupPoint{}, fmt.Errorf("%w: group %s: multi-VM point %s not cut: %w", ErrNotCut, name, tag, err)
 	}
 	s.log.Info("multi-VM point cut", "group", name, "tag", tag, "app", app, "max_hold", out.MaxHold)
 	return out, nil
@@ -76,7 +76,7 @@ func (s *Server) commonApp(ctx context.Context, name string, vms []string) (map[
 	}
 	pts, err := group.Common(ctx, s.j, name, vms, true)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrState, err)
+		return nil, fmt.Errorf("%w: %w", ErrState, err)
 	}
 	out := map[string]ferry.Seq{}
 	for vm, p := range pts {
