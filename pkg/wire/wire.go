@@ -1,5 +1,8 @@
-// Package wire converts between Ferry's gRPC messages and the domain types
-// of the journal. Only it and the servers import the generated code.
+// Package wire converts between Ferry's shared types (the root package,
+// job steps, policies, plans) and the generated gRPC messages, and builds
+// the records and commands of the replication stream. Only it, the
+// servers' rpc*.go adapters and the stream's receiver (pkg/ingest) import
+// the generated code; each server converts its own types in its adapter.
 package wire
 
 import (
