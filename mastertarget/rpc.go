@@ -2,14 +2,12 @@ package mastertarget
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -28,34 +26,19 @@ type api struct {
 }
 
 // toStatus answers each sentinel with one gRPC code.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
-		return err // a status already, not wrapped
-	}
-	// A sentinel decides before a gRPC status wrapped inside (another
-	// server's answer that caused it).
-	code := codes.Internal
-	if st, ok := status.FromError(err); ok {
-		code = st.Code()
-	}
-	switch {
-	case errors.Is(err, ErrInvalidRequest):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrUnknownVM), errors.Is(err, journal.ErrNoVM), errors.Is(err, journal.ErrNoPoint):
-		code = codes.NotFound
-	case errors.Is(err, ErrState), errors.Is(err, journal.ErrInconsistent):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrNotCut):
-		code = codes.Aborted
-	case errors.Is(err, journal.ErrChecksum):
-		code = codes.DataLoss
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, err.Error())
+func toStatus(err error) error { return wire.Status(err, statusCodes) }
+
+// statusCodes answers each sentinel with one gRPC code.
+var statusCodes = []wire.Code{
+	{Err: ErrInvalidRequest, Code: codes.InvalidArgument},
+	{Err: ErrUnknownVM, Code: codes.NotFound},
+	{Err: journal.ErrNoVM, Code: codes.NotFound},
+	{Err: journal.ErrNoPoint, Code: codes.NotFound},
+	{Err: ErrState, Code: codes.FailedPrecondition},
+	{Err: journal.ErrInconsistent, Code: codes.FailedPrecondition},
+	{Err: ErrNotCut, Code: codes.Aborted},
+	{Err: journal.ErrChecksum, Code: codes.DataLoss},
+	{Err: context.Canceled, Code: codes.Canceled},
 }
 
 func (a *api) PrepareReprotect(ctx context.Context, req *ferryv1.PrepareReprotectRequest) (*ferryv1.PrepareReprotectResponse, error) {

@@ -2,7 +2,6 @@ package processserver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -29,35 +27,25 @@ type recovery struct {
 	s *Server
 }
 
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
-		return err // a status already, not wrapped
-	}
-	// A sentinel decides before a gRPC status wrapped inside (another
-	// server's answer that caused it).
-	code := codes.Internal
-	if st, ok := status.FromError(err); ok {
-		code = st.Code()
-	}
-	switch {
-	case errors.Is(err, ErrInvalidRequest):
-		// Before the lookups: a request naming a definition that does
-		// not exist wraps both.
-		code = codes.InvalidArgument
-	case errors.Is(err, journal.ErrNoVM), errors.Is(err, journal.ErrNoPoint), errors.Is(err, journal.ErrNoDisk),
-		errors.Is(err, ErrNoJob), errors.Is(err, ErrNoExport), errors.Is(err, ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, journal.ErrInconsistent), errors.Is(err, ErrState), errors.Is(err, ErrNoMasterTarget), errors.Is(err, ErrNoNBD):
-		code = codes.FailedPrecondition
-	case errors.Is(err, journal.ErrChecksum):
-		code = codes.DataLoss
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, err.Error())
+func toStatus(err error) error { return wire.Status(err, statusCodes) }
+
+// statusCodes answers each sentinel with one gRPC code.
+var statusCodes = []wire.Code{
+	// Before the lookups: a request naming a definition that does not
+	// exist wraps both.
+	{Err: ErrInvalidRequest, Code: codes.InvalidArgument},
+	{Err: journal.ErrNoVM, Code: codes.NotFound},
+	{Err: journal.ErrNoPoint, Code: codes.NotFound},
+	{Err: journal.ErrNoDisk, Code: codes.NotFound},
+	{Err: ErrNoJob, Code: codes.NotFound},
+	{Err: ErrNoExport, Code: codes.NotFound},
+	{Err: ErrNotFound, Code: codes.NotFound},
+	{Err: journal.ErrInconsistent, Code: codes.FailedPrecondition},
+	{Err: ErrState, Code: codes.FailedPrecondition},
+	{Err: ErrNoMasterTarget, Code: codes.FailedPrecondition},
+	{Err: ErrNoNBD, Code: codes.FailedPrecondition},
+	{Err: journal.ErrChecksum, Code: codes.DataLoss},
+	{Err: context.Canceled, Code: codes.Canceled},
 }
 
 // ResolvePoint turns an operator's point name into a recovery point of vm:

@@ -5,7 +5,8 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/ferrydr/ferry/pkg/wire"
 )
 
 var (
@@ -51,31 +52,20 @@ func (e *RecordError) Error() string {
 func (e *RecordError) Unwrap() error { return e.Err }
 
 // grpcStatus maps an error to the status a stream ends with.
-func grpcStatus(err error) error {
-	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok && !errors.Is(err, ErrBadRecord) {
-		return err // a status already, not wrapped
-	}
-	// A sentinel decides before a gRPC status wrapped inside as a cause.
-	code := codes.Internal
-	if st, ok := status.FromError(err); ok && !errors.Is(err, ErrBadRecord) {
-		code = st.Code()
-	}
-	switch {
-	case errors.Is(err, ErrChecksum), errors.Is(err, ErrTransit):
-		// Most likely damaged on the way: the agent sends it again.
-		code = codes.DataLoss
-	case errors.Is(err, ErrBadHello), errors.Is(err, ErrBadRecord):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrEpoch), errors.Is(err, ErrGeometry):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrTooLarge):
-		code = codes.ResourceExhausted
-	case errors.Is(err, ErrSuperseded):
-		code = codes.Aborted
-	case errors.Is(err, ErrDenied):
-		code = codes.PermissionDenied
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrEpochAhead):
-		code = codes.Unavailable
-	}
-	return status.Error(code, err.Error())
+func grpcStatus(err error) error { return wire.Status(err, statusCodes) }
+
+// statusCodes answers each sentinel with one gRPC code.
+var statusCodes = []wire.Code{
+	// Most likely damaged on the way: the agent sends it again.
+	{Err: ErrChecksum, Code: codes.DataLoss},
+	{Err: ErrTransit, Code: codes.DataLoss},
+	{Err: ErrBadHello, Code: codes.InvalidArgument},
+	{Err: ErrBadRecord, Code: codes.InvalidArgument},
+	{Err: ErrEpoch, Code: codes.FailedPrecondition},
+	{Err: ErrGeometry, Code: codes.FailedPrecondition},
+	{Err: ErrTooLarge, Code: codes.ResourceExhausted},
+	{Err: ErrSuperseded, Code: codes.Aborted},
+	{Err: ErrDenied, Code: codes.PermissionDenied},
+	{Err: ErrClosed, Code: codes.Unavailable},
+	{Err: ErrEpochAhead, Code: codes.Unavailable},
 }

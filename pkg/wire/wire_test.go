@@ -1,9 +1,14 @@
 package wire_test
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/job"
@@ -37,5 +42,32 @@ func TestRoundTrips(t *testing.T) {
 		{Name: "start VM", Start: at, End: at, Outcome: ferry.OutcomeFailed, Detail: "no network"}}
 	if got := wire.Steps(wire.StepsProto(steps)); !reflect.DeepEqual(got, steps) {
 		t.Errorf("steps: %+v", got)
+	}
+}
+
+// TestStatus: the first sentinel of the table that an error wraps decides
+// (before a status wrapped inside it), a status passes unchanged, a
+// wrapped status keeps its code, anything else is Internal.
+func TestStatus(t *testing.T) {
+	errA, errB := errors.New("a"), errors.New("b")
+	table := []wire.Code{{Err: errA, Code: codes.InvalidArgument}, {Err: errB, Code: codes.NotFound}}
+	inner := status.Error(codes.Unavailable, "the other server did not answer")
+	for _, tc := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{fmt.Errorf("x: %w", errB), codes.NotFound},
+		{fmt.Errorf("x: %w: %w", errB, errA), codes.InvalidArgument},
+		{fmt.Errorf("x: %w: %w", errB, inner), codes.NotFound},
+		{fmt.Errorf("x: %w", inner), codes.Unavailable},
+		{inner, codes.Unavailable},
+		{errors.New("other"), codes.Internal},
+	} {
+		if got := status.Code(wire.Status(tc.err, table)); got != tc.want {
+			t.Errorf("%v: %v, want %v", tc.err, got, tc.want)
+		}
+	}
+	if wire.Status(inner, table) != inner || wire.Status(nil, table) != nil {
+		t.Error("a status (or nil) does not pass unchanged")
 	}
 }
