@@ -25,7 +25,7 @@ type api struct {
 	s *Server
 }
 
-// toStatus answers each sentinel with one gRPC code.
+// toStatus answers an error of the Server over gRPC.
 func toStatus(err error) error { return wire.Status(err, statusCodes) }
 
 // statusCodes answers each sentinel with one gRPC code.

@@ -254,7 +254,9 @@ func (s *Server) scheduleGroups(ctx context.Context) {
 			if !due {
 				continue
 			}
+			s.wg.Add(1) // Close waits for the point being cut
 			go func() {
+				defer s.wg.Done()
 				defer func() { s.groupMu.Lock(); delete(s.groupBusy, key); s.groupMu.Unlock() }()
 				s.GroupPoint(ctx, g.Name, k.app)
 			}()

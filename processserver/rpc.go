@@ -27,6 +27,7 @@ type recovery struct {
 	s *Server
 }
 
+// toStatus answers an error of the Server over gRPC.
 func toStatus(err error) error { return wire.Status(err, statusCodes) }
 
 // statusCodes answers each sentinel with one gRPC code.
