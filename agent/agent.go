@@ -36,8 +36,9 @@ const Version = "0.1.0"
 // ChunkSize is the unit of hash comparison (scan mode and resync).
 const ChunkSize = 64 << 10
 
-// maxWrite is the largest write one record carries.
-const maxWrite = 1 << 20
+// MaxWrite is the largest write one record carries: the unit a fair
+// comparison of the ingest path uses too.
+const MaxWrite = 1 << 20
 
 // need is work the agent must do before the stream is write-ordered.
 type need int
@@ -146,7 +147,7 @@ func New(cfg Config) (*Agent, error) {
 		acksMoved:  make(chan struct{}),
 		cmds:       make(chan *ferryv1.Command, 4),
 		done:       make(chan struct{}),
-		readBuf:    make([]byte, maxWrite),
+		readBuf:    make([]byte, MaxWrite),
 	}
 	a.m = newMetrics(cfg.Registerer, a)
 	a.crashEvery.Store(int64(cfg.CrashInterval))

@@ -112,8 +112,8 @@ func (a *Agent) sendChange(s *sender, c cbt.Change) (int, error) {
 		a.lastMark = c.Mark.Time
 		return 0, nil
 	}
-	for off := 0; off < len(c.Data); off += maxWrite {
-		data := c.Data[off:min(off+maxWrite, len(c.Data))]
+	for off := 0; off < len(c.Data); off += MaxWrite {
+		data := c.Data[off:min(off+MaxWrite, len(c.Data))]
 		if err := s.add(writeRecord(c.Disk, c.Off+int64(off), data)); err != nil {
 			return off, err
 		}
@@ -142,7 +142,7 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 	done := int64(0)
 	hb := time.Now()
 	for {
-		disk, off, length, ok := a.tr.TakeDirty(maxWrite)
+		disk, off, length, ok := a.tr.TakeDirty(MaxWrite)
 		if !ok {
 			if err := s.flush(); err != nil {
 				return err
@@ -210,7 +210,7 @@ func (a *Agent) initial(s *sender) error {
 		}
 		err := extents(s.ctx, dev, func(off, length int64) error {
 			for pos := max(off, a.sweepOff); pos < off+length; {
-				n := min(int64(maxWrite), off+length-pos)
+				n := min(int64(MaxWrite), off+length-pos)
 				buf := make([]byte, n)
 				if _, err := dev.ReadAt(s.ctx, buf, pos); err != nil {
 					return fmt.Errorf("%w: read disk %s at %d: %w", errFatal, a.cfg.Disks[i].Name, pos, err)

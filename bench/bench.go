@@ -25,8 +25,46 @@ type Table struct {
 	Header []string   `json:"header"`
 	Rows   [][]string `json:"rows"`
 	Notes  []string   `json:"notes,omitempty"`
-	// Values are the headline figures, for tools.
+	// Values are every figure of the table, for tools.
 	Values map[string]float64 `json:"values,omitempty"`
+	// Targets are the goals this benchmark is held to, each with the
+	// figure measured in this run.
+	Targets []Target `json:"targets,omitempty"`
+}
+
+// Target is one goal and what this run measured against it.
+type Target struct {
+	Name     string  `json:"name"`
+	Measured float64 `json:"measured"`
+	Goal     float64 `json:"goal"`
+	// AtMost says the goal is an upper bound (a time, a share of bytes);
+	// otherwise it is a lower bound (a rate, a speed-up).
+	AtMost bool   `json:"at_most,omitempty"`
+	Unit   string `json:"unit,omitempty"`
+	Met    bool   `json:"met"`
+}
+
+// target records a goal and whether measured meets it.
+func (t *Table) target(name string, measured, goal float64, atMost bool, unit string) {
+	met := measured >= goal
+	if atMost {
+		met = measured <= goal
+	}
+	t.Targets = append(t.Targets, Target{Name: name, Measured: measured, Goal: goal, AtMost: atMost, Unit: unit, Met: met})
+}
+
+// String is the target's line: "target: NAME measured=X goal=Y met|missed".
+func (g Target) String() string {
+	op := ">="
+	if g.AtMost {
+		op = "<="
+	}
+	verdict := "missed"
+	if g.Met {
+		verdict = "met"
+	}
+	return fmt.Sprintf("target: %s measured=%s%s goal=%s%s%s %s", g.Name, strconv.FormatFloat(g.Measured, 'g', 4, 64), g.Unit,
+		op, strconv.FormatFloat(g.Goal, 'g', 4, 64), g.Unit, verdict)
 }
 
 // Print writes the table for people.
@@ -53,6 +91,9 @@ func (t *Table) Print(w io.Writer) {
 	}
 	for _, n := range t.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
+	}
+	for _, g := range t.Targets {
+		fmt.Fprintln(w, g)
 	}
 }
 

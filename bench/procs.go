@@ -1,12 +1,17 @@
 package bench
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -16,6 +21,8 @@ import (
 type child struct {
 	cmd  *exec.Cmd
 	Addr string
+	// Metrics is the admin address serving /metrics.
+	Metrics string
 }
 
 func freeAddr() (string, error) {
@@ -33,7 +40,11 @@ func startPS(ctx context.Context, bin, dir string, extra ...string) (*child, err
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "", "--log-level", "error", "--insecure"}, extra...)
+	maddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"serve", "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", maddr, "--log-level", "error", "--insecure"}, extra...)
 	cmd := exec.Command(filepath.Join(bin, "ferry-ps"), args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -44,7 +55,7 @@ func startPS(ctx context.Context, bin, dir string, extra ...string) (*child, err
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			return &child{cmd: cmd, Addr: addr}, nil
+			return &child{cmd: cmd, Addr: addr, Metrics: maddr}, nil
 		}
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
@@ -55,6 +66,60 @@ func startPS(ctx context.Context, bin, dir string, extra ...string) (*child, err
 }
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
+
+// metric sums every series of a metric on the child's /metrics.
+func (c *child) metric(ctx context.Context, name string) (float64, error) {
+	return scrape(ctx, c.Metrics, name)
+}
+
+// errNoSeries: a labelled metric has no series until its first event.
+var errNoSeries = errors.New("no series of the metric")
+
+// scrape sums every series of a metric served at addr's /metrics.
+func scrape(ctx context.Context, addr, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s/metrics: %s", addr, resp.Status)
+	}
+	var sum float64
+	found := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %q: %w", name, line, err)
+		}
+		sum, found = sum+v, true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, fmt.Errorf("%s/metrics: %w: %s", addr, errNoSeries, name)
+	}
+	return sum, nil
+}
 
 // stop ends the process with SIGTERM and waits.
 func (c *child) stop() error {
