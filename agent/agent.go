@@ -77,6 +77,9 @@ type Agent struct {
 	sweepDisk int
 	sweepOff  int64
 	scanTable [][]uint64
+	// scanVersion is each file disk's version read before its last
+	// hashing (nil: unknown, read it again).
+	scanVersion []*diskVersion
 	lastMark  time.Time
 	readBuf   []byte
 	// savedAcked is the receiver's durable sequence when the agent last
@@ -227,6 +230,7 @@ func (a *Agent) Open(ctx context.Context) error {
 		a.instance = hex.EncodeToString(b[:])
 	}
 	a.scanTable = make([][]uint64, len(a.cfg.Disks))
+	a.scanVersion = make([]*diskVersion, len(a.cfg.Disks))
 	switch {
 	case !ok:
 		a.need.Store(int32(needInitial)) // or a resync, if the receiver already has data

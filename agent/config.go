@@ -74,6 +74,10 @@ type Config struct {
 	QuiesceTimeout time.Duration
 	// ScanInterval is the time between scan passes (scan mode).
 	ScanInterval time.Duration
+	// ScanRate bounds, in bytes per second, how fast hashing reads the
+	// disks (scan passes and resyncs), so that a scan leaves the machine's
+	// storage to its workload (0: as fast as the disks give).
+	ScanRate int64
 	// QueueBytes bounds the change queue; beyond it the agent falls back to
 	// the dirty bitmap (default 64 MiB).
 	QueueBytes int64
@@ -176,6 +180,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Mode == ModeScan && c.ScanInterval < 100*time.Millisecond {
 		return fmt.Errorf("scan-interval: %v is below the 100ms minimum", c.ScanInterval)
+	}
+	if c.ScanRate < 0 || (c.ScanRate > 0 && c.ScanRate < 1<<20) {
+		return fmt.Errorf("scan-rate: %d bytes/s is below the 1 MiB/s minimum (0: unbounded)", c.ScanRate)
 	}
 	if c.BatchBytes < blockdev.BlockSize || c.BatchBytes > 4<<20 {
 		return fmt.Errorf("batch bytes: %d is outside 4 KiB to 4 MiB", c.BatchBytes)

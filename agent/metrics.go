@@ -17,6 +17,9 @@ type metrics struct {
 	quiesceFailures prometheus.Counter
 	quiesceSeconds  prometheus.Histogram
 	groupHold       prometheus.Histogram
+	// Hashing the disks (scan passes and resyncs).
+	hashReadBytes prometheus.Counter
+	scanUnchanged prometheus.Counter
 }
 
 func nan() float64 { return math.NaN() }
@@ -33,6 +36,10 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		groupHold: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_group_hold_seconds",
 			Help: "How long replication group barriers held the machine's writes.", ConstLabels: labels,
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		hashReadBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_hash_read_bytes_total",
+			Help: "Bytes read from the disks to hash them (scan passes, resyncs).", ConstLabels: labels}),
+		scanUnchanged: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_scan_unchanged_total",
+			Help: "Scan passes over a disk image skipped because its file's size, times and identity had not changed.", ConstLabels: labels}),
 		quiesceSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_quiesce_seconds",
 			Help: "Time the application was held for an app-consistent point.", ConstLabels: labels, Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
 	}
@@ -42,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
 	}
-	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold,
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold, m.hashReadBytes, m.scanUnchanged,
 		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
 		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
 		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {

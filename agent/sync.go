@@ -283,7 +283,7 @@ func (a *Agent) resync(s *sender) error {
 			return fmt.Errorf("resync disk %s: %w", d.Name, err)
 		}
 		a.hashBytes.Add(int64(len(remote)) * 8)
-		local, err := localHashes(s.ctx, d.Device, func(p float64) { a.setProgress(p / 2) })
+		local, err := a.hashDisk(s.ctx, i, func(p float64) { a.setProgress(p / 2) })
 		if err != nil {
 			return fmt.Errorf("%w: resync disk %s: %w", errFatal, d.Name, err)
 		}
@@ -334,7 +334,11 @@ func (a *Agent) scan(s *sender) error {
 	a.scanDue.Store(false)
 	changed := int64(0)
 	for i, d := range a.cfg.Disks {
-		local, err := localHashes(s.ctx, d.Device, nil)
+		if a.scanTable[i] != nil && a.unchanged(i) {
+			a.m.scanUnchanged.Inc()
+			continue
+		}
+		local, err := a.hashDisk(s.ctx, i, nil)
 		if err != nil {
 			return fmt.Errorf("%w: scan disk %s: %w", errFatal, d.Name, err)
 		}
@@ -383,9 +387,81 @@ func hashChunks(table []uint64, buf []byte, off int64) {
 	}
 }
 
+// diskVersion is a file disk's version and whether it had settled when
+// read.
+type diskVersion struct {
+	v       blockdev.Version
+	settled bool
+}
+
+// versionMargin is how long after a file's last change its version is
+// trusted to move with the next write: well above any file system's
+// timestamp granularity.
+const versionMargin = time.Second
+
+// unchanged reports whether disk i is a file whose version is the one read
+// before its last hashing, settled then: no write since, so no need to read
+// it again.
+func (a *Agent) unchanged(i int) bool {
+	was := a.scanVersion[i]
+	if was == nil || !was.settled {
+		return false
+	}
+	vd, ok := a.cfg.Disks[i].Device.(blockdev.Versioned)
+	if !ok {
+		return false
+	}
+	v, ok, err := vd.Version()
+	return err == nil && ok && v == was.v
+}
+
+// hashDisk reads disk i, at most at the configured scan rate, and returns
+// the hash of every chunk; the disk's version read before it is kept for
+// the next scan pass.
+func (a *Agent) hashDisk(ctx context.Context, i int, progress func(float64)) ([]uint64, error) {
+	a.scanVersion[i] = nil
+	var before *diskVersion
+	if vd, ok := a.cfg.Disks[i].Device.(blockdev.Versioned); ok {
+		if v, ok, err := vd.Version(); err == nil && ok {
+			now := time.Now()
+			before = &diskVersion{v: v, settled: v.Settled(now, versionMargin)}
+		}
+	}
+	t, err := localHashes(ctx, a.cfg.Disks[i].Device, a.pace(ctx), progress)
+	if err != nil {
+		return nil, err
+	}
+	a.scanVersion[i] = before
+	return t, nil
+}
+
+// pace returns what localHashes calls after each read: it counts the bytes
+// and, with a scan rate set, sleeps so that reading stays under it.
+func (a *Agent) pace(ctx context.Context) func(n int) error {
+	start, total := time.Now(), int64(0)
+	return func(n int) error {
+		a.m.hashReadBytes.Add(float64(n))
+		total += int64(n)
+		if a.cfg.ScanRate <= 0 {
+			return nil
+		}
+		due := time.Duration(float64(total) / float64(a.cfg.ScanRate) * float64(time.Second))
+		if wait := due - time.Since(start); wait > 0 {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+}
+
 // localHashes reads a disk and returns the hash of every chunk; holes of a
-// sparse file are not read.
-func localHashes(ctx context.Context, dev blockdev.Device, progress func(float64)) ([]uint64, error) {
+// sparse file are not read. read is called after each read with its size.
+func localHashes(ctx context.Context, dev blockdev.Device, read func(n int) error, progress func(float64)) ([]uint64, error) {
 	t := zeroTable(dev.Size())
 	buf := make([]byte, 4<<20)
 	err := extents(ctx, dev, func(off, length int64) error {
@@ -395,6 +471,9 @@ func localHashes(ctx context.Context, dev blockdev.Device, progress func(float64
 		for pos := start; pos < end; pos += int64(len(buf)) {
 			n := min(int64(len(buf)), end-pos)
 			if _, err := dev.ReadAt(ctx, buf[:n], pos); err != nil {
+				return err
+			}
+			if err := read(int(n)); err != nil {
 				return err
 			}
 			hashChunks(t, buf[:n], pos)

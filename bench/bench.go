@@ -21,6 +21,8 @@ import (
 
 // Table is one benchmark's result.
 type Table struct {
+	// Name is the benchmark's (the ferry-bench subcommand).
+	Name   string     `json:"name,omitempty"`
 	Title  string     `json:"title"`
 	Header []string   `json:"header"`
 	Rows   [][]string `json:"rows"`
@@ -183,26 +185,7 @@ func cpuOf(pid int) time.Duration {
 
 // peakRSS returns a process's peak resident memory (VmHWM) in bytes; pid 0
 // is this process.
-func peakRSS(pid int) int64 {
-	path := "/proc/self/status"
-	if pid != 0 {
-		path = fmt.Sprintf("/proc/%d/status", pid)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			f := strings.Fields(l)
-			if len(f) >= 2 {
-				kb, _ := strconv.ParseInt(f[1], 10, 64)
-				return kb << 10
-			}
-		}
-	}
-	return 0
-}
+func peakRSS(pid int) int64 { return statusKiB(pid, "VmHWM:") }
 
 func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
 

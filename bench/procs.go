@@ -14,6 +14,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // child is a Ferry server run as its own process, so that its CPU time and
@@ -125,4 +132,51 @@ func scrape(ctx context.Context, addr, name string) (float64, error) {
 func (c *child) stop() error {
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	return c.cmd.Wait()
+}
+
+// startAgent protects one new sparse disk image of size bytes in dir
+// (dir/NAME.img, disk "os") with an in-process agent replicating to the
+// process server at addr, and waits for its initial copy.
+func startAgent(ctx context.Context, addr, dir, name string, size int64) (*benchAgent, error) {
+	disk, err := blockdev.CreateFile(filepath.Join(dir, name+".img"), size)
+	if err != nil {
+		return nil, err
+	}
+	a, err := openAgent(ctx, addr, dir, name, disk)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.WaitSynced(ctx); err != nil {
+		a.Close(ctx)
+		return nil, err
+	}
+	return a, nil
+}
+
+// benchAgent is an in-process agent and the disk it protects.
+type benchAgent struct {
+	*agent.Agent
+	disk *blockdev.File
+}
+
+// Close stops the agent, then closes its disk.
+func (a *benchAgent) Close(ctx context.Context) error {
+	return errors.Join(a.Agent.Close(ctx), a.disk.Close())
+}
+
+// openAgent starts an in-process agent protecting disk as VM name; it
+// closes disk when it fails.
+func openAgent(ctx context.Context, addr, dir, name string, disk *blockdev.File) (*benchAgent, error) {
+	a, err := agent.New(agent.Config{VM: name, Disks: []agent.Disk{{Name: "os", Device: disk}}, StateDir: filepath.Join(dir, name+".agent"),
+		Target: addr, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger: quietLogger(), Registerer: prometheus.NewRegistry(), ShutdownTimeout: time.Second})
+	if err != nil {
+		disk.Close()
+		return nil, err
+	}
+	if err := a.Open(ctx); err != nil {
+		disk.Close()
+		return nil, err
+	}
+	return &benchAgent{Agent: a, disk: disk}, nil
 }

@@ -3,9 +3,10 @@ package bench
 import (
 	"context"
 	"fmt"
-	"github.com/ferrydr/ferry"
 	"os"
 	"time"
+
+	"github.com/ferrydr/ferry"
 
 	"google.golang.org/protobuf/proto"
 

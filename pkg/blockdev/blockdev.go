@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // BlockSize is the unit of change tracking and of the replication stream.
@@ -31,6 +32,35 @@ type Device interface {
 // everything outside them reads as zeros.
 type Extents interface {
 	DataExtents(ctx context.Context, fn func(off, length int64) error) error
+}
+
+// Versioned is a capability of devices whose content has a version the
+// file system keeps: a regular file's identity, size, modification and
+// change times. Version returns ok false when the device has none (a block
+// device's node does not change when its blocks do).
+type Versioned interface {
+	Version() (v Version, ok bool, err error)
+}
+
+// Version identifies a regular file's content as the file system sees it.
+// Two equal versions, read apart in time, mean no write in between, with
+// one caveat the caller handles: the file system stamps times at a coarse
+// granularity, so a write right after the version was read can leave the
+// times as they were (see Version.Settled).
+type Version struct {
+	Dev, Ino     uint64
+	Size         int64
+	Mtime, Ctime time.Time
+}
+
+// Settled reports whether the version was read long enough (margin) after
+// the file's last change that a later write would have moved its times.
+func (v Version) Settled(readAt time.Time, margin time.Duration) bool {
+	last := v.Mtime
+	if v.Ctime.After(last) {
+		last = v.Ctime
+	}
+	return readAt.Sub(last) > margin
 }
 
 var (

@@ -5,6 +5,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ferrydr/ferry/internal/blockdevtest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -46,5 +47,35 @@ func TestMemorySnapshot(t *testing.T) {
 	want = append(bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)...)
 	if !bytes.Equal(got, want) {
 		t.Fatal("original saw the snapshot's write, or lost its own")
+	}
+}
+
+// TestFileVersion: a regular file's version moves with a write; a device
+// node has none (its times do not follow its blocks).
+func TestFileVersion(t *testing.T) {
+	ctx := context.Background()
+	f, err := blockdev.CreateFile(filepath.Join(t.TempDir(), "disk.img"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	v1, ok, err := f.Version()
+	if err != nil || !ok || v1.Size != 1<<20 || v1.Ino == 0 {
+		t.Fatalf("version of a regular file: %+v %v %v", v1, ok, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if _, err := f.WriteAt(ctx, []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if v2, _, _ := f.Version(); v2 == v1 {
+		t.Fatal("a write left the file's version as it was")
+	}
+	dev, err := blockdev.OpenFile("/dev/zero", true)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer dev.Close()
+	if _, ok, err := dev.Version(); ok || err != nil {
+		t.Fatalf("a device node has a version: %v %v", ok, err)
 	}
 }

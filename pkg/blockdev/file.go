@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +66,20 @@ func createFile(path string, size int64, flag int) (*File, error) {
 		return nil, fmt.Errorf("create disk %s: %w", path, err)
 	}
 	return &File{f: f, size: size}, nil
+}
+
+// Version returns the file's version when it is a regular file.
+func (d *File) Version() (Version, bool, error) {
+	fi, err := d.f.Stat()
+	if err != nil {
+		return Version{}, false, fmt.Errorf("disk version: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !fi.Mode().IsRegular() {
+		return Version{}, false, nil
+	}
+	return Version{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size,
+		Mtime: time.Unix(st.Mtim.Unix()), Ctime: time.Unix(st.Ctim.Unix())}, true, nil
 }
 
 func (d *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {

@@ -75,6 +75,7 @@ func parseRun(args []string) *options {
 	fs.DurationVar(&o.cfg.CrashInterval, "crash-interval", o.cfg.CrashInterval, "cut a crash-consistent recovery point this often (1s or more); the VM's replication policy replaces it unless --crash-interval or --app-interval is given")
 	fs.Uint64Var(&o.cfg.Epoch, "epoch", o.cfg.Epoch, "epoch of the replication direction, as reprotect prints it")
 	fs.DurationVar(&o.cfg.ScanInterval, "scan-interval", o.cfg.ScanInterval, "time between scans of the disks for changes")
+	fs.Int64Var(&o.cfg.ScanRate, "scan-rate", 0, "bytes per second that scans and resyncs read the disks at most (0: unbounded; at least 1 MiB/s)")
 	fs.Int64Var(&o.cfg.QueueBytes, "queue-bytes", o.cfg.QueueBytes, "bound of the change queue before falling back to the dirty bitmap")
 	fs.Int64Var(&o.cfg.WindowBytes, "window-bytes", o.cfg.WindowBytes, "bound of data sent and not yet acknowledged")
 	o.metrics = fs.String("metrics", "", "admin address for /metrics (empty: off)")
@@ -106,7 +107,9 @@ the disks then. Without it the disks are scanned every --scan-interval: each
 64 KiB chunk whose hash changed is sent, and a point is cut after every pass
 that found changes (and every --crash-interval when nothing changed); such a
 point holds the disks as the pass read them, so quiesce the writer (fsfreeze)
-for a point that is exactly one moment of a disk being written.
+for a point that is exactly one moment of a disk being written. A pass skips
+an image file whose size, times and inode have not changed since the last
+pass read it; --scan-rate bounds how fast passes and resyncs read.
 
 SIGTERM or SIGINT waits up to 10s for acknowledgements, then saves what is
 unsent so that the next run continues without a full resync.

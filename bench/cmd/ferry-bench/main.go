@@ -7,45 +7,91 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 
 	"github.com/ferrydr/ferry/bench"
 	"github.com/ferrydr/ferry/pkg/cli"
 )
 
 const usage = `
-ferry-bench measures Ferry, each figure beside a baseline from the same run.
+ferry-bench measures Ferry, each figure beside a baseline from the same run,
+and ends each benchmark with one line per goal:
+  target: NAME measured=X goal=Y met|missed
 
 Usage:
-  ferry-bench [flags] throughput|resync|rpo|rto|failback|relay|all
+  ferry-bench [flags] BENCHMARK...
 
-  throughput  agent -> process server delta throughput for incompressible, ~2:1
-              and mostly-zero data, against the in-process limit and a raw
-              fsync'd write
+Benchmarks:
+  throughput  agent -> process server ingest of incompressible, ~2:1 and
+              mostly-zero data, against the in-process limit (same records,
+              same codec, no network) and a raw fsync'd write
+  fanin       8 agents' initial copies at once against one agent's, and the
+              process server's memory meanwhile
+  nbd         the agent's NBD front end: qemu-img convert of an image and fio
+              4 KiB random writes, against a plain file
   resync      delta resync of an image with 0.1%%, 1%%, 10%% changed blocks
-              against rsync --inplace --no-whole-file over loopback
+              against rsync (default and 4 KiB blocks) over loopback
+  scan        scan mode: bytes read between scans of an unchanged image, and
+              the read rate under --scan-rate
   rpo         achieved RPO (p50/p99/max) of VMs under churn with 1 s points
-  rto         test failover and committed failover time against disk size
+  rto         test failover and unplanned failover + commit against disk size
   failback    original-location reprotect against a full copy
   relay       WAN bytes of reverse replication relayed (verified, compressed)
               by the recovery-site process server against direct
+  all         every one of them
+
+Exit status: 0 when every benchmark ran (goals met or missed), 1 when one
+failed, 2 for bad usage.
 
 Flags:
 `
 
+var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay"}
+
 func main() {
-	fs := flag.NewFlagSet("ferry-bench", flag.ExitOnError)
+	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
 	exe, _ := os.Executable()
 	bin := fs.String("bin", filepath.Dir(exe), "directory holding ferry-ps (make build puts both in bin/)")
 	dir := fs.String("dir", os.TempDir(), "scratch directory")
-	size := fs.Int64("size", 512, "MiB of input per throughput run; MiB per image for resync and failback")
-	asJSON := fs.Bool("json", false, "print JSON instead of tables")
-	chart := fs.String("chart", "", "rpo: write an SVG chart of RPO over time to this file")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (agent and in-process servers) to this file")
-	fs.Usage = func() { fmt.Fprintf(fs.Output(), usage); fs.PrintDefaults() }
-	fs.Parse(os.Args[1:])
-	if fs.NArg() != 1 {
+	size := fs.Int64("size", 0, "MiB of input per throughput run, MiB per image for resync, nbd and failback (0: each benchmark's default)")
+	jsonOut := fs.String("json", "", "write every table, figure and target as JSON to this file (- for standard output)")
+	charts := fs.String("charts", "", "write SVG charts (rpo.svg: RPO over time; throughput.svg: throughput by data kind) into this directory")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (agents and in-process servers) to this file")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	want := map[string]bool{}
+	for _, a := range fs.Args() {
+		switch {
+		case a == "all":
+			for _, n := range names {
+				want[n] = true
+			}
+		case slices.Contains(names, a):
+			want[a] = true
+		default:
+			fmt.Fprintf(os.Stderr, "ferry-bench: unknown benchmark %q (want one of %v or all)\n", a, names)
+			os.Exit(2)
+		}
+	}
+	if len(want) == 0 {
 		fs.Usage()
 		os.Exit(2)
+	}
+	if *charts != "" {
+		if err := os.MkdirAll(*charts, 0o755); err != nil {
+			cli.Fatal("ferry-bench", err)
+		}
+	}
+	chart := func(name string) string {
+		if *charts == "" {
+			return ""
+		}
+		return filepath.Join(*charts, name)
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
@@ -57,39 +103,53 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
+	bytes := *size << 20
 	var tables []*bench.Table
 	run := func(name string, fn func() (*bench.Table, error)) {
-		if fs.Arg(0) != name && fs.Arg(0) != "all" {
+		if !want[name] {
 			return
 		}
 		t, err := fn()
 		if err != nil {
 			cli.Fatal("ferry-bench "+name, err)
 		}
-		if !*asJSON {
-			t.Print(os.Stdout)
-		}
+		t.Name = name
+		t.Print(os.Stdout)
 		tables = append(tables, t)
 	}
 	run("throughput", func() (*bench.Table, error) {
-		return bench.Throughput(ctx, bench.ThroughputConfig{Bin: *bin, Dir: *dir, Bytes: *size << 20})
+		return bench.Throughput(ctx, bench.ThroughputConfig{Bin: *bin, Dir: *dir, Bytes: bytes, Chart: chart("throughput.svg")})
+	})
+	run("fanin", func() (*bench.Table, error) {
+		return bench.FanIn(ctx, bench.FanInConfig{Bin: *bin, Dir: *dir, Bytes: bytes})
+	})
+	run("nbd", func() (*bench.Table, error) {
+		return bench.NBD(ctx, bench.NBDConfig{Bin: *bin, Dir: *dir, Bytes: bytes})
 	})
 	run("resync", func() (*bench.Table, error) {
-		return bench.Resync(ctx, bench.ResyncConfig{Dir: *dir, Bytes: *size << 20})
+		return bench.Resync(ctx, bench.ResyncConfig{Dir: *dir, Bytes: bytes})
 	})
+	run("scan", func() (*bench.Table, error) { return bench.Scan(ctx, bench.ScanConfig{Bin: *bin, Dir: *dir}) })
 	run("rpo", func() (*bench.Table, error) {
-		return bench.RPO(ctx, bench.RPOConfig{Dir: *dir, Chart: *chart})
+		return bench.RPO(ctx, bench.RPOConfig{Dir: *dir, Chart: chart("rpo.svg")})
 	})
 	run("rto", func() (*bench.Table, error) { return bench.RTO(ctx, bench.RTOConfig{Dir: *dir}) })
 	run("failback", func() (*bench.Table, error) {
-		return bench.Failback(ctx, bench.FailbackConfig{Dir: *dir, Bytes: *size << 20})
+		return bench.Failback(ctx, bench.FailbackConfig{Dir: *dir, Bytes: bytes})
 	})
 	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: *dir}) })
-	if len(tables) == 0 {
-		fs.Usage()
-		os.Exit(2)
-	}
-	if *asJSON {
-		bench.WriteJSON(os.Stdout, tables)
+	if *jsonOut != "" {
+		w := os.Stdout
+		if *jsonOut != "-" {
+			f, err := os.Create(*jsonOut)
+			if err != nil {
+				cli.Fatal("ferry-bench", err)
+			}
+			defer f.Close()
+			w = f
+		}
+		if err := bench.WriteJSON(w, tables); err != nil {
+			cli.Fatal("ferry-bench", err)
+		}
 	}
 }
