@@ -80,8 +80,8 @@ type Agent struct {
 	// scanVersion is each file disk's version read before its last
 	// hashing (nil: unknown, read it again).
 	scanVersion []*diskVersion
-	lastMark  time.Time
-	readBuf   []byte
+	lastMark    time.Time
+	readBuf     []byte
 	// savedAcked is the receiver's durable sequence when the agent last
 	// shut down cleanly.
 	savedAcked uint64
