@@ -34,6 +34,13 @@ type Extents interface {
 	DataExtents(ctx context.Context, fn func(off, length int64) error) error
 }
 
+// Handoff is a capability of devices that can keep a write's buffer
+// instead of copying it (the write splitter queues it for replication).
+// After WriteAtHandoff returns, the caller must not read or change p.
+type Handoff interface {
+	WriteAtHandoff(ctx context.Context, p []byte, off int64) (int, error)
+}
+
 // Versioned is a capability of devices whose content has a version the
 // file system keeps: a regular file's identity, size, modification and
 // change times. Version returns ok false when the device has none (a block

@@ -105,7 +105,7 @@ func (t *Tracker) signal() {
 	}
 }
 
-func (t *Tracker) write(ctx context.Context, disk int, p []byte, off int64) (int, error) {
+func (t *Tracker) write(ctx context.Context, disk int, p []byte, off int64, owned bool) (int, error) {
 	if off%t.blockSize != 0 || int64(len(p))%t.blockSize != 0 {
 		// The stream carries whole blocks; an unaligned write would need a
 		// read-modify-write that could reorder with other writes.
@@ -117,12 +117,14 @@ func (t *Tracker) write(ctx context.Context, disk int, p []byte, off int64) (int
 	defer t.mu.Unlock()
 	n, err := t.devs[disk].WriteAt(ctx, p, off)
 	if n > 0 {
-		t.recordLocked(Change{Disk: disk, Off: off, Data: append([]byte(nil), p[:n]...)})
+		t.recordLocked(Change{Disk: disk, Off: off, Data: p[:n]}, owned)
 	}
 	return n, err
 }
 
-func (t *Tracker) recordLocked(c Change) {
+// recordLocked queues a change, or marks it in the bitmap. The queue keeps
+// c.Data itself when owned (the writer handed it over), else a copy.
+func (t *Tracker) recordLocked(c Change, owned bool) {
 	if t.mode == ModeQueue && t.qBytes+c.size() > t.queueCap {
 		t.overflows++
 		t.toBitmapLocked()
@@ -130,6 +132,9 @@ func (t *Tracker) recordLocked(c Change) {
 	if t.mode == ModeBitmap {
 		t.bitmaps[c.Disk].SetRange(c.Off, int64(len(c.Data)))
 	} else {
+		if !owned {
+			c.Data = append([]byte(nil), c.Data...)
+		}
 		t.queue = append(t.queue, c)
 		t.qBytes += c.size()
 	}
@@ -350,7 +355,13 @@ func (s *splitter) ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 }
 
 func (s *splitter) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
-	return s.t.write(ctx, s.disk, p, off)
+	return s.t.write(ctx, s.disk, p, off, false)
+}
+
+// WriteAtHandoff is WriteAt that queues p itself instead of a copy: the
+// caller hands p over and must not touch it again.
+func (s *splitter) WriteAtHandoff(ctx context.Context, p []byte, off int64) (int, error) {
+	return s.t.write(ctx, s.disk, p, off, true)
 }
 
 func (s *splitter) Size() int64 { return s.t.devs[s.disk].Size() }

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -72,8 +73,9 @@ type Server struct {
 
 type exportState struct {
 	Export
-	// mu orders writes that need read-modify-write with other writes.
-	mu sync.Mutex
+	// mu orders writes that need read-modify-write (held) with other
+	// writes (shared), across connections too.
+	mu sync.RWMutex
 }
 
 // NewServer returns a server with no exports that admits clients as a
@@ -390,119 +392,281 @@ func optReply(w io.Writer, opt, typ uint32, data []byte) error {
 	return err
 }
 
-// transmit serves requests in order; each is answered before the next is
-// read, so the order of writes on the device is the client's.
+// Requests in flight on one connection are bounded in number and in
+// payload bytes; the reader waits when either is reached.
+const (
+	maxInFlight      = 64
+	maxInFlightBytes = 64 << 20
+)
+
+// request is one transmission-phase request on its way.
+type request struct {
+	typ, flags uint16
+	handle     uint64
+	off        uint64
+	n          uint32
+	data       []byte // a write's payload
+	// lo and hi bound the 4 KiB blocks the request touches: writes that
+	// are not block aligned read and rewrite whole blocks.
+	lo, hi uint64
+	// after are the earlier requests it must wait for; done closes when
+	// it has been answered.
+	after []*request
+	done  chan struct{}
+}
+
+func (r *request) writes() bool {
+	return r.typ == cmdWrite || r.typ == cmdWriteZeroes || r.typ == cmdTrim
+}
+
+// conflicts reports whether r, arriving after o, must wait for it: writes
+// keep their order with every request on the blocks they touch, reads with
+// the writes before them, and a flush with every write before it.
+func (r *request) conflicts(o *request) bool {
+	switch {
+	case r.typ == cmdFlush:
+		return o.writes()
+	case o.typ == cmdFlush:
+		return false
+	case !r.writes() && !o.writes():
+		return false
+	}
+	return r.lo < o.hi && o.lo < r.hi
+}
+
+// pipeline tracks the requests in flight on one connection.
+type pipeline struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	inFlight []*request
+	bytes    int
+	wg       sync.WaitGroup
+}
+
+// admit waits for room, then records r with the earlier requests it
+// conflicts with; it reports whether r is the only request in flight.
+func (p *pipeline) admit(r *request) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.inFlight) > 0 && (len(p.inFlight) >= maxInFlight || p.bytes+len(r.data) > maxInFlightBytes) {
+		p.cond.Wait()
+	}
+	for _, o := range p.inFlight {
+		if r.conflicts(o) {
+			r.after = append(r.after, o)
+		}
+	}
+	p.inFlight = append(p.inFlight, r)
+	p.bytes += len(r.data)
+	p.wg.Add(1)
+	return len(p.inFlight) == 1
+}
+
+// finish removes r from the requests in flight and wakes what waits on it.
+func (p *pipeline) finish(r *request) {
+	p.mu.Lock()
+	for i, o := range p.inFlight {
+		if o == r {
+			p.inFlight = slices.Delete(p.inFlight, i, i+1)
+			break
+		}
+	}
+	p.bytes -= len(r.data)
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	close(r.done)
+	p.wg.Done()
+}
+
+// transmit serves requests concurrently, answering each as it completes
+// (out of order, matched by handle): a request waits only for the earlier
+// ones it conflicts with, so writes to the same blocks reach the device
+// in the client's order, and a flush covers every write sent before it. A
+// request that arrives alone (nothing in flight, nothing more read) is
+// served by the reader itself: one client waiting on each answer pays for
+// no hand-off.
 func (s *Server) transmit(c net.Conn, e *exportState) error {
-	ctx := context.Background()
+	p := &pipeline{}
+	p.cond = sync.NewCond(&p.mu)
+	rw := &replyWriter{c: c, w: bufio.NewWriterSize(c, 256<<10)}
+	replies := make(chan []byte, maxInFlight)
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rw.writeReplies(replies)
+	}()
+	err := s.readRequests(bufio.NewReaderSize(c, 256<<10), e, p, rw, replies)
+	// Requests already read are answered (or fail on the closed
+	// connection) before the connection is let go.
+	p.wg.Wait()
+	close(replies)
+	<-wrote
+	return err
+}
+
+// replyWriter writes replies to a connection, buffered; after a failed
+// write it closes the connection (the reader then ends) and drops the
+// rest.
+type replyWriter struct {
+	mu     sync.Mutex
+	c      net.Conn
+	w      *bufio.Writer
+	failed bool
+}
+
+// send writes one reply, and flushes when told to.
+func (rw *replyWriter) send(reply []byte, flush bool) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if rw.failed {
+		return
+	}
+	_, err := rw.w.Write(reply)
+	if err == nil && flush {
+		err = rw.w.Flush()
+	}
+	if err != nil {
+		rw.failed = true
+		rw.c.Close()
+	}
+}
+
+// writeReplies sends the replies of requests served concurrently as they
+// come, flushing whenever none is waiting.
+func (rw *replyWriter) writeReplies(replies <-chan []byte) {
+	for r := range replies {
+		rw.send(r, len(replies) == 0)
+	}
+}
+
+// readRequests reads requests until the client disconnects or breaks the
+// protocol, and starts each.
+func (s *Server) readRequests(br *bufio.Reader, e *exportState, p *pipeline, rw *replyWriter, replies chan<- []byte) error {
 	var hdr [28]byte
-	buf := make([]byte, 0, 1<<20)
 	for {
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return err
 		}
 		if binary.BigEndian.Uint32(hdr[0:]) != magicRequest {
 			return fmt.Errorf("bad request magic")
 		}
-		flags, typ := binary.BigEndian.Uint16(hdr[4:]), binary.BigEndian.Uint16(hdr[6:])
-		handle := binary.BigEndian.Uint64(hdr[8:])
-		off, n := binary.BigEndian.Uint64(hdr[16:]), binary.BigEndian.Uint32(hdr[24:])
-		size := uint64(e.Device.Size())
-		inRange := off <= size && uint64(n) <= size-off
-		if typ == cmdWrite {
-			if n > maxPayload {
-				return fmt.Errorf("write of %d bytes exceeds %d", n, maxPayload)
+		r := &request{flags: binary.BigEndian.Uint16(hdr[4:]), typ: binary.BigEndian.Uint16(hdr[6:]), handle: binary.BigEndian.Uint64(hdr[8:]),
+			off: binary.BigEndian.Uint64(hdr[16:]), n: binary.BigEndian.Uint32(hdr[24:]), done: make(chan struct{})}
+		if r.typ == cmdWrite {
+			if r.n > maxPayload {
+				return fmt.Errorf("write of %d bytes exceeds %d", r.n, maxPayload)
 			}
-			if cap(buf) < int(n) {
-				buf = make([]byte, n)
-			}
-			buf = buf[:n]
-			if _, err := io.ReadFull(c, buf); err != nil {
+			r.data = make([]byte, r.n)
+			if _, err := io.ReadFull(br, r.data); err != nil {
 				return err
 			}
 		}
-		var errno uint32
-		var data []byte
-		switch typ {
-		case cmdRead:
-			if n > maxPayload {
-				errno = errOverflow
-				break
-			}
-			if !inRange {
-				errno = errInval
-				break
-			}
-			if cap(buf) < int(n) {
-				buf = make([]byte, n)
-			}
-			data = buf[:n]
-			if _, err := e.Device.ReadAt(ctx, data, int64(off)); err != nil {
-				s.log.Warn("nbd read", "export", e.Name, "off", off, "err", err)
-				errno, data = errIO, nil
-			}
-		case cmdWrite, cmdWriteZeroes, cmdTrim:
-			if e.ReadOnly {
-				errno = errPerm
-				break
-			}
-			if !inRange {
-				errno = errNoSpc
-				break
-			}
-			p := buf[:n]
-			if typ != cmdWrite {
-				if n > maxPayload {
-					errno = errOverflow
-					break
-				}
-				// Trim is written as zeros: what the protected disk reads
-				// next is then defined, and replicated.
-				p = make([]byte, n)
-			}
-			if err := e.write(ctx, p, int64(off)); err != nil {
-				s.log.Warn("nbd write", "export", e.Name, "off", off, "err", err)
-				errno = errIO
-				if errors.Is(err, blockdev.ErrNoSpace) {
-					errno = errNoSpc
-				}
-				break
-			}
-			if flags&cmdFlagFUA != 0 {
-				if err := e.Device.Sync(ctx); err != nil {
-					errno = errIO
-				}
-			}
-		case cmdFlush:
-			if err := e.Device.Sync(ctx); err != nil {
-				errno = errIO
-			}
-		case cmdDisc:
+		if r.typ == cmdDisc {
 			return io.EOF
-		default:
-			errno = errInval
 		}
-		reply := binary.BigEndian.AppendUint32(make([]byte, 0, 16+len(data)), magicReply)
-		reply = binary.BigEndian.AppendUint32(reply, errno)
-		reply = binary.BigEndian.AppendUint64(reply, handle)
-		if errno == 0 && data != nil {
-			reply = append(reply, data...)
+		const bs = blockdev.BlockSize
+		r.lo, r.hi = r.off/bs*bs, (r.off+uint64(r.n)+bs-1)/bs*bs
+		if r.hi < r.lo { // wrapped: refused as out of range, conflicts with all
+			r.lo, r.hi = 0, ^uint64(0)
 		}
-		if _, err := c.Write(reply); err != nil {
-			return err
+		alone := p.admit(r) && br.Buffered() == 0
+		run := func(alone bool) {
+			defer p.finish(r)
+			for _, o := range r.after {
+				<-o.done
+			}
+			errno, data := s.serve(e, r)
+			reply := make([]byte, 0, 16+len(data))
+			reply = binary.BigEndian.AppendUint32(reply, magicReply)
+			reply = binary.BigEndian.AppendUint32(reply, errno)
+			reply = binary.BigEndian.AppendUint64(reply, r.handle)
+			if errno == 0 {
+				reply = append(reply, data...)
+			}
+			if alone {
+				rw.send(reply, true)
+			} else {
+				replies <- reply
+			}
+		}
+		if alone {
+			run(true)
+		} else {
+			go run(false)
 		}
 	}
 }
 
+// serve carries out one request and returns its error number and, for a
+// read, the data.
+func (s *Server) serve(e *exportState, r *request) (uint32, []byte) {
+	ctx := context.Background()
+	size := uint64(e.Device.Size())
+	inRange := r.off <= size && uint64(r.n) <= size-r.off
+	switch r.typ {
+	case cmdRead:
+		if r.n > maxPayload {
+			return errOverflow, nil
+		}
+		if !inRange {
+			return errInval, nil
+		}
+		data := make([]byte, r.n)
+		if _, err := e.Device.ReadAt(ctx, data, int64(r.off)); err != nil {
+			s.log.Warn("nbd read", "export", e.Name, "off", r.off, "err", err)
+			return errIO, nil
+		}
+		return 0, data
+	case cmdWrite, cmdWriteZeroes, cmdTrim:
+		if e.ReadOnly {
+			return errPerm, nil
+		}
+		if !inRange {
+			return errNoSpc, nil
+		}
+		p := r.data
+		if r.typ != cmdWrite {
+			if r.n > maxPayload {
+				return errOverflow, nil
+			}
+			// Trim is written as zeros: what the protected disk reads
+			// next is then defined, and replicated.
+			p = make([]byte, r.n)
+		}
+		if err := e.write(ctx, p, int64(r.off)); err != nil {
+			s.log.Warn("nbd write", "export", e.Name, "off", r.off, "err", err)
+			if errors.Is(err, blockdev.ErrNoSpace) {
+				return errNoSpc, nil
+			}
+			return errIO, nil
+		}
+		if r.flags&cmdFlagFUA != 0 {
+			if err := e.Device.Sync(ctx); err != nil {
+				return errIO, nil
+			}
+		}
+		return 0, nil
+	case cmdFlush:
+		if err := e.Device.Sync(ctx); err != nil {
+			return errIO, nil
+		}
+		return 0, nil
+	}
+	return errInval, nil
+}
+
 // write writes p at off, merging the ends with the device's content when
-// they are not aligned to its 4 KiB blocks.
+// they are not aligned to its 4 KiB blocks. p is the request's own buffer:
+// a device that takes a handoff keeps it.
 func (e *exportState) write(ctx context.Context, p []byte, off int64) error {
 	const bs = blockdev.BlockSize
+	if off%bs == 0 && len(p)%bs == 0 {
+		e.mu.RLock()
+		defer e.mu.RUnlock()
+		return e.handoff(ctx, p, off)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if off%bs == 0 && len(p)%bs == 0 {
-		_, err := e.Device.WriteAt(ctx, p, off)
-		return err
-	}
 	start := off / bs * bs
 	end := min((off+int64(len(p))+bs-1)/bs*bs, e.Device.Size())
 	merged := make([]byte, end-start)
@@ -510,6 +674,17 @@ func (e *exportState) write(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	copy(merged[off-start:], p)
-	_, err := e.Device.WriteAt(ctx, merged, start)
+	return e.handoff(ctx, merged, start)
+}
+
+// handoff writes p, a buffer nothing else uses, handing it to a device that
+// can keep it.
+func (e *exportState) handoff(ctx context.Context, p []byte, off int64) error {
+	var err error
+	if h, ok := e.Device.(blockdev.Handoff); ok {
+		_, err = h.WriteAtHandoff(ctx, p, off)
+	} else {
+		_, err = e.Device.WriteAt(ctx, p, off)
+	}
 	return err
 }
