@@ -569,7 +569,9 @@ func (s *Server) readRequests(br *bufio.Reader, e *exportState, p *pipeline, rw 
 		if r.hi < r.lo { // wrapped: refused as out of range, conflicts with all
 			r.lo, r.hi = 0, ^uint64(0)
 		}
-		alone := p.admit(r) && br.Buffered() == 0
+		// A flush or FUA write waits on the disk: never inline, so that
+		// requests sent behind it are read and served meanwhile.
+		alone := p.admit(r) && br.Buffered() == 0 && r.typ != cmdFlush && r.flags&cmdFlagFUA == 0
 		run := func(alone bool) {
 			defer p.finish(r)
 			for _, o := range r.after {
