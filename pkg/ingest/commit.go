@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -12,7 +11,7 @@ import (
 type commitItem struct {
 	sess    *session
 	recs    []journal.Record
-	bufs    []*[]byte // pooled payload buffers to return after the commit
+	bufs    []*[]byte // the batch's arena, returned after the commit
 	bytes   int
 	recv    time.Time
 	barrier chan struct{} // closed once everything before it is committed
@@ -26,7 +25,7 @@ type committer struct {
 	j           *journal.Journal
 	in          chan commitItem
 	commitBytes int
-	pool        *sync.Pool
+	arenas      *arenas
 	m           *metrics
 }
 
@@ -91,7 +90,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) {
 			}
 		}
 		for _, b := range it.bufs {
-			c.pool.Put(b)
+			c.arenas.put(b)
 		}
 	}
 }

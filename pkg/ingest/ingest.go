@@ -112,12 +112,12 @@ func (c *Config) setDefaults() {
 type Receiver struct {
 	ferryv1.UnimplementedReplicationServer
 
-	cfg  Config
-	j    *journal.Journal
-	comp *journal.Compressor
-	log  *slog.Logger
-	m    *metrics
-	pool sync.Pool
+	cfg    Config
+	j      *journal.Journal
+	comp   *journal.Compressor
+	log    *slog.Logger
+	m      *metrics
+	arenas *arenas
 
 	jobs   chan *job
 	commit *committer
@@ -155,8 +155,8 @@ func New(cfg Config) (*Receiver, error) {
 		jobs:     make(chan *job, cfg.Workers*2),
 		sessions: map[ferry.VMID]*session{},
 	}
-	r.pool.New = func() any { b := make([]byte, 0, cfg.MaxWriteBytes+cfg.MaxWriteBytes/8+64); return &b }
-	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, pool: &r.pool, m: r.m}
+	r.arenas = &arenas{}
+	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, arenas: r.arenas, m: r.m}
 	return r, nil
 }
 

@@ -283,6 +283,17 @@ func zeroSum(n int) uint64 {
 func (r *Receiver) process(j *job) error {
 	vm := j.sess.name
 	j.out = make([]journal.Record, len(j.in))
+	need := 0
+	for _, rec := range j.in {
+		if w := rec.GetWrite(); w != nil && !w.GetZero() {
+			need += arenaNeed(len(w.GetData()))
+		}
+	}
+	var arena *[]byte
+	if need > 0 {
+		arena = r.arenas.get(need)
+		j.bufs = append(j.bufs, arena)
+	}
 	for i, rec := range j.in {
 		out := &j.out[i]
 		*out = journal.Record{VM: vm, Seq: ferry.Seq(rec.GetSeq())}
@@ -300,12 +311,18 @@ func (r *Receiver) process(j *job) error {
 			if got := xxhash.Sum64(w.GetData()); got != out.Sum {
 				return &RecordError{VM: string(vm), Seq: rec.GetSeq(), Err: ErrChecksum, Msg: fmt.Sprintf("disk %d offset %d: data hashes to %016x, record says %016x", out.Disk, out.Offset, got, out.Sum)}
 			}
-			buf := r.pool.Get().(*[]byte)
-			out.Codec, out.Payload = r.comp.Encode((*buf)[:0], w.GetData())
-			if out.Codec == journal.CodecZstd || out.Codec == journal.CodecS2 {
-				j.bufs = append(j.bufs, buf)
-			} else {
-				r.pool.Put(buf)
+			// Compressed payloads go into the batch's arena; a raw one is
+			// the message's own data.
+			out.Payload = encodeInto(arena, func(dst []byte) []byte {
+				var p []byte
+				out.Codec, p = r.comp.Encode(dst, w.GetData())
+				if out.Codec == journal.CodecRaw {
+					return nil
+				}
+				return p
+			})
+			if out.Codec == journal.CodecRaw {
+				out.Payload = w.GetData()
 			}
 		case *ferryv1.Record_Marker:
 			m := body.Marker
@@ -364,7 +381,7 @@ func (r *Receiver) forward(s *session) {
 		if j.err != nil {
 			r.m.rejected.WithLabelValues(rejectReason(j.err)).Inc()
 			for _, b := range j.bufs {
-				r.pool.Put(b)
+				r.arenas.put(b)
 			}
 			s.fail(j.err)
 			return
