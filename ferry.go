@@ -1,6 +1,7 @@
 package ferry
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -67,6 +68,37 @@ func ZeroSum(n int) uint64 {
 		n -= c
 	}
 	return d.Sum64()
+}
+
+// BlockSize is the unit Ferry hashes, tracks and replicates: every
+// replicated write covers whole 4 KiB blocks.
+const BlockSize = 4096
+
+// FoldSums returns a chunk's hash from its blocks' xxhash64 sums: the
+// xxhash64 of the sums, little-endian, in order. Both ends of a resync
+// compute it, the agent from the disk's blocks and the receiver from the
+// sums it kept as writes arrived.
+func FoldSums(sums []uint64) uint64 {
+	var buf [8 * 16]byte
+	d := xxhash.New()
+	for len(sums) > 0 {
+		n := min(len(sums), 16)
+		for i, s := range sums[:n] {
+			binary.LittleEndian.PutUint64(buf[8*i:], s)
+		}
+		d.Write(buf[:8*n])
+		sums = sums[n:]
+	}
+	return d.Sum64()
+}
+
+// BlockSums returns the xxhash64 of each BlockSize block of p (the last
+// one may be short).
+func BlockSums(dst []uint64, p []byte) []uint64 {
+	for off := 0; off < len(p); off += BlockSize {
+		dst = append(dst, xxhash.Sum64(p[off:min(off+BlockSize, len(p))]))
+	}
+	return dst
 }
 
 // Range is a byte range of one of a VM's disks (by index).

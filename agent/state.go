@@ -34,8 +34,12 @@ func (a *Agent) bitmapPath(disk int) string {
 	return filepath.Join(a.cfg.StateDir, "bitmap-"+a.cfg.Disks[disk].Name)
 }
 
+// hashPath is where a disk's scan table is saved. Its chunk hashes are
+// folded block sums; a table saved by an agent that hashed chunk bytes
+// (file "hashes-DISK") is not read, and the agent resyncs by hash instead
+// of taking every chunk for changed.
 func (a *Agent) hashPath(disk int) string {
-	return filepath.Join(a.cfg.StateDir, "hashes-"+a.cfg.Disks[disk].Name)
+	return filepath.Join(a.cfg.StateDir, "folded-hashes-"+a.cfg.Disks[disk].Name)
 }
 
 func (a *Agent) loadState() (state, bool, error) {

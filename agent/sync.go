@@ -278,7 +278,7 @@ func (a *Agent) resync(s *sender) error {
 	client := ferryv1.NewReplicationClient(a.conn)
 	var differ, blocks, chunks int64
 	for i, d := range a.cfg.Disks {
-		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, ChunkSize, d.Device.Size(), nil)
+		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, ChunkSize, d.Device.Size(), nil, true)
 		if err != nil {
 			return fmt.Errorf("resync disk %s: %w", d.Name, err)
 		}
@@ -301,7 +301,7 @@ func (a *Agent) resync(s *sender) error {
 		for len(want) > 0 {
 			part := want[:min(len(want), 1<<16)]
 			want = want[len(part):]
-			rb, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, blockdev.BlockSize, d.Device.Size(), part)
+			rb, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, blockdev.BlockSize, d.Device.Size(), part, false)
 			if err != nil {
 				return fmt.Errorf("resync disk %s: %w", d.Name, err)
 			}
@@ -368,22 +368,37 @@ func (a *Agent) scan(s *sender) error {
 	return a.drain(s, ferryv1.DrainReason_DRAIN_REASON_SCAN)
 }
 
+// A chunk's hash is the fold of its 4 KiB blocks' sums (ferry.FoldSums):
+// the receiver keeps block sums as writes arrive and folds them without
+// reading its replica.
+
+// zeroChunkHash is the hash of n bytes of zeros.
+func zeroChunkHash(n int64) uint64 {
+	return chunkHash(make([]byte, n), nil)
+}
+
+// chunkHash is the hash of one chunk's bytes; sums is scratch space.
+func chunkHash(p []byte, sums []uint64) uint64 {
+	return ferry.FoldSums(ferry.BlockSums(sums[:0], p))
+}
+
 func zeroTable(size int64) []uint64 {
 	n := (size + ChunkSize - 1) / ChunkSize
 	t := make([]uint64, n)
-	full := ferry.ZeroSum(ChunkSize)
+	full := zeroChunkHash(ChunkSize)
 	for i := range t {
 		t[i] = full
 	}
-	t[n-1] = ferry.ZeroSum(int(size - (n-1)*ChunkSize))
+	t[n-1] = zeroChunkHash(size - (n-1)*ChunkSize)
 	return t
 }
 
 // hashChunks sets the table's entries for the whole chunks in buf, read at
 // off (a multiple of ChunkSize).
 func hashChunks(table []uint64, buf []byte, off int64) {
+	sums := make([]uint64, 0, ChunkSize/blockdev.BlockSize)
 	for i := 0; i < len(buf); i += ChunkSize {
-		table[(off+int64(i))/ChunkSize] = xxhash.Sum64(buf[i:min(i+ChunkSize, len(buf))])
+		table[(off+int64(i))/ChunkSize] = chunkHash(buf[i:min(i+ChunkSize, len(buf))], sums)
 	}
 }
 
@@ -519,9 +534,11 @@ func extents(ctx context.Context, dev blockdev.Device, fn func(off, length int64
 }
 
 // fetchHashes asks the receiver for the hashes of a disk's chunks of
-// chunkSize: all of them, or those listed in only (in that order).
-func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk string, epoch uint64, chunkSize int64, size int64, only []uint64) ([]uint64, error) {
-	stream, err := client.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: vm, Disk: disk, ChunkSize: uint32(chunkSize), Epoch: epoch, Chunks: only})
+// chunkSize: all of them, or those listed in only (in that order); folded
+// from block sums (the agent's chunk hash) or of the bytes (a block's sum).
+func fetchHashes(ctx context.Context, client ferryv1.ReplicationClient, vm, disk string, epoch uint64, chunkSize int64, size int64, only []uint64, fold bool) ([]uint64, error) {
+	stream, err := client.BlockHashes(ctx, &ferryv1.BlockHashesRequest{Vm: vm, Disk: disk, ChunkSize: uint32(chunkSize), Epoch: epoch, Chunks: only,
+		FoldBlockHashes: fold})
 	if err != nil {
 		return nil, err
 	}

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ferrydr/ferry"
 )
 
 // BlockSize is the unit of change tracking and of the replication stream.
 // Every replicated write covers whole blocks.
-const BlockSize = 4096
+const BlockSize = ferry.BlockSize
 
 // Device is a disk. ReadAt and WriteAt follow io.ReaderAt and io.WriterAt:
 // they transfer all of p or return an error. Accesses beyond Size fail with

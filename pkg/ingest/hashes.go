@@ -58,7 +58,7 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 		pending = pending[:0]
 		return err
 	}
-	_, err = r.j.EachChunkHash(ctx, name, disk, chunk, only, func(s ferry.Seq, _ int64, sums []uint64) error {
+	each := func(s ferry.Seq, _ int64, sums []uint64) error {
 		seq = s
 		for len(sums) > 0 {
 			n := min(per-len(pending), len(sums))
@@ -71,7 +71,32 @@ func (r *Receiver) BlockHashes(req *ferryv1.BlockHashesRequest, stream ferryv1.R
 			}
 		}
 		return nil
-	})
+	}
+	if req.GetFoldBlockHashes() {
+		// Folded hashes come from the hash index, in disk order; a list
+		// of chunks is answered from the whole disk's.
+		if only == nil {
+			_, err = r.j.EachFoldedHash(ctx, name, disk, chunk, each)
+		} else {
+			var all []uint64
+			var s ferry.Seq
+			if s, err = r.j.EachFoldedHash(ctx, name, disk, chunk, func(_ ferry.Seq, _ int64, sums []uint64) error {
+				all = append(all, sums...)
+				return nil
+			}); err == nil {
+				picked := make([]uint64, len(only))
+				for i, c := range only {
+					if c >= uint64(len(all)) {
+						return grpcStatus(fmt.Errorf("%w: chunk %d of a disk of %d chunks", ErrBadHello, c, len(all)))
+					}
+					picked[i] = all[c]
+				}
+				err = each(s, 0, picked)
+			}
+		}
+	} else {
+		_, err = r.j.EachChunkHash(ctx, name, disk, chunk, only, each)
+	}
 	if err == nil {
 		err = flush()
 	}

@@ -324,6 +324,9 @@ func (r *Receiver) process(j *job) error {
 			if out.Codec == journal.CodecRaw {
 				out.Payload = w.GetData()
 			}
+			// The block sums keep the VM's hash index, which a resync
+			// reads instead of the data.
+			out.BlockSums = ferry.BlockSums(make([]uint64, 0, len(w.GetData())/ferry.BlockSize), w.GetData())
 		case *ferryv1.Record_Marker:
 			m := body.Marker
 			out.Kind = journal.KindMarker

@@ -166,6 +166,8 @@ func (j *Journal) CreateVM(ctx context.Context, vm VM) error {
 		return fmt.Errorf("create vm %s: %w: no disks", vm.Name, ErrInvalid)
 	}
 	vm.LastSeq, vm.Consistent, vm.Points = 0, false, 0
+	// A new VM's disks are zeros until written: its index starts complete.
+	vm.HashIndex = indexable(&vm)
 	if vm.Created.IsZero() {
 		vm.Created = time.Now().UTC()
 	}
@@ -367,6 +369,9 @@ func appendRecord(tx *bolt.Tx, vm *VM, r *Record, seal *sealer) error {
 		}
 		vm.LogicalBytes += uint64(r.Length)
 		vm.StoredBytes += uint64(len(stored))
+		if err := indexWrite(tx, vm, r); err != nil {
+			return err
+		}
 	}
 	return b.Bucket(bucketMeta).Put(key, encodeMeta(r))
 }

@@ -434,6 +434,25 @@ func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, 
 		if sums, seq, ok := j.cachedBlockHashes(ctx, name, disk, only); ok {
 			return seq, fn(seq, 0, sums)
 		}
+		// A VM with a hash index answers listed blocks from it.
+		var sums []uint64
+		var seq ferry.Seq
+		indexed := false
+		err := j.db.View(func(tx *bolt.Tx) error {
+			vm, err := getVM(tx, name)
+			if err != nil {
+				return err
+			}
+			seq = vm.LastSeq
+			sums, indexed, err = indexedBlockSums(tx, vm, disk, only)
+			return err
+		})
+		if err != nil {
+			return seq, err
+		}
+		if indexed {
+			return seq, fn(seq, 0, sums)
+		}
 	}
 	all := only == nil
 	var blockSums []uint64

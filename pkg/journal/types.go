@@ -47,6 +47,9 @@ type VM struct {
 	LogicalBytes        uint64    `json:"logical_bytes"`
 	StoredBytes         uint64    `json:"stored_bytes"`
 	Created             time.Time `json:"created"`
+	// HashIndex: the VM's hash index holds the sum of every block of its
+	// disks as of LastSeq (see hashindex.go).
+	HashIndex bool `json:"hash_index,omitempty"`
 }
 
 // DiskIndex returns the index of the named disk.
@@ -72,6 +75,10 @@ type Record struct {
 	Sum     uint64 // xxhash64 of the Length decoded bytes
 	Codec   Codec
 	Payload []byte // encoded by Codec; must stay unchanged until Append returns
+	// BlockSums are the xxhash64 of each 4 KiB block of the write (none
+	// for a zero write), for the VM's hash index; a write without them
+	// ends the index.
+	BlockSums []uint64
 	// Encrypted: the stored payload is sealed (the journal's key).
 	Encrypted bool
 

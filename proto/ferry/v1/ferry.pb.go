@@ -2093,9 +2093,14 @@ type BlockHashesRequest struct {
 	Epoch     uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Only these chunks (indices at chunk_size); all when empty. The answer
 	// then lists hashes in the order asked, first_chunk 0.
-	Chunks        []uint64 `protobuf:"varint,5,rep,packed,name=chunks,proto3" json:"chunks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Chunks []uint64 `protobuf:"varint,5,rep,packed,name=chunks,proto3" json:"chunks,omitempty"`
+	// A chunk's hash is the xxhash64 of its 4 KiB blocks' xxhash64 sums
+	// (little-endian, in order) instead of the xxhash64 of its bytes: the
+	// receiver keeps block sums as writes arrive, so it answers without
+	// reading the replica.
+	FoldBlockHashes bool `protobuf:"varint,6,opt,name=fold_block_hashes,json=foldBlockHashes,proto3" json:"fold_block_hashes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BlockHashesRequest) Reset() {
@@ -2161,6 +2166,13 @@ func (x *BlockHashesRequest) GetChunks() []uint64 {
 		return x.Chunks
 	}
 	return nil
+}
+
+func (x *BlockHashesRequest) GetFoldBlockHashes() bool {
+	if x != nil {
+		return x.FoldBlockHashes
+	}
+	return false
 }
 
 type BlockHashesResponse struct {
@@ -6888,14 +6900,15 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"defer_sync\x18\x06 \x01(\bR\tdeferSync\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vdurable_seq\x18\x01 \x01(\x04R\n" +
-	"durableSeq\"\x85\x01\n" +
+	"durableSeq\"\xb1\x01\n" +
 	"\x12BlockHashesRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x1d\n" +
 	"\n" +
 	"chunk_size\x18\x03 \x01(\rR\tchunkSize\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06chunks\x18\x05 \x03(\x04R\x06chunks\"`\n" +
+	"\x06chunks\x18\x05 \x03(\x04R\x06chunks\x12*\n" +
+	"\x11fold_block_hashes\x18\x06 \x01(\bR\x0ffoldBlockHashes\"`\n" +
 	"\x13BlockHashesResponse\x12\x1f\n" +
 	"\vfirst_chunk\x18\x01 \x01(\x04R\n" +
 	"firstChunk\x12\x16\n" +
