@@ -81,7 +81,7 @@ func (s *Server) PrepareReprotect(ctx context.Context, req Reprotect) ([]string,
 		// The primary's own disks are the base: reverse replication
 		// compares with them and sends only what differs.
 		if devs, err = s.cfg.Primary.OriginalDisks(ctx, name, disks); err == nil {
-			err = s.j.AttachSeed(ctx, ferry.VMID(name), devs)
+			err = s.j.AttachBase(ctx, ferry.VMID(name), devs)
 		}
 		for _, d := range disks {
 			t.Paths = append(t.Paths, "original:"+string(d.Name))

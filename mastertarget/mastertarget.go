@@ -290,7 +290,7 @@ func (s *Server) reattach(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reattach vm %s: %w", t.VM, err)
 		}
-		if err := s.j.AttachSeed(ctx, ferry.VMID(t.VM), devs); err != nil {
+		if err := s.j.AttachBase(ctx, ferry.VMID(t.VM), devs); err != nil {
 			return err
 		}
 		s.mu.Lock()

@@ -65,7 +65,8 @@ func (s *Server) attachBases(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := s.j.AttachBase(ctx, vm.Name, devs); err != nil {
+		// Retention's bases were folded from the VM's own records.
+		if err := s.j.AttachFolded(ctx, vm.Name, devs); err != nil {
 			return err
 		}
 	}

@@ -19,7 +19,30 @@ import (
 // primary machine's own disks, so that reprotect to the original location
 // compares with what is there and sends only what differs. Bases are not
 // persisted: the owner attaches them again after a restart.
+//
+// The VM's hash index, which takes blocks no write covered for zeros, is
+// dropped: its hashes come from the data from then on. Retention's own
+// bases are attached with AttachFolded instead.
 func (j *Journal) AttachBase(ctx context.Context, name ferry.VMID, devs []blockdev.Device) error {
+	if err := j.attach(ctx, name, devs); err != nil {
+		return err
+	}
+	return j.update(func(tx *bolt.Tx) error {
+		vm, err := getVM(tx, name)
+		if err != nil {
+			return err
+		}
+		if !vm.HashIndex {
+			return nil
+		}
+		if err := dropIndex(tx, vm); err != nil {
+			return err
+		}
+		return putVM(tx, vm)
+	})
+}
+
+func (j *Journal) attach(ctx context.Context, name ferry.VMID, devs []blockdev.Device) error {
 	vm, err := j.VM(ctx, name)
 	if err != nil {
 		return err

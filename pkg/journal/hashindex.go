@@ -19,7 +19,7 @@ import (
 // of a chunk no write covered hold zeros, and so do chunks without a key.
 //
 // The index is only as good as that rule: a VM whose disks start from
-// something other than zeros (a seed base, AttachSeed) or a write that
+// something other than zeros (a base attached with AttachBase) or a write that
 // comes without its block sums loses its index for good, and hashes are
 // then computed from the data as before.
 var bucketHashes = []byte("hashes")
@@ -98,26 +98,12 @@ func dropIndex(tx *bolt.Tx, vm *VM) error {
 	return nil
 }
 
-// AttachSeed attaches devs as AttachBase does, for disks that start from
-// what the devices hold (a master target's original-location base): the
-// VM's hash index, which takes unwritten blocks for zeros, is dropped.
-func (j *Journal) AttachSeed(ctx context.Context, name ferry.VMID, devs []blockdev.Device) error {
-	if err := j.AttachBase(ctx, name, devs); err != nil {
-		return err
-	}
-	return j.update(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
-		if err != nil {
-			return err
-		}
-		if !vm.HashIndex {
-			return nil
-		}
-		if err := dropIndex(tx, vm); err != nil {
-			return err
-		}
-		return putVM(tx, vm)
-	})
+// AttachFolded attaches devs as AttachBase does, for bases retention made
+// by folding the VM's own records into zeroed devices (Trim): every block
+// in them that is not zero was written by a record the hash index saw, so
+// the index stays.
+func (j *Journal) AttachFolded(ctx context.Context, name ferry.VMID, devs []blockdev.Device) error {
+	return j.attach(ctx, name, devs)
 }
 
 // indexSums calls fn with the block sums of every index chunk of a disk

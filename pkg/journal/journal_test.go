@@ -56,6 +56,8 @@ func (f *fixture) write(disk int, off int64, data []byte) journal.Record {
 	r := f.rec(journal.KindWrite)
 	r.Disk, r.Offset, r.Length, r.Sum = disk, off, len(data), xxhash.Sum64(data)
 	r.Codec, r.Payload = f.comp.Encode(nil, data)
+	// As the receiver does: the block sums that keep the hash index.
+	r.BlockSums = ferry.BlockSums(nil, data)
 	f.truth[disk].WriteAt(context.Background(), data, off)
 	return r
 }

@@ -40,7 +40,7 @@ func (j *Journal) Trim(ctx context.Context, name ferry.VMID, upTo ferry.Seq, bas
 	if upTo <= vm.BaseSeq {
 		return st, nil
 	}
-	if err := j.AttachBase(ctx, name, base); err != nil {
+	if err := j.AttachFolded(ctx, name, base); err != nil {
 		return st, err
 	}
 	// 1. Points before upTo.
