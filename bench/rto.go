@@ -33,12 +33,24 @@ func RTO(ctx context.Context, cfg RTOConfig) (*Table, error) {
 			"unplanned failover + commit ms"},
 		Values: map[string]float64{},
 	}
-	for _, gib := range cfg.SizesGiB {
-		row, err := rtoSize(ctx, cfg, gib)
+	var first, last float64
+	for i, gib := range cfg.SizesGiB {
+		row, unplanned, err := rtoSize(ctx, cfg, gib)
 		if err != nil {
 			return nil, fmt.Errorf("%d GiB: %w", gib, err)
 		}
 		t.Rows = append(t.Rows, row)
+		ms := float64(unplanned.Microseconds()) / 1000
+		t.Values[fmt.Sprintf("%d GiB unplanned failover + commit ms", gib)] = ms
+		if i == 0 {
+			first = ms
+		}
+		last = ms
+	}
+	biggest := cfg.SizesGiB[len(cfg.SizesGiB)-1]
+	t.target(fmt.Sprintf("unplanned failover + commit at %d GiB", biggest), last, 1000, true, "ms")
+	if len(cfg.SizesGiB) > 1 {
+		t.target(fmt.Sprintf("unplanned failover + commit, %d GiB / %d GiB", biggest, cfg.SizesGiB[0]), last/first, 1.5, true, "x")
 	}
 	t.Notes = append(t.Notes, "test failover reads the point through copy-on-write overlays: its start does not depend on disk size",
 		"a committed failover materializes the point: only written blocks are copied into sparse images",
@@ -46,24 +58,24 @@ func RTO(ctx context.Context, cfg RTOConfig) (*Table, error) {
 	return t, nil
 }
 
-func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
+func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, time.Duration, error) {
 	dir, err := os.MkdirTemp(cfg.Dir, "rto-")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer os.RemoveAll(dir)
 	vm := sim.VMConfig{Name: "rto-1", Disks: []int64{gib << 30}, Workload: sim.Workload{Churn: 4 << 20, Pattern: sim.Hotspot},
 		Machine: &ferryv1.MachineInfo{Os: "linux", Dhcp: proto.Bool(true), SshEnabledAtBoot: true, SshFirewallAllowed: true}}
 	d, err := sim.New(ctx, sim.Config{Seed: 1, VMs: []sim.VMConfig{vm}, Networks: sim.DefaultNetworks(), Dir: dir, ProcessInterval: time.Hour})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer d.Close()
 	if err := d.Run(ctx, 2*time.Minute); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := d.ProcessNow(ctx); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	failover := func(typ ferryv1.FailoverType, point string) (time.Duration, *ferryv1.Job, error) {
 		start := time.Now()
@@ -75,23 +87,23 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 	}
 	tProcessed, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, ferry.PointLatestProcessed)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if _, err := d.Recovery.CleanupTest(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	// Two more minutes received but not processed.
 	if err := d.Run(ctx, 2*time.Minute); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	st, err := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "rto-1"})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	backlog := st.GetVms()[0].GetUnprocessedBytes()
 	tLatest, job, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_TEST, ferry.PointLatest)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var charged time.Duration
 	for _, s := range job.GetSteps() {
@@ -100,17 +112,17 @@ func rtoSize(ctx context.Context, cfg RTOConfig, gib int64) ([]string, error) {
 		}
 	}
 	if _, err := d.Recovery.CleanupTest(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	tUnplanned, _, err := failover(ferryv1.FailoverType_FAILOVER_TYPE_UNPLANNED, ferry.PointLatestProcessed)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	start := time.Now()
 	if job, err := d.Recovery.Commit(ctx, &ferryv1.VMRequest{Vm: "rto-1"}); err != nil || ferry.Outcome(job.GetOutcome()) != ferry.OutcomeSucceeded {
-		return nil, fmt.Errorf("commit: %v %s", err, job.GetError())
+		return nil, 0, fmt.Errorf("commit: %v %s", err, job.GetError())
 	}
 	tUnplanned += time.Since(start)
 	ms := func(d time.Duration) string { return f1(float64(d.Microseconds()) / 1000) }
-	return []string{fmt.Sprint(gib), ms(tProcessed), f1(float64(backlog) / (1 << 20)), ms(tLatest), f1(charged.Seconds()), ms(tUnplanned)}, nil
+	return []string{fmt.Sprint(gib), ms(tProcessed), f1(float64(backlog) / (1 << 20)), ms(tLatest), f1(charged.Seconds()), ms(tUnplanned)}, tUnplanned, nil
 }

@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
@@ -247,6 +248,9 @@ func (j *Journal) Materialize(ctx context.Context, name ferry.VMID, upTo ferry.S
 		}
 		return nil
 	}
+	// Decoding the journal and writing the target overlap: the reader
+	// copies extents into batches that one writer goroutine writes.
+	w := newBatchWriter(ctx, dst)
 	err = j.ReadPoint(ctx, name, upTo, disk, func(e Extent) error {
 		if written != nil {
 			written.take(e.Offset/bs, (e.Length+bs-1)/bs, func(int64, int64) error { return nil })
@@ -255,11 +259,14 @@ func (j *Journal) Materialize(ctx context.Context, name ferry.VMID, upTo ferry.S
 			if dstZeroed {
 				return nil
 			}
+			// Extents never overlap: the order of writes does not matter.
 			return writeZeros(e.Offset, e.Length)
 		}
-		_, err := dst.WriteAt(ctx, e.Data, e.Offset)
-		return err
+		return w.add(e.Data, e.Offset)
 	})
+	if werr := w.close(); err == nil {
+		err = werr
+	}
 	if err != nil {
 		return fmt.Errorf("materialize vm %s disk %s at %d: %w", name, vm.Disks[disk].Name, upTo, err)
 	}
@@ -626,4 +633,86 @@ func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk in
 		}
 		return nil
 	})
+}
+
+// batchWriter writes extents to a device from its own goroutine: add copies
+// an extent into the current batch (a few MiB) and hands full batches
+// over, so that the caller goes on decoding while the device writes.
+// Extents are written in the order added.
+type batchWriter struct {
+	cur    *writeBatch
+	free   chan *writeBatch
+	full   chan *writeBatch
+	done   chan error
+	failed atomic.Pointer[error]
+}
+
+type writeBatch struct {
+	buf  []byte
+	exts []batchExtent
+}
+
+type batchExtent struct {
+	off    int64
+	lo, hi int // in buf
+}
+
+const writeBatchBytes = 4 << 20
+
+func newBatchWriter(ctx context.Context, dst blockdev.Device) *batchWriter {
+	w := &batchWriter{free: make(chan *writeBatch, 3), full: make(chan *writeBatch, 2), done: make(chan error, 1)}
+	for range 3 {
+		w.free <- &writeBatch{buf: make([]byte, 0, writeBatchBytes)}
+	}
+	go func() {
+		var err error
+		for b := range w.full {
+			for _, e := range b.exts {
+				if err == nil {
+					if _, err = dst.WriteAt(ctx, b.buf[e.lo:e.hi], e.off); err != nil {
+						w.failed.Store(&err)
+					}
+				}
+			}
+			b.buf, b.exts = b.buf[:0], b.exts[:0]
+			w.free <- b
+		}
+		w.done <- err
+	}()
+	w.cur = <-w.free
+	return w
+}
+
+// add queues a copy of p for writing at off.
+func (w *batchWriter) add(p []byte, off int64) error {
+	if len(w.cur.buf)+len(p) > writeBatchBytes && len(w.cur.exts) > 0 {
+		// (A larger extent gets a batch to itself: append grows it.)
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	lo := len(w.cur.buf)
+	w.cur.buf = append(w.cur.buf, p...)
+	w.cur.exts = append(w.cur.exts, batchExtent{off: off, lo: lo, hi: len(w.cur.buf)})
+	return nil
+}
+
+// flush hands the current batch to the writer; after a failed write it
+// returns that error, so that the caller stops reading.
+func (w *batchWriter) flush() error {
+	if err := w.failed.Load(); err != nil {
+		return *err
+	}
+	w.full <- w.cur
+	w.cur = <-w.free
+	return nil
+}
+
+// close writes what is queued and returns the first write error.
+func (w *batchWriter) close() error {
+	if len(w.cur.exts) > 0 {
+		w.full <- w.cur
+	}
+	close(w.full)
+	return <-w.done
 }
