@@ -26,10 +26,14 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-# bench runs the harness (each figure beside its baseline, same run) and the
-# Go benchmarks of the ingest path and of test-failover start.
+# bench runs the harness (each figure beside its baseline, same run; one
+# "target:" line per goal) and keeps its report and charts in bench-out/:
+# report.json (every table, figure and target), rpo.svg (RPO over time),
+# throughput.svg (throughput by data kind); then the Go benchmarks of the
+# ingest path and of test-failover start.
 bench: build
-	bin/ferry-bench --chart bench-rpo.svg all
+	mkdir -p bench-out
+	bin/ferry-bench --json bench-out/report.json --charts bench-out all
 	$(GO) test -run '^$$' -bench . -benchtime 400x -count 3 ./pkg/ingest/
 	$(GO) test -run '^$$' -bench TestFailoverStart -benchtime 20x ./sim/
 
@@ -99,4 +103,4 @@ proto: proto-tools
 		proto/ferry/v1/ferry.proto
 
 clean:
-	rm -rf bin .demo bench-rpo.svg
+	rm -rf bin .demo bench-out
