@@ -41,6 +41,27 @@ func TestHarness(t *testing.T) {
 			return bench.RPO(ctx, bench.RPOConfig{Dir: dir, VMs: 2, Levels: []int64{4e6}, Duration: 4 * time.Second})
 		},
 	}
+	tables["fanin"] = func() (*bench.Table, error) {
+		tb, err := bench.FanIn(ctx, bench.FanInConfig{Bin: bin, Dir: dir, VMs: 3, Bytes: 8 << 20})
+		if err == nil && len(tb.Targets) != 3 {
+			err = fmt.Errorf("fanin reports %d targets, want 3", len(tb.Targets))
+		}
+		return tb, err
+	}
+	tables["scan"] = func() (*bench.Table, error) {
+		tb, err := bench.Scan(ctx, bench.ScanConfig{Bin: bin, Dir: dir, Bytes: 16 << 20, Rate: 8 << 20, Idle: time.Second})
+		// Bytes read while the image did not change are a correctness
+		// matter, not a speed: the goal holds on any machine.
+		if err == nil && (len(tb.Targets) != 2 || !tb.Targets[0].Met) {
+			err = fmt.Errorf("scan mode read an unchanged image: %v", tb.Targets)
+		}
+		return tb, err
+	}
+	if _, err := exec.LookPath("fio"); err == nil {
+		tables["nbd"] = func() (*bench.Table, error) {
+			return bench.NBD(ctx, bench.NBDConfig{Bin: bin, Dir: dir, Bytes: 32 << 20, Runtime: 500 * time.Millisecond})
+		}
+	}
 	if _, err := exec.LookPath("rsync"); err == nil {
 		tables["resync"] = func() (*bench.Table, error) {
 			return bench.Resync(ctx, bench.ResyncConfig{Dir: dir, Bytes: 8 << 20, Fractions: []float64{0.01}})
@@ -59,5 +80,27 @@ func TestHarness(t *testing.T) {
 			tb.Print(&b)
 			t.Log(b.String())
 		})
+	}
+}
+
+// TestTargetLine pins the line each goal prints, which scripts grep.
+func TestTargetLine(t *testing.T) {
+	tb := &bench.Table{}
+	for _, c := range []struct {
+		measured, goal float64
+		atMost         bool
+		want           string
+	}{
+		{0.85, 0.8, false, "target: x measured=0.85x goal=>=0.8x met"},
+		{0.8, 0.8, false, "target: x measured=0.8x goal=>=0.8x met"},
+		{0.79, 0.8, false, "target: x measured=0.79x goal=>=0.8x missed"},
+		{1000, 1000, true, "target: x measured=1000x goal=<=1000x met"},
+		{1001, 1000, true, "target: x measured=1001x goal=<=1000x missed"},
+	} {
+		tb.Targets = nil
+		bench.AddTarget(tb, "x", c.measured, c.goal, c.atMost, "x")
+		if got := tb.Targets[0].String(); got != c.want {
+			t.Fatalf("%q, want %q", got, c.want)
+		}
 	}
 }

@@ -15,6 +15,7 @@ type commitItem struct {
 	bytes   int
 	recv    time.Time
 	barrier chan struct{} // closed once everything before it is committed
+	held    *held         // the batch's budget, released after the commit
 }
 
 // committer is the one goroutine that writes the journal. It takes every
@@ -92,5 +93,6 @@ func (c *committer) commit(ctx context.Context, items []commitItem) {
 		for _, b := range it.bufs {
 			c.arenas.put(b)
 		}
+		it.held.release()
 	}
 }

@@ -49,6 +49,11 @@ type Config struct {
 	// receipt and commit (default 8): with MaxBatchBytes it bounds a
 	// stream's memory.
 	Depth int
+	// InFlightBytes bounds the batch bytes of all streams together between
+	// receipt and commit (default 64 MiB): the receiver's memory does not
+	// grow with the number of agents. A stream waits for room before it
+	// reads on.
+	InFlightBytes int64
 	// MaxDiskBytes bounds a disk's declared size (default DefaultMaxDiskBytes):
 	// a hello declaring a larger one is refused.
 	MaxDiskBytes int64
@@ -100,6 +105,9 @@ func (c *Config) setDefaults() {
 	if c.Depth <= 0 {
 		c.Depth = 8
 	}
+	if c.InFlightBytes <= 0 {
+		c.InFlightBytes = 64 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -118,6 +126,7 @@ type Receiver struct {
 	log    *slog.Logger
 	m      *metrics
 	arenas *arenas
+	budget *budget
 
 	jobs   chan *job
 	commit *committer
@@ -156,6 +165,7 @@ func New(cfg Config) (*Receiver, error) {
 		sessions: map[ferry.VMID]*session{},
 	}
 	r.arenas = &arenas{}
+	r.budget = newBudget(cfg.InFlightBytes)
 	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, arenas: r.arenas, m: r.m}
 	return r, nil
 }

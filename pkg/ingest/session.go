@@ -108,6 +108,9 @@ func (s *session) sendAcks(stream ferryv1.Replication_ReplicateServer) {
 // job is one batch on its way through verification and compression.
 type job struct {
 	sess *session
+	// held is the batch's share of the receiver's budget, released when
+	// the batch is committed or dropped.
+	held *held
 	in   []*ferryv1.Record
 	out  []journal.Record
 	bufs []*[]byte
@@ -141,9 +144,14 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 			}
 			r.m.receivedBytes.WithLabelValues(string(s.name)).Add(float64(j.size))
 			r.counters(s.name).received.Add(int64(j.size))
+			if err := r.budget.acquire(s.ctx, int64(j.size)); err != nil {
+				return err
+			}
+			j.held = &held{b: r.budget, n: int64(j.size)}
 			select {
 			case s.fifo <- j:
 			case <-s.ctx.Done():
+				j.held.release()
 				return s.ctx.Err()
 			}
 			select {
@@ -366,6 +374,15 @@ func (r *Receiver) process(j *job) error {
 // that failed verification ends the session: neither it nor anything after
 // it is committed.
 func (r *Receiver) forward(s *session) {
+	// Batches the forwarder drops give their budget back, those still
+	// queued too (the receiving side closes the queue when it ends).
+	defer func() {
+		go func() {
+			for j := range s.fifo {
+				j.held.release()
+			}
+		}()
+	}()
 	for {
 		var j *job
 		select {
@@ -379,9 +396,11 @@ func (r *Receiver) forward(s *session) {
 		select {
 		case <-j.done:
 		case <-s.ctx.Done():
+			j.held.release()
 			return
 		}
 		if j.err != nil {
+			j.held.release()
 			r.m.rejected.WithLabelValues(rejectReason(j.err)).Inc()
 			for _, b := range j.bufs {
 				r.arenas.put(b)
@@ -390,8 +409,9 @@ func (r *Receiver) forward(s *session) {
 			return
 		}
 		select {
-		case r.commit.in <- commitItem{sess: s, recs: j.out, bufs: j.bufs, bytes: j.size, recv: j.recv}:
+		case r.commit.in <- commitItem{sess: s, recs: j.out, bufs: j.bufs, bytes: j.size, recv: j.recv, held: j.held}:
 		case <-s.ctx.Done():
+			j.held.release()
 			return
 		}
 	}
