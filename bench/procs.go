@@ -15,12 +15,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // child is a Ferry server run as its own process, so that its CPU time and

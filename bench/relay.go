@@ -6,10 +6,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/ferrydr/ferry"
-
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrydr/ferry"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )

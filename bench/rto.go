@@ -1,14 +1,14 @@
 package bench
 
 import (
-	"github.com/ferrydr/ferry"
-	"google.golang.org/protobuf/proto"
-
 	"context"
 	"fmt"
 	"os"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrydr/ferry"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )

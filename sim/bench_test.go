@@ -1,12 +1,12 @@
 package sim_test
 
 import (
-	"google.golang.org/protobuf/proto"
-
 	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"

@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+
 	"github.com/ferrydr/ferry"
 )
 

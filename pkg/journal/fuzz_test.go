@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/ferrydr/ferry"
 )
 

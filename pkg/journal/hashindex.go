@@ -191,12 +191,9 @@ func (j *Journal) EachFoldedHash(ctx context.Context, name ferry.VMID, disk int,
 	}
 	indexed := false
 	err := j.db.View(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
+		vm, err := getVMDisk(tx, name, disk)
 		if err != nil {
 			return err
-		}
-		if disk < 0 || disk >= len(vm.Disks) {
-			return fmt.Errorf("vm %s: %w: index %d", name, ErrNoDisk, disk)
 		}
 		seq = vm.LastSeq
 		indexed, err = indexSums(ctx, tx, vm, disk, func(_ int64, sums []uint64) error { return fold(sums, false) })

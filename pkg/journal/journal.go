@@ -240,6 +240,18 @@ func getVM(tx *bolt.Tx, name ferry.VMID) (*VM, error) {
 	return decodeVM(name, buf)
 }
 
+// getVMDisk is getVM for a read of one of its disks, by index.
+func getVMDisk(tx *bolt.Tx, name ferry.VMID, disk int) (*VM, error) {
+	vm, err := getVM(tx, name)
+	if err != nil {
+		return nil, err
+	}
+	if disk < 0 || disk >= len(vm.Disks) {
+		return nil, fmt.Errorf("vm %s: %w: index %d", name, ErrNoDisk, disk)
+	}
+	return vm, nil
+}
+
 // VM returns the state of one VM.
 func (j *Journal) VM(ctx context.Context, name ferry.VMID) (VM, error) {
 	var vm *VM

@@ -41,12 +41,9 @@ func (j *Journal) OpenOverlay(ctx context.Context, name ferry.VMID, upTo ferry.S
 		o.base = b[disk]
 	}
 	err := j.db.View(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
+		vm, err := getVMDisk(tx, name, disk)
 		if err != nil {
 			return err
-		}
-		if disk < 0 || disk >= len(vm.Disks) {
-			return fmt.Errorf("vm %s: %w: index %d", name, ErrNoDisk, disk)
 		}
 		if upTo > vm.LastSeq {
 			return fmt.Errorf("vm %s: overlay at %d: %w", name, upTo, ErrNoPoint)

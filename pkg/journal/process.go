@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ferrydr/ferry"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrydr/ferry"
 )
 
 // ProcessStats says what one Process call did.

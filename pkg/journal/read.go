@@ -93,12 +93,9 @@ type Extent struct {
 // stops the read with a *CorruptError.
 func (j *Journal) ReadPoint(ctx context.Context, name ferry.VMID, upTo ferry.Seq, disk int, fn func(Extent) error) error {
 	return j.db.View(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
+		vm, err := getVMDisk(tx, name, disk)
 		if err != nil {
 			return err
-		}
-		if disk < 0 || disk >= len(vm.Disks) {
-			return fmt.Errorf("vm %s: %w: index %d", name, ErrNoDisk, disk)
 		}
 		if upTo > vm.LastSeq {
 			return fmt.Errorf("vm %s: read up to %d: %w: last durable record is %d", name, upTo, ErrNoPoint, vm.LastSeq)
@@ -466,12 +463,9 @@ func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, 
 	base := j.Base(name)
 	var seq ferry.Seq
 	err := j.db.View(func(tx *bolt.Tx) error {
-		vm, err := getVM(tx, name)
+		vm, err := getVMDisk(tx, name, disk)
 		if err != nil {
 			return err
-		}
-		if disk < 0 || disk >= len(vm.Disks) {
-			return fmt.Errorf("vm %s: %w: index %d", name, ErrNoDisk, disk)
 		}
 		seq = vm.LastSeq
 		size := vm.Disks[disk].Size

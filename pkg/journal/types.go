@@ -3,9 +3,11 @@ package journal
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/cespare/xxhash/v2"
-	"github.com/ferrydr/ferry"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ferrydr/ferry"
 )
 
 // Kind is the kind of a stream record.
