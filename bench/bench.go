@@ -46,13 +46,8 @@ type Target struct {
 	Met    bool   `json:"met"`
 }
 
-// AddTarget records a goal of t and whether measured meets it.
-func AddTarget(t *Table, name string, measured, goal float64, atMost bool, unit string) {
-	t.target(name, measured, goal, atMost, unit)
-}
-
-// target records a goal and whether measured meets it.
-func (t *Table) target(name string, measured, goal float64, atMost bool, unit string) {
+// AddTarget records a goal and whether measured meets it.
+func (t *Table) AddTarget(name string, measured, goal float64, atMost bool, unit string) {
 	met := measured >= goal
 	if atMost {
 		met = measured <= goal

@@ -98,7 +98,7 @@ func TestTargetLine(t *testing.T) {
 		{1001, 1000, true, "target: x measured=1001x goal=<=1000x missed"},
 	} {
 		tb.Targets = nil
-		bench.AddTarget(tb, "x", c.measured, c.goal, c.atMost, "x")
+		tb.AddTarget("x", c.measured, c.goal, c.atMost, "x")
 		if got := tb.Targets[0].String(); got != c.want {
 			t.Fatalf("%q, want %q", got, c.want)
 		}

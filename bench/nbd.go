@@ -146,9 +146,9 @@ func NBD(ctx context.Context, cfg NBDConfig) (*Table, error) {
 			t.Values[fmt.Sprintf("random depth %d %s p50 µs", depth, name)] = r.p50us
 		}
 	}
-	t.target("nbd sequential copy vs plain file (writeback)", seqWB.Seconds()/seqFerry.Seconds(), 0.8, false, "x")
-	t.target("nbd random depth 32 IOPS vs plain file (O_DIRECT)", ferry[0].iops/plainDirect[0].iops, 0.5, false, "x")
-	t.target("nbd random depth 1 p50 latency vs plain file (O_DIRECT)", ferry[1].p50us/plainDirect[1].p50us, 2, true, "x")
+	t.AddTarget("nbd sequential copy vs plain file (writeback)", seqWB.Seconds()/seqFerry.Seconds(), 0.8, false, "x")
+	t.AddTarget("nbd random depth 32 IOPS vs plain file (O_DIRECT)", ferry[0].iops/plainDirect[0].iops, 0.5, false, "x")
+	t.AddTarget("nbd random depth 1 p50 latency vs plain file (O_DIRECT)", ferry[1].p50us/plainDirect[1].p50us, 2, true, "x")
 	t.Notes = append(t.Notes,
 		fmt.Sprintf("ferry's sequential copy is timed until ferry-ps holds every write durably (qemu-img itself ended after %.2f s, %.1f MB/s); the copied image is compared with its source", seqClient.Seconds(), mbs(seqClient)),
 		"fio: --rw=randwrite --bs=4k, buffers refilled ~50% compressible, "+cfg.Runtime.String()+" per run; ferry through fio's nbd engine, the plain file through io_uring",

@@ -164,12 +164,16 @@ func (a *benchAgent) Close(ctx context.Context) error {
 	return errors.Join(a.Agent.Close(ctx), a.disk.Close())
 }
 
-// openAgent starts an in-process agent protecting disk as VM name; it
-// closes disk when it fails.
-func openAgent(ctx context.Context, addr, dir, name string, disk *blockdev.File) (*benchAgent, error) {
-	a, err := agent.New(agent.Config{VM: name, Disks: []agent.Disk{{Name: "os", Device: disk}}, StateDir: filepath.Join(dir, name+".agent"),
+// openAgent starts an in-process agent protecting disk as VM name, its
+// configuration changed by tune; it closes disk when it fails.
+func openAgent(ctx context.Context, addr, dir, name string, disk *blockdev.File, tune ...func(*agent.Config)) (*benchAgent, error) {
+	cfg := agent.Config{VM: name, Disks: []agent.Disk{{Name: "os", Device: disk}}, StateDir: filepath.Join(dir, name+".agent"),
 		Target: addr, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger: quietLogger(), Registerer: prometheus.NewRegistry(), ShutdownTimeout: time.Second})
+		Logger: quietLogger(), Registerer: prometheus.NewRegistry(), ShutdownTimeout: time.Second}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		disk.Close()
 		return nil, err

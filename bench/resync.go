@@ -92,8 +92,8 @@ func Resync(ctx context.Context, cfg ResyncConfig) (*Table, error) {
 		t.Values[pct+" speedup"] = best.Seconds() / fs.Seconds()
 		t.Values[pct+" wire ratio"] = float64(fb) / float64(bestBytes)
 		if frac == 0.01 {
-			t.target("resync 1% speed-up over the faster rsync", best.Seconds()/fs.Seconds(), 5, false, "x")
-			t.target("resync 1% wire bytes / that rsync's", float64(fb)/float64(bestBytes), 1, true, "x")
+			t.AddTarget("resync 1% speed-up over the faster rsync", best.Seconds()/fs.Seconds(), 5, false, "x")
+			t.AddTarget("resync 1% wire bytes / that rsync's", float64(fb)/float64(bestBytes), 1, true, "x")
 		}
 	}
 	t.Notes = append(t.Notes, "ferry: agent restarted after a crash resyncs by 64 KiB chunk hashes, then 4 KiB block hashes of differing chunks; time from agent start to in sync",

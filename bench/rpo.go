@@ -73,7 +73,7 @@ func RPO(ctx context.Context, cfg RPOConfig) (*Table, error) {
 	}
 	t.Notes = append(t.Notes, grows)
 	if p99, ok := t.Values["100 MB/s p99"]; ok {
-		t.target("RPO p99 at 100 MB/s aggregate churn, 1 s points", p99, 2, true, "s")
+		t.AddTarget("RPO p99 at 100 MB/s aggregate churn, 1 s points", p99, 2, true, "s")
 	}
 	if cfg.Chart != "" {
 		if err := os.WriteFile(cfg.Chart, []byte(rpoSVG(chartSeries)), 0o644); err != nil {

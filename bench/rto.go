@@ -48,9 +48,9 @@ func RTO(ctx context.Context, cfg RTOConfig) (*Table, error) {
 		last = ms
 	}
 	biggest := cfg.SizesGiB[len(cfg.SizesGiB)-1]
-	t.target(fmt.Sprintf("unplanned failover + commit at %d GiB", biggest), last, 1000, true, "ms")
+	t.AddTarget(fmt.Sprintf("unplanned failover + commit at %d GiB", biggest), last, 1000, true, "ms")
 	if len(cfg.SizesGiB) > 1 {
-		t.target(fmt.Sprintf("unplanned failover + commit, %d GiB / %d GiB", biggest, cfg.SizesGiB[0]), last/first, 1.5, true, "x")
+		t.AddTarget(fmt.Sprintf("unplanned failover + commit, %d GiB / %d GiB", biggest, cfg.SizesGiB[0]), last/first, 1.5, true, "x")
 	}
 	t.Notes = append(t.Notes, "test failover reads the point through copy-on-write overlays: its start does not depend on disk size",
 		"a committed failover materializes the point: only written blocks are copied into sparse images",

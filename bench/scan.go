@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
@@ -59,16 +57,11 @@ func Scan(ctx context.Context, cfg ScanConfig) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer disk.Close()
 	reg := prometheus.NewRegistry()
-	a, err := agent.New(agent.Config{VM: "scan", Disks: []agent.Disk{{Name: "os", Device: disk}}, StateDir: filepath.Join(dir, "agent"),
-		Target: ps.Addr, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		Logger: quietLogger(), Registerer: reg, ShutdownTimeout: time.Second,
-		Mode: agent.ModeScan, ScanInterval: 200 * time.Millisecond, ScanRate: cfg.Rate})
+	a, err := openAgent(ctx, ps.Addr, dir, "scan", disk, func(c *agent.Config) {
+		c.Registerer, c.Mode, c.ScanInterval, c.ScanRate = reg, agent.ModeScan, 200*time.Millisecond, cfg.Rate
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := a.Open(ctx); err != nil {
 		return nil, err
 	}
 	defer a.Close(ctx)
@@ -142,8 +135,8 @@ func Scan(ctx context.Context, cfg ScanConfig) (*Table, error) {
 	t.Rows = append(t.Rows,
 		[]string{fmt.Sprintf("unchanged for %v", cfg.Idle), fmt.Sprint(idlePasses), fmt.Sprint(idleRead), "-"},
 		[]string{"one block changed", "1", fmt.Sprint(cfg.Bytes), f1(rate / (1 << 20))})
-	t.target("scan: bytes read between passes over an unchanged image", idleRead, 0, true, "B")
-	t.target("scan: read rate / --scan-rate", rate/float64(cfg.Rate), 1.05, true, "x")
+	t.AddTarget("scan: bytes read between passes over an unchanged image", idleRead, 0, true, "B")
+	t.AddTarget("scan: read rate / --scan-rate", rate/float64(cfg.Rate), 1.05, true, "x")
 	t.Notes = append(t.Notes, "a pass skips a disk image whose size, modification and change times and inode are those read before its last hashing, once they had settled (1 s)",
 		"after the change one 64 KiB chunk reached ferry-ps, checked on its counters")
 	return t, nil

@@ -81,7 +81,7 @@ func Throughput(ctx context.Context, cfg ThroughputConfig) (*Table, error) {
 		t.Values[kind+" ferry/limit"] = f.mbps / limit
 		t.Values[kind+" ps peak MiB"] = float64(f.psPeak >> 20)
 		if kind == Mixed {
-			t.target("ingest ~2:1 vs in-process limit", f.mbps/limit, 0.8, false, "x")
+			t.AddTarget("ingest ~2:1 vs in-process limit", f.mbps/limit, 0.8, false, "x")
 		}
 	}
 	if cfg.Chart != "" {
