@@ -2,6 +2,10 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
+# --version of every binary: the release (git describe) and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/ferrydr/ferry/pkg/cli.version=$(VERSION) -X github.com/ferrydr/ferry/pkg/cli.commit=$(COMMIT)
 
 .PHONY: all build test test-race fmt vet bench fuzz fuzz-short faults proto proto-tools drill drill-real demo clean
 
@@ -9,7 +13,7 @@ all: fmt vet build test
 
 build:
 	$(GO) build ./...
-	$(GO) build -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt ./bench/cmd/ferry-bench
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt ./bench/cmd/ferry-bench
 
 test:
 	$(GO) vet ./...

@@ -88,6 +88,7 @@ type Agent struct {
 
 	need       atomic.Int32
 	sent       atomic.Int64 // payload bytes handed to the stream
+	throttle   *throttle    // --max-bandwidth
 	hashBytes  atomic.Int64 // hash bytes received in resyncs
 	reconnects atomic.Int64
 	connected  atomic.Bool
@@ -153,6 +154,7 @@ func New(cfg Config) (*Agent, error) {
 		readBuf:    make([]byte, MaxWrite),
 	}
 	a.m = newMetrics(cfg.Registerer, a)
+	a.throttle = newThrottle(cfg.MaxBandwidth, func(d time.Duration) { a.m.throttled.Add(d.Seconds()) })
 	a.crashEvery.Store(int64(cfg.CrashInterval))
 	a.appEvery.Store(int64(cfg.AppInterval))
 	a.progress.Store(math.Float64bits(math.NaN()))

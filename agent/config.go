@@ -78,6 +78,13 @@ type Config struct {
 	// disks (scan passes and resyncs), so that a scan leaves the machine's
 	// storage to its workload (0: as fast as the disks give).
 	ScanRate int64
+	// Heartbeat is how often the agent says it is alive when it has
+	// nothing to send (default 5s); the receiver marks the VM critical
+	// after 3 missed.
+	Heartbeat time.Duration
+	// MaxBandwidth bounds the bytes the agent sends per second (0: no
+	// limit).
+	MaxBandwidth int64
 	// QueueBytes bounds the change queue; beyond it the agent falls back to
 	// the dirty bitmap (default 64 MiB).
 	QueueBytes int64
@@ -106,6 +113,7 @@ func DefaultConfig() Config {
 		Epoch:           1,
 		CrashInterval:   5 * time.Minute,
 		ScanInterval:    time.Minute,
+		Heartbeat:       5 * time.Second,
 		QueueBytes:      64 << 20,
 		WindowBytes:     32 << 20,
 		BatchBytes:      1 << 20,
@@ -120,6 +128,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ScanInterval == 0 {
 		c.ScanInterval = d.ScanInterval
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = d.Heartbeat
 	}
 	if c.QueueBytes == 0 {
 		c.QueueBytes = d.QueueBytes
@@ -180,6 +191,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Mode == ModeScan && c.ScanInterval < 100*time.Millisecond {
 		return fmt.Errorf("scan-interval: %v is below the 100ms minimum", c.ScanInterval)
+	}
+	if c.MaxBandwidth < 0 || (c.MaxBandwidth > 0 && c.MaxBandwidth < 64<<10) {
+		return fmt.Errorf("max-bandwidth: %d bytes/s is below the 64 KiB/s minimum (0: no limit)", c.MaxBandwidth)
+	}
+	if c.Heartbeat < 0 || (c.Heartbeat > 0 && c.Heartbeat < 10*time.Millisecond) || c.Heartbeat > time.Hour {
+		return fmt.Errorf("heartbeat: %v is outside 10ms to 1h", c.Heartbeat)
 	}
 	if c.ScanRate < 0 || (c.ScanRate > 0 && c.ScanRate < 1<<20) {
 		return fmt.Errorf("scan-rate: %d bytes/s is below the 1 MiB/s minimum (0: unbounded)", c.ScanRate)

@@ -20,6 +20,8 @@ type metrics struct {
 	// Hashing the disks (scan passes and resyncs).
 	hashReadBytes prometheus.Counter
 	scanUnchanged prometheus.Counter
+	// Sends held by --max-bandwidth.
+	throttled prometheus.Counter
 }
 
 func nan() float64 { return math.NaN() }
@@ -40,6 +42,8 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 			Help: "Bytes read from the disks to hash them (scan passes, resyncs).", ConstLabels: labels}),
 		scanUnchanged: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_scan_unchanged_total",
 			Help: "Scan passes over a disk image skipped because its file's size, times and identity had not changed.", ConstLabels: labels}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_throttled_seconds_total",
+			Help: "Time sends were held to stay under --max-bandwidth.", ConstLabels: labels}),
 		quiesceSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_quiesce_seconds",
 			Help: "Time the application was held for an app-consistent point.", ConstLabels: labels, Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
 	}
@@ -49,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
 	}
-	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold, m.hashReadBytes, m.scanUnchanged,
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold, m.hashReadBytes, m.scanUnchanged, m.throttled,
 		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
 		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
 		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {
@@ -58,11 +62,11 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 			}
 			return 0
 		}),
-		gauge("ferry_agent_overflows", "Times the change queue overflowed into the bitmap.", func() float64 { return float64(a.tr.Stats().Overflows) }),
-		gauge("ferry_agent_resync_progress_ratio", "Progress of an initial replication or resync (0 to 1; absent when none runs).", func() float64 {
-			p, _ := a.progressValue()
-			return p
-		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_agent_overflows_total", Help: "Times the change queue overflowed into the bitmap.", ConstLabels: labels},
+			func() float64 { return float64(a.tr.Stats().Overflows) }),
+		progressCollector{a: a, desc: prometheus.NewDesc("ferry_agent_resync_progress_ratio",
+			"Progress of an initial replication or resync (0 to 1; absent when none runs).", nil, labels)},
+		gauge("ferry_agent_max_bandwidth_bytes", "The --max-bandwidth limit on bytes sent per second (0: none).", func() float64 { return float64(a.cfg.MaxBandwidth) }),
 		gauge("ferry_agent_connected", "1 while a stream to the receiver is open.", func() float64 {
 			if a.connected.Load() {
 				return 1
@@ -71,4 +75,19 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		}),
 	)
 	return m
+}
+
+// progressCollector exports the progress of a copy while one runs, and
+// nothing otherwise.
+type progressCollector struct {
+	a    *Agent
+	desc *prometheus.Desc
+}
+
+func (c progressCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c progressCollector) Collect(ch chan<- prometheus.Metric) {
+	if p, ok := c.a.progressValue(); ok {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, p)
+	}
 }

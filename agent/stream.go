@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -31,7 +32,8 @@ func (a *Agent) session(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version, Machine: a.cfg.Machine, AgentInstance: a.instance}
+	hello := &ferryv1.Hello{Vm: a.cfg.VM, Epoch: a.cfg.Epoch, BlockSize: blockdev.BlockSize, AgentVersion: Version, Machine: a.cfg.Machine, AgentInstance: a.instance,
+		AgentHost: hostname(), HeartbeatMillis: uint32(a.cfg.Heartbeat.Milliseconds())}
 	for _, d := range a.cfg.Disks {
 		hello.Disks = append(hello.Disks, &ferryv1.DiskInfo{Name: d.Name, SizeBytes: uint64(d.Device.Size())})
 	}
@@ -184,6 +186,9 @@ func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
 // resend sends the window's batches again, in order.
 func (s *sender) resend(batches []*sentBatch) error {
 	for _, b := range batches {
+		if err := s.a.throttle.wait(s.ctx, b.bytes); err != nil {
+			return err
+		}
 		s.a.sent.Add(b.bytes)
 		if err := s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}}); err != nil {
 			return err
@@ -234,6 +239,9 @@ func (s *sender) flush() error {
 		}
 	}
 	s.batch, s.bytes = nil, 0
+	if err := a.throttle.wait(s.ctx, b.bytes); err != nil {
+		return err
+	}
 	a.m.sentBytes.Add(float64(b.bytes))
 	a.sent.Add(b.bytes)
 	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Batch{Batch: &ferryv1.Batch{Records: b.recs}}})
@@ -284,4 +292,13 @@ func (s *sender) heartbeat() error {
 		hb.ResyncProgress = &p
 	}
 	return s.stream.Send(&ferryv1.AgentMessage{Msg: &ferryv1.AgentMessage_Heartbeat{Heartbeat: hb}})
+}
+
+// hostname is the host the agent runs on, for the operator's status.
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
 }

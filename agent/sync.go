@@ -18,7 +18,7 @@ import (
 // stream write-ordered (initial copy, resync, bitmap drain), then sends the
 // queue's changes as they come.
 func (a *Agent) replicate(s *sender) error {
-	hb := time.NewTicker(5 * time.Second)
+	hb := time.NewTicker(a.cfg.Heartbeat)
 	defer hb.Stop()
 	for {
 		if err := s.ctx.Err(); err != nil {
@@ -166,7 +166,7 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 		if reason != ferryv1.DrainReason_DRAIN_REASON_INITIAL && reason != ferryv1.DrainReason_DRAIN_REASON_SCAN {
 			a.setProgress(min(1, float64(done)/float64(total)))
 		}
-		if time.Since(hb) > 5*time.Second {
+		if time.Since(hb) > a.cfg.Heartbeat {
 			hb = time.Now()
 			if err := s.heartbeat(); err != nil {
 				return err
@@ -183,7 +183,11 @@ func (a *Agent) drain(s *sender, reason ferryv1.DrainReason) error {
 	}
 	a.setProgress(nan())
 	a.log.Info("drain finished", "reason", reason.String(), "blocks", done)
-	return s.flush()
+	if err := s.flush(); err != nil {
+		return err
+	}
+	// The receiver learns at once that no copy runs any more.
+	return s.heartbeat()
 }
 
 // initial copies every disk once, skipping all-zero blocks (the empty
@@ -224,7 +228,7 @@ func (a *Agent) initial(s *sender) error {
 				pos += n
 				a.sweepOff = pos
 				a.setProgress(float64(before+pos) / float64(total))
-				if time.Since(hb) > 5*time.Second {
+				if time.Since(hb) > a.cfg.Heartbeat {
 					hb = time.Now()
 					if err := s.heartbeat(); err != nil {
 						return err

@@ -85,4 +85,7 @@ func (s *Server) event(e Event) {
 	if err := s.ctl.addEvent(e); err != nil {
 		s.log.Error("event log", "err", err, "vm", e.VM, "kind", e.Kind, "detail", e.Detail)
 	}
+	if s.hooks != nil {
+		s.hooks.send(e)
+	}
 }

@@ -113,5 +113,12 @@ func (s *Server) resolveIntent(ctx context.Context, vm string) error {
 			return err
 		}
 	}
-	return s.ctl.addEvent(Event{Time: s.clock.Now(), VM: vm, Kind: "interrupted", Detail: detail})
+	e := Event{Time: s.clock.Now(), VM: vm, Kind: "interrupted", Detail: detail}
+	if err := s.ctl.addEvent(e); err != nil {
+		return err
+	}
+	if s.hooks != nil {
+		s.hooks.send(e)
+	}
+	return nil
 }

@@ -104,6 +104,10 @@ func (r *jobRun) finish(err error) (*Job, error) {
 	if perr := r.s.ctl.putJob(r.job); perr != nil && err == nil {
 		err = perr
 	}
+	if r.job.Type == ActionTestFailover && r.job.Outcome == ferry.OutcomeSucceeded {
+		id, at := r.job.ID, r.job.End
+		r.s.note(r.job.VM, func(st *VMState) { st.LastTest = &LastTest{Job: id, At: at} })
+	}
 	r.s.log.Info("job ended", "job", r.job.ID, "type", r.job.Type, "vm", r.job.VM, "outcome", r.job.Outcome, "err", r.job.Error,
 		"duration", r.job.End.Sub(r.job.Start))
 	return r.job, err

@@ -81,5 +81,5 @@ func (s *Server) modeled(ps journal.ProcessStats) string {
 // Retention and the RPO check follow.
 func (s *Server) ProcessAll(ctx context.Context) error {
 	err := s.j.ProcessAll(ctx, func(ps journal.ProcessStats) { s.charge(ctx, ps) })
-	return errors.Join(err, s.applyRetention(ctx), s.checkRPO(ctx))
+	return errors.Join(err, s.applyRetention(ctx), s.checkRPO(ctx), s.checkHealth(ctx))
 }

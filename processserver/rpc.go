@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -195,6 +196,22 @@ func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*fer
 		vs := &ferryv1.VMStatus{Name: string(vm.Name), State: string(st.State), Allowed: st.Allowed(), Points: uint32(vm.Points),
 			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch),
 			RpoAlert: r.s.alertingFor(string(vm.Name)), AgentConflict: st.AgentConflict, DiskConflict: st.DiskConflict}
+		h := r.s.vmHealth(vm, st)
+		vs.Health, vs.HealthReason = string(h.Health), h.Reason
+		vs.AgentConnected, vs.AgentVersion, vs.AgentHost = h.Link.Connected, h.Link.Version, h.Link.Host
+		if h.Link.Connected {
+			vs.HeartbeatAgeSeconds = proto.Float64(h.Silence.Seconds())
+		}
+		vs.RpoThresholdSeconds = h.Threshold.Seconds()
+		if h.Copies {
+			vs.Progress, vs.ProgressRate = proto.Float64(h.Copy.Progress), h.Copy.Rate
+			if h.Copy.Left > 0 {
+				vs.ProgressEtaSeconds = proto.Float64(h.Copy.Left.Seconds())
+			}
+		}
+		if t := st.LastTest; t != nil {
+			vs.LastTestFailoverJob, vs.LastTestFailoverUnixNano = t.Job, t.At.UnixNano()
+		}
 		if b := st.Agent; b != nil {
 			vs.Agent = fmt.Sprintf("instance %s (%s), epoch %d, since %s", b.Instance, b.Peer, b.Epoch, b.Since.UTC().Format(time.RFC3339))
 		}

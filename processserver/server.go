@@ -40,9 +40,17 @@ type Config struct {
 	DataDir string
 	// Listen is the gRPC address (host:port); ":0" picks a free port.
 	Listen string
-	// MetricsListen is the admin address serving /metrics and pprof; empty
-	// turns it off.
+	// MetricsListen is the admin address serving /metrics; empty turns it
+	// off.
 	MetricsListen string
+	// Pprof also serves Go's profiler under /debug/pprof/ there.
+	Pprof bool
+	// Heartbeat is how often an idle agent says it is alive (the agent's
+	// own setting; default DefaultHeartbeat): a VM whose agent has been
+	// silent for HeartbeatsMissed of them is critical.
+	Heartbeat time.Duration
+	// Webhooks are URLs each event is POSTed to as JSON.
+	Webhooks []string
 	// Codec compresses journaled data: "zstd" (default), "s2" or "none".
 	Codec string
 	// MaxMessageBytes bounds one gRPC message (default 8 MiB).
@@ -151,6 +159,11 @@ func (c *Config) Validate() error {
 	if c.Listen == "" {
 		return errors.New("listen: an address is required")
 	}
+	for _, u := range c.Webhooks {
+		if err := validWebhook(u); err != nil {
+			return err
+		}
+	}
 	if _, err := journal.ParseCodec(c.Codec); err != nil {
 		return fmt.Errorf("codec: %w", err)
 	}
@@ -196,11 +209,16 @@ type Server struct {
 	mtConn *grpc.ClientConn
 	mt     *masterTarget
 	recv   *ingest.Receiver
-	grpc   *grpc.Server
-	lis    net.Listener
-	adm    *http.Server
-	admL   net.Listener
-	wg     sync.WaitGroup
+
+	hooks *webhooks // nil: none configured
+
+	healthMu   sync.Mutex
+	lastHealth map[ferry.VMID]Health // what checkHealth last saw
+	grpc       *grpc.Server
+	lis        net.Listener
+	adm        *http.Server
+	admL       net.Listener
+	wg         sync.WaitGroup
 }
 
 // New validates cfg and prepares a server; Open starts it.
@@ -223,6 +241,9 @@ func New(cfg Config) (*Server, error) {
 	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Compute == nil {
 		cfg.Compute = HookCompute{Command: cfg.ComputeHook, Timeout: cfg.ComputeHookTimeout}
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = DefaultHeartbeat
 	}
 	if cfg.ProcessInterval == 0 {
 		cfg.ProcessInterval = 5 * time.Second
@@ -260,12 +281,16 @@ func New(cfg Config) (*Server, error) {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), clock: cfg.Clock, compute: cfg.Compute,
+	var hooks *webhooks
+	if len(cfg.Webhooks) > 0 {
+		hooks = newWebhooks(cfg.Webhooks, cfg.Listen, cfg.Logger.With("component", "webhooks"), cfg.Registerer)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "ps"), hooks: hooks, clock: cfg.Clock, compute: cfg.Compute,
 		vmLocks: map[string]chan struct{}{}, files: map[string][]*blockdev.File{},
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer), relayMetrics: newRelayMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
-		planResume: map[string]chan string{}}, nil
+		planResume: map[string]chan string{}, lastHealth: map[ferry.VMID]Health{}}, nil
 }
 
 // Open opens the journal and starts serving.
@@ -357,6 +382,7 @@ func (s *Server) registerMetrics() {
 	if s.cfg.Registerer == nil {
 		return
 	}
+	s.cfg.Registerer.Register(newHealthCollector(s))
 	if dir := s.cfg.IdentityDir; dir != "" {
 		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_certificate_expiry_seconds",
 			Help: "Seconds until the process server's certificate expires (issue a new one with ferry-ps ca issue --role ps before)."},
@@ -413,6 +439,14 @@ func (s *Server) serveNBD() error {
 // point schedule; Close stops them.
 func (s *Server) startLoops() {
 	bg := s.bg
+	if s.hooks != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.hooks.start(bg)
+			s.hooks.wait()
+		}()
+	}
 	if s.cfg.ProcessInterval > 0 {
 		s.wg.Add(1)
 		go func() {
@@ -440,9 +474,11 @@ func (s *Server) serveAdmin() error {
 		g = prometheus.DefaultGatherer
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if s.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	l, err := net.Listen("tcp", s.cfg.MetricsListen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.MetricsListen, err)

@@ -63,9 +63,17 @@ type VMState struct {
 	AgentConflict string `json:"agentConflict,omitempty"`
 	// DiskConflict says which protected disk changed size.
 	DiskConflict string `json:"diskConflict,omitempty"`
+	// LastTest is the last test failover that succeeded.
+	LastTest *LastTest `json:"lastTest,omitempty"`
 	// Intent is an operation under way, recorded before it changes the
 	// compute layer or the journal, so that a restart finishes or undoes it.
 	Intent *Intent `json:"intent,omitempty"`
+}
+
+// LastTest is a test failover that succeeded: its job and when it ended.
+type LastTest struct {
+	Job uint64    `json:"job"`
+	At  time.Time `json:"at"`
 }
 
 // Intent kinds.

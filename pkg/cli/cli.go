@@ -5,24 +5,37 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
-// Logger returns a text logger on stderr at the named level.
-func Logger(level string) (*slog.Logger, error) {
+// Logger returns a logger on stderr at the named level, as text or as
+// JSON (one object per line). A warning or error identical to one logged
+// within the last minute (same level, message and attributes) is held
+// back; the next one let through says how many were (repeated=N).
+func Logger(level, format string) (*slog.Logger, error) {
 	if level == "off" {
-		return slog.New(slog.NewTextHandler(io.Discard, nil)), nil
+		return slog.New(slog.DiscardHandler), nil
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log-level: %q is not debug, info, warn, error or off", level)
+		return nil, Usagef("log-level: %q is not debug, info, warn, error or off", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler
+	switch format {
+	case "text", "":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return nil, Usagef("log-format: %q is not text or json", format)
+	}
+	return slog.New(NewQuietRepeats(h, time.Minute, time.Now)), nil
 }
 
 // SignalContext is cancelled on SIGTERM or SIGINT.
@@ -47,6 +60,13 @@ type Repeated []string
 
 func (r *Repeated) String() string     { return strings.Join(*r, ",") }
 func (r *Repeated) Set(v string) error { *r = append(*r, v); return nil }
+func (r *Repeated) Type() string       { return "strings" }
+
+// Append, Replace and GetSlice let a settings file or the environment set
+// the whole list (pflag.SliceValue).
+func (r *Repeated) Append(v string) error     { return r.Set(v) }
+func (r *Repeated) Replace(vs []string) error { *r = append((*r)[:0], vs...); return nil }
+func (r *Repeated) GetSlice() []string        { return *r }
 
 // Bytes formats a byte count for people: 512 B, 1.5 KiB, 3.2 MiB, 1.0 GiB.
 func Bytes(n int64) string {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydr/ferry"
@@ -209,6 +210,90 @@ func (r *Receiver) Close(ctx context.Context) error {
 type vmCounters struct {
 	received atomic.Int64  // write payload bytes received
 	progress atomic.Uint64 // float64 bits of the last reported resync progress
+	// copy is where the copy under way was first reported (nil: none runs).
+	copy atomic.Pointer[copyStart]
+	// The agent's stream: what its hello said, when it opened (0: no
+	// stream is open) and when its last message came.
+	link  atomic.Pointer[linkInfo]
+	since atomic.Int64
+	seen  atomic.Int64
+}
+
+type linkInfo struct {
+	version, host string
+	heartbeat     time.Duration
+}
+
+type copyStart struct {
+	at       time.Time
+	progress float64
+	received int64
+}
+
+// Link is what the receiver knows of a VM's agent.
+type Link struct {
+	// Connected: a stream is open; Since it opened.
+	Connected bool
+	Since     time.Time
+	// LastSeen is when the stream's last message came (zero when no
+	// stream opened since the receiver started).
+	LastSeen time.Time
+	// Version and Host are what the agent said of itself; Heartbeat its
+	// interval (0: it did not say).
+	Version, Host string
+	Heartbeat     time.Duration
+	// Busy: batches received are not durable yet (the agent waits for
+	// acknowledgements and need not send anything meanwhile).
+	Busy bool
+}
+
+// Link returns what the receiver knows of vm's agent.
+func (r *Receiver) Link(vm ferry.VMID) Link {
+	c := r.counters(vm)
+	var l Link
+	if li := c.link.Load(); li != nil {
+		l.Version, l.Host, l.Heartbeat = li.version, li.host, li.heartbeat
+	}
+	if ns := c.seen.Load(); ns != 0 {
+		l.LastSeen = time.Unix(0, ns)
+	}
+	if ns := c.since.Load(); ns != 0 {
+		l.Connected, l.Since = true, time.Unix(0, ns)
+	}
+	r.mu.Lock()
+	s := r.sessions[vm]
+	r.mu.Unlock()
+	if s != nil && l.Connected {
+		l.Busy = s.durable.Load() < s.received.Load()
+	}
+	return l
+}
+
+// Copy is an initial replication or resync under way, as its agent
+// reports it.
+type Copy struct {
+	Progress float64       // 0 to 1
+	Rate     float64       // bytes per second received since it was first reported
+	Left     time.Duration // at that pace; 0 when not known yet
+}
+
+// CopyProgress returns vm's copy under way, if any.
+func (r *Receiver) CopyProgress(vm ferry.VMID) (Copy, bool) {
+	c := r.counters(vm)
+	p, ok := r.Progress(vm)
+	start := c.copy.Load()
+	if !ok || start == nil {
+		return Copy{}, false
+	}
+	out := Copy{Progress: p}
+	elapsed := r.cfg.Clock.Now().Sub(start.at)
+	if elapsed > 0 {
+		out.Rate = float64(c.received.Load()-start.received) / elapsed.Seconds()
+		if p > start.progress {
+			out.Left = time.Duration(float64(elapsed) * (1 - p) / (p - start.progress))
+		}
+	}
+	return out, true
 }
 
 func (r *Receiver) counters(vm ferry.VMID) *vmCounters {
@@ -310,14 +395,25 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	}
 	s.vm = vm
 	s.next = uint64(vm.LastSeq) + 1
+	s.received.Store(uint64(vm.LastSeq))
 	s.consistent = vm.Consistent
 	s.durable.Store(uint64(vm.LastSeq))
 	if err := stream.Send(&ferryv1.ServerMessage{Msg: &ferryv1.ServerMessage_HelloAck{HelloAck: ack}}); err != nil {
 		return err
 	}
-	r.log.Info("stream opened", "vm", vm.Name, "epoch", vm.Epoch, "durable_seq", vm.LastSeq, "consistent", vm.Consistent)
+	from := peerAddr(ctx)
+	r.log.Info("agent connected", "vm", vm.Name, "peer", from, "host", hello.GetAgentHost(), "instance", hello.GetAgentInstance(),
+		"agent_version", hello.GetAgentVersion(), "epoch", vm.Epoch, "durable_seq", vm.LastSeq, "consistent", vm.Consistent)
 	r.m.streams.Inc()
 	defer r.m.streams.Dec()
+	r.m.vmStreams.WithLabelValues(string(vm.Name)).Inc()
+	defer r.m.vmStreams.WithLabelValues(string(vm.Name)).Dec()
+	c := r.counters(vm.Name)
+	c.link.Store(&linkInfo{version: hello.GetAgentVersion(), host: hello.GetAgentHost(),
+		heartbeat: time.Duration(hello.GetHeartbeatMillis()) * time.Millisecond})
+	c.since.Store(r.cfg.Clock.Now().UnixNano())
+	c.seen.Store(r.cfg.Clock.Now().UnixNano())
+	defer c.since.Store(0)
 
 	s.fifo = make(chan *job, r.cfg.Depth)
 	var wg sync.WaitGroup
@@ -344,12 +440,13 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	wg.Wait()
 	if err := s.failure(); err != nil {
 		if errors.Is(err, ErrSuperseded) || errors.Is(err, context.Canceled) {
-			r.log.Info("stream ended", "vm", vm.Name, "reason", err)
+			r.log.Info("agent disconnected", "vm", vm.Name, "peer", from, "reason", err)
 		} else {
-			r.log.Warn("stream ended", "vm", vm.Name, "err", err)
+			r.log.Warn("agent disconnected", "vm", vm.Name, "peer", from, "err", err)
 		}
 		return grpcStatus(err)
 	}
+	r.log.Info("agent disconnected", "vm", vm.Name, "peer", from, "reason", "the agent closed its stream")
 	return nil
 }
 
@@ -595,4 +692,12 @@ func (r *Receiver) release(s *session) {
 	}
 	r.mu.Unlock()
 	close(s.released)
+}
+
+// peerAddr is a stream's remote address, for the log.
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }

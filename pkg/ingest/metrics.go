@@ -16,6 +16,7 @@ type metrics struct {
 	rejected       *prometheus.CounterVec
 	resyncProgress *prometheus.GaugeVec
 	streams        prometheus.Gauge
+	vmStreams      *prometheus.GaugeVec
 	ackSeconds     prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 }
@@ -30,11 +31,12 @@ func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metri
 		resyncProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("resync_progress_ratio"),
 			Help: "Progress of a VM's initial replication or resync, as the agent reports it (0 to 1)."}, []string{"vm"}),
 		streams:       prometheus.NewGauge(prometheus.GaugeOpts{Name: name("streams"), Help: "Open replication streams."}),
+		vmStreams:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("vm_streams"), Help: "Open replication streams of a VM (1 while its agent is connected)."}, []string{"vm"}),
 		ackSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("ack_latency_seconds"), Help: "Time from receiving a batch to its durable acknowledgement.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("commit_seconds"), Help: "Duration of one journal group commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.ackSeconds, m.commitSeconds,
+		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.ackSeconds, m.commitSeconds,
 			&stateCollector{j: j, ns: ns})
 	}
 	return m
@@ -66,6 +68,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	rpo := c.desc("rpo_seconds", "Age of a VM's newest recovery point.", "vm")
 	ratio := c.desc("compression_ratio", "Disk bytes journaled per byte stored, for a VM.", "vm")
 	consistent := c.desc("consistent", "1 when a VM's replica is write-ordered (no drain open).", "vm")
+	stored := c.desc("vm_stored_bytes", "Payload bytes a VM's journal holds, after compression.", "vm")
 	now := time.Now()
 	for _, vm := range vms {
 		l := string(vm.Name)
@@ -74,6 +77,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if !vm.LatestPoint.IsZero() {
 			ch <- prometheus.MustNewConstMetric(rpo, prometheus.GaugeValue, now.Sub(vm.LatestPoint).Seconds(), l)
 		}
+		ch <- prometheus.MustNewConstMetric(stored, prometheus.GaugeValue, float64(vm.StoredBytes), l)
 		if vm.StoredBytes > 0 {
 			ch <- prometheus.MustNewConstMetric(ratio, prometheus.GaugeValue, float64(vm.LogicalBytes)/float64(vm.StoredBytes), l)
 		}

@@ -33,7 +33,10 @@ type session struct {
 	fifo       chan *job
 
 	durable atomic.Uint64
-	notify  chan struct{} // to sendAcks: durable moved
+	// received is the last sequence received and checked (next-1), for
+	// readers outside the receiving goroutine.
+	received atomic.Uint64
+	notify   chan struct{} // to sendAcks: durable moved
 	// durableCh is closed, and replaced, each time durable moves: every
 	// waiter wakes (waitDurable).
 	durableMu sync.Mutex
@@ -130,12 +133,11 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 		if err != nil {
 			return err
 		}
+		c := r.counters(s.name)
+		c.seen.Store(r.cfg.Clock.Now().UnixNano())
 		switch m := msg.GetMsg().(type) {
 		case *ferryv1.AgentMessage_Heartbeat:
-			if m.Heartbeat.ResyncProgress != nil {
-				r.m.resyncProgress.WithLabelValues(string(s.name)).Set(m.Heartbeat.GetResyncProgress())
-				r.counters(s.name).progress.Store(math.Float64bits(max(m.Heartbeat.GetResyncProgress(), 1e-9)))
-			}
+			r.progressed(s.name, c, m.Heartbeat)
 		case *ferryv1.AgentMessage_Batch:
 			j, err := r.check(s, m.Batch)
 			if err != nil {
@@ -173,6 +175,24 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 		default:
 			return &RecordError{VM: string(s.name), Seq: s.next, Err: ErrBadRecord, Msg: "empty message"}
 		}
+	}
+}
+
+// progressed records the progress of a copy a heartbeat reports; a
+// heartbeat without one ends the copy: its gauge goes away.
+func (r *Receiver) progressed(vm ferry.VMID, c *vmCounters, hb *ferryv1.Heartbeat) {
+	if hb.ResyncProgress == nil {
+		if c.progress.Swap(0) != 0 {
+			r.m.resyncProgress.DeleteLabelValues(string(vm))
+		}
+		c.copy.Store(nil)
+		return
+	}
+	p := min(max(hb.GetResyncProgress(), 0), 1)
+	r.m.resyncProgress.WithLabelValues(string(vm)).Set(p)
+	c.progress.Store(math.Float64bits(max(p, 1e-9)))
+	if c.copy.Load() == nil {
+		c.copy.Store(&copyStart{at: r.cfg.Clock.Now(), progress: p, received: c.received.Load()})
 	}
 }
 
@@ -261,6 +281,7 @@ func (r *Receiver) check(s *session, b *ferryv1.Batch) (*job, error) {
 		}
 	}
 	s.next, s.consistent = next, consistent
+	s.received.Store(next - 1)
 	return &job{sess: s, in: recs, size: size, recv: time.Now(), done: make(chan struct{})}, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,19 +35,21 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-const usage = `
+func main() {
+	root := cli.Root("ferry-agent", "Ferry's agent: replicates one VM's disks", `
 ferry-agent replicates one VM's disks to a Ferry process server.
 
-Usage:
-  ferry-agent run [flags]    protect the disks until stopped
-
-Run 'ferry-agent run --help' for the flags.
-`
+Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
+	run, _ := runCmd()
+	root.AddCommand(run)
+	cli.Execute(root)
+}
 
 // options are ferry-agent run's flags, with the agent's configuration.
 type options struct {
 	cfg           agent.Config
 	disks         cli.Repeated
+	config        *string
 	metrics       *string
 	nbdListen     *string
 	nbdTLS        *string
@@ -62,12 +64,45 @@ type options struct {
 	tokenFile     *string
 	insecureOK    *bool
 	level         *string
+	logFormat     *string
 }
 
-// parseRun reads ferry-agent run's flags.
-func parseRun(args []string) *options {
+// settings are ferry-agent run's configuration file and environment.
+var settings = cli.Settings{ConfigFlag: "config", EnvPrefix: "FERRY_AGENT"}
+
+// runCmd returns ferry-agent run with its flags bound to new options.
+func runCmd() (*cobra.Command, *options) {
 	o := &options{cfg: agent.DefaultConfig()}
-	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	c := &cobra.Command{
+		Use:   "run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]",
+		Short: "protect the disks until stopped",
+		Long: `
+Replicates the disks to the process server. The first run copies every disk
+(skipping all-zero blocks and holes); later runs send only changes.
+
+With --nbd-listen the disks are served over NBD (export names are the disk
+names) and the machine runs on them: every write is captured in order and a
+crash-consistent point is cut as the VM's replication policy says (ferryctl
+policy), or every --crash-interval when given. Nothing else may write
+the disks then. Without it the disks are scanned every --scan-interval: each
+64 KiB chunk whose hash changed is sent, and a point is cut after every pass
+that found changes (and every --crash-interval when nothing changed); such a
+point holds the disks as the pass read them, so quiesce the writer (fsfreeze)
+for a point that is exactly one moment of a disk being written. A pass skips
+an image file whose size, times and inode have not changed since the last
+pass read it; --scan-rate bounds how fast passes and resyncs read.
+
+SIGTERM or SIGINT waits up to 10s for acknowledgements, then saves what is
+unsent so that the next run continues without a full resync.
+
+Every flag is also a setting of the --config file (YAML; the same names,
+"disk" a list) and of the environment (FERRY_AGENT_PS, FERRY_AGENT_VM, ...):
+a flag wins over the environment, the environment over the file.`,
+		Args: cli.NoArgs,
+	}
+	fs := c.Flags()
+	fs.SortFlags = false
+	o.config = fs.String("config", "", "YAML file of settings (e.g. /etc/ferry/agent-NAME.yaml)")
 	fs.StringVar(&o.cfg.Target, "ps", "", "process server address (host:port)")
 	fs.StringVar(&o.cfg.VM, "vm", "", "name of the protected VM")
 	fs.Var(&o.disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
@@ -93,57 +128,29 @@ func parseRun(args []string) *options {
 	o.tokenFile = fs.String("token-file", "", "file holding a single-use enrollment token from 'ferry-ps enroll' ('-': standard input; or set FERRY_ENROLL_TOKEN): gets the agent's certificate into --tls-dir first. Not a flag value: command lines are visible to every user in ps")
 	o.insecureOK = fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
 	o.level = fs.String("log-level", "info", "debug, info, warn or error")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: ferry-agent run --ps ADDR --vm NAME --disk NAME=PATH [--disk ...] --state DIR [flags]
-
-Replicates the disks to the process server. The first run copies every disk
-(skipping all-zero blocks and holes); later runs send only changes.
-
-With --nbd-listen the disks are served over NBD (export names are the disk
-names) and the machine runs on them: every write is captured in order and a
-crash-consistent point is cut as the VM's replication policy says (ferryctl
-policy), or every --crash-interval when given. Nothing else may write
-the disks then. Without it the disks are scanned every --scan-interval: each
-64 KiB chunk whose hash changed is sent, and a point is cut after every pass
-that found changes (and every --crash-interval when nothing changed); such a
-point holds the disks as the pass read them, so quiesce the writer (fsfreeze)
-for a point that is exactly one moment of a disk being written. A pass skips
-an image file whose size, times and inode have not changed since the last
-pass read it; --scan-rate bounds how fast passes and resyncs read.
-
-SIGTERM or SIGINT waits up to 10s for acknowledgements, then saves what is
-unsent so that the next run continues without a full resync.
-
-Flags:
-`)
-		fs.PrintDefaults()
-	}
-	fs.Parse(args)
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "crash-interval" || f.Name == "app-interval" {
+	fs.DurationVar(&o.cfg.Heartbeat, "heartbeat", o.cfg.Heartbeat, "how often the agent says it is alive when it has nothing to send; the process server marks the VM critical after 3 missed")
+	fs.Int64Var(&o.cfg.MaxBandwidth, "max-bandwidth", 0, "bytes per second the agent sends at most (0: no limit), as a process server's throttle would")
+	o.logFormat = fs.String("log-format", "text", "text or json (one object per line)")
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if _, err := settings.Apply(c.Flags()); err != nil {
+			return err
+		}
+		if c.Flags().Changed("crash-interval") || c.Flags().Changed("app-interval") {
 			// Frequencies given here win over the process server's policy.
 			o.cfg.IgnorePolicy = true
 		}
-	})
-	o.cfg.Mode = agent.ModeScan
-	if *o.nbdListen != "" {
-		o.cfg.Mode = agent.ModeSplitter
+		o.cfg.Mode = agent.ModeScan
+		if *o.nbdListen != "" {
+			o.cfg.Mode = agent.ModeSplitter
+		}
+		return run(o)
 	}
-	return o
-}
-
-func main() {
-	if len(os.Args) < 2 || os.Args[1] != "run" {
-		cli.Usage(usage)
-	}
-	if err := run(parseRun(os.Args[2:])); err != nil {
-		cli.Fatal("ferry-agent", err)
-	}
+	return c, o
 }
 
 // run protects the disks until a signal, or until the agent stops.
 func run(o *options) error {
-	log, err := cli.Logger(*o.level)
+	log, err := cli.Logger(*o.level, *o.logFormat)
 	if err != nil {
 		return err
 	}

@@ -2,19 +2,22 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
 
+	"github.com/spf13/cobra"
+
 	"github.com/ferrydr/ferry/bench"
 	"github.com/ferrydr/ferry/pkg/cli"
 )
 
-const usage = `
-ferry-bench measures Ferry, each figure beside a baseline from the same run,
+var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay"}
+
+func main() {
+	root := cli.Root("ferry-bench [flags] BENCHMARK...", "measure Ferry against baselines in the same run", `ferry-bench measures Ferry, each figure beside a baseline from the same run,
 and ends each benchmark with one line per goal:
   target: NAME measured=X goal=Y met|missed
 
@@ -29,7 +32,7 @@ Benchmarks:
               process server's memory meanwhile
   nbd         the agent's NBD front end: qemu-img convert of an image and fio
               4 KiB random writes, against a plain file
-  resync      delta resync of an image with 0.1%%, 1%%, 10%% changed blocks
+  resync      delta resync of an image with 0.1%, 1%, 10% changed blocks
               against rsync (default and 4 KiB blocks) over loopback
   scan        scan mode: bytes read between scans of an unchanged image, and
               the read rate under --scan-rate
@@ -40,16 +43,22 @@ Benchmarks:
               by the recovery-site process server against direct
   all         every one of them
 
-Exit status: 0 when every benchmark ran (goals met or missed), 1 when one
-failed, 2 for bad usage.
-
-Flags:
-`
-
-var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay"}
-
-func main() {
-	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
+Exit codes: 0 when every benchmark ran (goals met or missed), 1 when one
+failed, 2 for bad usage.`)
+	root.ValidArgs = append(slices.Clone(names), "all")
+	root.Args = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cli.Usagef("name at least one benchmark (%v or all)", names)
+		}
+		for _, a := range args {
+			if !slices.Contains(c.ValidArgs, a) {
+				return cli.Usagef("unknown benchmark %q (want one of %v or all)", a, names)
+			}
+		}
+		return nil
+	}
+	fs := root.Flags()
+	fs.SortFlags = false
 	exe, _ := os.Executable()
 	bin := fs.String("bin", filepath.Dir(exe), "directory holding ferry-ps (make build puts both in bin/)")
 	dir := fs.String("dir", os.TempDir(), "scratch directory")
@@ -57,99 +66,97 @@ func main() {
 	jsonOut := fs.String("json", "", "write every table, figure and target as JSON to this file (- for standard output)")
 	charts := fs.String("charts", "", "write SVG charts (rpo.svg: RPO over time; throughput.svg: throughput by data kind) into this directory")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (agents and in-process servers) to this file")
-	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
-	want := map[string]bool{}
-	for _, a := range fs.Args() {
-		switch {
-		case a == "all":
-			for _, n := range names {
-				want[n] = true
+	root.RunE = func(_ *cobra.Command, args []string) error {
+		want := map[string]bool{}
+		for _, a := range args {
+			if a == "all" {
+				for _, n := range names {
+					want[n] = true
+				}
 			}
-		case slices.Contains(names, a):
 			want[a] = true
-		default:
-			fmt.Fprintf(os.Stderr, "ferry-bench: unknown benchmark %q (want one of %v or all)\n", a, names)
-			os.Exit(2)
 		}
+		return runBenchmarks(want, *bin, *dir, *size, *jsonOut, *charts, *cpuprofile)
 	}
-	if len(want) == 0 {
-		fs.Usage()
-		os.Exit(2)
-	}
-	if *charts != "" {
-		if err := os.MkdirAll(*charts, 0o755); err != nil {
-			cli.Fatal("ferry-bench", err)
+	cli.Execute(root)
+}
+
+// runBenchmarks runs the benchmarks wanted and prints their tables.
+func runBenchmarks(want map[string]bool, bin, dir string, size int64, jsonOut, charts, cpuprofile string) error {
+	if charts != "" {
+		if err := os.MkdirAll(charts, 0o755); err != nil {
+			return err
 		}
 	}
 	chart := func(name string) string {
-		if *charts == "" {
+		if charts == "" {
 			return ""
 		}
-		return filepath.Join(*charts, name)
+		return filepath.Join(charts, name)
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
 		if err != nil {
-			cli.Fatal("ferry-bench", err)
+			return err
 		}
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	bytes := *size << 20
+	bytes := size << 20
 	var tables []*bench.Table
+	var failed error
 	run := func(name string, fn func() (*bench.Table, error)) {
-		if !want[name] {
+		if !want[name] || failed != nil {
 			return
 		}
 		t, err := fn()
 		if err != nil {
-			cli.Fatal("ferry-bench "+name, err)
+			failed = fmt.Errorf("%s: %w", name, err)
+			return
 		}
 		t.Name = name
 		t.Print(os.Stdout)
 		tables = append(tables, t)
 	}
 	run("throughput", func() (*bench.Table, error) {
-		return bench.Throughput(ctx, bench.ThroughputConfig{Bin: *bin, Dir: *dir, Bytes: bytes, Chart: chart("throughput.svg")})
+		return bench.Throughput(ctx, bench.ThroughputConfig{Bin: bin, Dir: dir, Bytes: bytes, Chart: chart("throughput.svg")})
 	})
 	run("fanin", func() (*bench.Table, error) {
-		return bench.FanIn(ctx, bench.FanInConfig{Bin: *bin, Dir: *dir, Bytes: bytes})
+		return bench.FanIn(ctx, bench.FanInConfig{Bin: bin, Dir: dir, Bytes: bytes})
 	})
 	run("nbd", func() (*bench.Table, error) {
-		return bench.NBD(ctx, bench.NBDConfig{Bin: *bin, Dir: *dir, Bytes: bytes})
+		return bench.NBD(ctx, bench.NBDConfig{Bin: bin, Dir: dir, Bytes: bytes})
 	})
 	run("resync", func() (*bench.Table, error) {
-		return bench.Resync(ctx, bench.ResyncConfig{Dir: *dir, Bytes: bytes})
+		return bench.Resync(ctx, bench.ResyncConfig{Dir: dir, Bytes: bytes})
 	})
-	run("scan", func() (*bench.Table, error) { return bench.Scan(ctx, bench.ScanConfig{Bin: *bin, Dir: *dir}) })
+	run("scan", func() (*bench.Table, error) { return bench.Scan(ctx, bench.ScanConfig{Bin: bin, Dir: dir}) })
 	run("rpo", func() (*bench.Table, error) {
-		return bench.RPO(ctx, bench.RPOConfig{Dir: *dir, Chart: chart("rpo.svg")})
+		return bench.RPO(ctx, bench.RPOConfig{Dir: dir, Chart: chart("rpo.svg")})
 	})
-	run("rto", func() (*bench.Table, error) { return bench.RTO(ctx, bench.RTOConfig{Dir: *dir}) })
+	run("rto", func() (*bench.Table, error) { return bench.RTO(ctx, bench.RTOConfig{Dir: dir}) })
 	run("failback", func() (*bench.Table, error) {
-		return bench.Failback(ctx, bench.FailbackConfig{Dir: *dir, Bytes: bytes})
+		return bench.Failback(ctx, bench.FailbackConfig{Dir: dir, Bytes: bytes})
 	})
-	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: *dir}) })
-	if *jsonOut != "" {
+	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: dir}) })
+	if failed != nil {
+		return failed
+	}
+	if jsonOut != "" {
 		w := os.Stdout
-		if *jsonOut != "-" {
-			f, err := os.Create(*jsonOut)
+		if jsonOut != "-" {
+			f, err := os.Create(jsonOut)
 			if err != nil {
-				cli.Fatal("ferry-bench", err)
+				return err
 			}
 			defer f.Close()
 			w = f
 		}
 		if err := bench.WriteJSON(w, tables); err != nil {
-			cli.Fatal("ferry-bench", err)
+			return err
 		}
 	}
+	return nil
 }

@@ -4,11 +4,11 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -18,20 +18,41 @@ import (
 	"github.com/ferrydr/ferry/pkg/virt"
 )
 
-const usage = `
-ferry-mt runs Ferry's master target at the primary site.
-
-Usage:
-  ferry-mt serve [flags]     receive reverse replication and fail VMs back
-
-Run 'ferry-mt serve --help' for the flags.
-`
-
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		cli.Usage(usage)
+	root := cli.Root("ferry-mt", "Ferry's master target at the primary site", `
+ferry-mt runs Ferry's master target at the primary site: it receives reverse
+replication from recovered VMs and fails them back.
+
+Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
+	root.AddCommand(serveCmd())
+	cli.Execute(root)
+}
+
+// settings are ferry-mt serve's configuration file and environment.
+var settings = cli.Settings{ConfigFlag: "config", EnvPrefix: "FERRY_MT"}
+
+// serveCmd is ferry-mt serve.
+func serveCmd() *cobra.Command {
+	fb := retention.Failback()
+	c := &cobra.Command{
+		Use:   "serve [flags]",
+		Short: "receive reverse replication and fail VMs back",
+		Long: fmt.Sprintf(`Receives reverse replication after a reprotect. At the original location it
+writes onto the primary machine's own disks (--disk) and only what differs is
+sent; at an alternate location onto new disks. It applies the failback
+policy, which nobody edits: the recovered VM's agent cuts crash-consistent
+points every %v and app-consistent ones every %v, points older than %v
+are deleted (their data folded into the target disks), and a VM whose newest
+point is older than %v raises an rpo-exceeded event (ferryctl events).
+
+Every flag is also a setting of the --config file (YAML; the same names)
+and of the environment (FERRY_MT_LISTEN, ...): a flag wins over the
+environment, the environment over the file.`, fb.CrashInterval, fb.AppInterval, fb.Retention, fb.RPOThreshold),
+		Args: cli.NoArgs,
 	}
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	fs := c.Flags()
+	fs.SortFlags = false
+	fs.String("config", "", "YAML file of settings (e.g. /etc/ferry/mt.yaml)")
 	cfg := mastertarget.Config{}
 	prim := &mastertarget.FilePrimary{Disks: map[string]string{}}
 	var disks cli.Repeated
@@ -49,51 +70,46 @@ func main() {
 	revocations := fs.String("revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
 	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	fb := retention.Failback()
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: ferry-mt serve [flags]
-
-Receives reverse replication after a reprotect. At the original location it
-writes onto the primary machine's own disks (--disk) and only what differs is
-sent; at an alternate location onto new disks. It applies the failback
-policy, which nobody edits: the recovered VM's agent cuts crash-consistent
-points every %v and app-consistent ones every %v, points older than %v
-are deleted (their data folded into the target disks), and a VM whose newest
-point is older than %v raises an rpo-exceeded event (ferryctl events).
-
-Flags:
-`, fb.CrashInterval, fb.AppInterval, fb.Retention, fb.RPOThreshold)
-		fs.PrintDefaults()
+	logFormat := fs.String("log-format", "text", "text or json (one object per line)")
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if _, err := settings.Apply(c.Flags()); err != nil {
+			return err
+		}
+		return serve(cfg, prim, disks, domains, *libvirtURI, *tlsDir, *revocations, *insecureOK, *level, *logFormat)
 	}
-	fs.Parse(os.Args[2:])
+	return c
+}
+
+// serve runs the master target until SIGTERM or SIGINT.
+func serve(cfg mastertarget.Config, prim *mastertarget.FilePrimary, disks, domains cli.Repeated, libvirtURI, tlsDir, revocations string, insecureOK bool, level, logFormat string) error {
 	for _, d := range disks {
 		k, path, ok := strings.Cut(d, "=")
 		if !ok || !strings.Contains(k, ":") {
-			cli.Fatal("ferry-mt", fmt.Errorf("disk %q: want VM:DISK=PATH", d))
+			return cli.Usagef("disk %q: want VM:DISK=PATH", d)
 		}
 		prim.Disks[k] = path
 	}
 	cfg.Primary = prim
-	log, err := cli.Logger(*level)
+	log, err := cli.Logger(level, logFormat)
 	if err != nil {
-		cli.Fatal("ferry-mt", err)
+		return err
 	}
 	if len(domains) > 0 {
 		if prim.StartHook != "" {
-			cli.Fatal("ferry-mt", fmt.Errorf("--libvirt-domain and --start-hook both start primaries: give one"))
+			return cli.Usagef("--libvirt-domain and --start-hook both start primaries: give one")
 		}
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, err := virt.Dial(dctx, *libvirtURI)
+		conn, err := virt.Dial(dctx, libvirtURI)
 		cancel()
 		if err != nil {
-			cli.Fatal("ferry-mt", err)
+			return err
 		}
 		defer conn.Close()
 		lp := &mastertarget.LibvirtPrimary{FilePrimary: prim, Conn: conn, Domains: map[string]string{}}
 		for _, d := range domains {
 			vm, dom, ok := strings.Cut(d, "=")
 			if !ok || vm == "" || dom == "" {
-				cli.Fatal("ferry-mt", fmt.Errorf("libvirt-domain %q: want VM=DOMAIN", d))
+				return cli.Usagef("libvirt-domain %q: want VM=DOMAIN", d)
 			}
 			lp.Domains[vm] = dom
 		}
@@ -101,31 +117,29 @@ Flags:
 	}
 	cfg.Logger = log
 	switch {
-	case *tlsDir != "":
-		if cfg.TLS, err = tlsca.Config(*tlsDir, false); err == nil && *revocations != "" {
-			cfg.TLS = tlsca.WithRevocations(cfg.TLS, *revocations)
+	case tlsDir != "":
+		if cfg.TLS, err = tlsca.Config(tlsDir, false); err == nil && revocations != "" {
+			cfg.TLS = tlsca.WithRevocations(cfg.TLS, revocations)
 		}
 		if err != nil {
-			cli.Fatal("ferry-mt", err)
+			return err
 		}
-	case *insecureOK:
+	case insecureOK:
 		log.Warn("--insecure: serving in plain text without authentication")
 	default:
-		cli.Fatal("ferry-mt", fmt.Errorf("no TLS: pass --tls-dir (ferry-ps ca issue --role mt) or --insecure for plain text"))
+		return cli.Usagef("no TLS: pass --tls-dir (ferry-ps ca issue --role mt) or --insecure for plain text")
 	}
 	srv, err := mastertarget.New(cfg)
 	if err != nil {
-		cli.Fatal("ferry-mt", err)
+		return err
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	if err := srv.Open(ctx); err != nil {
-		cli.Fatal("ferry-mt", err)
+		return err
 	}
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Close(cctx); err != nil {
-		cli.Fatal("ferry-mt", err)
-	}
+	return srv.Close(cctx)
 }

@@ -2,23 +2,30 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // exportCmd writes one disk of a point to an image file, or serves it
 // over NBD.
-func exportCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("export")
+func exportCmd() *cobra.Command {
+	c := command("export --vm NAME --disk NAME (--out FILE | --nbd) [--point P]",
+		"write one disk of a point to an image file, or serve it over NBD and print its URI")
+	c.Long = `Writes one disk of a recovery point to a new image file (sparse; every
+chunk's checksum is checked), with a progress bar on a terminal. With --nbd
+it serves the disk over NBD instead and prints the URI (--writable:
+copy-on-write, the point never changes).`
+	fs := c.Flags()
 	vm := vmFlag(fs)
 	point := fs.String("point", ferry.PointLatestProcessed, "recovery point: latest-processed, latest or an ID")
 	disk := fs.String("disk", "", "disk name")
@@ -26,54 +33,68 @@ func exportCmd(ctx context.Context, ps server, args []string) error {
 	force := fs.Bool("force", false, "replace an existing --out file")
 	overNBD := fs.Bool("nbd", false, "serve over NBD instead of writing a file")
 	writable := fs.Bool("writable", false, "with --nbd: copy-on-write instead of read-only")
-	fs.Parse(args)
-	if *overNBD {
-		resp, err := ps.rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: *vm, Point: *point, Disk: *disk, Writable: *writable})
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		if *overNBD {
+			if err := need("vm", vm, "disk", disk); err != nil {
+				return err
+			}
+			resp, err := ps.rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: *vm, Point: *point, Disk: *disk, Writable: *writable})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s\n(export %s, point %d)\n", resp.GetUri(), resp.GetName(), resp.GetPointId())
+			return nil
+		}
+		if err := need("vm", vm, "disk", disk, "out", out); err != nil {
+			return err
+		}
+		return export(ctx, ps.conn, *vm, *point, *disk, *out, *force)
+	})
+	return c
+}
+
+func exportsCmd() *cobra.Command {
+	c := command("exports", "list the NBD exports and the scratch quota's use")
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		resp, err := ps.rc.ListExports(ctx, &ferryv1.ListExportsRequest{})
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s\n(export %s, point %d)\n", resp.GetUri(), resp.GetName(), resp.GetPointId())
-		return nil
-	}
-	return export(ctx, ps.conn, *vm, *point, *disk, *out, *force)
+		return emit(resp, func() error { return listExports(resp) })
+	})
+	return c
 }
 
-// exportsCmd lists the NBD exports.
-func exportsCmd(ctx context.Context, ps server, args []string) error {
-	flags("exports").Parse(args)
-	return listExports(ctx, ps.rc)
+func unexportCmd() *cobra.Command {
+	c := &cobra.Command{Use: "unexport NAME", Short: "stop serving an NBD export ('ferryctl exports' lists them)", Args: cli.ExactArgs(1)}
+	c.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		_, err := ps.rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: args[0]})
+		return err
+	})
+	return c
 }
 
-// unexportCmd stops serving an NBD export.
-func unexportCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("unexport")
-	fs.Parse(args)
-	if fs.NArg() != 1 {
-		return fmt.Errorf("unexport wants one export name (ferryctl exports lists them)")
-	}
-	_, err := ps.rc.UnexportNBD(ctx, &ferryv1.UnexportNBDRequest{Name: fs.Arg(0)})
-	return err
-}
-
-// verifyCmd re-reads a point's blocks, or scrubs the VM's whole journal
-// when no point is named.
-func verifyCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("verify")
-	vm := vmFlag(fs)
-	point := fs.String("point", ferry.PointLatestProcessed, "recovery point: latest-processed, latest or an ID (without it: scrub the whole journal)")
-	fs.Parse(args)
-	pointSet := false
-	fs.Visit(func(f *flag.Flag) { pointSet = pointSet || f.Name == "point" })
-	if !pointSet {
-		return scrub(ctx, ps.rc, *vm)
-	}
-	return verify(ctx, ps.rc, *vm, *point)
+func verifyCmd() *cobra.Command {
+	c := command("verify --vm NAME [--point P]", "re-read and check every block a point uses; without --point scrub the VM's whole journal")
+	c.Long = `With --point, re-reads and checks every block the point uses. Without it,
+scrubs the VM's whole journal: reports every corrupt record and the points
+it makes unusable, and asks the agent to send those blocks again. Exits 1
+when anything is corrupt.`
+	vm := vmFlag(c.Flags())
+	point := c.Flags().String("point", ferry.PointLatestProcessed, "recovery point: latest-processed, latest or an ID (without it: scrub the whole journal)")
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		if err := need("vm", vm); err != nil {
+			return err
+		}
+		if !c.Flags().Changed("point") {
+			return scrub(ctx, ps.rc, *vm)
+		}
+		return verify(ctx, ps.rc, *vm, *point)
+	})
+	return c
 }
 
 func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out string, force bool) error {
-	if vm == "" || disk == "" || out == "" {
-		return fmt.Errorf("--vm, --disk and --out are required")
-	}
 	if fi, err := os.Lstat(out); err == nil {
 		if !force {
 			return fmt.Errorf("%s exists: pass --force to replace it", out)
@@ -89,10 +110,14 @@ func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out str
 	}
 	start := time.Now()
 	var f *blockdev.File
+	var shown *progressDevice
 	res, err := client.ExportDisk(ctx, conn, vm, point, disk, func(size int64) (blockdev.Device, error) {
 		var err error
-		f, err = blockdev.CreateNewFile(out, size)
-		return f, err
+		if f, err = blockdev.CreateNewFile(out, size); err != nil {
+			return nil, err
+		}
+		shown = &progressDevice{Device: f, p: newProgress("export "+disk, size)}
+		return shown, nil
 	})
 	if f != nil {
 		if cerr := f.Close(); err == nil {
@@ -102,16 +127,13 @@ func export(ctx context.Context, conn *grpc.ClientConn, vm, point, disk, out str
 	if err != nil {
 		return err
 	}
+	shown.p.update(res.DiskSize)
 	fmt.Printf("exported vm %s disk %s point %d to %s: %d bytes (%d of data) in %v\n",
 		vm, disk, res.PointID, out, res.DiskSize, res.Bytes, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-func listExports(ctx context.Context, rc ferryv1.RecoveryClient) error {
-	resp, err := rc.ListExports(ctx, &ferryv1.ListExportsRequest{})
-	if err != nil {
-		return err
-	}
+func listExports(resp *ferryv1.ListExportsResponse) error {
 	fmt.Printf("%-14s %-8s %6s  %-13s %-20s %s\n", "VM", "DISK", "POINT", "KIND", "CREATED", "NAME / URI")
 	for _, e := range resp.GetExports() {
 		kind := "read-only"
@@ -129,9 +151,6 @@ func listExports(ctx context.Context, rc ferryv1.RecoveryClient) error {
 }
 
 func verify(ctx context.Context, rc ferryv1.RecoveryClient, vm, point string) error {
-	if vm == "" {
-		return fmt.Errorf("--vm is required")
-	}
 	resp, err := rc.VerifyPoint(ctx, &ferryv1.VerifyPointRequest{Vm: vm, Point: point})
 	if err != nil {
 		return err
@@ -142,9 +161,6 @@ func verify(ctx context.Context, rc ferryv1.RecoveryClient, vm, point string) er
 
 // scrub checks a VM's whole journal; corruption is an error (exit 1).
 func scrub(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
-	if vm == "" {
-		return fmt.Errorf("--vm is required")
-	}
 	r, err := rc.Scrub(ctx, &ferryv1.ScrubRequest{Vm: vm})
 	if err != nil {
 		return err
@@ -170,4 +186,17 @@ func scrub(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
 	}
 	fmt.Println("ok: no corruption")
 	return nil
+}
+
+// progressDevice shows an export's progress as its chunks, in offset
+// order, are written.
+type progressDevice struct {
+	blockdev.Device
+	p *progress
+}
+
+func (d *progressDevice) WriteAt(ctx context.Context, b []byte, off int64) (int, error) {
+	n, err := d.Device.WriteAt(ctx, b, off)
+	d.p.update(off + int64(n))
+	return n, err
 }

@@ -8,79 +8,136 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/cli"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
 // jobsCmd lists jobs.
-func jobsCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("jobs")
-	vm := vmFlag(fs)
-	fs.Parse(args)
-	return listJobs(ctx, ps.rc, *vm)
+func jobsCmd() *cobra.Command {
+	c := command("jobs [--vm NAME]", "list jobs")
+	vm := vmFlag(c.Flags())
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		resp, err := ps.rc.ListJobs(ctx, &ferryv1.ListJobsRequest{Vm: *vm})
+		if err != nil {
+			return err
+		}
+		return emit(resp, func() error {
+			w := table("ID\tTYPE\tVM\tSTARTED\tDURATION\tOUTCOME")
+			for _, j := range resp.GetJobs() {
+				d := "-"
+				if j.GetEndUnixNano() != 0 {
+					d = time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano()).Round(time.Millisecond).String()
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", j.GetId(), j.GetType(), j.GetVm(), time.Unix(0, j.GetStartUnixNano()).UTC().Format(time.RFC3339), d, j.GetOutcome())
+			}
+			return w.Flush()
+		})
+	})
+	return c
 }
 
-// jobCmd shows one job with its steps.
-func jobCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("job")
-	fs.Parse(args)
-	var id uint64
-	if _, err := fmt.Sscan(fs.Arg(0), &id); err != nil {
-		return fmt.Errorf("job wants a job ID")
-	}
-	return printJob(ps.rc.GetJob(ctx, &ferryv1.GetJobRequest{Id: id}))
+func jobCmd() *cobra.Command {
+	c := &cobra.Command{Use: "job ID", Short: "one job with its steps, findings and boot console", Args: cli.ExactArgs(1)}
+	c.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		var id uint64
+		if _, err := fmt.Sscan(args[0], &id); err != nil {
+			return cli.Usagef("job wants a job ID, not %q", args[0])
+		}
+		j, err := ps.rc.GetJob(ctx, &ferryv1.GetJobRequest{Id: id})
+		if err != nil {
+			return err
+		}
+		if globals.output != "table" {
+			if err := emit(j, nil); err != nil {
+				return err
+			}
+			return jobFailed(j)
+		}
+		return printJob(j, nil)
+	})
+	return c
 }
 
-// eventsCmd lists RPO alerts raised and cleared and other events.
-func eventsCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("events")
-	vm := vmFlag(fs)
-	fs.Parse(args)
-	resp, err := ps.rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: *vm})
-	if err != nil {
-		return err
-	}
-	for _, e := range resp.GetEvents() {
-		fmt.Printf("%s  %-14s %-14s %s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), e.GetVm(), e.GetKind(), safe(e.GetDetail()))
+func eventsCmd() *cobra.Command {
+	c := command("events [--vm NAME] [--follow]", "RPO alerts raised and cleared, health changes, failed multi-VM points, interrupted operations")
+	vm := vmFlag(c.Flags())
+	follow := c.Flags().BoolP("follow", "f", false, "keep printing events as they happen (with -o json: one JSON object per line)")
+	every := c.Flags().Duration("interval", time.Second, "--follow: how often to ask the server")
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		seen := map[string]bool{}
+		for first := true; ; first = false {
+			resp, err := ps.rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: *vm})
+			if err != nil {
+				if !first && ctx.Err() != nil {
+					return nil // interrupted while following
+				}
+				return err
+			}
+			if !*follow {
+				return emit(resp, func() error { printEvents(resp.GetEvents(), nil); return nil })
+			}
+			var fresh []*ferryv1.Event
+			for _, e := range resp.GetEvents() {
+				k := fmt.Sprintf("%d\x00%s\x00%s\x00%s", e.GetTimeUnixNano(), e.GetVm(), e.GetKind(), e.GetDetail())
+				if !seen[k] {
+					seen[k] = true
+					fresh = append(fresh, e)
+				}
+			}
+			if err := printEvents(fresh, &globals.output); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(*every):
+			}
+		}
+	})
+	return c
+}
+
+// printEvents prints events as lines; with an output format (following),
+// each as one JSON object per line, or one YAML document each.
+func printEvents(events []*ferryv1.Event, format *string) error {
+	for _, e := range events {
+		if format != nil && *format != "table" {
+			if *format == "yaml" {
+				fmt.Println("---")
+			}
+			if err := emit(e, nil); err != nil {
+				return err
+			}
+			continue
+		}
+		fmt.Printf("%s  %-14s %-16s %s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), e.GetVm(), e.GetKind(), safe(e.GetDetail()))
 	}
 	return nil
 }
 
-// auditCmd lists who changed what, from where.
-func auditCmd(ctx context.Context, ps server, args []string) error {
-	fs := flags("audit")
-	limit := fs.Int("limit", 100, "the newest this many entries (0: all kept)")
-	fs.Parse(args)
-	resp, err := ps.rc.ListAudit(ctx, &ferryv1.ListAuditRequest{Limit: uint32(*limit)})
-	if err != nil {
-		return err
-	}
-	w := table("TIME\tWHO\tFROM\tACTION\tTARGET\tOUTCOME")
-	for _, e := range resp.GetEntries() {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), safe(e.GetWho()), safe(e.GetAddr()),
-			strings.TrimPrefix(e.GetAction(), "/ferry.v1.Recovery/"), safe(e.GetTarget()), safe(e.GetOutcome()))
-	}
-	return w.Flush()
-}
-
-func listJobs(ctx context.Context, rc ferryv1.RecoveryClient, vm string) error {
-	resp, err := rc.ListJobs(ctx, &ferryv1.ListJobsRequest{Vm: vm})
-	if err != nil {
-		return err
-	}
-	w := table("ID\tTYPE\tVM\tSTARTED\tDURATION\tOUTCOME")
-	for _, j := range resp.GetJobs() {
-		d := "-"
-		if j.GetEndUnixNano() != 0 {
-			d = time.Duration(j.GetEndUnixNano() - j.GetStartUnixNano()).Round(time.Millisecond).String()
+func auditCmd() *cobra.Command {
+	c := command("audit [--limit N]", "who changed what, from where: calls, exports, enrollments, stream takeovers, failed handshakes")
+	limit := c.Flags().Int("limit", 100, "the newest this many entries (0: all kept)")
+	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		resp, err := ps.rc.ListAudit(ctx, &ferryv1.ListAuditRequest{Limit: uint32(*limit)})
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", j.GetId(), j.GetType(), j.GetVm(), time.Unix(0, j.GetStartUnixNano()).UTC().Format(time.RFC3339), d, j.GetOutcome())
-	}
-	return w.Flush()
+		return emit(resp, func() error {
+			w := table("TIME\tWHO\tFROM\tACTION\tTARGET\tOUTCOME")
+			for _, e := range resp.GetEntries() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), safe(e.GetWho()), safe(e.GetAddr()),
+					strings.TrimPrefix(e.GetAction(), "/ferry.v1.Recovery/"), safe(e.GetTarget()), safe(e.GetOutcome()))
+			}
+			return w.Flush()
+		})
+	})
+	return c
 }
 
-// printJob prints a job with its steps and findings; a failed job is an
-// error.
 func printJob(j *ferryv1.Job, err error) error {
 	if err != nil {
 		return err
@@ -111,6 +168,11 @@ func printJob(j *ferryv1.Job, err error) error {
 	if c := j.GetConsole(); c != "" {
 		fmt.Printf("console:\n  %s\n", strings.ReplaceAll(safe(strings.TrimSpace(strings.ReplaceAll(c, "\r", ""))), "\\n", "\n  "))
 	}
+	return jobFailed(j)
+}
+
+// jobFailed is an error when j did not succeed.
+func jobFailed(j *ferryv1.Job) error {
 	if ferry.Outcome(j.GetOutcome()) != ferry.OutcomeSucceeded {
 		return fmt.Errorf("job %d failed: %s", j.GetId(), safe(j.GetError()))
 	}

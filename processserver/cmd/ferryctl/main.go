@@ -1,19 +1,21 @@
 // Command ferryctl is the operator's client of a Ferry process server.
-// Each subcommand has its own file and flags; main dials the server and
-// runs the one asked for.
+// Each subcommand has its own file and flags; a subcommand dials the
+// server only when it runs, so --help needs no server.
 package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -21,60 +23,10 @@ import (
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-const usage = `
-ferryctl talks to a Ferry process server.
-
-Usage:
-  ferryctl --ps ADDR vms                                  list protected VMs
-  ferryctl --ps ADDR points --vm NAME                     list a VM's recovery points
-  ferryctl --ps ADDR export --vm NAME --disk NAME --out FILE [--point P]
-                                                          write one disk of a point to an image file
-  ferryctl --ps ADDR export --nbd --vm NAME --disk NAME [--point P] [--writable]
-                                                          serve one disk of a point over NBD and print its URI
-                                                          (--writable: copy-on-write, the point never changes)
-  ferryctl --ps ADDR agent release --vm NAME               let another agent instance replicate the VM (a moved machine)
-  ferryctl --ps ADDR audit [--limit N]                     who changed what, from where: calls, exports, enrollments,
-                                                          stream takeovers, failed handshakes
-  ferryctl --ps ADDR exports                               list the NBD exports and the scratch quota's use
-  ferryctl --ps ADDR unexport NAME                        stop serving an NBD export
-  ferryctl --ps ADDR verify --vm NAME [--point P]         re-read and check every block a point uses; without
-                                                          --point scrub the VM's whole journal: report every
-                                                          corrupt record, the points it makes unusable, and ask
-                                                          the agent to send those blocks again
-  ferryctl --ps ADDR status [--vm NAME]                   protection state, allowed actions, RPO
-  ferryctl --ps ADDR failover --type test|planned|unplanned --vm NAME [--point P]
-                                  [--network NAME] [--shutdown]
-                                                          fail a VM over (test: on an isolated network)
-  ferryctl --ps ADDR change-point --vm NAME --point P     recreate a failed-over VM from another point
-  ferryctl --ps ADDR commit --vm NAME                     finalize a failover (deletes every recovery point)
-  ferryctl --ps ADDR cleanup-test --vm NAME               delete a test failover's VM
-  ferryctl --ps ADDR reprotect --vm NAME [--location original|alternate]
-                                                          replicate the other way (after a committed failover
-                                                          to the master target; after a committed failback back)
-  ferryctl --ps ADDR failback --vm NAME [--sync before|during] [--point latest|latest-app]
-                                                          fail a reprotected VM back to the primary site
-  ferryctl --ps ADDR events [--vm NAME]                   RPO alerts raised and cleared, failed multi-VM points
-
-Replication policies, groups and recovery plans:
-  ferryctl --ps ADDR policy list                          policies with their VMs
-  ferryctl --ps ADDR policy show NAME
-  ferryctl --ps ADDR policy edit NAME [--retention D] [--crash-interval D] [--app-interval D] [--rpo-threshold D]
-                                                          change a policy, or create one from the default's values
-                                                          (the failback policy cannot be edited)
-  ferryctl --ps ADDR policy attach --vm NAME --policy NAME
-  ferryctl --ps ADDR group create NAME --vm A --vm B [...] [--crash-interval D] [--app-interval D] [--hold-timeout D]
-                                                          VMs whose points are cut together (multi-VM points)
-  ferryctl --ps ADDR group list | delete NAME | point NAME [--app]
-  ferryctl --ps ADDR plan put --file PLAN.json            create or change a recovery plan
-  ferryctl --ps ADDR plan list | show NAME | delete NAME
-  ferryctl --ps ADDR plan run NAME --op OP [--point P] [--network NAME] [--shutdown]
-                                                          OP: test-failover, planned-failover, unplanned-failover,
-                                                          change-point, commit or cleanup-test; P: latest,
-                                                          latest-processed, latest-app, latest-multivm-processed or
-                                                          latest-multivm-app (custom points are refused for plans)
-  ferryctl --ps ADDR plan resume NAME                     go on after a manual step
-  ferryctl --ps ADDR jobs [--vm NAME]                     list jobs
-  ferryctl --ps ADDR job ID                               one job with its steps
+const long = `
+ferryctl talks to a Ferry process server: protected VMs and their recovery
+points, failover, commit, reprotect and failback, policies, replication
+groups, recovery plans, jobs, events and the audit log.
 
 A point P is latest-processed (the newest point, the default for export),
 latest (first process everything received and cut a point at its end; the
@@ -82,8 +34,22 @@ default for failover), latest-app (the newest app-consistent point) or a
 point ID from 'points'. A planned failover shuts the source down and always
 uses its final point; it fails if the source does not shut down. An
 unplanned failover with --shutdown tries the same and proceeds either way.
-Failover commands print the job and exit 1 if it failed.
-`
+
+Read commands (vms, points, status, jobs, job, events, audit, exports,
+policy list|show, group list, plan list|show) print tables, or with
+-o json / -o yaml the server's answer whole, for scripts.
+
+Exit codes: 0 done, 1 failed (the server refused or could not be reached,
+a job failed, corruption found), 2 wrong command line.`
+
+// globals are ferryctl's flags before the subcommand.
+var globals struct {
+	ps       string
+	timeout  time.Duration
+	tlsDir   string
+	insecure bool
+	output   string
+}
 
 // server is what a subcommand talks to.
 type server struct {
@@ -91,75 +57,83 @@ type server struct {
 	rc   ferryv1.RecoveryClient
 }
 
-// commands are ferryctl's subcommands by name. Each parses its own flags
-// from args.
-var commands = map[string]func(ctx context.Context, ps server, args []string) error{
-	"vms":          vmsCmd,
-	"points":       pointsCmd,
-	"status":       statusCmd,
-	"export":       exportCmd,
-	"exports":      exportsCmd,
-	"unexport":     unexportCmd,
-	"verify":       verifyCmd,
-	"failover":     failoverCmd,
-	"change-point": changePointCmd,
-	"commit":       commitCmd,
-	"cleanup-test": cleanupTestCmd,
-	"reprotect":    reprotectCmd,
-	"failback":     failbackCmd,
-	"jobs":         jobsCmd,
-	"job":          jobCmd,
-	"events":       eventsCmd,
-	"audit":        auditCmd,
-	"agent":        agentCmd,
-	"policy":       policyCmd,
-	"group":        groupCmd,
-	"plan":         planCmd,
-}
-
 func main() {
-	global := flag.NewFlagSet("ferryctl", flag.ExitOnError)
-	ps := global.String("ps", "127.0.0.1:7400", "process server address")
-	timeout := global.Duration("timeout", 0, "give up after this long (0: no limit)")
-	tlsDir := global.String("tls-dir", os.Getenv("FERRY_TLS_DIR"), "the operator's TLS identity (cert.pem, key.pem, ca.crt from 'ferry-ps ca issue --role operator'; default $FERRY_TLS_DIR)")
-	insecureOK := global.Bool("insecure", false, "talk to the process server in plain text (only to a ferry-ps run with --insecure)")
-	global.Usage = func() { cli.Usage(usage) }
-	global.Parse(os.Args[1:])
-	args := global.Args()
-	if len(args) == 0 {
-		cli.Usage(usage)
+	root := cli.Root("ferryctl", "the operator's client of a Ferry process server", long)
+	pf := root.PersistentFlags()
+	pf.StringVar(&globals.ps, "ps", "127.0.0.1:7400", "process server address")
+	pf.DurationVar(&globals.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	pf.StringVar(&globals.tlsDir, "tls-dir", os.Getenv("FERRY_TLS_DIR"), "the operator's TLS identity (cert.pem, key.pem, ca.crt from 'ferry-ps ca issue --role operator'; default $FERRY_TLS_DIR)")
+	pf.BoolVar(&globals.insecure, "insecure", false, "talk to the process server in plain text (only to a ferry-ps run with --insecure)")
+	pf.StringVarP(&globals.output, "output", "o", "table", "output of read commands: table, json or yaml")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		switch globals.output {
+		case "table", "json", "yaml":
+			return nil
+		}
+		return cli.Usagef("--output %q: want table, json or yaml", globals.output)
 	}
-	run := commands[args[0]]
-	if run == nil {
-		cli.Usage(usage)
+	root.AddGroup(&cobra.Group{ID: "read", Title: "Protected VMs, points and history:"},
+		&cobra.Group{ID: "recover", Title: "Failover, failback and their jobs:"},
+		&cobra.Group{ID: "config", Title: "Policies, groups and plans:"},
+		&cobra.Group{ID: "data", Title: "Recovery point data:"})
+	add := func(group string, cs ...*cobra.Command) {
+		for _, c := range cs {
+			c.GroupID = group
+			root.AddCommand(c)
+		}
 	}
-	creds, err := tlsca.DialOption(*tlsDir, *insecureOK, slog.New(slog.NewTextHandler(os.Stderr, nil)))
-	if err != nil {
-		cli.Fatal("ferryctl", err)
-	}
-	conn, err := grpc.NewClient(*ps, creds, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
-	if err != nil {
-		cli.Fatal("ferryctl", err)
-	}
-	defer conn.Close()
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
-	}
-	if err := run(ctx, server{conn: conn, rc: ferryv1.NewRecoveryClient(conn)}, args[1:]); err != nil {
-		conn.Close()
-		cli.Fatal("ferryctl "+args[0], err)
+	add("read", vmsCmd(), pointsCmd(), statusCmd(), eventsCmd(), auditCmd(), agentCmd())
+	add("recover", failoverCmd(), changePointCmd(), commitCmd(), cleanupTestCmd(), reprotectCmd(), failbackCmd(), jobsCmd(), jobCmd())
+	add("config", policyCmd(), groupCmd(), planCmd())
+	add("data", exportCmd(), exportsCmd(), unexportCmd(), verifyCmd())
+	cli.Execute(root)
+}
+
+// run adapts a subcommand's body: it dials the process server, bounds the
+// context by --timeout and SIGTERM/SIGINT, and closes the connection.
+func run(body func(ctx context.Context, ps server, args []string) error) func(*cobra.Command, []string) error {
+	return func(_ *cobra.Command, args []string) error {
+		creds, err := tlsca.DialOption(globals.tlsDir, globals.insecure, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		if err != nil {
+			return err
+		}
+		conn, err := grpc.NewClient(globals.ps, creds, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, stop := cli.SignalContext()
+		defer stop()
+		if globals.timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, globals.timeout)
+			defer cancel()
+		}
+		return body(ctx, server{conn: conn, rc: ferryv1.NewRecoveryClient(conn)}, args)
 	}
 }
 
-// flags returns the flag set of subcommand name.
-func flags(name string) *flag.FlagSet { return flag.NewFlagSet("ferryctl "+name, flag.ExitOnError) }
+// command returns a subcommand that takes flags only.
+func command(use, short string) *cobra.Command {
+	return &cobra.Command{Use: use, Short: short, Args: cli.NoArgs}
+}
 
 // vmFlag adds --vm.
-func vmFlag(fs *flag.FlagSet) *string { return fs.String("vm", "", "VM name") }
+func vmFlag(fs *pflag.FlagSet) *string { return fs.String("vm", "", "VM name") }
+
+// need returns a UsageError naming the flags that are required and empty.
+func need(flags ...any) error {
+	var missing []string
+	for i := 0; i+1 < len(flags); i += 2 {
+		if v, _ := flags[i+1].(*string); v != nil && *v == "" {
+			missing = append(missing, "--"+flags[i].(string))
+		}
+	}
+	if len(missing) > 0 {
+		return cli.Usagef("%s required", strings.Join(missing, ", "))
+	}
+	return nil
+}
 
 // table returns a writer of aligned columns with header as its first line.
 func table(header string) *tabwriter.Writer {

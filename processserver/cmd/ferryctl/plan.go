@@ -3,13 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/pkg/wire"
 	"github.com/ferrydr/ferry/processserver/client"
@@ -17,43 +19,43 @@ import (
 )
 
 // planCmd runs "ferryctl plan ...".
-func planCmd(ctx context.Context, ps server, args []string) error {
-	rc := ps.rc
-	if len(args) == 0 {
-		return fmt.Errorf("plan wants list, show NAME, put --file FILE, delete NAME, run NAME --op OP, or resume NAME")
-	}
-	fs := flag.NewFlagSet("plan "+args[0], flag.ExitOnError)
-	name, flags := positional(args[1:])
-	file := fs.String("file", "", "put: the plan as JSON")
-	op := fs.String("op", "", "run: test-failover, planned-failover, unplanned-failover, change-point, commit, cleanup-test, reprotect or failback")
-	point := fs.String("point", "", "run: latest, latest-processed, latest-app, latest-multivm-processed or latest-multivm-app (failback: latest or latest-app)")
-	location := fs.String("location", "", "run reprotect: original (default) or alternate")
-	syncMode := fs.String("sync", "", "run failback: before (default: synchronize before failover) or during (failover only)")
-	network := fs.String("network", "", "run test-failover: the isolated network")
-	shutdown := fs.Bool("shutdown", false, "run unplanned-failover: try to shut the sources down first")
-	fs.Parse(flags)
-	switch args[0] {
-	case "list", "show":
-		resp, err := rc.ListPlans(ctx, &ferryv1.ListPlansRequest{})
+func planCmd() *cobra.Command {
+	c := cli.Group(&cobra.Command{Use: "plan", Short: "recovery plans: groups of VMs failed over in order, with actions between them"})
+
+	list := command("list", "list recovery plans")
+	list.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		resp, err := ps.rc.ListPlans(ctx, &ferryv1.ListPlansRequest{})
+		if err != nil {
+			return err
+		}
+		return emit(resp, func() error {
+			for _, p := range resp.GetPlans() {
+				fmt.Printf("%s  %d groups, %d VMs\n", p.GetName(), len(p.GetGroups()), len(wire.Plan(p).VMs()))
+			}
+			return nil
+		})
+	})
+
+	show := &cobra.Command{Use: "show NAME", Short: "one recovery plan", Args: cli.ExactArgs(1)}
+	show.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		resp, err := ps.rc.ListPlans(ctx, &ferryv1.ListPlansRequest{})
 		if err != nil {
 			return err
 		}
 		for _, p := range resp.GetPlans() {
-			if args[0] == "show" && p.GetName() != name {
-				continue
+			if p.GetName() == args[0] {
+				return emit(p, func() error { printPlan(p); return nil })
 			}
-			if args[0] == "list" {
-				fmt.Printf("%s  %d groups, %d VMs\n", p.GetName(), len(p.GetGroups()), len(wire.Plan(p).VMs()))
-				continue
-			}
-			printPlan(p)
-			return nil
 		}
-		if args[0] == "show" {
-			return fmt.Errorf("no plan named %q", name)
+		return fmt.Errorf("no plan named %q", args[0])
+	})
+
+	put := command("put --file PLAN.json", "create or change a recovery plan")
+	file := put.Flags().String("file", "", "the plan as JSON")
+	put.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		if err := need("file", file); err != nil {
+			return err
 		}
-		return nil
-	case "put":
 		raw, err := os.ReadFile(*file)
 		if err != nil {
 			return err
@@ -64,29 +66,53 @@ func planCmd(ctx context.Context, ps server, args []string) error {
 		if err := dec.Decode(&p); err != nil {
 			return fmt.Errorf("%s: %w", *file, err)
 		}
-		if _, err := rc.PutPlan(ctx, wire.PlanProto(p)); err != nil {
+		if _, err := ps.rc.PutPlan(ctx, wire.PlanProto(p)); err != nil {
 			return err
 		}
 		fmt.Printf("plan %s saved: %d groups\n", p.Name, len(p.Groups))
 		return nil
-	case "delete":
-		_, err := rc.DeletePlan(ctx, &ferryv1.DeletePlanRequest{Name: name})
+	})
+
+	del := &cobra.Command{Use: "delete NAME", Short: "delete a recovery plan", Args: cli.ExactArgs(1)}
+	del.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		_, err := ps.rc.DeletePlan(ctx, &ferryv1.DeletePlanRequest{Name: args[0]})
 		return err
-	case "run":
-		j, err := rc.RunPlan(ctx, &ferryv1.RunPlanRequest{Plan: name, Operation: *op, Point: *point, Network: *network, Shutdown: *shutdown,
+	})
+
+	runPlan := &cobra.Command{Use: "run NAME --op OP [flags]", Short: "run an operation on every VM of a plan, group by group", Args: cli.ExactArgs(1),
+		Long: `OP: test-failover, planned-failover, unplanned-failover, change-point,
+commit, cleanup-test, reprotect or failback. P: latest, latest-processed,
+latest-app, latest-multivm-processed or latest-multivm-app (custom points
+are refused for plans). The plan's job is followed until it ends or waits
+for a manual step ('ferryctl plan resume').`}
+	op := runPlan.Flags().String("op", "", "test-failover, planned-failover, unplanned-failover, change-point, commit, cleanup-test, reprotect or failback")
+	point := runPlan.Flags().String("point", "", "latest, latest-processed, latest-app, latest-multivm-processed or latest-multivm-app (failback: latest or latest-app)")
+	location := runPlan.Flags().String("location", "", "reprotect: original (default) or alternate")
+	syncMode := runPlan.Flags().String("sync", "", "failback: before (default: synchronize before failover) or during (failover only)")
+	network := runPlan.Flags().String("network", "", "test-failover: the isolated network")
+	shutdown := runPlan.Flags().Bool("shutdown", false, "unplanned-failover: try to shut the sources down first")
+	runPlan.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		if err := need("op", op); err != nil {
+			return err
+		}
+		j, err := ps.rc.RunPlan(ctx, &ferryv1.RunPlanRequest{Plan: args[0], Operation: *op, Point: *point, Network: *network, Shutdown: *shutdown,
 			Location: *location, Sync: *syncMode})
 		if err != nil {
 			return err
 		}
-		return followPlan(ctx, rc, j.GetId())
-	case "resume":
-		j, err := rc.ResumePlan(ctx, &ferryv1.ResumePlanRequest{Plan: name})
+		return followPlan(ctx, ps.rc, j.GetId())
+	})
+
+	resume := &cobra.Command{Use: "resume NAME", Short: "go on after a plan's manual step", Args: cli.ExactArgs(1)}
+	resume.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		j, err := ps.rc.ResumePlan(ctx, &ferryv1.ResumePlanRequest{Plan: args[0]})
 		if err != nil {
 			return err
 		}
-		return followPlan(ctx, rc, j.GetId())
-	}
-	return fmt.Errorf("plan %s: unknown; want list, show, put, delete, run or resume", args[0])
+		return followPlan(ctx, ps.rc, j.GetId())
+	})
+	c.AddCommand(list, show, put, del, runPlan, resume)
+	return c
 }
 
 func printPlan(p *ferryv1.RecoveryPlan) {

@@ -2,67 +2,84 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/retention"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
-// policyCmd runs "ferryctl policy ...".
-func policyCmd(ctx context.Context, ps server, args []string) error {
-	rc := ps.rc
-	if len(args) == 0 {
-		return fmt.Errorf("policy wants list, show NAME, edit NAME [flags] or attach --vm NAME --policy NAME")
-	}
-	fs := flag.NewFlagSet("policy "+args[0], flag.ExitOnError)
-	name, flags := positional(args[1:])
-	keep := fs.Duration("retention", 0, "keep recovery points this long (e.g. 24h, 72h)")
-	crash := fs.Duration("crash-interval", 0, "crash-consistent point frequency")
-	app := fs.Duration("app-interval", -1, "app-consistent point frequency (0 turns them off)")
-	rpo := fs.Duration("rpo-threshold", 0, "alert when a VM's RPO is above this")
-	vm := fs.String("vm", "", "attach: the VM")
-	attachTo := fs.String("policy", "", "attach: the policy")
-	fs.Parse(flags)
-	resp, err := rc.ListPolicies(ctx, &ferryv1.ListPoliciesRequest{})
-	if err != nil {
-		return err
-	}
-	find := func(n string) (*ferryv1.Policy, error) {
-		for _, p := range resp.GetPolicies() {
-			if p.GetName() == n {
-				return p, nil
+func policyCmd() *cobra.Command {
+	c := cli.Group(&cobra.Command{Use: "policy", Short: "replication policies: retention, point frequencies, RPO threshold"})
+	policies := func(ctx context.Context, ps server) (*ferryv1.ListPoliciesResponse, func(string) (*ferryv1.Policy, error), error) {
+		resp, err := ps.rc.ListPolicies(ctx, &ferryv1.ListPoliciesRequest{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return resp, func(n string) (*ferryv1.Policy, error) {
+			for _, p := range resp.GetPolicies() {
+				if p.GetName() == n {
+					return p, nil
+				}
 			}
-		}
-		return nil, fmt.Errorf("no policy named %q", n)
+			return nil, fmt.Errorf("no policy named %q", n)
+		}, nil
 	}
-	switch args[0] {
-	case "list":
-		w := table("POLICY\tRETENTION\tCRASH\tAPP\tRPO THRESHOLD\tEDITABLE\tVMS")
-		for _, p := range resp.GetPolicies() {
-			fmt.Fprintf(w, "%s\t%v\t%v\t%s\t%v\t%v\t%s\n", p.GetName(), secs(p.GetRetentionSeconds()), secs(p.GetCrashIntervalSeconds()),
-				offIfZero(p.GetAppIntervalSeconds()), secs(p.GetRpoThresholdSeconds()), !p.GetBuiltin(), strings.Join(p.GetVms(), ","))
-		}
-		return w.Flush()
-	case "show":
-		p, err := find(name)
+
+	list := command("list", "policies with their VMs")
+	list.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		resp, _, err := policies(ctx, ps)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("policy %s\n  retention            %v\n  crash-consistent     every %v\n  app-consistent       %s\n  RPO threshold        %v\n  editable             %v\n  VMs                  %s\n",
-			p.GetName(), secs(p.GetRetentionSeconds()), secs(p.GetCrashIntervalSeconds()), offIfZero(p.GetAppIntervalSeconds()),
-			secs(p.GetRpoThresholdSeconds()), !p.GetBuiltin(), strings.Join(p.GetVms(), ", "))
-		return nil
-	case "edit":
-		// Edit an existing policy, or create one from the default's values.
-		p, err := find(name)
+		return emit(resp, func() error {
+			w := table("POLICY\tRETENTION\tCRASH\tAPP\tRPO-THRESHOLD\tEDITABLE\tVMS")
+			for _, p := range resp.GetPolicies() {
+				fmt.Fprintf(w, "%s\t%v\t%v\t%s\t%v\t%v\t%s\n", p.GetName(), secs(p.GetRetentionSeconds()), secs(p.GetCrashIntervalSeconds()),
+					strings.ReplaceAll(offIfZero(p.GetAppIntervalSeconds()), " ", "-"), secs(p.GetRpoThresholdSeconds()), !p.GetBuiltin(), strings.Join(p.GetVms(), ","))
+			}
+			return w.Flush()
+		})
+	})
+
+	show := &cobra.Command{Use: "show NAME", Short: "one policy", Args: cli.ExactArgs(1)}
+	show.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		_, find, err := policies(ctx, ps)
+		if err != nil {
+			return err
+		}
+		p, err := find(args[0])
+		if err != nil {
+			return err
+		}
+		return emit(p, func() error {
+			fmt.Printf("policy %s\n  retention            %v\n  crash-consistent     every %v\n  app-consistent       %s\n  RPO threshold        %v\n  editable             %v\n  VMs                  %s\n",
+				p.GetName(), secs(p.GetRetentionSeconds()), secs(p.GetCrashIntervalSeconds()), offIfZero(p.GetAppIntervalSeconds()),
+				secs(p.GetRpoThresholdSeconds()), !p.GetBuiltin(), strings.Join(p.GetVms(), ", "))
+			return nil
+		})
+	})
+
+	edit := &cobra.Command{Use: "edit NAME [flags]", Short: "change a policy, or create one from the default's values (the failback policy cannot be edited)", Args: cli.ExactArgs(1)}
+	keep := edit.Flags().Duration("retention", 0, "keep recovery points this long (e.g. 24h, 72h)")
+	crash := edit.Flags().Duration("crash-interval", 0, "crash-consistent point frequency")
+	app := edit.Flags().Duration("app-interval", -1, "app-consistent point frequency (0 turns them off)")
+	rpo := edit.Flags().Duration("rpo-threshold", 0, "alert when a VM's RPO is above this")
+	edit.RunE = run(func(ctx context.Context, ps server, args []string) error {
+		_, find, err := policies(ctx, ps)
+		if err != nil {
+			return err
+		}
+		p, err := find(args[0])
 		if err != nil {
 			if p, err = find(retention.DefaultName); err != nil {
 				return err
 			}
-			p.Name = name
+			p.Name = args[0]
 		}
 		if *keep != 0 {
 			p.RetentionSeconds = int64(*keep / time.Second)
@@ -76,30 +93,28 @@ func policyCmd(ctx context.Context, ps server, args []string) error {
 		if *rpo != 0 {
 			p.RpoThresholdSeconds = int64(*rpo / time.Second)
 		}
-		if _, err := rc.PutPolicy(ctx, p); err != nil {
+		if _, err := ps.rc.PutPolicy(ctx, p); err != nil {
 			return err
 		}
 		fmt.Printf("policy %s saved\n", p.GetName())
 		return nil
-	case "attach":
-		if *vm == "" || *attachTo == "" {
-			return fmt.Errorf("attach wants --vm and --policy")
+	})
+
+	attach := command("attach --vm NAME --policy NAME", "make a VM follow a policy")
+	vm := vmFlag(attach.Flags())
+	attachTo := attach.Flags().String("policy", "", "the policy")
+	attach.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		if err := need("vm", vm, "policy", attachTo); err != nil {
+			return err
 		}
-		if _, err := rc.AttachPolicy(ctx, &ferryv1.AttachPolicyRequest{Vm: *vm, Policy: *attachTo}); err != nil {
+		if _, err := ps.rc.AttachPolicy(ctx, &ferryv1.AttachPolicyRequest{Vm: *vm, Policy: *attachTo}); err != nil {
 			return err
 		}
 		fmt.Printf("vm %s follows policy %s\n", *vm, *attachTo)
 		return nil
-	}
-	return fmt.Errorf("policy %s: unknown; want list, show, edit or attach", args[0])
-}
-
-// positional splits "NAME --flag ..." into the name and the flags.
-func positional(args []string) (string, []string) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return args[0], args[1:]
-	}
-	return "", args
+	})
+	c.AddCommand(list, show, edit, attach)
+	return c
 }
 
 func secs(s int64) time.Duration { return time.Duration(s) * time.Second }

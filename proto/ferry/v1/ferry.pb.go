@@ -394,8 +394,12 @@ type Hello struct {
 	// replicates from one instance; another is refused until an operator
 	// releases the VM (or a reprotect starts a new epoch).
 	AgentInstance string `protobuf:"bytes,8,opt,name=agent_instance,json=agentInstance,proto3" json:"agent_instance,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The host the agent runs on, and how often it sends a heartbeat when
+	// it has nothing else to send (0: the receiver's default).
+	AgentHost       string `protobuf:"bytes,9,opt,name=agent_host,json=agentHost,proto3" json:"agent_host,omitempty"`
+	HeartbeatMillis uint32 `protobuf:"varint,10,opt,name=heartbeat_millis,json=heartbeatMillis,proto3" json:"heartbeat_millis,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -482,6 +486,20 @@ func (x *Hello) GetAgentInstance() string {
 		return x.AgentInstance
 	}
 	return ""
+}
+
+func (x *Hello) GetAgentHost() string {
+	if x != nil {
+		return x.AgentHost
+	}
+	return ""
+}
+
+func (x *Hello) GetHeartbeatMillis() uint32 {
+	if x != nil {
+		return x.HeartbeatMillis
+	}
+	return 0
 }
 
 // MachineInfo describes the protected machine: what decides whether a
@@ -5154,9 +5172,31 @@ type VMStatus struct {
 	Agent         string `protobuf:"bytes,13,opt,name=agent,proto3" json:"agent,omitempty"`
 	AgentConflict string `protobuf:"bytes,14,opt,name=agent_conflict,json=agentConflict,proto3" json:"agent_conflict,omitempty"`
 	// A protected disk changed size: replication stopped.
-	DiskConflict  string `protobuf:"bytes,15,opt,name=disk_conflict,json=diskConflict,proto3" json:"disk_conflict,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DiskConflict string `protobuf:"bytes,15,opt,name=disk_conflict,json=diskConflict,proto3" json:"disk_conflict,omitempty"`
+	// Replication health: "healthy", "warning" or "critical", and why (as
+	// ASR's replicated items: a VM can be protected and critical).
+	Health       string `protobuf:"bytes,16,opt,name=health,proto3" json:"health,omitempty"`
+	HealthReason string `protobuf:"bytes,17,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
+	// The agent: its stream is open, its last message's age (absent when no
+	// stream is open), what it says of itself.
+	AgentConnected      bool     `protobuf:"varint,18,opt,name=agent_connected,json=agentConnected,proto3" json:"agent_connected,omitempty"`
+	HeartbeatAgeSeconds *float64 `protobuf:"fixed64,19,opt,name=heartbeat_age_seconds,json=heartbeatAgeSeconds,proto3,oneof" json:"heartbeat_age_seconds,omitempty"`
+	AgentVersion        string   `protobuf:"bytes,20,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentHost           string   `protobuf:"bytes,21,opt,name=agent_host,json=agentHost,proto3" json:"agent_host,omitempty"`
+	// The RPO alert threshold of the VM's policy.
+	RpoThresholdSeconds float64 `protobuf:"fixed64,22,opt,name=rpo_threshold_seconds,json=rpoThresholdSeconds,proto3" json:"rpo_threshold_seconds,omitempty"`
+	// An initial replication or resync under way: its progress (0 to 1),
+	// the rate data arrives at (bytes per second) and the time left at that
+	// pace; absent when none runs.
+	Progress           *float64 `protobuf:"fixed64,23,opt,name=progress,proto3,oneof" json:"progress,omitempty"`
+	ProgressRate       float64  `protobuf:"fixed64,24,opt,name=progress_rate,json=progressRate,proto3" json:"progress_rate,omitempty"`
+	ProgressEtaSeconds *float64 `protobuf:"fixed64,25,opt,name=progress_eta_seconds,json=progressEtaSeconds,proto3,oneof" json:"progress_eta_seconds,omitempty"`
+	// The last test failover that succeeded: its job and when it ended (0:
+	// none).
+	LastTestFailoverJob      uint64 `protobuf:"varint,26,opt,name=last_test_failover_job,json=lastTestFailoverJob,proto3" json:"last_test_failover_job,omitempty"`
+	LastTestFailoverUnixNano int64  `protobuf:"varint,27,opt,name=last_test_failover_unix_nano,json=lastTestFailoverUnixNano,proto3" json:"last_test_failover_unix_nano,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -5292,6 +5332,90 @@ func (x *VMStatus) GetDiskConflict() string {
 		return x.DiskConflict
 	}
 	return ""
+}
+
+func (x *VMStatus) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *VMStatus) GetHealthReason() string {
+	if x != nil {
+		return x.HealthReason
+	}
+	return ""
+}
+
+func (x *VMStatus) GetAgentConnected() bool {
+	if x != nil {
+		return x.AgentConnected
+	}
+	return false
+}
+
+func (x *VMStatus) GetHeartbeatAgeSeconds() float64 {
+	if x != nil && x.HeartbeatAgeSeconds != nil {
+		return *x.HeartbeatAgeSeconds
+	}
+	return 0
+}
+
+func (x *VMStatus) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *VMStatus) GetAgentHost() string {
+	if x != nil {
+		return x.AgentHost
+	}
+	return ""
+}
+
+func (x *VMStatus) GetRpoThresholdSeconds() float64 {
+	if x != nil {
+		return x.RpoThresholdSeconds
+	}
+	return 0
+}
+
+func (x *VMStatus) GetProgress() float64 {
+	if x != nil && x.Progress != nil {
+		return *x.Progress
+	}
+	return 0
+}
+
+func (x *VMStatus) GetProgressRate() float64 {
+	if x != nil {
+		return x.ProgressRate
+	}
+	return 0
+}
+
+func (x *VMStatus) GetProgressEtaSeconds() float64 {
+	if x != nil && x.ProgressEtaSeconds != nil {
+		return *x.ProgressEtaSeconds
+	}
+	return 0
+}
+
+func (x *VMStatus) GetLastTestFailoverJob() uint64 {
+	if x != nil {
+		return x.LastTestFailoverJob
+	}
+	return 0
+}
+
+func (x *VMStatus) GetLastTestFailoverUnixNano() int64 {
+	if x != nil {
+		return x.LastTestFailoverUnixNano
+	}
+	return 0
 }
 
 type ListVMsRequest struct {
@@ -6764,7 +6888,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1b\n" +
 	"\tfinal_seq\x18\x04 \x01(\x04R\bfinalSeq\x12\x1d\n" +
 	"\n" +
-	"hold_nanos\x18\x05 \x01(\x03R\tholdNanos\"\x90\x02\n" +
+	"hold_nanos\x18\x05 \x01(\x03R\tholdNanos\"\xda\x02\n" +
 	"\x05Hello\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12(\n" +
 	"\x05disks\x18\x02 \x03(\v2\x12.ferry.v1.DiskInfoR\x05disks\x12\x14\n" +
@@ -6774,7 +6898,11 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"block_size\x18\x05 \x01(\rR\tblockSize\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12/\n" +
 	"\amachine\x18\a \x01(\v2\x15.ferry.v1.MachineInfoR\amachine\x12%\n" +
-	"\x0eagent_instance\x18\b \x01(\tR\ragentInstance\"\xbd\x04\n" +
+	"\x0eagent_instance\x18\b \x01(\tR\ragentInstance\x12\x1d\n" +
+	"\n" +
+	"agent_host\x18\t \x01(\tR\tagentHost\x12)\n" +
+	"\x10heartbeat_millis\x18\n" +
+	" \x01(\rR\x0fheartbeatMillis\"\xbd\x04\n" +
 	"\vMachineInfo\x12\x0e\n" +
 	"\x02os\x18\x01 \x01(\tR\x02os\x124\n" +
 	"\x16mobility_agent_version\x18\x02 \x01(\tR\x14mobilityAgentVersion\x12\x1a\n" +
@@ -7095,7 +7223,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\rStatusRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\"6\n" +
 	"\x0eStatusResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xbf\x03\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\x88\b\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -7113,7 +7241,23 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\trpo_alert\x18\f \x01(\bR\brpoAlert\x12\x14\n" +
 	"\x05agent\x18\r \x01(\tR\x05agent\x12%\n" +
 	"\x0eagent_conflict\x18\x0e \x01(\tR\ragentConflict\x12#\n" +
-	"\rdisk_conflict\x18\x0f \x01(\tR\fdiskConflict\"\x10\n" +
+	"\rdisk_conflict\x18\x0f \x01(\tR\fdiskConflict\x12\x16\n" +
+	"\x06health\x18\x10 \x01(\tR\x06health\x12#\n" +
+	"\rhealth_reason\x18\x11 \x01(\tR\fhealthReason\x12'\n" +
+	"\x0fagent_connected\x18\x12 \x01(\bR\x0eagentConnected\x127\n" +
+	"\x15heartbeat_age_seconds\x18\x13 \x01(\x01H\x00R\x13heartbeatAgeSeconds\x88\x01\x01\x12#\n" +
+	"\ragent_version\x18\x14 \x01(\tR\fagentVersion\x12\x1d\n" +
+	"\n" +
+	"agent_host\x18\x15 \x01(\tR\tagentHost\x122\n" +
+	"\x15rpo_threshold_seconds\x18\x16 \x01(\x01R\x13rpoThresholdSeconds\x12\x1f\n" +
+	"\bprogress\x18\x17 \x01(\x01H\x01R\bprogress\x88\x01\x01\x12#\n" +
+	"\rprogress_rate\x18\x18 \x01(\x01R\fprogressRate\x125\n" +
+	"\x14progress_eta_seconds\x18\x19 \x01(\x01H\x02R\x12progressEtaSeconds\x88\x01\x01\x123\n" +
+	"\x16last_test_failover_job\x18\x1a \x01(\x04R\x13lastTestFailoverJob\x12>\n" +
+	"\x1clast_test_failover_unix_nano\x18\x1b \x01(\x03R\x18lastTestFailoverUnixNanoB\x18\n" +
+	"\x16_heartbeat_age_secondsB\v\n" +
+	"\t_progressB\x17\n" +
+	"\x15_progress_eta_seconds\"\x10\n" +
 	"\x0eListVMsRequest\"1\n" +
 	"\x0fListVMsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.ferry.v1.VMR\x03vms\"\xb7\x02\n" +
@@ -7595,6 +7739,7 @@ func file_ferry_v1_ferry_proto_init() {
 		(*Command_Resync)(nil),
 		(*Command_Checkpoint)(nil),
 	}
+	file_ferry_v1_ferry_proto_msgTypes[77].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

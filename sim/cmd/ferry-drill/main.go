@@ -5,9 +5,10 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/sim"
@@ -15,19 +16,7 @@ import (
 )
 
 func main() {
-	fs := flag.NewFlagSet("ferry-drill", flag.ExitOnError)
-	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
-	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
-	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) plan (the same through a recovery plan with a replication group) or plan-cycle (the whole cycle through a recovery plan)")
-	wall := fs.Bool("wall", false, "print each step's wall-clock time too (the report then differs run to run; without it the same seed prints the same report)")
-	compute := fs.String("compute", "sim", "sim (the simulator's machines) or libvirt (real guests booted under libvirt: see below)")
-	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "--compute libvirt: the libvirt to run guests on")
-	dir := fs.String("dir", "", "directory for the process server's and agents' files (default: a new temporary one, removed after)")
-	level := fs.String("log-level", "off", "debug, info, warn, error or off (logs go to stderr)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: ferry-drill [flags]
-
-Runs a drill: three VMs with different workloads replicate to a process
+	root := cli.Root("ferry-drill [flags]", "run a failover drill against Ferry's simulator or real guests", `Runs a drill: three VMs with different workloads replicate to a process
 server on the real agent, process server and master target over loopback.
 
 full-cycle: the primary site is lost with writes never replicated; each VM
@@ -74,44 +63,61 @@ The report gives per VM and action the point used, the data lost against the
 ground truth (RPO), the job's steps and durations (RTO), readiness findings,
 bytes moved, and whether every disk matched its ground truth.
 
-Flags:
-`)
-		fs.PrintDefaults()
+
+Exit codes: 0 every verification passed, 1 a verification or the drill
+failed, 2 wrong command line.`)
+	root.Args = cli.NoArgs
+	fs := root.Flags()
+	fs.SortFlags = false
+	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
+	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
+	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) plan (the same through a recovery plan with a replication group) or plan-cycle (the whole cycle through a recovery plan)")
+	wall := fs.Bool("wall", false, "print each step's wall-clock time too (the report then differs run to run; without it the same seed prints the same report)")
+	compute := fs.String("compute", "sim", "sim (the simulator's machines) or libvirt (real guests booted under libvirt: see below)")
+	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "--compute libvirt: the libvirt to run guests on")
+	dir := fs.String("dir", "", "directory for the process server's and agents' files (default: a new temporary one, removed after)")
+	level := fs.String("log-level", "off", "debug, info, warn, error or off (logs go to stderr)")
+	root.RunE = func(*cobra.Command, []string) error {
+		return drill(*seed, *minutes, *scenario, *wall, *compute, *libvirtURI, *dir, *level)
 	}
-	fs.Parse(os.Args[1:])
-	log, err := cli.Logger(*level)
+	cli.Execute(root)
+}
+
+// drill runs one drill and prints its report.
+func drill(seed uint64, minutes int, scenario string, wall bool, compute, libvirtURI, dir, level string) error {
+	log, err := cli.Logger(level, "text")
 	if err != nil {
-		cli.Fatal("ferry-drill", err)
+		return err
 	}
-	if *dir == "" {
+	if dir == "" {
 		d, err := sim.TempDir()
 		if err != nil {
-			cli.Fatal("ferry-drill", err)
+			return err
 		}
 		defer os.RemoveAll(d)
-		*dir = d
+		dir = d
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	switch *compute {
+	switch compute {
 	case "sim":
 	case "libvirt":
-		rep, err := lab.Drill(ctx, lab.Config{Dir: *dir, URI: *libvirtURI, Seed: *seed, Logger: log, Out: os.Stdout})
+		rep, err := lab.Drill(ctx, lab.Config{Dir: dir, URI: libvirtURI, Seed: seed, Logger: log, Out: os.Stdout})
 		if rep != nil {
 			rep.Print(os.Stdout)
 		}
 		if err != nil {
-			cli.Fatal("ferry-drill", err)
+			return err
 		}
-		if len(rep.Failed()) > 0 {
-			os.Exit(1)
+		if n := len(rep.Failed()); n > 0 {
+			return fmt.Errorf("%d verification(s) failed", n)
 		}
-		return
+		return nil
 	default:
-		cli.Fatal("ferry-drill", fmt.Errorf("--compute %q: want sim or libvirt", *compute))
+		return cli.Usagef("--compute %q: want sim or libvirt", compute)
 	}
 	run := sim.FullCycleDrill
-	switch *scenario {
+	switch scenario {
 	case "full-cycle":
 	case "failover":
 		run = sim.FailoverDrill
@@ -120,17 +126,18 @@ Flags:
 	case "plan-cycle":
 		run = sim.PlanCycleDrill
 	default:
-		cli.Fatal("ferry-drill", fmt.Errorf("scenario %q: want full-cycle, failover, plan or plan-cycle", *scenario))
+		return cli.Usagef("scenario %q: want full-cycle, failover, plan or plan-cycle", scenario)
 	}
-	rep, err := run(ctx, sim.Config{Seed: *seed, Dir: *dir, Logger: log}, *minutes)
+	rep, err := run(ctx, sim.Config{Seed: seed, Dir: dir, Logger: log}, minutes)
 	if rep != nil {
-		rep.Wall, rep.Dir = *wall, *dir
+		rep.Wall, rep.Dir = wall, dir
 		rep.Print(os.Stdout)
 	}
 	if err != nil {
-		cli.Fatal("ferry-drill", err)
+		return err
 	}
-	if len(rep.Failures) > 0 {
-		os.Exit(1)
+	if n := len(rep.Failures); n > 0 {
+		return fmt.Errorf("%d verification(s) failed", n)
 	}
+	return nil
 }
