@@ -5,15 +5,24 @@ GOBIN ?= $(shell $(GO) env GOPATH)/bin
 # --version of every binary: the release (git describe) and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# make package: Debian packages of the servers and of the agent, in dist/.
+NFPM_VERSION := v2.45.2
+PKG_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 LDFLAGS := -X github.com/ferrydr/ferry/pkg/cli.version=$(VERSION) -X github.com/ferrydr/ferry/pkg/cli.commit=$(COMMIT)
 
-.PHONY: all build test test-race fmt vet bench fuzz fuzz-short faults proto proto-tools drill drill-real demo clean
+.PHONY: all build package test test-race fmt vet bench fuzz fuzz-short faults proto proto-tools drill drill-real demo clean
 
 all: fmt vet build test
 
 build:
 	$(GO) build ./...
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./agent/cmd/ferry-agent ./processserver/cmd/ferry-ps ./processserver/cmd/ferryctl ./sim/cmd/ferry-drill ./mastertarget/cmd/ferry-mt ./bench/cmd/ferry-bench
+
+package: build
+	$(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	mkdir -p dist
+	FERRY_PKG_VERSION=$(PKG_VERSION) $(GOBIN)/nfpm package --config deploy/nfpm/ferry-server.yaml --packager deb --target dist/
+	FERRY_PKG_VERSION=$(PKG_VERSION) $(GOBIN)/nfpm package --config deploy/nfpm/ferry-agent.yaml --packager deb --target dist/
 
 test:
 	$(GO) vet ./...
@@ -107,4 +116,4 @@ proto: proto-tools
 		proto/ferry/v1/ferry.proto
 
 clean:
-	rm -rf bin .demo bench-out
+	rm -rf bin .demo bench-out dist

@@ -57,8 +57,10 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 	now := s.clock.Now()
 	h := VMHealth{Health: HealthHealthy, Link: s.recv.Link(vm.Name)}
 	h.Copy, h.Copies = s.recv.CopyProgress(vm.Name)
+	// Heartbeats are wall-clock time, also when the server's clock is
+	// simulated.
 	if h.Link.Connected && !h.Link.LastSeen.IsZero() {
-		h.Silence = max(0, now.Sub(h.Link.LastSeen))
+		h.Silence = max(0, time.Since(h.Link.LastSeen))
 	}
 	if pol, err := s.policyFor(string(vm.Name)); err == nil {
 		h.Threshold = pol.RPOThreshold
@@ -87,8 +89,12 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 		add(HealthCritical, "replication stopped: %s", st.DiskConflict)
 	case !h.Link.Connected && h.Link.LastSeen.IsZero():
 		add(HealthCritical, "agent not connected since the process server started")
+	case !h.Link.Connected && time.Since(h.Link.Left) < hb:
+		// A stream that ended a moment ago is usually being opened again
+		// (the agent reconnects within milliseconds): no alarm yet.
+		found = append(found, "agent reconnecting")
 	case !h.Link.Connected:
-		add(HealthCritical, "agent disconnected %s ago", now.Sub(h.Link.LastSeen).Round(time.Second))
+		add(HealthCritical, "agent disconnected; last heard from %s ago", time.Since(h.Link.LastSeen).Round(time.Second))
 	case !h.Link.Busy && h.Silence > HeartbeatsMissed*hb:
 		add(HealthCritical, "agent silent for %s (%d heartbeats of %s missed)", h.Silence.Round(time.Millisecond), int(h.Silence/hb), hb)
 	}

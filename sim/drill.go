@@ -49,6 +49,8 @@ type Config struct {
 	// RPOThreshold is the process server's RPO alert threshold (default
 	// 15 min).
 	RPOThreshold time.Duration
+	// Webhooks are URLs the process server POSTs its events to.
+	Webhooks []string
 	// AppInterval is how often VMs running the application cut an
 	// app-consistent point (0: never).
 	AppInterval time.Duration
@@ -93,6 +95,11 @@ type Config struct {
 
 // Start is the virtual time every drill starts at.
 var Start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Heartbeat is how often the simulator's agents say they are alive when
+// idle. Heartbeats are wall-clock time while the drill's clock runs ahead,
+// so it is short: a lost agent shows in a VM's health within a second.
+const Heartbeat = 200 * time.Millisecond
 
 // Drill is a running simulation.
 type Drill struct {
@@ -172,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, Cost: d.costs(), Retention: cfg.Retention,
 		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions, EncryptionKey: cfg.EncryptionKey,
-		MasterTarget: mtAddr,
+		MasterTarget: mtAddr, Webhooks: cfg.Webhooks,
 	}
 	ps, err := processserver.New(d.psConfig)
 	if err != nil {
@@ -214,7 +221,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
 			IgnorePolicy: true, OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
-			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(),
+			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(), Heartbeat: Heartbeat,
 		}
 		for j := range v.disks {
 			acfg.Disks = append(acfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", j), Device: v.disks[j]})

@@ -2,12 +2,19 @@ package sim_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/internal/journaltest"
+	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 	"github.com/ferrydr/ferry/sim"
 )
@@ -87,11 +94,36 @@ func TestRetention(t *testing.T) {
 
 // TestRPOAlert: when a VM's agent stops, its RPO passes the threshold and
 // an alert is raised (status and an event); when replication resumes and
-// a new point arrives, the alert clears with another event.
+// a new point arrives, the alert clears with another event. Every event
+// also reaches a webhook receiver as JSON: the health changes (critical
+// when the agent went, healthy when it came back) and the RPO alerts.
 func TestRPOAlert(t *testing.T) {
 	ctx := context.Background()
+	var mu sync.Mutex
+	var posted []processserver.WebhookEvent
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e processserver.WebhookEvent
+		if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "want a JSON POST", http.StatusBadRequest)
+			return
+		}
+		if err := json.NewDecoder(r.Body).Decode(&e); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(posted) == 0 {
+			// The first delivery fails: the server must retry it.
+			posted = append(posted, processserver.WebhookEvent{Kind: "refused"})
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
+		}
+		posted = append(posted, e)
+	}))
+	defer hook.Close()
 	d, err := sim.New(ctx, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("rpo-1", 16<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
-		Dir: t.TempDir(), Logger: ferrytest.Logger(t), ProcessInterval: time.Minute, RPOThreshold: 5 * time.Minute})
+		Dir: t.TempDir(), Logger: ferrytest.Logger(t), ProcessInterval: time.Minute, RPOThreshold: 5 * time.Minute, Webhooks: []string{hook.URL}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,17 +142,25 @@ func TestRPOAlert(t *testing.T) {
 		}
 		var kinds []string
 		for _, e := range resp.GetEvents() {
-			kinds = append(kinds, e.GetKind())
+			if strings.HasPrefix(e.GetKind(), "rpo-") {
+				kinds = append(kinds, e.GetKind())
+			}
 		}
 		return kinds
 	}
-	run(t, d, 4*time.Minute)
+run(t, d, 4*time.Minute)
 	if alert() || len(events()) != 0 {
 		t.Fatalf("alert while replicating: %v %v", alert(), events())
 	}
 	v := d.VMs[0]
 	v.Agent.Abort() // the agent's machine loses its link
 	v.Agent = nil
+	// Health is judged in wall-clock time (heartbeats are): the loss shows
+	// once the grace for a reconnect has passed.
+	ferrytest.WaitFor(t, 10*time.Second, "critical health", func() bool {
+		st, err := d.Recovery.Status(ctx, &ferryv1.StatusRequest{Vm: "rpo-1"})
+		return err == nil && st.GetVms()[0].GetHealth() == "critical"
+	})
 	run(t, d, 10*time.Minute)
 	if !alert() || len(events()) != 1 || events()[0] != "rpo-exceeded" {
 		t.Fatalf("no alert after 10 minutes without points: %v %v", alert(), events())
@@ -134,5 +174,47 @@ func TestRPOAlert(t *testing.T) {
 	run(t, d, 2*time.Minute)
 	if alert() || len(events()) != 2 || events()[1] != "rpo-recovered" {
 		t.Fatalf("alert did not clear after replication resumed: %v %v", alert(), events())
+	}
+	// The webhook got the event log, in order, each event once (the first
+	// after a refused try and a retry): the health going critical when the
+	// agent went and healthy again at the end, the RPO alert and its end.
+	resp, err := d.Recovery.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: "rpo-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, e := range resp.GetEvents() {
+		want = append(want, e.GetKind()+": "+e.GetDetail())
+	}
+	var got []string
+	ferrytest.WaitFor(t, 30*time.Second, "the webhook deliveries", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		got = got[:0]
+		for _, e := range posted {
+			got = append(got, e.Kind+": "+e.Detail)
+		}
+		return len(got) >= len(want)+1
+	})
+	t.Logf("webhook deliveries:\n%s", strings.Join(got, "\n"))
+	if got[0] != "refused: " || !slices.Equal(got[1:], want) {
+		t.Fatalf("webhook got\n%s\nwant a refused try, then\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var critical, healthyLast bool
+	for _, w := range want {
+		if strings.HasPrefix(w, "health-changed") {
+			critical = critical || (strings.Contains(w, "-> critical") && strings.Contains(w, "agent disconnected"))
+			healthyLast = strings.Contains(w, "-> healthy")
+		}
+	}
+	if !critical || !healthyLast {
+		t.Fatalf("health events: want one to critical (agent disconnected) and the last to healthy:\n%s", strings.Join(want, "\n"))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range posted[1:] {
+		if e.VM != "rpo-1" || e.Server == "" || e.Version == "" || e.Time.IsZero() {
+			t.Fatalf("webhook event without its VM, server, version or time: %+v", e)
+		}
 	}
 }

@@ -115,7 +115,10 @@ func NoArgs(c *cobra.Command, args []string) error {
 // ExactArgs refuses any number of arguments but n.
 func ExactArgs(n int) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
-		if len(args) != n {
+		switch {
+		case len(args) > n:
+			return Usagef("unexpected argument %q (%s takes %d)", args[n], c.CommandPath(), n)
+		case len(args) < n:
 			return Usagef("%s takes %d argument(s), got %d", c.CommandPath(), n, len(args))
 		}
 		return nil

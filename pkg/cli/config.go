@@ -59,6 +59,9 @@ func (s Settings) Apply(fs *pflag.FlagSet) ([]string, error) {
 			if cmdline[k] {
 				continue
 			}
+			if _, isSlice := flag.Value.(pflag.SliceValue); !isSlice && len(values[k]) != 1 {
+				return nil, Usagef("%s: %s takes one value, not a list", path, k)
+			}
 			for _, v := range values[k] {
 				if err := fs.Set(k, v); err != nil {
 					return nil, Usagef("%s: %s: %v", path, k, err)

@@ -67,6 +67,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) {
 		start := time.Now()
 		err = c.j.Append(ctx, recs)
 		c.m.commitSeconds.Observe(time.Since(start).Seconds())
+		if err != nil && ctx.Err() == nil {
+			c.m.journalErrors.Inc()
+		}
 	}
 	now := time.Now()
 	for _, it := range items {

@@ -213,10 +213,11 @@ type vmCounters struct {
 	// copy is where the copy under way was first reported (nil: none runs).
 	copy atomic.Pointer[copyStart]
 	// The agent's stream: what its hello said, when it opened (0: no
-	// stream is open) and when its last message came.
+	// stream is open) and when its last message came (wall clock).
 	link  atomic.Pointer[linkInfo]
 	since atomic.Int64
 	seen  atomic.Int64
+	left  atomic.Int64 // when the last stream ended
 }
 
 type linkInfo struct {
@@ -236,8 +237,9 @@ type Link struct {
 	Connected bool
 	Since     time.Time
 	// LastSeen is when the stream's last message came (zero when no
-	// stream opened since the receiver started).
-	LastSeen time.Time
+	// stream opened since the receiver started); Left when the last
+	// stream ended.
+	LastSeen, Left time.Time
 	// Version and Host are what the agent said of itself; Heartbeat its
 	// interval (0: it did not say).
 	Version, Host string
@@ -256,6 +258,9 @@ func (r *Receiver) Link(vm ferry.VMID) Link {
 	}
 	if ns := c.seen.Load(); ns != 0 {
 		l.LastSeen = time.Unix(0, ns)
+	}
+	if ns := c.left.Load(); ns != 0 {
+		l.Left = time.Unix(0, ns)
 	}
 	if ns := c.since.Load(); ns != 0 {
 		l.Connected, l.Since = true, time.Unix(0, ns)
@@ -411,9 +416,14 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	c := r.counters(vm.Name)
 	c.link.Store(&linkInfo{version: hello.GetAgentVersion(), host: hello.GetAgentHost(),
 		heartbeat: time.Duration(hello.GetHeartbeatMillis()) * time.Millisecond})
-	c.since.Store(r.cfg.Clock.Now().UnixNano())
-	c.seen.Store(r.cfg.Clock.Now().UnixNano())
-	defer c.since.Store(0)
+	// Liveness is wall-clock time, as the agent's heartbeat is, also when
+	// the receiver's clock is simulated.
+	c.since.Store(time.Now().UnixNano())
+	c.seen.Store(time.Now().UnixNano())
+	defer func() {
+		c.left.Store(time.Now().UnixNano())
+		c.since.Store(0)
+	}()
 
 	s.fifo = make(chan *job, r.cfg.Depth)
 	var wg sync.WaitGroup
@@ -446,7 +456,7 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 		}
 		return grpcStatus(err)
 	}
-	r.log.Info("agent disconnected", "vm", vm.Name, "peer", from, "reason", "the agent closed its stream")
+	r.log.Info("agent disconnected", "vm", vm.Name, "peer", from, "reason", "the stream ended (the agent closed it, or its connection)")
 	return nil
 }
 

@@ -2,9 +2,11 @@ package ingest
 
 import (
 	"context"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -17,6 +19,7 @@ type metrics struct {
 	resyncProgress *prometheus.GaugeVec
 	streams        prometheus.Gauge
 	vmStreams      *prometheus.GaugeVec
+	journalErrors  prometheus.Counter
 	ackSeconds     prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 }
@@ -32,11 +35,12 @@ func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metri
 			Help: "Progress of a VM's initial replication or resync, as the agent reports it (0 to 1)."}, []string{"vm"}),
 		streams:       prometheus.NewGauge(prometheus.GaugeOpts{Name: name("streams"), Help: "Open replication streams."}),
 		vmStreams:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("vm_streams"), Help: "Open replication streams of a VM (1 while its agent is connected)."}, []string{"vm"}),
+		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: name("journal_errors_total"), Help: "Journal commits that failed (a disk error, a full disk): the streams of their batches end and their agents send them again."}),
 		ackSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("ack_latency_seconds"), Help: "Time from receiving a batch to its durable acknowledgement.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("commit_seconds"), Help: "Duration of one journal group commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.ackSeconds, m.commitSeconds,
+		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.journalErrors, m.ackSeconds, m.commitSeconds,
 			&stateCollector{j: j, ns: ns})
 	}
 	return m
@@ -88,4 +92,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(consistent, prometheus.GaugeValue, v, l)
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc("journal_size_bytes", "Size of the journal file."), prometheus.GaugeValue, float64(c.j.Size()))
+	var fs unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(c.j.Path()), &fs); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.desc("data_free_bytes", "Bytes free for the journal on its file system (for its owner)."), prometheus.GaugeValue, float64(fs.Bavail)*float64(fs.Bsize))
+		ch <- prometheus.MustNewConstMetric(c.desc("data_size_bytes", "Size of the journal's file system."), prometheus.GaugeValue, float64(fs.Blocks)*float64(fs.Bsize))
+	}
 }

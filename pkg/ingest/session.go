@@ -134,7 +134,7 @@ func (r *Receiver) receive(s *session, stream ferryv1.Replication_ReplicateServe
 			return err
 		}
 		c := r.counters(s.name)
-		c.seen.Store(r.cfg.Clock.Now().UnixNano())
+		c.seen.Store(time.Now().UnixNano())
 		switch m := msg.GetMsg().(type) {
 		case *ferryv1.AgentMessage_Heartbeat:
 			r.progressed(s.name, c, m.Heartbeat)

@@ -41,8 +41,55 @@ ferry-agent replicates one VM's disks to a Ferry process server.
 
 Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
 	run, _ := runCmd()
-	root.AddCommand(run)
+	root.AddCommand(run, configCmd())
 	cli.Execute(root)
+}
+
+// configCmd is ferry-agent config check.
+func configCmd() *cobra.Command {
+	c := cli.Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
+	var file string
+	check := &cobra.Command{
+		Use:   "check --config FILE",
+		Short: "check a run configuration file (and the environment) without replicating",
+		Long: `Reads the file and the FERRY_AGENT_* environment as 'ferry-agent run --config
+FILE' would, checks every setting, opens each disk read-only to see that it
+can be read, and prints the settings it applied. Exits 0 when run would
+start with them, 2 otherwise.`,
+		Args: cli.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			rc, o := runCmd()
+			fs := rc.Flags()
+			if err := fs.Set("config", file); err != nil {
+				return err
+			}
+			applied, err := settings.Apply(fs)
+			if err != nil {
+				return err
+			}
+			if _, err := cli.Logger(*o.level, *o.logFormat); err != nil {
+				return err
+			}
+			closeDisks, err := o.openDisks(true)
+			defer closeDisks()
+			if err != nil {
+				return &cli.UsageError{Err: err}
+			}
+			o.cfg.Mode = agent.ModeScan
+			if *o.nbdListen != "" {
+				o.cfg.Mode = agent.ModeSplitter
+			}
+			o.setHooks(nil)
+			if err := o.cfg.Validate(); err != nil {
+				return &cli.UsageError{Err: err}
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
+			return nil
+		},
+	}
+	check.Flags().StringVar(&file, "config", "", "the file to check")
+	c.AddCommand(check)
+	return c
 }
 
 // options are ferry-agent run's flags, with the agent's configuration.
@@ -155,7 +202,7 @@ func run(o *options) error {
 		return err
 	}
 	o.cfg.Logger = log
-	closeDisks, err := o.openDisks()
+	closeDisks, err := o.openDisks(false)
 	defer closeDisks()
 	if err != nil {
 		return err
@@ -213,8 +260,9 @@ func run(o *options) error {
 	return errors.Join(a.Err(), cerr)
 }
 
-// openDisks opens every --disk NAME=PATH; the returned func closes them.
-func (o *options) openDisks() (func(), error) {
+// openDisks opens every --disk NAME=PATH (only for reading, to check
+// them); the returned func closes them.
+func (o *options) openDisks(check bool) (func(), error) {
 	var opened []*blockdev.File
 	closeAll := func() {
 		for _, f := range opened {
@@ -226,7 +274,7 @@ func (o *options) openDisks() (func(), error) {
 		if !ok || name == "" || path == "" {
 			return closeAll, fmt.Errorf("disk %q: want NAME=PATH", d)
 		}
-		dev, err := blockdev.OpenFile(path, *o.nbdListen == "")
+		dev, err := blockdev.OpenFile(path, check || *o.nbdListen == "")
 		if err != nil {
 			return closeAll, err
 		}

@@ -90,13 +90,7 @@ file without serving.`,
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", processserver.DefaultHeartbeat, "how often agents send a heartbeat when idle (ferry-agent --heartbeat): a VM whose agent is silent for 3 of them is critical")
 	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run; then it is killed with its process group")
 	fs.StringVar(&cfg.PlanActionUser, "plan-action-user", "nobody", "user recovery plans' command actions run as (uploading such plans needs an admin certificate)")
-	fs.Func("plan-action-env", "NAME=VALUE added to the command actions' clean environment (repeatable)", func(v string) error {
-		if !strings.Contains(v, "=") {
-			return fmt.Errorf("want NAME=VALUE")
-		}
-		cfg.PlanActionEnv = append(cfg.PlanActionEnv, v)
-		return nil
-	})
+	fs.StringArrayVar(&cfg.PlanActionEnv, "plan-action-env", nil, "NAME=VALUE added to the command actions' clean environment (repeatable)")
 	fs.StringArrayVar(&cfg.Webhooks, "webhook", nil, "URL that each event is POSTed to as JSON (repeatable; retried with backoff for 10 minutes; https verified against the system's roots)")
 	fs.StringVar(&cfg.NBDListen, "nbd-listen", "", "serve recovery points and test-failover disks over NBD on host:port (TLS with STARTTLS and an operator or admin certificate; plain only with --nbd-insecure) or unix:PATH (mode 0600, only this user and root)")
 	fs.BoolVar(&cfg.NBDInsecure, "nbd-insecure", false, "serve --nbd-listen host:port in plain text without authentication: anyone who reaches it and knows an export's name can read or write it")
@@ -122,19 +116,25 @@ func prepare(o *serveOptions) (*slog.Logger, error) {
 	}
 	cfg := &o.cfg
 	cfg.Logger = log
+	for _, v := range cfg.PlanActionEnv {
+		if !strings.Contains(v, "=") {
+			return nil, cli.Usagef("plan-action-env %q: want NAME=VALUE", v)
+		}
+	}
+	// A CA or key that cannot be read is a mistake in the configuration.
 	switch {
 	case o.caDir != "":
 		if cfg.CA, err = tlsca.Load(o.caDir); err != nil {
-			return nil, err
+			return nil, &cli.UsageError{Err: fmt.Errorf("ca: %w", err)}
 		}
 		if cfg.TLS, err = tlsca.Config(filepath.Join(o.caDir, "ps"), false); err != nil {
-			return nil, err
+			return nil, &cli.UsageError{Err: fmt.Errorf("ca: %w", err)}
 		}
 		// Every handshake is checked against the CA's revocation list.
 		cfg.TLS = tlsca.WithRevocations(cfg.TLS, filepath.Join(o.caDir, tlsca.RevokedFile))
 		cfg.IdentityDir = filepath.Join(o.caDir, "ps")
 		if cfg.MasterTargetTLS, err = tlsca.Config(filepath.Join(o.caDir, "ps"), false); err != nil {
-			return nil, err
+			return nil, &cli.UsageError{Err: fmt.Errorf("ca: %w", err)}
 		}
 	case o.insecureOK:
 	default:
@@ -142,7 +142,7 @@ func prepare(o *serveOptions) (*slog.Logger, error) {
 	}
 	if o.keyFile != "" {
 		if cfg.EncryptionKey, err = journal.ReadKeyFile(o.keyFile); err != nil {
-			return nil, err
+			return nil, &cli.UsageError{Err: fmt.Errorf("key-file: %w", err)}
 		}
 	}
 	switch o.compute {

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
@@ -93,11 +94,22 @@ func main() {
 // context by --timeout and SIGTERM/SIGINT, and closes the connection.
 func run(body func(ctx context.Context, ps server, args []string) error) func(*cobra.Command, []string) error {
 	return func(_ *cobra.Command, args []string) error {
+		opts := []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20))}
 		creds, err := tlsca.DialOption(globals.tlsDir, globals.insecure, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 		if err != nil {
-			return err
+			// Said at the first call, after the subcommand checked its
+			// flags: a usage mistake is told before a missing identity.
+			opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithUnaryInterceptor(func(context.Context, string, any, any, *grpc.ClientConn, grpc.UnaryInvoker, ...grpc.CallOption) error {
+					return err
+				}),
+				grpc.WithStreamInterceptor(func(context.Context, *grpc.StreamDesc, *grpc.ClientConn, string, grpc.Streamer, ...grpc.CallOption) (grpc.ClientStream, error) {
+					return nil, err
+				}))
+		} else {
+			opts = append(opts, creds)
 		}
-		conn, err := grpc.NewClient(globals.ps, creds, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+		conn, err := grpc.NewClient(globals.ps, opts...)
 		if err != nil {
 			return err
 		}
