@@ -193,10 +193,10 @@ func TestExampleSettings(t *testing.T) {
 	}
 	bad := filepath.Join(tmp, "bad.yaml")
 	for text, want := range map[string]string{
-		"listen: 127.0.0.1:7400\nlisen: x\n":        `"lisen" is not a setting`,
-		"process-interval: soon\n":                   "process-interval",
-		"codec: lz4\n":                               "codec",
-		"webhook: [ftp://example.com/x]\n":           "want an http:// or https:// URL",
+		"listen: 127.0.0.1:7400\nlisen: x\n":      `"lisen" is not a setting`,
+		"process-interval: soon\n":                "process-interval",
+		"codec: lz4\n":                            "codec",
+		"webhook: [ftp://example.com/x]\n":        "want an http:// or https:// URL",
 		"libvirt:\n  uri: [a, b]\n  network: x\n": "libvirt-uri",
 	} {
 		os.WriteFile(bad, []byte("insecure: true\n"+text), 0o644)
