@@ -143,7 +143,7 @@ func (s *Server) checkHealth(ctx context.Context) error {
 		return err
 	}
 	for _, vm := range vms {
-		st, err := s.ctl.state(string(vm.Name))
+		st, _, err := s.vmState(ctx, string(vm.Name))
 		if err != nil {
 			return err
 		}
@@ -203,7 +203,7 @@ func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, vm := range vms {
-		st, err := c.s.ctl.state(string(vm.Name))
+		st, _, err := c.s.vmState(ctx, string(vm.Name))
 		if err != nil {
 			continue
 		}
@@ -212,12 +212,8 @@ func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, l := range healthLevels {
 			ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, b2f(h.Health == l), name, string(l))
 		}
-		state := st.State
-		if state == "" {
-			state = StateEnabling
-		}
 		for _, l := range allStates {
-			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, b2f(state == l), name, string(l))
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, b2f(st.State == l), name, string(l))
 		}
 		ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, b2f(h.Link.Connected), name)
 		if h.Link.Connected {

@@ -39,6 +39,11 @@ func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metri
 		ackSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("ack_latency_seconds"), Help: "Time from receiving a batch to its durable acknowledgement.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("commit_seconds"), Help: "Duration of one journal group commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
+	// Every reason is there from the start, at 0, so that a rate over it
+	// has a series before the first refusal.
+	for _, reason := range []string{"hello", "checksum", "too_large", "record", "other"} {
+		m.rejected.WithLabelValues(reason)
+	}
 	if reg != nil {
 		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.journalErrors, m.ackSeconds, m.commitSeconds,
 			&stateCollector{j: j, ns: ns})
