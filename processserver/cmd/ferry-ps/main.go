@@ -76,7 +76,7 @@ file without serving.`,
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
 	fs.StringVar(&cfg.Codec, "codec", cfg.Codec, "compression of journaled data: zstd, s2 (about 2x faster, ~7% larger) or none")
 	fs.StringVar(&o.compute, "compute", "hook", "how failover creates VMs: libvirt (built in; see --libvirt-*) or hook (--compute-hook, for other hypervisors)")
-	fs.StringVar(&cfg.ComputeHook, "compute-hook", "", "command that creates, starts, stops and deletes VMs at failover (see the README)")
+	fs.StringVar(&cfg.ComputeHook, "compute-hook", "", "command that creates, starts, stops and deletes VMs at failover (see docs/recovery-guide.md)")
 	fs.DurationVar(&cfg.ComputeHookTimeout, "compute-hook-timeout", 10*time.Minute, "longest one call of the compute hook may run; then it is killed with its process group")
 	fs.StringVar(&lv.URI, "libvirt-uri", "qemu:///system", "--compute libvirt: the recovery site's libvirt")
 	fs.StringVar(&lv.Network, "libvirt-network", "", "--compute libvirt: the recovery network of planned and unplanned failovers when ferryctl names none")

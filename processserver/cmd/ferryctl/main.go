@@ -96,15 +96,15 @@ func run(body func(ctx context.Context, ps server, args []string) error) func(*c
 	return func(_ *cobra.Command, args []string) error {
 		opts := []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20))}
 		creds, err := tlsca.DialOption(globals.tlsDir, globals.insecure, slog.New(slog.NewTextHandler(os.Stderr, nil)))
-		if err != nil {
+		if credErr := err; credErr != nil {
 			// Said at the first call, after the subcommand checked its
 			// flags: a usage mistake is told before a missing identity.
 			opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithUnaryInterceptor(func(context.Context, string, any, any, *grpc.ClientConn, grpc.UnaryInvoker, ...grpc.CallOption) error {
-					return err
+					return credErr
 				}),
 				grpc.WithStreamInterceptor(func(context.Context, *grpc.StreamDesc, *grpc.ClientConn, string, grpc.Streamer, ...grpc.CallOption) (grpc.ClientStream, error) {
-					return nil, err
+					return nil, credErr
 				}))
 		} else {
 			opts = append(opts, creds)
