@@ -148,7 +148,7 @@ func TestRPOAlert(t *testing.T) {
 		}
 		return kinds
 	}
-run(t, d, 4*time.Minute)
+	run(t, d, 4*time.Minute)
 	if alert() || len(events()) != 0 {
 		t.Fatalf("alert while replicating: %v %v", alert(), events())
 	}
