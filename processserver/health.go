@@ -51,26 +51,34 @@ type VMHealth struct {
 	RPO, Threshold time.Duration
 }
 
-// vmHealth judges vm's replication health. The worst finding wins; the
-// reason names it (and the next, when there are more).
+// vmHealth gathers what vm's health is judged on and judges it.
 func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
-	now := s.clock.Now()
-	h := VMHealth{Health: HealthHealthy, Link: s.recv.Link(vm.Name)}
+	h := VMHealth{Link: s.recv.Link(vm.Name)}
 	h.Copy, h.Copies = s.recv.CopyProgress(vm.Name)
-	// Heartbeats are wall-clock time, also when the server's clock is
-	// simulated.
-	if h.Link.Connected && !h.Link.LastSeen.IsZero() {
-		h.Silence = max(0, time.Since(h.Link.LastSeen))
-	}
 	if pol, err := s.policyFor(string(vm.Name)); err == nil {
 		h.Threshold = pol.RPOThreshold
 	}
 	if !vm.LatestPoint.IsZero() {
-		h.RPO = max(0, now.Sub(vm.LatestPoint))
+		h.RPO = max(0, s.clock.Now().Sub(vm.LatestPoint))
+	}
+	// Heartbeats are wall-clock time, also when the server's clock is
+	// simulated.
+	judge(&h, vm.Consistent, st, s.cfg.Heartbeat, time.Now())
+	return h
+}
+
+// judge sets h's health and reason from what h holds, the replica's
+// consistency and the VM's state; hb is the heartbeat interval of an agent
+// that named none, now the wall clock. The worst finding wins; the reason
+// names it (and the next, when there are more).
+func judge(h *VMHealth, consistent bool, st VMState, hb time.Duration, now time.Time) {
+	h.Health, h.Silence = HealthHealthy, 0
+	if h.Link.Connected && !h.Link.LastSeen.IsZero() {
+		h.Silence = max(0, now.Sub(h.Link.LastSeen))
 	}
 	if st.State != "" && st.State != StateEnabling && st.State != StateProtected {
 		h.Health, h.Reason = HealthNone, fmt.Sprintf("%s: this site receives no replication of the VM", st.State)
-		return h
+		return
 	}
 	var found []string
 	worst := HealthHealthy
@@ -80,23 +88,22 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 		}
 		found = append(found, fmt.Sprintf(format, args...))
 	}
-	hb := h.Link.Heartbeat
-	if hb <= 0 {
-		hb = s.cfg.Heartbeat
+	if h.Link.Heartbeat > 0 {
+		hb = h.Link.Heartbeat
 	}
 	switch {
 	case st.DiskConflict != "":
 		add(HealthCritical, "replication stopped: %s", st.DiskConflict)
 	case !h.Link.Connected && h.Link.LastSeen.IsZero():
 		add(HealthCritical, "agent not connected since the process server started")
-	case !h.Link.Connected && time.Since(h.Link.Left) < hb:
+	case !h.Link.Connected && now.Sub(h.Link.Left) < hb:
 		// A stream that ended a moment ago is usually being opened again
 		// (the agent reconnects within milliseconds): no alarm yet.
 		found = append(found, "agent reconnecting")
 	case !h.Link.Connected:
-		add(HealthCritical, "agent disconnected; last heard from %s ago", time.Since(h.Link.LastSeen).Round(time.Second))
+		add(HealthCritical, "agent disconnected; last heard from %s ago", roundFor(now.Sub(h.Link.LastSeen)))
 	case !h.Link.Busy && h.Silence > HeartbeatsMissed*hb:
-		add(HealthCritical, "agent silent for %s (%d heartbeats of %s missed)", h.Silence.Round(time.Millisecond), int(h.Silence/hb), hb)
+		add(HealthCritical, "agent silent for %s (%d heartbeats of %s missed)", roundFor(h.Silence), int(h.Silence/hb), hb)
 	}
 	if h.Threshold > 0 && h.RPO > 2*h.Threshold {
 		add(HealthCritical, "RPO %s is above twice the threshold %s", h.RPO.Round(time.Second), h.Threshold)
@@ -106,7 +113,7 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 	if st.AgentConflict != "" {
 		add(HealthWarning, "%s", st.AgentConflict)
 	}
-	if !vm.Consistent && !h.Copies {
+	if !consistent && !h.Copies {
 		add(HealthWarning, "resync under way: the replica is not write-ordered until it ends")
 	}
 	if h.Copies {
@@ -132,7 +139,14 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 			h.Reason += fmt.Sprintf(" (+%d more)", len(found)-2)
 		}
 	}
-	return h
+}
+
+// roundFor rounds a duration for people: to milliseconds under 10 s.
+func roundFor(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(time.Second)
 }
 
 // checkHealth raises a health-changed event when a VM's health level
