@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -96,6 +98,7 @@ func TestSettingsRefused(t *testing.T) {
 		"listen: {a: 1}\n":                     `"listen-a" is not a setting`,
 		"listen: x\n  bad indentation: [\n":    "s.yaml",
 		"webhook: [[nested]]\n":                "want a single value",
+		"libvirt:\n  uri: [[nested]]\n":        "libvirt-uri: want a single value",
 		"libvirt:\n  uri: [qemu:///a, b]\n":    "libvirt-uri takes one value",
 		"disk: [os=/a]\nprocess-interval: x\n": "process-interval",
 	} {
@@ -184,5 +187,41 @@ func TestVersion(t *testing.T) {
 	v := cli.Version()
 	if !strings.Contains(v, "(commit ") || !strings.Contains(v, ", go1.") {
 		t.Fatalf("Version() = %q", v)
+	}
+}
+
+// TestArgs: the argument checks and a group without its command are usage
+// errors that say what was wrong.
+func TestArgs(t *testing.T) {
+	root := cli.Root("tool", "a tool", "")
+	group := cli.Group(&cobra.Command{Use: "group"})
+	sub := &cobra.Command{Use: "sub", Args: cli.ExactArgs(1)}
+	root.AddCommand(group)
+	group.AddCommand(sub)
+	var ue *cli.UsageError
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{cli.NoArgs(sub, []string{"x"}), `unexpected argument "x"`},
+		{cli.ExactArgs(1)(sub, []string{"a", "b"}), `unexpected argument "b" (tool group sub takes 1)`},
+		{cli.ExactArgs(1)(sub, nil), "takes 1 argument(s), got 0"},
+		{cli.ExactArgs(2)(sub, []string{"a"}), "takes 2 argument(s), got 1"},
+		{group.RunE(group, []string{"nope"}), `unknown command "nope" for "tool group"`},
+		{group.RunE(group, nil), "tool group needs a command"},
+	} {
+		if !errors.As(c.err, &ue) || !strings.Contains(c.err.Error(), c.want) {
+			t.Errorf("%v, want a UsageError with %q", c.err, c.want)
+		}
+	}
+	if cli.NoArgs(sub, nil) != nil || cli.ExactArgs(1)(sub, []string{"a"}) != nil || cli.ExactArgs(0)(sub, nil) != nil {
+		t.Error("right arguments refused")
+	}
+	// A bad flag is a usage error too.
+	root.SetArgs([]string{"--no-such-flag"})
+	root.SetOut(io.Discard)
+	root.SetErr(io.Discard)
+	if err := root.Execute(); !errors.As(err, &ue) {
+		t.Errorf("bad flag: %v, want a UsageError", err)
 	}
 }

@@ -46,8 +46,18 @@ var (
 // Version is the binary's version, the commit it was built from and the
 // Go version that built it.
 func Version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		bi = nil
+	}
+	return describe(bi, version, commit)
+}
+
+// describe renders a version line from Go's build information (nil when
+// there is none) and the values set at link time, which win.
+func describe(bi *debug.BuildInfo, version, commit string) string {
 	v, c, dirty, goVersion := "(devel)", "unknown", "", "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	if bi != nil {
 		goVersion = bi.GoVersion
 		if bi.Main.Version != "" {
 			v = bi.Main.Version
