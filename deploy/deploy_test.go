@@ -78,7 +78,12 @@ func offline(t *testing.T, bin string, args ...string) result {
 			name, argv = unshare, append([]string{"--net", "--", bin}, args...)
 		}
 	}
-	cmd := exec.Command(name, argv...)
+	return runCmd(t, exec.Command(name, argv...))
+}
+
+// runCmd runs cmd and returns its exit code and output.
+func runCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -88,7 +93,7 @@ func offline(t *testing.T, bin string, args ...string) result {
 	case errors.As(err, &ee):
 		code = ee.ExitCode()
 	case err != nil:
-		t.Fatalf("%s %v: %v", bin, args, err)
+		t.Fatalf("%v: %v", cmd.Args, err)
 	}
 	return result{code: code, stdout: out.String(), stderr: errb.String()}
 }
@@ -171,17 +176,7 @@ func TestExampleSettings(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), env...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return result{code, out.String(), errb.String()}
+		return runCmd(t, cmd)
 	}
 	env := []string{"FERRY_PS_CA=" + ca, "FERRY_PS_DATA=" + filepath.Join(tmp, "data")}
 	if r := check(env, ps, "config", "check", "--config", "config/ps.yaml"); r.code != 0 || !strings.Contains(r.stdout, "ok (") || !strings.Contains(r.stdout, "libvirt-uri") {
