@@ -172,7 +172,7 @@ func TestLiveMetrics(t *testing.T) {
 	if p[`ferry_ps_vm_streams{vm="web-1"}`] != 1 || p[`ferry_ps_agent_connected{vm="web-1"}`] != 1 || p[`ferry_ps_vm_state{state="protected",vm="web-1"}`] != 1 {
 		t.Errorf("per-VM stream, connection and state: %v %v %v", p[`ferry_ps_vm_streams{vm="web-1"}`], p[`ferry_ps_agent_connected{vm="web-1"}`], p[`ferry_ps_vm_state{state="protected",vm="web-1"}`])
 	}
-	for _, c := range []string{"ferry_agent_overflows_total", "ferry_ps_journal_errors_total", "ferry_ps_build_info", "ferry_ps_certificate_expiry_seconds",
+	for _, c := range []string{"ferry_agent_overflows_total", "ferry_ps_journal_errors_total", "ferry_ps_build_info", "ferry_agent_build_info", "ferry_ps_certificate_expiry_seconds",
 		"ferry_agent_certificate_expiry_seconds", "ferry_ps_data_free_bytes", "ferry_ps_vm_stored_bytes"} {
 		if !seen[c] {
 			t.Errorf("%s missing", c)

@@ -221,6 +221,8 @@ func run(o *options) error {
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
 	registerExpiry(reg, tlsDir)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_agent_build_info", Help: "The agent's build: 1, with its version.",
+		ConstLabels: prometheus.Labels{"version": cli.Version(), "vm": o.cfg.VM}}, func() float64 { return 1 }))
 	a, err := agent.New(o.cfg)
 	if err != nil {
 		return err
