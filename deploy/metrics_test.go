@@ -105,6 +105,17 @@ func TestLiveMetrics(t *testing.T) {
 		"--state", filepath.Join(tmp, "agent"), "--token-file", tokenFile, "--metrics", amaddr, "--scan-interval", "200ms",
 		"--crash-interval", "1s", "--heartbeat", "300ms", "--max-bandwidth", strconv.Itoa(limit))
 
+	// The profiler is served only with --pprof.
+	ferrytest.WaitFor(t, 10*time.Second, "ferry-ps's metrics", func() bool { return series(t, maddr) != nil })
+	resp, err := http.Get("http://" + maddr + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without --pprof: %s", resp.Status)
+	}
+
 	seen := map[string]bool{}
 	record := func(m map[string]float64) {
 		for s := range m {

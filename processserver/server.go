@@ -45,9 +45,9 @@ type Config struct {
 	MetricsListen string
 	// Pprof also serves Go's profiler under /debug/pprof/ there.
 	Pprof bool
-	// Heartbeat is how often an idle agent says it is alive (the agent's
-	// own setting; default DefaultHeartbeat): a VM whose agent has been
-	// silent for HeartbeatsMissed of them is critical.
+	// Heartbeat is how often an idle agent that names no interval in its
+	// hello is taken to say it is alive (default DefaultHeartbeat): a VM
+	// whose agent has been silent for HeartbeatsMissed of them is critical.
 	Heartbeat time.Duration
 	// Webhooks are URLs each event is POSTed to as JSON.
 	Webhooks []string

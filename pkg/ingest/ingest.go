@@ -423,6 +423,9 @@ func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	defer func() {
 		c.left.Store(time.Now().UnixNano())
 		c.since.Store(0)
+		// No copy runs without its stream: its progress is not shown
+		// (it resumes, from where it was, with the next stream).
+		r.progressed(vm.Name, c, &ferryv1.Heartbeat{})
 	}()
 
 	s.fifo = make(chan *job, r.cfg.Depth)
