@@ -51,6 +51,11 @@ type Config struct {
 	RPOThreshold time.Duration
 	// Webhooks are URLs the process server POSTs its events to.
 	Webhooks []string
+	// Heartbeat is how often the agents say they are alive when idle
+	// (0: the agent's default, 5 s). Heartbeats are wall-clock time while
+	// the drill's clock runs ahead: a test that watches a lost agent's
+	// health sets it short.
+	Heartbeat time.Duration
 	// AppInterval is how often VMs running the application cut an
 	// app-consistent point (0: never).
 	AppInterval time.Duration
@@ -96,10 +101,6 @@ type Config struct {
 // Start is the virtual time every drill starts at.
 var Start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// Heartbeat is how often the simulator's agents say they are alive when
-// idle. Heartbeats are wall-clock time while the drill's clock runs ahead,
-// so it is short: a lost agent shows in a VM's health within a second.
-const Heartbeat = 200 * time.Millisecond
 
 // Drill is a running simulation.
 type Drill struct {
@@ -221,7 +222,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
 			IgnorePolicy: true, OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
-			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(), Heartbeat: Heartbeat,
+			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(), Heartbeat: cfg.Heartbeat,
 		}
 		for j := range v.disks {
 			acfg.Disks = append(acfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", j), Device: v.disks[j]})

@@ -123,7 +123,8 @@ func TestRPOAlert(t *testing.T) {
 	}))
 	defer hook.Close()
 	d, err := sim.New(ctx, sim.Config{Seed: 14, VMs: []sim.VMConfig{linux("rpo-1", 16<<10, sim.Uniform)}, Networks: sim.DefaultNetworks(),
-		Dir: t.TempDir(), Logger: ferrytest.Logger(t), ProcessInterval: time.Minute, RPOThreshold: 5 * time.Minute, Webhooks: []string{hook.URL}})
+		Dir: t.TempDir(), Logger: ferrytest.Logger(t), ProcessInterval: time.Minute, RPOThreshold: 5 * time.Minute, Webhooks: []string{hook.URL},
+		Heartbeat: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
