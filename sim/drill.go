@@ -101,7 +101,6 @@ type Config struct {
 // Start is the virtual time every drill starts at.
 var Start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-
 // Drill is a running simulation.
 type Drill struct {
 	cfg     Config
