@@ -3,6 +3,7 @@ package processserver
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +71,7 @@ func (s *Server) vmHealth(vm journal.VM, st VMState) VMHealth {
 // judge sets h's health and reason from what h holds, the replica's
 // consistency and the VM's state; hb is the heartbeat interval of an agent
 // that named none, now the wall clock. The worst finding wins; the reason
-// names it (and the next, when there are more).
+// names it first (and the next, when there are more).
 func judge(h *VMHealth, consistent bool, st VMState, hb time.Duration, now time.Time) {
 	h.Health, h.Silence = HealthHealthy, 0
 	if h.Link.Connected && !h.Link.LastSeen.IsZero() {
@@ -80,14 +81,21 @@ func judge(h *VMHealth, consistent bool, st VMState, hb time.Duration, now time.
 		h.Health, h.Reason = HealthNone, fmt.Sprintf("%s: this site receives no replication of the VM", st.State)
 		return
 	}
-	var found []string
-	worst := HealthHealthy
-	add := func(level Health, format string, args ...any) {
-		if level == HealthCritical || worst == HealthHealthy {
-			worst = level
-		}
-		found = append(found, fmt.Sprintf(format, args...))
+	// Findings: the worst level found wins, and the reason names the worst
+	// first.
+	type finding struct {
+		rank int // 2 critical, 1 warning, 0 neither (information)
+		text string
 	}
+	var found []finding
+	add := func(level Health, format string, args ...any) {
+		rank := 1
+		if level == HealthCritical {
+			rank = 2
+		}
+		found = append(found, finding{rank, fmt.Sprintf(format, args...)})
+	}
+	note := func(text string) { found = append(found, finding{0, text}) }
 	if h.Link.Heartbeat > 0 {
 		hb = h.Link.Heartbeat
 	}
@@ -99,7 +107,7 @@ func judge(h *VMHealth, consistent bool, st VMState, hb time.Duration, now time.
 	case !h.Link.Connected && now.Sub(h.Link.Left) < hb:
 		// A stream that ended a moment ago is usually being opened again
 		// (the agent reconnects within milliseconds): no alarm yet.
-		found = append(found, "agent reconnecting")
+		note("agent reconnecting")
 	case !h.Link.Connected:
 		add(HealthCritical, "agent disconnected; last heard from %s ago", roundFor(now.Sub(h.Link.LastSeen)))
 	case !h.Link.Busy && h.Silence > HeartbeatsMissed*hb:
@@ -125,16 +133,23 @@ func judge(h *VMHealth, consistent bool, st VMState, hb time.Duration, now time.
 		if h.Copy.Left > 0 {
 			msg += fmt.Sprintf(", %s left", h.Copy.Left.Round(time.Second))
 		}
-		found = append(found, msg)
+		note(msg)
 	}
-	h.Health = worst
+	sort.SliceStable(found, func(i, j int) bool { return found[i].rank > found[j].rank })
+	h.Health = HealthHealthy
+	switch {
+	case len(found) > 0 && found[0].rank == 2:
+		h.Health = HealthCritical
+	case len(found) > 0 && found[0].rank == 1:
+		h.Health = HealthWarning
+	}
 	switch len(found) {
 	case 0:
 		h.Reason = "replicating"
 	case 1:
-		h.Reason = found[0]
+		h.Reason = found[0].text
 	default:
-		h.Reason = found[0] + "; " + found[1]
+		h.Reason = found[0].text + "; " + found[1].text
 		if len(found) > 2 {
 			h.Reason += fmt.Sprintf(" (+%d more)", len(found)-2)
 		}

@@ -46,6 +46,10 @@ func TestJudgeHealth(t *testing.T) {
 		{"initial replication with progress", VMHealth{Link: up, Copies: true, Copy: ingest.Copy{Progress: 0.415, Left: 72 * time.Second}}, false, VMState{State: StateEnabling}, HealthHealthy, "initial replication 42%, 1m12s left"},
 		{"resync with progress", VMHealth{Link: up, Copies: true, Copy: ingest.Copy{Progress: 0.5}}, false, protected, HealthHealthy, "resync 50%"},
 		{"critical wins over an earlier warning", VMHealth{Link: ingest.Link{Connected: true, LastSeen: now.Add(-10 * time.Second), Heartbeat: hb}, Threshold: time.Minute, RPO: 90 * time.Second}, true, VMState{State: StateProtected, AgentConflict: "x"}, HealthCritical, "agent silent for 10s (10 heartbeats of 1s missed); RPO 1m30s is above the threshold 1m0s (+1 more)"},
+		{"a warning found first does not hide a critical one, nor lead the reason", VMHealth{Link: up, Threshold: time.Minute, RPO: 3 * time.Minute}, true, VMState{State: StateProtected, AgentConflict: "x"}, HealthCritical, "RPO 3m0s is above twice the threshold 1m0s; x"},
+		{"a warning after a note leads", VMHealth{Link: ingest.Link{LastSeen: now.Add(-time.Second), Left: now.Add(-500 * time.Millisecond), Heartbeat: hb}, Threshold: time.Minute, RPO: 90 * time.Second}, true, protected, HealthWarning, "RPO 1m30s is above the threshold 1m0s; agent reconnecting"},
+		{"a critical after a note leads", VMHealth{Link: ingest.Link{LastSeen: now.Add(-time.Second), Left: now.Add(-500 * time.Millisecond), Heartbeat: hb}, Threshold: time.Minute, RPO: 3 * time.Minute}, true, protected, HealthCritical, "RPO 3m0s is above twice the threshold 1m0s; agent reconnecting"},
+		{"information follows warnings", VMHealth{Link: up, Threshold: time.Minute, RPO: 90 * time.Second, Copies: true, Copy: ingest.Copy{Progress: 0.5}}, false, protected, HealthWarning, "RPO 1m30s is above the threshold 1m0s; resync 50%"},
 		{"a warning does not lower critical", VMHealth{Link: up, Threshold: time.Minute, RPO: 3 * time.Minute}, false, VMState{State: StateProtected, AgentConflict: "x"}, HealthCritical, "RPO 3m0s is above twice the threshold 1m0s; x (+1 more)"},
 	}
 	for _, c := range cases {
