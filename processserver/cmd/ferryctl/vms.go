@@ -111,7 +111,7 @@ func statusTable(resp *ferryv1.StatusResponse, one bool) error {
 				prog += fmt.Sprintf(",%s/s", strings.ReplaceAll(bytesf(v.GetProgressRate()), " ", ""))
 			}
 			if v.ProgressEtaSeconds != nil {
-				prog += ",ETA " + secsf(v.GetProgressEtaSeconds()).String()
+				prog += "," + secsf(v.GetProgressEtaSeconds()).String() + "-left"
 			}
 		}
 		last := "never"
