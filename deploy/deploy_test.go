@@ -22,7 +22,7 @@ import (
 var binaries = map[string][][]string{
 	"ferry-ps":    {{"serve"}, {"config"}, {"config", "check"}, {"ca"}, {"ca", "init"}, {"ca", "issue"}, {"ca", "revoke"}, {"enroll"}},
 	"ferry-agent": {{"run"}, {"config", "check"}},
-	"ferry-mt":    {{"serve"}},
+	"ferry-mt":    {{"serve"}, {"config", "check"}},
 	"ferry-drill": {},
 	"ferry-bench": {},
 	"ferryctl": {{"vms"}, {"points"}, {"status"}, {"events"}, {"audit"}, {"agent", "release"}, {"failover"}, {"change-point"}, {"commit"},
@@ -205,6 +205,20 @@ func TestExampleSettings(t *testing.T) {
 	os.WriteFile(bad, []byte("insecure: true\ncodec: zstd\nlisten: 127.0.0.1:0\nmetrics: \"\"\ndata: "+filepath.Join(tmp, "d2")+"\n"), 0o644)
 	if r := check([]string{"FERRY_PS_CODEC=lz4"}, ps, "config", "check", "--config", bad); r.code != 2 || !strings.Contains(r.stderr, "lz4") {
 		t.Errorf("environment over file: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	mt := filepath.Join(dir, "ferry-mt")
+	mtID := filepath.Join(tmp, "mt")
+	ferrytest.Run(t, ps, "ca", "issue", "--ca", ca, "--role", "mt", "--name", "mt1", "--out", mtID)
+	if r := check([]string{"FERRY_MT_TLS_DIR=" + mtID}, mt, "config", "check", "--config", "config/mt.yaml"); r.code != 0 || !strings.Contains(r.stdout, "ok (") {
+		t.Fatalf("ferry-mt config check config/mt.yaml: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := check(nil, mt, "config", "check", "--config", "config/mt.yaml"); r.code != 2 || !strings.Contains(r.stderr, "tls-dir") {
+		t.Errorf("ferry-mt config check without its identity: exit %d, stderr %q", r.code, r.stderr)
+	}
+	os.WriteFile(bad, []byte("insecure: true\ndisk: [web-1=/dev/vda]\n"), 0o644)
+	if r := check(nil, mt, "config", "check", "--config", bad); r.code != 2 || !strings.Contains(r.stderr, "want VM:DISK=PATH") {
+		t.Errorf("ferry-mt config check of a bad disk: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	img := filepath.Join(tmp, "os.img")

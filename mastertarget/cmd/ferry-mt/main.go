@@ -24,15 +24,50 @@ ferry-mt runs Ferry's master target at the primary site: it receives reverse
 replication from recovered VMs and fails them back.
 
 Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
-	root.AddCommand(serveCmd())
+	serve, _ := serveCmd()
+	root.AddCommand(serve, configCmd())
 	cli.Execute(root)
+}
+
+// configCmd is ferry-mt config check.
+func configCmd() *cobra.Command {
+	c := cli.Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
+	var file string
+	check := &cobra.Command{
+		Use:   "check --config FILE",
+		Short: "check a serve configuration file (and the environment) without serving",
+		Long: `Reads the file and the FERRY_MT_* environment as 'ferry-mt serve --config FILE'
+would, checks every setting (unknown keys, bad values, the disks' and
+domains' forms, the TLS identity) and prints the settings it applied. Exits
+0 when serve would start with them, 2 otherwise.`,
+		Args: cli.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			sc, o := serveCmd()
+			fs := sc.Flags()
+			if err := fs.Set("config", file); err != nil {
+				return err
+			}
+			applied, err := settings.Apply(fs)
+			if err != nil {
+				return err
+			}
+			if err := prepare(o); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
+			return nil
+		},
+	}
+	check.Flags().StringVar(&file, "config", "/etc/ferry/mt.yaml", "the file to check")
+	c.AddCommand(check)
+	return c
 }
 
 // settings are ferry-mt serve's configuration file and environment.
 var settings = cli.Settings{ConfigFlag: "config", EnvPrefix: "FERRY_MT"}
 
-// serveCmd is ferry-mt serve.
-func serveCmd() *cobra.Command {
+// serveCmd is ferry-mt serve, with its flags bound to new options.
+func serveCmd() (*cobra.Command, *options) {
 	fb := retention.Failback()
 	c := &cobra.Command{
 		Use:   "serve [flags]",
@@ -50,84 +85,106 @@ and of the environment (FERRY_MT_LISTEN, ...): a flag wins over the
 environment, the environment over the file.`, fb.CrashInterval, fb.AppInterval, fb.Retention, fb.RPOThreshold),
 		Args: cli.NoArgs,
 	}
+	o := &options{prim: &mastertarget.FilePrimary{Disks: map[string]string{}}}
 	fs := c.Flags()
 	fs.SortFlags = false
-	fs.String("config", "", "YAML file of settings (e.g. /etc/ferry/mt.yaml)")
-	cfg := mastertarget.Config{}
-	prim := &mastertarget.FilePrimary{Disks: map[string]string{}}
-	var disks cli.Repeated
-	fs.StringVar(&cfg.DataDir, "data", "ferry-mt-data", "directory of the journal (created if missing)")
-	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7500", "gRPC address for agents on recovered VMs and for ferry-ps")
-	fs.Int64Var(&cfg.MaxDiskBytes, "max-disk-size", ingest.DefaultMaxDiskBytes, "largest disk (bytes) reverse replication may declare; larger ones are refused")
-	fs.StringVar(&cfg.MetricsListen, "metrics", "127.0.0.1:7501", "admin address for /metrics (empty: off)")
-	fs.Var(&disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
-	fs.StringVar(&prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")
-	fs.StringVar(&prim.StartHook, "start-hook", "", "command run as HOOK VM LOCATION DISK=PATH... to start the primary VM after failback")
-	var domains cli.Repeated
-	fs.Var(&domains, "libvirt-domain", "the primary machine of VM is this libvirt domain, as VM=DOMAIN; repeat: it is kept shut down during reprotect, started after an original-location failback, and copied onto the new disks after an alternate-location one (instead of --start-hook)")
-	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "the primary site's libvirt, for --libvirt-domain")
-	tlsDir := fs.String("tls-dir", "", "the master target's TLS identity ('ferry-ps ca issue --role mt'): TLS 1.3 with client certificates")
-	revocations := fs.String("revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
-	insecureOK := fs.Bool("insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json (one object per line)")
+	fs.StringVar(&o.config, "config", "", "YAML file of settings (e.g. /etc/ferry/mt.yaml)")
+	fs.StringVar(&o.cfg.DataDir, "data", "ferry-mt-data", "directory of the journal (created if missing)")
+	fs.StringVar(&o.cfg.Listen, "listen", "127.0.0.1:7500", "gRPC address for agents on recovered VMs and for ferry-ps")
+	fs.Int64Var(&o.cfg.MaxDiskBytes, "max-disk-size", ingest.DefaultMaxDiskBytes, "largest disk (bytes) reverse replication may declare; larger ones are refused")
+	fs.StringVar(&o.cfg.MetricsListen, "metrics", "127.0.0.1:7501", "admin address for /metrics (empty: off)")
+	fs.Var(&o.disks, "disk", "an original disk as VM:DISK=PATH (image or block device of the primary machine); repeat")
+	fs.StringVar(&o.prim.AlternateDir, "alternate-dir", "ferry-mt-data/alternate", "where disks for alternate location recovery are created")
+	fs.StringVar(&o.prim.StartHook, "start-hook", "", "command run as HOOK VM LOCATION DISK=PATH... to start the primary VM after failback")
+	fs.Var(&o.domains, "libvirt-domain", "the primary machine of VM is this libvirt domain, as VM=DOMAIN; repeat: it is kept shut down during reprotect, started after an original-location failback, and copied onto the new disks after an alternate-location one (instead of --start-hook)")
+	fs.StringVar(&o.libvirtURI, "libvirt-uri", "qemu:///system", "the primary site's libvirt, for --libvirt-domain")
+	fs.StringVar(&o.tlsDir, "tls-dir", "", "the master target's TLS identity ('ferry-ps ca issue --role mt'): TLS 1.3 with client certificates")
+	fs.StringVar(&o.revocations, "revocations", "", "the CA's revocation list (a copy of ferry-ps's CA/revoked.json, kept current): revoked certificates are refused at every handshake")
+	fs.BoolVar(&o.insecureOK, "insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
+	fs.StringVar(&o.level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json (one object per line)")
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		if _, err := settings.Apply(c.Flags()); err != nil {
 			return err
 		}
-		return serve(cfg, prim, disks, domains, *libvirtURI, *tlsDir, *revocations, *insecureOK, *level, *logFormat)
+		return serve(o)
 	}
-	return c
+	return c, o
 }
 
-// serve runs the master target until SIGTERM or SIGINT.
-func serve(cfg mastertarget.Config, prim *mastertarget.FilePrimary, disks, domains cli.Repeated, libvirtURI, tlsDir, revocations string, insecureOK bool, level, logFormat string) error {
-	for _, d := range disks {
+// options are ferry-mt serve's flags, with the master target's
+// configuration.
+type options struct {
+	cfg                                     mastertarget.Config
+	prim                                    *mastertarget.FilePrimary
+	disks, domains                          cli.Repeated
+	config, libvirtURI, tlsDir, revocations string
+	insecureOK                              bool
+	level, logFormat                        string
+	// domainOf is --libvirt-domain as VM -> domain, once prepared.
+	domainOf map[string]string
+}
+
+// prepare checks the settings and builds the configuration without
+// starting anything (libvirt is dialled by serve).
+func prepare(o *options) error {
+	for _, d := range o.disks {
 		k, path, ok := strings.Cut(d, "=")
 		if !ok || !strings.Contains(k, ":") {
 			return cli.Usagef("disk %q: want VM:DISK=PATH", d)
 		}
-		prim.Disks[k] = path
+		o.prim.Disks[k] = path
 	}
-	cfg.Primary = prim
-	log, err := cli.Logger(level, logFormat)
+	o.cfg.Primary = o.prim
+	log, err := cli.Logger(o.level, o.logFormat)
 	if err != nil {
 		return err
 	}
-	if len(domains) > 0 {
-		if prim.StartHook != "" {
-			return cli.Usagef("--libvirt-domain and --start-hook both start primaries: give one")
+	o.cfg.Logger = log
+	if len(o.domains) > 0 && o.prim.StartHook != "" {
+		return cli.Usagef("--libvirt-domain and --start-hook both start primaries: give one")
+	}
+	o.domainOf = map[string]string{}
+	for _, d := range o.domains {
+		vm, dom, ok := strings.Cut(d, "=")
+		if !ok || vm == "" || dom == "" {
+			return cli.Usagef("libvirt-domain %q: want VM=DOMAIN", d)
 		}
+		o.domainOf[vm] = dom
+	}
+	switch {
+	case o.tlsDir != "":
+		if o.cfg.TLS, err = tlsca.Config(o.tlsDir, false); err == nil && o.revocations != "" {
+			o.cfg.TLS = tlsca.WithRevocations(o.cfg.TLS, o.revocations)
+		}
+		if err != nil {
+			return &cli.UsageError{Err: fmt.Errorf("tls-dir: %w", err)}
+		}
+	case o.insecureOK:
+	default:
+		return cli.Usagef("no TLS: pass --tls-dir (ferry-ps ca issue --role mt) or --insecure for plain text")
+	}
+	return nil
+}
+
+// serve runs the master target until SIGTERM or SIGINT.
+func serve(o *options) error {
+	if err := prepare(o); err != nil {
+		return err
+	}
+	cfg, log := o.cfg, o.cfg.Logger
+	if o.insecureOK {
+		log.Warn("--insecure: serving in plain text without authentication")
+	}
+	if len(o.domainOf) > 0 {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, err := virt.Dial(dctx, libvirtURI)
+		conn, err := virt.Dial(dctx, o.libvirtURI)
 		cancel()
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		lp := &mastertarget.LibvirtPrimary{FilePrimary: prim, Conn: conn, Domains: map[string]string{}}
-		for _, d := range domains {
-			vm, dom, ok := strings.Cut(d, "=")
-			if !ok || vm == "" || dom == "" {
-				return cli.Usagef("libvirt-domain %q: want VM=DOMAIN", d)
-			}
-			lp.Domains[vm] = dom
-		}
-		cfg.Primary = lp
-	}
-	cfg.Logger = log
-	switch {
-	case tlsDir != "":
-		if cfg.TLS, err = tlsca.Config(tlsDir, false); err == nil && revocations != "" {
-			cfg.TLS = tlsca.WithRevocations(cfg.TLS, revocations)
-		}
-		if err != nil {
-			return err
-		}
-	case insecureOK:
-		log.Warn("--insecure: serving in plain text without authentication")
-	default:
-		return cli.Usagef("no TLS: pass --tls-dir (ferry-ps ca issue --role mt) or --insecure for plain text")
+		cfg.Primary = &mastertarget.LibvirtPrimary{FilePrimary: o.prim, Conn: conn, Domains: o.domainOf}
 	}
 	srv, err := mastertarget.New(cfg)
 	if err != nil {
