@@ -119,13 +119,11 @@ func (w *webhooks) send(e Event) {
 
 func (t *webhookTarget) run(ctx context.Context) {
 	for {
+		// The event leaves the queue before it is delivered: a full queue
+		// drops the oldest waiting, never the one on its way.
 		t.mu.Lock()
-		var e *WebhookEvent
-		if len(t.queue) > 0 {
-			e = &t.queue[0]
-		}
-		t.mu.Unlock()
-		if e == nil {
+		if len(t.queue) == 0 {
+			t.mu.Unlock()
 			select {
 			case <-t.wake:
 				continue
@@ -133,10 +131,10 @@ func (t *webhookTarget) run(ctx context.Context) {
 				return
 			}
 		}
-		t.deliver(ctx, *e)
-		t.mu.Lock()
+		e := t.queue[0]
 		t.queue = t.queue[1:]
 		t.mu.Unlock()
+		t.deliver(ctx, e)
 		if ctx.Err() != nil {
 			return
 		}

@@ -87,7 +87,7 @@ file without serving.`,
 	fs.DurationVar(&cfg.ProbeTimeout, "probe-timeout", 3*time.Minute, "how long the readiness probe waits for a failed-over VM to boot, lease an address and answer on SSH or RDP")
 	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "retention of the default replication policy when it is first created (VMware-style VMs follow vmware-72h); change policies with ferryctl policy")
 	fs.DurationVar(&cfg.RPOThreshold, "rpo-threshold", 15*time.Minute, "RPO alert threshold of the default policies when first created (metric ferry_ps_rpo_alert and an event)")
-	fs.DurationVar(&cfg.Heartbeat, "heartbeat", processserver.DefaultHeartbeat, "how often agents send a heartbeat when idle (ferry-agent --heartbeat): a VM whose agent is silent for 3 of them is critical")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", processserver.DefaultHeartbeat, "the heartbeat interval assumed for agents that do not say theirs (ferry-agent --heartbeat does): a VM whose agent is silent for 3 heartbeats is critical")
 	fs.DurationVar(&cfg.PlanActionTimeout, "plan-action-timeout", 10*time.Minute, "longest a recovery plan's command action may run; then it is killed with its process group")
 	fs.StringVar(&cfg.PlanActionUser, "plan-action-user", "nobody", "user recovery plans' command actions run as (uploading such plans needs an admin certificate)")
 	fs.StringArrayVar(&cfg.PlanActionEnv, "plan-action-env", nil, "NAME=VALUE added to the command actions' clean environment (repeatable)")

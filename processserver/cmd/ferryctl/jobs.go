@@ -64,16 +64,23 @@ func jobCmd() *cobra.Command {
 func eventsCmd() *cobra.Command {
 	c := command("events [--vm NAME] [--follow]", "RPO alerts raised and cleared, health changes, failed multi-VM points, interrupted operations")
 	vm := vmFlag(c.Flags())
-	follow := c.Flags().BoolP("follow", "f", false, "keep printing events as they happen (with -o json: one JSON object per line)")
+	follow := c.Flags().BoolP("follow", "f", false, "keep printing events as they happen, through restarts of the server (with -o json: one JSON object per line)")
 	every := c.Flags().Duration("interval", time.Second, "--follow: how often to ask the server")
 	c.RunE = run(func(ctx context.Context, ps server, _ []string) error {
+		if *follow && *every < 100*time.Millisecond {
+			return cli.Usagef("--interval %v: 100ms at least", *every)
+		}
 		seen := map[string]bool{}
 		for first := true; ; first = false {
 			resp, err := ps.rc.ListEvents(ctx, &ferryv1.ListEventsRequest{Vm: *vm})
-			if err != nil {
-				if !first && ctx.Err() != nil {
-					return nil // interrupted while following
-				}
+			switch {
+			case err != nil && !first && ctx.Err() != nil:
+				return nil // interrupted while following
+			case err != nil && !first:
+				// Following goes on through a restart of the server.
+				fmt.Fprintf(os.Stderr, "ferryctl events: %v; trying again\n", err)
+				resp = &ferryv1.ListEventsResponse{}
+			case err != nil:
 				return err
 			}
 			if !*follow {
