@@ -274,7 +274,7 @@ func (o *options) openDisks(check bool) (func(), error) {
 	for _, d := range o.disks {
 		name, path, ok := strings.Cut(d, "=")
 		if !ok || name == "" || path == "" {
-			return closeAll, fmt.Errorf("disk %q: want NAME=PATH", d)
+			return closeAll, cli.Usagef("disk %q: want NAME=PATH", d)
 		}
 		dev, err := blockdev.OpenFile(path, check || *o.nbdListen == "")
 		if err != nil {
