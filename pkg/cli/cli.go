@@ -1,5 +1,7 @@
-// Package cli holds what Ferry's binaries and reports share: logging setup,
-// signal handling, flag helpers and formatting for people.
+// Package cli holds what Ferry's binaries and reports share: the command
+// tree's conventions (help, --version, exit codes), settings files and the
+// environment, logging, signal handling, flag helpers and formatting for
+// people.
 package cli
 
 import (
@@ -41,18 +43,6 @@ func Logger(level, format string) (*slog.Logger, error) {
 // SignalContext is cancelled on SIGTERM or SIGINT.
 func SignalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-}
-
-// Fatal prints err and exits with status 1.
-func Fatal(prog string, err error) {
-	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
-	os.Exit(1)
-}
-
-// Usage prints a command's usage and exits with status 2.
-func Usage(text string) {
-	fmt.Fprint(os.Stderr, strings.TrimLeft(text, "\n"))
-	os.Exit(2)
 }
 
 // Repeated is a flag that may be given several times.
