@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/goccy/go-yaml"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -165,4 +166,41 @@ func scalar(v any) (string, error) {
 		return fmt.Sprint(v), nil
 	}
 	return "", fmt.Errorf("want a single value, not %T", v)
+}
+
+// CheckCommand returns a daemon's "config" command with its "check"
+// subcommand: it reads the file and the environment as the daemon would
+// (fresh returns a new copy of the daemon's flags and the check of what
+// they were set to), and prints the settings it applied. long says what
+// the check covers beyond the settings themselves.
+func (s Settings) CheckCommand(defaultFile, long string, fresh func() (*pflag.FlagSet, func() error)) *cobra.Command {
+	c := Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
+	var file string
+	check := &cobra.Command{
+		Use:   "check --config FILE",
+		Short: "check a configuration file (and the environment) without starting",
+		Long: fmt.Sprintf(`Reads the file and the %s_* environment as the daemon would with
+--config FILE, checks every setting (unknown keys, bad values) and %s,
+and prints the settings it applied. Exits 0 when the daemon would start
+with them, 2 otherwise.`, s.EnvPrefix, long),
+		Args: NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			fs, validate := fresh()
+			if err := fs.Set(s.ConfigFlag, file); err != nil {
+				return err
+			}
+			applied, err := s.Apply(fs)
+			if err != nil {
+				return err
+			}
+			if err := validate(); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
+			return nil
+		},
+	}
+	check.Flags().StringVar(&file, s.ConfigFlag, defaultFile, "the file to check")
+	c.AddCommand(check)
+	return c
 }

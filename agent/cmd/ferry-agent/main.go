@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,26 +48,9 @@ Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
 
 // configCmd is ferry-agent config check.
 func configCmd() *cobra.Command {
-	c := cli.Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
-	var file string
-	check := &cobra.Command{
-		Use:   "check --config FILE",
-		Short: "check a run configuration file (and the environment) without replicating",
-		Long: `Reads the file and the FERRY_AGENT_* environment as 'ferry-agent run --config
-FILE' would, checks every setting, opens each disk read-only to see that it
-can be read, and prints the settings it applied. Exits 0 when run would
-start with them, 2 otherwise.`,
-		Args: cli.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			rc, o := runCmd()
-			fs := rc.Flags()
-			if err := fs.Set("config", file); err != nil {
-				return err
-			}
-			applied, err := settings.Apply(fs)
-			if err != nil {
-				return err
-			}
+	return settings.CheckCommand("", "opens each disk read-only to see that it can be read", func() (*pflag.FlagSet, func() error) {
+		rc, o := runCmd()
+		return rc.Flags(), func() error {
 			if _, err := cli.Logger(*o.level, *o.logFormat); err != nil {
 				return err
 			}
@@ -83,13 +67,9 @@ start with them, 2 otherwise.`,
 			if err := o.cfg.Validate(); err != nil {
 				return &cli.UsageError{Err: err}
 			}
-			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
 			return nil
-		},
-	}
-	check.Flags().StringVar(&file, "config", "", "the file to check")
-	c.AddCommand(check)
-	return c
+		}
+	})
 }
 
 // options are ferry-agent run's flags, with the agent's configuration.

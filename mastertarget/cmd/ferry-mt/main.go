@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/cli"
@@ -31,36 +32,10 @@ Exit codes: 0 done, 1 failed, 2 wrong command line or configuration.`)
 
 // configCmd is ferry-mt config check.
 func configCmd() *cobra.Command {
-	c := cli.Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
-	var file string
-	check := &cobra.Command{
-		Use:   "check --config FILE",
-		Short: "check a serve configuration file (and the environment) without serving",
-		Long: `Reads the file and the FERRY_MT_* environment as 'ferry-mt serve --config FILE'
-would, checks every setting (unknown keys, bad values, the disks' and
-domains' forms, the TLS identity) and prints the settings it applied. Exits
-0 when serve would start with them, 2 otherwise.`,
-		Args: cli.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			sc, o := serveCmd()
-			fs := sc.Flags()
-			if err := fs.Set("config", file); err != nil {
-				return err
-			}
-			applied, err := settings.Apply(fs)
-			if err != nil {
-				return err
-			}
-			if err := prepare(o); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
-			return nil
-		},
-	}
-	check.Flags().StringVar(&file, "config", "/etc/ferry/mt.yaml", "the file to check")
-	c.AddCommand(check)
-	return c
+	return settings.CheckCommand("/etc/ferry/mt.yaml", "checks the disks' and domains' forms and loads the TLS identity", func() (*pflag.FlagSet, func() error) {
+		sc, o := serveCmd()
+		return sc.Flags(), func() error { return prepare(o) }
+	})
 }
 
 // settings are ferry-mt serve's configuration file and environment.

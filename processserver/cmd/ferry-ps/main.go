@@ -208,36 +208,10 @@ func serve(o *serveOptions, fs *pflag.FlagSet) error {
 
 // configCmd is ferry-ps config check.
 func configCmd() *cobra.Command {
-	c := cli.Group(&cobra.Command{Use: "config", Short: "check a configuration file"})
-	var file string
-	check := &cobra.Command{
-		Use:   "check --config FILE",
-		Short: "check a serve configuration file (and the environment) without serving",
-		Long: `Reads the file and the FERRY_PS_* environment as 'ferry-ps serve --config FILE'
-would, checks every setting (unknown keys, bad values, the CA and key files,
-the codec, the compute choice) and prints the settings it applied. Exits 0
-when serve would start with them, 2 otherwise.`,
-		Args: cli.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			sc, o := serveCmd()
-			fs := sc.Flags()
-			if err := fs.Set("config", file); err != nil {
-				return err
-			}
-			applied, err := settings.Apply(fs)
-			if err != nil {
-				return err
-			}
-			if _, err := prepare(o); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.OutOrStdout(), "%s: ok (%d settings: %s)\n", file, len(applied), strings.Join(applied, ", "))
-			return nil
-		},
-	}
-	check.Flags().StringVar(&file, "config", "/etc/ferry/ps.yaml", "the file to check")
-	c.AddCommand(check)
-	return c
+	return settings.CheckCommand("/etc/ferry/ps.yaml", "loads the CA and the key file and checks the codec, the compute choice and the webhooks", func() (*pflag.FlagSet, func() error) {
+		sc, o := serveCmd()
+		return sc.Flags(), func() error { _, err := prepare(o); return err }
+	})
 }
 
 // caCmd is ferry-ps ca: the deployment's certificate authority.
