@@ -18,10 +18,18 @@ import (
 // unauthenticated names the caller when the server runs without TLS.
 const unauthenticated = "unauthenticated (plain text)"
 
+// serverItself names the caller of a call that comes from the server's own
+// process: a drill, a test, a schedule.
+const serverItself = "process server"
+
 // caller names who makes the request of ctx: the role/name of the verified
-// certificate with TLS; without TLS nobody is authenticated, and a call
-// that does not come through gRPC (a drill, a test) is the server itself.
+// certificate with TLS, or of the operator the console signed in; without
+// TLS nobody is authenticated, and a call that does not come through gRPC
+// or the console (a drill, a test) is the server itself.
 func (s *Server) caller(ctx context.Context) (string, error) {
+	if id, ok := OperatorOf(ctx); ok {
+		return id.String(), nil
+	}
 	id, err := tlsca.PeerIdentity(ctx)
 	switch {
 	case err == nil:
@@ -31,17 +39,21 @@ func (s *Server) caller(ctx context.Context) (string, error) {
 	case fromGRPC(ctx):
 		return unauthenticated, nil
 	}
-	return "process server", nil
+	return serverItself, nil
 }
 
 // requireAdmin refuses a caller without an admin certificate when the
 // server runs with TLS (without TLS there is no identity to check, and
 // ferry-ps warned that anyone may do anything).
 func (s *Server) requireAdmin(ctx context.Context, what string) error {
-	if s.cfg.TLS == nil || !fromGRPC(ctx) {
+	id, console := OperatorOf(ctx)
+	if !console && (s.cfg.TLS == nil || !fromGRPC(ctx)) {
 		return nil
 	}
-	id, err := tlsca.PeerIdentity(ctx)
+	var err error
+	if !console {
+		id, err = tlsca.PeerIdentity(ctx)
+	}
 	if err != nil {
 		return status.Errorf(codes.Unauthenticated, "%s needs an admin certificate: %v", what, err)
 	}

@@ -45,12 +45,15 @@ type jobRun struct {
 func (s *Server) newJob(ctx context.Context, typ, vm string) (*jobRun, error) {
 	c := clock.From(ctx, s.clock)
 	j := &Job{Type: typ, VM: vm, Start: c.Now(), Outcome: ferry.OutcomeRunning}
+	if by, err := s.caller(ctx); err == nil && by != serverItself {
+		j.By = by
+	}
 	if err := s.ctl.putJob(j); err != nil {
 		return nil, err
 	}
 	s.log.Info("job started", "job", j.ID, "type", typ, "vm", vm)
-	if f, ok := ctx.Value(jobCreatedKey{}).(func()); ok {
-		f()
+	if f, ok := ctx.Value(jobCreatedKey{}).(func(uint64)); ok {
+		f(j.ID)
 	}
 	return &jobRun{s: s, job: j, clock: c, steps: job.New(c, &j.Steps, func() error { return s.ctl.putJob(j) })}, nil
 }
@@ -66,7 +69,7 @@ func inOrder(ctx context.Context, jobs []int, tasks []func(ctx context.Context))
 		created := make(chan struct{})
 		var mu sync.Mutex
 		left := jobs[i]
-		tctx := context.WithValue(ctx, jobCreatedKey{}, func() {
+		tctx := context.WithValue(ctx, jobCreatedKey{}, func(uint64) {
 			mu.Lock()
 			defer mu.Unlock()
 			if left--; left == 0 {

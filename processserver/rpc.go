@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydr/ferry"
-	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/wire"
@@ -180,62 +179,35 @@ func (r *recovery) GetJob(ctx context.Context, req *ferryv1.GetJobRequest) (*fer
 }
 
 func (r *recovery) Status(ctx context.Context, req *ferryv1.StatusRequest) (*ferryv1.StatusResponse, error) {
-	vms, err := r.s.j.VMs(ctx)
+	sts, err := r.s.Status(ctx, req.GetVm())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	out := &ferryv1.StatusResponse{}
-	for _, vm := range vms {
-		if req.GetVm() != "" && string(vm.Name) != req.GetVm() {
-			continue
+	for _, st := range sts {
+		vs := &ferryv1.VMStatus{Name: st.Name, State: string(st.State), Allowed: st.Allowed, Points: uint32(st.VM.Points),
+			UnprocessedBytes: st.Unprocessed, TestFailover: st.TestFailover, Epoch: st.Epoch, RpoAlert: st.RPOAlert,
+			AgentConflict: st.AgentConflict, DiskConflict: st.DiskConflict, Agent: st.Agent, Reverse: st.Reverse,
+			Instance: st.Instance, PointId: uint64(st.PointID)}
+		vs.Health, vs.HealthReason = string(st.Health), st.Reason
+		vs.AgentConnected, vs.AgentVersion, vs.AgentHost = st.Link.Connected, st.Link.Version, st.Link.Host
+		if st.Link.Connected {
+			vs.HeartbeatAgeSeconds = proto.Float64(st.Silence.Seconds())
 		}
-		st, _, err := r.s.vmState(ctx, string(vm.Name))
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		vs := &ferryv1.VMStatus{Name: string(vm.Name), State: string(st.State), Allowed: st.Allowed(), Points: uint32(vm.Points),
-			UnprocessedBytes: vm.LogicalBytes - vm.ProcessedBytes, TestFailover: st.Test != nil, Epoch: uint64(vm.Epoch),
-			RpoAlert: r.s.alertingFor(string(vm.Name)), AgentConflict: st.AgentConflict, DiskConflict: st.DiskConflict}
-		h := r.s.vmHealth(vm, st)
-		vs.Health, vs.HealthReason = string(h.Health), h.Reason
-		vs.AgentConnected, vs.AgentVersion, vs.AgentHost = h.Link.Connected, h.Link.Version, h.Link.Host
-		if h.Link.Connected {
-			vs.HeartbeatAgeSeconds = proto.Float64(h.Silence.Seconds())
-		}
-		vs.RpoThresholdSeconds = h.Threshold.Seconds()
-		if h.Copies {
-			vs.Progress, vs.ProgressRate = proto.Float64(h.Copy.Progress), h.Copy.Rate
-			if h.Copy.Left > 0 {
-				vs.ProgressEtaSeconds = proto.Float64(h.Copy.Left.Seconds())
+		vs.RpoThresholdSeconds = st.Threshold.Seconds()
+		if st.Copies {
+			vs.Progress, vs.ProgressRate = proto.Float64(st.Copy.Progress), st.Copy.Rate
+			if st.Copy.Left > 0 {
+				vs.ProgressEtaSeconds = proto.Float64(st.Copy.Left.Seconds())
 			}
 		}
 		if t := st.LastTest; t != nil {
 			vs.LastTestFailoverJob, vs.LastTestFailoverUnixNano = t.Job, t.At.UnixNano()
 		}
-		if b := st.Agent; b != nil {
-			vs.Agent = fmt.Sprintf("instance %s (%s), epoch %d, since %s", b.Instance, b.Peer, b.Epoch, b.Since.UTC().Format(time.RFC3339))
-		}
-		if !vm.LatestPoint.IsZero() {
-			vs.RpoSeconds = r.s.clock.Now().Sub(vm.LatestPoint).Seconds()
-		}
-		if st.Failover != nil {
-			vs.Instance, vs.PointId = st.Failover.Instance, uint64(st.Failover.Point)
-		} else if st.Test != nil {
-			vs.Instance, vs.PointId = st.Test.Instance, uint64(st.Test.Point)
-		}
-		if st.State == StateReprotected && r.s.mt != nil {
-			if rs, err := r.s.mt.reprotectStatus(ctx, string(vm.Name)); err == nil && rs.Registered {
-				vs.Reverse = fmt.Sprintf("%s location, epoch %d, %s received, %d failback points, consistent %v",
-					rs.Location, rs.Epoch, cli.Bytes(rs.ReceivedBytes), rs.Points, rs.Consistent)
-				if p := rs.ResyncProgress; p > 0 && p < 1 {
-					vs.Reverse += fmt.Sprintf(", resync %.0f%%", p*100)
-				}
-			}
+		if !st.VM.LatestPoint.IsZero() {
+			vs.RpoSeconds = r.s.clock.Now().Sub(st.VM.LatestPoint).Seconds()
 		}
 		out.Vms = append(out.Vms, vs)
-	}
-	if req.GetVm() != "" && len(out.Vms) == 0 {
-		return nil, toStatus(fmt.Errorf("vm %s: %w", req.GetVm(), journal.ErrNoVM))
 	}
 	return out, nil
 }
@@ -585,4 +557,12 @@ func (s *Server) dialMasterTarget() error {
 	}
 	s.mt = &masterTarget{c: ferryv1.NewMasterTargetClient(s.mtConn)}
 	return nil
+}
+
+func (r *recovery) ConsoleLogin(ctx context.Context, _ *ferryv1.ConsoleLoginRequest) (*ferryv1.ConsoleLoginResponse, error) {
+	url, exp, id, err := r.s.consoleLink(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ConsoleLoginResponse{Url: url, ExpiresUnixNano: exp.UnixNano(), Identity: id.String()}, nil
 }

@@ -212,6 +212,8 @@ type Server struct {
 
 	hooks *webhooks // nil: none configured
 
+	signIn SignIn // nil: the console is off
+
 	healthMu   sync.Mutex
 	lastHealth map[ferry.VMID]Health // what checkHealth last saw
 	grpc       *grpc.Server

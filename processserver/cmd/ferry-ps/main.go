@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/console"
 )
 
 func main() {
@@ -44,6 +46,7 @@ type serveOptions struct {
 	level      string
 	logFormat  string
 	config     string
+	console    console.Config
 }
 
 // settings are ferry-ps serve's configuration file and environment.
@@ -98,6 +101,10 @@ file without serving.`,
 	fs.Int64Var(&cfg.ScratchQuota, "scratch-quota", 16<<30, "bytes all writable exports and test-failover disks may write together before their writes fail with ENOSPC")
 	fs.StringVar(&cfg.MasterTarget, "master-target", "", "the primary site's master target (host:port), for reprotect and failback")
 	fs.DurationVar(&cfg.ProcessInterval, "process-interval", 5*time.Second, "how often received markers are processed into recovery points")
+	fs.StringVar(&o.console.Listen, "console-listen", "", "serve the web console over HTTPS on host:port (needs --ca; operators sign in with 'ferryctl console login'); empty: off")
+	fs.StringVar(&o.console.URL, "console-url", "", "the console's address in sign-in links, as browsers reach it (https://host:port, a name in the server's certificate); default the --console-listen address")
+	fs.DurationVar(&o.console.Session, "console-session", console.DefaultSession, "how long a console sign-in lasts")
+	fs.DurationVar(&o.console.TokenTTL, "console-token-ttl", console.DefaultTokenTTL, "how long a sign-in link of 'ferryctl console login' can be used (once)")
 	fs.StringVar(&o.caDir, "ca", "", "the CA directory of ferry-ps ca init: TLS 1.3 with client certificates on every port, and agent enrollment")
 	fs.StringVar(&o.keyFile, "key-file", "", "encrypt journal payloads at rest with AES-256-GCM under this 32-byte key (raw or 64 hex digits; e.g. head -c 32 /dev/urandom > key)")
 	fs.BoolVar(&o.insecureOK, "insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
@@ -139,6 +146,12 @@ func prepare(o *serveOptions) (*slog.Logger, error) {
 	case o.insecureOK:
 	default:
 		return nil, cli.Usagef("no TLS: pass --ca DIR (create it with 'ferry-ps ca init --ca DIR') or --insecure for plain text")
+	}
+	if o.console.Listen != "" && cfg.TLS == nil {
+		return nil, cli.Usagef("console-listen: the console is served over HTTPS only: pass --ca")
+	}
+	if o.console.Session <= 0 || o.console.TokenTTL <= 0 {
+		return nil, cli.Usagef("console-session and console-token-ttl must be positive")
 	}
 	if o.keyFile != "" {
 		if cfg.EncryptionKey, err = journal.ReadKeyFile(o.keyFile); err != nil {
@@ -195,15 +208,45 @@ func serve(o *serveOptions, fs *pflag.FlagSet) error {
 	if err != nil {
 		return err
 	}
+	var web *console.Console
+	if o.console.Listen != "" {
+		cc := o.console
+		cc.TLS, cc.Server, cc.Logger = cfg.TLS, srv, log
+		if web, err = console.New(cc); err != nil {
+			return &cli.UsageError{Err: err}
+		}
+		srv.SetSignIn(web)
+	}
 	if err := srv.Open(ctx); err != nil {
 		return err
 	}
-	log.Info("serving", "version", cli.Version(), "listen", srv.Addr(), "metrics", srv.MetricsAddr())
+	closing := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 30*time.Second)
+	}
+	if web != nil {
+		if err := web.Open(ctx); err != nil {
+			cctx, cancel := closing()
+			defer cancel()
+			return errors.Join(err, srv.Close(cctx))
+		}
+	}
+	log.Info("serving", "version", cli.Version(), "listen", srv.Addr(), "metrics", srv.MetricsAddr(), "console", consoleURL(web))
 	<-ctx.Done()
 	log.Info("stopping")
-	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	cctx, cancel := closing()
 	defer cancel()
+	if web != nil {
+		web.Close(cctx)
+	}
 	return srv.Close(cctx)
+}
+
+// consoleURL names the console's address for the log ("off" without it).
+func consoleURL(c *console.Console) string {
+	if c == nil {
+		return "off"
+	}
+	return c.URL()
 }
 
 // configCmd is ferry-ps config check.

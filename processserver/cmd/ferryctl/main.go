@@ -87,6 +87,7 @@ func main() {
 	add("recover", failoverCmd(), changePointCmd(), commitCmd(), cleanupTestCmd(), reprotectCmd(), failbackCmd(), jobsCmd(), jobCmd())
 	add("config", policyCmd(), groupCmd(), planCmd())
 	add("data", exportCmd(), exportsCmd(), unexportCmd(), verifyCmd())
+	add("read", consoleCmd())
 	cli.Execute(root)
 }
 

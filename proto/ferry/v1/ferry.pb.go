@@ -2414,6 +2414,105 @@ func (x *EnrollResponse) GetVm() string {
 	return ""
 }
 
+type ConsoleLoginRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleLoginRequest) Reset() {
+	*x = ConsoleLoginRequest{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleLoginRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleLoginRequest) ProtoMessage() {}
+
+func (x *ConsoleLoginRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleLoginRequest.ProtoReflect.Descriptor instead.
+func (*ConsoleLoginRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+}
+
+type ConsoleLoginResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sign-in link (https://.../login?token=...).
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// When the link's token expires.
+	ExpiresUnixNano int64 `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	// Who the session will act as (the certificate's role/name).
+	Identity      string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleLoginResponse) Reset() {
+	*x = ConsoleLoginResponse{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleLoginResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleLoginResponse) ProtoMessage() {}
+
+func (x *ConsoleLoginResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleLoginResponse.ProtoReflect.Descriptor instead.
+func (*ConsoleLoginResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ConsoleLoginResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ConsoleLoginResponse) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *ConsoleLoginResponse) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
 type Policy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2435,7 +2534,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2546,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[29]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2559,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Policy) GetName() string {
@@ -2520,7 +2619,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2631,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[30]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2644,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
 }
 
 type ListPoliciesResponse struct {
@@ -2557,7 +2656,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2668,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[31]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2681,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2602,7 +2701,7 @@ type AttachPolicyRequest struct {
 
 func (x *AttachPolicyRequest) Reset() {
 	*x = AttachPolicyRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2614,7 +2713,7 @@ func (x *AttachPolicyRequest) String() string {
 func (*AttachPolicyRequest) ProtoMessage() {}
 
 func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[32]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2627,7 +2726,7 @@ func (x *AttachPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyRequest.ProtoReflect.Descriptor instead.
 func (*AttachPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AttachPolicyRequest) GetVm() string {
@@ -2652,7 +2751,7 @@ type AttachPolicyResponse struct {
 
 func (x *AttachPolicyResponse) Reset() {
 	*x = AttachPolicyResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2763,7 @@ func (x *AttachPolicyResponse) String() string {
 func (*AttachPolicyResponse) ProtoMessage() {}
 
 func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[33]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2776,7 @@ func (x *AttachPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachPolicyResponse.ProtoReflect.Descriptor instead.
 func (*AttachPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
 }
 
 type ReplicationGroup struct {
@@ -2697,7 +2796,7 @@ type ReplicationGroup struct {
 
 func (x *ReplicationGroup) Reset() {
 	*x = ReplicationGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2709,7 +2808,7 @@ func (x *ReplicationGroup) String() string {
 func (*ReplicationGroup) ProtoMessage() {}
 
 func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[34]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2722,7 +2821,7 @@ func (x *ReplicationGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationGroup.ProtoReflect.Descriptor instead.
 func (*ReplicationGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReplicationGroup) GetName() string {
@@ -2768,7 +2867,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2879,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[35]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +2892,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
 }
 
 type ListGroupsResponse struct {
@@ -2805,7 +2904,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +2916,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[36]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +2929,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*ReplicationGroup {
@@ -2849,7 +2948,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2861,7 +2960,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[37]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2874,7 +2973,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2892,7 +2991,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2904,7 +3003,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[38]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2917,7 +3016,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
 }
 
 type GroupPointRequest struct {
@@ -2930,7 +3029,7 @@ type GroupPointRequest struct {
 
 func (x *GroupPointRequest) Reset() {
 	*x = GroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2942,7 +3041,7 @@ func (x *GroupPointRequest) String() string {
 func (*GroupPointRequest) ProtoMessage() {}
 
 func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[39]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2955,7 +3054,7 @@ func (x *GroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointRequest.ProtoReflect.Descriptor instead.
 func (*GroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GroupPointRequest) GetGroup() string {
@@ -2984,7 +3083,7 @@ type GroupPointResponse struct {
 
 func (x *GroupPointResponse) Reset() {
 	*x = GroupPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3095,7 @@ func (x *GroupPointResponse) String() string {
 func (*GroupPointResponse) ProtoMessage() {}
 
 func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[40]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3108,7 @@ func (x *GroupPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPointResponse.ProtoReflect.Descriptor instead.
 func (*GroupPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{40}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GroupPointResponse) GetTag() string {
@@ -3047,7 +3146,7 @@ type RecoveryPlan struct {
 
 func (x *RecoveryPlan) Reset() {
 	*x = RecoveryPlan{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3059,7 +3158,7 @@ func (x *RecoveryPlan) String() string {
 func (*RecoveryPlan) ProtoMessage() {}
 
 func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[41]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3072,7 +3171,7 @@ func (x *RecoveryPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPlan.ProtoReflect.Descriptor instead.
 func (*RecoveryPlan) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{41}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RecoveryPlan) GetName() string {
@@ -3120,7 +3219,7 @@ type PlanGroup struct {
 
 func (x *PlanGroup) Reset() {
 	*x = PlanGroup{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3231,7 @@ func (x *PlanGroup) String() string {
 func (*PlanGroup) ProtoMessage() {}
 
 func (x *PlanGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[42]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3244,7 @@ func (x *PlanGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanGroup.ProtoReflect.Descriptor instead.
 func (*PlanGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{42}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PlanGroup) GetVms() []string {
@@ -3190,7 +3289,7 @@ type PlanAction struct {
 
 func (x *PlanAction) Reset() {
 	*x = PlanAction{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3202,7 +3301,7 @@ func (x *PlanAction) String() string {
 func (*PlanAction) ProtoMessage() {}
 
 func (x *PlanAction) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[43]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3215,7 +3314,7 @@ func (x *PlanAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAction.ProtoReflect.Descriptor instead.
 func (*PlanAction) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{43}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PlanAction) GetName() string {
@@ -3247,7 +3346,7 @@ type ListPlansRequest struct {
 
 func (x *ListPlansRequest) Reset() {
 	*x = ListPlansRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3358,7 @@ func (x *ListPlansRequest) String() string {
 func (*ListPlansRequest) ProtoMessage() {}
 
 func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[44]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3371,7 @@ func (x *ListPlansRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansRequest.ProtoReflect.Descriptor instead.
 func (*ListPlansRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{44}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
 }
 
 type ListPlansResponse struct {
@@ -3284,7 +3383,7 @@ type ListPlansResponse struct {
 
 func (x *ListPlansResponse) Reset() {
 	*x = ListPlansResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +3395,7 @@ func (x *ListPlansResponse) String() string {
 func (*ListPlansResponse) ProtoMessage() {}
 
 func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[45]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +3408,7 @@ func (x *ListPlansResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPlansResponse.ProtoReflect.Descriptor instead.
 func (*ListPlansResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{45}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListPlansResponse) GetPlans() []*RecoveryPlan {
@@ -3328,7 +3427,7 @@ type DeletePlanRequest struct {
 
 func (x *DeletePlanRequest) Reset() {
 	*x = DeletePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3439,7 @@ func (x *DeletePlanRequest) String() string {
 func (*DeletePlanRequest) ProtoMessage() {}
 
 func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[46]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3452,7 @@ func (x *DeletePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanRequest.ProtoReflect.Descriptor instead.
 func (*DeletePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{46}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeletePlanRequest) GetName() string {
@@ -3371,7 +3470,7 @@ type DeletePlanResponse struct {
 
 func (x *DeletePlanResponse) Reset() {
 	*x = DeletePlanResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3383,7 +3482,7 @@ func (x *DeletePlanResponse) String() string {
 func (*DeletePlanResponse) ProtoMessage() {}
 
 func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[47]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3396,7 +3495,7 @@ func (x *DeletePlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePlanResponse.ProtoReflect.Descriptor instead.
 func (*DeletePlanResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{47}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
 }
 
 type RunPlanRequest struct {
@@ -3420,7 +3519,7 @@ type RunPlanRequest struct {
 
 func (x *RunPlanRequest) Reset() {
 	*x = RunPlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3531,7 @@ func (x *RunPlanRequest) String() string {
 func (*RunPlanRequest) ProtoMessage() {}
 
 func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[48]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3544,7 @@ func (x *RunPlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunPlanRequest.ProtoReflect.Descriptor instead.
 func (*RunPlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{48}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RunPlanRequest) GetPlan() string {
@@ -3506,7 +3605,7 @@ type ResumePlanRequest struct {
 
 func (x *ResumePlanRequest) Reset() {
 	*x = ResumePlanRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +3617,7 @@ func (x *ResumePlanRequest) String() string {
 func (*ResumePlanRequest) ProtoMessage() {}
 
 func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[49]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +3630,7 @@ func (x *ResumePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumePlanRequest.ProtoReflect.Descriptor instead.
 func (*ResumePlanRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{49}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ResumePlanRequest) GetPlan() string {
@@ -3550,7 +3649,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3562,7 +3661,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[50]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3575,7 +3674,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{50}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListEventsRequest) GetVm() string {
@@ -3594,7 +3693,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3606,7 +3705,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[51]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3619,7 +3718,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{51}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3641,7 +3740,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3653,7 +3752,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[52]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3666,7 +3765,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{52}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Event) GetTimeUnixNano() int64 {
@@ -3709,7 +3808,7 @@ type ExportNBDRequest struct {
 
 func (x *ExportNBDRequest) Reset() {
 	*x = ExportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3721,7 +3820,7 @@ func (x *ExportNBDRequest) String() string {
 func (*ExportNBDRequest) ProtoMessage() {}
 
 func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[53]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3734,7 +3833,7 @@ func (x *ExportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDRequest.ProtoReflect.Descriptor instead.
 func (*ExportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{53}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ExportNBDRequest) GetVm() string {
@@ -3776,7 +3875,7 @@ type ExportNBDResponse struct {
 
 func (x *ExportNBDResponse) Reset() {
 	*x = ExportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3788,7 +3887,7 @@ func (x *ExportNBDResponse) String() string {
 func (*ExportNBDResponse) ProtoMessage() {}
 
 func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[54]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3801,7 +3900,7 @@ func (x *ExportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportNBDResponse.ProtoReflect.Descriptor instead.
 func (*ExportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{54}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ExportNBDResponse) GetUri() string {
@@ -3834,7 +3933,7 @@ type UnexportNBDRequest struct {
 
 func (x *UnexportNBDRequest) Reset() {
 	*x = UnexportNBDRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3846,7 +3945,7 @@ func (x *UnexportNBDRequest) String() string {
 func (*UnexportNBDRequest) ProtoMessage() {}
 
 func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[55]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3859,7 +3958,7 @@ func (x *UnexportNBDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDRequest.ProtoReflect.Descriptor instead.
 func (*UnexportNBDRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{55}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *UnexportNBDRequest) GetName() string {
@@ -3877,7 +3976,7 @@ type UnexportNBDResponse struct {
 
 func (x *UnexportNBDResponse) Reset() {
 	*x = UnexportNBDResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3889,7 +3988,7 @@ func (x *UnexportNBDResponse) String() string {
 func (*UnexportNBDResponse) ProtoMessage() {}
 
 func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[56]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3902,7 +4001,7 @@ func (x *UnexportNBDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportNBDResponse.ProtoReflect.Descriptor instead.
 func (*UnexportNBDResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{56}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
 }
 
 type ReleaseAgentResponse struct {
@@ -3915,7 +4014,7 @@ type ReleaseAgentResponse struct {
 
 func (x *ReleaseAgentResponse) Reset() {
 	*x = ReleaseAgentResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3927,7 +4026,7 @@ func (x *ReleaseAgentResponse) String() string {
 func (*ReleaseAgentResponse) ProtoMessage() {}
 
 func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[57]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3940,7 +4039,7 @@ func (x *ReleaseAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAgentResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseAgentResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{57}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ReleaseAgentResponse) GetReleased() string {
@@ -3960,7 +4059,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3972,7 +4071,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[58]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3985,7 +4084,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{58}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListAuditRequest) GetLimit() uint32 {
@@ -4009,7 +4108,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4021,7 +4120,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[59]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4034,7 +4133,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{59}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *AuditEntry) GetTimeUnixNano() int64 {
@@ -4088,7 +4187,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4199,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[60]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4212,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{60}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -4131,7 +4230,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4143,7 +4242,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[61]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4156,7 +4255,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{61}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
 }
 
 type NBDExportInfo struct {
@@ -4176,7 +4275,7 @@ type NBDExportInfo struct {
 
 func (x *NBDExportInfo) Reset() {
 	*x = NBDExportInfo{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4287,7 @@ func (x *NBDExportInfo) String() string {
 func (*NBDExportInfo) ProtoMessage() {}
 
 func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[62]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4300,7 @@ func (x *NBDExportInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NBDExportInfo.ProtoReflect.Descriptor instead.
 func (*NBDExportInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{62}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *NBDExportInfo) GetName() string {
@@ -4273,7 +4372,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4285,7 +4384,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[63]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4298,7 +4397,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{63}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListExportsResponse) GetExports() []*NBDExportInfo {
@@ -4338,7 +4437,7 @@ type ReprotectRequest struct {
 
 func (x *ReprotectRequest) Reset() {
 	*x = ReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4350,7 +4449,7 @@ func (x *ReprotectRequest) String() string {
 func (*ReprotectRequest) ProtoMessage() {}
 
 func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[64]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4363,7 +4462,7 @@ func (x *ReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectRequest.ProtoReflect.Descriptor instead.
 func (*ReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{64}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ReprotectRequest) GetVm() string {
@@ -4400,7 +4499,7 @@ type FailbackRequest struct {
 
 func (x *FailbackRequest) Reset() {
 	*x = FailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4412,7 +4511,7 @@ func (x *FailbackRequest) String() string {
 func (*FailbackRequest) ProtoMessage() {}
 
 func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[65]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4425,7 +4524,7 @@ func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
 func (*FailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{65}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *FailbackRequest) GetVm() string {
@@ -4465,7 +4564,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4477,7 +4576,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[66]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4490,7 +4589,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{66}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *FailoverRequest) GetVm() string {
@@ -4538,7 +4637,7 @@ type ChangePointRequest struct {
 
 func (x *ChangePointRequest) Reset() {
 	*x = ChangePointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4550,7 +4649,7 @@ func (x *ChangePointRequest) String() string {
 func (*ChangePointRequest) ProtoMessage() {}
 
 func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[67]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4563,7 +4662,7 @@ func (x *ChangePointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePointRequest.ProtoReflect.Descriptor instead.
 func (*ChangePointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{67}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ChangePointRequest) GetVm() string {
@@ -4589,7 +4688,7 @@ type VMRequest struct {
 
 func (x *VMRequest) Reset() {
 	*x = VMRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4601,7 +4700,7 @@ func (x *VMRequest) String() string {
 func (*VMRequest) ProtoMessage() {}
 
 func (x *VMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[68]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4614,7 +4713,7 @@ func (x *VMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMRequest.ProtoReflect.Descriptor instead.
 func (*VMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{68}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *VMRequest) GetVm() string {
@@ -4633,7 +4732,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4645,7 +4744,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[69]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4658,7 +4757,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{69}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListJobsRequest) GetVm() string {
@@ -4677,7 +4776,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4689,7 +4788,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[70]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4702,7 +4801,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{70}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -4721,7 +4820,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4733,7 +4832,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[71]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4746,7 +4845,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{71}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *GetJobRequest) GetId() uint64 {
@@ -4783,7 +4882,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4795,7 +4894,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[72]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4808,7 +4907,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{72}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Job) GetId() uint64 {
@@ -4925,7 +5024,7 @@ type JobStep struct {
 
 func (x *JobStep) Reset() {
 	*x = JobStep{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4937,7 +5036,7 @@ func (x *JobStep) String() string {
 func (*JobStep) ProtoMessage() {}
 
 func (x *JobStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[73]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4950,7 +5049,7 @@ func (x *JobStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStep.ProtoReflect.Descriptor instead.
 func (*JobStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{73}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *JobStep) GetName() string {
@@ -5008,7 +5107,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5020,7 +5119,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[74]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5033,7 +5132,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{74}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *Finding) GetCheck() string {
@@ -5073,7 +5172,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5085,7 +5184,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[75]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5098,7 +5197,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{75}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *StatusRequest) GetVm() string {
@@ -5117,7 +5216,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5129,7 +5228,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[76]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5142,7 +5241,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{76}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *StatusResponse) GetVms() []*VMStatus {
@@ -5201,7 +5300,7 @@ type VMStatus struct {
 
 func (x *VMStatus) Reset() {
 	*x = VMStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5213,7 +5312,7 @@ func (x *VMStatus) String() string {
 func (*VMStatus) ProtoMessage() {}
 
 func (x *VMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[77]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5226,7 +5325,7 @@ func (x *VMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStatus.ProtoReflect.Descriptor instead.
 func (*VMStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{77}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *VMStatus) GetName() string {
@@ -5426,7 +5525,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5438,7 +5537,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[78]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5451,7 +5550,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{78}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
 }
 
 type ListVMsResponse struct {
@@ -5463,7 +5562,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5475,7 +5574,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[79]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5488,7 +5587,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{79}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -5516,7 +5615,7 @@ type VM struct {
 
 func (x *VM) Reset() {
 	*x = VM{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5528,7 +5627,7 @@ func (x *VM) String() string {
 func (*VM) ProtoMessage() {}
 
 func (x *VM) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[80]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5541,7 +5640,7 @@ func (x *VM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VM.ProtoReflect.Descriptor instead.
 func (*VM) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{80}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *VM) GetName() string {
@@ -5616,7 +5715,7 @@ type ListPointsRequest struct {
 
 func (x *ListPointsRequest) Reset() {
 	*x = ListPointsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5628,7 +5727,7 @@ func (x *ListPointsRequest) String() string {
 func (*ListPointsRequest) ProtoMessage() {}
 
 func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[81]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5641,7 +5740,7 @@ func (x *ListPointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsRequest.ProtoReflect.Descriptor instead.
 func (*ListPointsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{81}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ListPointsRequest) GetVm() string {
@@ -5660,7 +5759,7 @@ type ListPointsResponse struct {
 
 func (x *ListPointsResponse) Reset() {
 	*x = ListPointsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5672,7 +5771,7 @@ func (x *ListPointsResponse) String() string {
 func (*ListPointsResponse) ProtoMessage() {}
 
 func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[82]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5685,7 +5784,7 @@ func (x *ListPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPointsResponse.ProtoReflect.Descriptor instead.
 func (*ListPointsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{82}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ListPointsResponse) GetPoints() []*RecoveryPoint {
@@ -5708,7 +5807,7 @@ type RecoveryPoint struct {
 
 func (x *RecoveryPoint) Reset() {
 	*x = RecoveryPoint{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5720,7 +5819,7 @@ func (x *RecoveryPoint) String() string {
 func (*RecoveryPoint) ProtoMessage() {}
 
 func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[83]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5733,7 +5832,7 @@ func (x *RecoveryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryPoint.ProtoReflect.Descriptor instead.
 func (*RecoveryPoint) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{83}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RecoveryPoint) GetId() uint64 {
@@ -5776,7 +5875,7 @@ type ExportPointRequest struct {
 
 func (x *ExportPointRequest) Reset() {
 	*x = ExportPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5788,7 +5887,7 @@ func (x *ExportPointRequest) String() string {
 func (*ExportPointRequest) ProtoMessage() {}
 
 func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[84]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5801,7 +5900,7 @@ func (x *ExportPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPointRequest.ProtoReflect.Descriptor instead.
 func (*ExportPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{84}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ExportPointRequest) GetVm() string {
@@ -5840,7 +5939,7 @@ type ExportChunk struct {
 
 func (x *ExportChunk) Reset() {
 	*x = ExportChunk{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5852,7 +5951,7 @@ func (x *ExportChunk) String() string {
 func (*ExportChunk) ProtoMessage() {}
 
 func (x *ExportChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[85]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5865,7 +5964,7 @@ func (x *ExportChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportChunk.ProtoReflect.Descriptor instead.
 func (*ExportChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{85}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ExportChunk) GetOffset() uint64 {
@@ -5913,7 +6012,7 @@ type VerifyPointRequest struct {
 
 func (x *VerifyPointRequest) Reset() {
 	*x = VerifyPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5925,7 +6024,7 @@ func (x *VerifyPointRequest) String() string {
 func (*VerifyPointRequest) ProtoMessage() {}
 
 func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[86]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5938,7 +6037,7 @@ func (x *VerifyPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{86}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *VerifyPointRequest) GetVm() string {
@@ -5964,7 +6063,7 @@ type ScrubRequest struct {
 
 func (x *ScrubRequest) Reset() {
 	*x = ScrubRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5976,7 +6075,7 @@ func (x *ScrubRequest) String() string {
 func (*ScrubRequest) ProtoMessage() {}
 
 func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[87]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5989,7 +6088,7 @@ func (x *ScrubRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubRequest.ProtoReflect.Descriptor instead.
 func (*ScrubRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{87}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ScrubRequest) GetVm() string {
@@ -6016,7 +6115,7 @@ type ScrubResponse struct {
 
 func (x *ScrubResponse) Reset() {
 	*x = ScrubResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6028,7 +6127,7 @@ func (x *ScrubResponse) String() string {
 func (*ScrubResponse) ProtoMessage() {}
 
 func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[88]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6041,7 +6140,7 @@ func (x *ScrubResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubResponse.ProtoReflect.Descriptor instead.
 func (*ScrubResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{88}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *ScrubResponse) GetRecordsChecked() uint64 {
@@ -6116,7 +6215,7 @@ type Corruption struct {
 
 func (x *Corruption) Reset() {
 	*x = Corruption{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6128,7 +6227,7 @@ func (x *Corruption) String() string {
 func (*Corruption) ProtoMessage() {}
 
 func (x *Corruption) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[89]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6141,7 +6240,7 @@ func (x *Corruption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Corruption.ProtoReflect.Descriptor instead.
 func (*Corruption) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{89}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *Corruption) GetSeq() uint64 {
@@ -6197,7 +6296,7 @@ type VerifyPointResponse struct {
 
 func (x *VerifyPointResponse) Reset() {
 	*x = VerifyPointResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6209,7 +6308,7 @@ func (x *VerifyPointResponse) String() string {
 func (*VerifyPointResponse) ProtoMessage() {}
 
 func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[90]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6222,7 +6321,7 @@ func (x *VerifyPointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyPointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyPointResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{90}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *VerifyPointResponse) GetPointId() uint64 {
@@ -6258,7 +6357,7 @@ type MTGroupPointRequest struct {
 
 func (x *MTGroupPointRequest) Reset() {
 	*x = MTGroupPointRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6270,7 +6369,7 @@ func (x *MTGroupPointRequest) String() string {
 func (*MTGroupPointRequest) ProtoMessage() {}
 
 func (x *MTGroupPointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[91]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6283,7 +6382,7 @@ func (x *MTGroupPointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTGroupPointRequest.ProtoReflect.Descriptor instead.
 func (*MTGroupPointRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{91}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *MTGroupPointRequest) GetGroup() string {
@@ -6331,7 +6430,7 @@ type MTFailbackGroupRequest struct {
 
 func (x *MTFailbackGroupRequest) Reset() {
 	*x = MTFailbackGroupRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6343,7 +6442,7 @@ func (x *MTFailbackGroupRequest) String() string {
 func (*MTFailbackGroupRequest) ProtoMessage() {}
 
 func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[92]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6356,7 +6455,7 @@ func (x *MTFailbackGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{92}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *MTFailbackGroupRequest) GetGroup() string {
@@ -6399,7 +6498,7 @@ type MTFailbackGroupResponse struct {
 
 func (x *MTFailbackGroupResponse) Reset() {
 	*x = MTFailbackGroupResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6411,7 +6510,7 @@ func (x *MTFailbackGroupResponse) String() string {
 func (*MTFailbackGroupResponse) ProtoMessage() {}
 
 func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[93]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6424,7 +6523,7 @@ func (x *MTFailbackGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackGroupResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{93}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *MTFailbackGroupResponse) GetResults() []*MTFailbackResponse {
@@ -6457,7 +6556,7 @@ type PrepareReprotectRequest struct {
 
 func (x *PrepareReprotectRequest) Reset() {
 	*x = PrepareReprotectRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6469,7 +6568,7 @@ func (x *PrepareReprotectRequest) String() string {
 func (*PrepareReprotectRequest) ProtoMessage() {}
 
 func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[94]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6482,7 +6581,7 @@ func (x *PrepareReprotectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectRequest.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{94}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *PrepareReprotectRequest) GetVm() string {
@@ -6530,7 +6629,7 @@ type PrepareReprotectResponse struct {
 
 func (x *PrepareReprotectResponse) Reset() {
 	*x = PrepareReprotectResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6542,7 +6641,7 @@ func (x *PrepareReprotectResponse) String() string {
 func (*PrepareReprotectResponse) ProtoMessage() {}
 
 func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[95]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6555,7 +6654,7 @@ func (x *PrepareReprotectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareReprotectResponse.ProtoReflect.Descriptor instead.
 func (*PrepareReprotectResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{95}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *PrepareReprotectResponse) GetTargets() []string {
@@ -6580,7 +6679,7 @@ type MTFailbackRequest struct {
 
 func (x *MTFailbackRequest) Reset() {
 	*x = MTFailbackRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6592,7 +6691,7 @@ func (x *MTFailbackRequest) String() string {
 func (*MTFailbackRequest) ProtoMessage() {}
 
 func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[96]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6605,7 +6704,7 @@ func (x *MTFailbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackRequest.ProtoReflect.Descriptor instead.
 func (*MTFailbackRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{96}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *MTFailbackRequest) GetVm() string {
@@ -6649,7 +6748,7 @@ type MTFailbackResponse struct {
 
 func (x *MTFailbackResponse) Reset() {
 	*x = MTFailbackResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6661,7 +6760,7 @@ func (x *MTFailbackResponse) String() string {
 func (*MTFailbackResponse) ProtoMessage() {}
 
 func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[97]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6674,7 +6773,7 @@ func (x *MTFailbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MTFailbackResponse.ProtoReflect.Descriptor instead.
 func (*MTFailbackResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{97}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *MTFailbackResponse) GetSteps() []*JobStep {
@@ -6734,7 +6833,7 @@ type RetireResponse struct {
 
 func (x *RetireResponse) Reset() {
 	*x = RetireResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6746,7 +6845,7 @@ func (x *RetireResponse) String() string {
 func (*RetireResponse) ProtoMessage() {}
 
 func (x *RetireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[98]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6759,7 +6858,7 @@ func (x *RetireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
 func (*RetireResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{98}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{100}
 }
 
 type ReprotectStatusResponse struct {
@@ -6780,7 +6879,7 @@ type ReprotectStatusResponse struct {
 
 func (x *ReprotectStatusResponse) Reset() {
 	*x = ReprotectStatusResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6792,7 +6891,7 @@ func (x *ReprotectStatusResponse) String() string {
 func (*ReprotectStatusResponse) ProtoMessage() {}
 
 func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[99]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6805,7 +6904,7 @@ func (x *ReprotectStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReprotectStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReprotectStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{99}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *ReprotectStatusResponse) GetRegistered() bool {
@@ -7050,7 +7149,12 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x0eEnrollResponse\x12\x19\n" +
 	"\bcert_der\x18\x01 \x01(\fR\acertDer\x12\x15\n" +
 	"\x06ca_der\x18\x02 \x01(\fR\x05caDer\x12\x0e\n" +
-	"\x02vm\x18\x03 \x01(\tR\x02vm\"\x91\x02\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\"\x15\n" +
+	"\x13ConsoleLoginRequest\"p\n" +
+	"\x14ConsoleLoginResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12*\n" +
+	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\tR\bidentity\"\x91\x02\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
 	"\x11retention_seconds\x18\x02 \x01(\x03R\x10retentionSeconds\x124\n" +
@@ -7394,7 +7498,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
 	"Enrollment\x12;\n" +
 	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponse\x129\n" +
-	"\x05Renew\x12\x16.ferry.v1.RenewRequest\x1a\x18.ferry.v1.EnrollResponse2\xad\x10\n" +
+	"\x05Renew\x12\x16.ferry.v1.RenewRequest\x1a\x18.ferry.v1.EnrollResponse2\xfc\x10\n" +
 	"\bRecovery\x12>\n" +
 	"\aListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12G\n" +
 	"\n" +
@@ -7433,7 +7537,8 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"DeletePlan\x12\x1b.ferry.v1.DeletePlanRequest\x1a\x1c.ferry.v1.DeletePlanResponse\x122\n" +
 	"\aRunPlan\x12\x18.ferry.v1.RunPlanRequest\x1a\r.ferry.v1.Job\x128\n" +
 	"\n" +
-	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job2\x9e\x04\n" +
+	"ResumePlan\x12\x1b.ferry.v1.ResumePlanRequest\x1a\r.ferry.v1.Job\x12M\n" +
+	"\fConsoleLogin\x12\x1d.ferry.v1.ConsoleLoginRequest\x1a\x1e.ferry.v1.ConsoleLoginResponse2\x9e\x04\n" +
 	"\fMasterTarget\x12Y\n" +
 	"\x10PrepareReprotect\x12!.ferry.v1.PrepareReprotectRequest\x1a\".ferry.v1.PrepareReprotectResponse\x12E\n" +
 	"\bFailback\x12\x1b.ferry.v1.MTFailbackRequest\x1a\x1c.ferry.v1.MTFailbackResponse\x127\n" +
@@ -7458,7 +7563,7 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 102)
 var file_ferry_v1_ferry_proto_goTypes = []any{
 	(Consistency)(0),                 // 0: ferry.v1.Consistency
 	(DrainReason)(0),                 // 1: ferry.v1.DrainReason
@@ -7492,77 +7597,79 @@ var file_ferry_v1_ferry_proto_goTypes = []any{
 	(*RenewRequest)(nil),             // 29: ferry.v1.RenewRequest
 	(*EnrollRequest)(nil),            // 30: ferry.v1.EnrollRequest
 	(*EnrollResponse)(nil),           // 31: ferry.v1.EnrollResponse
-	(*Policy)(nil),                   // 32: ferry.v1.Policy
-	(*ListPoliciesRequest)(nil),      // 33: ferry.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 34: ferry.v1.ListPoliciesResponse
-	(*AttachPolicyRequest)(nil),      // 35: ferry.v1.AttachPolicyRequest
-	(*AttachPolicyResponse)(nil),     // 36: ferry.v1.AttachPolicyResponse
-	(*ReplicationGroup)(nil),         // 37: ferry.v1.ReplicationGroup
-	(*ListGroupsRequest)(nil),        // 38: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 39: ferry.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),       // 40: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 41: ferry.v1.DeleteGroupResponse
-	(*GroupPointRequest)(nil),        // 42: ferry.v1.GroupPointRequest
-	(*GroupPointResponse)(nil),       // 43: ferry.v1.GroupPointResponse
-	(*RecoveryPlan)(nil),             // 44: ferry.v1.RecoveryPlan
-	(*PlanGroup)(nil),                // 45: ferry.v1.PlanGroup
-	(*PlanAction)(nil),               // 46: ferry.v1.PlanAction
-	(*ListPlansRequest)(nil),         // 47: ferry.v1.ListPlansRequest
-	(*ListPlansResponse)(nil),        // 48: ferry.v1.ListPlansResponse
-	(*DeletePlanRequest)(nil),        // 49: ferry.v1.DeletePlanRequest
-	(*DeletePlanResponse)(nil),       // 50: ferry.v1.DeletePlanResponse
-	(*RunPlanRequest)(nil),           // 51: ferry.v1.RunPlanRequest
-	(*ResumePlanRequest)(nil),        // 52: ferry.v1.ResumePlanRequest
-	(*ListEventsRequest)(nil),        // 53: ferry.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 54: ferry.v1.ListEventsResponse
-	(*Event)(nil),                    // 55: ferry.v1.Event
-	(*ExportNBDRequest)(nil),         // 56: ferry.v1.ExportNBDRequest
-	(*ExportNBDResponse)(nil),        // 57: ferry.v1.ExportNBDResponse
-	(*UnexportNBDRequest)(nil),       // 58: ferry.v1.UnexportNBDRequest
-	(*UnexportNBDResponse)(nil),      // 59: ferry.v1.UnexportNBDResponse
-	(*ReleaseAgentResponse)(nil),     // 60: ferry.v1.ReleaseAgentResponse
-	(*ListAuditRequest)(nil),         // 61: ferry.v1.ListAuditRequest
-	(*AuditEntry)(nil),               // 62: ferry.v1.AuditEntry
-	(*ListAuditResponse)(nil),        // 63: ferry.v1.ListAuditResponse
-	(*ListExportsRequest)(nil),       // 64: ferry.v1.ListExportsRequest
-	(*NBDExportInfo)(nil),            // 65: ferry.v1.NBDExportInfo
-	(*ListExportsResponse)(nil),      // 66: ferry.v1.ListExportsResponse
-	(*ReprotectRequest)(nil),         // 67: ferry.v1.ReprotectRequest
-	(*FailbackRequest)(nil),          // 68: ferry.v1.FailbackRequest
-	(*FailoverRequest)(nil),          // 69: ferry.v1.FailoverRequest
-	(*ChangePointRequest)(nil),       // 70: ferry.v1.ChangePointRequest
-	(*VMRequest)(nil),                // 71: ferry.v1.VMRequest
-	(*ListJobsRequest)(nil),          // 72: ferry.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 73: ferry.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 74: ferry.v1.GetJobRequest
-	(*Job)(nil),                      // 75: ferry.v1.Job
-	(*JobStep)(nil),                  // 76: ferry.v1.JobStep
-	(*Finding)(nil),                  // 77: ferry.v1.Finding
-	(*StatusRequest)(nil),            // 78: ferry.v1.StatusRequest
-	(*StatusResponse)(nil),           // 79: ferry.v1.StatusResponse
-	(*VMStatus)(nil),                 // 80: ferry.v1.VMStatus
-	(*ListVMsRequest)(nil),           // 81: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),          // 82: ferry.v1.ListVMsResponse
-	(*VM)(nil),                       // 83: ferry.v1.VM
-	(*ListPointsRequest)(nil),        // 84: ferry.v1.ListPointsRequest
-	(*ListPointsResponse)(nil),       // 85: ferry.v1.ListPointsResponse
-	(*RecoveryPoint)(nil),            // 86: ferry.v1.RecoveryPoint
-	(*ExportPointRequest)(nil),       // 87: ferry.v1.ExportPointRequest
-	(*ExportChunk)(nil),              // 88: ferry.v1.ExportChunk
-	(*VerifyPointRequest)(nil),       // 89: ferry.v1.VerifyPointRequest
-	(*ScrubRequest)(nil),             // 90: ferry.v1.ScrubRequest
-	(*ScrubResponse)(nil),            // 91: ferry.v1.ScrubResponse
-	(*Corruption)(nil),               // 92: ferry.v1.Corruption
-	(*VerifyPointResponse)(nil),      // 93: ferry.v1.VerifyPointResponse
-	(*MTGroupPointRequest)(nil),      // 94: ferry.v1.MTGroupPointRequest
-	(*MTFailbackGroupRequest)(nil),   // 95: ferry.v1.MTFailbackGroupRequest
-	(*MTFailbackGroupResponse)(nil),  // 96: ferry.v1.MTFailbackGroupResponse
-	(*PrepareReprotectRequest)(nil),  // 97: ferry.v1.PrepareReprotectRequest
-	(*PrepareReprotectResponse)(nil), // 98: ferry.v1.PrepareReprotectResponse
-	(*MTFailbackRequest)(nil),        // 99: ferry.v1.MTFailbackRequest
-	(*MTFailbackResponse)(nil),       // 100: ferry.v1.MTFailbackResponse
-	(*RetireResponse)(nil),           // 101: ferry.v1.RetireResponse
-	(*ReprotectStatusResponse)(nil),  // 102: ferry.v1.ReprotectStatusResponse
+	(*ConsoleLoginRequest)(nil),      // 32: ferry.v1.ConsoleLoginRequest
+	(*ConsoleLoginResponse)(nil),     // 33: ferry.v1.ConsoleLoginResponse
+	(*Policy)(nil),                   // 34: ferry.v1.Policy
+	(*ListPoliciesRequest)(nil),      // 35: ferry.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 36: ferry.v1.ListPoliciesResponse
+	(*AttachPolicyRequest)(nil),      // 37: ferry.v1.AttachPolicyRequest
+	(*AttachPolicyResponse)(nil),     // 38: ferry.v1.AttachPolicyResponse
+	(*ReplicationGroup)(nil),         // 39: ferry.v1.ReplicationGroup
+	(*ListGroupsRequest)(nil),        // 40: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 41: ferry.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),       // 42: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 43: ferry.v1.DeleteGroupResponse
+	(*GroupPointRequest)(nil),        // 44: ferry.v1.GroupPointRequest
+	(*GroupPointResponse)(nil),       // 45: ferry.v1.GroupPointResponse
+	(*RecoveryPlan)(nil),             // 46: ferry.v1.RecoveryPlan
+	(*PlanGroup)(nil),                // 47: ferry.v1.PlanGroup
+	(*PlanAction)(nil),               // 48: ferry.v1.PlanAction
+	(*ListPlansRequest)(nil),         // 49: ferry.v1.ListPlansRequest
+	(*ListPlansResponse)(nil),        // 50: ferry.v1.ListPlansResponse
+	(*DeletePlanRequest)(nil),        // 51: ferry.v1.DeletePlanRequest
+	(*DeletePlanResponse)(nil),       // 52: ferry.v1.DeletePlanResponse
+	(*RunPlanRequest)(nil),           // 53: ferry.v1.RunPlanRequest
+	(*ResumePlanRequest)(nil),        // 54: ferry.v1.ResumePlanRequest
+	(*ListEventsRequest)(nil),        // 55: ferry.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 56: ferry.v1.ListEventsResponse
+	(*Event)(nil),                    // 57: ferry.v1.Event
+	(*ExportNBDRequest)(nil),         // 58: ferry.v1.ExportNBDRequest
+	(*ExportNBDResponse)(nil),        // 59: ferry.v1.ExportNBDResponse
+	(*UnexportNBDRequest)(nil),       // 60: ferry.v1.UnexportNBDRequest
+	(*UnexportNBDResponse)(nil),      // 61: ferry.v1.UnexportNBDResponse
+	(*ReleaseAgentResponse)(nil),     // 62: ferry.v1.ReleaseAgentResponse
+	(*ListAuditRequest)(nil),         // 63: ferry.v1.ListAuditRequest
+	(*AuditEntry)(nil),               // 64: ferry.v1.AuditEntry
+	(*ListAuditResponse)(nil),        // 65: ferry.v1.ListAuditResponse
+	(*ListExportsRequest)(nil),       // 66: ferry.v1.ListExportsRequest
+	(*NBDExportInfo)(nil),            // 67: ferry.v1.NBDExportInfo
+	(*ListExportsResponse)(nil),      // 68: ferry.v1.ListExportsResponse
+	(*ReprotectRequest)(nil),         // 69: ferry.v1.ReprotectRequest
+	(*FailbackRequest)(nil),          // 70: ferry.v1.FailbackRequest
+	(*FailoverRequest)(nil),          // 71: ferry.v1.FailoverRequest
+	(*ChangePointRequest)(nil),       // 72: ferry.v1.ChangePointRequest
+	(*VMRequest)(nil),                // 73: ferry.v1.VMRequest
+	(*ListJobsRequest)(nil),          // 74: ferry.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 75: ferry.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 76: ferry.v1.GetJobRequest
+	(*Job)(nil),                      // 77: ferry.v1.Job
+	(*JobStep)(nil),                  // 78: ferry.v1.JobStep
+	(*Finding)(nil),                  // 79: ferry.v1.Finding
+	(*StatusRequest)(nil),            // 80: ferry.v1.StatusRequest
+	(*StatusResponse)(nil),           // 81: ferry.v1.StatusResponse
+	(*VMStatus)(nil),                 // 82: ferry.v1.VMStatus
+	(*ListVMsRequest)(nil),           // 83: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),          // 84: ferry.v1.ListVMsResponse
+	(*VM)(nil),                       // 85: ferry.v1.VM
+	(*ListPointsRequest)(nil),        // 86: ferry.v1.ListPointsRequest
+	(*ListPointsResponse)(nil),       // 87: ferry.v1.ListPointsResponse
+	(*RecoveryPoint)(nil),            // 88: ferry.v1.RecoveryPoint
+	(*ExportPointRequest)(nil),       // 89: ferry.v1.ExportPointRequest
+	(*ExportChunk)(nil),              // 90: ferry.v1.ExportChunk
+	(*VerifyPointRequest)(nil),       // 91: ferry.v1.VerifyPointRequest
+	(*ScrubRequest)(nil),             // 92: ferry.v1.ScrubRequest
+	(*ScrubResponse)(nil),            // 93: ferry.v1.ScrubResponse
+	(*Corruption)(nil),               // 94: ferry.v1.Corruption
+	(*VerifyPointResponse)(nil),      // 95: ferry.v1.VerifyPointResponse
+	(*MTGroupPointRequest)(nil),      // 96: ferry.v1.MTGroupPointRequest
+	(*MTFailbackGroupRequest)(nil),   // 97: ferry.v1.MTFailbackGroupRequest
+	(*MTFailbackGroupResponse)(nil),  // 98: ferry.v1.MTFailbackGroupResponse
+	(*PrepareReprotectRequest)(nil),  // 99: ferry.v1.PrepareReprotectRequest
+	(*PrepareReprotectResponse)(nil), // 100: ferry.v1.PrepareReprotectResponse
+	(*MTFailbackRequest)(nil),        // 101: ferry.v1.MTFailbackRequest
+	(*MTFailbackResponse)(nil),       // 102: ferry.v1.MTFailbackResponse
+	(*RetireResponse)(nil),           // 103: ferry.v1.RetireResponse
+	(*ReprotectStatusResponse)(nil),  // 104: ferry.v1.ReprotectStatusResponse
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	5,   // 0: ferry.v1.AgentMessage.hello:type_name -> ferry.v1.Hello
@@ -7584,125 +7691,127 @@ var file_ferry_v1_ferry_proto_depIdxs = []int32{
 	26,  // 16: ferry.v1.ServerMessage.ack:type_name -> ferry.v1.Ack
 	18,  // 17: ferry.v1.ServerMessage.command:type_name -> ferry.v1.Command
 	24,  // 18: ferry.v1.Command.shutdown:type_name -> ferry.v1.Shutdown
-	32,  // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
+	34,  // 19: ferry.v1.Command.policy:type_name -> ferry.v1.Policy
 	22,  // 20: ferry.v1.Command.hold:type_name -> ferry.v1.GroupHold
 	23,  // 21: ferry.v1.Command.cut:type_name -> ferry.v1.GroupCut
 	20,  // 22: ferry.v1.Command.resync:type_name -> ferry.v1.Resync
 	19,  // 23: ferry.v1.Command.checkpoint:type_name -> ferry.v1.Checkpoint
 	21,  // 24: ferry.v1.Resync.ranges:type_name -> ferry.v1.Range
-	32,  // 25: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
-	32,  // 26: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
-	37,  // 27: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
-	45,  // 28: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
-	46,  // 29: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
-	46,  // 30: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
-	44,  // 31: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
-	55,  // 32: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
-	62,  // 33: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
-	65,  // 34: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
+	34,  // 25: ferry.v1.HelloAck.policy:type_name -> ferry.v1.Policy
+	34,  // 26: ferry.v1.ListPoliciesResponse.policies:type_name -> ferry.v1.Policy
+	39,  // 27: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.ReplicationGroup
+	47,  // 28: ferry.v1.RecoveryPlan.groups:type_name -> ferry.v1.PlanGroup
+	48,  // 29: ferry.v1.PlanGroup.pre:type_name -> ferry.v1.PlanAction
+	48,  // 30: ferry.v1.PlanGroup.post:type_name -> ferry.v1.PlanAction
+	46,  // 31: ferry.v1.ListPlansResponse.plans:type_name -> ferry.v1.RecoveryPlan
+	57,  // 32: ferry.v1.ListEventsResponse.events:type_name -> ferry.v1.Event
+	64,  // 33: ferry.v1.ListAuditResponse.entries:type_name -> ferry.v1.AuditEntry
+	67,  // 34: ferry.v1.ListExportsResponse.exports:type_name -> ferry.v1.NBDExportInfo
 	2,   // 35: ferry.v1.FailoverRequest.type:type_name -> ferry.v1.FailoverType
-	75,  // 36: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
-	76,  // 37: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
-	86,  // 38: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
-	77,  // 39: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
-	80,  // 40: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
-	83,  // 41: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	77,  // 36: ferry.v1.ListJobsResponse.jobs:type_name -> ferry.v1.Job
+	78,  // 37: ferry.v1.Job.steps:type_name -> ferry.v1.JobStep
+	88,  // 38: ferry.v1.Job.point:type_name -> ferry.v1.RecoveryPoint
+	79,  // 39: ferry.v1.Job.findings:type_name -> ferry.v1.Finding
+	82,  // 40: ferry.v1.StatusResponse.vms:type_name -> ferry.v1.VMStatus
+	85,  // 41: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
 	10,  // 42: ferry.v1.VM.disks:type_name -> ferry.v1.DiskInfo
-	86,  // 43: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
+	88,  // 43: ferry.v1.ListPointsResponse.points:type_name -> ferry.v1.RecoveryPoint
 	0,   // 44: ferry.v1.RecoveryPoint.consistency:type_name -> ferry.v1.Consistency
-	92,  // 45: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
-	100, // 46: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
+	94,  // 45: ferry.v1.ScrubResponse.corrupt:type_name -> ferry.v1.Corruption
+	102, // 46: ferry.v1.MTFailbackGroupResponse.results:type_name -> ferry.v1.MTFailbackResponse
 	10,  // 47: ferry.v1.PrepareReprotectRequest.disks:type_name -> ferry.v1.DiskInfo
-	76,  // 48: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
-	86,  // 49: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
+	78,  // 48: ferry.v1.MTFailbackResponse.steps:type_name -> ferry.v1.JobStep
+	88,  // 49: ferry.v1.MTFailbackResponse.point:type_name -> ferry.v1.RecoveryPoint
 	3,   // 50: ferry.v1.Replication.Replicate:input_type -> ferry.v1.AgentMessage
 	27,  // 51: ferry.v1.Replication.BlockHashes:input_type -> ferry.v1.BlockHashesRequest
 	30,  // 52: ferry.v1.Enrollment.Enroll:input_type -> ferry.v1.EnrollRequest
 	29,  // 53: ferry.v1.Enrollment.Renew:input_type -> ferry.v1.RenewRequest
-	81,  // 54: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	84,  // 55: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
-	87,  // 56: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
-	89,  // 57: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
-	90,  // 58: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
-	69,  // 59: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
-	70,  // 60: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
-	71,  // 61: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
-	71,  // 62: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
-	72,  // 63: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
-	74,  // 64: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
-	78,  // 65: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
-	67,  // 66: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
-	68,  // 67: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
-	56,  // 68: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
-	58,  // 69: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
-	64,  // 70: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
-	71,  // 71: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
-	61,  // 72: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
-	53,  // 73: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	33,  // 74: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
-	32,  // 75: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
-	35,  // 76: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
-	38,  // 77: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	37,  // 78: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
-	40,  // 79: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	42,  // 80: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
-	47,  // 81: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
-	44,  // 82: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
-	49,  // 83: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
-	51,  // 84: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
-	52,  // 85: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
-	97,  // 86: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
-	99,  // 87: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
-	71,  // 88: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
-	71,  // 89: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
-	95,  // 90: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
-	53,  // 91: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
-	94,  // 92: ferry.v1.MasterTarget.GroupPoint:input_type -> ferry.v1.MTGroupPointRequest
-	17,  // 93: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
-	28,  // 94: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
-	31,  // 95: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
-	31,  // 96: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
-	82,  // 97: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	85,  // 98: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
-	88,  // 99: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
-	93,  // 100: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
-	91,  // 101: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
-	75,  // 102: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
-	75,  // 103: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
-	75,  // 104: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
-	75,  // 105: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
-	73,  // 106: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
-	75,  // 107: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
-	79,  // 108: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
-	75,  // 109: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
-	75,  // 110: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
-	57,  // 111: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
-	59,  // 112: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
-	66,  // 113: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
-	60,  // 114: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
-	63,  // 115: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
-	54,  // 116: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	34,  // 117: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
-	32,  // 118: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
-	36,  // 119: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
-	39,  // 120: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	37,  // 121: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
-	41,  // 122: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	43,  // 123: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	48,  // 124: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
-	44,  // 125: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
-	50,  // 126: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
-	75,  // 127: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
-	75,  // 128: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
-	98,  // 129: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
-	100, // 130: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
-	101, // 131: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
-	102, // 132: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
-	96,  // 133: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
-	54,  // 134: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
-	43,  // 135: ferry.v1.MasterTarget.GroupPoint:output_type -> ferry.v1.GroupPointResponse
-	93,  // [93:136] is the sub-list for method output_type
-	50,  // [50:93] is the sub-list for method input_type
+	83,  // 54: ferry.v1.Recovery.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	86,  // 55: ferry.v1.Recovery.ListPoints:input_type -> ferry.v1.ListPointsRequest
+	89,  // 56: ferry.v1.Recovery.ExportPoint:input_type -> ferry.v1.ExportPointRequest
+	91,  // 57: ferry.v1.Recovery.VerifyPoint:input_type -> ferry.v1.VerifyPointRequest
+	92,  // 58: ferry.v1.Recovery.Scrub:input_type -> ferry.v1.ScrubRequest
+	71,  // 59: ferry.v1.Recovery.Failover:input_type -> ferry.v1.FailoverRequest
+	72,  // 60: ferry.v1.Recovery.ChangePoint:input_type -> ferry.v1.ChangePointRequest
+	73,  // 61: ferry.v1.Recovery.Commit:input_type -> ferry.v1.VMRequest
+	73,  // 62: ferry.v1.Recovery.CleanupTest:input_type -> ferry.v1.VMRequest
+	74,  // 63: ferry.v1.Recovery.ListJobs:input_type -> ferry.v1.ListJobsRequest
+	76,  // 64: ferry.v1.Recovery.GetJob:input_type -> ferry.v1.GetJobRequest
+	80,  // 65: ferry.v1.Recovery.Status:input_type -> ferry.v1.StatusRequest
+	69,  // 66: ferry.v1.Recovery.Reprotect:input_type -> ferry.v1.ReprotectRequest
+	70,  // 67: ferry.v1.Recovery.Failback:input_type -> ferry.v1.FailbackRequest
+	58,  // 68: ferry.v1.Recovery.ExportNBD:input_type -> ferry.v1.ExportNBDRequest
+	60,  // 69: ferry.v1.Recovery.UnexportNBD:input_type -> ferry.v1.UnexportNBDRequest
+	66,  // 70: ferry.v1.Recovery.ListExports:input_type -> ferry.v1.ListExportsRequest
+	73,  // 71: ferry.v1.Recovery.ReleaseAgent:input_type -> ferry.v1.VMRequest
+	63,  // 72: ferry.v1.Recovery.ListAudit:input_type -> ferry.v1.ListAuditRequest
+	55,  // 73: ferry.v1.Recovery.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	35,  // 74: ferry.v1.Recovery.ListPolicies:input_type -> ferry.v1.ListPoliciesRequest
+	34,  // 75: ferry.v1.Recovery.PutPolicy:input_type -> ferry.v1.Policy
+	37,  // 76: ferry.v1.Recovery.AttachPolicy:input_type -> ferry.v1.AttachPolicyRequest
+	40,  // 77: ferry.v1.Recovery.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	39,  // 78: ferry.v1.Recovery.PutGroup:input_type -> ferry.v1.ReplicationGroup
+	42,  // 79: ferry.v1.Recovery.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	44,  // 80: ferry.v1.Recovery.GroupPoint:input_type -> ferry.v1.GroupPointRequest
+	49,  // 81: ferry.v1.Recovery.ListPlans:input_type -> ferry.v1.ListPlansRequest
+	46,  // 82: ferry.v1.Recovery.PutPlan:input_type -> ferry.v1.RecoveryPlan
+	51,  // 83: ferry.v1.Recovery.DeletePlan:input_type -> ferry.v1.DeletePlanRequest
+	53,  // 84: ferry.v1.Recovery.RunPlan:input_type -> ferry.v1.RunPlanRequest
+	54,  // 85: ferry.v1.Recovery.ResumePlan:input_type -> ferry.v1.ResumePlanRequest
+	32,  // 86: ferry.v1.Recovery.ConsoleLogin:input_type -> ferry.v1.ConsoleLoginRequest
+	99,  // 87: ferry.v1.MasterTarget.PrepareReprotect:input_type -> ferry.v1.PrepareReprotectRequest
+	101, // 88: ferry.v1.MasterTarget.Failback:input_type -> ferry.v1.MTFailbackRequest
+	73,  // 89: ferry.v1.MasterTarget.Retire:input_type -> ferry.v1.VMRequest
+	73,  // 90: ferry.v1.MasterTarget.ReprotectStatus:input_type -> ferry.v1.VMRequest
+	97,  // 91: ferry.v1.MasterTarget.FailbackGroup:input_type -> ferry.v1.MTFailbackGroupRequest
+	55,  // 92: ferry.v1.MasterTarget.ListEvents:input_type -> ferry.v1.ListEventsRequest
+	96,  // 93: ferry.v1.MasterTarget.GroupPoint:input_type -> ferry.v1.MTGroupPointRequest
+	17,  // 94: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ServerMessage
+	28,  // 95: ferry.v1.Replication.BlockHashes:output_type -> ferry.v1.BlockHashesResponse
+	31,  // 96: ferry.v1.Enrollment.Enroll:output_type -> ferry.v1.EnrollResponse
+	31,  // 97: ferry.v1.Enrollment.Renew:output_type -> ferry.v1.EnrollResponse
+	84,  // 98: ferry.v1.Recovery.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	87,  // 99: ferry.v1.Recovery.ListPoints:output_type -> ferry.v1.ListPointsResponse
+	90,  // 100: ferry.v1.Recovery.ExportPoint:output_type -> ferry.v1.ExportChunk
+	95,  // 101: ferry.v1.Recovery.VerifyPoint:output_type -> ferry.v1.VerifyPointResponse
+	93,  // 102: ferry.v1.Recovery.Scrub:output_type -> ferry.v1.ScrubResponse
+	77,  // 103: ferry.v1.Recovery.Failover:output_type -> ferry.v1.Job
+	77,  // 104: ferry.v1.Recovery.ChangePoint:output_type -> ferry.v1.Job
+	77,  // 105: ferry.v1.Recovery.Commit:output_type -> ferry.v1.Job
+	77,  // 106: ferry.v1.Recovery.CleanupTest:output_type -> ferry.v1.Job
+	75,  // 107: ferry.v1.Recovery.ListJobs:output_type -> ferry.v1.ListJobsResponse
+	77,  // 108: ferry.v1.Recovery.GetJob:output_type -> ferry.v1.Job
+	81,  // 109: ferry.v1.Recovery.Status:output_type -> ferry.v1.StatusResponse
+	77,  // 110: ferry.v1.Recovery.Reprotect:output_type -> ferry.v1.Job
+	77,  // 111: ferry.v1.Recovery.Failback:output_type -> ferry.v1.Job
+	59,  // 112: ferry.v1.Recovery.ExportNBD:output_type -> ferry.v1.ExportNBDResponse
+	61,  // 113: ferry.v1.Recovery.UnexportNBD:output_type -> ferry.v1.UnexportNBDResponse
+	68,  // 114: ferry.v1.Recovery.ListExports:output_type -> ferry.v1.ListExportsResponse
+	62,  // 115: ferry.v1.Recovery.ReleaseAgent:output_type -> ferry.v1.ReleaseAgentResponse
+	65,  // 116: ferry.v1.Recovery.ListAudit:output_type -> ferry.v1.ListAuditResponse
+	56,  // 117: ferry.v1.Recovery.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	36,  // 118: ferry.v1.Recovery.ListPolicies:output_type -> ferry.v1.ListPoliciesResponse
+	34,  // 119: ferry.v1.Recovery.PutPolicy:output_type -> ferry.v1.Policy
+	38,  // 120: ferry.v1.Recovery.AttachPolicy:output_type -> ferry.v1.AttachPolicyResponse
+	41,  // 121: ferry.v1.Recovery.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	39,  // 122: ferry.v1.Recovery.PutGroup:output_type -> ferry.v1.ReplicationGroup
+	43,  // 123: ferry.v1.Recovery.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	45,  // 124: ferry.v1.Recovery.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	50,  // 125: ferry.v1.Recovery.ListPlans:output_type -> ferry.v1.ListPlansResponse
+	46,  // 126: ferry.v1.Recovery.PutPlan:output_type -> ferry.v1.RecoveryPlan
+	52,  // 127: ferry.v1.Recovery.DeletePlan:output_type -> ferry.v1.DeletePlanResponse
+	77,  // 128: ferry.v1.Recovery.RunPlan:output_type -> ferry.v1.Job
+	77,  // 129: ferry.v1.Recovery.ResumePlan:output_type -> ferry.v1.Job
+	33,  // 130: ferry.v1.Recovery.ConsoleLogin:output_type -> ferry.v1.ConsoleLoginResponse
+	100, // 131: ferry.v1.MasterTarget.PrepareReprotect:output_type -> ferry.v1.PrepareReprotectResponse
+	102, // 132: ferry.v1.MasterTarget.Failback:output_type -> ferry.v1.MTFailbackResponse
+	103, // 133: ferry.v1.MasterTarget.Retire:output_type -> ferry.v1.RetireResponse
+	104, // 134: ferry.v1.MasterTarget.ReprotectStatus:output_type -> ferry.v1.ReprotectStatusResponse
+	98,  // 135: ferry.v1.MasterTarget.FailbackGroup:output_type -> ferry.v1.MTFailbackGroupResponse
+	56,  // 136: ferry.v1.MasterTarget.ListEvents:output_type -> ferry.v1.ListEventsResponse
+	45,  // 137: ferry.v1.MasterTarget.GroupPoint:output_type -> ferry.v1.GroupPointResponse
+	94,  // [94:138] is the sub-list for method output_type
+	50,  // [50:94] is the sub-list for method input_type
 	50,  // [50:50] is the sub-list for extension type_name
 	50,  // [50:50] is the sub-list for extension extendee
 	0,   // [0:50] is the sub-list for field type_name
@@ -7739,14 +7848,14 @@ func file_ferry_v1_ferry_proto_init() {
 		(*Command_Resync)(nil),
 		(*Command_Checkpoint)(nil),
 	}
-	file_ferry_v1_ferry_proto_msgTypes[77].OneofWrappers = []any{}
+	file_ferry_v1_ferry_proto_msgTypes[79].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   100,
+			NumMessages:   102,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -362,6 +362,7 @@ const (
 	Recovery_DeletePlan_FullMethodName   = "/ferry.v1.Recovery/DeletePlan"
 	Recovery_RunPlan_FullMethodName      = "/ferry.v1.Recovery/RunPlan"
 	Recovery_ResumePlan_FullMethodName   = "/ferry.v1.Recovery/ResumePlan"
+	Recovery_ConsoleLogin_FullMethodName = "/ferry.v1.Recovery/ConsoleLogin"
 )
 
 // RecoveryClient is the client API for Recovery service.
@@ -439,6 +440,10 @@ type RecoveryClient interface {
 	// until ResumePlan.
 	RunPlan(ctx context.Context, in *RunPlanRequest, opts ...grpc.CallOption) (*Job, error)
 	ResumePlan(ctx context.Context, in *ResumePlanRequest, opts ...grpc.CallOption) (*Job, error)
+	// ConsoleLogin issues the caller a one-time sign-in link to the web
+	// console (ferry-ps --console-listen): the link's token is valid once,
+	// for a short time, and is exchanged for a session as the caller.
+	ConsoleLogin(ctx context.Context, in *ConsoleLoginRequest, opts ...grpc.CallOption) (*ConsoleLoginResponse, error)
 }
 
 type recoveryClient struct {
@@ -778,6 +783,16 @@ func (c *recoveryClient) ResumePlan(ctx context.Context, in *ResumePlanRequest, 
 	return out, nil
 }
 
+func (c *recoveryClient) ConsoleLogin(ctx context.Context, in *ConsoleLoginRequest, opts ...grpc.CallOption) (*ConsoleLoginResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConsoleLoginResponse)
+	err := c.cc.Invoke(ctx, Recovery_ConsoleLogin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecoveryServer is the server API for Recovery service.
 // All implementations must embed UnimplementedRecoveryServer
 // for forward compatibility.
@@ -853,6 +868,10 @@ type RecoveryServer interface {
 	// until ResumePlan.
 	RunPlan(context.Context, *RunPlanRequest) (*Job, error)
 	ResumePlan(context.Context, *ResumePlanRequest) (*Job, error)
+	// ConsoleLogin issues the caller a one-time sign-in link to the web
+	// console (ferry-ps --console-listen): the link's token is valid once,
+	// for a short time, and is exchanged for a session as the caller.
+	ConsoleLogin(context.Context, *ConsoleLoginRequest) (*ConsoleLoginResponse, error)
 	mustEmbedUnimplementedRecoveryServer()
 }
 
@@ -958,6 +977,9 @@ func (UnimplementedRecoveryServer) RunPlan(context.Context, *RunPlanRequest) (*J
 }
 func (UnimplementedRecoveryServer) ResumePlan(context.Context, *ResumePlanRequest) (*Job, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ResumePlan not implemented")
+}
+func (UnimplementedRecoveryServer) ConsoleLogin(context.Context, *ConsoleLoginRequest) (*ConsoleLoginResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConsoleLogin not implemented")
 }
 func (UnimplementedRecoveryServer) mustEmbedUnimplementedRecoveryServer() {}
 func (UnimplementedRecoveryServer) testEmbeddedByValue()                  {}
@@ -1549,6 +1571,24 @@ func _Recovery_ResumePlan_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Recovery_ConsoleLogin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConsoleLoginRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServer).ConsoleLogin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Recovery_ConsoleLogin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServer).ConsoleLogin(ctx, req.(*ConsoleLoginRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Recovery_ServiceDesc is the grpc.ServiceDesc for Recovery service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1679,6 +1719,10 @@ var Recovery_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumePlan",
 			Handler:    _Recovery_ResumePlan_Handler,
+		},
+		{
+			MethodName: "ConsoleLogin",
+			Handler:    _Recovery_ConsoleLogin_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
