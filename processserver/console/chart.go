@@ -188,6 +188,8 @@ func niceCeil(d time.Duration) time.Duration {
 // durText writes a duration for people: 850ms, 12s, 4m10s, 3h, 2d4h.
 func durText(d time.Duration) string {
 	switch {
+	case d == 0:
+		return "0"
 	case d < 0:
 		return "−" + durText(-d)
 	case d < time.Second:

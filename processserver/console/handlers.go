@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -94,7 +93,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	c.s.RecordAudit(processserver.AuditEntry{Who: se.id.String(), Addr: c.addrOf(r), Action: "console sign-in", Outcome: "ok"})
 	c.log.Info("console sign-in", "who", se.id.String(), "addr", r.RemoteAddr)
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: cookie, Path: "/", HttpOnly: true, Secure: true,
-		SameSite: http.SameSiteStrictMode, Expires: se.expires, MaxAge: int(time.Until(se.expires).Seconds())})
+		SameSite: http.SameSiteStrictMode, Expires: se.expires, MaxAge: int(se.expires.Sub(c.cfg.Now()).Seconds())})
 	// A page of the console's own leads on, so that the first page is
 	// asked for from the console's site and gets the SameSite=Strict
 	// cookie even when the link was opened from another site.

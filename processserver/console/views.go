@@ -147,13 +147,15 @@ func matches(r itemRow, text string) bool {
 func sortItems(rows []itemRow, q itemQuery) {
 	key := func(a, b itemRow) int {
 		switch q.Sort {
+		case "name":
+			return cmp.Compare(a.Name, b.Name)
 		case "health":
 			return cmp.Compare(healthRank[a.Health], healthRank[b.Health])
 		case "state":
 			return cmp.Compare(a.State, b.State)
 		case "rpo":
-			// No point yet is the worst RPO.
-			return cmp.Or(-boolCmp(a.HasRPO, b.HasRPO), -cmp.Compare(a.RPO, b.RPO))
+			// No point yet is the longest RPO.
+			return cmp.Or(boolCmp(!a.HasRPO, !b.HasRPO), cmp.Compare(a.RPO, b.RPO))
 		case "crash":
 			return a.Crash.Compare(b.Crash)
 		case "app":
@@ -490,7 +492,7 @@ const drillsListed = 30
 func drillsOf(jobs []processserver.Job, n int) []drill {
 	var out []drill
 	for _, j := range jobs {
-		if !strings.Contains(j.Type, processserver.FailoverTest) || j.Outcome == ferry.OutcomeRunning {
+		if (j.Type != processserver.ActionTestFailover && j.Type != "plan-"+processserver.PlanTestFailover) || j.Outcome == ferry.OutcomeRunning {
 			continue
 		}
 		d := drill{Job: j, RTO: j.End.Sub(j.Start)}
