@@ -45,14 +45,16 @@ func (c *Console) routes() http.Handler {
 }
 
 // headers sets what every answer carries: no framing, no sniffing, no
-// referrer (a sign-in link must not leak), scripts and styles only from
-// the console itself, nothing cached.
+// referrer to other sites (a sign-in link must not leak; within the
+// console the browser then also names the page's origin on a form, which
+// the CSRF check wants), scripts and styles only from the console itself,
+// nothing cached.
 func headers(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hd := w.Header()
 		hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Referrer-Policy", "same-origin")
 		hd.Set("X-Frame-Options", "DENY")
 		hd.Set("Strict-Transport-Security", "max-age=31536000")
 		hd.Set("Cache-Control", "no-store")
@@ -70,6 +72,8 @@ func (c *Console) signedIn(h func(w http.ResponseWriter, r *http.Request, se ses
 			se, ok = c.auth.lookup(ck.Value)
 		}
 		if !ok {
+			// The scheme is the one-time link of 'ferryctl console login'.
+			w.Header().Set("WWW-Authenticate", `FerryLink realm="ferry console"`)
 			c.render(w, r, http.StatusUnauthorized, "signin", nil, &view{Title: "Sign in", Message: "You are not signed in, or your session ended."})
 			return
 		}

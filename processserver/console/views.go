@@ -488,18 +488,41 @@ type drill struct {
 // drillsListed bounds the drills page.
 const drillsListed = 30
 
-// drillsOf picks the test failovers of jobs (oldest first), newest n.
+// drillsOf picks the test failovers of jobs (oldest first) that ended,
+// newest n: a VM's, or a plan's with the VMs it ran as one drill (its RPO
+// the oldest of their points').
 func drillsOf(jobs []processserver.Job, n int) []drill {
+	byID := map[uint64]processserver.Job{}
+	inPlan := map[uint64]bool{}
+	for _, j := range jobs {
+		byID[j.ID] = j
+		for _, c := range j.Children {
+			inPlan[c] = true
+		}
+	}
+	rpo := func(j processserver.Job) (time.Duration, bool) {
+		if j.Point == nil {
+			return 0, false
+		}
+		return max(0, j.Start.Sub(j.Point.Time)), true
+	}
 	var out []drill
 	for _, j := range jobs {
-		if (j.Type != processserver.ActionTestFailover && j.Type != "plan-"+processserver.PlanTestFailover) || j.Outcome == ferry.OutcomeRunning {
+		plan := j.Type == "plan-"+processserver.PlanTestFailover
+		if (j.Type != processserver.ActionTestFailover && !plan) || inPlan[j.ID] || j.Outcome == ferry.OutcomeRunning {
 			continue
 		}
 		d := drill{Job: j, RTO: j.End.Sub(j.Start)}
-		if j.Point != nil {
-			d.RPO, d.HasRPO = max(0, j.Start.Sub(j.Point.Time)), true
+		d.RPO, d.HasRPO = rpo(j)
+		findings := j.Findings
+		for _, id := range j.Children {
+			c := byID[id]
+			if r, ok := rpo(c); ok {
+				d.RPO, d.HasRPO = max(d.RPO, r), true
+			}
+			findings = append(findings, c.Findings...)
 		}
-		for _, f := range j.Findings {
+		for _, f := range findings {
 			switch {
 			case f.Unknown:
 				d.Unknown++

@@ -82,7 +82,11 @@ func TestDrillsOf(t *testing.T) {
 			Findings: []processserver.Finding{{OK: true}, {OK: true}, {OK: false}, {Unknown: true}}},
 		{ID: 2, Type: "cleanup-test", Start: t0, End: t0.Add(time.Second), Outcome: ferry.OutcomeSucceeded},
 		{ID: 3, Type: processserver.ActionTestFailover, Start: t0, Outcome: ferry.OutcomeRunning},
-		{ID: 4, Type: "plan-" + processserver.PlanTestFailover, Start: t0, End: t0.Add(time.Minute), Outcome: ferry.OutcomeFailed},
+		{ID: 4, Type: "plan-" + processserver.PlanTestFailover, Start: t0, End: t0.Add(time.Minute), Outcome: ferry.OutcomeFailed, Children: []uint64{5, 6}},
+		{ID: 5, Type: processserver.ActionTestFailover, Start: t0, End: t0.Add(time.Second), Outcome: ferry.OutcomeSucceeded,
+			Point: &ferry.Point{Time: t0.Add(-10 * time.Second)}, Findings: []processserver.Finding{{OK: true}}},
+		{ID: 6, Type: processserver.ActionTestFailover, Start: t0, End: t0.Add(time.Second), Outcome: ferry.OutcomeFailed,
+			Point: &ferry.Point{Time: t0.Add(-20 * time.Second)}, Findings: []processserver.Finding{{OK: false}}},
 	}
 	ds := drillsOf(jobs, 10)
 	if len(ds) != 2 || ds[0].Job.ID != 1 || ds[1].Job.ID != 4 {
@@ -91,14 +95,15 @@ func TestDrillsOf(t *testing.T) {
 	if d := ds[0]; d.RPO != 30*time.Second || !d.HasRPO || d.RTO != 90*time.Second || d.Passed != 2 || d.Failed != 1 || d.Unknown != 1 {
 		t.Fatalf("drill 1: %+v", d)
 	}
-	if d := ds[1]; d.HasRPO || d.RTO != time.Minute {
+	// The plan's drill: its VMs' jobs are in it, not drills of their own.
+	if d := ds[1]; !d.HasRPO || d.RPO != 20*time.Second || d.RTO != time.Minute || d.Passed != 1 || d.Failed != 1 {
 		t.Fatalf("drill 4: %+v", d)
 	}
 	if ds := drillsOf(jobs, 1); len(ds) != 1 || ds[0].Job.ID != 4 {
 		t.Fatalf("newest 1: %+v", ds)
 	}
 	c := drillChart(ds[1:])
-	if c.Max != time.Minute || len(c.Bars) != 1 || !c.Bars[0].Failed || c.Bars[0].RTOH != chartHeight || c.Bars[0].HasRPO {
+	if c.Max != time.Minute || len(c.Bars) != 1 || !c.Bars[0].Failed || c.Bars[0].RTOH != chartHeight || !c.Bars[0].HasRPO || c.Bars[0].RPOH != chartHeight/3 {
 		t.Fatalf("chart %+v", c)
 	}
 	c = drillChart(drillsOf(jobs, 10))
