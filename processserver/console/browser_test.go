@@ -362,8 +362,20 @@ func TestConsoleInBrowser(t *testing.T) {
 	if n := eval(`String(document.querySelectorAll("#timeline a.mark.multi").length)`); n == "0" {
 		t.Fatal("no multi-VM point on the timeline")
 	}
-	if joined := eval(`document.querySelector("#points").innerText`); !strings.Contains(joined, "db-1 #") {
-		t.Fatalf("points table names no joined db-1 point:\n%s", joined)
+	// Joined are the group's own points, each with db-1's point of it.
+	var rows [][]string
+	json.Unmarshal([]byte(eval(`JSON.stringify([...document.querySelectorAll("#points tbody tr")].map(r => [...r.cells].map(c => c.textContent)))`)), &rows)
+	joined := 0
+	for _, r := range rows {
+		if len(r) == 5 && r[4] != "—" {
+			joined++
+			if !strings.HasPrefix(r[3], "group/payroll/") || !strings.HasPrefix(r[4], "db-1 #") {
+				t.Fatalf("point row %q is joined to %q", r[3], r[4])
+			}
+		}
+	}
+	if joined == 0 {
+		t.Fatalf("no point joined with db-1's: %q", rows)
 	}
 	do("a closer look", chromedp.Click(chromedp.CSS(`a[href="?window=10m"]`)), chromedp.WaitVisible(chromedp.CSS(`a[href="?window=10m"][aria-current="true"]`)))
 	shot("vm")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/pkg/group"
 	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/processserver"
 )
@@ -352,14 +353,15 @@ func windows(retention time.Duration) []window {
 	return out
 }
 
-// joined maps each multi-VM marker's tag to the points the group's other
-// VMs have of it.
-func (c *Console) joined(ctx context.Context, vm, group string) (map[string][]string, error) {
+// joined maps each multi-VM marker's tag (the group's own, not a tag the
+// agents give every VM alike) to the points the group's other VMs have of
+// it.
+func (c *Console) joined(ctx context.Context, vm, groupName string) (map[string][]string, error) {
 	out := map[string][]string{}
-	if group == "" {
+	if groupName == "" {
 		return out, nil
 	}
-	g, err := c.s.Group(group)
+	g, err := c.s.Group(groupName)
 	if err != nil {
 		return nil, err
 	}
@@ -372,7 +374,7 @@ func (c *Console) joined(ctx context.Context, vm, group string) (map[string][]st
 			continue // a member that has not connected yet
 		}
 		for _, p := range pts {
-			if p.Tag != "" {
+			if _, ok := group.TagSeq(p.Tag, g.Name); ok {
 				out[p.Tag] = append(out[p.Tag], fmt.Sprintf("%s #%d", m, p.ID))
 			}
 		}
