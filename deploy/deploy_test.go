@@ -27,7 +27,7 @@ var binaries = map[string][][]string{
 	"ferry-bench": {},
 	"ferryctl": {{"vms"}, {"points"}, {"status"}, {"events"}, {"audit"}, {"agent", "release"}, {"failover"}, {"change-point"}, {"commit"},
 		{"cleanup-test"}, {"reprotect"}, {"failback"}, {"jobs"}, {"job"}, {"policy", "list"}, {"policy", "edit"}, {"group", "create"},
-		{"plan", "run"}, {"export"}, {"exports"}, {"unexport"}, {"verify"}},
+		{"plan", "run"}, {"export"}, {"exports"}, {"unexport"}, {"verify"}, {"console"}, {"console", "login"}},
 }
 
 // buildAll compiles every command into a temporary directory.
@@ -193,6 +193,8 @@ func TestExampleSettings(t *testing.T) {
 		"codec: lz4\n":                            "codec",
 		"webhook: [ftp://example.com/x]\n":        "want an http:// or https:// URL",
 		"libvirt:\n  uri: [a, b]\n  network: x\n": "libvirt-uri",
+		"console:\n  listen: 127.0.0.1:0\n":       "the console is served over HTTPS only",
+		"console:\n  session: 0s\n":               "console-session",
 	} {
 		os.WriteFile(bad, []byte("insecure: true\n"+text), 0o644)
 		if r := check(nil, ps, "config", "check", "--config", bad); r.code != 2 || !strings.Contains(r.stderr, want) {
