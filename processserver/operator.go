@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/big"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/retention"
@@ -29,30 +30,40 @@ func OperatorOf(ctx context.Context) (tlsca.Identity, bool) {
 
 // SignIn issues one-time sign-in links to the web console.
 type SignIn interface {
-	// IssueLink returns a link that signs id in once, until expires. It
-	// is safe for concurrent use.
-	IssueLink(id tlsca.Identity) (url string, expires time.Time, err error)
+	// IssueLink returns a link that signs in once, until expires, the
+	// holder of the certificate id with serial (whose revocation ends the
+	// session). It is safe for concurrent use.
+	IssueLink(id tlsca.Identity, serial *big.Int) (url string, expires time.Time, err error)
 }
 
 // ErrNoConsole: the web console is off.
 var ErrNoConsole = errors.New("the web console is off: start ferry-ps with --console-listen")
 
-// SetSignIn makes ConsoleLogin issue links of si; call it before Open.
-func (s *Server) SetSignIn(si SignIn) { s.signIn = si }
+// signInHolder holds the SignIn of the console, if any.
+type signInHolder struct{ SignIn }
+
+// SetSignIn makes ConsoleLogin issue links of si (nil: the console is
+// off); it may be called while the server runs.
+func (s *Server) SetSignIn(si SignIn) { s.signIn.Store(signInHolder{si}) }
 
 // consoleLink issues the gRPC caller of ctx a sign-in link.
 func (s *Server) consoleLink(ctx context.Context) (string, time.Time, tlsca.Identity, error) {
-	if s.signIn == nil {
+	si, _ := s.signIn.Load().(signInHolder)
+	if si.SignIn == nil {
 		return "", time.Time{}, tlsca.Identity{}, fmt.Errorf("%w: %w", ErrState, ErrNoConsole)
 	}
-	id, err := tlsca.PeerIdentity(ctx)
+	cert, err := tlsca.PeerCertificate(ctx)
+	var id tlsca.Identity
+	if err == nil {
+		id, err = tlsca.IdentityOf(cert)
+	}
 	if err != nil {
 		return "", time.Time{}, tlsca.Identity{}, fmt.Errorf("%w: the console signs in the holder of an operator or admin certificate: %w", ErrInvalidRequest, err)
 	}
 	if id.Role != tlsca.RoleOperator && id.Role != tlsca.RoleAdmin {
 		return "", time.Time{}, tlsca.Identity{}, fmt.Errorf("%w: %s may not sign in to the console: it needs an operator or admin certificate", ErrInvalidRequest, id)
 	}
-	url, exp, err := s.signIn.IssueLink(id)
+	url, exp, err := si.IssueLink(id, cert.SerialNumber)
 	return url, exp, id, err
 }
 

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -212,7 +213,7 @@ type Server struct {
 
 	hooks *webhooks // nil: none configured
 
-	signIn SignIn // nil: the console is off
+	signIn atomic.Value // a signInHolder; none: the console is off
 
 	healthMu   sync.Mutex
 	lastHealth map[ferry.VMID]Health // what checkHealth last saw

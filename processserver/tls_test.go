@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,6 +24,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
+	"github.com/ferrydr/ferry/processserver/console"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -207,5 +210,99 @@ func TestMasterTargetTLS(t *testing.T) {
 	_, err = client("").ReprotectStatus(ctx, &ferryv1.VMRequest{Vm: "web-1"})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("no certificate on the master target's API: %v", err)
+	}
+}
+
+// TestConsoleLogin: ConsoleLogin gives an operator or admin a sign-in
+// link of the console for their own certificate, which signs that
+// identity in; it is refused while the console is off, to agents, and
+// without a certificate; each call is audited.
+func TestConsoleLogin(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	client := func(id tlsca.Identity) ferryv1.RecoveryClient {
+		d := filepath.Join(dir, id.Role+"-"+id.Name)
+		if err := ca.IssueTo(d, id, nil); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := tlsca.Config(d, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return ferryv1.NewRecoveryClient(cc)
+	}
+	alice, root := client(tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}), client(tlsca.Identity{Role: tlsca.RoleAdmin, Name: "root"})
+	if _, err := alice.ConsoleLogin(ctx, &ferryv1.ConsoleLoginRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--console-listen") {
+		t.Fatalf("console off: %v", err)
+	}
+	web, err := console.New(console.Config{Listen: "127.0.0.1:0", TLS: srvTLS, Server: ps.Server, Logger: ferrytest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := web.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close(ctx)
+	ps.SetSignIn(web)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	browser := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for _, c := range []struct {
+		rc  ferryv1.RecoveryClient
+		who string
+	}{{alice, "operator/alice"}, {root, "admin/root"}} {
+		before := time.Now()
+		resp, err := c.rc.ConsoleLogin(ctx, &ferryv1.ConsoleLoginRequest{})
+		if err != nil || resp.GetIdentity() != c.who || !strings.HasPrefix(resp.GetUrl(), web.URL()+"/login?token=") {
+			t.Fatalf("%s: %v %v", c.who, resp, err)
+		}
+		exp := time.Unix(0, resp.GetExpiresUnixNano())
+		if exp.Before(before.Add(console.DefaultTokenTTL)) || exp.After(time.Now().Add(console.DefaultTokenTTL)) {
+			t.Fatalf("%s: the link expires at %v", c.who, exp)
+		}
+		page, err := browser.Get(resp.GetUrl())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(page.Body)
+		page.Body.Close()
+		if page.StatusCode != http.StatusOK || !strings.Contains(string(body), "Signed in as <strong>"+c.who+"</strong>") {
+			t.Fatalf("%s's link: %s\n%s", c.who, page.Status, body)
+		}
+	}
+	agentDir := filepath.Join(dir, "agent")
+	token, _ := ca.NewToken("vm-a", time.Hour)
+	if _, err := tlsca.Enroll(ctx, ps.Addr, token, agentDir); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := tlsca.Config(agentDir, false)
+	cc, _ := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	defer cc.Close()
+	if _, err := ferryv1.NewRecoveryClient(cc).ConsoleLogin(ctx, &ferryv1.ConsoleLoginRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an agent's certificate: %v", err)
+	}
+	entries, _ := ps.Audit(0)
+	var logins []string
+	for _, e := range entries {
+		if e.Action == "/ferry.v1.Recovery/ConsoleLogin" {
+			logins = append(logins, e.Who+" "+strings.SplitN(e.Outcome, ":", 2)[0])
+		}
+	}
+	if got := strings.Join(logins, ", "); got != "operator/alice FailedPrecondition, operator/alice ok, admin/root ok, agent/vm-a PermissionDenied" {
+		t.Fatalf("audit of ConsoleLogin: %s", got)
 	}
 }

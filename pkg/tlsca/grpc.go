@@ -33,15 +33,24 @@ var ErrNoIdentity = errors.New("no client certificate")
 // PeerIdentity returns the identity of the verified certificate the gRPC
 // peer of ctx presented.
 func PeerIdentity(ctx context.Context) (Identity, error) {
+	c, err := PeerCertificate(ctx)
+	if err != nil {
+		return Identity{}, err
+	}
+	return IdentityOf(c)
+}
+
+// PeerCertificate returns the verified client certificate of a gRPC call.
+func PeerCertificate(ctx context.Context) (*x509.Certificate, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return Identity{}, ErrNoIdentity
+		return nil, ErrNoIdentity
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
-		return Identity{}, ErrNoIdentity
+		return nil, ErrNoIdentity
 	}
-	return IdentityOf(ti.State.VerifiedChains[0][0])
+	return ti.State.VerifiedChains[0][0], nil
 }
 
 // Policy says which roles may call the methods of a service, by the

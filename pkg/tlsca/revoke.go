@@ -82,8 +82,9 @@ func readRevocations(path string) ([]Revocation, error) {
 	return list, nil
 }
 
-// revocations is a revocation list read again whenever its file changes.
-type revocations struct {
+// Revocations is a revocation list read again whenever its file changes.
+// It is safe for concurrent use.
+type Revocations struct {
 	path string
 	mu   sync.Mutex
 	mod  time.Time
@@ -92,7 +93,13 @@ type revocations struct {
 	err  error
 }
 
-func (r *revocations) revoked(serial *big.Int) error {
+// NewRevocations reads the list at path (a CA directory's RevokedFile)
+// when asked; a missing file revokes nothing.
+func NewRevocations(path string) *Revocations { return &Revocations{path: path} }
+
+// Check returns ErrRevoked for a serial on the list, and an error for a
+// list that cannot be read (which refuses everyone rather than no one).
+func (r *Revocations) Check(serial *big.Int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fi, err := os.Stat(r.path)
@@ -122,12 +129,12 @@ func (r *revocations) revoked(serial *big.Int) error {
 // WithRevocations makes cfg refuse, at every handshake, a peer whose
 // certificate is on the list at path (read again when the file changes).
 func WithRevocations(cfg *tls.Config, path string) *tls.Config {
-	r := &revocations{path: path}
+	r := NewRevocations(path)
 	cfg = cfg.Clone()
 	prev := cfg.VerifyConnection
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) > 0 {
-			if err := r.revoked(cs.PeerCertificates[0].SerialNumber); err != nil {
+			if err := r.Check(cs.PeerCertificates[0].SerialNumber); err != nil {
 				return err
 			}
 		}

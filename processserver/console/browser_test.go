@@ -30,8 +30,8 @@ import (
 // failing it in CI, whose .ci/run installs it).
 func chromium(t *testing.T) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("drives a real browser")
+	if testing.Short() || os.Getenv("FERRY_NO_BROWSER") != "" {
+		t.Skip("drives a real browser (-short or FERRY_NO_BROWSER: mutation runs of the fast tests)")
 	}
 	path, err := exec.LookPath("chromium")
 	if err != nil {

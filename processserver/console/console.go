@@ -24,6 +24,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -64,6 +65,10 @@ type Config struct {
 	Logger  *slog.Logger
 	// Now is the wall clock of sessions and tokens (default time.Now).
 	Now func() time.Time
+	// Revoked reports whether a certificate's serial is revoked (an
+	// error): a link or session of a revoked certificate is refused at
+	// its next request. Nil: no revocation list.
+	Revoked func(serial *big.Int) error
 }
 
 // Console is a running web console.
@@ -189,13 +194,14 @@ func (c *Console) URL() string {
 	return c.base
 }
 
-// IssueLink returns a one-time sign-in link for id (processserver.SignIn).
-func (c *Console) IssueLink(id tlsca.Identity) (string, time.Time, error) {
+// IssueLink returns a one-time sign-in link for the holder of the
+// certificate id with serial (processserver.SignIn).
+func (c *Console) IssueLink(id tlsca.Identity, serial *big.Int) (string, time.Time, error) {
 	base := c.URL()
 	if base == "" {
 		return "", time.Time{}, errors.New("the console is not serving yet")
 	}
-	tok, exp, err := c.auth.issue(id, c.cfg.TokenTTL)
+	tok, exp, err := c.auth.issue(id, serial, c.cfg.TokenTTL)
 	if err != nil {
 		return "", time.Time{}, err
 	}

@@ -41,12 +41,15 @@ type site struct {
 	c     *Console
 	clock *clock
 	pool  *x509.CertPool
+	ca    *tlsca.CA
+	dir   string
 }
 
 func startSite(t *testing.T) *site {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"localhost", "127.0.0.1"}); err != nil {
+	authority, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"localhost", "127.0.0.1"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	tc, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
@@ -56,7 +59,7 @@ func startSite(t *testing.T) *site {
 	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.ProcessInterval = -1 })
 	clk := &clock{now: time.Now()}
 	c, err := New(Config{Listen: "127.0.0.1:0", TLS: tc, Server: ps.Server, Now: clk.Now, Refresh: 50 * time.Millisecond,
-		Logger: ferrytest.Logger(t)})
+		Logger: ferrytest.Logger(t), Revoked: tlsca.NewRevocations(filepath.Join(dir, "ca", tlsca.RevokedFile)).Check})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +73,7 @@ func startSite(t *testing.T) *site {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	return &site{t: t, ps: ps, c: c, clock: clk, pool: pool}
+	return &site{t: t, ps: ps, c: c, clock: clk, pool: pool, ca: authority, dir: dir}
 }
 
 // browser returns a client with its own cookies that follows no redirects.
@@ -85,7 +88,7 @@ var alice = tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"}
 
 func (s *site) link(id tlsca.Identity) string {
 	s.t.Helper()
-	u, _, err := s.c.IssueLink(id)
+	u, _, err := s.c.IssueLink(id, nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -215,6 +218,78 @@ func TestSignIn(t *testing.T) {
 	s.clock.Add(2 * time.Second)
 	if code, body := get(t, b, s.c.URL()+"/jobs"); code != http.StatusUnauthorized || !strings.Contains(body, "console login") {
 		t.Fatalf("session after its end: %d\n%s", code, body)
+	}
+}
+
+// TestRevokedOperator: revoking the certificate a session was signed in
+// with ends the session at its next request, a live page's stream too, and
+// refuses a link issued before; another operator's session goes on.
+func TestRevokedOperator(t *testing.T) {
+	s := startSite(t)
+	cert := func(name string) *x509.Certificate {
+		dir := filepath.Join(s.dir, name)
+		if err := s.ca.IssueTo(dir, tlsca.Identity{Role: tlsca.RoleOperator, Name: name}, nil); err != nil {
+			t.Fatal(err)
+		}
+		c, err := tlsca.ReadCert(filepath.Join(dir, tlsca.CertFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	bob, carol := cert("bob"), cert("carol")
+	signIn := func(c *x509.Certificate) *http.Client {
+		b := s.browser()
+		id, err := tlsca.IdentityOf(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _, err := s.c.IssueLink(id, c.SerialNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, body := get(t, b, u); code != http.StatusOK {
+			t.Fatalf("sign-in: %d\n%s", code, body)
+		}
+		return b
+	}
+	bb, bb2, cb := signIn(bob), signIn(bob), signIn(carol)
+	unused, _, _ := s.c.IssueLink(tlsca.Identity{Role: tlsca.RoleOperator, Name: "bob"}, bob.SerialNumber)
+	resp, err := bb.Get(s.c.URL() + "/stream/items")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	if err := s.ca.Revoke(bob, "left the team"); err != nil {
+		t.Fatal(err)
+	}
+	// The open stream says so and ends.
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "event: signed-out\ndata: "+ErrCertRevoked.Error()) {
+		t.Fatalf("stream after the revocation:\n%s", body)
+	}
+	if code, page := get(t, bb2, s.c.URL()+"/jobs"); code != http.StatusUnauthorized || !strings.Contains(page, "revoked") {
+		t.Fatalf("bob's other session after his revocation: %d\n%s", code, page)
+	}
+	// Ended: from now on not signed in at all.
+	for _, b := range []*http.Client{bb, bb2} {
+		if code, page := get(t, b, s.c.URL()+"/jobs"); code != http.StatusUnauthorized || !strings.Contains(page, "not signed in") {
+			t.Fatalf("bob after his revocation: %d\n%s", code, page)
+		}
+	}
+	if code, _ := get(t, s.browser(), unused); code != http.StatusForbidden {
+		t.Fatalf("a link of bob's issued before his revocation: %d", code)
+	}
+	if code, _ := get(t, cb, s.c.URL()+"/jobs"); code != http.StatusOK {
+		t.Fatalf("carol after bob's revocation: %d", code)
+	}
+	var ended, refused bool
+	for _, e := range s.audit() {
+		ended = ended || (e.Action == "console session ended" && e.Who == "operator/bob" && strings.Contains(e.Outcome, "revoked"))
+		refused = refused || (e.Action == "console sign-in" && e.Who == "operator/bob" && strings.Contains(e.Outcome, "revoked"))
+	}
+	if !ended || !refused {
+		t.Fatalf("audit: ended %v, refused %v: %v", ended, refused, s.audit())
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"strconv"
@@ -65,30 +67,64 @@ func headers(h http.Handler) http.Handler {
 // signedIn serves h to a live session and asks everyone else to sign in.
 func (c *Console) signedIn(h func(w http.ResponseWriter, r *http.Request, se session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		ck, err := r.Cookie(cookieName)
-		var se session
-		ok := err == nil
-		if ok {
-			se, ok = c.auth.lookup(ck.Value)
-		}
-		if !ok {
+		se, err := c.session(r)
+		if err != nil {
 			// The scheme is the one-time link of 'ferryctl console login'.
 			w.Header().Set("WWW-Authenticate", `FerryLink realm="ferry console"`)
-			c.render(w, r, http.StatusUnauthorized, "signin", nil, &view{Title: "Sign in", Message: "You are not signed in, or your session ended."})
+			c.render(w, r, http.StatusUnauthorized, "signin", nil, &view{Title: "Sign in", Message: err.Error()})
 			return
 		}
 		h(w, r.WithContext(processserver.WithOperator(r.Context(), se.id)), se)
 	}
 }
 
+// errSignedOut: no session, or it ended.
+var errSignedOut = errors.New("You are not signed in, or your session ended.")
+
+// session returns the live session of a request: it has a session cookie
+// of a session that has not ended, whose certificate is not revoked.
+func (c *Console) session(r *http.Request) (session, error) {
+	ck, err := r.Cookie(cookieName)
+	if err != nil {
+		return session{}, errSignedOut
+	}
+	se, ok := c.auth.lookup(ck.Value)
+	if !ok {
+		return session{}, errSignedOut
+	}
+	if err := c.revoked(se.serial); err != nil {
+		c.auth.end(ck.Value)
+		c.s.RecordAudit(processserver.AuditEntry{Who: se.id.String(), Addr: c.addrOf(r), Action: "console session ended", Outcome: err.Error()})
+		return session{}, ErrCertRevoked
+	}
+	return se, nil
+}
+
+// revoked checks a certificate's serial against the revocation list.
+func (c *Console) revoked(serial *big.Int) error {
+	if c.cfg.Revoked == nil || serial == nil {
+		return nil
+	}
+	return c.cfg.Revoked(serial)
+}
+
 // login exchanges a sign-in token for a session.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	tok := r.URL.Query().Get("token")
 	cookie, se, err := c.auth.redeem(tok, c.cfg.Session)
+	if err == nil {
+		if rerr := c.revoked(se.serial); rerr != nil {
+			c.auth.end(cookie)
+			err = fmt.Errorf("%w (%v)", ErrCertRevoked, rerr)
+		}
+	}
 	if err != nil {
 		who := "unknown"
-		if errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
+		switch {
+		case errors.Is(err, ErrTokenUsed), errors.Is(err, ErrTokenExpired):
 			who = "holder of a spent sign-in link"
+		case errors.Is(err, ErrCertRevoked):
+			who = se.id.String()
 		}
 		c.s.RecordAudit(processserver.AuditEntry{Who: who, Addr: c.addrOf(r), Action: "console sign-in", Outcome: "refused: " + err.Error()})
 		c.render(w, r, http.StatusForbidden, "signin", nil, &view{Title: "Sign-in refused", Message: err.Error()})

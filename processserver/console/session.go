@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"math/big"
 	"sync"
 	"time"
 
@@ -20,6 +21,9 @@ var (
 	ErrTokenUsed = errors.New("the sign-in link was used already: each link signs in once")
 	// ErrTokenExpired: the token's time ran out.
 	ErrTokenExpired = errors.New("the sign-in link expired")
+	// ErrCertRevoked: the certificate the session was issued for is
+	// revoked.
+	ErrCertRevoked = errors.New("the certificate you signed in with was revoked: the session ended")
 	// ErrTooMany: too many links or sessions are outstanding.
 	ErrTooMany = errors.New("too many sign-in links or sessions outstanding; try again later")
 )
@@ -27,9 +31,11 @@ var (
 // maxEntries bounds the outstanding tokens and the sessions.
 const maxEntries = 4096
 
-// session is a signed-in operator.
+// session is a signed-in operator: the holder of the certificate with
+// serial.
 type session struct {
 	id      tlsca.Identity
+	serial  *big.Int
 	csrf    string
 	expires time.Time
 }
@@ -37,6 +43,7 @@ type session struct {
 // ticket is an issued sign-in token.
 type ticket struct {
 	id      tlsca.Identity
+	serial  *big.Int
 	expires time.Time
 	used    bool
 }
@@ -79,7 +86,7 @@ func (s *sessions) expire(now time.Time) {
 }
 
 // issue returns a new token for id, valid until now+ttl.
-func (s *sessions) issue(id tlsca.Identity, ttl time.Duration) (string, time.Time, error) {
+func (s *sessions) issue(id tlsca.Identity, serial *big.Int, ttl time.Duration) (string, time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -88,7 +95,7 @@ func (s *sessions) issue(id tlsca.Identity, ttl time.Duration) (string, time.Tim
 		return "", time.Time{}, ErrTooMany
 	}
 	tok := secret()
-	t := &ticket{id: id, expires: now.Add(ttl)}
+	t := &ticket{id: id, serial: serial, expires: now.Add(ttl)}
 	s.tokens[key(tok)] = t
 	return tok, t.expires, nil
 }
@@ -117,7 +124,7 @@ func (s *sessions) redeem(tok string, life time.Duration) (string, session, erro
 		return "", session{}, ErrTooMany
 	}
 	cookie := secret()
-	se := &session{id: t.id, csrf: secret(), expires: now.Add(life)}
+	se := &session{id: t.id, serial: t.serial, csrf: secret(), expires: now.Add(life)}
 	s.sessions[key(cookie)] = se
 	return cookie, *se, nil
 }

@@ -29,8 +29,8 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, render func(ctx
 	defer tick.Stop()
 	last, quiet := "", time.Duration(0)
 	for {
-		if ck, err := r.Cookie(cookieName); err != nil || !c.live(ck.Value) {
-			event(w, "signed-out", "your session ended")
+		if _, err := c.session(r); err != nil {
+			event(w, "signed-out", err.Error())
 			fl.Flush()
 			return
 		}
@@ -58,12 +58,6 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, render func(ctx
 			quiet += c.cfg.Refresh
 		}
 	}
-}
-
-// live reports whether a session cookie is still signed in.
-func (c *Console) live(cookie string) bool {
-	_, ok := c.auth.lookup(cookie)
-	return ok
 }
 
 // event writes one server-sent event; each line of data is its own data

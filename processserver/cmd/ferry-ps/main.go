@@ -212,6 +212,8 @@ func serve(o *serveOptions, fs *pflag.FlagSet) error {
 	if o.console.Listen != "" {
 		cc := o.console
 		cc.TLS, cc.Server, cc.Logger = cfg.TLS, srv, log
+		// A revoked operator's console sessions end at their next request.
+		cc.Revoked = tlsca.NewRevocations(filepath.Join(o.caDir, tlsca.RevokedFile)).Check
 		if web, err = console.New(cc); err != nil {
 			return &cli.UsageError{Err: err}
 		}
