@@ -16,8 +16,9 @@ import (
 	"github.com/ferrydr/ferry/processserver"
 )
 
-// cookieName is the session cookie's name.
-const cookieName = "ferry_session"
+// cookieName is the session cookie's name: __Host- makes browsers keep it to
+// this host, Secure and for every path, so no other host can set it.
+const cookieName = "__Host-ferry_session"
 
 // routes is the console's URL space.
 func (c *Console) routes() http.Handler {
