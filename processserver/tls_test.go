@@ -33,18 +33,26 @@ import (
 // naming another CA, a client without a certificate, an agent calling the
 // operator API and a plain-text client are all refused; an operator's
 // certificate opens the operator API.
-func TestMutualTLS(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
+// tlsPS starts a process server with TLS and enrollment under a new CA in
+// a temporary directory.
+func tlsPS(t *testing.T) (dir string, ca *tlsca.CA, srvTLS *tls.Config, ps *ferrytest.PS) {
+	t.Helper()
+	dir = t.TempDir()
 	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1", "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvTLS, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
+	srvTLS, err = tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	ps = ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	return dir, ca, srvTLS, ps
+}
+
+func TestMutualTLS(t *testing.T) {
+	ctx := context.Background()
+	dir, ca, _, ps := tlsPS(t)
 	addr := ps.Server.Addr()
 
 	token, err := ca.NewToken("vm-a", time.Hour)
@@ -219,16 +227,7 @@ func TestMasterTargetTLS(t *testing.T) {
 // without a certificate; each call is audited.
 func TestConsoleLogin(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	ca, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"127.0.0.1", "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := tlsca.Config(filepath.Join(dir, "ca", "ps"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.TLS, c.CA = srvTLS, ca })
+	dir, ca, srvTLS, ps := tlsPS(t)
 	client := func(id tlsca.Identity) ferryv1.RecoveryClient {
 		d := filepath.Join(dir, id.Role+"-"+id.Name)
 		if err := ca.IssueTo(d, id, nil); err != nil {
