@@ -45,7 +45,7 @@ type site struct {
 	dir   string
 }
 
-func startSite(t *testing.T) *site {
+func startSite(t *testing.T, tune ...func(*processserver.Config)) *site {
 	t.Helper()
 	dir := t.TempDir()
 	authority, err := tlsca.Init(filepath.Join(dir, "ca"), []string{"localhost", "127.0.0.1"})
@@ -56,7 +56,7 @@ func startSite(t *testing.T) *site {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.ProcessInterval = -1 })
+	ps := ferrytest.StartPS(t, append([]func(*processserver.Config){func(c *processserver.Config) { c.ProcessInterval = -1 }}, tune...)...)
 	clk := &clock{now: time.Now()}
 	c, err := New(Config{Listen: "127.0.0.1:0", TLS: tc, Server: ps.Server, Now: clk.Now, Refresh: 50 * time.Millisecond,
 		Logger: ferrytest.Logger(t), Revoked: tlsca.NewRevocations(filepath.Join(dir, "ca", tlsca.RevokedFile)).Check})

@@ -71,6 +71,9 @@ func TestBuildTimeline(t *testing.T) {
 	if e := buildTimeline(points, t0, t0, 10); len(e.Marks) != 0 || e.Points != 0 {
 		t.Fatalf("empty span: %+v", e)
 	}
+	if e := buildTimeline(points, t0, t0.Add(100*time.Second), 0); len(e.Marks) != 0 || e.Points != 0 {
+		t.Fatalf("no width: %+v", e)
+	}
 }
 
 // TestDrillsOf: drills are the test failovers that ended, with RPO from
@@ -107,8 +110,28 @@ func TestDrillsOf(t *testing.T) {
 		t.Fatalf("chart %+v", c)
 	}
 	c = drillChart(drillsOf(jobs, 10))
-	if b := c.Bars[0]; b.RPOH != chartHeight/4 || b.RTOH != chartHeight*3/4 || b.RTOY != chartHeight/4 || b.Label != "#1" {
+	if b := c.Bars[0]; b.RPOH != chartHeight/4 || b.RTOH != chartHeight*3/4 || b.RTOY != chartHeight/4 || b.RPOY != chartHeight*3/4 || b.Label != "#1" {
 		t.Fatalf("chart bar 1: %+v", b)
+	}
+	// Two drills share the width right of the axis labels: 450 each, the
+	// pair 40 wide from a tenth into its slot.
+	var xs []string
+	for _, b := range c.Bars {
+		xs = append(xs, fmt.Sprintf("%g+%g→%g", b.X, b.W, b.LabelX))
+	}
+	if got := strings.Join(xs, " "); got != "105+40→145 555+40→595" {
+		t.Fatalf("bars at %s", got)
+	}
+	var ticks []string
+	for _, k := range c.Ticks {
+		ticks = append(ticks, fmt.Sprintf("%g:%s", k.X, k.Label))
+	}
+	if got := strings.Join(ticks, " "); got != "180:0 135:30s 90:1m 45:1m30s 0:2m" {
+		t.Fatalf("chart ticks %s", got)
+	}
+	// Drills that took no time at all have nothing to draw.
+	if z := drillChart([]drill{{Job: processserver.Job{ID: 9}}}); len(z.Bars) != 0 {
+		t.Fatalf("chart of drills of no time: %+v", z)
 	}
 	if len(drillChart(nil).Bars) != 0 {
 		t.Fatal("chart of no drills")
