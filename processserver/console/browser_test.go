@@ -241,8 +241,36 @@ func TestConsoleInBrowser(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// a11y lists what a page lacks for people who do not see it or use no
+	// mouse: a language, one h1, a label for every field, a name for every
+	// link and button, headers with scope, figures with a description.
+	a11y := func(name string) {
+		t.Helper()
+		problems := eval(`(() => {
+			const out = [];
+			if (!document.documentElement.lang) out.push("no lang");
+			if (document.querySelectorAll("h1").length !== 1) out.push("h1 count " + document.querySelectorAll("h1").length);
+			for (const f of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+				if (!(f.id && document.querySelector('label[for="' + f.id + '"]')) && !f.getAttribute("aria-label")) out.push("unlabelled " + f.outerHTML);
+			}
+			for (const a of document.querySelectorAll("a, button")) {
+				const title = a.querySelector("title");
+				if (!(a.textContent.trim() || a.getAttribute("aria-label") || (title && title.textContent.trim()))) out.push("nameless " + a.outerHTML);
+			}
+			for (const th of document.querySelectorAll("thead th")) if (!th.getAttribute("scope")) out.push("th without scope");
+			for (const svg of document.querySelectorAll("svg[role=img]")) {
+				const id = svg.getAttribute("aria-labelledby");
+				if (!id || !document.getElementById(id) || !document.getElementById(id).textContent.trim()) out.push("svg without a description");
+			}
+			return out.join("\n");
+		})()`)
+		if problems != "" {
+			t.Fatalf("%s page: %s", name, problems)
+		}
+	}
 	shot := func(name string) {
 		t.Helper()
+		a11y(name)
 		png, err := chromedp.Run(browser, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatal(err)
