@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,7 +170,7 @@ func (c *Console) action(name string, do func(ctx context.Context, r *http.Reque
 	return func(w http.ResponseWriter, r *http.Request, se session) {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		entry := processserver.AuditEntry{Who: se.id.String(), Addr: c.addrOf(r), Action: "console " + name,
-			Target: cmpOr(r.PathValue("name"), r.PathValue("id"))}
+			Target: cmp.Or(r.PathValue("name"), r.PathValue("id"))}
 		if err := r.ParseForm(); err != nil {
 			entry.Outcome = "refused: " + err.Error()
 			c.s.RecordAudit(entry)
@@ -183,7 +184,7 @@ func (c *Console) action(name string, do func(ctx context.Context, r *http.Reque
 			return
 		}
 		target, next, err := do(r.Context(), r)
-		entry.Target = cmpOr(target, entry.Target)
+		entry.Target = cmp.Or(target, entry.Target)
 		entry.Outcome = "ok"
 		if err != nil {
 			entry.Outcome = "failed: " + err.Error()
@@ -201,13 +202,6 @@ func (c *Console) action(name string, do func(ctx context.Context, r *http.Reque
 		}
 		http.Redirect(w, r, next, http.StatusSeeOther)
 	}
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // statusOf answers an error of the process server with an HTTP status.
