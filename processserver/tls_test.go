@@ -22,6 +22,7 @@ import (
 	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/mastertarget"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	"github.com/ferrydr/ferry/processserver/console"
@@ -303,5 +304,42 @@ func TestConsoleLogin(t *testing.T) {
 	}
 	if got := strings.Join(logins, ", "); got != "operator/alice FailedPrecondition, operator/alice ok, admin/root ok, agent/vm-a PermissionDenied" {
 		t.Fatalf("audit of ConsoleLogin: %s", got)
+	}
+}
+
+// TestOperatorContext: a call made as an operator the console signed in
+// is that operator's: a plan with commands needs an admin, as over gRPC,
+// and the plan and its jobs record who uploaded and ran them.
+func TestOperatorContext(t *testing.T) {
+	ps := ferrytest.StartPS(t)
+	ctx := context.Background()
+	cc := ferrytest.Dial(t, ps.Addr)
+	if err := exchange(t, ferryv1.NewReplicationClient(cc), hello("vm1", 1, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	withCommand := plan.Plan{Name: "erp", Groups: []plan.Group{{VMs: []string{"vm1"}, Pre: []plan.Action{{Name: "drain", Command: "true"}}}}}
+	op := processserver.WithOperator(ctx, tlsca.Identity{Role: tlsca.RoleOperator, Name: "alice"})
+	if err := ps.PutPlan(op, withCommand); err == nil || !strings.Contains(err.Error(), "admin certificate") {
+		t.Fatalf("an operator's plan with commands: %v", err)
+	}
+	admin := processserver.WithOperator(ctx, tlsca.Identity{Role: tlsca.RoleAdmin, Name: "root"})
+	if err := ps.PutPlan(admin, withCommand); err != nil {
+		t.Fatalf("an admin's plan with commands: %v", err)
+	}
+	manual := plan.Plan{Name: "hr", Groups: []plan.Group{{VMs: []string{"vm1"}, Pre: []plan.Action{{Name: "call the DBA", Manual: true}}}}}
+	if err := ps.PutPlan(op, manual); err != nil {
+		t.Fatalf("an operator's plan without commands: %v", err)
+	}
+	for name, want := range map[string]string{"erp": "admin/root", "hr": "operator/alice"} {
+		if p, err := ps.Plan(name); err != nil || p.UploadedBy != want {
+			t.Fatalf("plan %s uploaded by %q (%v), want %s", name, p.UploadedBy, err, want)
+		}
+	}
+	// Without an operator, the server's own calls act as itself.
+	if err := ps.PutPlan(ctx, withCommand); err != nil {
+		t.Fatalf("the server's own call: %v", err)
+	}
+	if p, _ := ps.Plan("erp"); p.UploadedBy != "process server" {
+		t.Fatalf("uploaded by %q", p.UploadedBy)
 	}
 }

@@ -351,7 +351,7 @@ func TestCSRF(t *testing.T) {
 	if m2 == nil || m2[1] == token {
 		t.Fatalf("two sessions share a CSRF token")
 	}
-	post := func(form url.Values, hdr map[string]string) int {
+	postForm := func(form url.Values, hdr map[string]string) int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, s.c.URL()+"/vm/web-1/test-failover", strings.NewReader(form.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -383,7 +383,7 @@ func TestCSRF(t *testing.T) {
 		{"token, no origin said", url.Values{"csrf": {token}}, nil, http.StatusNotFound},
 	}
 	for _, c := range cases {
-		if got := post(c.form, c.hdr); got != c.want {
+		if got := postForm(c.form, c.hdr); got != c.want {
 			t.Errorf("%s: %d, want %d", c.name, got, c.want)
 		}
 	}
@@ -403,7 +403,24 @@ func TestCSRF(t *testing.T) {
 		t.Errorf("jobs: %v", jobs)
 	}
 
-	// Signing out needs the token too; then the session is gone.
+	// A form too large to read is refused before anything is done.
+	big := url.Values{"csrf": {token}, "pad": {strings.Repeat("x", 64<<10)}}
+	if got := postForm(big, nil); got != http.StatusBadRequest {
+		t.Errorf("a form over 64 KiB: %d", got)
+	}
+	if last := s.audit()[len(s.audit())-1]; !strings.HasPrefix(last.Outcome, "refused: ") || !strings.Contains(last.Outcome, "too large") {
+		t.Errorf("a form over 64 KiB is audited as %q", last.Outcome)
+	}
+
+	// Signing out needs the token too; then the session is gone, also for
+	// a copy of its cookie kept elsewhere.
+	u, _ := url.Parse(s.c.URL())
+	var kept *http.Cookie
+	for _, c := range b.Jar.Cookies(u) {
+		if c.Name == cookieName {
+			kept = c
+		}
+	}
 	resp, err := b.PostForm(s.c.URL()+"/logout", url.Values{})
 	if err != nil {
 		t.Fatal(err)
@@ -419,6 +436,18 @@ func TestCSRF(t *testing.T) {
 	resp.Body.Close()
 	if code, _ := get(t, b, s.c.URL()+"/jobs"); resp.StatusCode != http.StatusSeeOther || code != http.StatusUnauthorized {
 		t.Fatalf("sign-out: %s, then %d", resp.Status, code)
+	}
+	cleared := false
+	for _, c := range resp.Cookies() {
+		cleared = cleared || (c.Name == cookieName && c.Value == "" && c.MaxAge < 0)
+	}
+	if !cleared {
+		t.Errorf("sign-out does not clear the cookie: %v", resp.Header["Set-Cookie"])
+	}
+	replay := s.browser()
+	replay.Jar.SetCookies(u, []*http.Cookie{kept})
+	if code, _ := get(t, replay, s.c.URL()+"/jobs"); code != http.StatusUnauthorized {
+		t.Fatalf("the signed-out session's cookie again: %d", code)
 	}
 }
 

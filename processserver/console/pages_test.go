@@ -279,8 +279,16 @@ func TestPagesOfLiveVMs(t *testing.T) {
 	if loc != fmt.Sprintf("/jobs/%d", pj.ID) || code != http.StatusSeeOther {
 		t.Fatalf("resume: %d → %q", code, loc)
 	}
-	if j := s.waitJob(pj.ID); j.Outcome != ferry.OutcomeSucceeded || len(j.Children) != 2 {
-		t.Fatalf("plan job: %+v", j)
+	ended := s.waitJob(pj.ID)
+	if ended.Outcome != ferry.OutcomeSucceeded || len(ended.Children) != 2 {
+		t.Fatalf("plan job: %+v", ended)
+	}
+	// The plan ran on the server's own call: its VMs' jobs name no one
+	// (what an operator starts names them, as above).
+	for _, id := range ended.Children {
+		if j, _ := s.ps.Job(ctx, id); j.By != "" {
+			t.Fatalf("job %d of a plan the server ran names %q", id, j.By)
+		}
 	}
 	if code, _ := post(t, b, u+"/plans/payroll/resume", url.Values{"csrf": {token}}); code != http.StatusConflict {
 		t.Fatalf("resume of a plan that does not wait: %d", code)
