@@ -13,7 +13,6 @@ import (
 
 	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/journal"
-	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 )
 
@@ -277,10 +276,4 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, name 
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(code)
 	w.Write(b.Bytes())
-}
-
-// identityOf is the operator a request acts as.
-func identityOf(ctx context.Context) tlsca.Identity {
-	id, _ := processserver.OperatorOf(ctx)
-	return id
 }
