@@ -1,0 +1,81 @@
+package ferrytest
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// need finds a server's binary (in PATH, or where go install puts it):
+// the test is skipped without it, and fails in CI, whose .ci/run installs
+// it.
+func need(tb testing.TB, bin, how string) string {
+	tb.Helper()
+	if path, err := exec.LookPath(bin); err == nil {
+		return path
+	}
+	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		path := filepath.Join(strings.TrimSpace(string(out)), "bin", bin)
+		if _, err := os.Stat(path); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") != "" || os.Getenv("FERRY_REAL") != "" {
+		tb.Fatalf("%s is not installed (%s)", bin, how)
+	}
+	tb.Skipf("%s is not installed (%s)", bin, how)
+	return ""
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(tb testing.TB, addr string, p *Proc) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return
+		}
+		if p.Cmd.ProcessState != nil || time.Now().After(deadline) {
+			tb.Fatalf("%s did not listen on %s:\n%s", filepath.Base(p.Cmd.Path), addr, p.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// S3 is an S3-compatible server run for a test as its own process:
+// versitygw over a directory of the test (each bucket a directory in it).
+type S3 struct {
+	tb                   testing.TB
+	bin                  string
+	Endpoint             string // host:port, plain http
+	AccessKey, SecretKey string
+	Dir                  string // the backend's root: Dir/BUCKET/KEY
+	proc                 *Proc
+}
+
+// StartS3 starts an S3 server on a free loopback port.
+func StartS3(tb testing.TB) *S3 {
+	tb.Helper()
+	s := &S3{tb: tb, bin: need(tb, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"),
+		Endpoint: FreeAddr(tb), AccessKey: "ferry-test", SecretKey: "ferry-test-secret-key", Dir: filepath.Join(tb.TempDir(), "s3")}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	s.Start()
+	return s
+}
+
+// Start (re)starts the server on its address and directory.
+func (s *S3) Start() {
+	s.tb.Helper()
+	s.proc = Start(s.tb, s.bin, "--port", s.Endpoint, "--access", s.AccessKey, "--secret", s.SecretKey, "posix", s.Dir)
+	waitListening(s.tb, s.Endpoint, s.proc)
+}
+
+// Kill stops the server at once (SIGKILL), as an outage.
+func (s *S3) Kill() { s.proc.Kill() }
