@@ -79,3 +79,38 @@ func (s *S3) Start() {
 
 // Kill stops the server at once (SIGKILL), as an outage.
 func (s *S3) Kill() { s.proc.Kill() }
+
+// Etcd is a one-member etcd cluster run for a test as its own process
+// (Debian's etcd-server).
+type Etcd struct {
+	tb       testing.TB
+	bin      string
+	Endpoint string // host:port of the client URL, plain http
+	peer     string
+	dir      string
+	proc     *Proc
+}
+
+// StartEtcd starts etcd on free loopback ports with a data directory of
+// the test.
+func StartEtcd(tb testing.TB) *Etcd {
+	tb.Helper()
+	e := &Etcd{tb: tb, bin: need(tb, "etcd", "apt-get install -y etcd-server"), Endpoint: FreeAddr(tb), peer: FreeAddr(tb),
+		dir: filepath.Join(tb.TempDir(), "etcd")}
+	e.Start()
+	return e
+}
+
+// Start (re)starts etcd on its ports and data directory.
+func (e *Etcd) Start() {
+	e.tb.Helper()
+	client, peer := "http://"+e.Endpoint, "http://"+e.peer
+	e.proc = Start(e.tb, e.bin, "--name", "ferry-test", "--data-dir", e.dir,
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "ferry-test="+peer, "--initial-cluster-state", "new", "--log-level", "warn")
+	waitListening(e.tb, e.Endpoint, e.proc)
+}
+
+// Kill stops etcd at once (SIGKILL), as an outage.
+func (e *Etcd) Kill() { e.proc.Kill() }

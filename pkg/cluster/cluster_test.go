@@ -1,0 +1,134 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/ferrydr/ferry/internal/ferrytest"
+)
+
+func join(t *testing.T, e *ferrytest.Etcd, name string, ttl time.Duration) *Member {
+	t.Helper()
+	m, err := Join(context.Background(), Config{Endpoints: []string{e.Endpoint}, Name: name, Addr: name + ":7400", TTL: ttl,
+		Logger: ferrytest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestOwnership against a real etcd: one owner per VM; the others are told
+// who it is and where; a member that stops without leaving (its process
+// killed: no more keepalives) loses its VMs when its lease expires, the
+// others see them orphaned and exactly one claims each; a member that
+// leaves frees its VMs at once; a name cannot join twice while registered.
+func TestOwnership(t *testing.T) {
+	e := ferrytest.StartEtcd(t)
+	ctx := context.Background()
+	const ttl = 2 * time.Second
+	a, b, c := join(t, e, "ps-a", ttl), join(t, e, "ps-b", ttl), join(t, e, "ps-c", ttl)
+	defer b.Leave(ctx)
+	defer c.Leave(ctx)
+	if _, err := Join(ctx, Config{Endpoints: []string{e.Endpoint}, Name: "ps-a", TTL: ttl}); err == nil {
+		t.Fatal("a second ps-a joined")
+	}
+	ms, err := b.Members(ctx)
+	if err != nil || len(ms) != 3 || ms["ps-a"] != "ps-a:7400" {
+		t.Fatalf("members: %v %v", ms, err)
+	}
+	for _, vm := range []string{"web-1", "db-1", "app-1"} {
+		if o, err := a.Claim(ctx, vm); err != nil || !o.Mine {
+			t.Fatalf("a claims %s: %+v %v", vm, o, err)
+		}
+		if o, err := b.Claim(ctx, vm); err != nil || o.Mine || o.Member != "ps-a" || o.Addr != "ps-a:7400" {
+			t.Fatalf("b claims %s owned by a: %+v %v", vm, o, err)
+		}
+	}
+	if err := b.Release(ctx, "web-1"); !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("b releases a's VM: %v", err)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	orphansB, orphansC := b.Orphans(wctx), c.Orphans(wctx)
+	// a stops without leaving: its client goes, its lease is not revoked.
+	killed := time.Now()
+	a.c.Close()
+	claimed := map[string]string{}
+	for len(claimed) < 3 {
+		var vm string
+		var m *Member
+		select {
+		case vm = <-orphansB:
+			m = b
+		case vm = <-orphansC:
+			m = c
+		case <-time.After(4 * ttl):
+			t.Fatalf("a's VMs not orphaned within %v: %v", 4*ttl, claimed)
+		}
+		o, err := m.Claim(ctx, vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev, ok := claimed[vm]; ok && prev != o.Member {
+			t.Fatalf("%s claimed by %s and %s", vm, prev, o.Member)
+		}
+		claimed[vm] = o.Member
+	}
+	took := time.Since(killed)
+	if took < ttl-time.Second || took > 3*ttl {
+		t.Fatalf("a's VMs taken over %v after it stopped (lease %v)", took, ttl)
+	}
+	t.Logf("a's 3 VMs owned by others %v after it stopped (lease %v): %v", took.Round(time.Millisecond), ttl, claimed)
+	for vm, who := range claimed {
+		for _, m := range []*Member{b, c} {
+			o, ok, err := m.Owner(ctx, vm)
+			if err != nil || !ok || o.Member != who || o.Mine != (m.cfg.Name == who) {
+				t.Fatalf("owner of %s seen by %s: %+v %v %v", vm, m.cfg.Name, o, ok, err)
+			}
+		}
+	}
+	select {
+	case <-a.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("a was not told it lost its membership")
+	}
+	if _, err := a.Claim(ctx, "new-1"); !errors.Is(err, ErrLost) {
+		t.Fatalf("a claims after losing its lease: %v", err)
+	}
+	if ms, _ := b.Members(ctx); len(ms) != 2 {
+		t.Fatalf("members after a stopped: %v", ms)
+	}
+
+	// A member that leaves frees its VMs at once; one that releases a VM
+	// frees that one.
+	var cs []string
+	for vm, who := range claimed {
+		if who == "ps-c" {
+			cs = append(cs, vm)
+		}
+	}
+	d := join(t, e, "ps-d", ttl)
+	defer d.Leave(ctx)
+	if len(cs) > 0 {
+		if err := c.Release(ctx, cs[0]); err != nil {
+			t.Fatal(err)
+		}
+		if o, err := d.Claim(ctx, cs[0]); err != nil || !o.Mine {
+			t.Fatalf("d claims a released VM: %+v %v", o, err)
+		}
+	}
+	if err := b.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for vm, who := range claimed {
+		if who != "ps-b" {
+			continue
+		}
+		if o, err := d.Claim(ctx, vm); err != nil || !o.Mine {
+			t.Fatalf("d claims %s of b, which left: %+v %v", vm, o, err)
+		}
+	}
+}
