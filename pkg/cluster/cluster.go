@@ -72,7 +72,9 @@ type Owner struct {
 }
 
 // Join connects to etcd, takes a lease and registers the member under it.
-// A member of the same name that is still registered is refused.
+// A member of the same name that is still registered is refused. The lease
+// is kept alive until ctx ends or Leave: pass the server's lifetime, not a
+// request's.
 func Join(ctx context.Context, cfg Config) (*Member, error) {
 	if len(cfg.Endpoints) == 0 || cfg.Name == "" || strings.Contains(cfg.Name, "/") {
 		return nil, errors.New("cluster: endpoints and a name without '/' are required")
