@@ -93,7 +93,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	hook, _ := filepath.Abs("../cmd/ferryctl/testdata/compute-hook.sh")
 
 	addr, caddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
-	const tokenTTL = 4 * time.Second
+	// Long enough for a loaded machine to open the link, short enough to wait out.
+	const tokenTTL = 8 * time.Second
 	ferrytest.Start(t, ps, "serve", "--ca", ca, "--data", filepath.Join(dir, "ps"), "--listen", addr, "--metrics", "",
 		"--compute-hook", hook, "--process-interval", "200ms", "--console-listen", caddr, "--console-token-ttl", tokenTTL.String())
 
