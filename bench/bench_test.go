@@ -67,6 +67,13 @@ func TestHarness(t *testing.T) {
 			return bench.Resync(ctx, bench.ResyncConfig{Dir: dir, Bytes: 8 << 20, Fractions: []float64{0.01}})
 		}
 	}
+	tables["objstore"] = func() (*bench.Table, error) {
+		tb, err := bench.ObjStore(ctx, bench.ObjStoreConfig{Versitygw: ferrytest.Versitygw(t), Dir: dir, Bytes: 16 << 20, Small: 50})
+		if err == nil && (len(tb.Rows) != 7 || tb.Values["get sealed MB/s"] <= 0) {
+			err = fmt.Errorf("objstore: %d rows, %v", len(tb.Rows), tb.Values)
+		}
+		return tb, err
+	}
 	for name, fn := range tables {
 		t.Run(name, func(t *testing.T) {
 			tb, err := fn()

@@ -47,6 +47,13 @@ func waitListening(tb testing.TB, addr string, p *Proc) {
 	}
 }
 
+// Versitygw returns the S3 server's binary (skipping the test without it,
+// failing it in CI).
+func Versitygw(tb testing.TB) string {
+	tb.Helper()
+	return need(tb, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+}
+
 // S3 is an S3-compatible server run for a test as its own process:
 // versitygw over a directory of the test (each bucket a directory in it).
 type S3 struct {
@@ -61,7 +68,7 @@ type S3 struct {
 // StartS3 starts an S3 server on a free loopback port.
 func StartS3(tb testing.TB) *S3 {
 	tb.Helper()
-	s := &S3{tb: tb, bin: need(tb, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"),
+	s := &S3{tb: tb, bin: Versitygw(tb),
 		Endpoint: FreeAddr(tb), AccessKey: "ferry-test", SecretKey: "ferry-test-secret-key", Dir: filepath.Join(tb.TempDir(), "s3")}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		tb.Fatal(err)

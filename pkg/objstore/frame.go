@@ -314,17 +314,40 @@ func (r *Reader) cut(err error) error {
 // Close ends the read.
 func (r *Reader) Close() error { return r.obj.Close() }
 
-// Put stores data as the object name.
+// Put stores data as the object name in one request (the object framed in
+// memory); Create streams objects too large for that.
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
-	w, err := s.Create(ctx, name)
-	if err != nil {
+	if err := checkName(name); err != nil {
 		return err
 	}
-	if _, err := io.Copy(w, bytes.NewReader(data)); err != nil {
-		w.Abort()
-		return err
+	flags := byte(0)
+	if s.aead != nil {
+		flags |= flagSealed
 	}
-	return w.Close()
+	obj := make([]byte, 0, headerSize+len(data)+(len(data)/ChunkSize+1)*(chunkHead+nonceSize+tagSize))
+	obj = append(obj, magic...)
+	obj = append(obj, version, flags)
+	for index := uint64(0); ; index++ {
+		n := min(len(data), ChunkSize)
+		last := n == len(data)
+		body := s.frame(name, index, last, data[:n])
+		obj = binary.LittleEndian.AppendUint32(obj, uint32(len(body)))
+		if last {
+			obj = append(obj, 1)
+		} else {
+			obj = append(obj, 0)
+		}
+		obj = append(obj, body...)
+		data = data[n:]
+		if last {
+			break
+		}
+	}
+	if _, err := s.c.PutObject(ctx, s.cfg.Bucket, s.key(name), bytes.NewReader(obj), int64(len(obj)),
+		minio.PutObjectOptions{ContentType: "application/octet-stream"}); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
 }
 
 // Get returns the data of the object name.

@@ -63,6 +63,27 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("get %d bytes (key %v): %d bytes, %v", n, k != nil, len(got), err)
 			}
+			// Streamed, in writes of odd sizes, the same object.
+			w, err := s.Create(ctx, name+".stream")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rest := data; len(rest) > 0; {
+				step := min(len(rest), 1<<20+7)
+				if _, err := w.Write(rest[:step]); err != nil {
+					t.Fatal(err)
+				}
+				rest = rest[step:]
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Get(ctx, name+".stream"); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("streamed %d bytes (key %v): %d bytes back, %v", n, k != nil, len(got), err)
+			}
+			if err := s.Delete(ctx, name+".stream"); err != nil {
+				t.Fatal(err)
+			}
 		}
 		list, err := s.List(ctx, "seg/")
 		if err != nil || !slices.Equal(list, names) {

@@ -4,9 +4,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,7 +16,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/cli"
 )
 
-var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay"}
+var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay", "objstore"}
 
 func main() {
 	root := cli.Root("ferry-bench [flags] BENCHMARK...", "measure Ferry against baselines in the same run", `ferry-bench measures Ferry, each figure beside a baseline from the same run,
@@ -41,6 +43,8 @@ Benchmarks:
   failback    original-location reprotect against a full copy
   relay       WAN bytes of reverse replication relayed (verified, compressed)
               by the recovery-site process server against direct
+  objstore    4 MiB and 64 KiB objects through the object store to an S3
+              server (versitygw) against a local fsync'd write
   all         every one of them
 
 Exit codes: 0 when every benchmark ran (goals met or missed), 1 when one
@@ -66,6 +70,7 @@ failed, 2 for bad usage.`)
 	jsonOut := fs.String("json", "", "write every table, figure and target as JSON to this file (- for standard output)")
 	charts := fs.String("charts", "", "write SVG charts (rpo.svg: RPO over time; throughput.svg: throughput by data kind) into this directory")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (agents and in-process servers) to this file")
+	versitygw := fs.String("versitygw", versitygwPath(), "the S3 server the objstore benchmark runs (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
 	root.RunE = func(_ *cobra.Command, args []string) error {
 		want := map[string]bool{}
 		for _, a := range args {
@@ -76,13 +81,25 @@ failed, 2 for bad usage.`)
 			}
 			want[a] = true
 		}
-		return runBenchmarks(want, *bin, *dir, *size, *jsonOut, *charts, *cpuprofile)
+		return runBenchmarks(want, *bin, *dir, *size, *jsonOut, *charts, *cpuprofile, *versitygw)
 	}
 	cli.Execute(root)
 }
 
+// versitygwPath is where versitygw is: in PATH, else where go install
+// puts it.
+func versitygwPath() string {
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p
+	}
+	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		return filepath.Join(strings.TrimSpace(string(out)), "bin", "versitygw")
+	}
+	return "versitygw"
+}
+
 // runBenchmarks runs the benchmarks wanted and prints their tables.
-func runBenchmarks(want map[string]bool, bin, dir string, size int64, jsonOut, charts, cpuprofile string) error {
+func runBenchmarks(want map[string]bool, bin, dir string, size int64, jsonOut, charts, cpuprofile, versitygw string) error {
 	if charts != "" {
 		if err := os.MkdirAll(charts, 0o755); err != nil {
 			return err
@@ -141,6 +158,9 @@ func runBenchmarks(want map[string]bool, bin, dir string, size int64, jsonOut, c
 		return bench.Failback(ctx, bench.FailbackConfig{Dir: dir, Bytes: bytes})
 	})
 	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: dir}) })
+	run("objstore", func() (*bench.Table, error) {
+		return bench.ObjStore(ctx, bench.ObjStoreConfig{Versitygw: versitygw, Dir: dir, Bytes: bytes})
+	})
 	if failed != nil {
 		return failed
 	}
