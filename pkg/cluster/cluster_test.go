@@ -19,6 +19,47 @@ func join(t *testing.T, e *ferrytest.Etcd, name string, ttl time.Duration) *Memb
 	return m
 }
 
+// TestJoin: the lease is the TTL asked for, rounded up to whole seconds
+// (10 s by default, at least 2 s), the keys are under /ferry, and a member
+// without a logger works.
+func TestJoin(t *testing.T) {
+	e := ferrytest.StartEtcd(t)
+	ctx := context.Background()
+	if _, err := Join(ctx, Config{Endpoints: []string{e.Endpoint}, Name: "short", TTL: time.Second}); err == nil {
+		t.Fatal("a 1 s lease was taken")
+	}
+	for _, c := range []struct {
+		ttl  time.Duration
+		want int64
+	}{{0, 10}, {2 * time.Second, 2}, {2500 * time.Millisecond, 3}} {
+		m, err := Join(ctx, Config{Endpoints: []string{e.Endpoint}, Name: "m", Addr: "m:7400", TTL: c.ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttl, err := m.c.TimeToLive(ctx, m.session.Lease())
+		if err != nil || ttl.GrantedTTL != c.want {
+			t.Fatalf("ttl %v: lease of %d s (%v), want %d", c.ttl, ttl.GrantedTTL, err, c.want)
+		}
+		if o, err := m.Claim(ctx, "vm1"); err != nil || !o.Mine {
+			t.Fatalf("claim: %+v %v", o, err)
+		}
+		for _, key := range []string{"/ferry/members/m", "/ferry/owners/vm1"} {
+			if resp, err := m.c.Get(ctx, key); err != nil || len(resp.Kvs) != 1 {
+				t.Fatalf("%s: %v %v", key, resp, err)
+			}
+		}
+		// An owner whose member key is gone is still named, without an
+		// address.
+		m.c.Delete(ctx, "/ferry/members/m")
+		if o, ok, err := m.Owner(ctx, "vm1"); err != nil || !ok || o.Member != "m" || o.Addr != "" {
+			t.Fatalf("owner without its member key: %+v %v %v", o, ok, err)
+		}
+		if err := m.Leave(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestOwnership against a real etcd: one owner per VM; the others are told
 // who it is and where; a member that stops without leaving (its process
 // killed: no more keepalives) loses its VMs when its lease expires, the
