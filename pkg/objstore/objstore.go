@@ -167,11 +167,7 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 // part), in order.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	var out []string
-	full := s.key(prefix)
-	if prefix == "" && s.cfg.Prefix != "" {
-		full = s.cfg.Prefix + "/"
-	}
-	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: full, Recursive: true}) {
+	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}) {
 		if o.Err != nil {
 			return nil, fmt.Errorf("list %s: %w", prefix, o.Err)
 		}

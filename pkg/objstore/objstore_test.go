@@ -89,6 +89,9 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil || !slices.Equal(list, names) {
 			t.Fatalf("list: %q %v", list, err)
 		}
+		if all, err := s.List(ctx, ""); err != nil || !slices.Equal(all, names) {
+			t.Fatalf("list of everything under the prefix: %q %v", all, err)
+		}
 		if err := s.Delete(ctx, names[0]); err != nil {
 			t.Fatal(err)
 		}
@@ -125,6 +128,9 @@ func TestAbort(t *testing.T) {
 	}
 	w.Write(random(1, 2*objstore.ChunkSize))
 	w.Abort()
+	if err := w.Close(); err == nil {
+		t.Fatal("an aborted object closed without an error")
+	}
 	if got, err := s.Get(ctx, "x"); err != nil || string(got) != "first" {
 		t.Fatalf("after an aborted replacement: %q %v", got, err)
 	}
@@ -168,6 +174,7 @@ func TestCorruption(t *testing.T) {
 		edit("cut inside a chunk", func(b []byte) []byte { return b[:first+100] })
 		edit("bytes after the last chunk", func(b []byte) []byte { return append(b, 0) })
 		edit("a chunk's last flag set", func(b []byte) []byte { b[first-1] = 1; return b })
+		edit("a chunk's length cut to 5 bytes", func(b []byte) []byte { b[6], b[7], b[8], b[9] = 5, 0, 0, 0; return b })
 		edit("the first two chunks swapped", func(b []byte) []byte {
 			n := (len(b) - 6 - (5 + 100)) / 2 // two full chunks of the same size
 			if k == nil {
@@ -199,6 +206,20 @@ func TestCorruption(t *testing.T) {
 			if _, err := w.Get(ctx, "obj"); !errors.Is(err, objstore.ErrCorrupt) {
 				t.Errorf("written with key %v, read with key %v: %v", k != nil, wrong != nil, err)
 			}
+		}
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	for in, want := range map[string]string{"s3://bucket": "bucket|", "s3://bucket/": "bucket|", "s3://bucket/a/b/": "bucket|a/b"} {
+		b, p, err := objstore.ParseURL(in)
+		if err != nil || b+"|"+p != want {
+			t.Errorf("%s: %q %q %v", in, b, p, err)
+		}
+	}
+	for _, bad := range []string{"http://bucket/x", "s3:///x", "s3://bucket/x?y=1", "s3://bucket/x#y", "s3://u:p@bucket/x", "bucket/x", "s3://%zz"} {
+		if _, _, err := objstore.ParseURL(bad); err == nil {
+			t.Errorf("%s taken", bad)
 		}
 	}
 }
