@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,20 +196,4 @@ func ObjStore(ctx context.Context, cfg ObjStoreConfig) (*Table, error) {
 	}
 	t.Notes = append(t.Notes, "versitygw's posix backend keeps each object as a file on the same disk as the local file (whether it syncs each is the gateway's own choice): the figures are the object path's cost on one machine, not a remote store's")
 	return t, nil
-}
-
-// waitTCP waits until addr accepts connections.
-func waitTCP(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -57,16 +57,24 @@ func startPS(ctx context.Context, bin, dir string, extra ...string) (*child, err
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start ferry-ps (build it with make build, or pass --bin): %w", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	if err := waitTCP(addr, 10*time.Second); err != nil {
+		cmd.Process.Kill()
+		return nil, fmt.Errorf("ferry-ps did not listen on %s: %w", addr, err)
+	}
+	return &child{cmd: cmd, Addr: addr, Metrics: maddr}, nil
+}
+
+// waitTCP waits until addr accepts connections.
+func waitTCP(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return &child{cmd: cmd, Addr: addr, Metrics: maddr}, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			return nil, fmt.Errorf("ferry-ps did not listen on %s", addr)
+			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -61,11 +61,7 @@ func (s *Store) Create(ctx context.Context, name string) (*Writer, error) {
 		pr.CloseWithError(err)
 		w.done <- err
 	}()
-	flags := byte(0)
-	if s.aead != nil {
-		flags |= flagSealed
-	}
-	if _, err := pw.Write(append([]byte(magic), version, flags)); err != nil {
+	if _, err := pw.Write(s.header(nil)); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("write %s: %w", name, err)
 	}
@@ -96,20 +92,32 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // emit writes one chunk.
 func (w *Writer) emit(data []byte, last bool) error {
-	body := w.s.frame(w.name, w.index, last, data)
-	head := make([]byte, chunkHead)
-	binary.LittleEndian.PutUint32(head, uint32(len(body)))
-	if last {
-		head[4] = 1
-	}
-	if _, err := w.pw.Write(head); err != nil {
-		return w.fail(err)
-	}
-	if _, err := w.pw.Write(body); err != nil {
+	if _, err := w.pw.Write(w.s.appendChunk(nil, w.name, w.index, last, data)); err != nil {
 		return w.fail(err)
 	}
 	w.index++
 	return nil
+}
+
+// header appends an object's header to b.
+func (s *Store) header(b []byte) []byte {
+	flags := byte(0)
+	if s.aead != nil {
+		flags |= flagSealed
+	}
+	return append(append(b, magic...), version, flags)
+}
+
+// appendChunk appends one chunk (its head and body) to b.
+func (s *Store) appendChunk(b []byte, name string, index uint64, last bool, data []byte) []byte {
+	at := len(b)
+	b = append(b, 0, 0, 0, 0, 0)
+	if last {
+		b[at+4] = 1
+	}
+	b = s.frame(b, name, index, last, data)
+	binary.LittleEndian.PutUint32(b[at:], uint32(len(b)-at-chunkHead))
+	return b
 }
 
 func (w *Writer) fail(err error) error {
@@ -173,14 +181,15 @@ func sum(name string, index uint64, last bool, data []byte) uint64 {
 	return d.Sum64()
 }
 
-// frame returns a chunk's body.
-func (s *Store) frame(name string, index uint64, last bool, data []byte) []byte {
+// frame appends a chunk's body to dst.
+func (s *Store) frame(dst []byte, name string, index uint64, last bool, data []byte) []byte {
 	if s.aead == nil {
-		return binary.LittleEndian.AppendUint64(append([]byte(nil), data...), sum(name, index, last, data))
+		return binary.LittleEndian.AppendUint64(append(dst, data...), sum(name, index, last, data))
 	}
-	nonce := make([]byte, nonceSize, nonceSize+len(data)+tagSize)
+	dst = append(dst, make([]byte, nonceSize)...)
+	nonce := dst[len(dst)-nonceSize:]
 	rand.Read(nonce)
-	return s.aead.Seal(nonce, nonce, data, aad(name, index, last))
+	return s.aead.Seal(dst, nonce, data, aad(name, index, last))
 }
 
 // unframe checks a chunk's body and returns its data.
@@ -320,24 +329,11 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	flags := byte(0)
-	if s.aead != nil {
-		flags |= flagSealed
-	}
-	obj := make([]byte, 0, headerSize+len(data)+(len(data)/ChunkSize+1)*(chunkHead+nonceSize+tagSize))
-	obj = append(obj, magic...)
-	obj = append(obj, version, flags)
+	obj := s.header(make([]byte, 0, headerSize+len(data)+(len(data)/ChunkSize+1)*(chunkHead+nonceSize+tagSize)))
 	for index := uint64(0); ; index++ {
 		n := min(len(data), ChunkSize)
 		last := n == len(data)
-		body := s.frame(name, index, last, data[:n])
-		obj = binary.LittleEndian.AppendUint32(obj, uint32(len(body)))
-		if last {
-			obj = append(obj, 1)
-		} else {
-			obj = append(obj, 0)
-		}
-		obj = append(obj, body...)
+		obj = s.appendChunk(obj, name, index, last, data[:n])
 		data = data[n:]
 		if last {
 			break
