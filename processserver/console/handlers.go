@@ -165,7 +165,7 @@ func (c *Console) sameOrigin(r *http.Request) bool {
 // action serves a POST of a signed-in operator: only with the session's
 // CSRF token and from the console's own origin; the action and its
 // outcome go into the audit log under the operator.
-func (c *Console) action(name string, do func(ctx context.Context, r *http.Request) (target, next string, err error)) func(http.ResponseWriter, *http.Request, session) {
+func (c *Console) action(name string, do func(w http.ResponseWriter, r *http.Request) (target, next string, err error)) func(http.ResponseWriter, *http.Request, session) {
 	return func(w http.ResponseWriter, r *http.Request, se session) {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		entry := processserver.AuditEntry{Who: se.id.String(), Addr: c.addrOf(r), Action: "console " + name,
@@ -182,7 +182,7 @@ func (c *Console) action(name string, do func(ctx context.Context, r *http.Reque
 			c.fail(w, r, &se, http.StatusForbidden, "Refused", errors.New("the request did not come from a console page of this session (its CSRF token is missing or wrong); nothing was done"))
 			return
 		}
-		target, next, err := do(r.Context(), r)
+		target, next, err := do(w, r)
 		entry.Target = cmp.Or(target, entry.Target)
 		entry.Outcome = "ok"
 		if err != nil {
@@ -192,12 +192,6 @@ func (c *Console) action(name string, do func(ctx context.Context, r *http.Reque
 		if err != nil {
 			c.fail(w, r, &se, statusOf(err), "Not done", err)
 			return
-		}
-		if name == "sign-out" {
-			if ck, err := r.Cookie(cookieName); err == nil {
-				c.auth.end(ck.Value)
-			}
-			http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 		}
 		http.Redirect(w, r, next, http.StatusSeeOther)
 	}
@@ -216,30 +210,35 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-func (c *Console) testFailover(ctx context.Context, r *http.Request) (string, string, error) {
+func (c *Console) testFailover(_ http.ResponseWriter, r *http.Request) (string, string, error) {
 	vm, point, network := r.PathValue("name"), r.PostForm.Get("point"), r.PostForm.Get("network")
 	if point == "" {
 		point = ferry.PointLatest
 	}
-	id, err := c.s.StartJob(ctx, func(ctx context.Context) (*processserver.Job, error) {
+	id, err := c.s.StartJob(r.Context(), func(ctx context.Context) (*processserver.Job, error) {
 		return c.s.Failover(ctx, processserver.FailoverRequest{VM: vm, Type: processserver.FailoverTest, Point: point, Network: network})
 	})
 	return vm, jobURL(id), err
 }
 
-func (c *Console) cleanupTest(ctx context.Context, r *http.Request) (string, string, error) {
+func (c *Console) cleanupTest(_ http.ResponseWriter, r *http.Request) (string, string, error) {
 	vm := r.PathValue("name")
-	id, err := c.s.StartJob(ctx, func(ctx context.Context) (*processserver.Job, error) { return c.s.CleanupTest(ctx, vm) })
+	id, err := c.s.StartJob(r.Context(), func(ctx context.Context) (*processserver.Job, error) { return c.s.CleanupTest(ctx, vm) })
 	return vm, jobURL(id), err
 }
 
-func (c *Console) resumePlan(ctx context.Context, r *http.Request) (string, string, error) {
+func (c *Console) resumePlan(_ http.ResponseWriter, r *http.Request) (string, string, error) {
 	name := r.PathValue("name")
-	id, err := c.s.StartJob(ctx, func(ctx context.Context) (*processserver.Job, error) { return c.s.ResumePlan(ctx, name) })
+	id, err := c.s.StartJob(r.Context(), func(ctx context.Context) (*processserver.Job, error) { return c.s.ResumePlan(ctx, name) })
 	return name, jobURL(id), err
 }
 
-func (c *Console) logout(context.Context, *http.Request) (string, string, error) {
+// logout ends the session and has the browser forget its cookie.
+func (c *Console) logout(w http.ResponseWriter, r *http.Request) (string, string, error) {
+	if ck, err := r.Cookie(cookieName); err == nil {
+		c.auth.end(ck.Value)
+	}
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	return "", "/", nil
 }
 

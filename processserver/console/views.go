@@ -304,13 +304,17 @@ func (c *Console) vmData(ctx context.Context, name string, window string) (*vmDa
 			rows[i].Joined = joined[p.Tag]
 		}
 	}
-	span := retention
-	for _, w := range windows(retention) {
+	ws := windows(retention)
+	chosen := ws[0] // the retention window, unless another is asked for
+	for _, w := range ws {
 		if w.key == window {
-			span = w.span
+			chosen = w
 		}
-		d.Windows = append(d.Windows, windowLink{Label: w.label, Href: "?window=" + w.key, Current: w.span == span && (w.key == window || (window == "" && w.key == "retention"))})
 	}
+	for _, w := range ws {
+		d.Windows = append(d.Windows, windowLink{Label: w.label, Href: "?window=" + w.key, Current: w == chosen})
+	}
+	span := chosen.span
 	d.Timeline = buildTimeline(rows, d.Now.Add(-span), d.Now, timelineWidth)
 	slices.Reverse(rows)
 	if len(rows) > pointsListed {
