@@ -48,20 +48,6 @@ func buildAll(t *testing.T) string {
 	return dir
 }
 
-// needTool skips the test when a tool is missing, and fails it in CI,
-// whose .ci/run installs it.
-func needTool(t *testing.T, tool, pkg string) string {
-	t.Helper()
-	path, err := exec.LookPath(tool)
-	if err != nil {
-		if os.Getenv("FERRY_REAL") != "" || os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed (%s)", tool, pkg)
-		}
-		t.Skipf("%s is not installed (apt-get install -y %s)", tool, pkg)
-	}
-	return path
-}
-
 // result is one run of a binary.
 type result struct {
 	code           int
@@ -244,7 +230,7 @@ func TestExampleSettings(t *testing.T) {
 // disconnected agent alerting only for a VM that should have one, a
 // journal failure, a low disk).
 func TestAlertRules(t *testing.T) {
-	promtool := needTool(t, "promtool", "prometheus")
+	promtool := ferrytest.Need(t, "promtool", "apt-get install -y prometheus")
 	ferrytest.Run(t, promtool, "check", "rules", "prometheus/alerts.yml")
 	out := ferrytest.Run(t, promtool, "test", "rules", "prometheus/alerts_test.yml")
 	if !strings.Contains(out, "SUCCESS") {
@@ -256,7 +242,7 @@ func TestAlertRules(t *testing.T) {
 // units (with ExecStart pointing at freshly built binaries; the template
 // as an instance).
 func TestSystemdUnits(t *testing.T) {
-	sa := needTool(t, "systemd-analyze", "systemd")
+	sa := ferrytest.Need(t, "systemd-analyze", "apt-get install -y systemd")
 	dir := buildAll(t)
 	units := t.TempDir()
 	ents, err := os.ReadDir("systemd")

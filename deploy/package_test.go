@@ -25,7 +25,7 @@ func TestDebianPackages(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("dpkg -i needs root")
 	}
-	dpkg := needTool(t, "dpkg", "dpkg")
+	dpkg := ferrytest.Need(t, "dpkg", "apt-get install -y dpkg")
 	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "ferry-server").CombinedOutput(); err == nil && !strings.Contains(string(out), "not-installed") {
 		t.Skipf("ferry-server is on this machine already (%s): not touched", strings.TrimSpace(string(out)))
 	}

@@ -10,10 +10,10 @@ import (
 	"time"
 )
 
-// need finds a server's binary (in PATH, or where go install puts it):
-// the test is skipped without it, and fails in CI, whose .ci/run installs
-// it.
-func need(tb testing.TB, bin, how string) string {
+// Need finds a tool's binary (in PATH, or where go install puts it): the
+// test is skipped without it, and fails in CI, whose .ci/run installs it;
+// how says how to install it.
+func Need(tb testing.TB, bin, how string) string {
 	tb.Helper()
 	if path, err := exec.LookPath(bin); err == nil {
 		return path
@@ -51,7 +51,7 @@ func waitListening(tb testing.TB, addr string, p *Proc) {
 // failing it in CI).
 func Versitygw(tb testing.TB) string {
 	tb.Helper()
-	return need(tb, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	return Need(tb, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 }
 
 // S3 is an S3-compatible server run for a test as its own process:
@@ -102,7 +102,7 @@ type Etcd struct {
 // the test.
 func StartEtcd(tb testing.TB) *Etcd {
 	tb.Helper()
-	e := &Etcd{tb: tb, bin: need(tb, "etcd", "apt-get install -y etcd-server"), Endpoint: FreeAddr(tb), peer: FreeAddr(tb),
+	e := &Etcd{tb: tb, bin: Need(tb, "etcd", "apt-get install -y etcd-server"), Endpoint: FreeAddr(tb), peer: FreeAddr(tb),
 		dir: filepath.Join(tb.TempDir(), "etcd")}
 	e.Start()
 	return e

@@ -33,14 +33,7 @@ func chromium(t *testing.T) string {
 	if testing.Short() || os.Getenv("FERRY_NO_BROWSER") != "" {
 		t.Skip("drives a real browser (-short or FERRY_NO_BROWSER: mutation runs of the fast tests)")
 	}
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") != "" || os.Getenv("FERRY_REAL") != "" {
-			t.Fatal("chromium is not installed (apt-get install -y chromium)")
-		}
-		t.Skip("chromium is not installed (apt-get install -y chromium)")
-	}
-	return path
+	return ferrytest.Need(t, "chromium", "apt-get install -y chromium")
 }
 
 // artifacts is where screenshots are kept: $FERRY_ARTIFACTS/console, or
