@@ -70,7 +70,12 @@ type Agent struct {
 	instance string
 	tr       *cbt.Tracker
 	m        *metrics
-	conn     *grpc.ClientConn
+	// conns are the connections to process servers, by address; target
+	// the one streams use now.
+	connMu   sync.Mutex
+	conns    map[string]*grpc.ClientConn
+	target   string
+	dialOpts []grpc.DialOption
 
 	// Owned by the replication goroutine.
 	nextSeq   uint64 // 0 until the first hello answer
@@ -265,9 +270,9 @@ func (a *Agent) Open(ctx context.Context) error {
 		grpc.WithInitialWindowSize(4 << 20),
 		grpc.WithInitialConnWindowSize(8 << 20),
 	}, a.cfg.DialOptions...)
-	a.conn, err = grpc.NewClient(a.cfg.Target, opts...)
-	if err != nil {
-		return fmt.Errorf("open agent: connect %s: %w", a.cfg.Target, err)
+	a.dialOpts, a.conns = opts, map[string]*grpc.ClientConn{}
+	if err := a.connectTo(a.cfg.Target); err != nil {
+		return fmt.Errorf("open agent: %w", err)
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Add(1)
@@ -302,7 +307,7 @@ func (a *Agent) Close(ctx context.Context) error {
 	cancel()
 	a.cancel()
 	a.wg.Wait()
-	a.conn.Close()
+	a.closeConns()
 	// Everything not acknowledged goes into the bitmaps.
 	a.tr.EnterBitmap()
 	a.mu.Lock()
@@ -345,7 +350,7 @@ func (a *Agent) Abort() {
 	a.closed = true
 	a.cancel()
 	a.wg.Wait()
-	a.conn.Close()
+	a.closeConns()
 }
 
 // Synced reports whether everything captured so far is acknowledged and the
@@ -437,6 +442,14 @@ func (a *Agent) run(ctx context.Context) {
 		}
 		a.m.reconnects.Inc()
 		a.reconnects.Add(1)
+		if moved := (*movedError)(nil); errors.As(err, &moved) {
+			a.log.Info("the VM is served by another process server; connecting there", "ps", moved.addr)
+			if err := a.connectTo(moved.addr); err != nil {
+				a.log.Warn("cannot connect to the VM's process server", "ps", moved.addr, "err", err)
+			}
+		} else if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
+			a.nextTarget()
+		}
 		// A record damaged on the way (DATA_LOSS) is sent again at once:
 		// the receiver is fine, only the bytes were not.
 		if time.Since(start) > 5*time.Second || status.Code(err) == codes.DataLoss {
@@ -469,4 +482,70 @@ func (a *Agent) setProgress(p float64) { a.progress.Store(math.Float64bits(p)) }
 func (a *Agent) progressValue() (float64, bool) {
 	p := math.Float64frombits(a.progress.Load())
 	return p, !math.IsNaN(p)
+}
+
+// movedError ends a stream that a process server refused because another
+// one serves the VM: addr is that one.
+type movedError struct {
+	addr string
+	err  error
+}
+
+func (e *movedError) Error() string { return fmt.Sprintf("served by %s: %v", e.addr, e.err) }
+func (e *movedError) Unwrap() error { return e.err }
+
+// client is the connection streams use now.
+func (a *Agent) client() *grpc.ClientConn {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	return a.conns[a.target]
+}
+
+// connectTo makes addr the process server streams use, connecting to it
+// if the agent has not yet.
+func (a *Agent) connectTo(addr string) error {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	if a.conns[addr] == nil {
+		c, err := grpc.NewClient(addr, a.dialOpts...)
+		if err != nil {
+			return fmt.Errorf("connect %s: %w", addr, err)
+		}
+		a.conns[addr] = c
+	}
+	a.target = addr
+	return nil
+}
+
+// nextTarget moves on to the next configured process server, after the
+// one in use did not answer.
+func (a *Agent) nextTarget() {
+	all := append([]string{a.cfg.Target}, a.cfg.Targets...)
+	if len(all) < 2 {
+		return
+	}
+	a.connMu.Lock()
+	cur := a.target
+	a.connMu.Unlock()
+	next := all[0]
+	for i, t := range all {
+		if t == cur {
+			next = all[(i+1)%len(all)]
+			break
+		}
+	}
+	if err := a.connectTo(next); err != nil {
+		a.log.Warn("cannot connect to process server", "ps", next, "err", err)
+		return
+	}
+	a.log.Info("trying the next process server", "ps", next)
+}
+
+func (a *Agent) closeConns() {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	for addr, c := range a.conns {
+		c.Close()
+		delete(a.conns, addr)
+	}
 }

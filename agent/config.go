@@ -42,7 +42,12 @@ type Config struct {
 	// StateDir keeps the agent's state across restarts.
 	StateDir string
 	// Target is the receiver's gRPC address.
-	Target      string
+	Target string
+	// Targets are more process servers of the recovery site's cluster:
+	// when the one the agent talks to does not answer, it tries the next
+	// (and a process server that does not serve the VM names the one that
+	// does, which the agent follows).
+	Targets     []string
 	DialOptions []grpc.DialOption
 	Mode        Mode
 	// Epoch of the replication direction (default 1).

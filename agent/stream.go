@@ -28,7 +28,7 @@ type sender struct {
 func (a *Agent) session(parent context.Context) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	stream, err := ferryv1.NewReplicationClient(a.conn).Replicate(ctx)
+	stream, err := ferryv1.NewReplicationClient(a.client()).Replicate(ctx)
 	if err != nil {
 		return err
 	}
@@ -45,6 +45,9 @@ func (a *Agent) session(parent context.Context) error {
 	}
 	msg, err := stream.Recv()
 	if err != nil {
+		if owner := stream.Trailer().Get(wire.OwnerTrailer); len(owner) > 0 && owner[0] != "" {
+			return &movedError{addr: owner[0], err: err}
+		}
 		return err
 	}
 	ha := msg.GetHelloAck()

@@ -279,7 +279,7 @@ func (a *Agent) resync(s *sender) error {
 	if err := s.flush(); err != nil {
 		return err
 	}
-	client := ferryv1.NewReplicationClient(a.conn)
+	client := ferryv1.NewReplicationClient(a.client())
 	var differ, blocks, chunks int64
 	for i, d := range a.cfg.Disks {
 		remote, err := fetchHashes(s.ctx, client, a.cfg.VM, d.Name, a.cfg.Epoch, ChunkSize, d.Device.Size(), nil, true)

@@ -474,6 +474,9 @@ func machineFromProto(m *ferryv1.MachineInfo) Machine {
 // onHello keeps the description of the machine an agent protects and
 // tells the agent the replication policy it follows.
 func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error {
+	if err := s.shipOnHello(ctx, ferry.VMID(h.GetVm())); err != nil {
+		return err
+	}
 	p, err := s.helloed(helloOf(h))
 	if err != nil {
 		return err
@@ -484,6 +487,9 @@ func (s *Server) onHello(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.Hel
 
 // admitAgentRPC is admitAgent for ingest's hook.
 func (s *Server) admitAgentRPC(ctx context.Context, h *ferryv1.Hello) error {
+	if err := s.admitOwner(ctx, ferry.VMID(h.GetVm())); err != nil {
+		return err
+	}
 	return s.admitAgent(ctx, helloOf(h))
 }
 
@@ -522,6 +528,9 @@ func (s *Server) serveGRPC() error {
 			"ferry.v1.Recovery":    {tlsca.RoleOperator, tlsca.RoleAdmin},
 		}, s.handshakeFailed)...)
 	}
+	// A call about a VM another process server of the cluster owns is
+	// sent there (once the caller is known to be allowed to make it).
+	opts = append(opts, grpc.ChainUnaryInterceptor(s.ownerUnary))
 	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, &replication{s: s})
 	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})

@@ -31,7 +31,9 @@ import (
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/nbd"
+	"github.com/ferrydr/ferry/pkg/objstore"
 	"github.com/ferrydr/ferry/pkg/rpo"
+	"github.com/ferrydr/ferry/pkg/tier"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 )
 
@@ -145,6 +147,14 @@ type Config struct {
 	// Cost, when set, charges modeled time for processing (the simulator
 	// sets it with its virtual clock); nil: processing takes its time.
 	Cost CostModel
+	// Store, when set, is the bucket every VM's journal is shipped to
+	// (pkg/tier): each group commit's records are put there before they
+	// are acknowledged, so that another process server can rebuild the VM
+	// from the bucket alone. Nil: the journal file alone.
+	Store *objstore.Store
+	// Cluster, when its Endpoints are set, shares the VMs with the other
+	// process servers of the site through etcd (needs Store).
+	Cluster ClusterConfig
 }
 
 // DefaultConfig returns the configuration ferry-ps starts from.
@@ -167,6 +177,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := journal.ParseCodec(c.Codec); err != nil {
 		return fmt.Errorf("codec: %w", err)
+	}
+	if len(c.Cluster.Endpoints) > 0 && c.Store == nil {
+		return errors.New("etcd: a cluster of process servers needs the object store (--store) that takeovers restore from")
 	}
 	return nil
 }
@@ -210,18 +223,22 @@ type Server struct {
 	mtConn *grpc.ClientConn
 	mt     *masterTarget
 	recv   *ingest.Receiver
+	tier   *tier.Tier    // nil: no object store
+	clu    *clusterState // nil: one process server alone
 
 	hooks *webhooks // nil: none configured
 
 	signIn atomic.Value // a signInHolder; none: the console is off
 
-	healthMu   sync.Mutex
-	lastHealth map[ferry.VMID]Health // what checkHealth last saw
-	grpc       *grpc.Server
-	lis        net.Listener
-	adm        *http.Server
-	admL       net.Listener
-	wg         sync.WaitGroup
+	healthMu     sync.Mutex
+	lastHealth   map[ferry.VMID]Health // what checkHealth last saw
+	storeDown    bool                  // the object store refused the last segment
+	shippedState map[ferry.VMID]string // what shipStates last shipped
+	grpc         *grpc.Server
+	lis          net.Listener
+	adm          *http.Server
+	admL         net.Listener
+	wg           sync.WaitGroup
 }
 
 // New validates cfg and prepares a server; Open starts it.
@@ -293,7 +310,7 @@ func New(cfg Config) (*Server, error) {
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer), relayMetrics: newRelayMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
-		planResume: map[string]chan string{}, lastHealth: map[ferry.VMID]Health{}}, nil
+		planResume: map[string]chan string{}, lastHealth: map[ferry.VMID]Health{}, shippedState: map[ferry.VMID]string{}}, nil
 }
 
 // Open opens the journal and starts serving.
@@ -313,6 +330,9 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openStores(ctx); err != nil {
 		return err
 	}
+	if err := s.openTier(ctx); err != nil {
+		return err
+	}
 	if err := s.openReceiver(ctx); err != nil {
 		return err
 	}
@@ -320,6 +340,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.serveGRPC(); err != nil {
 		return err
 	}
+	s.joinCluster()
 	if err := s.dialMasterTarget(); err != nil {
 		return err
 	}
@@ -368,6 +389,7 @@ func (s *Server) openReceiver(ctx context.Context) error {
 		Journal: s.j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,
+		Ship:          s.shipHook(),
 		Admit:         s.admitAgentRPC,
 		Authorize: func(ctx context.Context, vm ferry.VMID) error {
 			return tlsca.AgentAuthorizer(s.cfg.TLS)(ctx, string(vm))
@@ -459,6 +481,13 @@ func (s *Server) startLoops() {
 					s.log.Error("processing received data", "err", err)
 				}
 			})
+		}()
+	}
+	if s.tier != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			clock.Every(bg, time.Second, func() { s.shipStates(bg) })
 		}()
 	}
 	if s.cfg.GroupSchedule > 0 {

@@ -69,6 +69,10 @@ type Owner struct {
 	Member, Addr string
 	// Mine: the asking member.
 	Mine bool
+	// Term is the etcd revision at which the owner claimed the VM: it
+	// grows with every claim, so that what an owner wrote can be told
+	// from what an earlier owner of the VM wrote.
+	Term uint64
 }
 
 // Join connects to etcd, takes a lease and registers the member under it.
@@ -124,8 +128,8 @@ func (m *Member) key(kind, name string) string { return m.cfg.Prefix + "/" + kin
 // Done is closed when the membership is lost (ErrLost).
 func (m *Member) Done() <-chan struct{} { return m.session.Done() }
 
-// live returns ErrLost once the membership is lost.
-func (m *Member) live() error {
+// Live returns ErrLost once the membership is lost.
+func (m *Member) Live() error {
 	select {
 	case <-m.session.Done():
 		return ErrLost
@@ -137,7 +141,7 @@ func (m *Member) live() error {
 // Claim makes the member the VM's owner unless another member owns it,
 // and says who owns it.
 func (m *Member) Claim(ctx context.Context, vm string) (Owner, error) {
-	if err := m.live(); err != nil {
+	if err := m.Live(); err != nil {
 		return Owner{}, err
 	}
 	key := m.key("owners", vm)
@@ -149,18 +153,18 @@ func (m *Member) Claim(ctx context.Context, vm string) (Owner, error) {
 	}
 	if resp.Succeeded {
 		m.log.Info("vm claimed", "vm", vm, "member", m.cfg.Name)
-		return Owner{Member: m.cfg.Name, Addr: m.cfg.Addr, Mine: true}, nil
+		return Owner{Member: m.cfg.Name, Addr: m.cfg.Addr, Mine: true, Term: uint64(resp.Header.Revision)}, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) == 0 {
 		return m.Claim(ctx, vm) // released between the compare and the get
 	}
-	return m.owner(ctx, string(kvs[0].Value))
+	return m.owner(ctx, string(kvs[0].Value), kvs[0].CreateRevision)
 }
 
 // owner describes the member name.
-func (m *Member) owner(ctx context.Context, name string) (Owner, error) {
-	o := Owner{Member: name, Mine: name == m.cfg.Name}
+func (m *Member) owner(ctx context.Context, name string, term int64) (Owner, error) {
+	o := Owner{Member: name, Mine: name == m.cfg.Name, Term: uint64(term)}
 	resp, err := m.c.Get(ctx, m.key("members", name))
 	if err != nil {
 		return Owner{}, fmt.Errorf("cluster: member %s: %w", name, err)
@@ -180,7 +184,7 @@ func (m *Member) Owner(ctx context.Context, vm string) (Owner, bool, error) {
 	if len(resp.Kvs) == 0 {
 		return Owner{}, false, nil
 	}
-	o, err := m.owner(ctx, string(resp.Kvs[0].Value))
+	o, err := m.owner(ctx, string(resp.Kvs[0].Value), resp.Kvs[0].CreateRevision)
 	return o, err == nil, err
 }
 

@@ -3,16 +3,17 @@ package cluster
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/svctest"
 )
 
-func join(t *testing.T, e *ferrytest.Etcd, name string, ttl time.Duration) *Member {
+func join(t *testing.T, e *svctest.Etcd, name string, ttl time.Duration) *Member {
 	t.Helper()
 	m, err := Join(context.Background(), Config{Endpoints: []string{e.Endpoint}, Name: name, Addr: name + ":7400", TTL: ttl,
-		Logger: ferrytest.Logger(t)})
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +24,7 @@ func join(t *testing.T, e *ferrytest.Etcd, name string, ttl time.Duration) *Memb
 // (10 s by default, at least 2 s), the keys are under /ferry, and a member
 // without a logger works.
 func TestJoin(t *testing.T) {
-	e := ferrytest.StartEtcd(t)
+	e := svctest.StartEtcd(t)
 	ctx := context.Background()
 	if _, err := Join(ctx, Config{Endpoints: []string{e.Endpoint}, Name: "short", TTL: time.Second}); err == nil {
 		t.Fatal("a 1 s lease was taken")
@@ -66,7 +67,7 @@ func TestJoin(t *testing.T) {
 // others see them orphaned and exactly one claims each; a member that
 // leaves frees its VMs at once; a name cannot join twice while registered.
 func TestOwnership(t *testing.T) {
-	e := ferrytest.StartEtcd(t)
+	e := svctest.StartEtcd(t)
 	ctx := context.Background()
 	const ttl = 2 * time.Second
 	a, b, c := join(t, e, "ps-a", ttl), join(t, e, "ps-b", ttl), join(t, e, "ps-c", ttl)
@@ -79,12 +80,22 @@ func TestOwnership(t *testing.T) {
 	if err != nil || len(ms) != 3 || ms["ps-a"] != "ps-a:7400" {
 		t.Fatalf("members: %v %v", ms, err)
 	}
+	terms := map[string]uint64{}
 	for _, vm := range []string{"web-1", "db-1", "app-1"} {
-		if o, err := a.Claim(ctx, vm); err != nil || !o.Mine {
+		o, err := a.Claim(ctx, vm)
+		if err != nil || !o.Mine || o.Term == 0 {
 			t.Fatalf("a claims %s: %+v %v", vm, o, err)
 		}
-		if o, err := b.Claim(ctx, vm); err != nil || o.Mine || o.Member != "ps-a" || o.Addr != "ps-a:7400" {
+		terms[vm] = o.Term
+		// The owner's term, as the claim answered it, whoever asks.
+		if o, err := b.Claim(ctx, vm); err != nil || o.Mine || o.Member != "ps-a" || o.Addr != "ps-a:7400" || o.Term != terms[vm] {
 			t.Fatalf("b claims %s owned by a: %+v %v", vm, o, err)
+		}
+		if o, ok, err := b.Owner(ctx, vm); err != nil || !ok || o.Term != terms[vm] {
+			t.Fatalf("owner of %s: %+v %v", vm, o, err)
+		}
+		if o, err := a.Claim(ctx, vm); err != nil || !o.Mine || o.Term != terms[vm] {
+			t.Fatalf("a claims its own %s again: %+v %v", vm, o, err)
 		}
 	}
 	if err := b.Release(ctx, "web-1"); !errors.Is(err, ErrNotOwner) {
@@ -168,8 +179,8 @@ func TestOwnership(t *testing.T) {
 		if who != "ps-b" {
 			continue
 		}
-		if o, err := d.Claim(ctx, vm); err != nil || !o.Mine {
-			t.Fatalf("d claims %s of b, which left: %+v %v", vm, o, err)
+		if o, err := d.Claim(ctx, vm); err != nil || !o.Mine || o.Term <= terms[vm] {
+			t.Fatalf("d claims %s of b, which left: %+v %v (a's term %d: each claim's is newer)", vm, o, err, terms[vm])
 		}
 	}
 }

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -24,6 +25,7 @@ type commitItem struct {
 // lone batch is not held back waiting for company.
 type committer struct {
 	j           *journal.Journal
+	ship        func(ctx context.Context, recs []journal.Record) error
 	in          chan commitItem
 	commitBytes int
 	arenas      *arenas
@@ -69,6 +71,13 @@ func (c *committer) commit(ctx context.Context, items []commitItem) {
 		c.m.commitSeconds.Observe(time.Since(start).Seconds())
 		if err != nil && ctx.Err() == nil {
 			c.m.journalErrors.Inc()
+		}
+		if err == nil && c.ship != nil {
+			start := time.Now()
+			if err = c.ship(ctx, recs); err != nil {
+				err = fmt.Errorf("%w: %w", ErrNotDurable, err)
+			}
+			c.m.shipSeconds.Observe(time.Since(start).Seconds())
 		}
 	}
 	now := time.Now()

@@ -35,6 +35,14 @@ var (
 	ErrDenied = errors.New("not authorized for this VM")
 	// ErrClosed is returned when the receiver is shutting down.
 	ErrClosed = errors.New("receiver is shutting down")
+	// ErrNotDurable ends a stream whose records were journaled but could
+	// not be made durable where a takeover finds them (Config.Ship
+	// failed): they are not acknowledged, and the agent sends them again
+	// after its next hello.
+	ErrNotDurable = errors.New("records not yet durable where a takeover finds them")
+	// ErrElsewhere refuses a stream of a VM that another process server
+	// serves: the agent connects there.
+	ErrElsewhere = errors.New("the VM is served by another process server")
 )
 
 // RecordError names the record that was refused and why.
@@ -67,5 +75,7 @@ var statusCodes = []wire.Code{
 	{Err: ErrSuperseded, Code: codes.Aborted},
 	{Err: ErrDenied, Code: codes.PermissionDenied},
 	{Err: ErrClosed, Code: codes.Unavailable},
+	{Err: ErrNotDurable, Code: codes.Unavailable},
+	{Err: ErrElsewhere, Code: codes.Unavailable},
 	{Err: ErrEpochAhead, Code: codes.Unavailable},
 }

@@ -76,7 +76,13 @@ type Config struct {
 	// (the process server keeps the machine's description) and may add to
 	// the answer (the VM's replication policy); an error refuses the
 	// stream.
-	OnHello    func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error
+	OnHello func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error
+	// Ship, when set, is called with every group commit's records after
+	// the journal made them durable and before any of them is
+	// acknowledged: the process server puts them where a takeover finds
+	// them (pkg/tier). An error leaves them unacknowledged and ends their
+	// streams with ErrNotDurable.
+	Ship       func(ctx context.Context, recs []journal.Record) error
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Namespace prefixes metric names: ferry_<Namespace>_... (default "ps").
@@ -167,7 +173,7 @@ func New(cfg Config) (*Receiver, error) {
 	}
 	r.arenas = &arenas{}
 	r.budget = newBudget(cfg.InFlightBytes)
-	r.commit = &committer{j: r.j, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, arenas: r.arenas, m: r.m}
+	r.commit = &committer{j: r.j, ship: cfg.Ship, in: make(chan commitItem, cfg.Depth*4), commitBytes: cfg.CommitBytes, arenas: r.arenas, m: r.m}
 	return r, nil
 }
 

@@ -22,6 +22,7 @@ type metrics struct {
 	journalErrors  prometheus.Counter
 	ackSeconds     prometheus.Histogram
 	commitSeconds  prometheus.Histogram
+	shipSeconds    prometheus.Histogram
 }
 
 func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metrics {
@@ -37,6 +38,7 @@ func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metri
 		vmStreams:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("vm_streams"), Help: "Open replication streams of a VM (1 while its agent is connected)."}, []string{"vm"}),
 		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: name("journal_errors_total"), Help: "Journal commits that failed (a disk error, a full disk): the streams of their batches end and their agents send them again."}),
 		ackSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("ack_latency_seconds"), Help: "Time from receiving a batch to its durable acknowledgement.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		shipSeconds:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("ship_seconds"), Help: "Duration of shipping one group commit to where a takeover finds it (the object store), when the process server ships.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: name("commit_seconds"), Help: "Duration of one journal group commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
 	// Every reason is there from the start, at 0, so that a rate over it
@@ -45,7 +47,7 @@ func newMetrics(ns string, reg prometheus.Registerer, j *journal.Journal) *metri
 		m.rejected.WithLabelValues(reason)
 	}
 	if reg != nil {
-		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.journalErrors, m.ackSeconds, m.commitSeconds,
+		reg.MustRegister(m.receivedBytes, m.storedBytes, m.logicalBytes, m.rejected, m.resyncProgress, m.streams, m.vmStreams, m.journalErrors, m.ackSeconds, m.commitSeconds, m.shipSeconds,
 			&stateCollector{j: j, ns: ns})
 	}
 	return m

@@ -36,3 +36,8 @@ func Status(err error, table []Code) error {
 	}
 	return status.Error(code, err.Error())
 }
+
+// OwnerTrailer is the trailer in which a process server of a cluster that
+// does not serve a VM names the address of the one that does: agents and
+// ferryctl go there.
+const OwnerTrailer = "ferry-owner"

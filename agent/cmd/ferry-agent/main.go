@@ -64,6 +64,15 @@ func configCmd() *cobra.Command {
 				o.cfg.Mode = agent.ModeSplitter
 			}
 			o.setHooks(nil)
+			// --ps a,b,c: the first, then the others of the cluster.
+			if ps := strings.Split(o.cfg.Target, ","); len(ps) > 1 {
+				o.cfg.Target, o.cfg.Targets = strings.TrimSpace(ps[0]), nil
+				for _, p := range ps[1:] {
+					if p = strings.TrimSpace(p); p != "" {
+						o.cfg.Targets = append(o.cfg.Targets, p)
+					}
+				}
+			}
 			if err := o.cfg.Validate(); err != nil {
 				return &cli.UsageError{Err: err}
 			}
@@ -130,7 +139,7 @@ a flag wins over the environment, the environment over the file.`,
 	fs := c.Flags()
 	fs.SortFlags = false
 	o.config = fs.String("config", "", "YAML file of settings (e.g. /etc/ferry/agent-NAME.yaml)")
-	fs.StringVar(&o.cfg.Target, "ps", "", "process server address (host:port)")
+	fs.StringVar(&o.cfg.Target, "ps", "", "process server address (host:port); in a cluster of process servers, several separated by commas, tried in turn (an agent is sent on to its VM's own)")
 	fs.StringVar(&o.cfg.VM, "vm", "", "name of the protected VM")
 	fs.Var(&o.disks, "disk", "a disk as NAME=PATH (image file or block device); repeat for each disk")
 	fs.StringVar(&o.cfg.StateDir, "state", "", "directory for the agent's state (bitmaps, scan tables)")

@@ -1,4 +1,4 @@
-package ferrytest
+package svctest
 
 import (
 	"bytes"

@@ -1,0 +1,420 @@
+package tier_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ferrydr/ferry"
+	"github.com/ferrydr/ferry/internal/ferrytest"
+	"github.com/ferrydr/ferry/internal/journaltest"
+	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/objstore"
+	"github.com/ferrydr/ferry/pkg/tier"
+)
+
+const vm = ferry.VMID("web-1")
+
+var storeKey = bytes.Repeat([]byte{9}, 32)
+
+// stream writes a VM's records into a journal, as ingest would, and keeps
+// the ground truth of every marker.
+type stream struct {
+	t     *testing.T
+	j     *journal.Journal
+	comp  *journal.Compressor
+	rng   *rand.Rand
+	seq   ferry.Seq
+	truth *blockdev.Memory
+	snaps map[ferry.Seq][]byte
+}
+
+const diskSize = 1 << 20
+
+func openJournal(t *testing.T, key []byte) *journal.Journal {
+	t.Helper()
+	j, err := journal.Open(filepath.Join(t.TempDir(), "journal.db"), journal.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		journaltest.MustCheck(t, j)
+		j.Close()
+	})
+	return j
+}
+
+func newStream(t *testing.T, j *journal.Journal, seed uint64) *stream {
+	comp, err := journal.NewCompressor(journal.CodecZstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.CreateVM(context.Background(), journal.VM{Name: vm, Epoch: 3, BlockSize: blockdev.BlockSize,
+		Disks: []ferry.Disk{{Name: "os", Size: diskSize}}}); err != nil {
+		t.Fatal(err)
+	}
+	return &stream{t: t, j: j, comp: comp, rng: rand.New(rand.NewPCG(seed, seed)), truth: blockdev.NewMemory(diskSize), snaps: map[ferry.Seq][]byte{}}
+}
+
+func (s *stream) rec(kind journal.Kind) journal.Record {
+	s.seq++
+	return journal.Record{VM: vm, Seq: s.seq, Kind: kind}
+}
+
+func (s *stream) write() journal.Record {
+	n := (1 + s.rng.IntN(8)) * blockdev.BlockSize
+	off := int64(s.rng.IntN(diskSize/blockdev.BlockSize-8)) * blockdev.BlockSize
+	data := make([]byte, n)
+	if s.rng.IntN(4) > 0 {
+		for i := range data {
+			data[i] = byte(s.rng.Uint32() >> uint(i%3))
+		}
+	}
+	r := s.rec(journal.KindWrite)
+	r.Disk, r.Offset, r.Length, r.Sum = 0, off, n, xxhash.Sum64(data)
+	r.Codec, r.Payload = s.comp.Encode(nil, data)
+	r.BlockSums = ferry.BlockSums(nil, data)
+	s.truth.WriteAt(context.Background(), data, off)
+	return r
+}
+
+func (s *stream) marker(c ferry.Consistency, tag string) journal.Record {
+	r := s.rec(journal.KindMarker)
+	r.Consistency, r.Tag, r.Time = c, tag, time.Unix(1_800_000_000, int64(s.seq)).UTC()
+	img := make([]byte, diskSize)
+	s.truth.ReadAt(context.Background(), img, 0)
+	s.snaps[r.Seq] = img
+	return r
+}
+
+// batch makes n writes and a marker, appended to the journal.
+func (s *stream) batch(n int) []journal.Record {
+	s.t.Helper()
+	var recs []journal.Record
+	first := s.seq == 0
+	if first {
+		recs = append(recs, s.rec(journal.KindDrainBegin))
+	}
+	for range n {
+		recs = append(recs, s.write())
+	}
+	if first {
+		recs = append(recs, s.rec(journal.KindDrainEnd))
+	}
+	c := ferry.Crash
+	if s.rng.IntN(3) == 0 {
+		c = ferry.App
+	}
+	recs = append(recs, s.marker(c, fmt.Sprintf("m%d", s.seq+1)))
+	if err := s.j.Append(context.Background(), recs); err != nil {
+		s.t.Fatal(err)
+	}
+	return recs
+}
+
+func openStore(t *testing.T, srv *ferrytest.S3, bucket string) *objstore.Store {
+	t.Helper()
+	cfg := objstore.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "site-b", Key: storeKey}
+	if err := objstore.CreateBucket(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := objstore.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func term(n uint64) func(ferry.VMID) uint64 { return func(ferry.VMID) uint64 { return n } }
+
+// samePoints checks that j holds exactly want's points and that each of
+// them reads back, byte for byte, as the ground truth at its marker (or
+// as src reads it, for a point that is not at a marker).
+func samePoints(t *testing.T, j, src *journal.Journal, s *stream, want []ferry.Point) {
+	t.Helper()
+	ctx := context.Background()
+	got, err := j.Points(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d points, want %d", len(got), len(want))
+	}
+	for i, p := range got {
+		w := want[i]
+		if p.ID != w.ID || p.Consistency != w.Consistency || p.Tag != w.Tag || !p.Time.Equal(w.Time) {
+			t.Fatalf("point %d: %+v, want %+v", i, p, w)
+		}
+		truth, ok := s.snaps[p.ID]
+		if !ok {
+			truth = image(t, src, p.ID)
+		}
+		if img := image(t, j, p.ID); !bytes.Equal(img, truth) {
+			t.Fatalf("point %d: the restored disk differs from the ground truth", p.ID)
+		}
+	}
+}
+
+func image(t *testing.T, j *journal.Journal, id ferry.Seq) []byte {
+	t.Helper()
+	img := make([]byte, diskSize)
+	if err := j.ReadPoint(context.Background(), vm, id, 0, func(e journal.Extent) error {
+		copy(img[e.Offset:], e.Data)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestShipAndRestore: group commits shipped as they are made, a state
+// shipped midway, more records after it; another journal (with its own
+// key) is rebuilt from the bucket alone with every point as it was (the
+// one cut without a marker and the one made crash-consistent too) and
+// every point's disk equal to the ground truth byte for byte.
+func TestShipAndRestore(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "ship")
+	src := openJournal(t, bytes.Repeat([]byte{1}, 32))
+	s := newStream(t, src, 1)
+	tr := tier.New(tier.Config{Store: st})
+	for range 6 {
+		if err := tr.Ship(ctx, src, term(5), s.batch(1+s.rng.IntN(20))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	// A point without a marker ("latest") and a consistency changed.
+	tail := []journal.Record{s.write()}
+	if err := src.Append(ctx, tail); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Ship(ctx, src, term(5), tail); err != nil {
+		t.Fatal(err)
+	}
+	cut, _, err := src.CutPoint(ctx, vm, "latest", time.Unix(1_800_000_500, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := src.Points(ctx, vm)
+	if err := src.SetConsistency(ctx, vm, []ferry.Seq{pts[0].ID}, ferry.Crash); err != nil {
+		t.Fatal(err)
+	}
+	state, err := tier.StateOf(ctx, src, vm, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	// Records after the state: their marker becomes a point on restore.
+	if err := tr.Ship(ctx, src, term(5), s.batch(7)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := tr.End(ctx, vm); err != nil || end != s.seq {
+		t.Fatalf("end %d %v, want %d", end, err, s.seq)
+	}
+	names, err := tr.VMs(ctx)
+	if err != nil || len(names) != 1 || names[0] != vm {
+		t.Fatalf("vms %v %v", names, err)
+	}
+
+	dst := openJournal(t, bytes.Repeat([]byte{2}, 32))
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Kept || rs.End != s.seq || rs.Segments != 8 || rs.Records != int(s.seq) {
+		t.Fatalf("restore %+v, want %d records in 8 segments", rs, s.seq)
+	}
+	want, _ := src.Points(ctx, vm)
+	samePoints(t, dst, src, s, want)
+	if _, ok := s.snaps[cut.ID]; ok {
+		t.Fatal("the cut point fell on a marker: it tests nothing")
+	}
+	got, _ := dst.VM(ctx, vm)
+	if got.Epoch != 3 || got.LastSeq != s.seq || !got.Consistent || !got.HashIndex {
+		t.Fatalf("restored vm %+v", got)
+	}
+	// Restored again: the journal's copy is whole and is kept.
+	rs, err = tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	if err != nil || !rs.Kept {
+		t.Fatalf("restore again: %+v %v", rs, err)
+	}
+}
+
+// TestCatchUp: a group commit the bucket did not take stays in the
+// journal unacknowledged; the next shipment (or CatchUp, before an agent
+// is told its durable sequence) puts it there first, so the bucket's
+// chain has no gap.
+func TestCatchUp(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "catchup")
+	src := openJournal(t, nil)
+	s := newStream(t, src, 2)
+	tr := tier.New(tier.Config{Store: st})
+	if err := tr.Ship(ctx, src, term(1), s.batch(5)); err != nil {
+		t.Fatal(err)
+	}
+	shipped := s.seq
+	s.batch(9) // journaled, not shipped: the put failed
+	if end, _ := tr.End(ctx, vm); end != shipped {
+		t.Fatalf("end %d, want %d", end, shipped)
+	}
+	if err := tr.Ship(ctx, src, term(1), s.batch(3)); err != nil {
+		t.Fatal(err)
+	}
+	if end, _ := tr.End(ctx, vm); end != s.seq {
+		t.Fatalf("end %d after the catch-up, want %d", end, s.seq)
+	}
+	// The journal ahead again; CatchUp alone.
+	s.batch(2)
+	if err := tr.CatchUp(ctx, src, 1, vm); err != nil {
+		t.Fatal(err)
+	}
+	// Records shipped twice are not shipped again.
+	if err := tr.Ship(ctx, src, term(1), s.batch(1)[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if end, _ := tr.End(ctx, vm); end != s.seq {
+		t.Fatalf("end %d, want %d", end, s.seq)
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := tier.StateOf(ctx, src, vm, 1)
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	dst := openJournal(t, nil)
+	if _, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := src.Points(ctx, vm)
+	samePoints(t, dst, src, s, want)
+}
+
+// TestNewerOwnerWins: a process server cut off from etcd goes on shipping
+// for a moment after another took its VM over from the bucket; the chain
+// follows the newer owner's segments, and what the old one wrote past the
+// takeover is not restored.
+func TestNewerOwnerWins(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "terms")
+	old := openJournal(t, nil)
+	s := newStream(t, old, 3)
+	oldTier := tier.New(tier.Config{Store: st})
+	for range 3 {
+		if err := oldTier.Ship(ctx, old, term(10), s.batch(4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := old.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := tier.StateOf(ctx, old, vm, 10)
+	if err := oldTier.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	takeover := s.seq
+
+	// The new owner restores and goes on with its agent.
+	nw := openJournal(t, nil)
+	newTier := tier.New(tier.Config{Store: st})
+	if _, err := newTier.Restore(ctx, nw, vm); err != nil {
+		t.Fatal(err)
+	}
+	ns := &stream{t: t, j: nw, comp: s.comp, rng: rand.New(rand.NewPCG(33, 33)), seq: s.seq, truth: blockdev.NewMemory(diskSize), snaps: map[ferry.Seq][]byte{}}
+	img := make([]byte, diskSize)
+	s.truth.ReadAt(ctx, img, 0)
+	ns.truth.WriteAt(ctx, img, 0)
+	for id, snap := range s.snaps {
+		ns.snaps[id] = snap
+	}
+	// The old owner, cut off, writes on from the same sequence.
+	if err := oldTier.Ship(ctx, old, term(10), s.batch(6)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := newTier.Ship(ctx, nw, term(20), ns.batch(2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nw.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	if ns.seq == s.seq {
+		t.Fatal("both owners ended at the same sequence: the test cannot tell them apart")
+	}
+	dst := openJournal(t, nil)
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.End != ns.seq {
+		t.Fatalf("restored up to %d, want the new owner's %d (the old one wrote to %d after %d)", rs.End, ns.seq, s.seq, takeover)
+	}
+	want, _ := nw.Points(ctx, vm)
+	samePoints(t, dst, nw, ns, want)
+}
+
+// TestRestoreDropsWhatWasNotShipped: a journal ahead of the bucket (its
+// last group commit never reached the bucket, so no agent was told it was
+// durable) is rebuilt to the bucket's end; a VM the bucket does not know
+// is left alone.
+func TestRestoreDropsWhatWasNotShipped(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "ahead")
+	j := openJournal(t, nil)
+	s := newStream(t, j, 4)
+	tr := tier.New(tier.Config{Store: st})
+	if err := tr.Ship(ctx, j, term(1), s.batch(5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := tier.StateOf(ctx, j, vm, 1)
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	end := s.seq
+	want, _ := j.Points(ctx, vm)
+	s.batch(4) // never shipped
+	if _, err := j.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, j, vm)
+	if err != nil || rs.Kept || rs.End != end {
+		t.Fatalf("restore %+v %v, want rebuilt to %d", rs, err, end)
+	}
+	samePoints(t, j, j, s, want)
+
+	other := openJournal(t, nil)
+	os := newStream(t, other, 5)
+	os.batch(3)
+	st2 := openStore(t, srv, "empty")
+	rs, err = tier.New(tier.Config{Store: st2}).Restore(ctx, other, vm)
+	if err != nil || rs.Kept || rs.End != 0 {
+		t.Fatalf("restore from an empty bucket %+v %v", rs, err)
+	}
+	if v, _ := other.VM(ctx, vm); v.LastSeq != os.seq {
+		t.Fatalf("a VM the bucket does not know was changed: %d records, want %d", v.LastSeq, os.seq)
+	}
+}
