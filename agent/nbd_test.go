@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferrydr/ferry/internal/agenttest"
 	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/nbd"
@@ -30,12 +31,12 @@ func TestNBDFrontEnd(t *testing.T) {
 	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.NBDListen = "unix:" + psSock })
 	cc := ferrytest.Dial(t, ps.Addr)
 	rc := ferryv1.NewRecoveryClient(cc)
-	v := newVM(t, ps, 41, []int64{8 << 20, 4 << 20}, nil)
-	v.sync()
+	v := agenttest.New(t, ps.Addr, 41, []int64{8 << 20, 4 << 20}, nil)
+	v.Sync()
 
 	srv := nbd.NewServer(ferrytest.Logger(t), nbd.Access{Insecure: true})
 	defer srv.Close()
-	for _, e := range v.a.NBDExports() {
+	for _, e := range v.A.NBDExports() {
 		srv.Add(e)
 	}
 	tcp, err := nbd.Listen("127.0.0.1:0")
@@ -72,34 +73,34 @@ func TestNBDFrontEnd(t *testing.T) {
 		model[d].WriteAt(ctx, bytes.Repeat([]byte{pat}, int(n)), off)
 		if i%5 == 4 {
 			tag := fmt.Sprintf("nbd%d", i)
-			if !v.a.Mark(false, tag) {
+			if !v.A.Mark(false, tag) {
 				t.Fatal("mark refused")
 			}
-			v.truth[tag] = [][]byte{ferrytest.Image(t, model[0].Snapshot()), ferrytest.Image(t, model[1].Snapshot())}
+			v.Truth[tag] = [][]byte{ferrytest.Image(t, model[0].Snapshot()), ferrytest.Image(t, model[1].Snapshot())}
 		}
 	}
 	// The disks behind the splitter hold what the clients wrote.
 	for d := range model {
-		if diff := ferrytest.Diff(ferrytest.Image(t, v.disks[d]), ferrytest.Image(t, model[d])); diff != "" {
+		if diff := ferrytest.Diff(ferrytest.Image(t, v.Disks[d]), ferrytest.Image(t, model[d])); diff != "" {
 			t.Fatalf("disk%d after the NBD writes: %s", d, diff)
 		}
 	}
-	v.sync()
+	v.Sync()
 	if err := ps.ProcessAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pts, _ := rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: v.name})
+	pts, _ := rc.ListPoints(ctx, &ferryv1.ListPointsRequest{Vm: v.Name})
 	checked := 0
 	out := filepath.Join(t.TempDir(), "point.img")
 	var last *ferryv1.RecoveryPoint
 	for _, p := range pts.GetPoints() {
-		want, ok := v.truth[p.GetTag()]
+		want, ok := v.Truth[p.GetTag()]
 		if !ok {
 			continue
 		}
 		last = p
 		for d := range model {
-			e, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.name, Point: fmt.Sprint(p.GetId()), Disk: fmt.Sprintf("disk%d", d)})
+			e, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.Name, Point: fmt.Sprint(p.GetId()), Disk: fmt.Sprintf("disk%d", d)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,20 +119,20 @@ func TestNBDFrontEnd(t *testing.T) {
 	}
 
 	// A copy-on-write export takes writes; the point stays as it was.
-	cow, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.name, Point: fmt.Sprint(last.GetId()), Disk: "disk0", Writable: true})
+	cow, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.Name, Point: fmt.Sprint(last.GetId()), Disk: "disk0", Writable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ferrytest.Run(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "write -P 0x5a 4096 1000000")
 	ferrytest.Run(t, "qemu-io", "-f", "raw", cow.GetUri(), "-c", "read -P 0x5a 4096 1000000")
-	ro, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.name, Point: fmt.Sprint(last.GetId()), Disk: "disk0"})
+	ro, err := rc.ExportNBD(ctx, &ferryv1.ExportNBDRequest{Vm: v.Name, Point: fmt.Sprint(last.GetId()), Disk: "disk0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(out)
 	ferrytest.Run(t, "nbdcopy", ro.GetUri(), out)
 	got, _ := os.ReadFile(out)
-	if diff := ferrytest.Diff(got, v.truth[last.GetTag()][0]); diff != "" {
+	if diff := ferrytest.Diff(got, v.Truth[last.GetTag()][0]); diff != "" {
 		t.Fatalf("the point changed after writes to its copy-on-write export: %s", diff)
 	}
 	ferrytest.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, ro.GetUri())

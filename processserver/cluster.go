@@ -77,7 +77,8 @@ func (s *Server) openTier(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	s.tier = tier.New(tier.Config{Store: s.cfg.Store, Logger: s.log.With("component", "tier"), Registerer: s.cfg.Registerer})
+	s.tier = tier.New(tier.Config{Store: s.cfg.Store, Logger: s.log.With("component", "tier"), Registerer: s.cfg.Registerer,
+		PutTimeout: s.cfg.StoreTimeout})
 	if len(s.cfg.Cluster.Endpoints) > 0 {
 		if s.cfg.Cluster.Name == "" {
 			if s.cfg.Cluster.Name, err = os.Hostname(); err != nil {
@@ -466,6 +467,41 @@ func (s *Server) ownerUnary(ctx context.Context, req any, info *grpc.UnaryServer
 		return nil, status.Errorf(codes.Unavailable, "vm %s is served by %s at %s", r.GetVm(), o.Member, o.Addr)
 	}
 	return handler(ctx, req)
+}
+
+// ownerStream is ownerUnary for the recovery API's streams (a point's
+// export): the first request names the VM.
+func (s *Server) ownerStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.clu == nil || !strings.HasPrefix(info.FullMethod, "/ferry.v1.Recovery/") {
+		return handler(srv, ss)
+	}
+	return handler(srv, &ownerCheckedStream{ServerStream: ss, s: s})
+}
+
+type ownerCheckedStream struct {
+	grpc.ServerStream
+	s       *Server
+	checked bool
+}
+
+func (o *ownerCheckedStream) RecvMsg(m any) error {
+	if err := o.ServerStream.RecvMsg(m); err != nil || o.checked {
+		return err
+	}
+	o.checked = true
+	r, ok := m.(interface{ GetVm() string })
+	if !ok || r.GetVm() == "" {
+		return nil
+	}
+	own, err := o.s.own(o.Context(), ferry.VMID(r.GetVm()))
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "vm %s: %v", r.GetVm(), err)
+	}
+	if !own.Mine {
+		o.SetTrailer(metadata.Pairs(wire.OwnerTrailer, own.Addr))
+		return status.Errorf(codes.Unavailable, "vm %s is served by %s at %s", r.GetVm(), own.Member, own.Addr)
+	}
+	return nil
 }
 
 // ClusterStatus is what a process server of a cluster says of itself.

@@ -530,7 +530,7 @@ func (s *Server) serveGRPC() error {
 	}
 	// A call about a VM another process server of the cluster owns is
 	// sent there (once the caller is known to be allowed to make it).
-	opts = append(opts, grpc.ChainUnaryInterceptor(s.ownerUnary))
+	opts = append(opts, grpc.ChainUnaryInterceptor(s.ownerUnary), grpc.ChainStreamInterceptor(s.ownerStream))
 	s.grpc = grpc.NewServer(opts...)
 	ferryv1.RegisterReplicationServer(s.grpc, &replication{s: s})
 	ferryv1.RegisterRecoveryServer(s.grpc, &recovery{s: s})

@@ -152,6 +152,10 @@ type Config struct {
 	// are acknowledged, so that another process server can rebuild the VM
 	// from the bucket alone. Nil: the journal file alone.
 	Store *objstore.Store
+	// StoreTimeout bounds one put to the Store (default
+	// tier.DefaultPutTimeout): a store that does not answer in time fails
+	// the shipment (its records stay unacknowledged, an event says so).
+	StoreTimeout time.Duration
 	// Cluster, when its Endpoints are set, shares the VMs with the other
 	// process servers of the site through etcd (needs Store).
 	Cluster ClusterConfig

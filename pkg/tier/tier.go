@@ -50,14 +50,22 @@ type Config struct {
 	// Registerer receives the tier's metrics (ferry_ps_tier_*); none when
 	// nil.
 	Registerer prometheus.Registerer
+	// PutTimeout bounds one put (default 10 s): a store that does not
+	// answer fails the shipment, which the process server reports, instead
+	// of holding every acknowledgement silently.
+	PutTimeout time.Duration
 }
+
+// DefaultPutTimeout bounds a put when Config.PutTimeout is not set.
+const DefaultPutTimeout = 10 * time.Second
 
 // Tier ships VMs' records and states to the bucket and restores them. It
 // is safe for concurrent use; calls for one VM are serialized.
 type Tier struct {
-	st  *objstore.Store
-	log *slog.Logger
-	m   metrics
+	st      *objstore.Store
+	log     *slog.Logger
+	m       metrics
+	timeout time.Duration
 
 	mu  sync.Mutex
 	vms map[ferry.VMID]*shipped
@@ -96,7 +104,10 @@ func New(cfg Config) *Tier {
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(m.putSeconds, m.bytes, m.segments, m.errors)
 	}
-	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, vms: map[ferry.VMID]*shipped{}}
+	if cfg.PutTimeout <= 0 {
+		cfg.PutTimeout = DefaultPutTimeout
+	}
+	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, timeout: cfg.PutTimeout, vms: map[ferry.VMID]*shipped{}}
 }
 
 func (t *Tier) vm(name ferry.VMID) *shipped {
@@ -267,7 +278,9 @@ func (t *Tier) put(ctx context.Context, term uint64, vm ferry.VMID, v *shipped, 
 	}
 	seg := EncodeSegment(nil, recs)
 	start := time.Now()
-	if err := t.st.Put(ctx, segName(vm, first, last, term), seg); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	if err := t.st.Put(pctx, segName(vm, first, last, term), seg); err != nil {
 		return t.failed(vm, err)
 	}
 	t.m.putSeconds.Observe(time.Since(start).Seconds())
@@ -363,7 +376,9 @@ func (t *Tier) PutState(ctx context.Context, st State) error {
 	if err != nil {
 		return err
 	}
-	if err := t.st.Put(ctx, stateName(st.VM.Name), js); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	if err := t.st.Put(pctx, stateName(st.VM.Name), js); err != nil {
 		return t.failed(st.VM.Name, err)
 	}
 	return nil

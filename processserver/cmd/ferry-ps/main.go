@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,8 +17,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ferrydr/ferry/pkg/cli"
+	"github.com/ferrydr/ferry/pkg/cluster"
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/pkg/objstore"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	"github.com/ferrydr/ferry/processserver/console"
@@ -47,6 +50,14 @@ type serveOptions struct {
 	logFormat  string
 	config     string
 	console    console.Config
+	store      storeOptions
+}
+
+// storeOptions are the object store's and the cluster's flags.
+type storeOptions struct {
+	url, endpoint, region string
+	accessKey, secretFile string
+	etcd                  string
 }
 
 // settings are ferry-ps serve's configuration file and environment.
@@ -105,6 +116,15 @@ file without serving.`,
 	fs.StringVar(&o.console.URL, "console-url", "", "the console's address in sign-in links, as browsers reach it (https://host:port, a name in the server's certificate); default the --console-listen address")
 	fs.DurationVar(&o.console.Session, "console-session", console.DefaultSession, "how long a console sign-in lasts")
 	fs.DurationVar(&o.console.TokenTTL, "console-token-ttl", console.DefaultTokenTTL, "how long a sign-in link of 'ferryctl console login' can be used (once)")
+	fs.StringVar(&o.store.url, "store", "", "ship every VM's journal to an S3-compatible bucket, s3://BUCKET[/PREFIX], before acknowledging its records: another process server can then take the VM over (see --etcd); empty: the journal file alone")
+	fs.StringVar(&o.store.endpoint, "s3-endpoint", "", "--store: the S3 server, https://HOST:PORT (http:// only on a trusted network)")
+	fs.StringVar(&o.store.region, "s3-region", "", "--store: the bucket's region (default us-east-1)")
+	fs.StringVar(&o.store.accessKey, "s3-access-key", "", "--store: the access key (default $AWS_ACCESS_KEY_ID)")
+	fs.StringVar(&o.store.secretFile, "s3-secret-key-file", "", "--store: file holding the secret key (default $AWS_SECRET_ACCESS_KEY)")
+	fs.StringVar(&o.store.etcd, "etcd", "", "share the VMs with the site's other process servers through etcd (HOST:PORT,...; needs --store): each VM served by one, a dead one's VMs taken over by the others from the bucket")
+	fs.StringVar(&cfg.Cluster.Name, "cluster-name", "", "--etcd: this process server's name in the cluster (default the host name)")
+	fs.StringVar(&cfg.Cluster.Advertise, "cluster-advertise", "", "--etcd: the address agents and ferryctl are sent to for this server's VMs (default --listen's)")
+	fs.DurationVar(&cfg.Cluster.TTL, "cluster-ttl", cluster.DefaultTTL, "--etcd: how long this server's VMs stay its own after etcd last heard of it (at least 2s)")
 	fs.StringVar(&o.caDir, "ca", "", "the CA directory of ferry-ps ca init: TLS 1.3 with client certificates on every port, and agent enrollment")
 	fs.StringVar(&o.keyFile, "key-file", "", "encrypt journal payloads at rest with AES-256-GCM under this 32-byte key (raw or 64 hex digits; e.g. head -c 32 /dev/urandom > key)")
 	fs.BoolVar(&o.insecureOK, "insecure", false, "serve in plain text without authentication (tests and isolated labs only)")
@@ -166,6 +186,10 @@ func prepare(o *serveOptions) (*slog.Logger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, &cli.UsageError{Err: err}
 	}
+	// After Validate: the store is opened when serving starts.
+	if err := o.store.prepare(cfg); err != nil {
+		return nil, err
+	}
 	return log, nil
 }
 
@@ -203,6 +227,9 @@ func serve(o *serveOptions, fs *pflag.FlagSet) error {
 		}
 		defer lc.Close()
 		cfg.Compute = lc
+	}
+	if cfg.Store, err = o.store.openStore(ctx, cfg.EncryptionKey); err != nil {
+		return err
 	}
 	srv, err := processserver.New(cfg)
 	if err != nil {
@@ -401,4 +428,69 @@ func enrollCmd() *cobra.Command {
 	c.Flags().StringVar(&vm, "vm", "", "the VM the agent will replicate")
 	c.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token can be used (once)")
 	return c
+}
+
+// prepare checks the object store's and the cluster's flags; the store is
+// opened by openStore.
+func (so *storeOptions) prepare(cfg *processserver.Config) error {
+	if so.etcd != "" {
+		for _, e := range strings.Split(so.etcd, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				cfg.Cluster.Endpoints = append(cfg.Cluster.Endpoints, e)
+			}
+		}
+		if so.url == "" {
+			return cli.Usagef("etcd: a cluster of process servers needs --store, the bucket takeovers restore from")
+		}
+	}
+	if so.url == "" {
+		return nil
+	}
+	if _, _, err := objstore.ParseURL(so.url); err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	if so.endpoint == "" {
+		return cli.Usagef("store: --s3-endpoint is required")
+	}
+	return nil
+}
+
+// openStore connects to the bucket of --store; nil without one.
+func (so *storeOptions) openStore(ctx context.Context, key []byte) (*objstore.Store, error) {
+	if so.url == "" {
+		return nil, nil
+	}
+	bucket, prefix, _ := objstore.ParseURL(so.url)
+	sc := objstore.Config{Bucket: bucket, Prefix: prefix, Region: so.region, AccessKey: so.accessKey, SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY")}
+	switch {
+	case strings.HasPrefix(so.endpoint, "https://"):
+		sc.Endpoint, sc.TLS = strings.TrimPrefix(so.endpoint, "https://"), true
+	case strings.HasPrefix(so.endpoint, "http://"):
+		sc.Endpoint = strings.TrimPrefix(so.endpoint, "http://")
+	default:
+		return nil, cli.Usagef("s3-endpoint %q: want https://HOST:PORT or http://HOST:PORT", so.endpoint)
+	}
+	if sc.AccessKey == "" {
+		sc.AccessKey = os.Getenv("AWS_ACCESS_KEY_ID")
+	}
+	if so.secretFile != "" {
+		b, err := os.ReadFile(so.secretFile)
+		if err != nil {
+			return nil, &cli.UsageError{Err: fmt.Errorf("s3-secret-key-file: %w", err)}
+		}
+		sc.SecretKey = strings.TrimSpace(string(b))
+	}
+	// Objects are sealed under a key of their own, derived from the
+	// journal's: the same secret, never the same key for two uses.
+	if key != nil {
+		k := sha256.Sum256(append([]byte("ferry object store v1\x00"), key...))
+		sc.Key = k[:]
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := objstore.Open(octx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", so.url, err)
+	}
+	return st, nil
 }

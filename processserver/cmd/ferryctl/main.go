@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -110,7 +111,11 @@ func run(body func(ctx context.Context, ps server, args []string) error) func(*c
 		} else {
 			opts = append(opts, creds)
 		}
-		conn, err := grpc.NewClient(globals.ps, opts...)
+		// In a cluster, a call about a VM another process server owns is
+		// sent on to it.
+		owners := client.NewOwners(opts...)
+		defer owners.Close()
+		conn, err := grpc.NewClient(globals.ps, append(opts, grpc.WithChainUnaryInterceptor(owners.Unary), grpc.WithChainStreamInterceptor(owners.Stream))...)
 		if err != nil {
 			return err
 		}
