@@ -21,6 +21,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/ingest"
 	"github.com/ferrydr/ferry/pkg/journal"
 	"github.com/ferrydr/ferry/pkg/objstore"
+	"github.com/ferrydr/ferry/pkg/tier"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/processserver"
 	"github.com/ferrydr/ferry/processserver/console"
@@ -121,6 +122,7 @@ file without serving.`,
 	fs.StringVar(&o.store.region, "s3-region", "", "--store: the bucket's region (default us-east-1)")
 	fs.StringVar(&o.store.accessKey, "s3-access-key", "", "--store: the access key (default $AWS_ACCESS_KEY_ID)")
 	fs.StringVar(&o.store.secretFile, "s3-secret-key-file", "", "--store: file holding the secret key (default $AWS_SECRET_ACCESS_KEY)")
+	fs.DurationVar(&cfg.StoreTimeout, "store-timeout", tier.DefaultPutTimeout, "--store: longest one put to the bucket may take; then the records it held stay unacknowledged, an event says the store is unavailable, and replication pauses until it answers")
 	fs.StringVar(&o.store.etcd, "etcd", "", "share the VMs with the site's other process servers through etcd (HOST:PORT,...; needs --store): each VM served by one, a dead one's VMs taken over by the others from the bucket")
 	fs.StringVar(&cfg.Cluster.Name, "cluster-name", "", "--etcd: this process server's name in the cluster (default the host name)")
 	fs.StringVar(&cfg.Cluster.Advertise, "cluster-advertise", "", "--etcd: the address agents and ferryctl are sent to for this server's VMs (default --listen's)")

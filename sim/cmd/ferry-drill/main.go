@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/sim"
+	"github.com/ferrydr/ferry/sim/clusterdrill"
 	"github.com/ferrydr/ferry/sim/lab"
 )
 
@@ -71,7 +72,7 @@ failed, 2 wrong command line.`)
 	fs.SortFlags = false
 	seed := fs.Uint64("seed", 1, "seed of the workloads; a drill replays from its seed")
 	minutes := fs.Int("minutes", 10, "virtual minutes of replication before the first failover")
-	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) plan (the same through a recovery plan with a replication group) or plan-cycle (the whole cycle through a recovery plan)")
+	scenario := fs.String("scenario", "full-cycle", "full-cycle (failover, reprotect, failback, reprotect), failover (test failover, unplanned failover, change point, commit) plan (the same through a recovery plan with a replication group), plan-cycle (the whole cycle through a recovery plan) or cluster (S3 server, etcd and three ferry-ps processes sharing six VMs: a process server killed, the S3 server and the etcd leader taken away, in wall-clock time; needs versitygw and etcd)")
 	wall := fs.Bool("wall", false, "print each step's wall-clock time too (the report then differs run to run; without it the same seed prints the same report)")
 	compute := fs.String("compute", "sim", "sim (the simulator's machines) or libvirt (real guests booted under libvirt: see below)")
 	libvirtURI := fs.String("libvirt-uri", "qemu:///system", "--compute libvirt: the libvirt to run guests on")
@@ -116,6 +117,19 @@ func drill(seed uint64, minutes int, scenario string, wall bool, compute, libvir
 	default:
 		return cli.Usagef("--compute %q: want sim or libvirt", compute)
 	}
+	if scenario == "cluster" {
+		rep, err := clusterdrill.Drill(ctx, clusterdrill.Config{Seed: seed, Dir: dir, Out: os.Stderr, Logger: log})
+		if rep != nil {
+			rep.Print(os.Stdout)
+		}
+		if err != nil {
+			return err
+		}
+		if n := len(rep.Failures); n > 0 {
+			return fmt.Errorf("%d verification(s) failed", n)
+		}
+		return nil
+	}
 	run := sim.FullCycleDrill
 	switch scenario {
 	case "full-cycle":
@@ -126,7 +140,7 @@ func drill(seed uint64, minutes int, scenario string, wall bool, compute, libvir
 	case "plan-cycle":
 		run = sim.PlanCycleDrill
 	default:
-		return cli.Usagef("scenario %q: want full-cycle, failover, plan or plan-cycle", scenario)
+		return cli.Usagef("scenario %q: want full-cycle, failover, plan, plan-cycle or cluster", scenario)
 	}
 	rep, err := run(ctx, sim.Config{Seed: seed, Dir: dir, Logger: log}, minutes)
 	if rep != nil {
