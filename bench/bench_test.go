@@ -74,6 +74,15 @@ func TestHarness(t *testing.T) {
 		}
 		return tb, err
 	}
+	tables["tier"] = func() (*bench.Table, error) {
+		tb, err := bench.Tier(ctx, bench.TierConfig{Bin: bin, Versitygw: ferrytest.Versitygw(t), Dir: dir, VMs: 2, Bytes: 8 << 20})
+		// Both runs journaled every byte (fanInRun checks it), and the
+		// tiered one shipped: its ship histogram counted.
+		if err == nil && (len(tb.Rows) != 2 || tb.Values["tier ship ms"] <= 0 || tb.Values["local MB/s"] <= 0) {
+			err = fmt.Errorf("tier: %d rows, %v", len(tb.Rows), tb.Values)
+		}
+		return tb, err
+	}
 	for name, fn := range tables {
 		t.Run(name, func(t *testing.T) {
 			tb, err := fn()

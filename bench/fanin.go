@@ -19,6 +19,11 @@ type FanInConfig struct {
 	Dir   string
 	VMs   int   // agents at once (default 8)
 	Bytes int64 // data on each VM's disk: its initial-copy backlog (default 1 GiB)
+	// PSArgs are more ferry-ps serve flags (the tier benchmark's --store).
+	PSArgs []string
+	// Histograms are ferry-ps histograms whose sum and count are read at
+	// the end of a run.
+	Histograms []string
 }
 
 // FanIn measures many agents replicating into one process server at once
@@ -109,6 +114,8 @@ type fanInResult struct {
 	wall              time.Duration
 	peakAnon, peakRSS int64
 	stored            float64
+	// hist holds each of FanInConfig.Histograms' sum and count.
+	hist map[string][2]float64
 }
 
 // fanInRun starts a process server and one agent per image at once, and
@@ -120,7 +127,7 @@ func fanInRun(ctx context.Context, cfg FanInConfig, dir string, images []string,
 		return r, err
 	}
 	defer os.RemoveAll(run)
-	ps, err := startPS(ctx, cfg.Bin, run)
+	ps, err := startPS(ctx, cfg.Bin, run, cfg.PSArgs...)
 	if err != nil {
 		return r, err
 	}
@@ -189,6 +196,18 @@ func fanInRun(ctx context.Context, cfg FanInConfig, dir string, images []string,
 	}
 	if int64(logical) != want {
 		return r, fmt.Errorf("ferry-ps journaled %.0f bytes of writes; the disks hold %d bytes of data", logical, want)
+	}
+	r.hist = map[string][2]float64{}
+	for _, h := range cfg.Histograms {
+		sum, err := ps.metric(ctx, h+"_sum")
+		if err != nil {
+			return r, fmt.Errorf("%s: %w", h, err)
+		}
+		count, err := ps.metric(ctx, h+"_count")
+		if err != nil {
+			return r, fmt.Errorf("%s: %w", h, err)
+		}
+		r.hist[h] = [2]float64{sum, count}
 	}
 	return r, nil
 }

@@ -59,22 +59,14 @@ func ObjStore(ctx context.Context, cfg ObjStoreConfig) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := filepath.Join(dir, "s3")
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	stop, err := startVersitygw(cfg.Versitygw, addr, filepath.Join(dir, "s3"))
+	if err != nil {
 		return nil, err
 	}
-	gw := exec.Command(cfg.Versitygw, "--port", addr, "--access", "bench", "--secret", "bench-secret-key", "posix", root)
-	gw.Stderr = os.Stderr
-	if err := gw.Start(); err != nil {
-		return nil, fmt.Errorf("start versitygw (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0, or pass --versitygw): %w", err)
-	}
-	defer func() { gw.Process.Kill(); gw.Wait() }()
-	if err := waitTCP(addr, 30*time.Second); err != nil {
-		return nil, fmt.Errorf("versitygw: %w", err)
-	}
+	defer stop()
 	key := make([]byte, 32)
 	rand.Read(key)
-	base := objstore.Config{Endpoint: addr, AccessKey: "bench", SecretKey: "bench-secret-key", Bucket: "bench"}
+	base := objstore.Config{Endpoint: addr, AccessKey: "bench", SecretKey: benchSecret, Bucket: "bench"}
 	if err := objstore.CreateBucket(ctx, base); err != nil {
 		return nil, err
 	}
@@ -197,3 +189,24 @@ func ObjStore(ctx context.Context, cfg ObjStoreConfig) (*Table, error) {
 	t.Notes = append(t.Notes, "versitygw's posix backend keeps each object as a file on the same disk as the local file (whether it syncs each is the gateway's own choice): the figures are the object path's cost on one machine, not a remote store's")
 	return t, nil
 }
+
+// startVersitygw runs the S3 server over root on addr (access key "bench")
+// until stop.
+func startVersitygw(bin, addr, root string) (stop func(), err error) {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	gw := exec.Command(bin, "--port", addr, "--access", "bench", "--secret", benchSecret, "posix", root)
+	gw.Stderr = os.Stderr
+	if err := gw.Start(); err != nil {
+		return nil, fmt.Errorf("start versitygw (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0, or pass --versitygw): %w", err)
+	}
+	stop = func() { gw.Process.Kill(); gw.Wait() }
+	if err := waitTCP(addr, 30*time.Second); err != nil {
+		stop()
+		return nil, fmt.Errorf("versitygw: %w", err)
+	}
+	return stop, nil
+}
+
+const benchSecret = "bench-secret-key"

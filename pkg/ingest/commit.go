@@ -3,6 +3,8 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/ferrydr/ferry/pkg/journal"
@@ -66,18 +68,31 @@ func (c *committer) commit(ctx context.Context, items []commitItem) {
 	}
 	var err error
 	if len(recs) > 0 {
+		// The shipment runs beside the journal's commit: both must end
+		// well before anything is acknowledged, and the ack waits for the
+		// slower of the two instead of their sum. It gets its own copy of
+		// the records (Append marks them as it stores them).
+		var shipErr error
+		var shipped sync.WaitGroup
+		if c.ship != nil {
+			shipRecs := slices.Clone(recs)
+			shipped.Add(1)
+			go func() {
+				defer shipped.Done()
+				start := time.Now()
+				shipErr = c.ship(ctx, shipRecs)
+				c.m.shipSeconds.Observe(time.Since(start).Seconds())
+			}()
+		}
 		start := time.Now()
 		err = c.j.Append(ctx, recs)
 		c.m.commitSeconds.Observe(time.Since(start).Seconds())
 		if err != nil && ctx.Err() == nil {
 			c.m.journalErrors.Inc()
 		}
-		if err == nil && c.ship != nil {
-			start := time.Now()
-			if err = c.ship(ctx, recs); err != nil {
-				err = fmt.Errorf("%w: %w", ErrNotDurable, err)
-			}
-			c.m.shipSeconds.Observe(time.Since(start).Seconds())
+		shipped.Wait()
+		if err == nil && shipErr != nil {
+			err = fmt.Errorf("%w: %w", ErrNotDurable, shipErr)
 		}
 	}
 	now := time.Now()

@@ -77,11 +77,11 @@ type Config struct {
 	// the answer (the VM's replication policy); an error refuses the
 	// stream.
 	OnHello func(ctx context.Context, h *ferryv1.Hello, ack *ferryv1.HelloAck) error
-	// Ship, when set, is called with every group commit's records after
-	// the journal made them durable and before any of them is
-	// acknowledged: the process server puts them where a takeover finds
-	// them (pkg/tier). An error leaves them unacknowledged and ends their
-	// streams with ErrNotDurable.
+	// Ship, when set, is called with every group commit's records while
+	// the journal commits them, and both must succeed before any of them
+	// is acknowledged: the process server puts them where a takeover
+	// finds them (pkg/tier). An error leaves them unacknowledged and ends
+	// their streams with ErrNotDurable.
 	Ship       func(ctx context.Context, recs []journal.Record) error
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer

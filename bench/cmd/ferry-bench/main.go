@@ -16,7 +16,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/cli"
 )
 
-var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay", "objstore"}
+var names = []string{"throughput", "fanin", "nbd", "resync", "scan", "rpo", "rto", "failback", "relay", "objstore", "tier"}
 
 func main() {
 	root := cli.Root("ferry-bench [flags] BENCHMARK...", "measure Ferry against baselines in the same run", `ferry-bench measures Ferry, each figure beside a baseline from the same run,
@@ -45,6 +45,8 @@ Benchmarks:
               by the recovery-site process server against direct
   objstore    4 MiB and 64 KiB objects through the object store to an S3
               server (versitygw) against a local fsync'd write
+  tier        ingest through the object store tier (fsync and put to the
+              bucket before the ack) against the local journal alone
   all         every one of them
 
 Exit codes: 0 when every benchmark ran (goals met or missed), 1 when one
@@ -160,6 +162,9 @@ func runBenchmarks(want map[string]bool, bin, dir string, size int64, jsonOut, c
 	run("relay", func() (*bench.Table, error) { return bench.Relay(ctx, bench.RelayConfig{Dir: dir}) })
 	run("objstore", func() (*bench.Table, error) {
 		return bench.ObjStore(ctx, bench.ObjStoreConfig{Versitygw: versitygw, Dir: dir, Bytes: bytes})
+	})
+	run("tier", func() (*bench.Table, error) {
+		return bench.Tier(ctx, bench.TierConfig{Bin: bin, Versitygw: versitygw, Dir: dir})
 	})
 	if failed != nil {
 		return failed
