@@ -77,8 +77,6 @@ func (s *Server) openTier(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	s.tier = tier.New(tier.Config{Store: s.cfg.Store, Logger: s.log.With("component", "tier"), Registerer: s.cfg.Registerer,
-		PutTimeout: s.cfg.StoreTimeout})
 	if len(s.cfg.Cluster.Endpoints) > 0 {
 		if s.cfg.Cluster.Name == "" {
 			if s.cfg.Cluster.Name, err = os.Hostname(); err != nil {
@@ -109,6 +107,73 @@ func (s *Server) openTier(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// DefaultHotWindow is how much of each VM's newest history keeps its
+// payloads on the process server's disk when it ships to an object store.
+const DefaultHotWindow = time.Hour
+
+// newTier makes the object store tier, when there is a store.
+func (s *Server) newTier() {
+	if s.cfg.Store == nil {
+		return
+	}
+	if s.cfg.HotWindow == 0 {
+		s.cfg.HotWindow = DefaultHotWindow
+	}
+	s.tier = tier.New(tier.Config{Store: s.cfg.Store, Logger: s.log.With("component", "tier"), Registerer: s.cfg.Registerer,
+		PutTimeout: s.cfg.StoreTimeout, CacheBytes: s.cfg.CacheBytes})
+}
+
+// sealAll seals, for every VM this server owns, the records older than
+// the hot window that the bucket holds and that were processed: their
+// payloads leave the journal file for the bucket's large segments. The
+// boundary is the newest point older than the window.
+func (s *Server) sealAll(ctx context.Context) {
+	vms, err := s.j.VMs(ctx)
+	if err != nil {
+		return
+	}
+	edge := s.clock.Now().Add(-s.cfg.HotWindow)
+	for _, vm := range vms {
+		term, ok := s.termOf(vm.Name)
+		if !ok {
+			continue
+		}
+		pts, err := s.j.Points(ctx, vm.Name)
+		if err != nil {
+			continue
+		}
+		var upTo ferry.Seq
+		for _, p := range pts {
+			if !p.Time.After(edge) {
+				upTo = p.ID
+			}
+		}
+		end, err := s.tier.End(ctx, vm.Name)
+		if err != nil {
+			continue
+		}
+		upTo = min(upTo, vm.ProcessedSeq, end)
+		if upTo <= vm.ColdSeq {
+			continue
+		}
+		st, err := s.tier.Seal(ctx, s.j, term, vm.Name, upTo)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("sealing records older than the hot window into the object store", "vm", vm.Name, "up_to", upTo, "err", err)
+			}
+			continue
+		}
+		s.log.Debug("sealed into the object store", "vm", vm.Name, "up_to", upTo, "records", st.Records, "bytes", st.Bytes,
+			"merged", st.Merged, "into", st.Into, "deleted", st.Deleted)
+	}
+}
+
+// sealEvery is how often sealAll runs: a quarter of the hot window,
+// between a second and a minute.
+func (s *Server) sealEvery() time.Duration {
+	return min(max(s.cfg.HotWindow/4, time.Second), time.Minute)
 }
 
 // termOf is the term this server ships vm's records under; false when it

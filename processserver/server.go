@@ -156,6 +156,13 @@ type Config struct {
 	// tier.DefaultPutTimeout): a store that does not answer in time fails
 	// the shipment (its records stay unacknowledged, an event says so).
 	StoreTimeout time.Duration
+	// HotWindow is how much of each VM's newest history keeps its
+	// payloads in the journal file when there is a Store: older records
+	// are sealed into large segments in the bucket and their payloads
+	// dropped from the file, read back through a cache of CacheBytes
+	// (defaults DefaultHotWindow and tier.DefaultCacheBytes).
+	HotWindow  time.Duration
+	CacheBytes int64
 	// Cluster, when its Endpoints are set, shares the VMs with the other
 	// process servers of the site through etcd (needs Store).
 	Cluster ClusterConfig
@@ -331,6 +338,7 @@ func (s *Server) Open(ctx context.Context) error {
 
 func (s *Server) open(ctx context.Context) error {
 	s.bg, s.stop = context.WithCancel(context.Background())
+	s.newTier()
 	if err := s.openStores(ctx); err != nil {
 		return err
 	}
@@ -370,6 +378,11 @@ func (s *Server) openStores(ctx context.Context) error {
 		return err
 	}
 	s.j = j
+	if s.tier != nil {
+		// Payloads sealed away are read from the bucket from the start:
+		// resolving an interrupted operation may need them.
+		j.SetCold(s.tier)
+	}
 	if s.ctl, err = openControl(filepath.Join(s.cfg.DataDir, "control.db")); err != nil {
 		return err
 	}
@@ -424,6 +437,37 @@ func (s *Server) registerMetrics() {
 			}))
 	}
 	j := s.j
+	if s.tier != nil {
+		payload := func(cold bool) func() float64 {
+			return func() float64 {
+				vms, err := j.VMs(context.Background())
+				if err != nil {
+					return 0
+				}
+				var n uint64
+				for _, vm := range vms {
+					if cold {
+						n += vm.ColdBytes
+					} else {
+						n += vm.StoredBytes - min(vm.ColdBytes, vm.StoredBytes)
+					}
+				}
+				return float64(n)
+			}
+		}
+		help := "Payload bytes of the journal: local, in the journal file (the hot window and what is not yet sealed); cold, sealed away to the object store."
+		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_payload_bytes", Help: help,
+			ConstLabels: prometheus.Labels{"where": "local"}}, payload(false)))
+		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_payload_bytes", Help: help,
+			ConstLabels: prometheus.Labels{"where": "cold"}}, payload(true)))
+		t := s.tier
+		s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_tier_cache_bytes",
+			Help: "Bytes of segments the cache holds for reads of payloads sealed away (bounded by --cache-size)."},
+			func() float64 { return float64(t.CacheStats().Bytes) }))
+		s.cfg.Registerer.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_ps_tier_cache_misses_total",
+			Help: "Reads of payloads sealed away that fetched their segment from the bucket."},
+			func() float64 { return float64(t.CacheStats().Misses) }))
+	}
 	s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_ps_journal_failed",
 		Help: "1 once a journal commit failed (e.g. a failed fsync or a full disk): nothing more is accepted until ferry-ps restarts."},
 		func() float64 {
@@ -488,10 +532,14 @@ func (s *Server) startLoops() {
 		}()
 	}
 	if s.tier != nil {
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go func() {
 			defer s.wg.Done()
 			clock.Every(bg, time.Second, func() { s.shipStates(bg) })
+		}()
+		go func() {
+			defer s.wg.Done()
+			clock.Every(bg, s.sealEvery(), func() { s.sealAll(bg) })
 		}()
 	}
 	if s.cfg.GroupSchedule > 0 {

@@ -95,7 +95,7 @@ func (j *Journal) apply(ctx context.Context, name ferry.VMID, upTo ferry.Seq, di
 			return fmt.Errorf("apply vm %s disk %d: %w or target of the wrong size", name, disk, ErrNoDisk)
 		}
 		var zeros, have []byte
-		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, nil, j.seal, func(e Extent) error {
+		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, nil, j.payloads(), func(e Extent) error {
 			data := e.Data
 			if data == nil {
 				if int64(len(zeros)) < e.Length {

@@ -76,9 +76,15 @@ func (j *Journal) checkVM(ctx context.Context, vm VM) error {
 		if consistent != vm.Consistent {
 			return fmt.Errorf("state says consistent=%v, records say %v", vm.Consistent, consistent)
 		}
+		if vm.ColdSeq > vm.ProcessedSeq {
+			return fmt.Errorf("sealed away up to %d beyond the processed %d", vm.ColdSeq, vm.ProcessedSeq)
+		}
 		err = data.ForEach(func(k, v []byte) error {
 			if meta.Get(k) == nil {
 				return fmt.Errorf("payload %d has no record", keySeq(k))
+			}
+			if keySeq(k) <= vm.ColdSeq {
+				return fmt.Errorf("payload %d was sealed away (up to %d) and is still in the file", keySeq(k), vm.ColdSeq)
 			}
 			return nil
 		})

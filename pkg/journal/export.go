@@ -18,9 +18,11 @@ import (
 // by retention) is not there: the first record may come after from+1.
 func (j *Journal) Records(ctx context.Context, name ferry.VMID, from, upTo ferry.Seq, fn func(*Record) error) error {
 	return j.db.View(func(tx *bolt.Tx) error {
-		if _, err := getVM(tx, name); err != nil {
+		vm, err := getVM(tx, name)
+		if err != nil {
 			return err
 		}
+		src := j.payloads()
 		b := tx.Bucket(vmBucketName(name))
 		data := b.Bucket(bucketData)
 		c := b.Bucket(bucketMeta).Cursor()
@@ -34,11 +36,7 @@ func (j *Journal) Records(ctx context.Context, name ferry.VMID, from, upTo ferry
 				return err
 			}
 			if r.Kind == KindWrite && r.Codec != CodecZero {
-				stored := data.Get(k)
-				if stored == nil {
-					return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
-				}
-				if r.Payload, err = j.seal.open(&r, stored); err != nil {
+				if r.Payload, err = src.get(ctx, data, vm.ColdSeq, &r, k); err != nil {
 					return &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
 				}
 				// The payload leaves the transaction: it is checked, and
@@ -50,7 +48,7 @@ func (j *Journal) Records(ctx context.Context, name ferry.VMID, from, upTo ferry
 				if r.Codec != CodecRaw {
 					buf = out
 				}
-				if !r.Encrypted {
+				if data.Get(k) != nil && !r.Encrypted {
 					r.Payload = append([]byte(nil), r.Payload...)
 				}
 				r.Encrypted = false

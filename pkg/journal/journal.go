@@ -68,6 +68,7 @@ type Journal struct {
 	hashCache *blockHashCache // block hashes of the last full chunk-hash pass
 
 	seal *sealer // nil: payloads are stored in plain text
+	cold Cold    // nil: no payload was sealed away
 }
 
 // Open opens or creates the journal file at path.

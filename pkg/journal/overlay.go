@@ -102,7 +102,11 @@ func (o *Overlay) readBlockLocked(ctx context.Context, b int64, p []byte) error 
 			if err != nil {
 				return err
 			}
-			payload, err := o.j.seal.open(&r, bk.Bucket(bucketData).Get(seqKey(seq)))
+			vm, err := getVM(tx, o.vm)
+			if err != nil {
+				return err
+			}
+			payload, err := o.j.payloads().get(ctx, bk.Bucket(bucketData), vm.ColdSeq, &r, seqKey(seq))
 			if err != nil {
 				return &CorruptError{VM: o.vm, Seq: seq, Disk: r.Disk, Offset: r.Offset, Err: err}
 			}

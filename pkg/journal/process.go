@@ -38,7 +38,7 @@ func (j *Journal) Process(ctx context.Context, name ferry.VMID, upTo ferry.Seq) 
 		}
 		st.From, st.To = vm.ProcessedSeq, min(upTo, vm.LastSeq)
 		consistent = vm.ProcessedConsistent
-		vs, err := verifyRecords(ctx, tx, name, st.From, st.To, j.seal, func(r *Record) {
+		vs, err := verifyRecords(ctx, tx, vm, st.From, st.To, j.payloads(), func(r *Record) {
 			switch r.Kind {
 			case KindDrainBegin:
 				consistent = false

@@ -100,13 +100,13 @@ func (j *Journal) ReadPoint(ctx context.Context, name ferry.VMID, upTo ferry.Seq
 		if upTo > vm.LastSeq {
 			return fmt.Errorf("vm %s: read up to %d: %w: last durable record is %d", name, upTo, ErrNoPoint, vm.LastSeq)
 		}
-		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, j.Base(name), j.seal, fn)
+		return readPoint(ctx, tx, vm, upTo, disk, 0, vm.Disks[disk].Size, j.Base(name), j.payloads(), fn)
 	})
 }
 
 // readPoint reads [lo, hi) of a disk as of upTo; see ReadPoint. Blocks no
 // write supplied come from base when the VM has one, after everything else.
-func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, fn func(Extent) error) error {
+func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, src payloads, fn func(Extent) error) error {
 	bs := int64(vm.BlockSize)
 	if bs == 0 {
 		bs = blockdev.BlockSize
@@ -150,11 +150,7 @@ func readPoint(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk in
 				return fn(Extent{Offset: off, Length: length})
 			}
 			if raw == nil {
-				payload := data.Get(k)
-				if payload == nil {
-					return &CorruptError{VM: vm.Name, Seq: r.Seq, Disk: disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
-				}
-				payload, err := seal.open(&r, payload)
+				payload, err := src.get(ctx, data, vm.ColdSeq, &r, k)
 				if err != nil {
 					return &CorruptError{VM: vm.Name, Seq: r.Seq, Disk: disk, Offset: r.Offset, Err: err}
 				}
@@ -291,10 +287,11 @@ type VerifyStats struct {
 func (j *Journal) Verify(ctx context.Context, name ferry.VMID, upTo ferry.Seq) (VerifyStats, error) {
 	var st VerifyStats
 	err := j.db.View(func(tx *bolt.Tx) (err error) {
-		if _, err := getVM(tx, name); err != nil {
+		vm, err := getVM(tx, name)
+		if err != nil {
 			return err
 		}
-		st, err = verifyRecords(ctx, tx, name, 0, upTo, j.seal, nil)
+		st, err = verifyRecords(ctx, tx, vm, 0, upTo, j.payloads(), nil)
 		return err
 	})
 	return st, err
@@ -303,8 +300,9 @@ func (j *Journal) Verify(ctx context.Context, name ferry.VMID, upTo ferry.Seq) (
 // verifyRecords walks the records after from up to upTo, reads back every
 // write's payload and checks it against its xxhash, and calls fn (if set)
 // with each record.
-func verifyRecords(ctx context.Context, tx *bolt.Tx, name ferry.VMID, from, upTo ferry.Seq, seal *sealer, fn func(*Record)) (VerifyStats, error) {
+func verifyRecords(ctx context.Context, tx *bolt.Tx, vm *VM, from, upTo ferry.Seq, src payloads, fn func(*Record)) (VerifyStats, error) {
 	var st VerifyStats
+	name := vm.Name
 	b := tx.Bucket(vmBucketName(name))
 	data := b.Bucket(bucketData)
 	c := b.Bucket(bucketMeta).Cursor()
@@ -325,13 +323,11 @@ func verifyRecords(ctx context.Context, tx *bolt.Tx, name ferry.VMID, from, upTo
 				return st, err
 			}
 		}
-		payload := data.Get(k)
-		if payload == nil && r.Codec != CodecZero {
-			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: fmt.Errorf("%w: payload missing", ErrChecksum)}
-		}
-		payload, err = seal.open(&r, payload)
-		if err != nil {
-			return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
+		var payload []byte
+		if r.Codec != CodecZero {
+			if payload, err = src.get(ctx, data, vm.ColdSeq, &r, k); err != nil {
+				return st, &CorruptError{VM: name, Seq: r.Seq, Disk: r.Disk, Offset: r.Offset, Err: err}
+			}
 		}
 		out, err := decode(buf, r.Codec, payload, r.Length, r.Sum)
 		if err != nil {
@@ -530,7 +526,7 @@ func (j *Journal) EachChunkHash(ctx context.Context, name ferry.VMID, disk int, 
 					buf = make([]byte, perWin*chunkSize)
 				}
 				clear(buf)
-				if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.seal, buf); err != nil {
+				if err := readRange(ctx, tx, vm, seq, disk, lo, hi, base, j.payloads(), buf); err != nil {
 					return err
 				}
 				hashRead(buf[:hi-lo], lo, chunkSize, toRead, func(c int64, h uint64) {
@@ -620,8 +616,8 @@ func (j *Journal) cachedBlockHashes(ctx context.Context, vm ferry.VMID, disk int
 }
 
 // readRange assembles [lo, hi) of a disk as of upTo into buf.
-func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, seal *sealer, buf []byte) error {
-	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, seal, func(e Extent) error {
+func readRange(ctx context.Context, tx *bolt.Tx, vm *VM, upTo ferry.Seq, disk int, lo, hi int64, base []blockdev.Device, src payloads, buf []byte) error {
+	return readPoint(ctx, tx, vm, upTo, disk, lo, hi, base, src, func(e Extent) error {
 		if e.Data != nil {
 			copy(buf[e.Offset-lo:], e.Data)
 		}

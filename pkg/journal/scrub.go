@@ -46,7 +46,8 @@ type Corruption struct {
 func (j *Journal) Scrub(ctx context.Context, name ferry.VMID) (ScrubReport, error) {
 	var rep ScrubReport
 	err := j.db.View(func(tx *bolt.Tx) error {
-		if _, err := getVM(tx, name); err != nil {
+		vm, err := getVM(tx, name)
+		if err != nil {
 			return err
 		}
 		b := tx.Bucket(vmBucketName(name))
@@ -115,10 +116,11 @@ func (j *Journal) Scrub(ctx context.Context, name ferry.VMID) (ScrubReport, erro
 				kept = append(kept, i)
 			}
 			open = kept
-			payload := data.Get(k)
-			if payload == nil && r.Codec != CodecZero {
-				err = fmt.Errorf("%w: payload missing", ErrChecksum)
-			} else if payload, err = j.seal.open(&r, payload); err == nil {
+			var payload []byte
+			if r.Codec != CodecZero {
+				payload, err = j.payloads().get(ctx, data, vm.ColdSeq, &r, k)
+			}
+			if err == nil {
 				var out []byte
 				if out, err = decode(buf, r.Codec, payload, r.Length, r.Sum); err == nil && r.Codec != CodecRaw {
 					buf = out

@@ -52,6 +52,11 @@ type VM struct {
 	// HashIndex: the VM's hash index holds the sum of every block of its
 	// disks as of LastSeq (see hashindex.go).
 	HashIndex bool `json:"hash_index,omitempty"`
+	// ColdSeq: the payloads of the records up to it were sealed away to
+	// the cold store (SealPayloads); ColdBytes is how many bytes of
+	// StoredBytes that was.
+	ColdSeq   ferry.Seq `json:"cold_seq,omitempty"`
+	ColdBytes uint64    `json:"cold_bytes,omitempty"`
 }
 
 // DiskIndex returns the index of the named disk.

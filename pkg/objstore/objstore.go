@@ -166,7 +166,27 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 // List returns the names of the objects under prefix (a name's leading
 // part), in order.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
-	var out []string
+	objs, err := s.ListObjects(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(objs))
+	for i, o := range objs {
+		out[i] = o.Name
+	}
+	return out, nil
+}
+
+// Object is a listed object: its name and its size in the bucket (framing
+// included).
+type Object struct {
+	Name string
+	Size int64
+}
+
+// ListObjects is List with each object's size.
+func (s *Store) ListObjects(ctx context.Context, prefix string) ([]Object, error) {
+	var out []Object
 	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}) {
 		if o.Err != nil {
 			return nil, fmt.Errorf("list %s: %w", prefix, o.Err)
@@ -175,7 +195,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 		if s.cfg.Prefix != "" {
 			name = strings.TrimPrefix(name, s.cfg.Prefix+"/")
 		}
-		out = append(out, name)
+		out = append(out, Object{Name: name, Size: o.Size})
 	}
 	return out, nil
 }

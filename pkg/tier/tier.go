@@ -54,6 +54,9 @@ type Config struct {
 	// answer fails the shipment, which the process server reports, instead
 	// of holding every acknowledgement silently.
 	PutTimeout time.Duration
+	// CacheBytes bounds the segments kept decoded for reads of payloads
+	// sealed away (default DefaultCacheBytes).
+	CacheBytes int64
 }
 
 // DefaultPutTimeout bounds a put when Config.PutTimeout is not set.
@@ -67,8 +70,11 @@ type Tier struct {
 	m       metrics
 	timeout time.Duration
 
-	mu  sync.Mutex
-	vms map[ferry.VMID]*shipped
+	cache *cache
+
+	mu    sync.Mutex
+	vms   map[ferry.VMID]*shipped
+	index map[ferry.VMID][]segment // each VM's chain, as Payload last read it
 }
 
 // shipped is what the bucket holds of one VM, as far as this process
@@ -107,7 +113,8 @@ func New(cfg Config) *Tier {
 	if cfg.PutTimeout <= 0 {
 		cfg.PutTimeout = DefaultPutTimeout
 	}
-	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, timeout: cfg.PutTimeout, vms: map[ferry.VMID]*shipped{}}
+	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, timeout: cfg.PutTimeout, cache: newCache(cfg.CacheBytes),
+		vms: map[ferry.VMID]*shipped{}, index: map[ferry.VMID][]segment{}}
 }
 
 func (t *Tier) vm(name ferry.VMID) *shipped {
@@ -126,6 +133,7 @@ func (t *Tier) vm(name ferry.VMID) *shipped {
 func (t *Tier) Forget(name ferry.VMID) {
 	t.mu.Lock()
 	delete(t.vms, name)
+	delete(t.index, name)
 	t.mu.Unlock()
 }
 
@@ -519,6 +527,12 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 		return rs, err
 	}
 	rs.Points = len(pts)
+	// What the earlier owner had sealed away stays in the bucket only.
+	if cold := min(st.VM.ColdSeq, rs.End); cold > 0 {
+		if _, err := j.SealPayloads(ctx, vm, cold); err != nil {
+			return rs, err
+		}
+	}
 	v.known, v.seq = true, rs.End
 	return rs, nil
 }

@@ -3,8 +3,10 @@ package tier_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -407,14 +409,105 @@ func TestRestoreDropsWhatWasNotShipped(t *testing.T) {
 	samePoints(t, j, j, s, want)
 
 	other := openJournal(t, nil)
-	os := newStream(t, other, 5)
-	os.batch(3)
+	os2 := newStream(t, other, 5)
+	os2.batch(3)
 	st2 := openStore(t, srv, "empty")
 	rs, err = tier.New(tier.Config{Store: st2}).Restore(ctx, other, vm)
 	if err != nil || rs.Kept || rs.End != 0 {
 		t.Fatalf("restore from an empty bucket %+v %v", rs, err)
 	}
-	if v, _ := other.VM(ctx, vm); v.LastSeq != os.seq {
-		t.Fatalf("a VM the bucket does not know was changed: %d records, want %d", v.LastSeq, os.seq)
+	if v, _ := other.VM(ctx, vm); v.LastSeq != os2.seq {
+		t.Fatalf("a VM the bucket does not know was changed: %d records, want %d", v.LastSeq, os2.seq)
+	}
+}
+
+// TestSealAndReadCold: the records older than a point are sealed: the
+// small segments of their group commits merged into one, their payloads
+// dropped from the journal's file; every point still reads back equal to
+// its ground truth, those before the seal through the bucket (and the
+// cache, bounded even below one segment). A VM restored elsewhere keeps
+// them in the bucket only.
+func TestSealAndReadCold(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "seal")
+	tr := tier.New(tier.Config{Store: st, CacheBytes: 1})
+	src := openJournal(t, bytes.Repeat([]byte{3}, 32))
+	src.SetCold(tr)
+	s := newStream(t, src, 6)
+	for range 10 {
+		if err := tr.Ship(ctx, src, term(2), s.batch(1+s.rng.IntN(12))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := src.Points(ctx, vm)
+	upTo := pts[5].ID
+	before, _ := src.VM(ctx, vm)
+	if _, err := tr.Seal(ctx, src, 2, vm, s.seq+1); err == nil {
+		t.Fatal("sealed beyond what the bucket holds")
+	}
+	if _, err := src.SealPayloads(ctx, vm, s.seq+1); !errors.Is(err, journal.ErrInvalid) {
+		t.Fatalf("sealed beyond the processed records: %v", err)
+	}
+	ss, err := tr.Seal(ctx, src, 2, vm, upTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ss.Merged < 6 || ss.Into != 1 || ss.Records == 0 || ss.Bytes == 0 {
+		t.Fatalf("seal %+v: want the first six or more segments merged into one and payloads dropped", ss)
+	}
+	names, _ := st.List(ctx, "vms/"+string(vm)+"/seg/")
+	if len(names) != 10-ss.Merged+1 {
+		t.Fatalf("%d segments in the bucket after merging %d into 1 of 10", len(names), ss.Merged)
+	}
+	after, _ := src.VM(ctx, vm)
+	if after.ColdSeq != upTo || after.ColdBytes != uint64(ss.Bytes) || after.StoredBytes != before.StoredBytes {
+		t.Fatalf("vm after the seal: cold to %d (%d bytes), stored %d; want %d, %d, %d", after.ColdSeq, after.ColdBytes, after.StoredBytes, upTo, ss.Bytes, before.StoredBytes)
+	}
+	samePoints(t, src, src, s, pts)
+	if cs := tr.CacheStats(); cs.Misses == 0 || cs.Segments != 1 {
+		t.Fatalf("cache %+v: want reads from the bucket and one segment kept", cs)
+	}
+	// Without the cold store a sealed payload cannot be read.
+	path := filepath.Join(t.TempDir(), "copy.db")
+	copyJournal(t, src, path)
+	bare, err := journal.Open(path, journal.Options{Key: bytes.Repeat([]byte{3}, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+	if _, err := bare.Verify(ctx, vm, upTo); !errors.Is(err, journal.ErrCold) {
+		t.Fatalf("verify without the cold store: %v, want ErrCold", err)
+	}
+
+	// Restored elsewhere: the sealed part stays in the bucket.
+	state, _ := tier.StateOf(ctx, src, vm, 2)
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	dst := openJournal(t, nil)
+	other := tier.New(tier.Config{Store: st})
+	dst.SetCold(other)
+	if _, err := other.Restore(ctx, dst, vm); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dst.VM(ctx, vm); got.ColdSeq != upTo {
+		t.Fatalf("restored with payloads sealed up to %d, want %d", got.ColdSeq, upTo)
+	}
+	samePoints(t, dst, src, s, pts)
+}
+
+func copyJournal(t *testing.T, j *journal.Journal, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := j.Snapshot(f); err != nil {
+		t.Fatal(err)
 	}
 }

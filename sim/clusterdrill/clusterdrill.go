@@ -19,10 +19,12 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +65,9 @@ type Config struct {
 	S3Outage, EtcdOutage time.Duration
 	// TTL is the process servers' etcd lease (default 3 s).
 	TTL time.Duration
+	// HotWindow is the process servers' (default 5 s): older records are
+	// sealed into the bucket and leave their disks.
+	HotWindow time.Duration
 }
 
 // Report is what the drill found.
@@ -112,6 +117,12 @@ type drill struct {
 	etcdEPs []string
 	ps      []*proc
 	psAddr  []string
+	psAdmin []string // each process server's /metrics
+	// peakLocal is the most payload bytes any process server held on its
+	// disk at once, sampled every second while the drill ran.
+	peakMu    sync.Mutex
+	peakLocal float64
+	sampling  context.CancelFunc
 	hookDir string
 	etcdc   *clientv3.Client
 
@@ -150,6 +161,9 @@ func Drill(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 3 * time.Second
+	}
+	if cfg.HotWindow == 0 {
+		cfg.HotWindow = 5 * time.Second
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
@@ -249,22 +263,29 @@ func (d *drill) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		admin, err := freeAddr()
+		if err != nil {
+			return err
+		}
 		name := fmt.Sprintf("ps-%d", i+1)
 		p := &proc{name: name, bin: psBin, addr: addr, log: d.path(name + ".log"),
 			env: []string{"AWS_ACCESS_KEY_ID=" + accessKey, "AWS_SECRET_ACCESS_KEY=" + secretKey, "FERRY_HOOK_DIR=" + d.hookDir},
-			args: []string{"serve", "--insecure", "--data", d.path(name), "--listen", addr, "--metrics", "",
+			args: []string{"serve", "--insecure", "--data", d.path(name), "--listen", addr, "--metrics", admin, "--hot-window", d.cfg.HotWindow.String(),
 				"--compute-hook", hook, "--process-interval", "1s", "--key-file", key,
 				"--store", "s3://" + bucket + "/site-b", "--s3-endpoint", "http://" + s3Addr, "--store-timeout", "5s",
 				"--etcd", strings.Join(d.etcdEPs, ","), "--cluster-name", name, "--cluster-ttl", d.cfg.TTL.String()}}
 		if err := p.start(ctx); err != nil {
 			return err
 		}
-		d.ps, d.psAddr = append(d.ps, p), append(d.psAddr, addr)
+		d.ps, d.psAddr, d.psAdmin = append(d.ps, p), append(d.psAddr, addr), append(d.psAdmin, admin)
 	}
 	if err := d.waitMembers(ctx, d.cfg.Servers, time.Minute); err != nil {
 		return err
 	}
-	d.line("servers: versitygw (S3) at %s, etcd of %d members, %d ferry-ps (etcd lease %v, shipping before acknowledging)", s3Addr, len(d.etcd), len(d.ps), d.cfg.TTL)
+	sctx, cancel := context.WithCancel(ctx)
+	d.sampling = cancel
+	go d.sample(sctx)
+	d.line("servers: versitygw (S3) at %s, etcd of %d members, %d ferry-ps (etcd lease %v, hot window %v, shipping before acknowledging)", s3Addr, len(d.etcd), len(d.ps), d.cfg.TTL, d.cfg.HotWindow)
 	return nil
 }
 
@@ -1093,15 +1114,80 @@ func jobTime(j *ferryv1.Job) time.Duration {
 }
 
 // storage reports what each process server keeps on its disk and what
-// the bucket holds.
+// the bucket holds: with the hot window, the payloads of older records are
+// in the bucket only.
 func (d *drill) storage(ctx context.Context) error {
+	// One more round of sealing after the last writes.
+	time.Sleep(d.cfg.HotWindow + 2*time.Second)
 	var parts []string
-	for _, p := range d.ps {
-		parts = append(parts, fmt.Sprintf("%s %s", p.name, mib(duOf(d.path(p.name)))))
+	var local, cold float64
+	for i, p := range d.ps {
+		l, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		c, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="cold"}`)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		local, cold = local+l, cold+c
+		parts = append(parts, fmt.Sprintf("%s %s local / %s sealed", p.name, mib(int64(l)), mib(int64(c))))
 	}
-	d.line("local disk: %s; bucket: %s (every record since each VM's start: retention does not delete objects yet, and the journals are not trimmed to a hot window)",
-		strings.Join(parts, ", "), mib(duOf(d.s3Dir)))
+	d.sampling()
+	d.peakMu.Lock()
+	peak := d.peakLocal
+	d.peakMu.Unlock()
+	d.line("payloads at the end: %s; the most one process server held on its disk while the agents wrote: %s; bucket %s (segments and states; retention does not delete objects yet)",
+		strings.Join(parts, ", "), mib(int64(peak)), mib(duOf(d.s3Dir)))
+	if local >= cold {
+		d.rep.fail("the process servers keep %s of payloads on their disks and only %s sealed: the hot window does not hold", mib(int64(local)), mib(int64(cold)))
+	}
 	return nil
+}
+
+// sample keeps the peak of the payload bytes a process server holds on
+// its disk.
+func (d *drill) sample(ctx context.Context) {
+	for ctx.Err() == nil {
+		for i, p := range d.ps {
+			if !p.running() {
+				continue
+			}
+			if l, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`); err == nil {
+				d.peakMu.Lock()
+				d.peakLocal = max(d.peakLocal, l)
+				d.peakMu.Unlock()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// scrape reads one series (name with its labels, as /metrics prints it)
+// from a process server's admin port.
+func scrape(ctx context.Context, addr, series string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no series %s", series)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
@@ -1118,6 +1204,9 @@ func duOf(dir string) int64 {
 }
 
 func (d *drill) teardown() {
+	if d.sampling != nil {
+		d.sampling()
+	}
 	for _, v := range d.vms {
 		if v.a != nil {
 			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

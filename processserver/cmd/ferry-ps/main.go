@@ -123,6 +123,8 @@ file without serving.`,
 	fs.StringVar(&o.store.accessKey, "s3-access-key", "", "--store: the access key (default $AWS_ACCESS_KEY_ID)")
 	fs.StringVar(&o.store.secretFile, "s3-secret-key-file", "", "--store: file holding the secret key (default $AWS_SECRET_ACCESS_KEY)")
 	fs.DurationVar(&cfg.StoreTimeout, "store-timeout", tier.DefaultPutTimeout, "--store: longest one put to the bucket may take; then the records it held stay unacknowledged, an event says the store is unavailable, and replication pauses until it answers")
+	fs.DurationVar(&cfg.HotWindow, "hot-window", processserver.DefaultHotWindow, "--store: how much of each VM's newest history keeps its payloads on this disk; older records are sealed into large segments in the bucket and read back through the cache")
+	fs.Int64Var(&cfg.CacheBytes, "cache-size", tier.DefaultCacheBytes, "--store: bytes of segments kept in memory for reads of records older than the hot window (point exports, test failovers, retention)")
 	fs.StringVar(&o.store.etcd, "etcd", "", "share the VMs with the site's other process servers through etcd (HOST:PORT,...; needs --store): each VM served by one, a dead one's VMs taken over by the others from the bucket")
 	fs.StringVar(&cfg.Cluster.Name, "cluster-name", "", "--etcd: this process server's name in the cluster (default the host name)")
 	fs.StringVar(&cfg.Cluster.Advertise, "cluster-advertise", "", "--etcd: the address agents and ferryctl are sent to for this server's VMs (default --listen's)")
