@@ -137,9 +137,11 @@ type vmRun struct {
 	a     *agent.Agent
 	rng   *rand.Rand
 
-	mu    sync.Mutex
-	truth map[string][]*blockdev.Memory
-	marks int
+	mu      sync.Mutex
+	truth   map[string][]*blockdev.Memory
+	marks   int
+	written int64         // bytes written through the splitter
+	writing time.Duration // time the workload ran
 }
 
 // Drill runs the cluster drill.
@@ -481,11 +483,12 @@ func (v *vmRun) step(ctx context.Context, n int) error {
 	if _, err := v.a.Disk(di).WriteAt(ctx, data, off); err != nil {
 		return err
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.written += int64(len(data))
 	if n%20 != 19 {
 		return nil
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	v.marks++
 	tag := fmt.Sprintf("m%d", v.marks)
 	if !v.a.Mark(false, tag) {
@@ -512,6 +515,12 @@ func (d *drill) write(ctx context.Context, dur time.Duration, during func(ctx co
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			start := time.Now()
+			defer func() {
+				v.mu.Lock()
+				v.writing += time.Since(start)
+				v.mu.Unlock()
+			}()
 			for n := 0; wctx.Err() == nil; n++ {
 				if err := v.step(wctx, n); err != nil && wctx.Err() == nil {
 					errs[i] = fmt.Errorf("%s: %w", v.name, err)
@@ -1120,8 +1129,17 @@ func (d *drill) storage(ctx context.Context) error {
 	// One more round of sealing after the last writes.
 	time.Sleep(d.cfg.HotWindow + 2*time.Second)
 	var parts []string
-	var local, cold float64
+	var local, cold, segments, shipped float64
 	for i, p := range d.ps {
+		n, err := scrape(ctx, d.psAdmin[i], "ferry_ps_tier_segments_total")
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		b, err := scrape(ctx, d.psAdmin[i], "ferry_ps_tier_shipped_bytes_total")
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		segments, shipped = segments+n, shipped+b
 		l, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
@@ -1139,6 +1157,16 @@ func (d *drill) storage(ctx context.Context) error {
 	d.peakMu.Unlock()
 	d.line("payloads at the end: %s; the most one process server held on its disk while the agents wrote: %s; bucket %s (segments and states; retention does not delete objects yet)",
 		strings.Join(parts, ", "), mib(int64(peak)), mib(duOf(d.s3Dir)))
+	var written int64
+	var vmSeconds float64
+	for _, v := range d.vms {
+		v.mu.Lock()
+		written += v.written
+		vmSeconds += v.writing.Seconds()
+		v.mu.Unlock()
+	}
+	d.line("shipping: %.0f segment puts for %s written (%.0f KB/s per VM on average): %.1f puts per VM-second, %.0f KiB per put (counted since each server last started)",
+		segments, mib(written), float64(written)/vmSeconds/1000, segments/vmSeconds, shipped/max(segments, 1)/1024)
 	if local >= cold {
 		d.rep.fail("the process servers keep %s of payloads on their disks and only %s sealed: the hot window does not hold", mib(int64(local)), mib(int64(cold)))
 	}
