@@ -98,7 +98,7 @@ func (s *Server) openTier(ctx context.Context) error {
 		names = append(names, vm.Name)
 	}
 	for _, vm := range names {
-		rs, err := s.tier.Restore(ctx, s.j, vm)
+		rs, err := s.tier.Restore(ctx, s.j, vm, serverBases{s})
 		if err != nil {
 			return fmt.Errorf("object store: restore %s: %w", vm, err)
 		}
@@ -168,6 +168,36 @@ func (s *Server) sealAll(ctx context.Context) {
 		s.log.Debug("sealed into the object store", "vm", vm.Name, "up_to", upTo, "records", st.Records, "bytes", st.Bytes,
 			"merged", st.Merged, "into", st.Into, "deleted", st.Deleted)
 	}
+}
+
+// shipBase puts the VM's base images into the bucket once retention has
+// folded records into them, at most once a hot window, so that the bucket
+// can let go of the segments before them (retention in the bucket).
+func (s *Server) shipBase(ctx context.Context, vm ferry.VMID) error {
+	if s.tier == nil {
+		return nil
+	}
+	if _, ok := s.termOf(vm); !ok {
+		return nil
+	}
+	s.healthMu.Lock()
+	last := s.baseShipped[vm]
+	s.healthMu.Unlock()
+	if !last.IsZero() && s.clock.Now().Sub(last) < s.cfg.HotWindow {
+		return nil
+	}
+	st, err := s.tier.ShipBase(ctx, s.j, vm)
+	if err != nil {
+		return fmt.Errorf("vm %s: base images to the object store: %w", vm, err)
+	}
+	if st.Seq == 0 {
+		return nil
+	}
+	s.healthMu.Lock()
+	s.baseShipped[vm] = s.clock.Now()
+	s.healthMu.Unlock()
+	s.log.Info("base images in the object store", "vm", vm, "seq", st.Seq, "bytes", st.Bytes, "objects_deleted", st.Deleted)
+	return nil
 }
 
 // sealEvery is how often sealAll runs: a quarter of the hot window,
@@ -348,7 +378,7 @@ func (s *Server) claim(ctx context.Context, m *cluster.Member, vm ferry.VMID) (c
 		return o, err
 	}
 	start := time.Now()
-	rs, err := s.tier.Restore(ctx, s.j, vm)
+	rs, err := s.tier.Restore(ctx, s.j, vm, serverBases{s})
 	if err != nil {
 		// Another server may do better: the VM is let go.
 		if rerr := m.Release(context.WithoutCancel(ctx), string(vm)); rerr != nil {

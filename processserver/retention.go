@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ferrydr/ferry"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
 )
@@ -48,6 +49,30 @@ func (s *Server) baseDevices(vm journal.VM) ([]blockdev.Device, error) {
 		out[i] = f
 	}
 	return out, nil
+}
+
+// serverBases is where the object store tier puts the base images of a
+// VM it rebuilds: the retention's own files under DATA/base/VM.
+type serverBases struct{ s *Server }
+
+func (b serverBases) Drop(vm ferry.VMID) error {
+	slot := "base/" + string(vm)
+	b.s.filesMu.Lock()
+	files := b.s.files[slot]
+	delete(b.s.files, slot)
+	b.s.filesMu.Unlock()
+	for _, f := range files {
+		f.Close()
+	}
+	return os.RemoveAll(filepath.Join(b.s.cfg.DataDir, "base", string(vm)))
+}
+
+func (b serverBases) Create(vm journal.VM) ([]blockdev.Device, error) {
+	if err := b.Drop(vm.Name); err != nil {
+		return nil, err
+	}
+	vm.BaseSeq = 0 // new files, all zeros
+	return b.s.baseDevices(vm)
 }
 
 // attachBases attaches the base images of VMs that retention trimmed
@@ -107,6 +132,9 @@ func (s *Server) applyRetention(ctx context.Context) error {
 		}
 		if ts.PointsDeleted > 0 || ts.RecordsDeleted > 0 {
 			s.log.Info("retention", "vm", vm.Name, "points_deleted", ts.PointsDeleted, "records_deleted", ts.RecordsDeleted, "bytes_freed", ts.BytesFreed)
+		}
+		if err := s.shipBase(ctx, vm.Name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

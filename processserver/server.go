@@ -245,6 +245,7 @@ type Server struct {
 	lastHealth   map[ferry.VMID]Health // what checkHealth last saw
 	storeDown    bool                  // the object store refused the last segment
 	shippedState map[ferry.VMID]string // what shipStates last shipped
+	baseShipped  map[ferry.VMID]time.Time
 	grpc         *grpc.Server
 	lis          net.Listener
 	adm          *http.Server
@@ -321,7 +322,7 @@ func New(cfg Config) (*Server, error) {
 		scratch: newScratchQuota(cfg.ScratchQuota), exports: map[string]NBDExport{},
 		rpoAlert: newRPOAlert(cfg.Registerer), groupMetrics: newGroupMetrics(cfg.Registerer), relayMetrics: newRelayMetrics(cfg.Registerer),
 		groupLocks: map[string]*sync.Mutex{}, groupLast: map[string]time.Time{}, groupBusy: map[string]bool{},
-		planResume: map[string]chan string{}, lastHealth: map[ferry.VMID]Health{}, shippedState: map[ferry.VMID]string{}}, nil
+		planResume: map[string]chan string{}, lastHealth: map[ferry.VMID]Health{}, shippedState: map[ferry.VMID]string{}, baseShipped: map[ferry.VMID]time.Time{}}, nil
 }
 
 // Open opens the journal and starts serving.

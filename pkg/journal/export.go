@@ -64,7 +64,7 @@ func (j *Journal) Records(ctx context.Context, name ferry.VMID, from, upTo ferry
 // SetPoints makes pts the VM's recovery points, replacing those it had:
 // a process server that rebuilt the VM's journal from its records gives it
 // back the points it had where they were made. Every point must lie on a
-// processed record after the VM's base.
+// processed record after the VM's base, or at the base.
 func (j *Journal) SetPoints(ctx context.Context, name ferry.VMID, pts []ferry.Point) error {
 	pts = append([]ferry.Point(nil), pts...)
 	sort.Slice(pts, func(a, b int) bool { return pts[a].ID < pts[b].ID })
@@ -77,8 +77,10 @@ func (j *Journal) SetPoints(ctx context.Context, name ferry.VMID, pts []ferry.Po
 		meta := b.Bucket(bucketMeta)
 		for i := range pts {
 			p := &pts[i]
-			if p.ID <= vm.BaseSeq || p.ID > vm.ProcessedSeq || meta.Get(seqKey(p.ID)) == nil {
-				return fmt.Errorf("vm %s: point %d: %w: not a processed record after the base (%d, %d]", name, p.ID, ErrInvalid, vm.BaseSeq, vm.ProcessedSeq)
+			// A point may sit at the base's own sequence (retention keeps
+			// the oldest point there), or on a processed record after it.
+			if p.ID < vm.BaseSeq || p.ID > vm.ProcessedSeq || (p.ID > vm.BaseSeq && meta.Get(seqKey(p.ID)) == nil) || p.ID == 0 {
+				return fmt.Errorf("vm %s: point %d: %w: not the base's or a processed record after it [%d, %d]", name, p.ID, ErrInvalid, vm.BaseSeq, vm.ProcessedSeq)
 			}
 			if p.Consistency != ferry.Crash && p.Consistency != ferry.App {
 				return fmt.Errorf("vm %s: point %d: %w: consistency %d", name, p.ID, ErrInvalid, p.Consistency)

@@ -160,6 +160,23 @@ func (j *Journal) update(fn func(tx *bolt.Tx) error) error {
 
 // CreateVM registers a new VM with its disks and epoch.
 func (j *Journal) CreateVM(ctx context.Context, vm VM) error {
+	vm.BaseSeq = 0
+	return j.createVM(vm)
+}
+
+// CreateVMAt registers a VM whose history up to vm.BaseSeq is a base the
+// caller attaches next (AttachBase): a process server rebuilding the VM
+// from an object store's base image. Its stream continues at BaseSeq+1,
+// processed and write-ordered up to there (a base is cut at a point); its
+// base has no recorded sums and it has no hash index.
+func (j *Journal) CreateVMAt(ctx context.Context, vm VM) error {
+	if vm.BaseSeq == 0 {
+		return fmt.Errorf("create vm %s: %w: no base sequence", vm.Name, ErrInvalid)
+	}
+	return j.createVM(vm)
+}
+
+func (j *Journal) createVM(vm VM) error {
 	if vm.Name == "" {
 		return fmt.Errorf("create vm: %w: empty name", ErrInvalid)
 	}
@@ -167,8 +184,13 @@ func (j *Journal) CreateVM(ctx context.Context, vm VM) error {
 		return fmt.Errorf("create vm %s: %w: no disks", vm.Name, ErrInvalid)
 	}
 	vm.LastSeq, vm.Consistent, vm.Points = 0, false, 0
+	vm.ProcessedSeq, vm.ProcessedConsistent, vm.ColdSeq, vm.BaseChecked = 0, false, 0, false
 	// A new VM's disks are zeros until written: its index starts complete.
 	vm.HashIndex = indexable(&vm)
+	if vm.BaseSeq > 0 {
+		vm.LastSeq, vm.ProcessedSeq = vm.BaseSeq, vm.BaseSeq
+		vm.Consistent, vm.ProcessedConsistent, vm.HashIndex = true, true, false
+	}
 	if vm.Created.IsZero() {
 		vm.Created = time.Now().UTC()
 	}

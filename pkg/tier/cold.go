@@ -127,6 +127,16 @@ func (t *Tier) Payload(ctx context.Context, vm ferry.VMID, seq ferry.Seq) ([]byt
 	return r.Payload, nil
 }
 
+// chainFromBase is the chain of segments after the bucket's newest base
+// (from the first record when it has none).
+func (t *Tier) chainFromBase(ctx context.Context, vm ferry.VMID) ([]segment, error) {
+	m, err := t.latestBase(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	return t.chain(ctx, vm, m.Seq)
+}
+
 // locate finds the segment of the chain that holds seq, reading the
 // chain again when what the tier knows does not cover it.
 func (t *Tier) locate(ctx context.Context, vm ferry.VMID, seq ferry.Seq) (segment, error) {
@@ -143,7 +153,7 @@ func (t *Tier) locate(ctx context.Context, vm ferry.VMID, seq ferry.Seq) (segmen
 	if s, ok := find(segs); ok {
 		return s, nil
 	}
-	segs, err := t.chain(ctx, vm, 0)
+	segs, err := t.chainFromBase(ctx, vm)
 	if err != nil {
 		return segment{}, err
 	}
@@ -191,7 +201,7 @@ func (t *Tier) Seal(ctx context.Context, j *journal.Journal, term uint64, vm fer
 	for _, o := range objs {
 		size[o.Name] = o.Size
 	}
-	segs, err := t.chain(ctx, vm, 0)
+	segs, err := t.chainFromBase(ctx, vm)
 	if err != nil {
 		return st, err
 	}

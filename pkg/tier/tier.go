@@ -192,12 +192,30 @@ func (t *Tier) chain(ctx context.Context, vm ferry.VMID, from ferry.Seq) ([]segm
 	var out []segment
 	for next := from + 1; ; {
 		s, ok := byFirst[next]
+		if !ok && len(out) == 0 && from > 0 {
+			// A base falls inside a segment (sealing merged across it):
+			// the chain starts in the one that holds from+1.
+			s, ok = straddling(byFirst, next)
+		}
 		if !ok {
 			return out, nil
 		}
 		out = append(out, s)
 		next = s.last + 1
 	}
+}
+
+// straddling is the segment that holds seq without starting at it: of
+// the newest term, and of a term the longest.
+func straddling(byFirst map[ferry.Seq]segment, seq ferry.Seq) (segment, bool) {
+	var best segment
+	found := false
+	for _, s := range byFirst {
+		if s.first < seq && s.last >= seq && (!found || s.term > best.term || (s.term == best.term && s.last > best.last)) {
+			best, found = s, true
+		}
+	}
+	return best, found
 }
 
 // End is the last sequence of the VM's stream in the bucket (0 when the
@@ -213,11 +231,15 @@ func (t *Tier) end(ctx context.Context, vm ferry.VMID, v *shipped) (ferry.Seq, e
 	if v.known {
 		return v.seq, nil
 	}
-	segs, err := t.chain(ctx, vm, 0)
+	m, err := t.latestBase(ctx, vm)
 	if err != nil {
 		return 0, err
 	}
-	v.seq, v.known = 0, true
+	segs, err := t.chain(ctx, vm, m.Seq)
+	if err != nil {
+		return 0, err
+	}
+	v.seq, v.known = m.Seq, true
 	if len(segs) > 0 {
 		v.seq = segs[len(segs)-1].last
 	}
@@ -425,7 +447,10 @@ func StateOf(ctx context.Context, j *journal.Journal, vm ferry.VMID, term uint64
 // RestoreStats says what Restore did.
 type RestoreStats struct {
 	// Kept: the journal's copy was whole and was kept as it was.
-	Kept     bool
+	Kept bool
+	// Base is the sequence of the base image the rebuild started from (0:
+	// none).
+	Base     ferry.Seq
 	Segments int
 	Records  int
 	Bytes    int64 // segment bytes read
@@ -436,10 +461,12 @@ type RestoreStats struct {
 
 // Restore makes j's copy of the VM what the bucket holds: kept when it
 // already ends where the bucket's does (at the same epoch), rebuilt from
-// the bucket's segments otherwise (records appended again, processed
-// again, points put back). A VM the bucket knows nothing of is left as
-// it is: what the journal holds of it is shipped by the next CatchUp.
-func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (RestoreStats, error) {
+// the bucket otherwise (the newest base image into new images of bases,
+// then the records after it appended again, processed again, then the
+// points put back). A VM the bucket knows nothing of is left as it is:
+// what the journal holds of it is shipped by the next CatchUp. bases may
+// be nil while no base was shipped.
+func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID, bases Bases) (RestoreStats, error) {
 	var rs RestoreStats
 	v := t.vm(vm)
 	v.mu.Lock()
@@ -460,10 +487,15 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 	if err != nil {
 		return rs, err
 	}
-	segs, err := t.chain(ctx, vm, 0)
+	base, err := t.latestBase(ctx, vm)
 	if err != nil {
 		return rs, err
 	}
+	segs, err := t.chain(ctx, vm, base.Seq)
+	if err != nil {
+		return rs, err
+	}
+	rs.End = base.Seq
 	if len(segs) > 0 {
 		rs.End = segs[len(segs)-1].last
 	}
@@ -478,7 +510,19 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 	} else if !errors.Is(err, journal.ErrNoVM) {
 		return rs, err
 	}
-	if err := j.CreateVM(ctx, journal.VM{Name: vm, Disks: st.VM.Disks, Epoch: st.VM.Epoch, BlockSize: st.VM.BlockSize, Created: st.VM.Created}); err != nil {
+	if bases != nil {
+		// Base images of an earlier copy must not show through.
+		if err := bases.Drop(vm); err != nil {
+			return rs, err
+		}
+	}
+	desc := journal.VM{Name: vm, Disks: st.VM.Disks, Epoch: st.VM.Epoch, BlockSize: st.VM.BlockSize, Created: st.VM.Created}
+	if base.Seq > 0 {
+		if err := t.restoreBase(ctx, j, bases, desc, base); err != nil {
+			return rs, err
+		}
+		rs.Base = base.Seq
+	} else if err := j.CreateVM(ctx, desc); err != nil {
 		return rs, err
 	}
 	for _, s := range segs {
@@ -493,6 +537,9 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 		if len(recs) == 0 || recs[0].Seq != s.first || recs[len(recs)-1].Seq != s.last {
 			return rs, fmt.Errorf("tier: %s: %w: its records are not the ones its name says", s.name, ErrSegment)
 		}
+		if s.first <= base.Seq {
+			recs = recs[base.Seq-s.first+1:] // the base holds these
+		}
 		if err := j.Append(ctx, recs); err != nil {
 			return rs, fmt.Errorf("tier: %s: %w", s.name, err)
 		}
@@ -503,13 +550,13 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 	if _, err := j.Process(ctx, vm, rs.End); err != nil {
 		return rs, err
 	}
-	// The points as they were shipped, and those of markers shipped
-	// after the state was.
-	// A point on records the bucket lacks (processed where they were
-	// journaled, never acknowledged) is not one.
+	// The points as they were shipped (of those the base and the records
+	// still hold: at the base or after it, and not on records the bucket
+	// lacks, processed where they were journaled and never acknowledged),
+	// and those of markers shipped after the state was.
 	var pts []ferry.Point
 	for _, p := range st.Points {
-		if p.ID <= rs.End {
+		if p.ID >= max(base.Seq, 1) && p.ID <= rs.End {
 			pts = append(pts, p)
 		}
 	}
@@ -528,7 +575,7 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID) (
 	}
 	rs.Points = len(pts)
 	// What the earlier owner had sealed away stays in the bucket only.
-	if cold := min(st.VM.ColdSeq, rs.End); cold > 0 {
+	if cold := min(st.VM.ColdSeq, rs.End); cold > base.Seq {
 		if _, err := j.SealPayloads(ctx, vm, cold); err != nil {
 			return rs, err
 		}

@@ -235,7 +235,7 @@ func TestShipAndRestore(t *testing.T) {
 	}
 
 	dst := openJournal(t, bytes.Repeat([]byte{2}, 32))
-	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestShipAndRestore(t *testing.T) {
 		t.Fatalf("restored vm %+v", got)
 	}
 	// Restored again: the journal's copy is whole and is kept.
-	rs, err = tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	rs, err = tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm, nil)
 	if err != nil || !rs.Kept {
 		t.Fatalf("restore again: %+v %v", rs, err)
 	}
@@ -303,7 +303,7 @@ func TestCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := openJournal(t, nil)
-	if _, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm); err != nil {
+	if _, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	want, _ := src.Points(ctx, vm)
@@ -338,7 +338,7 @@ func TestNewerOwnerWins(t *testing.T) {
 	// The new owner restores and goes on with its agent.
 	nw := openJournal(t, nil)
 	newTier := tier.New(tier.Config{Store: st})
-	if _, err := newTier.Restore(ctx, nw, vm); err != nil {
+	if _, err := newTier.Restore(ctx, nw, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	ns := &stream{t: t, j: nw, comp: s.comp, rng: rand.New(rand.NewPCG(33, 33)), seq: s.seq, truth: blockdev.NewMemory(diskSize), snaps: map[ferry.Seq][]byte{}}
@@ -364,7 +364,7 @@ func TestNewerOwnerWins(t *testing.T) {
 		t.Fatal("both owners ended at the same sequence: the test cannot tell them apart")
 	}
 	dst := openJournal(t, nil)
-	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm)
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +402,7 @@ func TestRestoreDropsWhatWasNotShipped(t *testing.T) {
 	if _, err := j.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
 		t.Fatal(err)
 	}
-	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, j, vm)
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, j, vm, nil)
 	if err != nil || rs.Kept || rs.End != end {
 		t.Fatalf("restore %+v %v, want rebuilt to %d", rs, err, end)
 	}
@@ -412,7 +412,7 @@ func TestRestoreDropsWhatWasNotShipped(t *testing.T) {
 	os2 := newStream(t, other, 5)
 	os2.batch(3)
 	st2 := openStore(t, srv, "empty")
-	rs, err = tier.New(tier.Config{Store: st2}).Restore(ctx, other, vm)
+	rs, err = tier.New(tier.Config{Store: st2}).Restore(ctx, other, vm, nil)
 	if err != nil || rs.Kept || rs.End != 0 {
 		t.Fatalf("restore from an empty bucket %+v %v", rs, err)
 	}
@@ -491,7 +491,7 @@ func TestSealAndReadCold(t *testing.T) {
 	dst := openJournal(t, nil)
 	other := tier.New(tier.Config{Store: st})
 	dst.SetCold(other)
-	if _, err := other.Restore(ctx, dst, vm); err != nil {
+	if _, err := other.Restore(ctx, dst, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := dst.VM(ctx, vm); got.ColdSeq != upTo {
@@ -510,4 +510,127 @@ func copyJournal(t *testing.T, j *journal.Journal, path string) {
 	if _, err := j.Snapshot(f); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// memBases keeps base images in memory, as a process server keeps them in
+// files.
+type memBases struct{ devs map[ferry.VMID][]*blockdev.Memory }
+
+func (b *memBases) Create(v journal.VM) ([]blockdev.Device, error) {
+	var out []blockdev.Device
+	b.devs[v.Name] = nil
+	for _, d := range v.Disks {
+		m := blockdev.NewMemory(d.Size)
+		b.devs[v.Name] = append(b.devs[v.Name], m)
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func (b *memBases) Drop(vm ferry.VMID) error { delete(b.devs, vm); return nil }
+
+// TestBaseInTheBucket: retention folds the oldest records into the base
+// images; shipped to the bucket, they let it delete the segments before
+// them; sealing after a base follows the chain from it; a VM rebuilt
+// elsewhere starts from the newest base image (inside a sealed segment)
+// and every point kept reads as its ground truth. Without a place for
+// bases the rebuild is refused.
+func TestBaseInTheBucket(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "base")
+	tr := tier.New(tier.Config{Store: st})
+	src := openJournal(t, nil)
+	src.SetCold(tr)
+	s := newStream(t, src, 8)
+	for range 9 {
+		if err := tr.Ship(ctx, src, term(4), s.batch(1+s.rng.IntN(10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := src.Points(ctx, vm)
+	// The oldest records sealed (merged), then retention folds past them.
+	if _, err := tr.Seal(ctx, src, 4, vm, pts[2].ID); err != nil {
+		t.Fatal(err)
+	}
+	if bs, err := tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != 0 {
+		t.Fatalf("a base shipped before retention made one: %+v %v", bs, err)
+	}
+	base := []blockdev.Device{blockdev.NewMemory(diskSize)}
+	if _, err := src.Trim(ctx, vm, pts[4].ID, base); err != nil {
+		t.Fatal(err)
+	}
+	bs, err := tr.ShipBase(ctx, src, vm)
+	if err != nil || bs.Seq != pts[4].ID || bs.Bytes == 0 || bs.Deleted < 2 {
+		t.Fatalf("ship base: %+v %v", bs, err)
+	}
+	if again, err := tr.ShipBase(ctx, src, vm); err != nil || again.Seq != 0 {
+		t.Fatalf("the same base shipped twice: %+v %v", again, err)
+	}
+	noneBefore := func(b ferry.Seq) {
+		t.Helper()
+		segs, _ := st.List(ctx, "vms/"+string(vm)+"/seg/")
+		for _, n := range segs {
+			var first, last, tm uint64
+			fmt.Sscanf(n[len("vms/"+string(vm)+"/seg/"):], "%x-%x-%x", &first, &last, &tm)
+			if ferry.Seq(last) <= b {
+				t.Fatalf("segment %s ends before the base at %d and was kept", n, b)
+			}
+		}
+	}
+	noneBefore(bs.Seq)
+	// More records after the base, sealed too: the chain starts at the
+	// base now, and nothing after it is lost to the seal.
+	for range 3 {
+		if err := tr.Ship(ctx, src, term(4), s.batch(1+s.rng.IntN(10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := src.Points(ctx, vm)
+	if _, err := tr.Seal(ctx, src, 4, vm, kept[len(kept)-2].ID); err != nil {
+		t.Fatal(err)
+	}
+	samePoints(t, src, src, s, kept)
+	// Retention folds again, into the middle of that sealed segment: the
+	// next base falls inside it.
+	if _, err := src.Trim(ctx, vm, kept[2].ID, base); err != nil {
+		t.Fatal(err)
+	}
+	if bs, err = tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != kept[2].ID {
+		t.Fatalf("ship the second base: %+v %v", bs, err)
+	}
+	noneBefore(bs.Seq)
+	kept, _ = src.Points(ctx, vm)
+	state, _ := tier.StateOf(ctx, src, vm, 4)
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := openJournal(t, nil)
+	other := tier.New(tier.Config{Store: st})
+	dst.SetCold(other)
+	if _, err := other.Restore(ctx, dst, vm, nil); err == nil {
+		t.Fatal("restored a VM whose history starts at a base without a place for it")
+	}
+	dst2 := openJournal(t, nil)
+	dst2.SetCold(other)
+	bases := &memBases{devs: map[ferry.VMID][]*blockdev.Memory{}}
+	rs, err := other.Restore(ctx, dst2, vm, bases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Base != bs.Seq || rs.End != s.seq {
+		t.Fatalf("restore %+v: want from the base at %d to %d", rs, bs.Seq, s.seq)
+	}
+	got, _ := dst2.VM(ctx, vm)
+	if got.BaseSeq != bs.Seq || got.LastSeq != s.seq {
+		t.Fatalf("restored vm %+v", got)
+	}
+	samePoints(t, dst2, src, s, kept)
 }
