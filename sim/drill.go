@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/clock"
+	"github.com/ferrydr/ferry/pkg/objstore"
 	"github.com/ferrydr/ferry/pkg/plan"
 	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
@@ -93,6 +94,9 @@ type Config struct {
 	// Proxy puts a fault.Proxy between each agent and the process server
 	// (Drill.Proxies), for tests that attack the network.
 	Proxy bool
+	// Store, when set, is the process server's object store (its journal
+	// shipped to a bucket, retention's bases too).
+	Store *objstore.Store
 	// Dir holds the process server's data and the agents' state.
 	Dir    string
 	Logger *slog.Logger
@@ -179,7 +183,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 		DataDir: filepath.Join(cfg.Dir, "ps"), Listen: "127.0.0.1:0", Logger: cfg.Logger,
 		Clock: d.Clock, Compute: d.Compute, ProcessInterval: -1, Cost: d.costs(), Retention: cfg.Retention,
 		RPOThreshold: cfg.RPOThreshold, GroupSchedule: -1, PlanActions: cfg.PlanActions, EncryptionKey: cfg.EncryptionKey,
-		MasterTarget: mtAddr, Webhooks: cfg.Webhooks,
+		MasterTarget: mtAddr, Webhooks: cfg.Webhooks, Store: cfg.Store,
 	}
 	ps, err := processserver.New(d.psConfig)
 	if err != nil {

@@ -16,8 +16,8 @@ import (
 // processes, one killed with SIGKILL; every check of the report must
 // pass.
 func TestClusterDrill(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs servers as processes for about two minutes")
+	if testing.Short() || raceEnabled {
+		t.Skip("runs servers as processes for about two minutes (make test runs it, without the race detector)")
 	}
 	svctest.Versitygw(t)
 	svctest.Need(t, "etcd", "apt-get install -y etcd-server")

@@ -1,0 +1,5 @@
+//go:build !race
+
+package clusterdrill_test
+
+const raceEnabled = false
