@@ -55,6 +55,8 @@ func baseDir(vm ferry.VMID, seq ferry.Seq) string {
 type baseManifest struct {
 	Seq   ferry.Seq `json:"seq"`
 	Sizes []int64   `json:"sizes"`
+	// Bytes of the images' runs (their non-zero blocks).
+	Bytes int64 `json:"bytes"`
 }
 
 // latestBase is the sequence of the VM's newest complete base in the
@@ -96,12 +98,20 @@ type BaseStats struct {
 	// bases).
 	Bytes   int64
 	Deleted int
+	// Waiting: the segments a new base would free are still smaller than
+	// the bucket's base: none was shipped.
+	Waiting bool
 }
 
 // ShipBase puts the VM's base images into the bucket when the journal's
 // base is newer than the bucket's, then deletes the segments and bases it
 // makes unnecessary. The VM's records up to the base must be in the bucket
 // (they are: they were acknowledged).
+//
+// A base is put whole, so it is put only once the segments it frees weigh
+// at least as much as the bucket's current base: the bytes put for bases
+// never exceed the bytes of records they let go of, and the bucket holds
+// at most about one base's worth of history beyond the retention window.
 func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) (BaseStats, error) {
 	var st BaseStats
 	cur, err := j.VM(ctx, vm)
@@ -123,6 +133,20 @@ func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) 
 	if end < cur.BaseSeq {
 		return st, fmt.Errorf("tier: vm %s: base at %d, the bucket's records end at %d", vm, cur.BaseSeq, end)
 	}
+	objs, err := t.st.ListObjects(ctx, segPrefix(vm))
+	if err != nil {
+		return st, err
+	}
+	var freed int64
+	for _, o := range objs {
+		if s, ok := parseSeg(vm, o.Name); ok && s.last <= cur.BaseSeq {
+			freed += o.Size
+		}
+	}
+	if have.Seq > 0 && freed < have.Bytes {
+		st.Waiting = true
+		return st, nil
+	}
 	st.Seq = cur.BaseSeq
 	dir := baseDir(vm, cur.BaseSeq)
 	m := baseManifest{Seq: cur.BaseSeq}
@@ -134,6 +158,7 @@ func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) 
 		st.Bytes += n
 		m.Sizes = append(m.Sizes, d.Size())
 	}
+	m.Bytes = st.Bytes
 	js, err := json.Marshal(m)
 	if err != nil {
 		return st, err
@@ -143,13 +168,9 @@ func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) 
 	}
 	// What the base holds is in the bucket now: the segments that end
 	// before it and the older bases go.
-	segs, err := t.st.List(ctx, segPrefix(vm))
-	if err != nil {
-		return st, err
-	}
-	for _, n := range segs {
-		if s, ok := parseSeg(vm, n); ok && s.last <= cur.BaseSeq {
-			if err := t.st.Delete(ctx, n); err != nil {
+	for _, o := range objs {
+		if s, ok := parseSeg(vm, o.Name); ok && s.last <= cur.BaseSeq {
+			if err := t.st.Delete(ctx, o.Name); err != nil {
 				return st, err
 			}
 			st.Deleted++

@@ -21,7 +21,8 @@ import (
 const DefaultCacheBytes = 256 << 20
 
 // SealTarget is the size sealing merges the small segments of group
-// commits into: one object per this many bytes of a VM's older records.
+// commits into by default: one object per this many bytes of a VM's older
+// records.
 const SealTarget = 64 << 20
 
 type cache struct {
@@ -178,7 +179,7 @@ type SealStats struct {
 
 // Seal makes the bucket hold the VM's records up to upTo in few large
 // segments (the small ones of single group commits merged, up to
-// SealTarget each) and drops their payloads from the journal's file:
+// Config.SealBytes each) and drops their payloads from the journal's file:
 // reads of them go to the bucket from then on. upTo must be shipped and
 // processed. term is the owner's.
 func (t *Tier) Seal(ctx context.Context, j *journal.Journal, term uint64, vm ferry.VMID, upTo ferry.Seq) (SealStats, error) {
@@ -225,10 +226,16 @@ func (t *Tier) Seal(ctx context.Context, j *journal.Journal, term uint64, vm fer
 		if s.last > upTo {
 			break
 		}
-		if groupSize+size[s.name] > SealTarget {
+		// A segment sealing made (or a large group commit's) stays as it
+		// is: merging it again would only rewrite it.
+		big := size[s.name] >= t.sealBytes/8
+		if big || groupSize+size[s.name] > t.sealBytes {
 			if err := flush(); err != nil {
 				return st, err
 			}
+		}
+		if big {
+			continue
 		}
 		group = append(group, s)
 		groupSize += size[s.name]

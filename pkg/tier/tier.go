@@ -57,6 +57,9 @@ type Config struct {
 	// CacheBytes bounds the segments kept decoded for reads of payloads
 	// sealed away (default DefaultCacheBytes).
 	CacheBytes int64
+	// SealBytes is the size sealing merges small segments into (default
+	// SealTarget); a segment of an eighth of it or more is left as it is.
+	SealBytes int64
 }
 
 // DefaultPutTimeout bounds a put when Config.PutTimeout is not set.
@@ -70,7 +73,8 @@ type Tier struct {
 	m       metrics
 	timeout time.Duration
 
-	cache *cache
+	cache     *cache
+	sealBytes int64
 
 	mu    sync.Mutex
 	vms   map[ferry.VMID]*shipped
@@ -113,7 +117,10 @@ func New(cfg Config) *Tier {
 	if cfg.PutTimeout <= 0 {
 		cfg.PutTimeout = DefaultPutTimeout
 	}
-	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, timeout: cfg.PutTimeout, cache: newCache(cfg.CacheBytes),
+	if cfg.SealBytes <= 0 {
+		cfg.SealBytes = SealTarget
+	}
+	return &Tier{st: cfg.Store, log: cfg.Logger, m: m, timeout: cfg.PutTimeout, cache: newCache(cfg.CacheBytes), sealBytes: cfg.SealBytes,
 		vms: map[ferry.VMID]*shipped{}, index: map[ferry.VMID][]segment{}}
 }
 

@@ -514,7 +514,9 @@ func copyJournal(t *testing.T, j *journal.Journal, path string) {
 
 // memBases keeps base images in memory, as a process server keeps them in
 // files.
-type memBases struct{ devs map[ferry.VMID][]*blockdev.Memory }
+type memBases struct {
+	devs map[ferry.VMID][]*blockdev.Memory
+}
 
 func (b *memBases) Create(v journal.VM) ([]blockdev.Device, error) {
 	var out []blockdev.Device
@@ -539,7 +541,8 @@ func TestBaseInTheBucket(t *testing.T) {
 	srv := ferrytest.StartS3(t)
 	ctx := context.Background()
 	st := openStore(t, srv, "base")
-	tr := tier.New(tier.Config{Store: st})
+	// Small sealed segments, so that a base can free some of them.
+	tr := tier.New(tier.Config{Store: st, SealBytes: 1 << 20})
 	src := openJournal(t, nil)
 	src.SetCold(tr)
 	s := newStream(t, src, 8)
@@ -582,28 +585,63 @@ func TestBaseInTheBucket(t *testing.T) {
 		}
 	}
 	noneBefore(bs.Seq)
-	// More records after the base, sealed too: the chain starts at the
-	// base now, and nothing after it is lost to the seal.
-	for range 3 {
-		if err := tr.Ship(ctx, src, term(4), s.batch(1+s.rng.IntN(10))); err != nil {
+	shipBatches := func(n int) {
+		t.Helper()
+		for range n {
+			if err := tr.Ship(ctx, src, term(4), s.batch(1+s.rng.IntN(10))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+	// A little more, folded: the segments a new base would free weigh
+	// less than the base: it waits.
+	shipBatches(3)
+	kept, _ := src.Points(ctx, vm)
+	if _, err := src.Trim(ctx, vm, kept[1].ID, base); err != nil {
 		t.Fatal(err)
 	}
-	kept, _ := src.Points(ctx, vm)
+	if w, err := tr.ShipBase(ctx, src, vm); err != nil || !w.Waiting || w.Seq != 0 {
+		t.Fatalf("a base shipped to free less than it weighs: %+v %v", w, err)
+	}
+	// Much more, sealed in two merged segments (the chain starts at the
+	// base now, and nothing after it is lost to a seal); retention then
+	// folds into the middle of the second: the next base falls inside it
+	// and frees the first.
+	shipBatches(30)
+	kept, _ = src.Points(ctx, vm)
+	if _, err := tr.Seal(ctx, src, 4, vm, kept[len(kept)-12].ID); err != nil {
+		t.Fatal(err)
+	}
+	shipBatches(10)
+	kept, _ = src.Points(ctx, vm)
 	if _, err := tr.Seal(ctx, src, 4, vm, kept[len(kept)-2].ID); err != nil {
 		t.Fatal(err)
 	}
 	samePoints(t, src, src, s, kept)
-	// Retention folds again, into the middle of that sealed segment: the
-	// next base falls inside it.
-	if _, err := src.Trim(ctx, vm, kept[2].ID, base); err != nil {
+	// A point inside a merged segment, far enough on to free more than
+	// the first base weighs.
+	var inside ferry.Seq
+	segs, _ := st.List(ctx, "vms/"+string(vm)+"/seg/")
+	for _, n := range segs {
+		var first, last, tm uint64
+		fmt.Sscanf(n[len("vms/"+string(vm)+"/seg/"):], "%x-%x-%x", &first, &last, &tm)
+		for _, p := range kept[len(kept)/2 : len(kept)-2] {
+			if uint64(p.ID) >= first && uint64(p.ID) < last {
+				inside = p.ID
+			}
+		}
+	}
+	if inside == 0 {
+		t.Fatal("no point inside a merged segment")
+	}
+	if _, err := src.Trim(ctx, vm, inside, base); err != nil {
 		t.Fatal(err)
 	}
-	if bs, err = tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != kept[2].ID {
-		t.Fatalf("ship the second base: %+v %v", bs, err)
+	if bs, err = tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != inside {
+		t.Fatalf("ship the second base at %d: %+v %v", inside, bs, err)
 	}
 	noneBefore(bs.Seq)
 	kept, _ = src.Points(ctx, vm)
