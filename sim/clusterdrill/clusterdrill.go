@@ -1155,7 +1155,7 @@ func (d *drill) storage(ctx context.Context) error {
 	d.peakMu.Lock()
 	peak := d.peakLocal
 	d.peakMu.Unlock()
-	d.line("payloads at the end: %s; the most one process server held on its disk while the agents wrote: %s; bucket %s (segments and states; retention does not delete objects yet)",
+	d.line("payloads at the end: %s; the most one process server held on its disk while the agents wrote: %s; bucket %s (segments, states; no base images: the drill is shorter than a retention window)",
 		strings.Join(parts, ", "), mib(int64(peak)), mib(duOf(d.s3Dir)))
 	var written int64
 	var vmSeconds float64
