@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -95,7 +96,9 @@ func (s *Server) openTier(ctx context.Context) error {
 		return err
 	}
 	for _, vm := range local {
-		names = append(names, vm.Name)
+		if !slices.Contains(names, vm.Name) {
+			names = append(names, vm.Name)
+		}
 	}
 	for _, vm := range names {
 		rs, err := s.tier.Restore(ctx, s.j, vm, serverBases{s})

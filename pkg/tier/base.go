@@ -149,21 +149,7 @@ func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) 
 	}
 	st.Seq = cur.BaseSeq
 	dir := baseDir(vm, cur.BaseSeq)
-	m := baseManifest{Seq: cur.BaseSeq}
-	for i, d := range devs {
-		n, err := t.putImage(ctx, dir+fmt.Sprintf("disk%d", i), d)
-		if err != nil {
-			return st, fmt.Errorf("tier: vm %s: base disk %d: %w", vm, i, err)
-		}
-		st.Bytes += n
-		m.Sizes = append(m.Sizes, d.Size())
-	}
-	m.Bytes = st.Bytes
-	js, err := json.Marshal(m)
-	if err != nil {
-		return st, err
-	}
-	if err := t.st.Put(ctx, dir+"manifest", js); err != nil {
+	if st.Bytes, err = t.putBase(ctx, vm, cur.BaseSeq, devs); err != nil {
 		return st, err
 	}
 	// What the base holds is in the bucket now: the segments that end
@@ -192,6 +178,29 @@ func (t *Tier) ShipBase(ctx context.Context, j *journal.Journal, vm ferry.VMID) 
 	delete(t.index, vm)
 	t.mu.Unlock()
 	return st, nil
+}
+
+// putBase puts base images at seq and, last, their manifest; it returns
+// the bytes of their runs.
+func (t *Tier) putBase(ctx context.Context, vm ferry.VMID, seq ferry.Seq, devs []blockdev.Device) (int64, error) {
+	dir := baseDir(vm, seq)
+	m := baseManifest{Seq: seq}
+	for i, d := range devs {
+		n, err := t.putImage(ctx, dir+fmt.Sprintf("disk%d", i), d)
+		if err != nil {
+			return 0, fmt.Errorf("tier: vm %s: base disk %d: %w", vm, i, err)
+		}
+		m.Bytes += n
+		m.Sizes = append(m.Sizes, d.Size())
+	}
+	js, err := json.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	if err := t.st.Put(ctx, dir+"manifest", js); err != nil {
+		return 0, err
+	}
+	return m.Bytes, nil
 }
 
 // putImage streams a disk's non-zero blocks into an object.

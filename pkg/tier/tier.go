@@ -352,6 +352,20 @@ func (t *Tier) catchUp(ctx context.Context, j *journal.Journal, term uint64, vm 
 	if upTo <= v.seq {
 		return nil
 	}
+	// A journal whose retention folded records the bucket never had (it
+	// served before it shipped) starts the bucket at its base images.
+	if cur, err := j.VM(ctx, vm); err != nil {
+		return err
+	} else if v.seq < cur.BaseSeq {
+		devs := j.Base(vm)
+		if devs == nil {
+			return t.failed(vm, fmt.Errorf("records up to %d are in base images that are not attached", cur.BaseSeq))
+		}
+		if _, err := t.putBase(ctx, vm, cur.BaseSeq, devs); err != nil {
+			return t.failed(vm, err)
+		}
+		v.seq = cur.BaseSeq
+	}
 	var batch []journal.Record
 	size := 0
 	flush := func() error {

@@ -672,3 +672,42 @@ func TestBaseInTheBucket(t *testing.T) {
 	}
 	samePoints(t, dst2, src, s, kept)
 }
+
+// TestShipAfterRetention: a journal that served (and folded records into
+// its base) before it shipped: the bucket starts at its base images, then
+// its records, and a VM rebuilt from the bucket reads as it does.
+func TestShipAfterRetention(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "late")
+	src := openJournal(t, nil)
+	s := newStream(t, src, 9)
+	for range 6 {
+		s.batch(1 + s.rng.IntN(10))
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := src.Points(ctx, vm)
+	if _, err := src.Trim(ctx, vm, pts[3].ID, []blockdev.Device{blockdev.NewMemory(diskSize)}); err != nil {
+		t.Fatal(err)
+	}
+	tr := tier.New(tier.Config{Store: st})
+	if err := tr.CatchUp(ctx, src, 1, vm); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := tr.End(ctx, vm); err != nil || end != s.seq {
+		t.Fatalf("the bucket ends at %d (%v), want %d", end, err, s.seq)
+	}
+	state, _ := tier.StateOf(ctx, src, vm, 1)
+	if err := tr.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := src.Points(ctx, vm)
+	dst := openJournal(t, nil)
+	rs, err := tier.New(tier.Config{Store: st}).Restore(ctx, dst, vm, &memBases{devs: map[ferry.VMID][]*blockdev.Memory{}})
+	if err != nil || rs.Base != pts[3].ID {
+		t.Fatalf("restore %+v %v: want from the base at %d", rs, err, pts[3].ID)
+	}
+	samePoints(t, dst, src, s, kept)
+}
