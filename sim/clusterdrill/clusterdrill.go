@@ -123,8 +123,8 @@ type drill struct {
 	peakMu    sync.Mutex
 	peakLocal float64
 	sampling  context.CancelFunc
-	hookDir string
-	etcdc   *clientv3.Client
+	hookDir   string
+	etcdc     *clientv3.Client
 
 	vms []*vmRun
 }
