@@ -465,8 +465,9 @@ func (s *Server) clusterLoop(ctx context.Context) {
 			Detail: fmt.Sprintf("%s lost its etcd lease: its %d VMs are taken over by the other process servers; it joins again", c.cfg.Name, len(lost))})
 		for vm := range lost {
 			s.tier.Forget(vm)
+			// The agent reconnects, and is sent to the new owner.
 			fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			s.recv.Fence(fctx, vm)
+			s.recv.Disconnect(fctx, vm)
 			cancel()
 		}
 		m.Leave(context.Background())

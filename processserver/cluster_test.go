@@ -278,3 +278,45 @@ func TestHotWindow(t *testing.T) {
 	v.VerifyLatest(ferrytest.Dial(t, ps.Addr))
 	t.Logf("sealed up to %d: %d of %d stored bytes in the bucket only, %d points before it", got.ColdSeq, got.ColdBytes, got.StoredBytes, cold)
 }
+
+// TestEtcdOutage: etcd goes away for longer than the lease: the process
+// server loses its membership (an event says so), ends its agents'
+// streams without stopping them, joins again when etcd is back and claims
+// its VMs again; the agents write on throughout, and every point equals
+// its ground truth.
+func TestEtcdOutage(t *testing.T) {
+	e := ferrytest.StartEtcd(t)
+	srv := ferrytest.StartS3(t)
+	st := openBucket(t, srv, "etcd-outage")
+	ps := clusterPS(t, "ps-a", e, st)
+	v := agenttest.New(t, ps.Addr, 95, []int64{2 << 20}, nil)
+	work([]*agenttest.VM{v}, 3)
+	e.Kill()
+	for range 3 {
+		for range 4 {
+			v.Write()
+		}
+		v.Mark()
+		time.Sleep(time.Second)
+	}
+	ferrytest.WaitFor(t, 20*time.Second, "the membership lost", func() bool { return !ps.Cluster().Member })
+	e.Start()
+	ferrytest.WaitFor(t, 60*time.Second, "the VM owned again", func() bool { return owns(ps, v.Name) })
+	work([]*agenttest.VM{v}, 2)
+	if err := v.A.Err(); err != nil {
+		t.Fatalf("the agent stopped: %v", err)
+	}
+	evs, _ := ps.Events(context.Background(), "")
+	lost := 0
+	for _, ev := range evs {
+		if ev.Kind == processserver.EventMembershipLost {
+			lost++
+		}
+	}
+	if lost == 0 {
+		t.Fatalf("no %s event: %+v", processserver.EventMembershipLost, evs)
+	}
+	if n := v.VerifyPoints(ps.ProcessAll, ferrytest.Dial(t, ps.Addr)); n != len(v.Truth) || n < 5 {
+		t.Fatalf("%d points checked, %d marks queued", n, len(v.Truth))
+	}
+}

@@ -215,8 +215,9 @@ func (m *Member) Members(ctx context.Context) (map[string]string, error) {
 }
 
 // Orphans sends each VM whose owner let go of it (released, or its lease
-// expired) as it happens, until ctx ends or the membership is lost; the
-// members then race to Claim it and etcd picks one.
+// expired) as it happens, until ctx ends or the membership is lost (the
+// channel is closed then); the members race to Claim it and etcd picks
+// one.
 func (m *Member) Orphans(ctx context.Context) <-chan string {
 	out := make(chan string, 64)
 	prefix := m.key("owners", "")
@@ -224,6 +225,15 @@ func (m *Member) Orphans(ctx context.Context) <-chan string {
 		defer close(out)
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		// A watch waits out an unreachable etcd; a member whose lease is
+		// gone stops watching at once.
+		go func() {
+			select {
+			case <-m.session.Done():
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
 		for wr := range m.c.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithFilterPut()) {
 			if wr.Err() != nil {
 				m.log.Warn("cluster watch", "err", wr.Err())

@@ -184,3 +184,33 @@ func TestOwnership(t *testing.T) {
 		}
 	}
 }
+
+// TestOrphansEndWithTheLease: etcd goes away; once the member's lease is
+// gone (Done), its watch for orphans ends too, so that the member can
+// join again instead of waiting on a watch of a lease it lost.
+func TestOrphansEndWithTheLease(t *testing.T) {
+	e := svctest.StartEtcd(t)
+	m := join(t, e, "ps-a", 2*time.Second)
+	ctx := context.Background()
+	orphans := m.Orphans(ctx)
+	e.Kill()
+	select {
+	case <-m.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the lease outlived etcd by 20 s")
+	}
+	select {
+	case _, open := <-orphans:
+		if open {
+			t.Fatal("an orphan reported with etcd down")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch for orphans went on after the lease was lost")
+	}
+	if err := m.Live(); !errors.Is(err, ErrLost) {
+		t.Fatalf("live after the lease was lost: %v", err)
+	}
+	if _, err := m.Claim(ctx, "vm1"); !errors.Is(err, ErrLost) {
+		t.Fatalf("claim after the lease was lost: %v", err)
+	}
+}

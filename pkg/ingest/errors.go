@@ -37,8 +37,8 @@ var (
 	ErrClosed = errors.New("receiver is shutting down")
 	// ErrNotDurable ends a stream whose records were journaled but could
 	// not be made durable where a takeover finds them (Config.Ship
-	// failed): they are not acknowledged, and the agent sends them again
-	// after its next hello.
+	// failed): they are not acknowledged; the process server ships them
+	// from its journal before it answers the agent's next hello.
 	ErrNotDurable = errors.New("records not yet durable where a takeover finds them")
 	// ErrElsewhere refuses a stream of a VM that another process server
 	// serves: the agent connects there.

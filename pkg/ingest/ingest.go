@@ -649,13 +649,24 @@ func (r *Receiver) wasGranted(vm ferry.VMID, tag string) bool {
 // After a change of direction the caller raises the VM's epoch so that
 // the agent cannot come back.
 func (r *Receiver) Fence(ctx context.Context, vm ferry.VMID) error {
+	return r.end(ctx, vm, fmt.Errorf("%w: vm %s failed over", ErrEpoch, vm))
+}
+
+// Disconnect ends vm's open stream, if any, as a receiver that no longer
+// serves the VM (ErrElsewhere: the agent reconnects, to the VM's owner),
+// and waits until it has let go.
+func (r *Receiver) Disconnect(ctx context.Context, vm ferry.VMID) error {
+	return r.end(ctx, vm, fmt.Errorf("%w: vm %s", ErrElsewhere, vm))
+}
+
+func (r *Receiver) end(ctx context.Context, vm ferry.VMID, why error) error {
 	r.mu.Lock()
 	s := r.sessions[vm]
 	r.mu.Unlock()
 	if s == nil {
 		return nil
 	}
-	s.fail(fmt.Errorf("%w: vm %s failed over", ErrEpoch, vm))
+	s.fail(why)
 	select {
 	case <-s.released:
 		return nil
