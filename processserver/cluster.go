@@ -490,7 +490,8 @@ func (s *Server) reconcileLocal(ctx context.Context, m *cluster.Member) {
 			s.log.Warn("claiming a VM of the journal", "vm", vm.Name, "err", err)
 		case !o.Mine:
 			s.log.Info("dropping the journal's copy of a VM another process server owns", "vm", vm.Name, "owner", o.Member)
-			if err := s.j.DeleteVM(ctx, vm.Name); err != nil {
+			s.tier.Forget(vm.Name)
+			if err := errors.Join(s.j.DeleteVM(ctx, vm.Name), serverBases{s}.Drop(vm.Name)); err != nil {
 				s.log.Warn("dropping a VM's copy", "vm", vm.Name, "err", err)
 			}
 		}
