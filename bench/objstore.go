@@ -55,21 +55,13 @@ func ObjStore(ctx context.Context, cfg ObjStoreConfig) (*Table, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	stop, err := startVersitygw(cfg.Versitygw, addr, filepath.Join(dir, "s3"))
+	base, stop, err := startS3(ctx, cfg.Versitygw, dir, "bench")
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
 	key := make([]byte, 32)
 	rand.Read(key)
-	base := objstore.Config{Endpoint: addr, AccessKey: "bench", SecretKey: benchSecret, Bucket: "bench"}
-	if err := objstore.CreateBucket(ctx, base); err != nil {
-		return nil, err
-	}
 	open := func(prefix string, k []byte) (*objstore.Store, error) {
 		c := base
 		c.Prefix, c.Key = prefix, k
@@ -188,6 +180,25 @@ func ObjStore(ctx context.Context, cfg ObjStoreConfig) (*Table, error) {
 	}
 	t.Notes = append(t.Notes, "versitygw's posix backend keeps each object as a file on the same disk as the local file (whether it syncs each is the gateway's own choice): the figures are the object path's cost on one machine, not a remote store's")
 	return t, nil
+}
+
+// startS3 runs versitygw over DIR/s3 on a free port until stop, with an
+// empty bucket; it returns the bucket's configuration.
+func startS3(ctx context.Context, bin, dir, bucket string) (objstore.Config, func(), error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return objstore.Config{}, nil, err
+	}
+	stop, err := startVersitygw(bin, addr, filepath.Join(dir, "s3"))
+	if err != nil {
+		return objstore.Config{}, nil, err
+	}
+	cfg := objstore.Config{Endpoint: addr, AccessKey: "bench", SecretKey: benchSecret, Bucket: bucket}
+	if err := objstore.CreateBucket(ctx, cfg); err != nil {
+		stop()
+		return objstore.Config{}, nil, err
+	}
+	return cfg, stop, nil
 }
 
 // startVersitygw runs the S3 server over root on addr (access key "bench")

@@ -1,17 +1,13 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +17,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/processserver/client"
 )
 
 // child is a Ferry server run as its own process, so that its CPU time and
@@ -84,57 +81,11 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 
 // metric sums every series of a metric on the child's /metrics.
 func (c *child) metric(ctx context.Context, name string) (float64, error) {
-	return scrape(ctx, c.Metrics, name)
+	return client.Metric(ctx, c.Metrics, name)
 }
 
 // errNoSeries: a labelled metric has no series until its first event.
-var errNoSeries = errors.New("no series of the metric")
-
-// scrape sums every series of a metric served at addr's /metrics.
-func scrape(ctx context.Context, addr, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s/metrics: %s", addr, resp.Status)
-	}
-	var sum float64
-	found := false
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
-		if len(f) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %q: %w", name, line, err)
-		}
-		sum, found = sum+v, true
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	if !found {
-		return 0, fmt.Errorf("%s/metrics: %w: %s", addr, errNoSeries, name)
-	}
-	return sum, nil
-}
+var errNoSeries = client.ErrNoSeries
 
 // stop ends the process with SIGTERM and waits.
 func (c *child) stop() error {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-
-	"github.com/ferrydr/ferry/pkg/objstore"
 )
 
 // TierConfig configures Tier.
@@ -40,18 +38,12 @@ func Tier(ctx context.Context, cfg TierConfig) (*Table, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	stop, err := startVersitygw(cfg.Versitygw, addr, filepath.Join(dir, "s3"))
+	s3, stop, err := startS3(ctx, cfg.Versitygw, dir, "tier")
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	if err := objstore.CreateBucket(ctx, objstore.Config{Endpoint: addr, AccessKey: "bench", SecretKey: benchSecret, Bucket: "tier"}); err != nil {
-		return nil, err
-	}
+	addr := s3.Endpoint
 	secret := filepath.Join(dir, "secret")
 	if err := os.WriteFile(secret, []byte(benchSecret), 0o600); err != nil {
 		return nil, err

@@ -19,12 +19,10 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -1131,20 +1129,20 @@ func (d *drill) storage(ctx context.Context) error {
 	var parts []string
 	var local, cold, segments, shipped float64
 	for i, p := range d.ps {
-		n, err := scrape(ctx, d.psAdmin[i], "ferry_ps_tier_segments_total")
+		n, err := client.Metric(ctx, d.psAdmin[i], "ferry_ps_tier_segments_total")
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		b, err := scrape(ctx, d.psAdmin[i], "ferry_ps_tier_shipped_bytes_total")
+		b, err := client.Metric(ctx, d.psAdmin[i], "ferry_ps_tier_shipped_bytes_total")
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 		segments, shipped = segments+n, shipped+b
-		l, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`)
+		l, err := client.Metric(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		c, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="cold"}`)
+		c, err := client.Metric(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="cold"}`)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -1181,7 +1179,7 @@ func (d *drill) sample(ctx context.Context) {
 			if !p.running() {
 				continue
 			}
-			if l, err := scrape(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`); err == nil {
+			if l, err := client.Metric(ctx, d.psAdmin[i], `ferry_ps_journal_payload_bytes{where="local"}`); err == nil {
 				d.peakMu.Lock()
 				d.peakLocal = max(d.peakLocal, l)
 				d.peakMu.Unlock()
@@ -1192,30 +1190,6 @@ func (d *drill) sample(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// scrape reads one series (name with its labels, as /metrics prints it)
-// from a process server's admin port.
-func scrape(ctx context.Context, addr, series string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("no series %s", series)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
