@@ -293,8 +293,8 @@ func (s *Server) shipState(ctx context.Context, vm ferry.VMID, term uint64) erro
 	return s.tier.PutState(ctx, st)
 }
 
-// shipStates ships the state of every VM this server owns whose points
-// or description changed since it was last shipped.
+// shipStates ships the state of every VM this server owns whose points,
+// description, seal or base changed since it was last shipped.
 func (s *Server) shipStates(ctx context.Context) {
 	vms, err := s.j.VMs(ctx)
 	if err != nil {
@@ -305,7 +305,7 @@ func (s *Server) shipStates(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		mark := fmt.Sprintf("%d/%d/%d/%d/%d", vm.Epoch, vm.ProcessedSeq, vm.Points, vm.LatestPoint.UnixNano(), term)
+		mark := fmt.Sprintf("%d/%d/%d/%d/%d/%d/%d", vm.Epoch, vm.ProcessedSeq, vm.Points, vm.LatestPoint.UnixNano(), vm.ColdSeq, vm.BaseSeq, term)
 		s.healthMu.Lock()
 		same := s.shippedState[vm.Name] == mark
 		s.healthMu.Unlock()
