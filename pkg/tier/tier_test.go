@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,7 +39,8 @@ type stream struct {
 	snaps map[ferry.Seq][]byte
 }
 
-const diskSize = 1 << 20
+// diskSize is not a whole number of the base images' 1 MiB runs.
+const diskSize = 1<<20 + 12<<10
 
 func openJournal(t *testing.T, key []byte) *journal.Journal {
 	t.Helper()
@@ -570,8 +572,8 @@ func TestBaseInTheBucket(t *testing.T) {
 	if err != nil || bs.Seq != pts[4].ID || bs.Bytes == 0 || bs.Deleted < 2 {
 		t.Fatalf("ship base: %+v %v", bs, err)
 	}
-	if again, err := tr.ShipBase(ctx, src, vm); err != nil || again.Seq != 0 {
-		t.Fatalf("the same base shipped twice: %+v %v", again, err)
+	if again, err := tr.ShipBase(ctx, src, vm); err != nil || again.Seq != 0 || again.Waiting {
+		t.Fatalf("the same base shipped twice (or waited): %+v %v", again, err)
 	}
 	noneBefore := func(b ferry.Seq) {
 		t.Helper()
@@ -640,10 +642,24 @@ func TestBaseInTheBucket(t *testing.T) {
 	if _, err := src.Trim(ctx, vm, inside, base); err != nil {
 		t.Fatal(err)
 	}
-	if bs, err = tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != inside {
-		t.Fatalf("ship the second base at %d: %+v %v", inside, bs, err)
+	// What the second base will delete: the segments that end before it
+	// and the first base's objects (its disk and its manifest).
+	want := 2
+	segs, _ = st.List(ctx, "vms/"+string(vm)+"/seg/")
+	for _, n := range segs {
+		var first, last, tm uint64
+		fmt.Sscanf(n[len("vms/"+string(vm)+"/seg/"):], "%x-%x-%x", &first, &last, &tm)
+		if ferry.Seq(last) <= inside {
+			want++
+		}
+	}
+	if bs, err = tr.ShipBase(ctx, src, vm); err != nil || bs.Seq != inside || bs.Deleted != want {
+		t.Fatalf("ship the second base at %d: %+v %v (want %d objects deleted)", inside, bs, err, want)
 	}
 	noneBefore(bs.Seq)
+	if objs, _ := st.List(ctx, "vms/"+string(vm)+"/base/"); len(objs) != 2 || !strings.HasPrefix(objs[0], fmt.Sprintf("vms/%s/base/%016x/", vm, inside)) {
+		t.Fatalf("base objects after the second base: %v", objs)
+	}
 	kept, _ = src.Points(ctx, vm)
 	state, _ := tier.StateOf(ctx, src, vm, 4)
 	if err := tr.PutState(ctx, state); err != nil {
@@ -671,6 +687,19 @@ func TestBaseInTheBucket(t *testing.T) {
 		t.Fatalf("restored vm %+v", got)
 	}
 	samePoints(t, dst2, src, s, kept)
+
+	// Retention folds everything the bucket holds: a base at its very end
+	// is shipped (or waits), never refused.
+	last := kept[len(kept)-1].ID
+	if last != s.seq {
+		t.Fatalf("the newest point %d is not the last record %d", last, s.seq)
+	}
+	if _, err := src.Trim(ctx, vm, last, base); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.ShipBase(ctx, src, vm); err != nil {
+		t.Fatalf("a base at the bucket's end: %v", err)
+	}
 }
 
 // TestShipAfterRetention: a journal that served (and folded records into
