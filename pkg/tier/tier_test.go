@@ -740,3 +740,53 @@ func TestShipAfterRetention(t *testing.T) {
 	}
 	samePoints(t, dst, src, s, kept)
 }
+
+// TestCacheBound: reads of sealed records go through the cache: a cache
+// smaller than one segment keeps only the newest and still answers
+// (misses and hits counted); a default one keeps every segment read, within
+// its bound.
+func TestCacheBound(t *testing.T) {
+	srv := ferrytest.StartS3(t)
+	ctx := context.Background()
+	st := openStore(t, srv, "cache")
+	// Segments of an eighth of 64 KiB or more stay as they are: the sealed
+	// records span many.
+	small := tier.New(tier.Config{Store: st, CacheBytes: 1, SealBytes: 64 << 10})
+	if m := tier.New(tier.Config{Store: st}).CacheStats().Max; m != tier.DefaultCacheBytes {
+		t.Fatalf("default cache bound %d, want %d", m, tier.DefaultCacheBytes)
+	}
+	src := openJournal(t, nil)
+	src.SetCold(small)
+	s := newStream(t, src, 10)
+	for range 12 {
+		if err := small.Ship(ctx, src, term(1), s.batch(1+s.rng.IntN(10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.Process(ctx, vm, ^ferry.Seq(0)); err != nil {
+		t.Fatal(err)
+	}
+	pts, _ := src.Points(ctx, vm)
+	if _, err := small.Seal(ctx, src, 1, vm, pts[len(pts)-2].ID); err != nil {
+		t.Fatal(err)
+	}
+	samePoints(t, src, src, s, pts)
+	cs := small.CacheStats()
+	if cs.Segments != 1 || cs.Misses < 2 || cs.Hits <= 0 {
+		t.Fatalf("a cache of one byte: %+v (want one segment kept, misses, hits)", cs)
+	}
+	state, _ := tier.StateOf(ctx, src, vm, 1)
+	if err := small.PutState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	big := tier.New(tier.Config{Store: st})
+	dst := openJournal(t, nil)
+	dst.SetCold(big)
+	if _, err := big.Restore(ctx, dst, vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	samePoints(t, dst, src, s, pts)
+	if cs := big.CacheStats(); cs.Segments < 2 || cs.Bytes > cs.Max || cs.Misses != int64(cs.Segments) {
+		t.Fatalf("a default cache: %+v (want every segment read kept, each missed once)", cs)
+	}
+}
