@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/cbt"
 	"github.com/ferrydr/ferry/pkg/clock"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -96,6 +97,7 @@ type Agent struct {
 	throttle   *throttle    // --max-bandwidth
 	hashBytes  atomic.Int64 // hash bytes received in resyncs
 	reconnects atomic.Int64
+	stalls     atomic.Int64
 	connected  atomic.Bool
 	progress   atomic.Uint64 // float64 bits; NaN when nothing is in progress
 	scanDue    atomic.Bool
@@ -136,6 +138,11 @@ type Agent struct {
 	done   chan struct{}
 	errMu  sync.Mutex
 	err    error
+	// heard is when the stream last brought a message from the receiver
+	// (unix nanoseconds); awaitHello is set while the hello waits for its
+	// answer. The session's watchdog reads both.
+	heard      atomic.Int64
+	awaitHello atomic.Bool
 }
 
 // New validates cfg and builds an agent.
@@ -267,6 +274,9 @@ func (a *Agent) Open(ctx context.Context) error {
 	}
 	opts := append([]grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(16<<20), grpc.MaxCallRecvMsgSize(16<<20)),
+		// Every message checked both ways: a hello, an acknowledgement or
+		// a command damaged on the way ends the stream and is sent again.
+		wire.Checked(),
 		grpc.WithInitialWindowSize(4 << 20),
 		grpc.WithInitialConnWindowSize(8 << 20),
 	}, a.cfg.DialOptions...)
@@ -407,8 +417,10 @@ type Stats struct {
 	WindowBytes int64
 	Connected   bool
 	Need        string
-	// Reconnects counts streams that ended and were opened again.
+	// Reconnects counts streams that ended and were opened again; Stalls
+	// those of them the receiver stopped answering (AnswerTimeout).
 	Reconnects int64
+	Stalls     int64
 	// Deferred: the receiver synchronizes during failover only, and the
 	// agent sends nothing until the failback.
 	Deferred bool
@@ -418,7 +430,7 @@ type Stats struct {
 func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Reconnects: a.reconnects.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String(), Deferred: a.deferred.Load()}
+	return Stats{Tracker: a.tr.Stats(), SentBytes: a.sent.Load(), HashBytes: a.hashBytes.Load(), Reconnects: a.reconnects.Load(), Stalls: a.stalls.Load(), Acked: a.acked, WindowBytes: a.windowBytes, Connected: a.connected.Load(), Need: need(a.need.Load()).String(), Deferred: a.deferred.Load()}
 }
 
 // run keeps a stream open, reconnecting with backoff, until ctx ends or the
@@ -442,7 +454,14 @@ func (a *Agent) run(ctx context.Context) {
 		}
 		a.m.reconnects.Inc()
 		a.reconnects.Add(1)
-		if moved := (*movedError)(nil); errors.As(err, &moved) {
+		if errors.Is(err, errStalled) {
+			a.m.stalls.Inc()
+			a.stalls.Add(1)
+			// The connection itself may be wedged (a lost window update
+			// starves its flow control): a new one replaces it.
+			a.redial()
+			a.nextTarget()
+		} else if moved := (*movedError)(nil); errors.As(err, &moved) {
 			a.log.Info("the VM is served by another process server; connecting there", "ps", moved.addr)
 			if err := a.connectTo(moved.addr); err != nil {
 				a.log.Warn("cannot connect to the VM's process server", "ps", moved.addr, "err", err)
@@ -450,9 +469,9 @@ func (a *Agent) run(ctx context.Context) {
 		} else if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
 			a.nextTarget()
 		}
-		// A record damaged on the way (DATA_LOSS) is sent again at once:
-		// the receiver is fine, only the bytes were not.
-		if time.Since(start) > 5*time.Second || status.Code(err) == codes.DataLoss {
+		// A record (DATA_LOSS) or a message damaged on the way is sent
+		// again at once: the receiver is fine, only the bytes were not.
+		if time.Since(start) > 5*time.Second || status.Code(err) == codes.DataLoss || wire.Damaged(err) {
 			backoff = 50 * time.Millisecond
 		}
 		a.log.Warn("stream ended; reconnecting", "err", err, "in", backoff)
@@ -539,6 +558,21 @@ func (a *Agent) nextTarget() {
 		return
 	}
 	a.log.Info("trying the next process server", "ps", next)
+}
+
+// redial closes the connection streams use and opens a new one to the
+// same process server.
+func (a *Agent) redial() {
+	a.connMu.Lock()
+	addr := a.target
+	if c := a.conns[addr]; c != nil {
+		c.Close()
+		delete(a.conns, addr)
+	}
+	a.connMu.Unlock()
+	if err := a.connectTo(addr); err != nil {
+		a.log.Warn("cannot connect to process server", "ps", addr, "err", err)
+	}
 }
 
 func (a *Agent) closeConns() {

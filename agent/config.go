@@ -98,6 +98,12 @@ type Config struct {
 	WindowBytes int64
 	// BatchBytes is the target data size of one message (default 1 MiB).
 	BatchBytes int
+	// AnswerTimeout is how long the agent waits to hear from the receiver
+	// while it waits for an answer: to its hello, or to records it sent
+	// and that are not acknowledged yet (default 1m). Past it the stream
+	// is taken for stalled (a message lost on a damaged link, a receiver
+	// that hangs): the agent drops the connection and connects again.
+	AnswerTimeout time.Duration
 	// ShutdownTimeout bounds how long Close waits for acknowledgements
 	// before saving what is unsent as a dirty bitmap (default 10s).
 	ShutdownTimeout time.Duration
@@ -123,6 +129,7 @@ func DefaultConfig() Config {
 		WindowBytes:     32 << 20,
 		BatchBytes:      1 << 20,
 		ShutdownTimeout: 10 * time.Second,
+		AnswerTimeout:   time.Minute,
 	}
 }
 
@@ -148,6 +155,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.AnswerTimeout == 0 {
+		c.AnswerTimeout = d.AnswerTimeout
 	}
 	if c.GroupHoldTimeout == 0 {
 		c.GroupHoldTimeout = 2 * time.Second
@@ -187,6 +197,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Target == "" {
 		return errors.New("ps: a receiver address is required")
+	}
+	if c.AnswerTimeout < 0 || (c.AnswerTimeout > 0 && c.AnswerTimeout < time.Second) {
+		return fmt.Errorf("answer-timeout: %v is below the 1s minimum", c.AnswerTimeout)
 	}
 	if c.CrashInterval < 0 || (c.CrashInterval > 0 && c.CrashInterval < time.Second) {
 		return fmt.Errorf("crash-interval: %v is below the 1s minimum", c.CrashInterval)

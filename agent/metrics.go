@@ -13,6 +13,7 @@ type metrics struct {
 	acked      prometheus.Gauge
 	unacked    prometheus.Gauge
 	reconnects prometheus.Counter
+	stalls     prometheus.Counter
 	// App-consistent points.
 	quiesceFailures prometheus.Counter
 	quiesceSeconds  prometheus.Histogram
@@ -33,6 +34,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		acked:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_acked_seq", Help: "Highest sequence the receiver acknowledged as durable.", ConstLabels: labels}),
 		unacked:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_unacked_bytes", Help: "Payload bytes sent and not yet acknowledged.", ConstLabels: labels}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_reconnects_total", Help: "Streams that ended and were opened again.", ConstLabels: labels}),
+		stalls:     prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_stalls_total", Help: "Streams ended because the receiver did not answer within the answer timeout; each is followed by a new connection.", ConstLabels: labels}),
 		quiesceFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_quiesce_failures_total",
 			Help: "App-consistent points not cut because the application did not quiesce in time.", ConstLabels: labels}),
 		groupHold: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_agent_group_hold_seconds",
@@ -53,7 +55,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, fn)
 	}
-	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.quiesceFailures, m.quiesceSeconds, m.groupHold, m.hashReadBytes, m.scanUnchanged, m.throttled,
+	reg.MustRegister(m.sentBytes, m.acked, m.unacked, m.reconnects, m.stalls, m.quiesceFailures, m.quiesceSeconds, m.groupHold, m.hashReadBytes, m.scanUnchanged, m.throttled,
 		gauge("ferry_agent_queue_bytes", "Bytes in the change queue.", func() float64 { return float64(a.tr.Stats().QueueBytes) }),
 		gauge("ferry_agent_dirty_blocks", "Blocks marked dirty in the bitmap.", func() float64 { return float64(a.tr.Stats().DirtyBlocks) }),
 		gauge("ferry_agent_bitmap_mode", "1 while the agent tracks changes in the bitmap (no crash-consistent points).", func() float64 {

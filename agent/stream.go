@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -23,9 +25,61 @@ type sender struct {
 	bytes  int
 }
 
+// errStalled ends a stream on which the receiver stopped answering.
+var errStalled = errors.New("the receiver did not answer: the stream stalled")
+
 // session runs one stream: hello, reconcile the window with what the
-// receiver holds, resend what it lacks, then stream new changes.
+// receiver holds, resend what it lacks, then stream new changes. A stream
+// the receiver stops answering ends with errStalled.
 func (a *Agent) session(parent context.Context) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	a.heard.Store(time.Now().UnixNano())
+	a.awaitHello.Store(true)
+	go a.watchdog(ctx, cancel)
+	err := a.stream(ctx)
+	if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
+		return cause
+	}
+	return err
+}
+
+// watchdog ends the session's stream (cancel with errStalled) when the
+// agent waits for an answer, to its hello or to records not yet
+// acknowledged, and has heard nothing from the receiver for
+// AnswerTimeout. Over a damaged link, a lost frame can leave a stream
+// (and its connection's flow control) waiting forever although the
+// connection answers its keepalives.
+func (a *Agent) watchdog(ctx context.Context, cancel context.CancelCauseFunc) {
+	timeout := a.cfg.AnswerTimeout
+	tick := time.NewTicker(timeout / 8)
+	defer tick.Stop()
+	since := time.Now() // since when the agent waits without an answer
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			a.mu.Lock()
+			waiting := a.awaitHello.Load() || len(a.window) > 0
+			a.mu.Unlock()
+			if !waiting {
+				since = now
+				continue
+			}
+			if heard := time.Unix(0, a.heard.Load()); heard.After(since) {
+				since = heard
+			}
+			if now.Sub(since) >= timeout {
+				cancel(fmt.Errorf("%w for %v", errStalled, timeout))
+				return
+			}
+		}
+	}
+}
+
+// stream opens the stream and runs it.
+func (a *Agent) stream(parent context.Context) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	stream, err := ferryv1.NewReplicationClient(a.client()).Replicate(ctx)
@@ -44,6 +98,8 @@ func (a *Agent) session(parent context.Context) error {
 		return err
 	}
 	msg, err := stream.Recv()
+	a.heard.Store(time.Now().UnixNano())
+	a.awaitHello.Store(false)
 	if err != nil {
 		if owner := stream.Trailer().Get(wire.OwnerTrailer); len(owner) > 0 && owner[0] != "" {
 			return &movedError{addr: owner[0], err: err}
@@ -156,6 +212,7 @@ func (a *Agent) receiveAcks(stream ferryv1.Replication_ReplicateClient) error {
 		if err != nil {
 			return err
 		}
+		a.heard.Store(time.Now().UnixNano())
 		if cmd := msg.GetCommand(); cmd != nil {
 			select {
 			case a.cmds <- cmd:

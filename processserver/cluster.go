@@ -381,7 +381,13 @@ func (s *Server) claim(ctx context.Context, m *cluster.Member, vm ferry.VMID) (c
 		return o, err
 	}
 	start := time.Now()
-	rs, err := s.tier.Restore(ctx, s.j, vm, serverBases{s})
+	// The restore outlives the call that asked for it (not the server):
+	// an agent that stops waiting for its hello's answer (its
+	// AnswerTimeout) finds the VM restored when it asks again, instead of
+	// a restore begun anew.
+	rctx, stop := context.WithCancel(s.bg)
+	defer stop()
+	rs, err := s.tier.Restore(rctx, s.j, vm, serverBases{s})
 	if err != nil {
 		// Another server may do better: the VM is let go.
 		if rerr := m.Release(context.WithoutCancel(ctx), string(vm)); rerr != nil {

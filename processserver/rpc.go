@@ -560,7 +560,7 @@ func (s *Server) dialMasterTarget() error {
 		creds = credentials.NewTLS(s.cfg.MasterTargetTLS)
 	}
 	var err error
-	s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds))
+	s.mtConn, err = grpc.NewClient(s.cfg.MasterTarget, grpc.WithTransportCredentials(creds), wire.Checked())
 	if err != nil {
 		return fmt.Errorf("master target %s: %w", s.cfg.MasterTarget, err)
 	}

@@ -105,6 +105,7 @@ func (d *Drill) StartAgent(ctx context.Context, v *VM, target string, epoch uint
 		Machine:     v.Config.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, IgnorePolicy: true, Freeze: v.freeze,
 		OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
 		Logger:      d.log.With("vm", v.Config.Name, "agent", name), Registerer: prometheus.NewRegistry(), Heartbeat: d.cfg.Heartbeat,
+		AnswerTimeout: d.cfg.AnswerTimeout,
 	}
 	for i, dev := range v.active {
 		cfg.Disks = append(cfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", i), Device: dev})

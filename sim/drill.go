@@ -57,6 +57,10 @@ type Config struct {
 	// the drill's clock runs ahead: a test that watches a lost agent's
 	// health sets it short.
 	Heartbeat time.Duration
+	// AnswerTimeout is how long agents wait for an answer before they take
+	// a stream for stalled and connect again (0: the agent's default, 1
+	// min); wall-clock time too.
+	AnswerTimeout time.Duration
 	// AppInterval is how often VMs running the application cut an
 	// app-consistent point (0: never).
 	AppInterval time.Duration
@@ -226,6 +230,7 @@ func New(ctx context.Context, cfg Config) (*Drill, error) {
 			Machine:     vc.Machine, ShutdownMachine: d.shutdownOf(v), Clock: d.Clock, Freeze: v.freeze,
 			IgnorePolicy: true, OnGroupHold: func(tag string) { v.setTruth(v.snapshot(tag, d.Clock.Now())) },
 			Logger: cfg.Logger.With("vm", vc.Name), Registerer: prometheus.NewRegistry(), Heartbeat: cfg.Heartbeat,
+			AnswerTimeout: cfg.AnswerTimeout,
 		}
 		for j := range v.disks {
 			acfg.Disks = append(acfg.Disks, agent.Disk{Name: fmt.Sprintf("disk%d", j), Device: v.disks[j]})

@@ -186,7 +186,7 @@ func TestBitFlipsInTransit(t *testing.T) {
 	total := int64(faults(100, 500))
 	vms := []sim.VMConfig{linux("wire-1", 256<<10, sim.Uniform), linux("wire-2", 256<<10, sim.Hotspot)}
 	d, err := sim.New(ctx, sim.Config{Seed: 43, VMs: vms, Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t),
-		CrashInterval: 5 * time.Second, ProcessInterval: time.Minute, Proxy: true})
+		CrashInterval: 5 * time.Second, ProcessInterval: time.Minute, Proxy: true, AnswerTimeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +224,109 @@ func TestBitFlipsInTransit(t *testing.T) {
 	if streams == 0 {
 		t.Fatal("no stream ended: the flips were not detected")
 	}
+}
+
+// TestBitFlipsInControlMessages flips bits densely in the traffic of VMs
+// that write little, so that most land in what is not a record: hellos
+// (the VM, its epoch, the agent's instance), heartbeats, command results,
+// and the receiver's hello answers, acknowledgements and commands. Each
+// message is checked where it is decoded (pkg/wire's codec): a damaged
+// one ends its stream and the agent connects again; none stops an agent
+// as refused, and every recovery point equals its ground truth.
+func TestBitFlipsInControlMessages(t *testing.T) {
+	ctx := context.Background()
+	total := int64(faults(100, 400))
+	vms := []sim.VMConfig{linux("ctl-1", 4<<10, sim.Uniform), linux("ctl-2", 4<<10, sim.Hotspot)}
+	d, err := sim.New(ctx, sim.Config{Seed: 49, VMs: vms, Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t),
+		CrashInterval: 2 * time.Second, ProcessInterval: time.Minute, Proxy: true, AnswerTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, px := range d.Proxies {
+		px.FlipBits(1024, total/2, true, true)
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for flips(d) < total && time.Now().Before(deadline) {
+		if err := d.Run(ctx, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := flips(d); got < total {
+		t.Fatalf("only %d of %d flips happened", got, total)
+	}
+	if err := d.Run(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range d.VMs {
+		if err := v.Agent.Err(); err != nil {
+			t.Fatalf("%s: the agent stopped: %v", v.Config.Name, err)
+		}
+	}
+	verified := verifyAllPoints(t, d)
+	journaltest.MustCheck(t, d.PS.Journal())
+	var streams, stalls int64
+	for _, v := range d.VMs {
+		streams += v.Agent.Stats().Reconnects
+		stalls += v.Agent.Stats().Stalls
+	}
+	t.Logf("%d bits flipped in control messages and small batches: %d streams ended and were opened again (%d stalled, on new connections); %d points equal their ground truth",
+		flips(d), streams, stalls, verified)
+	if streams == 0 {
+		t.Fatal("no stream ended: the flips were not detected")
+	}
+}
+
+// TestStalledConnection makes the agents' connections go silent while the
+// VMs write (the proxy reads and forwards nothing, so no end sees an
+// error and keepalives alone would not end the streams before the
+// server's ping timeout, while the agents wait for acknowledgements that
+// do not come). Each agent takes its stream for stalled after its
+// AnswerTimeout and connects again on a new connection, which serves it
+// (a stream opened again on the silent connection would stall again, at
+// every AnswerTimeout until the server's keepalive ends the connection
+// some 40 s later); nothing is lost.
+func TestStalledConnection(t *testing.T) {
+	ctx := context.Background()
+	vms := []sim.VMConfig{linux("mute-1", 256<<10, sim.Uniform), linux("mute-2", 256<<10, sim.Hotspot)}
+	d, err := sim.New(ctx, sim.Config{Seed: 53, VMs: vms, Networks: sim.DefaultNetworks(), Dir: t.TempDir(), Logger: ferrytest.Logger(t),
+		CrashInterval: 5 * time.Second, ProcessInterval: time.Minute, Proxy: true, AnswerTimeout: 4 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Run(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int64{}
+	for name, px := range d.Proxies {
+		before[name] = px.Accepted()
+		px.Stall()
+	}
+	for range 3 {
+		if err := d.Run(ctx, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ProcessNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range d.VMs {
+		st := v.Agent.Stats()
+		if st.Stalls == 0 || st.Stalls > 2 {
+			t.Errorf("%s: %d streams taken for stalled, want one (two if the machine is slow to acknowledge)", v.Config.Name, st.Stalls)
+		}
+		if px := d.Proxies[v.Config.Name]; px.Accepted() == before[v.Config.Name] {
+			t.Errorf("%s: the agent kept its silent connection (%d connections)", v.Config.Name, px.Accepted())
+		}
+		t.Logf("%s: %d stalls, %d connections through the proxy", v.Config.Name, st.Stalls, d.Proxies[v.Config.Name].Accepted())
+	}
+	verified := verifyAllPoints(t, d)
+	journaltest.MustCheck(t, d.PS.Journal())
+	t.Logf("%d points equal their ground truth after the connections went silent", verified)
 }
 
 func flips(d *sim.Drill) int64 {

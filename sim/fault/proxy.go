@@ -33,6 +33,9 @@ type Proxy struct {
 	flipUp     atomic.Bool // client to target
 	flipDown   atomic.Bool // target to client
 	flips      atomic.Int64
+	// Connections accepted before the stallBelow-th go silent: what they
+	// carry is read and dropped.
+	stallBelow atomic.Int64
 	accepted   atomic.Int64
 	bytesUp    atomic.Int64
 	bytesDown  atomic.Int64
@@ -72,6 +75,12 @@ func (p *Proxy) FlipBits(every, count int64, up, down bool) {
 	p.flipsLeft.Store(count)
 }
 
+// Stall makes the connections open now go silent in both directions:
+// the proxy keeps reading them and forwards nothing, so neither end sees
+// an error (a link that loses everything, or a connection whose flow
+// control is wedged). Connections opened later are forwarded.
+func (p *Proxy) Stall() { p.stallBelow.Store(p.accepted.Load()) }
+
 // Flips is how many bits were flipped so far.
 func (p *Proxy) Flips() int64 { return p.flips.Load() }
 
@@ -109,8 +118,7 @@ func (p *Proxy) serve() {
 		if err != nil {
 			return
 		}
-		p.accepted.Add(1)
-		go p.handle(c)
+		go p.handle(c, p.accepted.Add(1))
 	}
 }
 
@@ -124,7 +132,8 @@ func (p *Proxy) track(c net.Conn, add bool) {
 	}
 }
 
-func (p *Proxy) handle(client net.Conn) {
+// handle forwards the conn-th connection accepted (from 1).
+func (p *Proxy) handle(client net.Conn, conn int64) {
 	server, err := net.Dial("tcp", p.target)
 	if err != nil {
 		client.Close()
@@ -141,6 +150,9 @@ func (p *Proxy) handle(client net.Conn) {
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
+			if conn <= p.stallBelow.Load() {
+				n = 0 // read and dropped
+			}
 			if n > 0 {
 				chunk := buf[:n]
 				p.corrupt(chunk, up)

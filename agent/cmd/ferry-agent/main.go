@@ -33,6 +33,7 @@ import (
 	"github.com/ferrydr/ferry/pkg/proc"
 	"github.com/ferrydr/ferry/pkg/tlsca"
 	"github.com/ferrydr/ferry/pkg/virt"
+	"github.com/ferrydr/ferry/pkg/wire"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -520,7 +521,7 @@ func renewLoop(ctx context.Context, log *slog.Logger, target, dir string, creds 
 		nb, na, err := tlsca.Expiry(dir)
 		if err == nil && time.Until(na) < na.Sub(nb)/3 {
 			err = func() error {
-				conn, err := grpc.NewClient(target, creds)
+				conn, err := grpc.NewClient(target, creds, wire.Checked())
 				if err != nil {
 					return err
 				}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferrydr/ferry/pkg/cli"
 	"github.com/ferrydr/ferry/pkg/tlsca"
+	"github.com/ferrydr/ferry/pkg/wire"
 	"github.com/ferrydr/ferry/processserver/client"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
@@ -96,7 +97,7 @@ func main() {
 // context by --timeout and SIGTERM/SIGINT, and closes the connection.
 func run(body func(ctx context.Context, ps server, args []string) error) func(*cobra.Command, []string) error {
 	return func(_ *cobra.Command, args []string) error {
-		opts := []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20))}
+		opts := []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)), wire.Checked()}
 		creds, err := tlsca.DialOption(globals.tlsDir, globals.insecure, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 		if credErr := err; credErr != nil {
 			// Said at the first call, after the subcommand checked its
