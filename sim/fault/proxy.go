@@ -28,13 +28,13 @@ type Proxy struct {
 	cutAfter atomic.Int64 // reset each new connection after this many bytes; 0: never
 	// Bit flips: one bit in every flipEvery bytes (on average), in the
 	// directions set, until flipsLeft is spent.
-	flipEvery  atomic.Int64
-	flipsLeft  atomic.Int64
-	flipUp     atomic.Bool // client to target
-	flipDown   atomic.Bool // target to client
-	flips      atomic.Int64
-	// Connections accepted before the stallBelow-th go silent: what they
-	// carry is read and dropped.
+	flipEvery atomic.Int64
+	flipsLeft atomic.Int64
+	flipUp    atomic.Bool // client to target
+	flipDown  atomic.Bool // target to client
+	flips     atomic.Int64
+	// Connections numbered up to stallBelow (from 1, as accepted) go
+	// silent: what they carry is read and dropped.
 	stallBelow atomic.Int64
 	accepted   atomic.Int64
 	bytesUp    atomic.Int64
