@@ -166,6 +166,7 @@ a flag wins over the environment, the environment over the file.`,
 	o.insecureOK = fs.Bool("insecure", false, "talk to the process server in plain text without authentication (tests and isolated labs only)")
 	o.level = fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.cfg.Heartbeat, "heartbeat", o.cfg.Heartbeat, "how often the agent says it is alive when it has nothing to send; the process server marks the VM critical after 3 missed")
+	fs.DurationVar(&o.cfg.AnswerTimeout, "answer-timeout", o.cfg.AnswerTimeout, "how long the agent waits to hear from the process server while it waits for an answer (to its hello, or to data sent); past it the stream is taken for stalled and opened again on a new connection")
 	fs.Int64Var(&o.cfg.MaxBandwidth, "max-bandwidth", 0, "bytes per second the agent sends at most (0: no limit), as a process server's throttle would")
 	o.logFormat = fs.String("log-format", "text", "text or json (one object per line)")
 	c.RunE = func(c *cobra.Command, _ []string) error {
