@@ -288,7 +288,9 @@ func TestBitFlipsInControlMessages(t *testing.T) {
 // AnswerTimeout and connects again on a new connection, which serves it
 // (a stream opened again on the silent connection would stall again, at
 // every AnswerTimeout until the server's keepalive ends the connection
-// some 40 s later); nothing is lost.
+// some 40 s later); nothing is lost. Before that, a slow link that keeps
+// acknowledging (records waiting in the agent's window the whole time)
+// is not taken for stalled.
 func TestStalledConnection(t *testing.T) {
 	ctx := context.Background()
 	vms := []sim.VMConfig{linux("mute-1", 256<<10, sim.Uniform), linux("mute-2", 256<<10, sim.Hotspot)}
@@ -298,12 +300,21 @@ func TestStalledConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	for _, px := range d.Proxies {
+		px.SetRate(256 << 10)
+	}
 	if err := d.Run(ctx, 10*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	for _, v := range d.VMs {
+		if st := v.Agent.Stats(); st.Stalls != 0 {
+			t.Fatalf("%s: %d streams taken for stalled on a slow link that acknowledged", v.Config.Name, st.Stalls)
+		}
 	}
 	before := map[string]int64{}
 	for name, px := range d.Proxies {
 		before[name] = px.Accepted()
+		px.SetRate(0)
 		px.Stall()
 	}
 	for range 3 {

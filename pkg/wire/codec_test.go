@@ -68,6 +68,16 @@ func TestCodecRoundTrip(t *testing.T) {
 	if _, err := c.Marshal("not a message"); err == nil {
 		t.Error("a string was encoded")
 	}
+	// Protobuf refuses a string that is not UTF-8: in a small message and
+	// in one large enough for the buffer pool.
+	bad := hello()
+	bad.GetHello().Vm = "web\xff"
+	big.GetBatch().Records = append(big.GetBatch().Records, &ferryv1.Record{Seq: 8, Body: &ferryv1.Record_Marker{Marker: &ferryv1.Marker{Tag: "\xfe"}}})
+	for _, m := range []*ferryv1.AgentMessage{bad, big} {
+		if _, err := c.Marshal(m); err == nil {
+			t.Errorf("a message with a string that is not UTF-8 was encoded (%d bytes)", proto.Size(m))
+		}
+	}
 	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(make([]byte, 16))}, new(string)); err == nil {
 		t.Error("decoded into a string")
 	}
