@@ -177,8 +177,8 @@ func TestBitFlipsAtRest(t *testing.T) {
 
 // TestBitFlipsInTransit flips bits in the traffic between two agents and
 // the process server, both ways, while the VMs write: every damaged
-// message ends its stream (a record's check, a write's xxhash, gRPC's
-// framing) and the agent sends again, so no flipped bit is ever stored:
+// message ends its stream (the message's check, a record's check, a
+// write's xxhash, gRPC's framing) and the agent sends again, so no flipped bit is ever stored:
 // every recovery point equals its ground truth and the latest point
 // equals the disks. FERRY_FAULTS=full flips 500 bits; a normal run 100.
 func TestBitFlipsInTransit(t *testing.T) {
@@ -195,35 +195,53 @@ func TestBitFlipsInTransit(t *testing.T) {
 		// Mostly the agent's data; acknowledgements and commands too.
 		px.FlipBits(256<<10, total/2, true, true)
 	}
-	deadline := time.Now().Add(15 * time.Minute)
+	verified, streams, _ := flipUntil(t, d, total, 10*time.Second, 15*time.Minute)
+	var conns int64
+	for _, px := range d.Proxies {
+		conns += px.Accepted()
+	}
+	t.Logf("%d bits flipped in transit: %d streams ended and were opened again (%d TCP connections); %d points equal their ground truth, latest equals the disks",
+		flips(d), streams, conns, verified)
+}
+
+// flipUntil runs the drill in steps until total bits were flipped (within
+// limit), then once more and processes; it checks that no agent stopped,
+// that every point equals its ground truth and the journal's invariants,
+// and that some stream ended (the flips were detected). It returns the
+// points verified, the streams opened again and, of them, the stalled.
+func flipUntil(t *testing.T, d *sim.Drill, total int64, step, limit time.Duration) (verified int, streams, stalls int64) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(limit)
 	for flips(d) < total && time.Now().Before(deadline) {
-		if err := d.Run(ctx, 10*time.Second); err != nil {
+		if err := d.Run(ctx, step); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got := flips(d); got < total {
 		t.Fatalf("only %d of %d flips happened", got, total)
 	}
-	if err := d.Run(ctx, 10*time.Second); err != nil {
+	if err := d.Run(ctx, step); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.ProcessNow(ctx); err != nil {
 		t.Fatal(err)
 	}
-	verified := verifyAllPoints(t, d)
-	journaltest.MustCheck(t, d.PS.Journal())
-	var conns, streams int64
-	for _, px := range d.Proxies {
-		conns += px.Accepted()
+	for _, v := range d.VMs {
+		if err := v.Agent.Err(); err != nil {
+			t.Fatalf("%s: the agent stopped: %v", v.Config.Name, err)
+		}
 	}
+	verified = verifyAllPoints(t, d)
+	journaltest.MustCheck(t, d.PS.Journal())
 	for _, v := range d.VMs {
 		streams += v.Agent.Stats().Reconnects
+		stalls += v.Agent.Stats().Stalls
 	}
-	t.Logf("%d bits flipped in transit: %d streams ended and were opened again (%d TCP connections); %d points equal their ground truth, latest equals the disks",
-		flips(d), streams, conns, verified)
 	if streams == 0 {
 		t.Fatal("no stream ended: the flips were not detected")
 	}
+	return verified, streams, stalls
 }
 
 // TestBitFlipsInControlMessages flips bits densely in the traffic of VMs
@@ -246,38 +264,9 @@ func TestBitFlipsInControlMessages(t *testing.T) {
 	for _, px := range d.Proxies {
 		px.FlipBits(1024, total/2, true, true)
 	}
-	deadline := time.Now().Add(10 * time.Minute)
-	for flips(d) < total && time.Now().Before(deadline) {
-		if err := d.Run(ctx, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := flips(d); got < total {
-		t.Fatalf("only %d of %d flips happened", got, total)
-	}
-	if err := d.Run(ctx, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.ProcessNow(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range d.VMs {
-		if err := v.Agent.Err(); err != nil {
-			t.Fatalf("%s: the agent stopped: %v", v.Config.Name, err)
-		}
-	}
-	verified := verifyAllPoints(t, d)
-	journaltest.MustCheck(t, d.PS.Journal())
-	var streams, stalls int64
-	for _, v := range d.VMs {
-		streams += v.Agent.Stats().Reconnects
-		stalls += v.Agent.Stats().Stalls
-	}
+	verified, streams, stalls := flipUntil(t, d, total, 5*time.Second, 10*time.Minute)
 	t.Logf("%d bits flipped in control messages and small batches: %d streams ended and were opened again (%d stalled, on new connections); %d points equal their ground truth",
 		flips(d), streams, stalls, verified)
-	if streams == 0 {
-		t.Fatal("no stream ended: the flips were not detected")
-	}
 }
 
 // TestStalledConnection makes the agents' connections go silent while the
