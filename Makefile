@@ -65,13 +65,14 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzBatch -fuzztime $(or $(FUZZ_BATCH),$(FUZZTIME)) ./pkg/ingest/
 	$(GO) test -run '^$$' -fuzz 'FuzzDecode$$' -fuzztime $(or $(FUZZ_DECODE),$(FUZZTIME)) ./pkg/journal/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeSegment -fuzztime $(or $(FUZZ_SEGMENT),$(FUZZTIME)) ./pkg/tier/
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(or $(FUZZ_OPEN),$(FUZZTIME)) ./pkg/wire/
 
 # fuzz-short is the fuzz run CI does: about 15 s of each fuzzer here,
 # counted in executions rather than time, because Go 1.26's fuzzer can
 # fail a run at its -fuzztime deadline with "context deadline exceeded"
 # on a loaded machine (golang/go#75804, fixed in Go 1.27).
 fuzz-short:
-	$(MAKE) fuzz FUZZ_BATCH=100000x FUZZ_DECODE=300000x FUZZ_SEGMENT=200000x
+	$(MAKE) fuzz FUZZ_BATCH=100000x FUZZ_DECODE=300000x FUZZ_SEGMENT=200000x FUZZ_OPEN=100000x
 
 # faults runs the fault tests at their full counts (make test runs reduced
 # ones) and prints their figures.
