@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/internal/ferrytest"
 	"github.com/ferrydr/ferry/pkg/blockdev"
+	"github.com/ferrydr/ferry/processserver"
 	ferryv1 "github.com/ferrydr/ferry/proto/ferry/v1"
 )
 
@@ -137,4 +138,44 @@ func TestHostileSecondAgent(t *testing.T) {
 	again, _ := start("first", 0x11)
 	refused(again)
 	replicaIs(moved, 0x22)
+}
+
+// TestHostileSilentStreams: streams that never send their hello (a peer
+// holding streams open, or a hello lost on the way) are ended by the
+// process server after its HelloTimeout with DeadlineExceeded naming
+// what was missing, instead of holding its resources; a stream whose
+// hello comes in time is answered.
+func TestHostileSilentStreams(t *testing.T) {
+	ps := ferrytest.StartPS(t, func(c *processserver.Config) { c.HelloTimeout = 300 * time.Millisecond })
+	rc := ferryv1.NewReplicationClient(ferrytest.Dial(t, ps.Addr))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 3 {
+		stream, err := rc.Replicate(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err = stream.Recv()
+		if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "no hello") {
+			t.Fatalf("silent stream %d ended with %v", i, err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Fatalf("silent stream %d ended after %v, before the hello timeout", i, d)
+		}
+	}
+	stream, err := rc.Replicate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	h := hello("vm1", 1, 1<<20)
+	h.GetHello().AgentInstance = "in-time"
+	if err := stream.Send(h); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.Recv()
+	if err != nil || msg.GetHelloAck() == nil {
+		t.Fatalf("a hello in time: %v %v", msg, err)
+	}
 }

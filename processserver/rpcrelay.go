@@ -81,7 +81,7 @@ func (p *peeked) Recv() (*ferryv1.AgentMessage, error) {
 }
 
 func (r *replication) Replicate(stream ferryv1.Replication_ReplicateServer) error {
-	first, err := stream.Recv()
+	first, err := r.s.recv.ReceiveHello(stream)
 	if err != nil {
 		return err
 	}

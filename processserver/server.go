@@ -92,6 +92,9 @@ type Config struct {
 	// MaxDiskBytes bounds the size an agent may declare for a disk (default
 	// ingest.DefaultMaxDiskBytes, 64 TiB).
 	MaxDiskBytes int64
+	// HelloTimeout is how long a new replication stream may take to send
+	// its hello before it is ended (default 1 min).
+	HelloTimeout time.Duration
 	// ScratchQuota bounds the bytes all writable exports (NBD copy-on-write
 	// exports and test-failover disks) may write into their scratch files
 	// together (default 16 GiB), so that a client writing without end fills
@@ -403,7 +406,7 @@ func (s *Server) openStores(ctx context.Context) error {
 func (s *Server) openReceiver(ctx context.Context) error {
 	codec, _ := journal.ParseCodec(s.cfg.Codec)
 	var err error
-	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes, Clock: s.clock,
+	s.recv, err = ingest.New(ingest.Config{MaxDiskBytes: s.cfg.MaxDiskBytes, HelloTimeout: s.cfg.HelloTimeout, Clock: s.clock,
 		Journal: s.j, Codec: codec, Logger: s.log, Registerer: s.cfg.Registerer, Namespace: "ps",
 		MaxBatchBytes: s.cfg.MaxMessageBytes / 2,
 		OnHello:       s.onHello,

@@ -13,6 +13,9 @@ var (
 	// ErrBadHello is returned for a stream that does not open with a valid
 	// hello.
 	ErrBadHello = errors.New("invalid hello")
+	// ErrHelloTimeout ends a stream that sent no hello within
+	// Config.HelloTimeout.
+	ErrHelloTimeout = errors.New("no hello in time")
 	// ErrBadRecord is returned for a record that breaks the stream's rules;
 	// nothing of its batch is stored.
 	ErrBadRecord = errors.New("invalid record")
@@ -68,6 +71,7 @@ var statusCodes = []wire.Code{
 	{Err: ErrChecksum, Code: codes.DataLoss},
 	{Err: ErrTransit, Code: codes.DataLoss},
 	{Err: ErrBadHello, Code: codes.InvalidArgument},
+	{Err: ErrHelloTimeout, Code: codes.DeadlineExceeded},
 	{Err: ErrBadRecord, Code: codes.InvalidArgument},
 	{Err: ErrEpoch, Code: codes.FailedPrecondition},
 	{Err: ErrGeometry, Code: codes.FailedPrecondition},

@@ -55,6 +55,11 @@ type Config struct {
 	// grow with the number of agents. A stream waits for room before it
 	// reads on.
 	InFlightBytes int64
+	// HelloTimeout bounds how long a new stream may take to send its
+	// hello (default 1 min): a stream that sends none (its hello lost on
+	// the way, or a peer that holds streams open) ends with
+	// DeadlineExceeded instead of holding the receiver's resources.
+	HelloTimeout time.Duration
 	// MaxDiskBytes bounds a disk's declared size (default DefaultMaxDiskBytes):
 	// a hello declaring a larger one is refused.
 	MaxDiskBytes int64
@@ -93,6 +98,9 @@ func (c *Config) setDefaults() {
 	c.Clock = clock.Or(c.Clock)
 	if c.MaxClockSkew == 0 {
 		c.MaxClockSkew = 5 * time.Minute
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = time.Minute
 	}
 	if c.Codec == 0 {
 		c.Codec = journal.CodecZstd
@@ -349,10 +357,37 @@ func (r *Receiver) Sessions() []ferry.VMID {
 	return out
 }
 
+// ReceiveHello receives a stream's first message, waiting HelloTimeout at
+// most; a handler that looks at the hello before Replicate does (the
+// process server, to relay a failback's stream) receives it through
+// this. When the wait ends first, the receiving goroutine ends with the
+// stream (gRPC cancels it when the handler returns).
+func (r *Receiver) ReceiveHello(stream ferryv1.Replication_ReplicateServer) (*ferryv1.AgentMessage, error) {
+	type received struct {
+		msg *ferryv1.AgentMessage
+		err error
+	}
+	got := make(chan received, 1)
+	go func() {
+		msg, err := stream.Recv()
+		got <- received{msg, err}
+	}()
+	wait := time.NewTimer(r.cfg.HelloTimeout)
+	defer wait.Stop()
+	select {
+	case g := <-got:
+		return g.msg, g.err
+	case <-wait.C:
+		r.m.rejected.WithLabelValues("hello").Inc()
+		r.log.Warn("stream refused: no hello", "peer", peerAddr(stream.Context()), "waited", r.cfg.HelloTimeout)
+		return nil, grpcStatus(fmt.Errorf("%w: no hello within %v of the stream's start", ErrHelloTimeout, r.cfg.HelloTimeout))
+	}
+}
+
 // Replicate serves one VM's stream.
 func (r *Receiver) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
+	first, err := r.ReceiveHello(stream)
 	if err != nil {
 		return err
 	}
