@@ -107,18 +107,11 @@ func (t *Tier) Payload(ctx context.Context, vm ferry.VMID, seq ferry.Seq) ([]byt
 	}
 	cs := t.cache.get(seg.name)
 	if cs == nil {
-		b, err := t.st.Get(ctx, seg.name)
+		recs, size, err := t.read(ctx, vm, seg)
 		if err != nil {
 			return nil, err
 		}
-		recs, err := DecodeSegment(vm, b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", seg.name, err)
-		}
-		if len(recs) == 0 || recs[0].Seq != seg.first || recs[len(recs)-1].Seq != seg.last {
-			return nil, fmt.Errorf("%s: %w: its records are not the ones its name says", seg.name, ErrSegment)
-		}
-		cs = &cachedSeg{name: seg.name, first: seg.first, recs: recs, size: int64(len(b))}
+		cs = &cachedSeg{name: seg.name, first: seg.first, recs: recs, size: size}
 		t.cache.put(cs)
 	}
 	r := &cs.recs[seq-cs.first]
@@ -269,16 +262,9 @@ func (t *Tier) Seal(ctx context.Context, j *journal.Journal, term uint64, vm fer
 func (t *Tier) merge(ctx context.Context, vm ferry.VMID, term uint64, group []segment) error {
 	var recs []journal.Record
 	for _, s := range group {
-		b, err := t.st.Get(ctx, s.name)
+		rs, _, err := t.read(ctx, vm, s)
 		if err != nil {
 			return err
-		}
-		rs, err := DecodeSegment(vm, b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
-		}
-		if len(rs) == 0 || rs[0].Seq != s.first || rs[len(rs)-1].Seq != s.last {
-			return fmt.Errorf("%s: %w: its records are not the ones its name says", s.name, ErrSegment)
 		}
 		recs = append(recs, rs...)
 	}

@@ -158,6 +158,23 @@ type segment struct {
 	term        uint64
 }
 
+// read fetches segment s of vm and decodes it; it must hold exactly the
+// records its name says. It also returns the object's size.
+func (t *Tier) read(ctx context.Context, vm ferry.VMID, s segment) ([]journal.Record, int64, error) {
+	b, err := t.st.Get(ctx, s.name)
+	if err != nil {
+		return nil, 0, err
+	}
+	recs, err := DecodeSegment(vm, b)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", s.name, err)
+	}
+	if len(recs) == 0 || recs[0].Seq != s.first || recs[len(recs)-1].Seq != s.last {
+		return nil, 0, fmt.Errorf("%s: %w: its records are not the ones its name says", s.name, ErrSegment)
+	}
+	return recs, int64(len(b)), nil
+}
+
 func parseSeg(vm ferry.VMID, name string) (segment, bool) {
 	parts := strings.Split(strings.TrimPrefix(name, segPrefix(vm)), "-")
 	if len(parts) != 3 {
@@ -547,16 +564,9 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID, b
 		return rs, err
 	}
 	for _, s := range segs {
-		b, err := t.st.Get(ctx, s.name)
+		recs, size, err := t.read(ctx, vm, s)
 		if err != nil {
-			return rs, err
-		}
-		recs, err := DecodeSegment(vm, b)
-		if err != nil {
-			return rs, fmt.Errorf("tier: %s: %w", s.name, err)
-		}
-		if len(recs) == 0 || recs[0].Seq != s.first || recs[len(recs)-1].Seq != s.last {
-			return rs, fmt.Errorf("tier: %s: %w: its records are not the ones its name says", s.name, ErrSegment)
+			return rs, fmt.Errorf("tier: %w", err)
 		}
 		if s.first <= base.Seq {
 			recs = recs[base.Seq-s.first+1:] // the base holds these
@@ -566,7 +576,7 @@ func (t *Tier) Restore(ctx context.Context, j *journal.Journal, vm ferry.VMID, b
 		}
 		rs.Segments++
 		rs.Records += len(recs)
-		rs.Bytes += int64(len(b))
+		rs.Bytes += size
 	}
 	if _, err := j.Process(ctx, vm, rs.End); err != nil {
 		return rs, err
