@@ -192,13 +192,16 @@ func (t *Tier) Seal(ctx context.Context, j *journal.Journal, term uint64, vm fer
 		return st, err
 	}
 	size := map[string]int64{}
-	for _, o := range objs {
+	names := make([]string, len(objs))
+	for i, o := range objs {
 		size[o.Name] = o.Size
+		names[i] = o.Name
 	}
-	segs, err := t.chainFromBase(ctx, vm)
+	base, err := t.latestBase(ctx, vm)
 	if err != nil {
 		return st, err
 	}
+	segs := t.chainOf(vm, names, base.Seq)
 	inChain := map[string]bool{}
 	var group []segment
 	var groupSize int64

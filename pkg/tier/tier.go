@@ -202,6 +202,11 @@ func (t *Tier) chain(ctx context.Context, vm ferry.VMID, from ferry.Seq) ([]segm
 	if err != nil {
 		return nil, err
 	}
+	return t.chainOf(vm, names, from), nil
+}
+
+// chainOf is chain over the segment names listed already.
+func (t *Tier) chainOf(vm ferry.VMID, names []string, from ferry.Seq) []segment {
 	byFirst := map[ferry.Seq]segment{}
 	for _, n := range names {
 		s, ok := parseSeg(vm, n)
@@ -222,7 +227,7 @@ func (t *Tier) chain(ctx context.Context, vm ferry.VMID, from ferry.Seq) ([]segm
 			s, ok = straddling(byFirst, next)
 		}
 		if !ok {
-			return out, nil
+			return out
 		}
 		out = append(out, s)
 		next = s.last + 1
