@@ -84,9 +84,6 @@ func (c *child) metric(ctx context.Context, name string) (float64, error) {
 	return client.Metric(ctx, c.Metrics, name)
 }
 
-// errNoSeries: a labelled metric has no series until its first event.
-var errNoSeries = client.ErrNoSeries
-
 // stop ends the process with SIGTERM and waits.
 func (c *child) stop() error {
 	c.cmd.Process.Signal(syscall.SIGTERM)

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/pkg/blockdev"
 	"github.com/ferrydr/ferry/pkg/journal"
+	"github.com/ferrydr/ferry/processserver/client"
 )
 
 // ThroughputConfig configures the throughput benchmark.
@@ -125,11 +126,11 @@ func ferryThroughput(ctx context.Context, cfg ThroughputConfig, data []byte) (fe
 	defer a.Close(ctx)
 	// Before the first write the counters have no series: zero.
 	logical0, err := ps.metric(ctx, "ferry_ps_logical_bytes_total")
-	if err != nil && !errors.Is(err, errNoSeries) {
+	if err != nil && !errors.Is(err, client.ErrNoSeries) {
 		return r, err
 	}
 	stored0, err := ps.metric(ctx, "ferry_ps_stored_bytes_total")
-	if err != nil && !errors.Is(err, errNoSeries) {
+	if err != nil && !errors.Is(err, client.ErrNoSeries) {
 		return r, err
 	}
 	cpuA, cpuP := cpuSelf(), cpuOf(ps.pid())
